@@ -1,0 +1,165 @@
+"""The event catalogue: every event type, its routing rule, and one builder per type.
+
+The table below is the one place that says, for each type, whether it is persisted, whether it
+takes the room's next seq, who receives it on the WebSocket and whether it goes to Kafka. The
+services, the fan-out and the Kafka bridge all read it. Each builder makes the `data` of its
+type; `envelope()` wraps it. The WebSocket relay and the Kafka publisher send the same dict.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+# Fan-out targets.
+ROOM = "room"  # every socket subscribed to the room
+CREATOR = "creator"  # the actor's own sockets
+ROOM_AND_TARGET = "room+target"  # the room, and the affected user's sockets
+SELF = "self"  # the sockets of the user named in data.user
+SHARED_ROOMS = "shared_rooms"  # every room the user shares
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: str
+    seq: bool
+    persisted: bool
+    fanout: str
+    kafka: bool
+
+    @property
+    def durable(self) -> bool:
+        return self.persisted
+
+
+CATALOGUE: dict[str, EventSpec] = {
+    spec.type: spec
+    for spec in [
+        EventSpec("message.created", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("message.edited", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("message.deleted", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("reaction.added", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("reaction.removed", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("room.created", seq=True, persisted=True, fanout=CREATOR, kafka=True),
+        EventSpec("room.updated", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("room.archived", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("member.joined", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("member.left", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("member.role_changed", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("member.banned", seq=True, persisted=True, fanout=ROOM_AND_TARGET, kafka=True),
+        EventSpec("member.muted", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("receipt.updated", seq=False, persisted=True, fanout=SELF, kafka=True),
+        EventSpec("typing", seq=False, persisted=False, fanout=ROOM, kafka=False),
+        EventSpec("presence.changed", seq=False, persisted=False, fanout=SHARED_ROOMS, kafka=False),
+    ]
+}
+
+EVENT_TYPES = tuple(CATALOGUE)
+DURABLE_TYPES = tuple(t for t, s in CATALOGUE.items() if s.persisted)
+EPHEMERAL_TYPES = tuple(t for t, s in CATALOGUE.items() if not s.persisted)
+
+
+def format_ts(dt: datetime) -> str:
+    """UTC, ISO 8601 with microseconds and Z."""
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def actor_of(user) -> dict | None:
+    return None if user is None else {"id": user.pk, "username": user.username}
+
+
+def envelope(
+    type: str,
+    *,
+    room_id: int | None,
+    seq: int | None,
+    actor,
+    data: dict,
+    ts: datetime,
+    id: uuid.UUID | str | None = None,
+) -> dict:
+    """The one envelope shape for every event (PROTOCOL §1)."""
+    if type not in CATALOGUE:
+        raise ValueError(f"unknown event type {type!r}")
+    return {
+        "id": str(id or uuid.uuid4()),
+        "type": type,
+        "room": room_id,
+        "seq": seq,
+        "ts": format_ts(ts),
+        "actor": actor if (actor is None or isinstance(actor, dict)) else actor_of(actor),
+        "data": data,
+    }
+
+
+# --- One builder per event type: each returns the event's `data` -------------------------------
+
+
+def message_created(message) -> dict:
+    return {
+        "id": message.pk,
+        "body": message.body,
+        "reply_to": message.reply_to_id,
+        "client_id": str(message.client_id),
+    }
+
+
+def message_edited(message) -> dict:
+    return {"id": message.pk, "body": message.body, "edited_at": format_ts(message.edited_at)}
+
+
+def message_deleted(message, *, by_moderator: bool) -> dict:
+    return {"id": message.pk, "by_moderator": by_moderator}
+
+
+def reaction_added(*, message_id: int, emoji: str) -> dict:
+    return {"message": message_id, "emoji": emoji}
+
+
+def reaction_removed(*, message_id: int, emoji: str) -> dict:
+    return {"message": message_id, "emoji": emoji}
+
+
+def room_created(room) -> dict:
+    return room.as_dict()
+
+
+def room_updated(changed: dict) -> dict:
+    return dict(changed)
+
+
+def room_archived() -> dict:
+    return {}
+
+
+def member_joined(membership) -> dict:
+    return {"user": actor_of(membership.user), "role": membership.role}
+
+
+def member_left(user) -> dict:
+    return {"user": actor_of(user)}
+
+
+def member_role_changed(membership) -> dict:
+    return {"user": actor_of(membership.user), "role": membership.role}
+
+
+def member_banned(user, *, reason: str, until: datetime | None) -> dict:
+    return {"user": actor_of(user), "reason": reason, "until": format_ts(until) if until else None}
+
+
+def member_muted(user, *, until: datetime | None) -> dict:
+    return {"user": actor_of(user), "until": format_ts(until) if until else None}
+
+
+def receipt_updated(user, *, last_read_seq: int) -> dict:
+    return {"user": actor_of(user), "last_read_seq": last_read_seq}
+
+
+def typing(user, *, state: bool) -> dict:
+    return {"user": actor_of(user), "state": bool(state)}
+
+
+def presence_changed(user, *, status: str) -> dict:
+    return {"user": actor_of(user), "status": status}

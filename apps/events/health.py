@@ -1,0 +1,106 @@
+"""/healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import socket
+
+from django.conf import settings
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY
+
+
+@require_GET
+@never_cache
+def healthz(request):
+    """The process is alive and serving HTTP."""
+    return JsonResponse({"status": "ok"})
+
+
+def check_database() -> dict:
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        return {"ok": True, "backend": settings.DATABASE_BACKEND,
+                "embedded": settings.DATABASE_BACKEND == "sqlite"}
+    except Exception as exc:  # noqa: BLE001 - any failure means "down"
+        return {"ok": False, "backend": settings.DATABASE_BACKEND, "error": type(exc).__name__}
+
+
+def check_redis() -> dict:
+    if not settings.REDIS_URL:
+        return {"ok": True, "backend": "in-memory channel layer", "embedded": True}
+    import redis
+
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client.ping()
+        client.close()
+        return {"ok": True, "backend": "redis", "embedded": False}
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "backend": "redis", "error": type(exc).__name__}
+
+
+def check_kafka() -> dict:
+    servers = settings.KAFKA_BOOTSTRAP_SERVERS
+    if not servers:
+        return {"ok": True, "backend": "disabled (KAFKA_BOOTSTRAP_SERVERS unset)", "embedded": True}
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
+                return {"ok": True, "backend": "kafka", "bootstrap": server}
+        except (OSError, ValueError):
+            continue
+    return {"ok": False, "backend": "kafka", "error": "no bootstrap server reachable"}
+
+
+def readiness() -> dict:
+    checks = {"database": check_database(), "redis": check_redis(), "kafka": check_kafka()}
+    try:
+        from .outbox import outbox_status
+
+        checks["outbox"] = outbox_status()
+    except Exception as exc:  # noqa: BLE001 - the database check reports the cause
+        checks["outbox"] = {"ok": False, "error": type(exc).__name__}
+    return checks
+
+
+@require_GET
+@never_cache
+def readyz(request):
+    """Database, Redis and Kafka reachable: 200, else 503 naming what is down."""
+    checks = readiness()
+    down = [name for name, check in checks.items() if not check.get("ok")]
+    body = {"status": "ok" if not down else "unavailable", "down": down, "checks": checks}
+    return JsonResponse(body, status=200 if not down else 503)
+
+
+def metrics_allowed(request) -> bool:
+    token = settings.METRICS_TOKEN
+    if token:
+        supplied = request.headers.get("Authorization", "")
+        if hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            return True
+    return request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
+
+
+@require_GET
+@never_cache
+def metrics(request):
+    """Prometheus text format, aggregated over every process when multiprocess mode is on."""
+    if not metrics_allowed(request):
+        return JsonResponse({"code": "forbidden", "detail": "metrics are restricted"}, status=403)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    else:
+        registry = REGISTRY
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)

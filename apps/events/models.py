@@ -1,0 +1,57 @@
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from .catalogue import DURABLE_TYPES
+from .managers import EventQuerySet
+
+
+class Event(models.Model):
+    """One persisted event: the room's event log and the Kafka outbox in one table.
+
+    Written in the same transaction as the change it records. `envelope` is the exact dict
+    that goes out on the WebSocket and to Kafka.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    type = models.CharField(max_length=32, choices=[(t, t) for t in DURABLE_TYPES])
+    room = models.ForeignKey(
+        "rooms.Room", null=True, blank=True, on_delete=models.CASCADE, related_name="events"
+    )
+    seq = models.BigIntegerField(null=True, blank=True)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    ts = models.DateTimeField(default=timezone.now)
+    envelope = models.JSONField()
+    # Outbox state.
+    published_at = models.DateTimeField(null=True, blank=True)
+    publish_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+
+    objects = EventQuerySet.as_manager()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["room", "seq"], name="event_room_seq_unique", condition=Q(seq__isnull=False)
+            )
+        ]
+        indexes = [
+            models.Index(
+                fields=["ts"], name="event_outbox_pending", condition=Q(published_at__isnull=True)
+            ),
+            models.Index(fields=["type", "ts"]),
+        ]
+        ordering = ["ts"]
+
+    def __str__(self):
+        return f"{self.type} room={self.room_id} seq={self.seq}"
+
+    @property
+    def is_published(self) -> bool:
+        return self.published_at is not None

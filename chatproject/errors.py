@@ -1,0 +1,41 @@
+"""The one error type services raise; every interface maps it to the contract's error codes."""
+
+CODES = ("invalid", "unauthenticated", "forbidden", "not_found", "rate_limited", "too_large",
+         "unavailable")
+
+
+class ServiceError(Exception):
+    """A refused action: `code` is one of the contract's error codes (PROTOCOL §3)."""
+
+    http_status = {
+        "invalid": 400,
+        "unauthenticated": 401,
+        "forbidden": 403,
+        "not_found": 404,
+        "rate_limited": 429,
+        "too_large": 413,
+        "unavailable": 503,
+    }
+
+    def __init__(self, code: str, message: str):
+        if code not in CODES:
+            raise ValueError(f"unknown error code {code!r}")
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    @property
+    def status(self) -> int:
+        return self.http_status[self.code]
+
+
+def invalid(message):
+    return ServiceError("invalid", message)
+
+
+def forbidden(message):
+    return ServiceError("forbidden", message)
+
+
+def not_found(message="not found"):
+    return ServiceError("not_found", message)

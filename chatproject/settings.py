@@ -1,0 +1,302 @@
+"""Settings for the chat server, read from the environment.
+
+Every integration reads its own block of variables (see the README's settings table). The
+defaults run on a bare machine: SQLite, the in-memory channel layer and a filesystem Celery
+transport when no services are configured.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_SECRET_KEY = "insecure-development-key-change-me"
+
+
+def env(name, default=None):
+    value = os.environ.get(name)
+    return default if value in (None, "") else value
+
+
+def env_bool(name, default=False):
+    value = env(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name, default):
+    value = env(name)
+    return default if value is None else int(value)
+
+
+def env_float(name, default):
+    value = env(name)
+    return default if value is None else float(value)
+
+
+def env_list(name, default=""):
+    return [item.strip() for item in env(name, default).split(",") if item.strip()]
+
+
+# --- Core -------------------------------------------------------------------------------------
+CHAT_ENV = env("CHAT_ENV", "development")  # "production" turns on the start-up checks below
+SECRET_KEY = env("SECRET_KEY", DEFAULT_SECRET_KEY)
+DEBUG = env_bool("DEBUG", CHAT_ENV != "production")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+
+if CHAT_ENV == "production":
+    _problems = []
+    if SECRET_KEY == DEFAULT_SECRET_KEY or len(SECRET_KEY) < 50:
+        _problems.append("SECRET_KEY is unset, the development default, or shorter than 50 characters")
+    if DEBUG:
+        _problems.append("DEBUG is on")
+    if _problems:
+        sys.stderr.write(
+            "Refusing to start in production: " + "; ".join(_problems) + ".\n"
+            "Set SECRET_KEY to a long random value and DEBUG=false (README, Settings).\n"
+        )
+        sys.exit(2)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "channels",
+    "apps.users",
+    "apps.rooms",
+    "apps.messaging",
+    "apps.events",
+]
+
+MIDDLEWARE = [
+    "apps.events.observability.RequestIdMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "apps.events.observability.MetricsMiddleware",
+]
+
+ROOT_URLCONF = "chatproject.urls"
+ASGI_APPLICATION = "chatproject.asgi.application"
+AUTH_USER_MODEL = "users.User"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if not DEBUG
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+
+# --- Database: DATABASE_URL, DATABASE_POOL_MAX -------------------------------------------------
+DATABASE_URL = env("DATABASE_URL")
+if DATABASE_URL:
+    _db = dj_database_url.parse(DATABASE_URL, conn_max_age=0, conn_health_checks=True)
+    if _db["ENGINE"] == "django.db.backends.postgresql":
+        _db.setdefault("OPTIONS", {})
+        _db["OPTIONS"]["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN", 2),
+            "max_size": env_int("DATABASE_POOL_MAX", 20),
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
+        }
+    if env("DATABASE_TEST_NAME"):
+        _db["TEST"] = {"NAME": env("DATABASE_TEST_NAME")}
+else:
+    _db = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": env("SQLITE_PATH", str(BASE_DIR / "var" / "chat.sqlite3")),
+        # Several local processes (server, worker) share the file: WAL and IMMEDIATE
+        # transactions make writers queue instead of failing with "database is locked".
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+    }
+DATABASES = {"default": _db}
+DATABASE_BACKEND = "postgresql" if "postgresql" in _db["ENGINE"] else "sqlite"
+
+# --- Redis: REDIS_URL, CHANNELS_PREFIX ----------------------------------------------------------
+REDIS_URL = env("REDIS_URL")
+CHANNELS_PREFIX = env("CHANNELS_PREFIX", "chat")
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [REDIS_URL],
+                "prefix": CHANNELS_PREFIX,
+                "capacity": env_int("CHANNELS_CAPACITY", 5000),
+                "expiry": 60,
+                "group_expiry": 86400,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
+         "KEY_PREFIX": CHANNELS_PREFIX}
+        if REDIS_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
+    )
+}
+
+# --- Celery: CELERY_BROKER_URL (defaults to REDIS_URL, else a local filesystem transport) ------
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
+CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "chat")
+CELERY_BROKER_TRANSPORT_OPTIONS = (
+    {
+        "data_folder_in": str(BASE_DIR / "var" / "celery-queue"),
+        "data_folder_out": str(BASE_DIR / "var" / "celery-queue"),
+        "processed_folder": str(BASE_DIR / "var" / "celery-processed"),
+        "store_processed": False,
+    }
+    if CELERY_BROKER_URL.startswith("filesystem")
+    else {"visibility_timeout": 3600}
+)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 4
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE = {
+    "outbox-sweep": {
+        "task": "apps.events.tasks.sweep_outbox",
+        "schedule": env_float("OUTBOX_SWEEP_SECONDS", 5.0),
+    },
+}
+
+# --- Kafka: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, ... -----------------------------------
+KAFKA_BOOTSTRAP_SERVERS = env_list("KAFKA_BOOTSTRAP_SERVERS", "")
+KAFKA_TOPIC_PREFIX = env("KAFKA_TOPIC_PREFIX", "chat")
+KAFKA_EVENTS_TOPIC = f"{KAFKA_TOPIC_PREFIX}.events"
+KAFKA_PARTITIONS = env_int("KAFKA_PARTITIONS", 6)
+KAFKA_REPLICATION_FACTOR = env_int("KAFKA_REPLICATION_FACTOR", 1)
+KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 5)
+KAFKA_BATCH_SIZE = env_int("KAFKA_BATCH_SIZE", 65536)
+KAFKA_REQUEST_TIMEOUT_MS = env_int("KAFKA_REQUEST_TIMEOUT_MS", 10000)
+KAFKA_SECURITY_PROTOCOL = env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+
+# --- Chat behaviour and limits --------------------------------------------------------------------
+SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)
+CHAT_MESSAGE_MAX_LENGTH = 4000
+CHAT_REPLAY_LIMIT = env_int("CHAT_REPLAY_LIMIT", 500)
+CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 65536)
+CHAT_HEARTBEAT_SECONDS = env_int("CHAT_HEARTBEAT_SECONDS", 30)
+CHAT_RATE_LIMIT_MESSAGES = env_int("CHAT_RATE_LIMIT_MESSAGES", 20)  # bucket size
+CHAT_RATE_LIMIT_PER_SECOND = env_float("CHAT_RATE_LIMIT_PER_SECOND", 5.0)  # refill rate
+CHAT_RATE_LIMIT_STRIKES = env_int("CHAT_RATE_LIMIT_STRIKES", 10)  # rate_limited errors before 4429
+CHAT_MAX_ROOMS_PER_SOCKET = env_int("CHAT_MAX_ROOMS_PER_SOCKET", 100)
+CHAT_MAX_SOCKETS_PER_USER = env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
+CHAT_SEND_QUEUE_LIMIT = env_int("CHAT_SEND_QUEUE_LIMIT", 2000)  # per socket, then disconnect
+CHAT_SHUTDOWN_GRACE_SECONDS = env_float("CHAT_SHUTDOWN_GRACE_SECONDS", 5.0)
+
+# --- REST --------------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {
+        "signup": env("THROTTLE_SIGNUP", "20/hour"),
+        "token": env("THROTTLE_TOKEN", "30/minute"),
+        "send": env("THROTTLE_SEND", "600/minute"),
+    },
+    "EXCEPTION_HANDLER": "apps.messaging.api_errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Chat API",
+    "DESCRIPTION": "REST side of the chat server. See docs/protocol.md for the wire contract.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# --- Observability: METRICS_ALLOWED_IPS, METRICS_TOKEN, LOG_FORMAT, LOG_LEVEL ------------------
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+METRICS_TOKEN = env("METRICS_TOKEN")
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR")
+LOG_FORMAT = env("LOG_FORMAT", "text")
+LOG_LEVEL = env("LOG_LEVEL", "INFO")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "apps.events.observability.ContextFilter"}},
+    "formatters": {
+        "json": {"()": "apps.events.observability.JsonFormatter"},
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["context"],
+            "formatter": "json" if LOG_FORMAT == "json" else "text",
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        "kafka": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}
+
+# --- Security (production) ---------------------------------------------------------------------
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", CHAT_ENV == "production")
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", CHAT_ENV == "production")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", CHAT_ENV == "production")
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if CHAT_ENV == "production" else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = CHAT_ENV == "production"
+SECURE_HSTS_PRELOAD = CHAT_ENV == "production"
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY") else None
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+SESSION_COOKIE_HTTPONLY = True

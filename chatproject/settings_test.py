@@ -1,0 +1,17 @@
+"""Test overrides. Each test run gets its own database, Redis prefix, Celery queue and topic."""
+
+import os
+
+RUN_ID = os.environ.setdefault("CHAT_TEST_RUN_ID", str(os.getpid()))
+os.environ.setdefault("CHANNELS_PREFIX", f"chattest{RUN_ID}")
+os.environ.setdefault("CELERY_QUEUE", f"chattest{RUN_ID}")
+os.environ.setdefault("KAFKA_TOPIC_PREFIX", f"chattest{RUN_ID}")
+os.environ.setdefault("DATABASE_TEST_NAME", f"test_chat_{RUN_ID}")
+os.environ.setdefault("SQLITE_PATH", f"/tmp/chat-test-{RUN_ID}.sqlite3")
+
+from .settings import *  # noqa: E402,F401,F403
+from .settings import DATABASES  # noqa: E402
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"]["TEST"] = {"NAME": os.environ["SQLITE_PATH"]}

@@ -1,0 +1,52 @@
+import pytest
+
+from tests import factories
+from tests.support import services
+from tests.support.processes import CeleryWorker, ServerProcess, subprocess_env
+
+
+def pytest_collection_modifyitems(config, items):
+    if not services.embedded():
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL, Redis and the broker (CHAT_EMBEDDED=1)")
+    for item in items:
+        if "services" in item.keywords or "kafka" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def user(db):
+    return factories.make_user()
+
+
+@pytest.fixture
+def other_user(db):
+    return factories.make_user()
+
+
+@pytest.fixture
+def room(db, user):
+    return factories.make_room(user)
+
+
+@pytest.fixture
+def child_env(transactional_db):
+    """Environment for child processes on this test's database."""
+    return subprocess_env()
+
+
+@pytest.fixture
+def server(child_env):
+    """A real daphne server process on a spare port."""
+    proc = ServerProcess(child_env).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def celery_worker(child_env):
+    """A real Celery worker on this run's queue."""
+    worker = CeleryWorker(child_env).start()
+    worker.wait_ready()
+    yield worker
+    worker.stop()

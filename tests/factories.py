@@ -1,0 +1,38 @@
+"""Test data, made through the same services production uses."""
+
+import itertools
+import uuid
+
+from django.contrib.auth import get_user_model
+from rest_framework.authtoken.models import Token
+
+from apps.messaging import services as messaging
+from apps.rooms import services as rooms
+from apps.rooms.models import Room
+
+_counter = itertools.count(1)
+
+
+def make_user(username=None, password="pw-for-tests-1", **extra):
+    User = get_user_model()
+    username = username or f"user{next(_counter)}"
+    return User.objects.create_user(username=username, password=password, **extra)
+
+
+def make_token(user) -> str:
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+def make_room(owner=None, *, name=None, kind=Room.Kind.PUBLIC, members=()):
+    owner = owner or make_user()
+    room = rooms.room_create(
+        creator=owner, name=name or f"room {next(_counter)}", kind=kind,
+        member_ids=[m.pk for m in members],
+    )
+    return room
+
+
+def send(room, author, body="hello", client_id=None, **kwargs):
+    return messaging.message_send(
+        room=room, author=author, body=body, client_id=client_id or uuid.uuid4(), **kwargs
+    )

