@@ -41,6 +41,9 @@ def env_list(name, default=""):
     return [item.strip() for item in env(name, default).split(",") if item.strip()]
 
 
+# Local state of a single-machine run (SQLite file, filesystem Celery queue): CHAT_VAR_DIR.
+VAR_DIR = Path(os.environ.get("CHAT_VAR_DIR") or BASE_DIR / "var")
+
 # --- Core -------------------------------------------------------------------------------------
 CHAT_ENV = env("CHAT_ENV", "development")  # "production" turns on the start-up checks below
 SECRET_KEY = env("SECRET_KEY", DEFAULT_SECRET_KEY)
@@ -147,7 +150,7 @@ if DATABASE_URL:
 else:
     _db = {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": env("SQLITE_PATH", str(BASE_DIR / "var" / "chat.sqlite3")),
+        "NAME": env("SQLITE_PATH", str(VAR_DIR / "chat.sqlite3")),
         # Several local processes (server, worker) share the file: WAL and IMMEDIATE
         # transactions make writers queue instead of failing with "database is locked".
         "OPTIONS": {
@@ -192,9 +195,9 @@ CELERY_BROKER_URL = env("CELERY_BROKER_URL", REDIS_URL or "filesystem://")
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", "chat")
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {
-        "data_folder_in": str(BASE_DIR / "var" / "celery-queue"),
-        "data_folder_out": str(BASE_DIR / "var" / "celery-queue"),
-        "processed_folder": str(BASE_DIR / "var" / "celery-processed"),
+        "data_folder_in": str(VAR_DIR / "celery-queue"),
+        "data_folder_out": str(VAR_DIR / "celery-queue"),
+        "processed_folder": str(VAR_DIR / "celery-processed"),
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")

@@ -2,6 +2,12 @@
 
 import os
 
+# Point the suite at the real services (and start its private Kafka-compatible broker) before
+# the base settings read the environment. pytest-django imports this module first thing.
+from tests.support import services as _services
+
+_services.configure_environment()
+
 RUN_ID = os.environ.setdefault("CHAT_TEST_RUN_ID", str(os.getpid()))
 os.environ.setdefault("CHANNELS_PREFIX", f"chattest{RUN_ID}")
 os.environ.setdefault("CELERY_QUEUE", f"chattest{RUN_ID}")
