@@ -202,3 +202,10 @@ def test_run_command_serves_on_embedded_defaults_and_stops_cleanly(tmp_path):
         capture_output=True, text=True,
     ).stdout.split()
     assert leftovers == [], leftovers
+
+
+@pytest.mark.django_db
+def test_health_probes_by_ip_pass_host_validation_and_https_redirect(client):
+    with override_settings(ALLOWED_HOSTS=["chat.example.com"], SECURE_SSL_REDIRECT=True):
+        assert client.get("/healthz", HTTP_HOST="10.0.0.7:8000").status_code == 200
+        assert client.get("/api/me/", HTTP_HOST="10.0.0.7:8000").status_code == 400

@@ -104,3 +104,22 @@ def metrics(request):
     else:
         registry = REGISTRY
     return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+class HealthCheckMiddleware:
+    """Answers /healthz and /readyz before host validation and the HTTPS redirect.
+
+    Load balancers and container health checks probe by IP over plain HTTP; those probes must
+    not get a 400 (DisallowedHost) or a 301 to https.
+    """
+
+    routes = {"/healthz": healthz, "/readyz": readyz}
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        view = self.routes.get(request.path_info)
+        if view is not None:
+            return view(request)
+        return self.get_response(request)
