@@ -3,7 +3,47 @@
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from apps.messaging import api as messaging
+from apps.notifications import api as notifications
+from apps.rooms import api as rooms
+from apps.users import api as users
+
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    # People and authentication.
+    path("users/", users.UsersApi.as_view(), name="users"),
+    path("auth/token/", users.TokenApi.as_view(), name="auth-token"),
+    path("me/", users.MeApi.as_view(), name="me"),
+    # Rooms.
+    path("rooms/", rooms.RoomsApi.as_view(), name="rooms"),
+    path("rooms/direct/", rooms.DirectRoomApi.as_view(), name="rooms-direct"),
+    path("rooms/<int:room_id>/", rooms.RoomDetailApi.as_view(), name="room"),
+    path("rooms/<int:room_id>/join/", rooms.RoomJoinApi.as_view(), name="room-join"),
+    path("rooms/<int:room_id>/leave/", rooms.RoomLeaveApi.as_view(), name="room-leave"),
+    path("rooms/<int:room_id>/invite/", rooms.RoomInviteApi.as_view(), name="room-invite"),
+    path("rooms/<int:room_id>/read/", rooms.RoomReadApi.as_view(), name="room-read"),
+    path("rooms/<int:room_id>/events/", rooms.RoomEventsApi.as_view(), name="room-events"),
+    path("rooms/<int:room_id>/members/", rooms.MembersApi.as_view(), name="room-members"),
+    path("rooms/<int:room_id>/members/<int:user_id>/ban/", rooms.MemberBanApi.as_view(),
+         name="member-ban"),
+    path("rooms/<int:room_id>/members/<int:user_id>/unban/", rooms.MemberUnbanApi.as_view(),
+         name="member-unban"),
+    path("rooms/<int:room_id>/members/<int:user_id>/mute/", rooms.MemberMuteApi.as_view(),
+         name="member-mute"),
+    path("rooms/<int:room_id>/members/<int:user_id>/kick/", rooms.MemberKickApi.as_view(),
+         name="member-kick"),
+    path("rooms/<int:room_id>/members/<int:user_id>/role/", rooms.MemberRoleApi.as_view(),
+         name="member-role"),
+    # Messages.
+    path("rooms/<int:room_id>/messages/", messaging.RoomMessagesApi.as_view(),
+         name="room-messages"),
+    path("messages/<int:message_id>/", messaging.MessageDetailApi.as_view(), name="message"),
+    path("messages/<int:message_id>/reactions/", messaging.MessageReactionsApi.as_view(),
+         name="message-reactions"),
+    path("notifications/", notifications.NotificationsApi.as_view(), name="notifications"),
+    path("notifications/read/", notifications.NotificationsReadApi.as_view(),
+         name="notifications-read"),
+    path("notifications/<int:notification_id>/read/", notifications.NotificationReadApi.as_view(),
+         name="notification-read"),
 ]

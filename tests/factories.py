@@ -36,3 +36,25 @@ def send(room, author, body="hello", client_id=None, **kwargs):
     return messaging.message_send(
         room=room, author=author, body=body, client_id=client_id or uuid.uuid4(), **kwargs
     )
+
+
+def make_moderator(**extra):
+    """A site moderator: staff in the Moderators group (created by a migration), not a superuser."""
+    from django.contrib.auth.models import Group
+
+    user = make_user(is_staff=True, **extra)
+    user.groups.add(Group.objects.get(name="Moderators"))
+    return user
+
+
+def api_client(user=None, *, token=False):
+    """A DRF test client, authenticated as `user` (by session force, or by its API token)."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    if user is not None:
+        if token:
+            client.credentials(HTTP_AUTHORIZATION=f"Token {make_token(user)}")
+        else:
+            client.force_authenticate(user)
+    return client

@@ -1,5 +1,6 @@
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -8,9 +9,10 @@ class RoomQuerySet(models.QuerySet):
         """Rooms the user may see: every public room, and private/direct rooms they belong to."""
         if not user or not user.is_authenticated:
             return self.none()
-        return self.filter(
-            Q(kind="public") | Q(memberships__user=user, memberships__is_active=True)
-        ).distinct()
+        from .models import Membership
+
+        member = Membership.objects.filter(room=OuterRef("pk"), user=user, is_active=True)
+        return self.filter(Q(kind="public") | Exists(member))
 
     def joined_by(self, user):
         """Rooms where the user is an active member."""
@@ -19,6 +21,35 @@ class RoomQuerySet(models.QuerySet):
     def active(self):
         """Rooms that are not archived."""
         return self.filter(archived_at__isnull=True)
+
+    def with_membership_of(self, user):
+        """Annotate the user's role, last_read_seq, muted_until and unread message count.
+
+        `my_role` is None where the user is not an active member (and `unread` is then 0).
+        Unread counts the room's live messages past the read position, not the user's own.
+        """
+        from apps.messaging.models import Message
+
+        from .models import Membership
+
+        mine = Membership.objects.filter(room=OuterRef("pk"), user=user, is_active=True)
+        unread = (
+            Message.objects.filter(
+                room=OuterRef("pk"), seq__gt=OuterRef("my_last_read_seq"), deleted_at__isnull=True
+            )
+            .exclude(author=user)
+            .order_by()
+            .values("room")
+            .annotate(n=models.Count("pk"))
+            .values("n")
+        )
+        return self.annotate(
+            my_role=Subquery(mine.values("role")[:1]),
+            my_last_read_seq=Subquery(mine.values("last_read_seq")[:1]),
+            my_muted_until=Subquery(mine.values("muted_until")[:1]),
+        ).annotate(
+            unread=Coalesce(Subquery(unread, output_field=models.IntegerField()), Value(0))
+        )
 
 
 class MembershipQuerySet(models.QuerySet):

@@ -159,6 +159,9 @@ def room_create(*, creator, name, kind=Room.Kind.PUBLIC, topic="", member_ids=()
     if kind not in (Room.Kind.PUBLIC, Room.Kind.PRIVATE):
         raise invalid("kind must be 'public' or 'private' (use direct_room_open for direct rooms)")
     name, topic = _clean_name(name), _clean_topic(topic)
+    member_ids = list(member_ids or ())
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in member_ids):
+        raise invalid("members must be a list of user ids")
     invitees = list(User.objects.filter(pk__in=set(member_ids) - {creator.pk}, is_active=True))
     if len(invitees) != len(set(member_ids) - {creator.pk}):
         raise invalid("unknown user in members")
@@ -392,6 +395,7 @@ def member_unban(*, room, actor, user, reason="") -> Membership:
     with transaction.atomic():
         room = lock_room(room)
         check_can_moderate(room, actor)
+        check_not_archived(room)
         target = _target_membership(room, user)
         if target.banned_at is None:
             raise invalid("that user is not banned")

@@ -1,0 +1,175 @@
+"""REST for messages and reactions: the same services as the WebSocket, so writes fan out live.
+
+Writes answer with the committed event's envelope (what a WebSocket `ack` carries).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.generics import GenericAPIView
+from rest_framework.response import Response
+
+from apps.rooms.api import (
+    LIMIT,
+    NOT_FOUND,
+    REFUSED,
+    RoomScopedApi,
+    int_param,
+    limit_param,
+    next_url,
+    validated,
+)
+from apps.rooms.serializers import EnvelopeSerializer, ErrorSerializer
+from apps.users.throttles import SendThrottle
+from chatproject.errors import invalid
+
+from . import services
+from .models import Message, Reaction
+from .serializers import (
+    EmojiSerializer,
+    MessageEditSerializer,
+    MessagePageSerializer,
+    MessageSendSerializer,
+    MessageSerializer,
+)
+
+MESSAGES_PAGE = (50, 200)
+MESSAGE_NOT_FOUND = {404: OpenApiResponse(ErrorSerializer, description="No such message, or not visible")}
+MESSAGE_REFUSED = {**REFUSED, **MESSAGE_NOT_FOUND}
+
+
+def with_reactions(messages):
+    return messages.select_related("author").prefetch_related(
+        Prefetch("reactions", queryset=Reaction.objects.only("id", "message_id", "user_id", "emoji", "created_at"))
+    )
+
+
+class RoomMessagesApi(RoomScopedApi):
+    """GET: the room's messages, newest first, paged back by seq. POST: send a message."""
+
+    serializer_class = MessageSendSerializer
+
+    def get_throttles(self):
+        return [SendThrottle()] if self.request.method == "POST" else super().get_throttles()
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("before", int, description="Cursor: messages with seq < before"),
+            LIMIT,
+        ],
+        responses={200: MessagePageSerializer, **NOT_FOUND},
+    )
+    def get(self, request, room_id):
+        limit = limit_param(request, MESSAGES_PAGE)
+        before = int_param(request, "before", default=None, minimum=1)
+        messages = Message.objects.in_room(self.room).before(before).newest_first()
+        page = list(with_reactions(messages)[: limit + 1])
+        more = len(page) > limit
+        page = page[:limit]
+        return Response(
+            {
+                "results": MessageSerializer(page, many=True, context={"user": request.user}).data,
+                "next": next_url(request, before=page[-1].seq, limit=limit) if more else None,
+            }
+        )
+
+    @extend_schema(
+        request=MessageSendSerializer,
+        responses={
+            201: OpenApiResponse(EnvelopeSerializer, description="The message.created event"),
+            200: OpenApiResponse(EnvelopeSerializer, description="Resend: the original event"),
+            413: ErrorSerializer,
+            429: ErrorSerializer,
+            **REFUSED,
+        },
+    )
+    def post(self, request, room_id):
+        data = validated(MessageSendSerializer, request)
+        client_id = data.get("client_id") or uuid.uuid4()
+        resend = Message.objects.filter(author=request.user, client_id=client_id).exists()
+        event = services.message_send(
+            room=self.room,
+            author=request.user,
+            body=data["body"],
+            client_id=client_id,
+            reply_to=data.get("reply_to"),
+        )
+        code = status.HTTP_200_OK if resend else status.HTTP_201_CREATED
+        return Response(event.envelope, status=code)
+
+
+class MessageScopedApi(GenericAPIView):
+    """Base: `self.message` is resolved (and its room's visibility checked) first."""
+
+    queryset = Message.objects.none()
+
+    def initial(self, request, *args, **kwargs):
+        super().initial(request, *args, **kwargs)
+        self.message = services.get_message_or_404(kwargs["message_id"], request.user)
+
+
+class MessageDetailApi(MessageScopedApi):
+    """One message. PATCH edits it (author); DELETE deletes it (author, or a moderator)."""
+
+    serializer_class = MessageEditSerializer
+
+    @extend_schema(responses={200: MessageSerializer, **MESSAGE_NOT_FOUND})
+    def get(self, request, message_id):
+        message = with_reactions(Message.objects.filter(pk=self.message.pk)).get()
+        return Response(MessageSerializer(message, context={"user": request.user}).data)
+
+    @extend_schema(
+        request=MessageEditSerializer,
+        responses={200: OpenApiResponse(EnvelopeSerializer, description="message.edited"),
+                   413: ErrorSerializer, **MESSAGE_REFUSED},
+    )
+    def patch(self, request, message_id):
+        body = validated(MessageEditSerializer, request)["body"]
+        event = services.message_edit(message=self.message, actor=request.user, body=body)
+        return Response(event.envelope)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("reason", str, description="Moderators: why (audit trail)")],
+        request=None,
+        responses={200: OpenApiResponse(EnvelopeSerializer, description="message.deleted"),
+                   **MESSAGE_REFUSED},
+    )
+    def delete(self, request, message_id):
+        reason = request.query_params.get("reason", "")[:500]
+        event = services.message_delete(message=self.message, actor=request.user, reason=reason)
+        return Response(event.envelope)
+
+
+class MessageReactionsApi(MessageScopedApi):
+    """POST adds the caller's reaction; DELETE takes it back (emoji in the body or ?emoji=)."""
+
+    serializer_class = EmojiSerializer
+
+    @extend_schema(
+        request=EmojiSerializer,
+        responses={201: OpenApiResponse(EnvelopeSerializer, description="reaction.added"),
+                   **MESSAGE_REFUSED},
+    )
+    def post(self, request, message_id):
+        emoji = validated(EmojiSerializer, request)["emoji"]
+        event = services.reaction_add(message=self.message, user=request.user, emoji=emoji)
+        return Response(event.envelope, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("emoji", str, description="Instead of a body")],
+        request=EmojiSerializer,
+        responses={200: OpenApiResponse(EnvelopeSerializer, description="reaction.removed"),
+                   **MESSAGE_REFUSED},
+    )
+    def delete(self, request, message_id):
+        emoji = request.query_params.get("emoji")
+        if emoji is None:
+            if not request.data:
+                raise invalid("emoji is required (in the body or as ?emoji=)")
+            emoji = validated(EmojiSerializer, request)["emoji"]
+        event = services.reaction_remove(message=self.message, user=request.user, emoji=emoji)
+        return Response(event.envelope)

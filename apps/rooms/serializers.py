@@ -1,0 +1,162 @@
+"""Room and membership representations for the REST API."""
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from apps.events.catalogue import EVENT_TYPES
+from apps.users.api import UserSerializer
+
+from .models import Membership, Room
+
+
+class MyMembershipSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+    last_read_seq = serializers.IntegerField()
+    muted_until = serializers.DateTimeField(allow_null=True)
+
+
+class RoomSerializer(serializers.Serializer):
+    """A room as the caller sees it, with their membership (null if not a member) and unread count.
+
+    Expects a queryset annotated by `Room.objects.with_membership_of(user)`.
+    """
+
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    topic = serializers.CharField(read_only=True)
+    kind = serializers.ChoiceField(choices=Room.Kind.choices, read_only=True)
+    archived = serializers.BooleanField(source="is_archived", read_only=True)
+    created_by = serializers.IntegerField(source="created_by_id", read_only=True, allow_null=True)
+    created_at = serializers.DateTimeField(read_only=True)
+    last_seq = serializers.IntegerField(read_only=True)
+    membership = serializers.SerializerMethodField()
+    unread = serializers.SerializerMethodField(
+        help_text="Live messages by others after the caller's read position (0 for non-members)."
+    )
+
+    @extend_schema_field(MyMembershipSerializer(allow_null=True))
+    def get_membership(self, room):
+        role = getattr(room, "my_role", None)
+        if role is None:
+            return None
+        return {
+            "role": role,
+            "last_read_seq": room.my_last_read_seq,
+            "muted_until": serializers.DateTimeField().to_representation(room.my_muted_until)
+            if room.my_muted_until
+            else None,
+        }
+
+    def get_unread(self, room) -> int:
+        return getattr(room, "unread", 0) or 0
+
+
+class RoomCreateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100)
+    kind = serializers.ChoiceField(
+        choices=[Room.Kind.PUBLIC, Room.Kind.PRIVATE], default=Room.Kind.PUBLIC
+    )
+    topic = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+    members = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, default=list, max_length=100,
+        help_text="User ids to add as members at once.",
+    )
+
+
+class RoomUpdateSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False)
+    topic = serializers.CharField(max_length=500, required=False, allow_blank=True)
+
+
+class UserRefSerializer(serializers.Serializer):
+    user = serializers.IntegerField(min_value=1, help_text="A user id.")
+
+
+class ReadSerializer(serializers.Serializer):
+    seq = serializers.IntegerField(min_value=0, help_text="The last seq the caller has seen.")
+
+
+class ReadResultSerializer(serializers.Serializer):
+    last_read_seq = serializers.IntegerField()
+    unread = serializers.IntegerField()
+
+
+class MemberSerializer(serializers.Serializer):
+    user = UserSerializer(read_only=True)
+    role = serializers.ChoiceField(choices=Membership.Role.choices, read_only=True)
+    is_active = serializers.BooleanField(read_only=True)
+    joined_at = serializers.DateTimeField(read_only=True)
+    muted_until = serializers.DateTimeField(read_only=True, allow_null=True)
+    banned = serializers.SerializerMethodField()
+    banned_until = serializers.DateTimeField(read_only=True, allow_null=True)
+    ban_reason = serializers.CharField(read_only=True)
+    last_read_seq = serializers.IntegerField(read_only=True)
+
+    def get_banned(self, membership) -> bool:
+        return membership.is_banned()
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
+
+
+class BanSerializer(ReasonSerializer):
+    until = serializers.DateTimeField(
+        required=False, allow_null=True, default=None,
+        help_text="When the ban ends (ISO 8601 with zone); null or absent = permanent.",
+    )
+
+
+class MuteSerializer(ReasonSerializer):
+    until = serializers.DateTimeField(
+        allow_null=True, help_text="When the mute ends (ISO 8601 with zone); null lifts it."
+    )
+
+
+class RoleSerializer(serializers.Serializer):
+    # The full choice set keeps one Role enum in the schema; the service refuses "owner".
+    role = serializers.ChoiceField(
+        choices=Membership.Role.choices, help_text="'moderator' or 'member'"
+    )
+
+
+class EventActorSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    username = serializers.CharField()
+
+
+class EnvelopeSerializer(serializers.Serializer):
+    """The event envelope (PROTOCOL §1), exactly as stored and sent on the WebSocket and Kafka."""
+
+    id = serializers.UUIDField()
+    type = serializers.ChoiceField(choices=EVENT_TYPES)
+    room = serializers.IntegerField(allow_null=True)
+    seq = serializers.IntegerField(allow_null=True)
+    ts = serializers.CharField(help_text="Commit time, UTC, ISO 8601 with microseconds and Z.")
+    actor = EventActorSerializer(allow_null=True)
+    data = serializers.DictField(help_text="Type-specific fields (PROTOCOL §2).")
+
+
+class EventPageSerializer(serializers.Serializer):
+    results = EnvelopeSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="URL of the next page, or null.")
+    last_seq = serializers.IntegerField(help_text="The room's newest seq now.")
+
+
+class RoomPageSerializer(serializers.Serializer):
+    results = RoomSerializer(many=True)
+    next = serializers.CharField(allow_null=True)
+
+
+class MemberPageSerializer(serializers.Serializer):
+    results = MemberSerializer(many=True)
+    next = serializers.CharField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(
+        choices=["invalid", "unauthenticated", "forbidden", "not_found", "rate_limited",
+                 "too_large", "unavailable"]
+    )
+    detail = serializers.CharField()
+    errors = serializers.DictField(required=False, help_text="Per-field problems.")
