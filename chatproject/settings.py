@@ -81,6 +81,7 @@ INSTALLED_APPS = [
     "apps.rooms",
     "apps.messaging",
     "apps.events",
+    "apps.web",
 ]
 
 MIDDLEWARE = [

@@ -9,4 +9,5 @@ urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
     path("admin/", admin.site.urls),
     path("api/", include("chatproject.api_urls")),
+    path("", include("apps.web.urls")),
 ]

@@ -1,0 +1,647 @@
+// The chat page: the room list, one open room, and the socket that keeps them live.
+//
+// Everything the server sends is inserted with textContent (see `el`), never as HTML.
+
+import { Api, ApiError } from "./api.js";
+import { ChatSocket, ServerError } from "./socket.js";
+import { RoomState } from "./timeline.js";
+
+const config = JSON.parse(document.getElementById("chat-config").textContent);
+const me = { id: config.user.id, username: config.user.username };
+const api = new Api(config.apiRoot);
+const rooms = new Map(); // room id -> RoomState (rooms the user belongs to)
+const presence = new Map(); // user id -> "online" | "away" | "offline"
+const REACTIONS = ["👍", "❤️", "😂", "🎉"];
+const PAGE = 50;
+let current = null; // the open RoomState
+let replyTo = null; // message being replied to
+let editing = null; // key of the message being edited
+let typingSentAt = 0;
+let typingStop = null;
+
+const $ = (id) => document.getElementById(id);
+
+/** Build an element; strings become text nodes (never markup). */
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
+    else if (name === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function showError(where, error) {
+  const text = error ? (error.message || String(error)) : "";
+  $(where).textContent = text;
+  if (text) setTimeout(() => { if ($(where).textContent === text) $(where).textContent = ""; }, 8000);
+}
+
+function uuid() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
+// --- Socket -------------------------------------------------------------------------------
+
+const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + config.wsPath;
+const socket = new ChatSocket(wsUrl, {
+  onOpen: () => {
+    for (const state of rooms.values()) subscribe(state);
+  },
+  onEvent: handleEvent,
+  onState: (status, delay) => {
+    const text = {
+      connecting: "Connecting…",
+      online: "Connected",
+      reconnecting: `Disconnected, reconnecting in ${Math.ceil((delay || 0) / 1000)} s…`,
+      "logged-out": "Logged out: reload the page to log in again.",
+    }[status];
+    $("connection").textContent = text;
+    document.body.dataset.connection = status;
+    if (status !== "online") for (const state of rooms.values()) state.live = false;
+    updateComposer();
+  },
+});
+
+function track(info) {
+  let state = rooms.get(info.id);
+  if (state) {
+    Object.assign(state.info, info);
+    return state;
+  }
+  state = new RoomState(info, me);
+  state.subscribedOnce = new Promise((resolve) => { state.markSubscribed = resolve; });
+  rooms.set(state.id, state);
+  if (info.kind === "direct") findPartner(state);
+  if (socket.ready) subscribe(state);
+  return state;
+}
+
+function forget(state, reason) {
+  rooms.delete(state.id);
+  if (socket.ready) socket.send({ type: "unsubscribe", room: state.id });
+  if (current === state) {
+    current = null;
+    renderRoom();
+    if (reason) showError("sidebar-error", new Error(reason));
+  }
+  renderRoomList();
+}
+
+/** Subscribe from the room's cursor; page whatever the replay could not carry. */
+async function subscribe(state) {
+  const frame = { type: "subscribe", room: state.id };
+  if (state.cursor !== null) frame.since = state.cursor;
+  try {
+    const reply = await socket.request(frame, { timeout: 20000 });
+    if (state.cursor === null) state.cursor = reply.last_seq;
+    if (reply.truncated || state.cursor < reply.last_seq || state.hasGap) {
+      await fillGap(state, reply.last_seq);
+    }
+    state.live = true;
+    state.markSubscribed();
+  } catch (error) {
+    if (error instanceof ServerError && (error.code === "not_found" || error.code === "forbidden")) {
+      forget(state, `You no longer have access to ${state.info.name}.`);
+    }
+    return;
+  }
+  scheduleRender(state);
+}
+
+/** Fetch GET /api/rooms/{id}/events/ until the cursor reaches `target` and no hole is left. */
+function fillGap(state, target = null) {
+  if (state.filling) return state.filling;
+  state.filling = (async () => {
+    try {
+      for (let pages = 0; pages < 1000; pages++) {
+        const goal = Math.max(target ?? 0, (state.bufferedTop ?? 0) - 1);
+        if (state.cursor >= goal && !state.hasGap) break;
+        const page = await api.events(state.id, state.cursor);
+        for (const event of page.results) state.offer(event);
+        if (!page.results.length) break;
+      }
+    } catch (error) {
+      showError("room-error", error);
+    } finally {
+      state.filling = null;
+      scheduleRender(state);
+    }
+  })();
+  return state.filling;
+}
+
+function handleEvent(frame) {
+  if (frame.type === "error") {
+    showError("room-error", new Error(frame.message || frame.code));
+    return;
+  }
+  if (frame.type === "presence.changed") {
+    presence.set(frame.data.user.id, frame.data.status);
+    renderRoomList();
+    return;
+  }
+  if (frame.type === "room.created" && !rooms.has(frame.room)) {
+    api.room(frame.room).then((info) => { track(info); renderRoomList(); }).catch(() => {});
+    return;
+  }
+  const state = rooms.get(frame.room);
+  if (!state) return;
+  if (state.offer(frame) === "gap") fillGap(state);
+  if (state.info.left) {
+    forget(state, state.info.banned ? `You were banned from ${state.info.name}.` : null);
+    return;
+  }
+  scheduleRender(state);
+}
+
+// --- Rendering ----------------------------------------------------------------------------
+
+const dirty = new Set();
+let frameRequested = false;
+
+function scheduleRender(state) {
+  dirty.add(state);
+  if (frameRequested) return;
+  frameRequested = true;
+  requestAnimationFrame(() => {
+    frameRequested = false;
+    const states = [...dirty];
+    dirty.clear();
+    renderRoomList();
+    if (current && states.includes(current)) {
+      renderTimeline();
+      markRead();
+    }
+  });
+}
+
+function roomLabel(state) {
+  if (state.info.kind === "direct" && state.partner) return state.partner.username;
+  return state.info.name;
+}
+
+function renderRoomList() {
+  const list = $("room-list");
+  const items = [...rooms.values()].sort((a, b) => roomLabel(a).localeCompare(roomLabel(b)));
+  list.replaceChildren(...items.map((state) => {
+    const unread = current === state ? 0 : state.unread;
+    const status = state.partner ? presence.get(state.partner.id) : null;
+    return el("li", { dataset: { room: state.id } },
+      el("button", {
+        type: "button", class: "room-link", "aria-current": current === state ? "page" : null,
+        onclick: () => openRoom(state),
+      },
+      state.info.kind === "direct"
+        ? el("span", { class: `presence ${status || "unknown"}`, title: status || "presence unknown" },
+          el("span", { class: "visually-hidden" }, status ? `(${status}) ` : ""))
+        : el("span", { class: "kind", "aria-hidden": "true" }, state.info.kind === "private" ? "🔒" : "#"),
+      el("span", { class: "room-name" }, roomLabel(state)),
+      unread ? el("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null));
+  }));
+}
+
+function messageKey(msg) {
+  return msg.id !== null ? `m${msg.id}` : `c${msg.clientId}`;
+}
+
+function formatTime(ts) {
+  if (!ts) return "";
+  const date = new Date(ts);
+  return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+}
+
+function renderMessage(state, msg) {
+  const mine = msg.author.id === me.id;
+  const moderator = state.isModerator || config.user.is_moderator;
+  const key = messageKey(msg);
+  const classes = ["msg", mine ? "mine" : "", msg.status !== "sent" ? msg.status : "", msg.deleted ? "deleted" : ""];
+  const replied = msg.replyTo !== null ? state.messages.get(msg.replyTo) : null;
+  const body = editing === key
+    ? el("form", { class: "edit-form", onsubmit: (e) => { e.preventDefault(); saveEdit(state, msg, e.target.elements.body.value); } },
+      el("label", { for: `edit-${key}`, class: "visually-hidden" }, "Edit message"),
+      el("textarea", { id: `edit-${key}`, name: "body", rows: "2" }, msg.body),
+      el("button", { type: "submit" }, "Save"),
+      el("button", { type: "button", onclick: () => { editing = null; renderTimeline(); } }, "Cancel"))
+    : el("p", { class: "body" }, msg.deleted ? (msg.byModerator ? "Message removed by a moderator" : "Message deleted") : msg.body);
+  const actions = [];
+  if (!msg.deleted && msg.status === "sent") {
+    actions.push(el("button", { type: "button", dataset: { action: "reply" }, onclick: () => startReply(msg) }, "Reply"));
+    for (const emoji of REACTIONS) {
+      actions.push(el("button", {
+        type: "button", class: "react", dataset: { action: `react-${emoji}` },
+        "aria-label": `React with ${emoji}`, onclick: () => toggleReaction(state, msg, emoji),
+      }, emoji));
+    }
+    if (mine) {
+      actions.push(el("button", { type: "button", dataset: { action: "edit" }, onclick: () => { editing = key; renderTimeline(); $(`edit-${key}`)?.focus(); } }, "Edit"));
+      actions.push(el("button", { type: "button", dataset: { action: "delete" }, onclick: () => deleteOwn(state, msg) }, "Delete"));
+    } else if (moderator) {
+      actions.push(el("button", { type: "button", class: "mod", dataset: { action: "mod-delete" }, onclick: () => moderate(state, "delete", msg) }, "Remove"));
+      actions.push(el("button", { type: "button", class: "mod", dataset: { action: "mute" }, onclick: () => moderate(state, "mute", msg) }, `Mute ${msg.author.username}`));
+      actions.push(el("button", { type: "button", class: "mod", dataset: { action: "ban" }, onclick: () => moderate(state, "ban", msg) }, `Ban ${msg.author.username}`));
+    }
+  }
+  return el("li", { class: classes.filter(Boolean).join(" "), id: key, dataset: { seq: msg.seq ?? "", clientId: msg.clientId ?? "" } },
+    el("div", { class: "meta" },
+      el("span", { class: "author" }, msg.author.username),
+      " ",
+      el("time", { datetime: msg.ts || "" }, formatTime(msg.ts)),
+      msg.editedAt && !msg.deleted ? el("span", { class: "edited" }, " (edited)") : null),
+    msg.replyTo !== null
+      ? el("p", { class: "reply-ref" }, "↪ ", replied ? `${replied.author.username}: ${replied.deleted ? "deleted message" : replied.body.slice(0, 80)}` : "an earlier message")
+      : null,
+    body,
+    msg.reactions.size
+      ? el("div", { class: "reactions", "aria-label": "Reactions" }, [...msg.reactions].map(([emoji, r]) =>
+        el("button", {
+          type: "button", class: "reaction", "aria-pressed": r.me ? "true" : "false",
+          "aria-label": `${emoji} ${r.count}${r.me ? ", including you" : ""}`,
+          onclick: () => toggleReaction(state, msg, emoji),
+        }, `${emoji} ${r.count}`)))
+      : null,
+    msg.status === "pending" ? el("p", { class: "status" }, "Sending…") : null,
+    msg.status === "failed"
+      ? el("p", { class: "status" }, msg.error || "Not sent. ",
+        el("button", { type: "button", dataset: { action: "retry" }, onclick: () => send(state, msg) }, "Retry"))
+      : null,
+    actions.length ? el("div", { class: "actions" }, actions) : null);
+}
+
+function renderTimeline() {
+  const list = $("messages");
+  const timeline = $("timeline");
+  if (!current) {
+    list.replaceChildren();
+    return;
+  }
+  const state = current;
+  const nearBottom = timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 80;
+  const focused = document.activeElement?.closest?.(".msg");
+  const focusKey = focused ? focused.id : null;
+  const focusAction = document.activeElement?.dataset?.action;
+  const existing = new Map([...list.children].map((node) => [node.id, node]));
+  const wanted = state.sorted();
+  const nodes = wanted.map((msg) => {
+    const signature = JSON.stringify([msg.body, msg.deleted, msg.status, msg.editedAt, msg.error, [...msg.reactions],
+      editing === messageKey(msg), state.isModerator, msg.replyTo !== null && state.messages.get(msg.replyTo)?.body]);
+    const old = existing.get(messageKey(msg));
+    if (old && old.dataset.signature === signature) return old;
+    const node = renderMessage(state, msg);
+    node.dataset.signature = signature;
+    return node;
+  });
+  list.replaceChildren(...nodes);
+  if (focusKey && focusAction) document.querySelector(`#${CSS.escape(focusKey)} [data-action="${focusAction}"]`)?.focus();
+  $("load-older").hidden = !state.historyLoaded || state.historyComplete;
+  $("typing").textContent = typingText(state);
+  if (nearBottom) timeline.scrollTop = timeline.scrollHeight;
+}
+
+function typingText(state) {
+  const names = state.typingNames();
+  if (!names.length) return "";
+  return names.length === 1 ? `${names[0]} is typing…` : `${names.join(", ")} are typing…`;
+}
+
+setInterval(() => { if (current) $("typing").textContent = typingText(current); }, 1000);
+
+function renderRoom() {
+  const state = current;
+  document.body.classList.toggle("room-open", Boolean(state));
+  $("room-title").textContent = state ? roomLabel(state) : "Pick a room";
+  $("room-topic").textContent = state ? state.info.topic || "" : "";
+  $("room-actions").hidden = !state;
+  $("invite-form").hidden = !state || state.info.kind === "direct" || !state.isModerator;
+  $("leave-room").hidden = !state || state.info.kind === "direct";
+  $("composer").hidden = !state;
+  editing = null;
+  cancelReply();
+  renderRoomList();
+  renderTimeline();
+  updateComposer();
+}
+
+function updateComposer() {
+  const offline = !socket.ready;
+  $("load-older").disabled = offline;
+  if (!current) return;
+  const archived = current.info.archived;
+  $("composer-input").disabled = Boolean(archived);
+  $("send-button").disabled = Boolean(archived);
+  if (archived) $("composer-input").placeholder = "This room is archived.";
+}
+
+// --- Rooms --------------------------------------------------------------------------------
+
+async function findPartner(state) {
+  try {
+    const members = await api.members(state.id);
+    const other = members.find((m) => m.user.id !== me.id);
+    if (other) state.partner = other.user;
+    renderRoomList();
+    if (current === state) $("room-title").textContent = roomLabel(state);
+  } catch { /* the room name stays */ }
+}
+
+async function openRoom(state) {
+  current = state;
+  document.title = `${roomLabel(state)} · Chat`;
+  renderRoom();
+  if (!state.historyLoaded) await loadHistory(state);
+  if (current === state) {
+    $("timeline").scrollTop = $("timeline").scrollHeight;
+    markRead();
+  }
+}
+
+async function loadHistory(state) {
+  // Wait for the subscription: the snapshot must not predate events applied to it. Offline,
+  // show the history anyway after a moment (the replay then only risks a recount).
+  await Promise.race([state.subscribedOnce, new Promise((resolve) => setTimeout(resolve, 4000))]);
+  try {
+    const page = await api.messages(state.id, null, PAGE);
+    state.mergeHistory(page.results);
+    state.historyLoaded = true;
+    state.historyComplete = !page.next;
+  } catch (error) {
+    showError("room-error", error);
+  }
+  scheduleRender(state);
+}
+
+async function loadOlder() {
+  const state = current;
+  if (!state || state.oldestSeq === null) return;
+  const timeline = $("timeline");
+  const fromBottom = timeline.scrollHeight - timeline.scrollTop;
+  try {
+    const page = await api.messages(state.id, state.oldestSeq, PAGE);
+    state.mergeHistory(page.results);
+    state.historyComplete = !page.next;
+  } catch (error) {
+    showError("room-error", error);
+    return;
+  }
+  renderTimeline();
+  timeline.scrollTop = timeline.scrollHeight - fromBottom;
+}
+
+const readSent = new Map();
+
+function markRead() {
+  const state = current;
+  if (!state || !socket.ready || document.visibilityState !== "visible") return;
+  const seq = state.cursor;
+  if (seq === null || seq <= state.lastReadSeq || seq <= (readSent.get(state.id) || 0)) return;
+  readSent.set(state.id, seq);
+  socket.request({ type: "read", room: state.id, seq })
+    .then(() => { if (seq > state.lastReadSeq) state.lastReadSeq = seq; renderRoomList(); })
+    .catch(() => readSent.delete(state.id));
+}
+
+document.addEventListener("visibilitychange", markRead);
+
+async function refreshRooms() {
+  try {
+    const [mine, visible] = await Promise.all([api.myRooms(), api.publicRooms()]);
+    const ids = new Set(mine.map((r) => r.id));
+    for (const info of mine) track(info);
+    for (const state of [...rooms.values()]) if (!ids.has(state.id)) forget(state);
+    renderPublicRooms(visible.filter((r) => !ids.has(r.id) && r.kind === "public" && !r.archived));
+    renderRoomList();
+  } catch (error) {
+    showError("sidebar-error", error);
+  }
+}
+
+function renderPublicRooms(list) {
+  $("public-rooms").replaceChildren(...(list.length ? list.map((info) =>
+    el("li", {}, el("span", {}, info.name), " ",
+      el("button", { type: "button", "aria-label": `Join ${info.name}`, onclick: () => join(info) }, "Join")))
+    : [el("li", {}, "No other public rooms.")]));
+}
+
+async function join(info) {
+  try {
+    await api.joinRoom(info.id);
+    const state = track(await api.room(info.id));
+    await refreshRooms();
+    openRoom(state);
+  } catch (error) {
+    showError("sidebar-error", error);
+  }
+}
+
+async function userByName(username) {
+  const name = username.trim();
+  const found = (await api.findUsers(name)).find((u) => u.username.toLowerCase() === name.toLowerCase());
+  if (!found) throw new Error(`No user called ${name}.`);
+  return found;
+}
+
+$("create-room-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const form = e.target;
+  try {
+    const info = await api.createRoom(form.elements.name.value, form.elements.private.checked ? "private" : "public");
+    form.reset();
+    form.closest("details").open = false;
+    openRoom(track(info));
+  } catch (error) {
+    showError("sidebar-error", error);
+  }
+});
+
+$("direct-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const form = e.target;
+  try {
+    const user = await userByName(form.elements.username.value);
+    const info = await api.openDirect(user.id);
+    form.reset();
+    const state = track(info);
+    state.partner = user;
+    openRoom(state);
+  } catch (error) {
+    showError("sidebar-error", error);
+  }
+});
+
+$("invite-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const state = current;
+  try {
+    const user = await userByName($("invite-username").value);
+    await api.invite(state.id, user.id);
+    $("invite-username").value = "";
+    showError("room-error", new Error(`${user.username} was invited.`));
+  } catch (error) {
+    showError("room-error", error);
+  }
+});
+
+$("leave-room").addEventListener("click", async () => {
+  const state = current;
+  try {
+    await api.leaveRoom(state.id);
+    forget(state);
+    refreshRooms();
+  } catch (error) {
+    showError("room-error", error);
+  }
+});
+
+$("load-older").addEventListener("click", loadOlder);
+$("back-to-rooms").addEventListener("click", () => { current = null; renderRoom(); });
+$("timeline").addEventListener("scroll", () => {
+  if ($("timeline").scrollTop === 0 && current?.historyLoaded && !current.historyComplete && socket.ready) loadOlder();
+});
+
+// --- Messages -----------------------------------------------------------------------------
+
+async function send(state, msg) {
+  msg.status = "pending";
+  msg.error = null;
+  scheduleRender(state);
+  const frame = { type: "message.send", room: state.id, body: msg.body, client_id: msg.clientId };
+  if (msg.replyTo !== null) frame.reply_to = msg.replyTo;
+  try {
+    const reply = await socket.request(frame);
+    state.confirm(reply.event);
+  } catch (error) {
+    msg.status = "failed";
+    msg.error = error instanceof ServerError ? `Not sent: ${error.message}. ` : "Not sent. ";
+  }
+  scheduleRender(state);
+}
+
+$("composer").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const state = current;
+  const input = $("composer-input");
+  const body = input.value;
+  if (!state || !body.trim()) return;
+  const msg = state.addPending(uuid(), body, replyTo ? replyTo.id : null);
+  input.value = "";
+  cancelReply();
+  stopTyping();
+  send(state, msg);
+  $("timeline").scrollTop = $("timeline").scrollHeight;
+});
+
+$("composer-input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $("composer").requestSubmit();
+  } else if (e.key === "Escape") {
+    cancelReply();
+  }
+});
+
+$("composer-input").addEventListener("input", () => {
+  if (!current || !socket.ready) return;
+  const now = Date.now();
+  if (now - typingSentAt > 3000) {
+    typingSentAt = now;
+    socket.send({ type: "typing", room: current.id, state: true });
+  }
+  clearTimeout(typingStop);
+  typingStop = setTimeout(stopTyping, 4000);
+});
+
+function stopTyping() {
+  clearTimeout(typingStop);
+  if (typingSentAt && current && socket.ready) socket.send({ type: "typing", room: current.id, state: false });
+  typingSentAt = 0;
+}
+
+function startReply(msg) {
+  replyTo = msg;
+  $("reply-text").textContent = `Replying to ${msg.author.username}: ${msg.body.slice(0, 80)}`;
+  $("reply-banner").hidden = false;
+  $("composer-input").focus();
+}
+
+function cancelReply() {
+  replyTo = null;
+  $("reply-banner").hidden = true;
+  $("reply-text").textContent = "";
+}
+
+$("reply-cancel").addEventListener("click", cancelReply);
+
+async function request(state, frame) {
+  try {
+    const reply = await socket.request(frame);
+    if (reply.event) handleAck(state, reply.event);
+  } catch (error) {
+    showError("room-error", error instanceof ServerError ? error : new Error("Not connected: try again in a moment."));
+  }
+}
+
+// An ack carries the committed event; it also arrives in the room's stream, where the
+// cursor deduplicates it. Applying it now only matters for the stream being behind.
+function handleAck(state, event) {
+  if (event.seq !== null && state.cursor !== null && event.seq === state.cursor + 1) state.offer(event);
+  scheduleRender(state);
+}
+
+async function saveEdit(state, msg, body) {
+  if (!body.trim() || body === msg.body) {
+    editing = null;
+    renderTimeline();
+    return;
+  }
+  editing = null;
+  await request(state, { type: "message.edit", message: msg.id, body });
+  renderTimeline();
+}
+
+function deleteOwn(state, msg) {
+  return request(state, { type: "message.delete", message: msg.id });
+}
+
+function toggleReaction(state, msg, emoji) {
+  const mine = msg.reactions.get(emoji)?.me;
+  return request(state, { type: mine ? "reaction.remove" : "reaction.add", message: msg.id, emoji });
+}
+
+/** Moderator actions go through the REST API, like any other client's. */
+async function moderate(state, action, msg) {
+  try {
+    if (action === "delete") await api.deleteMessage(msg.id);
+    if (action === "mute") {
+      await api.mute(state.id, msg.author.id, new Date(Date.now() + 10 * 60 * 1000).toISOString());
+      showError("room-error", new Error(`${msg.author.username} is muted for 10 minutes.`));
+    }
+    if (action === "ban") {
+      await api.ban(state.id, msg.author.id, "banned from the web client");
+      showError("room-error", new Error(`${msg.author.username} is banned from this room.`));
+    }
+  } catch (error) {
+    showError("room-error", error instanceof ApiError ? error : new Error(String(error)));
+  }
+}
+
+// --- Start --------------------------------------------------------------------------------
+
+(async () => {
+  await refreshRooms();
+  socket.connect();
+  const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
+  const first = rooms.get(wanted) || (window.innerWidth > 700 ? [...rooms.values()][0] : null);
+  if (first) openRoom(first);
+  setInterval(refreshRooms, 30000);
+})();

@@ -1,0 +1,82 @@
+"""The chat page and the Django-session pages around it (login, logout, sign-up)."""
+
+from django import forms
+from django.conf import settings
+from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import ensure_csrf_cookie
+
+from apps.rooms.services import is_site_moderator
+from apps.users import services as users
+from chatproject.errors import ServiceError
+
+
+@login_required
+@ensure_csrf_cookie
+def chat_page(request):
+    """The single-page client; everything after this comes over REST and the WebSocket."""
+    user = request.user
+    config = {
+        "user": {
+            "id": user.pk,
+            "username": user.username,
+            "is_moderator": is_site_moderator(user),
+        },
+        "wsPath": "/ws/",
+        "apiRoot": "/api/",
+        "heartbeat": settings.CHAT_HEARTBEAT_SECONDS,
+        "maxLength": settings.CHAT_MESSAGE_MAX_LENGTH,
+    }
+    return render(request, "web/chat.html", {"config": config})
+
+
+class LoginPage(auth_views.LoginView):
+    template_name = "web/login.html"
+    redirect_authenticated_user = True
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(signup_enabled=settings.SIGNUP_ENABLED, **kwargs)
+
+
+class LogoutPage(auth_views.LogoutView):
+    next_page = settings.LOGIN_URL
+
+
+class SignupForm(forms.Form):
+    username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}))
+    password = forms.CharField(
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text=f"At least {users.PASSWORD_MIN_LENGTH} characters.",
+    )
+    password_again = forms.CharField(
+        label="Password again", widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
+    )
+
+    def clean(self):
+        data = super().clean()
+        if data.get("password") and data.get("password") != data.get("password_again"):
+            self.add_error("password_again", "The two passwords differ.")
+        return data
+
+
+def signup_page(request):
+    """Open sign-up (settings.SIGNUP_ENABLED) through the same service as POST /api/users/."""
+    if not settings.SIGNUP_ENABLED:
+        raise Http404("sign-up is disabled")
+    if request.user.is_authenticated:
+        return redirect("web:chat")
+    form = SignupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            user = users.user_signup(
+                username=form.cleaned_data["username"], password=form.cleaned_data["password"]
+            )
+        except ServiceError as error:
+            form.add_error(None, error.message)
+        else:
+            login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+            return redirect("web:chat")
+    return render(request, "web/signup.html", {"form": form})

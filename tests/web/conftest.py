@@ -1,0 +1,122 @@
+"""Headless Chromium (Debian's package) driven by Playwright, and helpers for the chat page."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests import factories
+from tests.support.processes import subprocess_env
+from tests.support.services import ROOT
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+ARTIFACTS = Path(ROOT) / "test-artifacts" / "web"
+PASSWORD = "pw-for-tests-1"  # tests.factories.make_user's default
+
+
+@pytest.fixture
+def child_env(transactional_db):
+    # Playwright's sync API runs an event loop in this thread, so the test process sets
+    # DJANGO_ALLOW_ASYNC_UNSAFE for its own ORM calls; the server must not inherit it.
+    env = subprocess_env()
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (bin/test does it)")
+    from playwright.sync_api import sync_playwright
+
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    playwright = sync_playwright().start()
+    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    yield chromium
+    chromium.close()
+    playwright.stop()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+
+
+@pytest.fixture
+def open_page(browser):
+    """open_page(server, user, width=1100) -> a logged-in page on the chat (own context each)."""
+    contexts = []
+
+    def _open(server, user, *, width=1100, height=760):
+        context = browser.new_context(viewport={"width": width, "height": height})
+        context.set_default_timeout(15000)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+        page.errors = []
+        login(page, server, user.username)
+        return page
+
+    yield _open
+    for context in contexts:
+        context.close()
+
+
+def login(page, server, username, password=PASSWORD):
+    page.goto(server.http_url + "/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    try:
+        page.wait_for_url(server.http_url + "/")
+        wait_connected(page)
+    except Exception:
+        screenshot(page, f"login-failed-{username}")
+        raise AssertionError(f"login failed at {page.url}: {page.inner_text('body')[:500]}\n"
+                             + server.output()[-3000:])
+
+
+def wait_connected(page, timeout=20000):
+    page.wait_for_function(
+        "document.body.dataset.connection === 'online'", timeout=timeout
+    )
+
+
+def screenshot(page, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=False)
+
+
+def in_thread(fn, *args, **kwargs):
+    """Run ORM and service calls off the Playwright thread.
+
+    Playwright's sync API keeps an event loop in the test's thread, where Django refuses
+    async_to_sync (the services' after-commit fan-out). A short-lived thread has no loop.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connections
+
+    def call():
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result()
+
+
+def make_user(username, **extra):
+    """A user the server process can log in: its hash uses the production hasher.
+
+    The test settings hash with MD5 for speed; the server runs the production settings,
+    which do not accept MD5 hashes.
+    """
+    from django.contrib.auth.hashers import PBKDF2PasswordHasher
+
+    user = factories.make_user(username, **extra)
+    hasher = PBKDF2PasswordHasher()
+    user.password = hasher.encode(PASSWORD, hasher.salt(), iterations=20000)
+    user.save(update_fields=["password"])
+    return user
