@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "apps.messaging",
     "apps.events",
     "apps.web",
+    "apps.notifications",
 ]
 
 MIDDLEWARE = [
@@ -228,6 +229,26 @@ KAFKA_LINGER_MS = env_int("KAFKA_LINGER_MS", 5)
 KAFKA_BATCH_SIZE = env_int("KAFKA_BATCH_SIZE", 65536)
 KAFKA_REQUEST_TIMEOUT_MS = env_int("KAFKA_REQUEST_TIMEOUT_MS", 10000)
 KAFKA_SECURITY_PROTOCOL = env("KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+# Producer: idempotent, acks=all; send() blocks at most KAFKA_MAX_BLOCK_MS on a missing broker.
+KAFKA_MAX_BLOCK_MS = env_int("KAFKA_MAX_BLOCK_MS", 5000)
+KAFKA_DELIVERY_TIMEOUT_MS = env_int("KAFKA_DELIVERY_TIMEOUT_MS", 30000)
+# Consumer groups (consume_events). Tansu makes a joining member wait a full rebalance timeout
+# (= max poll interval), so these stay small; raise them for slow handlers on real Kafka.
+KAFKA_CONSUMER_SESSION_TIMEOUT_MS = env_int("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", 10000)
+KAFKA_CONSUMER_HEARTBEAT_MS = env_int("KAFKA_CONSUMER_HEARTBEAT_MS", 3000)
+KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS = env_int("KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS", 30000)
+KAFKA_CONSUMER_MAX_POLL_RECORDS = env_int("KAFKA_CONSUMER_MAX_POLL_RECORDS", 500)
+# consume_events --group NAME runs the handler named here (or --handler dotted.path).
+KAFKA_CONSUMER_HANDLERS = {
+    "notifications": "apps.notifications.handlers.MentionNotifications",
+}
+# The outbox publisher (apps.events.publisher).
+OUTBOX_BATCH_SIZE = env_int("OUTBOX_BATCH_SIZE", 500)
+OUTBOX_FLUSH_TIMEOUT_SECONDS = env_float("OUTBOX_FLUSH_TIMEOUT_SECONDS", 15.0)
+OUTBOX_RETRY_BASE_SECONDS = env_float("OUTBOX_RETRY_BASE_SECONDS", 1.0)
+OUTBOX_RETRY_MAX_SECONDS = env_float("OUTBOX_RETRY_MAX_SECONDS", 30.0)
+OUTBOX_LOCK_TIMEOUT_SECONDS = env_float("OUTBOX_LOCK_TIMEOUT_SECONDS", 30.0)
+OUTBOX_KICK_DEBOUNCE_MS = env_int("OUTBOX_KICK_DEBOUNCE_MS", 1000)
 
 # --- Chat behaviour and limits --------------------------------------------------------------------
 SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)

@@ -55,3 +55,24 @@ class Event(models.Model):
     @property
     def is_published(self) -> bool:
         return self.published_at is not None
+
+
+class ConsumedEvent(models.Model):
+    """An event a Kafka consumer group has handled: consumers deduplicate on (group, event id).
+
+    Written in the same transaction as the handler's own writes, so a redelivered event (a
+    rebalance, a crash before the offset commit, a republished outbox row) is skipped.
+    """
+
+    group = models.CharField(max_length=100)
+    event_id = models.UUIDField()
+    handled_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["group", "event_id"], name="consumed_event_unique")
+        ]
+        indexes = [models.Index(fields=["handled_at"])]
+
+    def __str__(self):
+        return f"{self.group}: {self.event_id}"

@@ -1,39 +1,95 @@
-"""Waking the Kafka publisher after a commit. The beat sweep covers anything missed here."""
+"""Waking the Kafka publisher after a commit, and the outbox's health figures.
+
+The kick is debounced so a thousand sends a second do not become a thousand Celery tasks:
+`SET <prefix>:outbox:kick 1 NX PX <debounce>` and enqueue only when the key was set. The
+task deletes the key before it reads the outbox, so an event committed after that read
+enqueues a new task. Whatever is missed here (a lost task, Redis or the Celery broker down)
+the periodic sweep publishes.
+"""
+
+from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+
 logger = logging.getLogger(__name__)
+
+_redis = None
+
+
+def kick_key() -> str:
+    return f"{settings.CHANNELS_PREFIX}:outbox:kick"
+
+
+def redis_client():
+    """A small-timeout Redis client for the kick key (None in embedded mode)."""
+    global _redis
+    if not settings.REDIS_URL:
+        return None
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+    return _redis
 
 
 def kick_publisher() -> None:
-    """Ask a Celery worker to publish pending outbox rows."""
-    from django.conf import settings
-
+    """Ask a Celery worker to publish pending outbox rows (at most one queued kick at a time)."""
     if not settings.KAFKA_BOOTSTRAP_SERVERS:
         return
+    client = redis_client()
+    if client is not None:
+        try:
+            if not client.set(kick_key(), 1, nx=True, px=settings.OUTBOX_KICK_DEBOUNCE_MS):
+                return  # a kick is queued and has not read the outbox yet
+        except Exception:  # noqa: BLE001 - Redis down: enqueue anyway, the broker may be up
+            logger.debug("outbox kick key unavailable", exc_info=True)
     try:
         from .tasks import publish_outbox
 
-        publish_outbox.delay()
-    except Exception:  # broker down: the periodic sweep publishes the rows later
+        # No publish retries: a down Celery broker must not hold up the request that committed.
+        publish_outbox.apply_async(retry=False)
+    except Exception:  # noqa: BLE001 - the periodic sweep publishes the rows later
         logger.warning("could not enqueue the outbox publisher", exc_info=True)
+
+
+def clear_kick() -> None:
+    """Called by the task before it reads the outbox (see the module docstring)."""
+    client = redis_client()
+    if client is None:
+        return
+    try:
+        client.delete(kick_key())
+    except Exception:  # noqa: BLE001 - the key expires on its own
+        logger.debug("could not clear the outbox kick key", exc_info=True)
 
 
 def outbox_status() -> dict:
     """Pending count and the age of the oldest unpublished event (for /readyz and the admin)."""
-    from django.conf import settings
+    from django.db.models import Count, Max, Min, Q
     from django.utils import timezone
 
-    from .catalogue import CATALOGUE
-    from .models import Event
+    from .observability import OUTBOX_LAG, OUTBOX_PENDING
+    from .publisher import pending_rows
 
-    kafka_types = [t for t, spec in CATALOGUE.items() if spec.kafka]
-    pending = Event.objects.unpublished().filter(type__in=kafka_types)
-    oldest = pending.order_by("ts").values_list("ts", flat=True).first()
-    lag = (timezone.now() - oldest).total_seconds() if oldest else 0.0
+    stats = pending_rows().aggregate(
+        pending=Count("id"),
+        oldest=Min("ts"),
+        failing=Count("id", filter=~Q(last_error="")),
+        max_attempts=Max("publish_attempts"),
+    )
+    oldest = stats["oldest"]
+    lag = max(0.0, (timezone.now() - oldest).total_seconds()) if oldest else 0.0
+    OUTBOX_PENDING.set(stats["pending"])
+    OUTBOX_LAG.set(lag)
     return {
         "ok": True,
-        "pending": pending.count(),
+        "pending": stats["pending"],
         "oldest_pending_age_seconds": round(lag, 3),
+        "failing": stats["failing"],
+        "max_attempts": stats["max_attempts"] or 0,
         "publishing": bool(settings.KAFKA_BOOTSTRAP_SERVERS),
     }

@@ -1,17 +1,37 @@
-"""Celery tasks of the Kafka bridge (first cut; the full bridge lands with issue 5)."""
+"""Celery tasks of the Kafka bridge. Their retry policy is the outbox's: a failed row keeps its
+error and a backoff time, and the periodic sweep picks it up again (no deadline)."""
+
+import logging
 
 from celery import shared_task
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True)
 def publish_outbox():
+    """After-commit kick: publish everything pending."""
+    from .outbox import clear_kick, kick_publisher
     from .publisher import publish_pending
 
-    publish_pending()
+    # Before reading the outbox: an event committed after our read then enqueues a new kick.
+    clear_kick()
+    result = publish_pending()
+    if not result.locked:
+        kick_publisher()  # the holder may have finished its last read before our events
 
 
 @shared_task(ignore_result=True)
 def sweep_outbox():
+    """Celery beat (outbox-sweep): publish what lost kicks or outages left, refresh the gauges."""
+    from .outbox import outbox_status
     from .publisher import publish_pending
 
-    publish_pending()
+    result = publish_pending()
+    status = outbox_status()
+    if result.published or result.failed:
+        logger.info(
+            "outbox sweep: published %d, held back %d, pending %d, lag %.1fs",
+            result.published, result.failed, status["pending"],
+            status["oldest_pending_age_seconds"],
+        )

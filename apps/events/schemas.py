@@ -1,0 +1,108 @@
+"""JSON Schema (draft 2020-12) of every event type's envelope (PROTOCOL §1 and §2).
+
+`SCHEMAS[type]` describes the whole envelope of that type, `data` included. The tests validate
+every event the services produce against it; consumers outside this code base can use
+`envelope_schema(type)` (or `python manage.py shell -c` to dump them) as the contract.
+"""
+
+from __future__ import annotations
+
+from .catalogue import CATALOGUE
+
+TS_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$"
+
+_id = {"type": "integer", "minimum": 1}
+_ts = {"type": "string", "pattern": TS_PATTERN}
+_ts_or_null = {"anyOf": [_ts, {"type": "null"}]}
+_user = {
+    "type": "object",
+    "properties": {"id": _id, "username": {"type": "string", "minLength": 1}},
+    "required": ["id", "username"],
+    "additionalProperties": False,
+}
+_role = {"enum": ["owner", "moderator", "member"]}
+_emoji = {"type": "string", "minLength": 1, "maxLength": 32}
+
+
+def _obj(properties: dict, required=None, *, extra=False) -> dict:
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties if required is None else required),
+        "additionalProperties": extra,
+    }
+
+
+_room = _obj(
+    {
+        "id": _id,
+        "name": {"type": "string", "minLength": 1, "maxLength": 100},
+        "topic": {"type": "string", "maxLength": 500},
+        "kind": {"enum": ["public", "private", "direct"]},
+        "archived": {"type": "boolean"},
+        "created_by": {"anyOf": [_id, {"type": "null"}]},
+    }
+)
+
+DATA: dict[str, dict] = {
+    "message.created": _obj(
+        {
+            "id": _id,
+            "body": {"type": "string", "minLength": 1},
+            "reply_to": {"anyOf": [_id, {"type": "null"}]},
+            "client_id": {"type": "string", "format": "uuid"},
+        }
+    ),
+    "message.edited": _obj(
+        {"id": _id, "body": {"type": "string", "minLength": 1}, "edited_at": _ts}
+    ),
+    "message.deleted": _obj({"id": _id, "by_moderator": {"type": "boolean"}}),
+    "reaction.added": _obj({"message": _id, "emoji": _emoji}),
+    "reaction.removed": _obj({"message": _id, "emoji": _emoji}),
+    "room.created": _room,
+    # Only the fields that changed, at least one.
+    "room.updated": {
+        **_obj(
+            {"name": _room["properties"]["name"], "topic": _room["properties"]["topic"]},
+            required=[],
+        ),
+        "minProperties": 1,
+    },
+    "room.archived": _obj({}),
+    "member.joined": _obj({"user": _user, "role": _role}),
+    "member.left": _obj({"user": _user}),
+    "member.role_changed": _obj({"user": _user, "role": _role}),
+    "member.banned": _obj({"user": _user, "reason": {"type": "string"}, "until": _ts_or_null}),
+    "member.muted": _obj({"user": _user, "until": _ts_or_null}),
+    "receipt.updated": _obj({"user": _user, "last_read_seq": {"type": "integer", "minimum": 0}}),
+    "typing": _obj({"user": _user, "state": {"type": "boolean"}}),
+    "presence.changed": _obj({"user": _user, "status": {"enum": ["online", "away", "offline"]}}),
+}
+
+
+def envelope_schema(type: str) -> dict:
+    """The full envelope schema of one event type."""
+    spec = CATALOGUE[type]
+    room_required = spec.seq or type == "receipt.updated"
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"urn:chat:event:{type}",
+        "title": type,
+        "type": "object",
+        "properties": {
+            "id": {"type": "string", "format": "uuid"},
+            "type": {"const": type},
+            "room": _id if room_required else {"anyOf": [_id, {"type": "null"}]},
+            "seq": {"type": "integer", "minimum": 1} if spec.seq else {"type": "null"},
+            "ts": _ts,
+            "actor": {"anyOf": [_user, {"type": "null"}]},
+            "data": DATA[type],
+        },
+        "required": ["id", "type", "room", "seq", "ts", "actor", "data"],
+        "additionalProperties": False,
+    }
+
+
+SCHEMAS: dict[str, dict] = {type: envelope_schema(type) for type in CATALOGUE}
+
+assert set(DATA) == set(CATALOGUE), "every catalogue type needs a data schema"

@@ -1,0 +1,38 @@
+"""Writes to notifications (the handler creates them; users mark them read)."""
+
+from __future__ import annotations
+
+from django.utils import timezone
+
+from chatproject.errors import invalid, not_found
+
+from .models import Notification
+
+MAX_IDS = 500
+
+
+def notification_mark_read(*, user, notification_id) -> Notification:
+    """Mark one of the user's notifications read (idempotent)."""
+    try:
+        notification = Notification.objects.for_user(user).get(pk=int(notification_id))
+    except (Notification.DoesNotExist, TypeError, ValueError, OverflowError):
+        raise not_found("notification not found") from None
+    if notification.read_at is None:
+        notification.read_at = timezone.now()
+        notification.save(update_fields=["read_at"])
+    return notification
+
+
+def notifications_mark_read(*, user, ids=None, all=False) -> int:
+    """Mark several (ids) or all of the user's unread notifications read; returns how many."""
+    if all:
+        return Notification.objects.for_user(user).unread().update(read_at=timezone.now())
+    if not isinstance(ids, list) or not ids:
+        raise invalid("give ids (a non-empty list of notification ids) or all=true")
+    if len(ids) > MAX_IDS:
+        raise invalid(f"at most {MAX_IDS} ids at once")
+    if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
+        raise invalid("ids must be integers")
+    return (
+        Notification.objects.for_user(user).unread().filter(pk__in=ids).update(read_at=timezone.now())
+    )

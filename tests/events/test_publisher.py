@@ -1,0 +1,115 @@
+"""The outbox publisher against the real broker, in this process (the worker tests cover Celery)."""
+
+from __future__ import annotations
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+from django.utils import timezone
+
+from apps.events import kafka, publisher
+from apps.events.models import Event
+from apps.events.outbox import outbox_status
+from tests import factories
+from tests.events.kafka_support import read_topic
+from tests.support.services import Broker
+
+pytestmark = [pytest.mark.kafka, pytest.mark.django_db]
+
+
+def make_traffic(rooms=3, per_room=5):
+    owner = factories.make_user()
+    made = []
+    for _ in range(rooms):
+        room = factories.make_room(owner)
+        for i in range(per_room):
+            factories.send(room, owner, body=f"m{i}")
+        made.append(room)
+    return made
+
+
+@pytest.fixture(autouse=True)
+def fresh_producer():
+    kafka.reset_producer()
+    yield
+    kafka.reset_producer()
+
+
+def test_publish_marks_rows_and_records_are_exactly_the_envelopes():
+    make_traffic()
+    rows = {str(e.pk): e for e in Event.objects.all()}
+    result = publisher.publish_pending()
+    assert result.published == len(rows) and result.failed == 0
+    assert not Event.objects.unpublished().exists()
+    assert Event.objects.filter(publish_attempts=1).count() == len(rows)
+
+    records = [r for r in read_topic(want_ids=rows) if r.envelope["id"] in rows]
+    assert sorted(r.envelope["id"] for r in records) == sorted(rows)  # each once
+    for rec in records:
+        row = rows[rec.envelope["id"]]
+        assert rec.envelope == row.envelope
+        assert rec.key == str(row.room_id).encode()
+        assert rec.headers == {"event_type": row.type, "event_id": str(row.pk)}
+    # Nothing left: a second drain publishes nothing.
+    assert publisher.publish_pending().published == 0
+
+
+def test_pending_rows_wait_while_the_room_head_backs_off():
+    (room,) = make_traffic(rooms=1, per_room=3)
+    head = Event.objects.filter(room=room).order_by("seq").first()
+    Event.objects.filter(pk=head.pk).update(
+        next_attempt_at=timezone.now() + timezone.timedelta(minutes=5), last_error="boom"
+    )
+    other = factories.make_room()
+    result = publisher.publish_pending()
+    # The other room goes out; not one row of the held room is published before its head.
+    assert Event.objects.filter(room=other, published_at__isnull=True).count() == 0
+    assert Event.objects.filter(room=room, published_at__isnull=False).count() == 0
+    assert result.published == Event.objects.filter(room=other).count()
+
+    Event.objects.filter(pk=head.pk).update(next_attempt_at=None)
+    publisher.publish_pending()
+    assert Event.objects.filter(room=room, published_at__isnull=True).count() == 0
+
+
+def test_backoff_is_exponential_and_capped():
+    with override_settings(OUTBOX_RETRY_BASE_SECONDS=1.0, OUTBOX_RETRY_MAX_SECONDS=30.0):
+        assert [publisher.backoff_seconds(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [
+            1, 2, 4, 8, 16, 30, 30,
+        ]
+
+
+def test_broker_down_keeps_rows_with_their_error_then_publishes_them_in_order():
+    broker = Broker().start()
+    try:
+        with override_settings(
+            KAFKA_BOOTSTRAP_SERVERS=[broker.bootstrap], KAFKA_MAX_BLOCK_MS=1000,
+            KAFKA_REQUEST_TIMEOUT_MS=1000, KAFKA_DELIVERY_TIMEOUT_MS=2000,
+            OUTBOX_FLUSH_TIMEOUT_SECONDS=2.0, OUTBOX_RETRY_BASE_SECONDS=0.0,
+        ):
+            rooms = make_traffic(rooms=2, per_room=2)
+            assert publisher.publish_pending().published == Event.objects.count()
+            broker.stop()
+            for room in rooms:
+                factories.send(room, room.created_by, body="during the outage")
+            result = publisher.publish_pending(max_seconds=5)
+            assert result.published == 0 and result.errors
+            failing = Event.objects.unpublished()
+            assert failing.count() == 2
+            # One head per room carries the error and the attempt; nothing is dropped.
+            assert failing.exclude(last_error="").count() == 2
+            assert all(e.publish_attempts == 1 for e in failing)
+            status = outbox_status()
+            assert status["pending"] == 2 and status["failing"] == 2
+
+            # A restarted in-memory broker is empty: the publisher re-creates the topic.
+            broker = Broker(port=broker.port).start()
+            result = publisher.publish_pending()
+            assert result.published == 2, result
+            outage = [str(e.pk) for e in Event.objects.filter(
+                envelope__data__body="during the outage")]
+            records = read_topic([broker.bootstrap], want_ids=outage)
+            assert sorted(r.envelope["id"] for r in records) == sorted(outage)
+            assert {r.key for r in records} == {str(r.id).encode() for r in rooms}
+    finally:
+        broker.stop()
