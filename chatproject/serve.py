@@ -1,8 +1,139 @@
-"""Run the ASGI app under daphne: `python -m chatproject.serve --port 8000`."""
+"""Run the ASGI app under daphne: `python -m chatproject.serve --port 8000`.
+
+Two small hooks on top of daphne's own server:
+
+- Each WebSocket scope carries `scope["extensions"]["chat.socket"]` (SocketExtension): the app
+  writes text frames straight to the socket (one framing per socket, no per-socket task), and
+  reads how much is still unsent, so a slow client is dropped instead of growing the Twisted
+  write buffer without bound (daphne buffers without limit).
+- Graceful shutdown: on SIGTERM (or SIGINT) the process stops accepting connections, closes every
+  WebSocket with 1012 (service restart) so clients reconnect elsewhere and resume with `since`,
+  lets in-flight requests finish, and exits within CHAT_SHUTDOWN_GRACE_SECONDS (plus ~1 s).
+"""
 
 import argparse
+import logging
 import os
+import signal
 import sys
+import time
+
+logger = logging.getLogger("chatproject.serve")
+
+
+class SocketExtension:
+    """What the application may do with its WebSocket directly (see the module docstring)."""
+
+    __slots__ = ("protocol", "frames")
+
+    def __init__(self, protocol):
+        self.protocol = protocol
+        self.frames = 0  # frames written since the write buffer was last seen empty
+
+    def write(self, payload: bytes) -> bool:
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN:
+            return False
+        if self.unsent_bytes() == 0:
+            self.frames = 0
+        protocol.sendMessage(payload, False)
+        self.frames += 1
+        return True
+
+    def unsent_bytes(self) -> int:
+        transport = self.protocol.transport
+        if transport is None:
+            return 0
+        buffered = getattr(transport, "dataBuffer", b"")
+        return (
+            len(buffered) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+        )
+
+    def backlog(self) -> tuple[int, int]:
+        """(frames, bytes) not yet handed to the kernel."""
+        return self.frames, self.unsent_bytes()
+
+    def abort(self) -> None:
+        transport = self.protocol.transport
+        if transport is not None:
+            transport.abortConnection()
+
+
+def build_server(host, port, *, application):
+    from daphne.endpoints import build_endpoint_description_strings
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+    from django.conf import settings
+
+    class ChatServer(Server):
+        def run(self):
+            self.ports = []
+            super().run()
+
+        def listen_success(self, port):
+            self.ports.append(port)
+            super().listen_success(port)
+
+        def create_application(self, protocol, scope):
+            if isinstance(protocol, WebSocketProtocol):
+                scope.setdefault("extensions", {})["chat.socket"] = SocketExtension(protocol)
+            return super().create_application(protocol, scope)
+
+    return ChatServer(
+        application=application,
+        endpoints=build_endpoint_description_strings(host=host, port=port),
+        signal_handlers=False,
+        proxy_forwarded_address_header="X-Forwarded-For",
+        proxy_forwarded_port_header="X-Forwarded-Port",
+        proxy_forwarded_proto_header="X-Forwarded-Proto",
+        # Frames above CHAT_MAX_FRAME_BYTES get a too_large error and the socket stays open;
+        # far bigger ones are cut by the WebSocket layer (close 1009).
+        websocket_max_message_size=max(1024 * 1024, 4 * settings.CHAT_MAX_FRAME_BYTES),
+        websocket_max_frame_size=max(1024 * 1024, 4 * settings.CHAT_MAX_FRAME_BYTES),
+        verbosity=int(os.environ.get("DAPHNE_VERBOSITY", "1")),
+        action_logger=None,
+    )
+
+
+def graceful_shutdown(server, grace: float):
+    """Stop listening, close WebSockets with 1012, stop the reactor when all are gone."""
+    import asyncio
+
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet import reactor
+
+    from apps.messaging import realtime
+
+    if getattr(server, "stopping", False):
+        return
+    server.stopping = True
+    deadline = time.monotonic() + grace
+    logger.info("SIGTERM: closing %d connections", len(server.connections))
+    for port in getattr(server, "ports", []):
+        port.stopListening()
+    asyncio.ensure_future(realtime.shutdown(realtime.CLOSE_RESTART))
+
+    def backstop():
+        # Sockets the hub does not know yet (still authenticating) are closed here.
+        for protocol in list(server.connections):
+            if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN:
+                protocol.sendClose(code=realtime.CLOSE_RESTART)
+
+    def check():
+        busy = [
+            p for p, details in server.connections.items()
+            if "disconnected" not in details
+            and (isinstance(p, WebSocketProtocol) or details.get("application_instance"))
+        ]
+        if not busy or time.monotonic() >= deadline:
+            if busy:
+                logger.warning("shutdown grace over; %d connections still open", len(busy))
+            reactor.stop()
+            return
+        reactor.callLater(0.05, check)
+
+    reactor.callLater(0.2, backstop)
+    reactor.callLater(0.05, check)
 
 
 def main(argv=None):
@@ -11,11 +142,23 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
-    from daphne.cli import CommandLineInterface
+    import daphne.server  # noqa: F401  installs the asyncio Twisted reactor first
 
-    CommandLineInterface().run(
-        ["-b", args.bind, "-p", str(args.port), "--proxy-headers", "chatproject.asgi:application"]
-    )
+    from chatproject.asgi import application
+    from django.conf import settings
+
+    server = build_server(args.bind, args.port, application=application)
+
+    def on_signal(signum, frame):
+        from twisted.internet import reactor
+
+        reactor.callFromThread(graceful_shutdown, server, settings.CHAT_SHUTDOWN_GRACE_SECONDS)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info("serving on %s:%s", args.bind, args.port)
+    server.run()
+    return 1 if server.abort_start else 0
 
 
 if __name__ == "__main__":

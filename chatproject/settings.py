@@ -263,6 +263,15 @@ CHAT_MAX_ROOMS_PER_SOCKET = env_int("CHAT_MAX_ROOMS_PER_SOCKET", 100)
 CHAT_MAX_SOCKETS_PER_USER = env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
 CHAT_SEND_QUEUE_LIMIT = env_int("CHAT_SEND_QUEUE_LIMIT", 2000)  # per socket, then disconnect
 CHAT_SHUTDOWN_GRACE_SECONDS = env_float("CHAT_SHUTDOWN_GRACE_SECONDS", 5.0)
+# Real-time (apps.messaging.realtime): a socket whose unsent backlog passes
+# CHAT_SEND_QUEUE_LIMIT frames or CHAT_SEND_BUFFER_BYTES is dropped (close 1013) and resumes.
+CHAT_SEND_BUFFER_BYTES = env_int("CHAT_SEND_BUFFER_BYTES", 8 * 1024 * 1024)
+CHAT_TYPING_THROTTLE_SECONDS = env_float("CHAT_TYPING_THROTTLE_SECONDS", 3.0)
+CHAT_AWAY_SECONDS = env_float("CHAT_AWAY_SECONDS", 300.0)  # no action frame for this long: away
+CHAT_GAP_GRACE_SECONDS = env_float("CHAT_GAP_GRACE_SECONDS", 0.1)  # wait before filling a gap
+CHAT_GAP_CHECK_SECONDS = env_float("CHAT_GAP_CHECK_SECONDS", 2.0)  # lost-message check period
+CHAT_GROUP_REFRESH_SECONDS = env_float("CHAT_GROUP_REFRESH_SECONDS", 30.0)
+CHAT_DB_THREADS = env_int("CHAT_DB_THREADS", 8)  # database thread pool of a server process
 
 # --- REST --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -1,17 +1,25 @@
 """Fan-out of committed (and ephemeral) events to WebSocket sockets through the channel layer.
 
-The envelope is serialized once here; the text crosses the channel layer to the server
-processes, which hand it to their local sockets (apps.messaging.realtime).
+The envelope is serialized once here. The text crosses the channel layer once per server
+process that has a stake in a group (each process joins `room.<id>` / `user.<id>` with one
+process channel), and that process hands it to its local sockets (apps.messaging.realtime).
+Each group gets its own copy of the message, tagged with `via`, so a process in both the room
+group and the banned user's group can tell the room's ordered stream from the direct copy.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from .catalogue import CATALOGUE, CREATOR, ROOM, ROOM_AND_TARGET, SELF, SHARED_ROOMS
+
+PRESENCE_GROUP = "presence"
+# Events after which the user named in data.user may no longer follow the room.
+REVOKING_TYPES = ("member.banned", "member.left")
 
 
 def room_group(room_id: int) -> str:
@@ -24,6 +32,13 @@ def user_group(user_id: int) -> str:
 
 def serialize(envelope: dict) -> str:
     return json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+
+
+def revoked_user(envelope: dict) -> int | None:
+    """The user who loses the room with this event (banned, left or kicked), if any."""
+    if envelope["type"] not in REVOKING_TYPES:
+        return None
+    return ((envelope.get("data") or {}).get("user") or {}).get("id")
 
 
 def targets(envelope: dict, target_user_ids=()) -> tuple[list[int], list[int]]:
@@ -54,21 +69,42 @@ def message_for(envelope: dict, target_user_ids=()) -> tuple[dict, list[str]]:
         "seq": envelope["seq"],
         "event_type": envelope["type"],
         "users": users,
+        "revokes": revoked_user(envelope),
+        "sent_at": time.time(),
     }
     groups = [room_group(r) for r in rooms] + [user_group(u) for u in users]
     return message, groups
 
 
 async def adispatch(envelope: dict, *, target_user_ids=()) -> None:
-    """Send one event to every group that should see it."""
+    """Send one event to every group that should see it (one Redis message per process)."""
     layer = get_channel_layer()
     if layer is None:
         return
     message, groups = message_for(envelope, target_user_ids)
     for group in groups:
-        await layer.group_send(group, message)
+        await layer.group_send(group, {**message, "via": group})
 
 
 def dispatch(envelope: dict, *, target_user_ids=()) -> None:
     """Synchronous form of adispatch, for services running in a sync context."""
     async_to_sync(adispatch)(envelope, target_user_ids=target_user_ids)
+
+
+async def apresence(*, user: dict, status: str, room_ids) -> None:
+    """One presence change to every server process; each delivers it to its local sockets
+    subscribed to one of `room_ids` (the rooms the user shares), as one envelope per room."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    await layer.group_send(
+        PRESENCE_GROUP,
+        {
+            "type": "chat.presence",
+            "via": PRESENCE_GROUP,
+            "user": user,
+            "status": status,
+            "rooms": list(room_ids),
+            "sent_at": time.time(),
+        },
+    )

@@ -1,24 +1,333 @@
-"""The WebSocket consumer (PROTOCOL §3). Minimal first cut: hello and ping only."""
+"""The WebSocket consumer (PROTOCOL §3): one socket per client, carrying many rooms.
 
-from channels.generic.websocket import AsyncJsonWebsocketConsumer
+The consumer authenticates, parses each frame, checks it, calls a domain service in the
+database thread pool and answers. Room events reach the socket through the process's hub
+(apps.messaging.realtime), not through a channel-layer channel per socket.
+
+Frames are handled one at a time per socket, in arrival order, so a client's actions commit in
+the order it sent them and its acks come back in that order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from datetime import datetime, timezone
+
+from channels.consumer import AsyncConsumer
 from django.conf import settings
+from django.db import DatabaseError
+
+from apps.events import catalogue, fanout
+from apps.events.observability import WS_ERRORS, connection_id_var
+from chatproject.errors import ServiceError, invalid
+
+from . import ratelimit
+from .realtime import Connection, db, get_hub
+
+logger = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_FLOODING = 4429
+ACTIONS = ("message.send", "message.edit", "message.delete", "reaction.add", "reaction.remove")
+REF_MAX = 200
 
 
-class ChatConsumer(AsyncJsonWebsocketConsumer):
-    async def connect(self):
-        await self.accept()
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.send_json({"type": "error", "code": "unauthenticated",
-                                  "message": "log in or send a token"})
-            await self.close(code=4401)
+class AccountDisabled(Exception):
+    """The user was deactivated or deleted while the socket was open."""
+
+
+# --- Service calls (run in the database thread pool) -----------------------------------------
+
+
+def _user(user_id):
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if user is None or not user.is_active:
+        raise AccountDisabled()
+    return user
+
+
+def _do_send(user_id, room_id, body, client_id, reply_to):
+    from apps.rooms.services import get_room_or_404
+
+    from .services import message_send
+
+    user = _user(user_id)
+    room = get_room_or_404(room_id, user)
+    return message_send(
+        room=room, author=user, body=body, client_id=client_id, reply_to=reply_to
+    ).envelope
+
+
+def _do_message(action, user_id, message_id, **kwargs):
+    from . import services
+
+    user = _user(user_id)
+    message = services.get_message_or_404(message_id, user)
+    if action == "message.edit":
+        event = services.message_edit(message=message, actor=user, body=kwargs["body"])
+    elif action == "message.delete":
+        event = services.message_delete(message=message, actor=user)
+    elif action == "reaction.add":
+        event = services.reaction_add(message=message, user=user, emoji=kwargs["emoji"])
+    else:
+        event = services.reaction_remove(message=message, user=user, emoji=kwargs["emoji"])
+    return event.envelope
+
+
+def _do_read(user_id, room_id, seq):
+    from apps.rooms.services import get_room_or_404, mark_read
+
+    user = _user(user_id)
+    event = mark_read(room=get_room_or_404(room_id, user), user=user, seq=seq)
+    return None if event is None else event.envelope
+
+
+def _check_typing(user_id, room_id):
+    from apps.rooms.services import check_can_post, get_room_or_404
+
+    user = _user(user_id)
+    check_can_post(get_room_or_404(room_id, user), user)
+
+
+# --- Frame fields -----------------------------------------------------------------------------
+
+
+def _id(frame, name, *, required=True):
+    value = frame.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value > 2**62:
+        raise invalid(f"{name} must be a positive integer id")
+    return value
+
+
+def _seq(frame, name, *, required=True):
+    value = frame.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 2**62:
+        raise invalid(f"{name} must be a non-negative integer")
+    return value
+
+
+class ChatConsumer(AsyncConsumer):
+    """`/ws/`: see PROTOCOL §3 for the frames."""
+
+    channel_layer_alias = None  # events come through the process hub, not a channel per socket
+
+    async def __call__(self, scope, receive, send):
+        self.scope = scope
+        self.base_send = send
+        self.conn = None
+        self.strikes = 0
+        message = await receive()
+        if message["type"] != "websocket.connect":
             return
-        await self.send_json({"type": "hello", "user": {"id": user.pk, "username": user.username},
-                              "heartbeat": settings.CHAT_HEARTBEAT_SECONDS})
+        await send({"type": "websocket.accept"})
+        user = scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self._refuse("unauthenticated", "log in or send a token", CLOSE_UNAUTHENTICATED)
+            await self._until_disconnect(receive)
+            return
+        self.user = user
+        ext = (scope.get("extensions") or {}).get("chat.socket")
+        self.hub = get_hub()
+        self.conn = conn = Connection(user_id=user.pk, username=user.username, send=send, ext=ext)
+        connection_id_var.set(conn.id)
+        try:
+            if not await self.hub.attach(conn):
+                await self._refuse(
+                    "rate_limited",
+                    f"at most {settings.CHAT_MAX_SOCKETS_PER_USER} open sockets per user",
+                    CLOSE_FLOODING,
+                )
+                await self._until_disconnect(receive)
+                return
+        except Exception:
+            logger.exception("could not register socket")
+            await self._refuse("unavailable", "try again later", 1011)
+            await self._until_disconnect(receive)
+            return
+        try:
+            conn.write_json({
+                "type": "hello",
+                "user": {"id": user.pk, "username": user.username},
+                "heartbeat": settings.CHAT_HEARTBEAT_SECONDS,
+            })
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message["type"] == "websocket.receive" and not conn.closing:
+                    conn.last_seen = time.monotonic()
+                    await self.frame(message.get("text"), message.get("bytes"))
+        finally:
+            await self.hub.detach(conn)
 
-    async def receive_json(self, content, **kwargs):
-        if isinstance(content, dict) and content.get("type") == "ping":
-            reply = {"type": "pong"}
-            if "ref" in content:
-                reply["ref"] = content["ref"]
-            await self.send_json(reply)
+    async def _refuse(self, code, text, close_code):
+        WS_ERRORS.labels(code).inc()
+        await self.base_send({"type": "websocket.send", "text": json.dumps(
+            {"type": "error", "ref": None, "code": code, "message": text})})
+        await self.base_send({"type": "websocket.close", "code": close_code})
+
+    @staticmethod
+    async def _until_disconnect(receive):
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+
+    # --- frames
+
+    def error(self, ref, code, message):
+        WS_ERRORS.labels(code).inc()
+        self.conn.write_json({"type": "error", "ref": ref, "code": code, "message": message})
+
+    async def frame(self, text, data):
+        ref = None
+        limit = settings.CHAT_MAX_FRAME_BYTES
+        try:
+            if text is None:
+                raise invalid("frames are JSON text, not binary")
+            if len(text) > limit or (len(text) * 4 > limit and len(text.encode()) > limit):
+                raise ServiceError("too_large", f"frames are limited to {limit} bytes")
+            try:
+                frame = json.loads(text)
+            except ValueError:
+                raise invalid("the frame is not valid JSON") from None
+            if not isinstance(frame, dict):
+                raise invalid("a frame is a JSON object")
+            ref = frame.get("ref")
+            if ref is not None and (not isinstance(ref, str) or len(ref) > REF_MAX):
+                ref = None
+                raise invalid(f"ref must be a string of at most {REF_MAX} characters")
+            kind = frame.get("type")
+            handler = self.handlers.get(kind) if isinstance(kind, str) else None
+            if handler is None:
+                raise invalid(f"unknown frame type {kind!r}")
+            if kind != "ping":
+                self.conn.last_active = time.monotonic()
+            if kind in ACTIONS and not await self.allowed():
+                return self.error(ref, "rate_limited", "too many messages; slow down")
+            await handler(self, frame, ref)
+        except ServiceError as exc:
+            self.error(ref, exc.code, exc.message)
+        except AccountDisabled:
+            self.error(ref, "forbidden", "this account is disabled")
+            await self.conn.close(CLOSE_FORBIDDEN)
+        except DatabaseError:
+            logger.warning("database unavailable for a %s frame", "ws", exc_info=True)
+            self.error(ref, "unavailable", "the database is unavailable; try again")
+        except Exception:
+            logger.exception("frame failed")
+            self.error(ref, "unavailable", "internal error; try again")
+
+    async def allowed(self) -> bool:
+        try:
+            ok = await ratelimit.take(self.conn.user_id)
+        except Exception:  # Redis down: do not block chatting on the limiter
+            logger.warning("rate limiter unavailable", exc_info=True)
+            ok = True
+        if ok:
+            self.strikes = 0
+            return True
+        self.strikes += 1
+        if self.strikes >= settings.CHAT_RATE_LIMIT_STRIKES:
+            self.error(None, "rate_limited", "flooding; closing the socket")
+            await self.conn.close(CLOSE_FLOODING)
+        return False
+
+    async def ack(self, ref, envelope):
+        self.conn.write_json({"type": "ack", "ref": ref, "event": envelope})
+
+    async def on_ping(self, frame, ref):
+        status = frame.get("status")
+        if status == "away":
+            self.conn.status_hint = "away"
+        elif status == "online":
+            self.conn.status_hint = None
+            self.conn.last_active = time.monotonic()
+        self.conn.write_json({"type": "pong", "ref": ref})
+
+    async def on_subscribe(self, frame, ref):
+        room_id = _id(frame, "room")
+        since = _seq(frame, "since", required=False)
+        await self.hub.subscribe(self.conn, self.user, room_id, since, ref)
+
+    async def on_unsubscribe(self, frame, ref):
+        room_id = _id(frame, "room")
+        self.hub.unsubscribe(self.conn, room_id)
+        self.conn.write_json({"type": "unsubscribed", "ref": ref, "room": room_id})
+
+    async def on_send(self, frame, ref):
+        room_id = _id(frame, "room")
+        reply_to = _id(frame, "reply_to", required=False)
+        envelope = await db(_do_send)(
+            self.conn.user_id, room_id, frame.get("body"), frame.get("client_id"), reply_to
+        )
+        await self.ack(ref, envelope)
+
+    async def on_message_edit(self, frame, ref):
+        envelope = await db(_do_message)(
+            "message.edit", self.conn.user_id, _id(frame, "message"), body=frame.get("body")
+        )
+        await self.ack(ref, envelope)
+
+    async def on_message_delete(self, frame, ref):
+        envelope = await db(_do_message)("message.delete", self.conn.user_id, _id(frame, "message"))
+        await self.ack(ref, envelope)
+
+    async def on_reaction(self, frame, ref):
+        envelope = await db(_do_message)(
+            frame["type"], self.conn.user_id, _id(frame, "message"), emoji=frame.get("emoji")
+        )
+        await self.ack(ref, envelope)
+
+    async def on_read(self, frame, ref):
+        envelope = await db(_do_read)(self.conn.user_id, _id(frame, "room"), _seq(frame, "seq"))
+        await self.ack(ref, envelope)
+
+    async def on_typing(self, frame, ref):
+        room_id = _id(frame, "room")
+        state = frame.get("state")
+        if not isinstance(state, bool):
+            raise invalid("state must be true or false")
+        if room_id not in self.conn.subs:
+            raise invalid("subscribe to the room first")
+        key = (self.conn.user_id, room_id)
+        now = time.monotonic()
+        last = self.hub.typing.get(key)
+        if last is not None:
+            last_time, last_state = last
+            if state == last_state and (
+                not state or now - last_time < getattr(settings, "CHAT_TYPING_THROTTLE_SECONDS", 3.0)
+            ):
+                return  # throttled: the room already knows
+        elif not state:
+            return
+        await db(_check_typing)(self.conn.user_id, room_id)
+        self.hub.typing[key] = (now, state)
+        envelope = catalogue.envelope(
+            "typing", room_id=room_id, seq=None, actor=self.user,
+            data=catalogue.typing(self.user, state=state), ts=datetime.now(timezone.utc),
+        )
+        try:
+            await fanout.adispatch(envelope)
+        except Exception:  # ephemeral: may be dropped
+            logger.warning("typing fan-out failed", exc_info=True)
+
+    handlers = {
+        "ping": on_ping,
+        "subscribe": on_subscribe,
+        "unsubscribe": on_unsubscribe,
+        "message.send": on_send,
+        "message.edit": on_message_edit,
+        "message.delete": on_message_delete,
+        "reaction.add": on_reaction,
+        "reaction.remove": on_reaction,
+        "read": on_read,
+        "typing": on_typing,
+    }

@@ -1,0 +1,731 @@
+"""Process-level fan-out: the hub that hands events to this process's sockets in seq order.
+
+Design (PROTOCOL §3, "fan-out that scales"):
+
+- One channel-layer channel per server process. On the first local subscription to room R the
+  process joins the group `room.R` with that channel (and `user.U` for users with a local socket,
+  and `presence`). An event therefore crosses Redis once per interested process, already
+  serialized; the reader task below hands the same bytes to every local socket.
+- Per room the hub keeps `head`: the last seq handed to local subscribers. The room's stream is
+  contiguous: seq head+1 is delivered at once; a later seq waits in `pending` while the gap is
+  filled from the event log (after a short grace, since two processes committing into one room
+  reach Redis in either order); seq <= head is a duplicate and dropped.
+- Per subscription `last` is the last seq sent to that socket; a subscription registers (and
+  buffers live events) before its replay query, so nothing falls between replay and live.
+- A periodic check compares each followed room's committed last_seq with `head` and fills what
+  the channel layer lost (Redis restart, channel capacity): the event log is the source of truth.
+- Sockets are written directly (daphne hook in chatproject/serve.py: `chat.socket` scope
+  extension) so one event costs one framing and one buffer append per socket. A socket whose
+  unsent backlog exceeds CHAT_SEND_QUEUE_LIMIT frames or CHAT_SEND_BUFFER_BYTES is dropped
+  (close 1013, transport aborted) and resumes later with `since`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from apps.events import catalogue, fanout
+from apps.events.observability import FANOUT_LATENCY, WS_EVENTS_DELIVERED, WS_OPEN_SOCKETS
+from apps.events.observability import WS_SUBSCRIPTIONS
+from apps.users import presence
+
+logger = logging.getLogger(__name__)
+
+CLOSE_SLOW = 1013  # the socket could not keep up; reconnect and resume with since
+CLOSE_RESTART = 1012  # server restart (graceful shutdown)
+CLOSE_HEARTBEAT = 4408
+
+_db_executor: ThreadPoolExecutor | None = None
+
+
+def db(func):
+    """Run a sync service call in the dedicated database thread pool (not thread-sensitive:
+    calls from many sockets run in parallel, each thread on its own pooled connection)."""
+    global _db_executor
+    if _db_executor is None:
+        _db_executor = ThreadPoolExecutor(
+            max_workers=getattr(settings, "CHAT_DB_THREADS", 8), thread_name_prefix="chat-db"
+        )
+    return database_sync_to_async(func, thread_sensitive=False, executor=_db_executor)
+
+
+def setting(name, default):
+    return getattr(settings, name, default)
+
+
+# --- Reads from the event log (run in the database thread pool) ------------------------------
+
+
+def events_after(room_id: int, after: int, upto: int | None = None, limit: int | None = None):
+    """Envelopes of the room's log with after < seq (<= upto), oldest first."""
+    from apps.events.models import Event
+
+    qs = Event.objects.filter(room_id=room_id).sequenced().since(after)
+    if upto is not None:
+        qs = qs.filter(seq__lte=upto)
+    if limit is not None:
+        qs = qs[:limit]
+    return list(qs.values_list("seq", "envelope"))
+
+
+def room_heads(room_ids) -> dict[int, int]:
+    from apps.rooms.models import Room
+
+    return dict(Room.objects.filter(pk__in=list(room_ids)).values_list("pk", "last_seq"))
+
+
+def replay(user, room_id, since, limit):
+    """(events, head, truncated) for a subscription, or ServiceError if the user may not follow.
+
+    The log is read before the permission check: a ban committed after the check has a seq
+    above `head`, so it reaches the socket live (and ends the subscription there).
+    """
+    from apps.rooms import services as rooms
+    from apps.rooms.models import Room
+    from chatproject.errors import forbidden
+
+    head = Room.objects.filter(pk=room_id).values_list("last_seq", flat=True).first()
+    events = []
+    if head is not None and since is not None and since < head:
+        events = events_after(room_id, since, head, limit + 1)
+    room = rooms.get_room_or_404(room_id, user)
+    membership = rooms.get_membership(room, user)
+    if membership is not None and membership.is_banned():
+        raise forbidden("you are banned from this room")
+    truncated = len(events) > limit
+    return events[:limit], head, truncated
+
+
+def shared_room_ids(user_id: int) -> list[int]:
+    from apps.rooms.models import Membership
+
+    return list(
+        Membership.objects.filter(user_id=user_id).active().values_list("room_id", flat=True)
+    )
+
+
+# --- Sockets and subscriptions --------------------------------------------------------------
+
+
+class Connection:
+    """One open socket, as the hub sees it."""
+
+    __slots__ = (
+        "id", "user_id", "username", "send", "ext", "subs", "last_seen", "last_active",
+        "status_hint", "closing", "queue", "writer", "__weakref__",
+    )
+
+    def __init__(self, *, user_id, username, send, ext):
+        self.id = uuid.uuid4().hex
+        self.user_id = user_id
+        self.username = username
+        self.send = send  # the ASGI send
+        self.ext = ext  # daphne hook (chatproject.serve.SocketExtension) or None
+        self.subs: dict[int, Subscription] = {}
+        self.last_seen = self.last_active = time.monotonic()
+        self.status_hint = None
+        self.closing = False
+        self.queue = None
+        self.writer = None
+
+    def status(self, now: float) -> str:
+        if self.status_hint == presence.AWAY:
+            return presence.AWAY
+        if now - self.last_active > setting("CHAT_AWAY_SECONDS", 300):
+            return presence.AWAY
+        return presence.ONLINE
+
+    def write(self, data: bytes) -> bool:
+        """Queue one text frame; False once the socket is closing. Never blocks."""
+        if self.closing:
+            return False
+        ext = self.ext
+        if ext is not None:
+            if not ext.write(data):
+                return False
+            frames, size = ext.backlog()
+            if frames > settings.CHAT_SEND_QUEUE_LIMIT or size > setting(
+                "CHAT_SEND_BUFFER_BYTES", 8 * 1024 * 1024
+            ):
+                self.too_slow()
+                return False
+            return True
+        # Any other ASGI server: a bounded queue and a writer task per socket.
+        if self.queue is None:
+            self.queue = asyncio.Queue()
+            self.writer = asyncio.ensure_future(self._drain())
+        if self.queue.qsize() >= settings.CHAT_SEND_QUEUE_LIMIT:
+            self.too_slow()
+            return False
+        self.queue.put_nowait(data)
+        return True
+
+    def write_json(self, frame: dict) -> bool:
+        return self.write(fanout.serialize(frame).encode())
+
+    async def _drain(self):
+        try:
+            while True:
+                data = await self.queue.get()
+                await self.send({"type": "websocket.send", "text": data.decode()})
+        except Exception:  # the socket is gone
+            self.closing = True
+
+    def too_slow(self):
+        logger.info("socket %s of user %s too slow; disconnecting", self.id, self.user_id)
+        self.closing = True
+        if self.ext is not None:
+            self.ext.abort()
+        asyncio.get_running_loop().create_task(self._close(CLOSE_SLOW))
+
+    async def close(self, code: int):
+        if self.closing:
+            return
+        self.closing = True
+        await self._close(code)
+
+    async def _close(self, code: int):
+        if self.writer is not None and code != CLOSE_SLOW:
+            # let queued frames out first (bounded by the queue limit)
+            for _ in range(100):
+                if self.queue.empty():
+                    break
+                await asyncio.sleep(0.01)
+        if self.writer is not None:
+            self.writer.cancel()
+        try:
+            await self.send({"type": "websocket.close", "code": code})
+        except Exception:
+            pass
+
+
+class Subscription:
+    __slots__ = ("conn", "room_id", "last", "buffer", "stream_from")
+
+    def __init__(self, conn, room_id):
+        self.conn = conn
+        self.room_id = room_id
+        self.last = 0
+        self.buffer: list | None = []  # live events while subscribing; None once live
+        self.stream_from: int | None = None  # the room stream reaches this sub for seq > this
+
+
+class Item:
+    """One event ready to go out: its seq, the frame bytes, and whom it cuts off."""
+
+    __slots__ = ("seq", "data", "type", "revokes")
+
+    def __init__(self, seq, data, type, revokes=None):
+        self.seq, self.data, self.type, self.revokes = seq, data, type, revokes
+
+    @classmethod
+    def from_envelope(cls, envelope: dict) -> "Item":
+        return cls(
+            envelope["seq"],
+            fanout.serialize(envelope).encode(),
+            envelope["type"],
+            fanout.revoked_user(envelope),
+        )
+
+
+class RoomStream:
+    __slots__ = ("room_id", "subs", "head", "pending", "fill_task", "joined", "seen_db_last")
+
+    def __init__(self, room_id):
+        self.room_id = room_id
+        self.subs: dict[Connection, Subscription] = {}
+        self.head: int | None = None
+        self.pending: dict[int, Item] = {}
+        self.fill_task: asyncio.Task | None = None
+        self.joined: asyncio.Future | None = None
+        self.seen_db_last: int | None = None
+
+
+# --- The hub ---------------------------------------------------------------------------------
+
+
+class Hub:
+    def __init__(self, loop):
+        self.loop = loop
+        self.layer = get_channel_layer()
+        self.channel: str | None = None
+        self.rooms: dict[int, RoomStream] = {}
+        self.users: dict[int, set[Connection]] = {}
+        self.connections: set[Connection] = set()
+        self.tasks: list[asyncio.Task] = []
+        self.started: asyncio.Future | None = None
+        self.shutting_down = False
+        # (user id, room id) -> (monotonic time, state) of the last typing event sent
+        self.typing: dict[tuple[int, int], tuple[float, bool]] = {}
+
+    # -- lifecycle
+
+    async def start(self):
+        if self.started is None:
+            self.started = self.loop.create_future()
+            try:
+                if self.layer is not None:
+                    self.channel = await self.layer.new_channel("realtime")
+                    await self.layer.group_add(fanout.PRESENCE_GROUP, self.channel)
+                    self.tasks.append(self.loop.create_task(self._reader()))
+                self.tasks.append(self.loop.create_task(self._maintenance()))
+                self.started.set_result(True)
+            except BaseException as exc:
+                self.started.set_exception(exc)
+                self.started = None
+                raise
+        await self.started
+
+    async def shutdown(self, code: int = CLOSE_RESTART):
+        """Close every local socket with `code` (graceful shutdown: clients resume elsewhere).
+
+        Presence entries are left to expire, so a user who reconnects to another process at
+        once never shows as offline.
+        """
+        self.shutting_down = True
+        await asyncio.gather(*(c.close(code) for c in list(self.connections)), return_exceptions=True)
+
+    # -- sockets
+
+    async def attach(self, conn: Connection):
+        """Register a socket; False if the user already has CHAT_MAX_SOCKETS_PER_USER open."""
+        await self.start()
+        store = presence.backend()
+        changed, status, count = await store.connect(
+            conn.user_id, conn.id, conn.status(time.monotonic()), self.presence_ttl(),
+            settings.CHAT_MAX_SOCKETS_PER_USER,
+        )
+        if changed == -1:
+            return False
+        self.connections.add(conn)
+        WS_OPEN_SOCKETS.inc()
+        sockets = self.users.get(conn.user_id)
+        if sockets is None:
+            sockets = self.users[conn.user_id] = set()
+            if self.layer is not None:
+                await self.layer.group_add(fanout.user_group(conn.user_id), self.channel)
+        sockets.add(conn)
+        if changed == 1:
+            self.loop.create_task(self.publish_presence(conn.user_id, conn.username, status))
+        return True
+
+    async def detach(self, conn: Connection):
+        if conn not in self.connections:
+            return
+        self.connections.discard(conn)
+        WS_OPEN_SOCKETS.dec()
+        conn.closing = True
+        for sub in list(conn.subs.values()):
+            self.drop(sub)
+        sockets = self.users.get(conn.user_id)
+        if sockets is not None:
+            sockets.discard(conn)
+            if not sockets:
+                del self.users[conn.user_id]
+                if self.layer is not None and not self.shutting_down:
+                    await self._quietly(
+                        self.layer.group_discard(fanout.user_group(conn.user_id), self.channel)
+                    )
+        if not self.shutting_down:
+            try:
+                status = await presence.backend().disconnect(conn.user_id, conn.id)
+            except Exception:
+                logger.warning("presence: could not remove socket %s", conn.id, exc_info=True)
+                status = None
+            if status is not None:
+                await self.publish_presence(conn.user_id, conn.username, status)
+
+    @staticmethod
+    def presence_ttl() -> float:
+        return settings.CHAT_HEARTBEAT_SECONDS * 2.5
+
+    async def publish_presence(self, user_id, username, status):
+        try:
+            room_ids = await db(shared_room_ids)(user_id)
+            await fanout.apresence(
+                user={"id": user_id, "username": username}, status=status, room_ids=room_ids
+            )
+        except Exception:
+            logger.warning("presence: could not publish %s for user %s", status, user_id,
+                           exc_info=True)
+
+    # -- subscriptions
+
+    async def _stream(self, room_id) -> RoomStream:
+        stream = self.rooms.get(room_id)
+        if stream is None:
+            stream = self.rooms[room_id] = RoomStream(room_id)
+            stream.joined = self.loop.create_future()
+            try:
+                if self.layer is not None:
+                    await self.layer.group_add(fanout.room_group(room_id), self.channel)
+            except BaseException as exc:
+                stream.joined.set_exception(exc)
+                stream.joined.exception()  # mark retrieved
+                if self.rooms.get(room_id) is stream and not stream.subs:
+                    del self.rooms[room_id]
+                raise
+            stream.joined.set_result(True)
+        else:
+            await asyncio.shield(stream.joined)
+        return stream
+
+    async def subscribe(self, conn: Connection, user, room_id: int, since: int | None, ref):
+        """Replay seq > since, send `subscribed`, then go live. Raises ServiceError."""
+        old = conn.subs.get(room_id)
+        if old is not None:
+            self.drop(old)
+        elif len(conn.subs) >= settings.CHAT_MAX_ROOMS_PER_SOCKET:
+            from chatproject.errors import ServiceError
+
+            raise ServiceError(
+                "too_large",
+                f"a socket may follow at most {settings.CHAT_MAX_ROOMS_PER_SOCKET} rooms",
+            )
+        stream = await self._stream(room_id)
+        sub = Subscription(conn, room_id)
+        sub.stream_from = stream.head
+        stream.subs[conn] = sub
+        conn.subs[room_id] = sub
+        WS_SUBSCRIPTIONS.inc()
+        limit = settings.CHAT_REPLAY_LIMIT
+        try:
+            events, head, truncated = await db(replay)(user, room_id, since, limit)
+        except BaseException:
+            self.drop(sub)
+            raise
+        if conn.subs.get(room_id) is not sub:  # unsubscribed or closed meanwhile
+            return
+        if stream.head is None:
+            self.set_base(stream, head)
+        for seq, envelope in events:
+            conn.write(fanout.serialize(envelope).encode())
+        last_seq = events[-1][0] if truncated else head
+        conn.write_json({"type": "subscribed", "ref": ref, "room": room_id, "last_seq": last_seq,
+                         "truncated": truncated, "head": head})
+        sub.last = head
+        if sub.stream_from is not None and sub.stream_from > sub.last:
+            # Another subscriber set the room's stream base above our snapshot: fetch between.
+            missing = await db(events_after)(room_id, sub.last, sub.stream_from)
+            if conn.subs.get(room_id) is not sub:
+                return
+            for seq, envelope in missing:
+                if not self._push(sub, Item.from_envelope(envelope)):
+                    return
+        while sub.buffer:
+            item = sub.buffer.pop(0)
+            if not self._push(sub, item):
+                return
+        sub.buffer = None
+
+    def unsubscribe(self, conn: Connection, room_id: int):
+        sub = conn.subs.get(room_id)
+        if sub is not None:
+            self.drop(sub)
+
+    def drop(self, sub: Subscription):
+        conn = sub.conn
+        if conn.subs.get(sub.room_id) is sub:
+            del conn.subs[sub.room_id]
+            WS_SUBSCRIPTIONS.dec()
+        stream = self.rooms.get(sub.room_id)
+        if stream is not None and stream.subs.get(conn) is sub:
+            del stream.subs[conn]
+            if not stream.subs and stream.joined is not None and stream.joined.done():
+                del self.rooms[sub.room_id]
+                if stream.fill_task is not None:
+                    stream.fill_task.cancel()
+                if self.layer is not None and not self.shutting_down:
+                    self.loop.create_task(self._leave_room(sub.room_id))
+
+    async def _leave_room(self, room_id):
+        if room_id not in self.rooms:  # not followed again in the meantime
+            await self._quietly(self.layer.group_discard(fanout.room_group(room_id), self.channel))
+
+    def _push(self, sub: Subscription, item: Item) -> bool:
+        """Send one seq'd event to one live subscription; False if the subscription ended."""
+        if item.seq <= sub.last:
+            return True
+        sub.last = item.seq
+        conn = sub.conn
+        conn.write(item.data)
+        if item.revokes is not None and item.revokes == conn.user_id:
+            self.drop(sub)
+            reason = "banned" if item.type == "member.banned" else "left"
+            conn.write_json({"type": "unsubscribed", "ref": None, "room": sub.room_id,
+                             "reason": reason})
+            return False
+        return True
+
+    # -- the room stream
+
+    def set_base(self, stream: RoomStream, head: int):
+        stream.head = head
+        for sub in stream.subs.values():
+            if sub.stream_from is None:
+                sub.stream_from = head
+        self._drain_pending(stream)
+
+    def on_seq(self, stream: RoomStream, item: Item):
+        head = stream.head
+        if head is not None and item.seq <= head:
+            return
+        if head is not None and item.seq == head + 1:
+            self._advance(stream, item)
+            self._drain_pending(stream)
+            return
+        stream.pending[item.seq] = item
+        if head is not None:
+            self._schedule_fill(stream)
+
+    def _drain_pending(self, stream: RoomStream):
+        pending = stream.pending
+        if not pending:
+            return
+        for seq in [s for s in pending if s <= stream.head]:
+            del pending[seq]
+        while stream.head + 1 in pending:
+            self._advance(stream, pending.pop(stream.head + 1))
+        if pending:
+            self._schedule_fill(stream)
+
+    def _advance(self, stream: RoomStream, item: Item):
+        stream.head = item.seq
+        revoked = []
+        sent = 0
+        for sub in stream.subs.values():
+            if sub.buffer is not None:
+                sub.buffer.append(item)
+                continue
+            if item.seq <= sub.last:
+                continue
+            sub.last = item.seq
+            sub.conn.write(item.data)
+            sent += 1
+            if item.revokes is not None and item.revokes == sub.conn.user_id:
+                revoked.append(sub)
+        if sent:
+            WS_EVENTS_DELIVERED.labels(item.type).inc(sent)
+        for sub in revoked:
+            self.drop(sub)
+            reason = "banned" if item.type == "member.banned" else "left"
+            sub.conn.write_json({"type": "unsubscribed", "ref": None, "room": sub.room_id,
+                                 "reason": reason})
+
+    def _schedule_fill(self, stream: RoomStream, target: int | None = None, grace=None):
+        if stream.fill_task is None or stream.fill_task.done():
+            stream.fill_task = self.loop.create_task(self._fill(stream, target, grace))
+
+    async def _fill(self, stream: RoomStream, target, grace):
+        """Fill the stream's gap from the event log (after a grace for late channel messages)."""
+        await asyncio.sleep(setting("CHAT_GAP_GRACE_SECONDS", 0.1) if grace is None else grace)
+        for _attempt in range(100):
+            if self.rooms.get(stream.room_id) is not stream or stream.head is None:
+                return
+            want = target or 0
+            if stream.pending:
+                want = max(want, min(stream.pending) - 1)
+            if want <= stream.head:
+                return
+            try:
+                rows = await db(events_after)(stream.room_id, stream.head, want, 1000)
+            except Exception:
+                logger.warning("gap fill for room %s failed", stream.room_id, exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if not rows:
+                return
+            for seq, envelope in rows:
+                if seq == stream.head + 1:
+                    self._advance(stream, Item.from_envelope(envelope))
+            self._drain_pending(stream)
+
+    # -- channel-layer messages
+
+    async def _reader(self):
+        backoff = 0.1
+        while True:
+            try:
+                message = await self.layer.receive(self.channel)
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("channel layer receive failed; retrying", exc_info=True)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                await self._quietly(self.refresh_groups())
+                continue
+            try:
+                self.handle(message)
+            except Exception:
+                logger.exception("could not handle channel message %r", message.get("type"))
+
+    def handle(self, message: dict):
+        via = message.get("via", "")
+        sent_at = message.get("sent_at")
+        if sent_at:
+            FANOUT_LATENCY.observe(max(0.0, time.time() - sent_at))
+        if message.get("type") == "chat.presence":
+            self._on_presence(message)
+            return
+        room_id, seq = message.get("room"), message.get("seq")
+        if via.startswith("room."):
+            stream = self.rooms.get(room_id)
+            if stream is None:
+                return
+            if seq is None:  # ephemeral (typing): no order, may be dropped
+                data = message["text"].encode()
+                for sub in stream.subs.values():
+                    if sub.buffer is None:
+                        sub.conn.write(data)
+                WS_EVENTS_DELIVERED.labels(message["event_type"]).inc(len(stream.subs))
+                return
+            item = Item(seq, message["text"].encode(), message["event_type"], message.get("revokes"))
+            self.on_seq(stream, item)
+        elif via.startswith("user."):
+            data = None
+            for user_id in message.get("users", ()):
+                if via != fanout.user_group(user_id):
+                    continue
+                for conn in self.users.get(user_id, ()):
+                    if seq is not None and room_id in conn.subs:
+                        continue  # the room's ordered stream brings it to this socket
+                    data = data or message["text"].encode()
+                    conn.write(data)
+                    WS_EVENTS_DELIVERED.labels(message["event_type"]).inc()
+
+    def _on_presence(self, message: dict):
+        user = message["user"]
+        base = uuid.uuid4()
+        ts = datetime.now(timezone.utc)
+        who = SimpleNamespace(pk=user["id"], username=user["username"])
+        data = catalogue.presence_changed(who, status=message["status"])
+        for room_id in message.get("rooms", ()):
+            stream = self.rooms.get(room_id)
+            if stream is None or not stream.subs:
+                continue
+            envelope = catalogue.envelope(
+                "presence.changed", room_id=room_id, seq=None, actor=user, data=data, ts=ts,
+                id=uuid.uuid5(base, str(room_id)),
+            )
+            frame = fanout.serialize(envelope).encode()
+            for sub in stream.subs.values():
+                if sub.buffer is None:
+                    sub.conn.write(frame)
+            WS_EVENTS_DELIVERED.labels("presence.changed").inc(len(stream.subs))
+
+    # -- maintenance: heartbeats, presence, lost messages, group memberships
+
+    async def _maintenance(self):
+        last_groups = last_gaps = last_presence = time.monotonic()
+        while True:
+            heartbeat = settings.CHAT_HEARTBEAT_SECONDS
+            await asyncio.sleep(min(1.0, heartbeat / 2))
+            now = time.monotonic()
+            try:
+                self.check_heartbeats(now, heartbeat)
+                if now - last_presence >= heartbeat / 2:
+                    last_presence = now
+                    await self.refresh_presence(now)
+                if now - last_gaps >= setting("CHAT_GAP_CHECK_SECONDS", 2.0):
+                    last_gaps = now
+                    await self.check_gaps()
+                if now - last_groups >= setting("CHAT_GROUP_REFRESH_SECONDS", 30.0):
+                    last_groups = now
+                    await self.refresh_groups()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.warning("realtime maintenance failed", exc_info=True)
+
+    def check_heartbeats(self, now, heartbeat):
+        if len(self.typing) > 1000 or not self.connections:
+            self.typing = {k: v for k, v in self.typing.items() if now - v[0] < 60}
+        for conn in list(self.connections):
+            if not conn.closing and now - conn.last_seen > 2 * heartbeat:
+                self.loop.create_task(conn.close(CLOSE_HEARTBEAT))
+
+    async def refresh_presence(self, now):
+        if self.shutting_down:
+            return
+        store = presence.backend()
+        entries = [(c.user_id, c.id, c.status(now)) for c in self.connections if not c.closing]
+        names = {c.user_id: c.username for c in self.connections}
+        changes = list(await store.refresh(entries, self.presence_ttl()))
+        changes += await store.sweep()
+        for user_id, status in changes:
+            username = names.get(user_id)
+            if username is None:
+                username = await db(_username)(user_id)
+            await self.publish_presence(user_id, username, status)
+
+    async def check_gaps(self):
+        """Fill what the channel layer lost: events committed a check ago, still not here."""
+        rooms = {r: s for r, s in self.rooms.items() if s.head is not None}
+        if not rooms:
+            return
+        heads = await db(room_heads)(list(rooms))
+        for room_id, stream in rooms.items():
+            db_last = heads.get(room_id)
+            if db_last is None:
+                continue
+            previous, stream.seen_db_last = stream.seen_db_last, db_last
+            if previous is not None and previous > stream.head:
+                logger.info("room %s: events up to %s missed by the channel layer; filling",
+                            room_id, previous)
+                self._schedule_fill(stream, target=previous, grace=0)
+
+    async def refresh_groups(self):
+        """Join our groups again: a restarted Redis forgets them."""
+        if self.layer is None or self.channel is None:
+            return
+        await self.layer.group_add(fanout.PRESENCE_GROUP, self.channel)
+        for room_id in list(self.rooms):
+            await self.layer.group_add(fanout.room_group(room_id), self.channel)
+        for user_id in list(self.users):
+            await self.layer.group_add(fanout.user_group(user_id), self.channel)
+
+    @staticmethod
+    async def _quietly(awaitable):
+        try:
+            await awaitable
+        except Exception:
+            logger.warning("channel layer call failed", exc_info=True)
+
+
+def _username(user_id):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.filter(pk=user_id).values_list("username", flat=True).first()
+
+
+_hubs: dict = {}
+
+
+def get_hub() -> Hub:
+    """This event loop's hub (one per server process)."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        for old in [k for k in _hubs if k.is_closed()]:
+            _hubs.pop(old, None)
+        hub = _hubs[loop] = Hub(loop)
+    return hub
+
+
+async def shutdown(code: int = CLOSE_RESTART):
+    """Close every socket of this process with `code` (chatproject.serve calls it on SIGTERM)."""
+    hub = _hubs.get(asyncio.get_running_loop())
+    if hub is not None:
+        await hub.shutdown(code)

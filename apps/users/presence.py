@@ -1,0 +1,223 @@
+"""Presence: online / away / offline per user, from the heartbeats of all their sockets.
+
+Every open socket has an entry `<socket id> -> "<status>:<expires ms>"` in the Redis hash
+`<prefix>:presence:<user id>`; its server process refreshes it on each heartbeat sweep, so the
+entry of a socket whose process died expires by itself. A user's status is `online` if any live
+socket is online, `away` if all live sockets are away, else `offline`. The last published status
+is kept next to the hash; one Lua script updates an entry and says whether the status changed,
+so exactly one process publishes each change. The sorted set `<prefix>:presence:due` holds, per
+user, the earliest expiry of their sockets; any process sweeps it to notice users whose sockets
+all expired (their server was killed) and publishes their `offline`.
+
+Without REDIS_URL (embedded mode, one process) the same rules run on in-process dicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from django.conf import settings
+
+ONLINE, AWAY, OFFLINE = "online", "away", "offline"
+
+_UPDATE = """
+local h, st, due = KEYS[1], KEYS[2], KEYS[3]
+local uid, now, op, sock = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local status, exp, maxs = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local all = redis.call('HGETALL', h)
+local count, online, minexp, maxexp = 0, 0, nil, 0
+for i = 1, #all, 2 do
+  local f, v = all[i], all[i + 1]
+  local sep = string.find(v, ':', 1, true)
+  local s, e = string.sub(v, 1, sep - 1), tonumber(string.sub(v, sep + 1))
+  if e <= now or f == sock then
+    if e <= now or op == 'del' then redis.call('HDEL', h, f) end
+  else
+    count = count + 1
+    if s == 'online' then online = online + 1 end
+    if minexp == nil or e < minexp then minexp = e end
+    if e > maxexp then maxexp = e end
+  end
+end
+if op == 'add' and maxs > 0 and count >= maxs then
+  return {-1, redis.call('GET', st) or 'offline', count}
+end
+if op == 'add' or op == 'ref' then
+  redis.call('HSET', h, sock, status .. ':' .. exp)
+  count = count + 1
+  if status == 'online' then online = online + 1 end
+  if minexp == nil or exp < minexp then minexp = exp end
+  if exp > maxexp then maxexp = exp end
+end
+local new = 'offline'
+if online > 0 then new = 'online' elseif count > 0 then new = 'away' end
+if count > 0 then
+  redis.call('PEXPIRE', h, maxexp - now + 1000)
+  redis.call('ZADD', due, minexp, uid)
+else
+  redis.call('DEL', h)
+  redis.call('ZREM', due, uid)
+end
+local old = redis.call('GET', st) or 'offline'
+if new == old then return {0, new, count} end
+if new == 'offline' then redis.call('DEL', st) else redis.call('SET', st, new) end
+return {1, new, count}
+"""
+
+
+def _prefix() -> str:
+    return f"{settings.CHANNELS_PREFIX}:presence"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+_clients: dict = {}
+
+
+def shared_redis():
+    """An asyncio Redis client for REDIS_URL, one per event loop (None in embedded mode)."""
+    if not settings.REDIS_URL:
+        return None
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None:
+        from redis import asyncio as aioredis
+
+        for old in [k for k in _clients if k.is_closed()]:
+            _clients.pop(old, None)
+        client = _clients[loop] = aioredis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5
+        )
+    return client
+
+
+class RedisPresence:
+    def __init__(self, client):
+        self.client = client
+        self.script = client.register_script(_UPDATE)
+
+    def _keys(self, user_id):
+        p = _prefix()
+        return [f"{p}:{user_id}", f"{p}:{user_id}:status", f"{p}:due"]
+
+    def _args(self, user_id, op, socket_id="", status="", ttl=0.0, max_sockets=0):
+        now = _now_ms()
+        return [user_id, now, op, socket_id, status, now + int(ttl * 1000), max_sockets]
+
+    async def _run(self, calls):
+        """Run several updates in one round trip; returns [(user_id, changed, status, count)]."""
+        if not calls:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, args in calls:
+            await self.script(keys=self._keys(user_id), args=args, client=pipe)
+        results = await pipe.execute()
+        out = []
+        for (user_id, _), (changed, status, count) in zip(calls, results):
+            status = status.decode() if isinstance(status, bytes) else status
+            out.append((user_id, int(changed), status, int(count)))
+        return out
+
+    async def connect(self, user_id, socket_id, status, ttl, max_sockets):
+        [(_, changed, new, count)] = await self._run(
+            [(user_id, self._args(user_id, "add", socket_id, status, ttl, max_sockets))]
+        )
+        return changed, new, count
+
+    async def refresh(self, entries, ttl):
+        calls = [(u, self._args(u, "ref", s, st, ttl)) for u, s, st in entries]
+        return [(u, new) for u, changed, new, _ in await self._run(calls) if changed == 1]
+
+    async def disconnect(self, user_id, socket_id):
+        [(_, changed, new, _)] = await self._run([(user_id, self._args(user_id, "del", socket_id))])
+        return new if changed == 1 else None
+
+    async def sweep(self, limit=200):
+        """Users with an expired socket entry: recompute them; returns the changed ones."""
+        due = await self.client.zrangebyscore(f"{_prefix()}:due", "-inf", _now_ms(), 0, limit)
+        calls = [(int(u), self._args(int(u), "chk")) for u in due]
+        return [(u, new) for u, changed, new, _ in await self._run(calls) if changed == 1]
+
+    async def status(self, user_id) -> str:
+        value = await self.client.get(self._keys(user_id)[1])
+        return value.decode() if value else OFFLINE
+
+
+class LocalPresence:
+    """The same rules in one process (embedded mode: no Redis)."""
+
+    def __init__(self):
+        self.sockets: dict[int, dict[str, tuple[str, int]]] = {}
+        self.published: dict[int, str] = {}
+
+    def _update(self, user_id, op, socket_id="", status="", ttl=0.0, max_sockets=0):
+        now = _now_ms()
+        entries = {
+            s: v for s, v in self.sockets.get(user_id, {}).items() if v[1] > now and s != socket_id
+        }
+        if op == "add" and max_sockets and len(entries) >= max_sockets:
+            return -1, self.published.get(user_id, OFFLINE), len(entries)
+        old_entry = self.sockets.get(user_id, {}).get(socket_id)
+        if op in ("add", "ref"):
+            entries[socket_id] = (status, now + int(ttl * 1000))
+        elif op == "chk" and old_entry and old_entry[1] > now:
+            entries[socket_id] = old_entry
+        if entries:
+            self.sockets[user_id] = entries
+        else:
+            self.sockets.pop(user_id, None)
+        new = OFFLINE
+        if any(s == ONLINE for s, _ in entries.values()):
+            new = ONLINE
+        elif entries:
+            new = AWAY
+        old = self.published.get(user_id, OFFLINE)
+        if new == OFFLINE:
+            self.published.pop(user_id, None)
+        else:
+            self.published[user_id] = new
+        return (0 if new == old else 1), new, len(entries)
+
+    async def connect(self, user_id, socket_id, status, ttl, max_sockets):
+        return self._update(user_id, "add", socket_id, status, ttl, max_sockets)
+
+    async def refresh(self, entries, ttl):
+        out = []
+        for u, s, st in entries:
+            changed, new, _ = self._update(u, "ref", s, st, ttl)
+            if changed == 1:
+                out.append((u, new))
+        return out
+
+    async def disconnect(self, user_id, socket_id):
+        changed, new, _ = self._update(user_id, "del", socket_id)
+        return new if changed == 1 else None
+
+    async def sweep(self, limit=200):
+        out = []
+        for u in list(self.sockets)[:limit]:
+            changed, new, _ = self._update(u, "chk")
+            if changed == 1:
+                out.append((u, new))
+        return out
+
+    async def status(self, user_id) -> str:
+        return self.published.get(user_id, OFFLINE)
+
+
+_local = LocalPresence()
+_stores: dict = {}
+
+
+def backend():
+    """The presence store for this process: Redis when configured, else in-process."""
+    client = shared_redis()
+    if client is None:
+        return _local
+    store = _stores.get(id(client))
+    if store is None or store.client is not client:
+        store = _stores[id(client)] = RedisPresence(client)
+    return store
