@@ -1,0 +1,183 @@
+"""Writes benchmark (with Kafka lag): 100 rooms of 5 members, every socket sending.
+
+    .venv/bin/python -m bench.writes
+    .venv/bin/python -m bench.writes --rates 250,500,1000 --duration 5
+
+Every socket subscribes to its room and sends `message.send` at total rate / sockets. Per step:
+acked sends per second, ack latency p50/p99 (send to `ack`), delivery latency p99 and lost
+deliveries (each message reaches the 4 other members), and Kafka lag p50/p99 (commit `ts` to
+readable on the topic, bench/kafkalag.py). A step holds when ack p99 <= 50 ms with nothing
+refused, unacked or closed; the ladder stops at the first miss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from array import array
+
+from bench import stats
+from bench.kafkalag import KafkaLag
+from bench.loadgen import Pool, ladder_arguments, split
+from bench.stack import ROOT, ChatStack, cpu_seconds, make_room, make_users, tree_cpu_seconds
+
+ACK_P99_BOUND_MS = 50.0
+KAFKA_P99_BOUND_MS = 1000.0
+
+
+def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
+    server_pid, worker_pid = stack.pid, stack.worker.proc.pid
+    srv0, wrk0, cli0 = cpu_seconds(server_pid), tree_cpu_seconds(worker_pid), pool.cpu_seconds()
+    wall0 = time.monotonic()
+    pool.call_each({i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
+                   timeout=args.duration + 60)
+    reports = pool.call(list(shares), "report", step, None, args.drain, timeout=args.drain + 30)
+    wall = time.monotonic() - wall0
+    srv_cpu, wrk_cpu = cpu_seconds(server_pid) - srv0, tree_cpu_seconds(worker_pid) - wrk0
+    cli_cpu = pool.cpu_seconds() - cli0
+    acked = sum(len(ids) for r in reports for ids in r["acked"].values())
+    kafka = watcher.report(step, acked, args.kafka_wait) if watcher else {"count": 0, "lag_ms": []}
+    acks, deliveries = array("q"), array("q")
+    for report in reports:
+        acks.frombytes(report["ack_ns"])
+        deliveries.frombytes(report["delivery_ns"])
+    first_send = min(r["first_send"] for r in reports if r["first_send"])
+    last_ack = max(r["last_ack"] for r in reports)
+    span = max(args.duration, (last_ack - first_send) / 1e9)
+    errors = stats.merge_counts(r["errors"] for r in reports)
+    kafka_lat = stats.latency_summary(int(ms * 1e6) for ms in kafka["lag_ms"])
+    return {
+        "rate": rate,
+        "sent": sum(r["sent"] for r in reports),
+        "acked": acked,
+        "acked_per_s": round(acked / span),
+        "unacked": sum(r["unacked"] for r in reports),
+        "errors": sum(errors.values()),
+        "error_codes": errors,
+        "closed": sum(r["closed"] for r in reports),
+        "close_codes": [r["close_codes"] for r in reports if r["close_codes"]],
+        "ack_latency": stats.latency_summary(acks),
+        "latency": stats.latency_summary(deliveries),
+        "lost": sum(r["lost"] for r in reports),
+        "kafka_count": kafka["count"],
+        "kafka_lag": kafka_lat,
+        "server_cpu_pct": round(100 * srv_cpu / wall),
+        "worker_cpu_pct": round(100 * wrk_cpu / wall),
+        "client_cpu_pct": round(100 * cli_cpu / wall),
+    }
+
+
+def step_passes(step: dict) -> bool:
+    return (step["ack_latency"]["count"] > 0
+            and step["ack_latency"]["p99_ms"] <= ACK_P99_BOUND_MS
+            and not (step["errors"] or step["unacked"] or step["closed"]))
+
+
+def step_line(step: dict) -> str:
+    ack, lat, kafka = step["ack_latency"], step["latency"], step["kafka_lag"]
+    return (f"{step['rate']:>6}/s  acked {step['acked']:>6} = {step['acked_per_s']:>5}/s  "
+            f"ack p50 {ack['p50_ms']} p99 {ack['p99_ms']} ms  deliv p99 {lat['p99_ms']} ms "
+            f"lost {step['lost']}  kafka {step['kafka_count']}/{step['acked']} "
+            f"p50 {kafka['p50_ms']} p99 {kafka['p99_ms']} ms  srv {step['server_cpu_pct']}% "
+            f"celery {step['worker_cpu_pct']}% cli {step['client_cpu_pct']}%  "
+            f"{'ok' if step_passes(step) else 'MISS'}{stats.trouble(step)}")
+
+
+def run(stack, args, rates, started) -> list[dict]:
+    """Seed, connect, and climb the rate ladder against a started stack."""
+    pool = watcher = None
+    steps = []
+    try:
+        users = make_users(args.rooms * args.members, f"{stack.tag}w")
+        rooms = []
+        for r in range(args.rooms):
+            members = users[r * args.members:(r + 1) * args.members]
+            room = make_room(members[0][0], [uid for uid, _ in members], f"writes {r}")
+            rooms.append([(token, room, True) for _, token in members])
+        print(f"seeded {len(users)} users, {len(rooms)} rooms in {time.monotonic() - started:.0f}s",
+              flush=True)
+        pool = Pool(args.procs)
+        parts = split(rooms, args.procs)  # whole rooms per process: loss is counted locally
+        t0 = time.monotonic()
+        replies = pool.call_each({i: ("connect", "127.0.0.1", stack.port,
+                                      [spec for room in part for spec in room])
+                                  for i, part in enumerate(parts)}, timeout=180)
+        if any(r["failed"] for r in replies):
+            raise RuntimeError(f"sockets failed to connect: {replies}")
+        total = args.rooms * args.members
+        shares = {i: sum(len(room) for room in part) / total for i, part in enumerate(parts)}
+        print(f"{total} sockets connected in {time.monotonic() - t0:.1f}s", flush=True)
+        watcher = KafkaLag(stack.env["KAFKA_BOOTSTRAP_SERVERS"], stack.topic)
+        run_step(pool, shares, stack, watcher, 0, rates[0] / 2, argparse.Namespace(
+            duration=2, drain=args.drain, kafka_wait=5))  # warm-up, not reported
+        for index, rate in enumerate(rates, start=1):
+            profiler = None
+            if args.profile == rate:
+                from bench.profile import Profiler
+
+                path = ROOT / "bench" / "profiles" / f"writes-{rate:g}.txt"
+                profiler = Profiler(stack.pid, args.duration, path, wall=args.wall)
+            step = run_step(pool, shares, stack, watcher, index, rate, args)
+            if profiler is not None and profiler.wait():
+                from bench.profile import top
+
+                step["profile"] = str(profiler.path.relative_to(ROOT))
+                print(top(profiler.path, 15))
+            steps.append(step)
+            print(step_line(step), flush=True)
+            if not step_passes(step) and not args.full:
+                break
+    finally:
+        if watcher:
+            watcher.close()
+        if pool:
+            pool.close()
+    return steps
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--rates", default="250,500,750,1000,1500",
+                        help="comma-separated total send rates (msg/s)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per step")
+    parser.add_argument("--drain", type=float, default=10.0, help="max wait for acks/deliveries")
+    parser.add_argument("--kafka-wait", type=float, default=15.0,
+                        help="max wait for a step's events on Kafka")
+    parser.add_argument("--procs", type=int, default=2, help="client processes")
+    ladder_arguments(parser)
+    args = parser.parse_args(argv)
+    rates = [float(r) for r in args.rates.split(",")]
+    started = time.monotonic()
+    print(f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
+          f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
+          f" UTC, {platform.node()})", flush=True)
+    with ChatStack() as stack:
+        steps = run(stack, args, rates, started)
+    best = None
+    for step in steps:
+        if not step_passes(step):
+            break
+        best = step
+    print()
+    if best:
+        kafka = best["kafka_lag"]
+        print(f"writes: highest rate held (ack p99 <= {ACK_P99_BOUND_MS:g} ms): {best['rate']:g}/s "
+              f"-> {best['acked_per_s']} acked/s, ack p50 {best['ack_latency']['p50_ms']} "
+              f"p99 {best['ack_latency']['p99_ms']} ms; Kafka lag p50 {kafka['p50_ms']} "
+              f"p99 {kafka['p99_ms']} ms ({best['kafka_count']}/{best['acked']} read)")
+    else:
+        print("writes: no rate held")
+    print(f"(total {time.monotonic() - started:.0f}s)")
+    if args.json:
+        args.json.write_text(json.dumps({"steps": steps}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
