@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 import socket
+import time
 
 from django.conf import settings
 from django.db import connection
@@ -113,13 +114,20 @@ class HealthCheckMiddleware:
     not get a 400 (DisallowedHost) or a 301 to https.
     """
 
-    routes = {"/healthz": healthz, "/readyz": readyz}
+    routes = {"/healthz": ("healthz", healthz), "/readyz": ("readyz", readyz)}
 
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
-        view = self.routes.get(request.path_info)
-        if view is not None:
-            return view(request)
-        return self.get_response(request)
+        route = self.routes.get(request.path_info)
+        if route is None:
+            return self.get_response(request)
+        from .observability import HTTP_LATENCY, HTTP_REQUESTS
+
+        name, view = route
+        start = time.perf_counter()
+        response = view(request)
+        HTTP_REQUESTS.labels(request.method, name, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, name).observe(time.perf_counter() - start)
+        return response
