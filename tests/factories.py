@@ -40,10 +40,14 @@ def send(room, author, body="hello", client_id=None, **kwargs):
 
 def make_moderator(**extra):
     """A site moderator: staff in the Moderators group (created by a migration), not a superuser."""
-    from django.contrib.auth.models import Group
+    from importlib import import_module
 
+    from django.apps import apps
+
+    # A transactional test's flush empties the group the migration made: make it again.
+    group = import_module("apps.rooms.migrations.0003_moderators_group").ensure_group(apps)
     user = make_user(is_staff=True, **extra)
-    user.groups.add(Group.objects.get(name="Moderators"))
+    user.groups.add(group)
     return user
 
 

@@ -104,7 +104,11 @@ class NotificationsReadApi(GenericAPIView):
 
     serializer_class = MarkReadSerializer
 
-    @extend_schema(request=MarkReadSerializer, responses={200: MarkedSerializer, 400: ErrorSerializer})
+    @extend_schema(
+        operation_id="notifications_read_many",
+        request=MarkReadSerializer,
+        responses={200: MarkedSerializer, 400: ErrorSerializer},
+    )
     def post(self, request):
         data = request.data if isinstance(request.data, dict) else None
         if data is None:

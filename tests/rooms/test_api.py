@@ -180,3 +180,15 @@ def test_token_authentication_works_on_the_api(room, user):
     assert client.get(f"/api/rooms/{room.pk}/").status_code == 200
     client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
     assert client.get(f"/api/rooms/{room.pk}/").status_code == 401
+
+
+def test_browsable_api_renders_html_pages(room, user):
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    for url in ("/api/rooms/", f"/api/rooms/{room.pk}/", f"/api/rooms/{room.pk}/messages/",
+                f"/api/rooms/{room.pk}/events/", f"/api/rooms/{room.pk}/members/", "/api/me/"):
+        page = client.get(url, HTTP_ACCEPT="text/html")
+        assert page.status_code == 200, url
+        assert page["Content-Type"].startswith("text/html") and b"<form" in page.content, url

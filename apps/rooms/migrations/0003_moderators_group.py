@@ -19,20 +19,29 @@ PERMISSIONS = [
 ]
 
 
-def create_group(apps, schema_editor):
+def ensure_group(apps, using="default"):
+    """Create (or complete) the group; also used by the tests after a database flush."""
     # Permissions are normally created after migrate; create them now so the group can hold them.
-    for label in {app for app, _ in PERMISSIONS}:
+    for label in sorted({app for app, _ in PERMISSIONS}):
         app_config = apps.get_app_config(label)
-        app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0, using=schema_editor.connection.alias)
-        app_config.models_module = None
+        stub = getattr(app_config, "models_module", None) is None  # historical app registry
+        if stub:
+            app_config.models_module = True
+        create_permissions(app_config, apps=apps, verbosity=0, using=using)
+        if stub:
+            app_config.models_module = None
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
-    group, _ = Group.objects.get_or_create(name=GROUP)
+    group, _ = Group.objects.using(using).get_or_create(name=GROUP)
     for app_label, codename in PERMISSIONS:
         group.permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+            Permission.objects.using(using).get(content_type__app_label=app_label, codename=codename)
         )
+    return group
+
+
+def create_group(apps, schema_editor):
+    ensure_group(apps, schema_editor.connection.alias)
 
 
 def remove_group(apps, schema_editor):
