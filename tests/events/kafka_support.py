@@ -16,6 +16,7 @@ class Record:
     key: bytes
     headers: dict
     envelope: dict
+    timestamp_ms: int = 0
 
 
 def read_topic(bootstrap=None, *, want_ids=(), timeout: float = 30.0, settle: float = 0.0):
@@ -49,7 +50,8 @@ def read_topic(bootstrap=None, *, want_ids=(), timeout: float = 30.0, settle: fl
                 for m in msgs:
                     envelope = json.loads(m.value)
                     records.append(Record(tp.partition, m.offset, m.key,
-                                          {k: v.decode() for k, v in m.headers}, envelope))
+                                          {k: v.decode() for k, v in m.headers}, envelope,
+                                          m.timestamp))
                     seen.add(envelope["id"])
             if want <= seen:
                 if settle_until is None:
@@ -86,3 +88,11 @@ def assert_per_room_order(records, rows_by_id):
         assert rec.partition == last.get(room, (rec.partition, 0))[0], f"room {room} on two partitions"
         assert seq > last.get(room, (rec.partition, 0))[1], f"room {room}: seq {seq} after {last[room][1]}"
         last[room] = (rec.partition, seq)
+
+
+def kill_broker(broker) -> None:
+    """SIGKILL the private broker (an abrupt outage; Broker.stop waits for a slow SIGTERM)."""
+    if broker.proc is not None and broker.proc.poll() is None:
+        broker.proc.kill()
+        broker.proc.wait(10)
+    broker.proc = None

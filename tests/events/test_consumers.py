@@ -1,0 +1,179 @@
+"""Kafka consumer groups (consume_events) and the mention-notification handler."""
+
+from __future__ import annotations
+
+import re
+import signal
+import uuid
+
+import pytest
+from django.conf import settings
+from django.core.management import CommandError, call_command
+
+from apps.events import handlers, kafka, publisher
+from apps.events.models import ConsumedEvent, Event
+from apps.notifications.handlers import MentionNotifications, mentioned_usernames
+from apps.notifications.models import Notification
+from apps.events.outbox import redis_client
+from tests import factories
+from tests.events.kafka_support import wait_for
+from tests.support.processes import ChildProcess
+from tests.support.services import PYTHON
+
+HANDLER = "apps.notifications.handlers.MentionNotifications"
+
+
+def mention_room():
+    author, away, other = (factories.make_user() for _ in range(3))
+    room = factories.make_room(author, members=[away, other])
+    return room, author, away, other
+
+
+# --- The handler, in this process -------------------------------------------------------------
+
+
+def test_mentions_are_parsed_like_usernames():
+    assert mentioned_usernames("hi @ada, @bob.smith. mail x@y.org @@z") >= {"ada", "bob.smith"}
+    assert "y.org" not in mentioned_usernames("mail x@y.org")
+    assert mentioned_usernames("no mentions here") == set()
+
+
+@pytest.mark.django_db
+def test_a_mention_of_an_offline_member_is_notified_once_even_if_delivered_twice():
+    room, author, away, _ = mention_room()
+    envelope = factories.send(room, author, body=f"ping @{away.username}!").envelope
+    handler = MentionNotifications()
+    assert handlers.process("g", handler, envelope) == handlers.HANDLED
+    assert handlers.process("g", handler, envelope) == handlers.DUPLICATE
+    note = Notification.objects.get()
+    assert (note.user, note.room_id, note.seq, note.actor) == (away, room.pk, envelope["seq"], author)
+    assert note.message_id == envelope["data"]["id"] and str(note.event_id) == envelope["id"]
+    assert note.excerpt == f"ping @{away.username}!" and note.read_at is None
+
+
+@pytest.mark.django_db
+def test_online_users_the_author_and_non_members_are_not_notified():
+    room, author, away, online = mention_room()
+    outsider = factories.make_user()
+    key = f"{settings.CHANNELS_PREFIX}:presence:{online.pk}"
+    redis_client().set(key, 1, ex=60)
+    try:
+        body = f"@{online.username} @{author.username} @{outsider.username} @{away.username}"
+        envelope = factories.send(room, author, body=body).envelope
+        handlers.process("g", MentionNotifications(), envelope)
+    finally:
+        redis_client().delete(key)
+    assert list(Notification.objects.values_list("user", flat=True)) == [away.pk]
+
+
+@pytest.mark.django_db
+def test_deleting_the_message_removes_its_notifications():
+    room, author, away, _ = mention_room()
+    created = factories.send(room, author, body=f"@{away.username}")
+    handler = MentionNotifications()
+    handlers.process("g", handler, created.envelope)
+    assert Notification.objects.count() == 1
+    from apps.messaging import services as messaging
+
+    message = messaging.get_message_or_404(created.envelope["data"]["id"], author)
+    deleted = messaging.message_delete(message=message, actor=author)
+    handlers.process("g", handler, deleted.envelope)
+    assert Notification.objects.count() == 0
+
+
+@pytest.mark.django_db
+def test_a_failing_handler_leaves_nothing_and_the_event_is_handled_on_retry():
+    room, author, away, _ = mention_room()
+    envelope = factories.send(room, author, body=f"@{away.username}").envelope
+
+    class Flaky(MentionNotifications):
+        calls = 0
+
+        def handle(self, envelope):
+            super().handle(envelope)
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise RuntimeError("database hiccup")
+
+    handler = Flaky()
+    with pytest.raises(RuntimeError):
+        handlers.process("g", handler, envelope)
+    assert not Notification.objects.exists() and not ConsumedEvent.objects.exists()
+    assert handlers.process("g", handler, envelope) == handlers.HANDLED
+    assert Notification.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_consume_events_refuses_an_unknown_group_or_handler_clearly():
+    with pytest.raises(CommandError, match="no handler for group 'nope'"):
+        call_command("consume_events", "--group", "nope")
+    with pytest.raises(CommandError, match="cannot import handler"):
+        call_command("consume_events", "--group", "x", "--handler", "apps.nothing.Here")
+    with pytest.raises(CommandError, match="--group may contain"):
+        call_command("consume_events", "--group", "bad group!")
+
+
+# --- consume_events processes against the broker -------------------------------------------
+
+
+class Consumer(ChildProcess):
+    name = "consume-events"
+
+    def __init__(self, env, group):
+        super().__init__(
+            [PYTHON, "manage.py", "consume_events", "--group", group, "--handler", HANDLER], env
+        )
+
+    def assignment(self):
+        found = re.findall(r"assigned partitions \[([0-9, ]*)\]", self.output())
+        return None if not found else [int(p) for p in found[-1].split(",") if p.strip()]
+
+
+def publish_all():
+    result = publisher.publish_pending()
+    assert not result.errors, result.errors
+    assert not Event.objects.unpublished().exists()
+
+
+@pytest.mark.kafka
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_group_of_two_handles_each_event_once_and_survives_a_sigterm(child_env):
+    kafka.reset_producer()
+    group = f"notifications-{uuid.uuid4().hex[:8]}"
+    env = {**child_env, "KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "3000",
+           "KAFKA_CONSUMER_HEARTBEAT_MS": "500", "KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS": "3000"}
+    author, away = factories.make_user(), factories.make_user()
+    rooms = [factories.make_room(author, members=[away]) for _ in range(6)]
+
+    def mention_everywhere(n):
+        sent = [factories.send(room, author, body=f"@{away.username} {i}")
+                for i in range(n) for room in rooms]
+        publish_all()
+        return {e.envelope["id"] for e in sent}
+
+    first = mention_everywhere(3)
+    a, b = Consumer(env, group).start(), Consumer(env, group).start()
+    try:
+        wait_for(lambda: Notification.objects.filter(event_id__in=first).count() == len(first),
+                 timeout=60, message="the group to handle the first events")
+        wait_for(lambda: a.assignment() and b.assignment(), timeout=30,
+                 message="both consumers to own partitions")
+        a.signal(signal.SIGTERM)
+        assert a.proc.wait(20) == 0
+        assert "left the group" in a.output()
+
+        second = mention_everywhere(3)
+        wait_for(lambda: Notification.objects.filter(event_id__in=second).count() == len(second),
+                 timeout=60, message="the remaining consumer to handle the events after the SIGTERM")
+        wait_for(lambda: b.assignment() == list(range(settings.KAFKA_PARTITIONS)), timeout=30,
+                 message="the survivor to own every partition")
+    finally:
+        a.stop()
+        b.stop()
+    assert b.proc.returncode == 0, b.output()[-2000:]
+    ours = first | second
+    # Each event handled once: one dedupe row and one notification per event, nothing skipped.
+    assert ConsumedEvent.objects.filter(group=group, event_id__in=ours).count() == len(ours)
+    assert Notification.objects.filter(event_id__in=ours).count() == len(ours)
+    assert set(Notification.objects.values_list("user", flat=True)) == {away.pk}
