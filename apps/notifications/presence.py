@@ -1,8 +1,11 @@
 """Is a user online? The one question the notification handler asks about presence.
 
-The realtime side owns presence (apps.users.presence). Until it is there this falls back to
-the Redis key `{CHANNELS_PREFIX}:presence:<user_id>` that it is expected to keep while the
-user has an open socket. No Redis (embedded mode): nobody counts as online.
+apps.users.presence owns presence; its Redis store keeps each user's last published status
+(online / away / offline) under `{CHANNELS_PREFIX}:presence:<user id>:status` (see
+RedisPresence.status). Its API is async and per event loop, so this synchronous handler reads
+that key directly. `away` is not online: an away user gets the notification. Embedded mode
+keeps presence in the server's own memory, out of a consumer process's sight: nobody counts
+as online there.
 """
 
 from __future__ import annotations
@@ -13,22 +16,21 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
+ONLINE = "online"
+
+
+def status_key(user_id: int) -> str:
+    return f"{settings.CHANNELS_PREFIX}:presence:{user_id}:status"
+
 
 def is_online(user_id: int) -> bool:
-    try:
-        from apps.users import presence
-    except ImportError:
-        presence = None
-    for name in ("is_online", "online"):
-        check = getattr(presence, name, None)
-        if callable(check):
-            return bool(check(user_id))
     if not settings.REDIS_URL:
         return False
     from apps.events.outbox import redis_client
 
     try:
-        return bool(redis_client().exists(f"{settings.CHANNELS_PREFIX}:presence:{user_id}"))
+        value = redis_client().get(status_key(user_id))
     except Exception:  # noqa: BLE001 - unknown presence: notify rather than miss it
         logger.warning("presence unavailable; treating user %s as offline", user_id)
         return False
+    return (value.decode() if isinstance(value, bytes) else value) == ONLINE

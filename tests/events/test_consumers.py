@@ -12,9 +12,11 @@ from django.core.management import CommandError, call_command
 
 from apps.events import handlers, kafka, publisher
 from apps.events.models import ConsumedEvent, Event
+from apps.notifications import presence
 from apps.notifications.handlers import MentionNotifications, mentioned_usernames
 from apps.notifications.models import Notification
 from apps.events.outbox import redis_client
+from apps.rooms import services as rooms
 from tests import factories
 from tests.events.kafka_support import wait_for
 from tests.support.processes import ChildProcess
@@ -52,18 +54,20 @@ def test_a_mention_of_an_offline_member_is_notified_once_even_if_delivered_twice
 
 
 @pytest.mark.django_db
-def test_online_users_the_author_and_non_members_are_not_notified():
+def test_online_users_the_author_and_non_members_are_not_notified_away_users_are():
     room, author, away, online = mention_room()
-    outsider = factories.make_user()
-    key = f"{settings.CHANNELS_PREFIX}:presence:{online.pk}"
-    redis_client().set(key, 1, ex=60)
+    outsider, idle = factories.make_user(), factories.make_user()
+    rooms.room_invite(room=room, actor=author, user=idle)
+    keys = {online.pk: "online", idle.pk: "away"}  # as apps.users.presence publishes them
+    for uid, status in keys.items():
+        redis_client().set(presence.status_key(uid), status, ex=60)
     try:
-        body = f"@{online.username} @{author.username} @{outsider.username} @{away.username}"
+        body = " ".join(f"@{u.username}" for u in (online, author, outsider, away, idle))
         envelope = factories.send(room, author, body=body).envelope
         handlers.process("g", MentionNotifications(), envelope)
     finally:
-        redis_client().delete(key)
-    assert list(Notification.objects.values_list("user", flat=True)) == [away.pk]
+        redis_client().delete(*(presence.status_key(uid) for uid in keys))
+    assert set(Notification.objects.values_list("user", flat=True)) == {away.pk, idle.pk}
 
 
 @pytest.mark.django_db
@@ -177,3 +181,21 @@ def test_a_group_of_two_handles_each_event_once_and_survives_a_sigterm(child_env
     assert ConsumedEvent.objects.filter(group=group, event_id__in=ours).count() == len(ours)
     assert Notification.objects.filter(event_id__in=ours).count() == len(ours)
     assert set(Notification.objects.values_list("user", flat=True)) == {away.pk}
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_user_with_an_open_socket_counts_as_online(server):
+    from tests.messaging.wsclient import WS
+
+    room, author, connected, _ = mention_room()
+    socket = WS(server.ws_url, token=factories.make_token(connected))
+    try:
+        socket.hello()
+        wait_for(lambda: presence.is_online(connected.pk), timeout=15,
+                 message="the server to publish the user's presence")
+        envelope = factories.send(room, author, body=f"@{connected.username}").envelope
+        handlers.process("g", MentionNotifications(), envelope)
+        assert not Notification.objects.exists()
+    finally:
+        socket.close()
