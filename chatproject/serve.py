@@ -15,6 +15,7 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 
@@ -30,14 +31,15 @@ class SocketExtension:
         self.protocol = protocol
         self.frames = 0  # frames written since the write buffer was last seen empty
 
-    def write(self, payload: bytes) -> bool:
+    def write(self, payload: bytes, count: bool = True) -> bool:
+        """Send one text frame. `count=False` for replies and replays: a burst the client asked
+        for is not held against it, only live frames queued behind unsent data are."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
             return False
-        if self.unsent_bytes() == 0:
-            self.frames = 0
+        if count:
+            self.frames = self.frames + 1 if self.unsent_bytes() else 1
         protocol.sendMessage(payload, False)
-        self.frames += 1
         return True
 
     def unsent_bytes(self) -> int:
@@ -53,6 +55,13 @@ class SocketExtension:
         """(frames, bytes) not yet handed to the kernel."""
         return self.frames, self.unsent_bytes()
 
+    def close(self, code: int) -> None:
+        """Start the closing handshake with any valid code (daphne's ASGI close goes through
+        autobahn's sendClose, which refuses 1012 and 1013)."""
+        protocol = self.protocol
+        if protocol.state == protocol.STATE_OPEN:
+            protocol.sendCloseFrame(code=code, isReply=False)
+
     def abort(self) -> None:
         transport = self.protocol.transport
         if transport is not None:
@@ -64,6 +73,9 @@ def build_server(host, port, *, application):
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol
     from django.conf import settings
+
+    # Kernel send buffer per WebSocket (0: the kernel's autotuning, up to tcp_wmem's maximum).
+    sndbuf = getattr(settings, "CHAT_SOCKET_SEND_BUFFER", 0)
 
     class ChatServer(Server):
         def run(self):
@@ -77,6 +89,9 @@ def build_server(host, port, *, application):
         def create_application(self, protocol, scope):
             if isinstance(protocol, WebSocketProtocol):
                 scope.setdefault("extensions", {})["chat.socket"] = SocketExtension(protocol)
+                if sndbuf:
+                    handle = protocol.transport.getHandle()
+                    handle.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
             return super().create_application(protocol, scope)
 
     return ChatServer(
@@ -117,7 +132,7 @@ def graceful_shutdown(server, grace: float):
         # Sockets the hub does not know yet (still authenticating) are closed here.
         for protocol in list(server.connections):
             if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN:
-                protocol.sendClose(code=realtime.CLOSE_RESTART)
+                protocol.sendCloseFrame(code=realtime.CLOSE_RESTART, isReply=False)
 
     def check():
         busy = [

@@ -266,6 +266,7 @@ CHAT_SHUTDOWN_GRACE_SECONDS = env_float("CHAT_SHUTDOWN_GRACE_SECONDS", 5.0)
 # Real-time (apps.messaging.realtime): a socket whose unsent backlog passes
 # CHAT_SEND_QUEUE_LIMIT frames or CHAT_SEND_BUFFER_BYTES is dropped (close 1013) and resumes.
 CHAT_SEND_BUFFER_BYTES = env_int("CHAT_SEND_BUFFER_BYTES", 8 * 1024 * 1024)
+CHAT_SOCKET_SEND_BUFFER = env_int("CHAT_SOCKET_SEND_BUFFER", 0)  # SO_SNDBUF; 0: kernel autotuning
 CHAT_TYPING_THROTTLE_SECONDS = env_float("CHAT_TYPING_THROTTLE_SECONDS", 3.0)
 CHAT_AWAY_SECONDS = env_float("CHAT_AWAY_SECONDS", 300.0)  # no action frame for this long: away
 CHAT_GAP_GRACE_SECONDS = env_float("CHAT_GAP_GRACE_SECONDS", 0.1)  # wait before filling a gap

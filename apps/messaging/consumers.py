@@ -173,7 +173,11 @@ class ChatConsumer(AsyncConsumer):
         WS_ERRORS.labels(code).inc()
         await self.base_send({"type": "websocket.send", "text": json.dumps(
             {"type": "error", "ref": None, "code": code, "message": text})})
-        await self.base_send({"type": "websocket.close", "code": close_code})
+        ext = (self.scope.get("extensions") or {}).get("chat.socket")
+        if ext is not None:  # any valid code (daphne's ASGI close takes only 1000, 3000-4999)
+            ext.close(close_code)
+        else:
+            await self.base_send({"type": "websocket.close", "code": close_code})
 
     @staticmethod
     async def _until_disconnect(receive):
@@ -196,8 +200,8 @@ class ChatConsumer(AsyncConsumer):
                 raise ServiceError("too_large", f"frames are limited to {limit} bytes")
             try:
                 frame = json.loads(text)
-            except ValueError:
-                raise invalid("the frame is not valid JSON") from None
+            except (ValueError, RecursionError):  # deep nesting overflows the parser
+                raise invalid("the frame is not valid JSON (or is nested too deeply)") from None
             if not isinstance(frame, dict):
                 raise invalid("a frame is a JSON object")
             ref = frame.get("ref")

@@ -145,14 +145,20 @@ class Connection:
             return presence.AWAY
         return presence.ONLINE
 
-    def write(self, data: bytes) -> bool:
-        """Queue one text frame; False once the socket is closing. Never blocks."""
+    def write(self, data: bytes, live: bool = True) -> bool:
+        """Queue one text frame; False once the socket is closing. Never blocks.
+
+        Live events count against the socket's backlog limits; replies and replays (`live`
+        False: bursts the client asked for) are only bounded by their own limits.
+        """
         if self.closing:
             return False
         ext = self.ext
         if ext is not None:
-            if not ext.write(data):
+            if not ext.write(data, live):
                 return False
+            if not live:
+                return True
             frames, size = ext.backlog()
             if frames > settings.CHAT_SEND_QUEUE_LIMIT or size > setting(
                 "CHAT_SEND_BUFFER_BYTES", 8 * 1024 * 1024
@@ -164,14 +170,14 @@ class Connection:
         if self.queue is None:
             self.queue = asyncio.Queue()
             self.writer = asyncio.ensure_future(self._drain())
-        if self.queue.qsize() >= settings.CHAT_SEND_QUEUE_LIMIT:
+        if live and self.queue.qsize() >= settings.CHAT_SEND_QUEUE_LIMIT:
             self.too_slow()
             return False
         self.queue.put_nowait(data)
         return True
 
     def write_json(self, frame: dict) -> bool:
-        return self.write(fanout.serialize(frame).encode())
+        return self.write(fanout.serialize(frame).encode(), live=False)
 
     async def _drain(self):
         try:
@@ -204,9 +210,12 @@ class Connection:
         if self.writer is not None:
             self.writer.cancel()
         try:
-            await self.send({"type": "websocket.close", "code": code})
+            if self.ext is not None:
+                self.ext.close(code)
+            else:
+                await self.send({"type": "websocket.close", "code": code})
         except Exception:
-            pass
+            logger.warning("could not close socket %s", self.id, exc_info=True)
 
 
 class Subscription:
@@ -409,7 +418,7 @@ class Hub:
         if stream.head is None:
             self.set_base(stream, head)
         for seq, envelope in events:
-            conn.write(fanout.serialize(envelope).encode())
+            conn.write(fanout.serialize(envelope).encode(), live=False)
         last_seq = events[-1][0] if truncated else head
         conn.write_json({"type": "subscribed", "ref": ref, "room": room_id, "last_seq": last_seq,
                          "truncated": truncated, "head": head})

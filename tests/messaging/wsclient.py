@@ -17,7 +17,7 @@ class WS:
     """One client socket. Keeps every frame it received, in order, in `frames`."""
 
     def __init__(self, url, *, token=None, session=None, origin="default", headers=None,
-                 open_timeout=15):
+                 open_timeout=15, **connect_kwargs):
         extra = dict(headers or {})
         if token:
             extra["Authorization"] = f"Token {token}"
@@ -27,7 +27,7 @@ class WS:
             origin = "http://" + url.split("/")[2]
         self.ws = connect(url, additional_headers=extra, origin=origin,
                           open_timeout=open_timeout, max_size=None, ping_interval=None,
-                          legacy=True)
+                          legacy=True, **connect_kwargs)
         self.frames: list[dict] = []
         self.closed_code = None
 
@@ -56,6 +56,13 @@ class WS:
             frame = self.recv(timeout=left)
             if predicate(frame):
                 return frame
+
+    def seen(self, predicate, timeout=15.0) -> dict:
+        """The first frame, received already or later, that matches."""
+        for frame in self.frames:
+            if predicate(frame):
+                return frame
+        return self.until(predicate, timeout)
 
     def request(self, type, timeout=15.0, **fields) -> dict:
         """Send a frame with a fresh ref and return the reply carrying that ref."""

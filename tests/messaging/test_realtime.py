@@ -1,0 +1,146 @@
+"""The process hub over real sockets: presence, heartbeats, slow clients, lost channel-layer
+messages and graceful shutdown (a daphne ServerProcess, PostgreSQL and Redis)."""
+
+import signal
+import socket
+import time
+import uuid
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from apps.rooms import services as rooms
+from apps.rooms.models import Room
+from tests import factories
+from tests.messaging.wsclient import WS
+from tests.support.processes import ServerProcess
+
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def start_server(child_env):
+    procs, sockets = [], []
+
+    def start(**env):
+        proc = ServerProcess(dict(child_env, **{k: str(v) for k, v in env.items()})).start()
+        procs.append(proc)
+
+        def open_socket(user, **kwargs):
+            client = WS(proc.ws_url, token=factories.make_token(user), **kwargs)
+            sockets.append(client)
+            return client
+
+        proc.open = open_socket
+        return proc
+
+    yield start
+    for client in sockets:
+        client.close()
+    for proc in procs:
+        proc.stop()
+
+
+def presence_of(client, user, status, timeout=15):
+    return client.seen(lambda f: f.get("type") == "presence.changed"
+                       and f["data"]["user"]["id"] == user.pk and f["data"]["status"] == status,
+                       timeout)
+
+
+def test_presence_online_away_offline_across_sockets(start_server, user, other_user, room):
+    rooms.room_join(room=room, user=other_user)
+    server = start_server(CHAT_HEARTBEAT_SECONDS=2)
+    watcher = server.open(user)
+    watcher.subscribe(room.pk)
+    first = server.open(other_user)
+    first.hello()
+    online = presence_of(watcher, other_user, "online")
+    assert online["room"] == room.pk and online["seq"] is None
+    second = server.open(other_user)
+    second.hello()
+    first.request("ping", status="away")
+    second.request("ping", status="away")
+    presence_of(watcher, other_user, "away")  # seen at the next heartbeat sweep
+    first.close()
+    second.request("ping")
+    second.close()
+    presence_of(watcher, other_user, "offline")
+    statuses = [f["data"]["status"] for f in watcher.frames
+                if f.get("type") == "presence.changed" and f["data"]["user"]["id"] == other_user.pk]
+    assert statuses == ["online", "away", "offline"]  # one event per change, not per socket
+
+
+def test_silent_socket_is_closed_4408_and_a_pinging_one_stays(start_server, user, room):
+    server = start_server(CHAT_HEARTBEAT_SECONDS=1)
+    silent, alive = server.open(user), server.open(user)
+    silent.subscribe(room.pk)
+    alive.subscribe(room.pk)
+    started = time.monotonic()
+    while time.monotonic() - started < 4:
+        alive.request("ping")
+        time.sleep(0.4)
+    assert silent.wait_closed(timeout=5) == 4408
+    assert alive.request("ping")["type"] == "pong"
+    factories.send(room, user, body="still here")
+    alive.seen(lambda f: f.get("data", {}).get("body") == "still here")
+
+
+def slow_socket(url, token):
+    """A client with a tiny receive window that will not read: its data backs up at the server."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    host, port = url.split("/")[2].split(":")
+    sock.connect((host, int(port)))
+    return WS(url, token=token, sock=sock, max_queue=2)
+
+
+def test_slow_client_is_dropped_without_slowing_the_others(start_server, user, room):
+    server = start_server(CHAT_SEND_QUEUE_LIMIT=20, CHAT_SEND_BUFFER_BYTES=65536,
+                          CHAT_SOCKET_SEND_BUFFER=16384)
+    fast = server.open(user)
+    fast.subscribe(room.pk)
+    slow = slow_socket(server.ws_url, factories.make_token(user))
+    slow.subscribe(room.pk)
+    first = Room.objects.get(pk=room.pk).last_seq + 1
+    count = 120  # ~480 KB: more than the kernel buffers plus the 64 KiB allowed backlog
+    for i in range(count):
+        factories.send(room, user, body=f"{i} " + "x" * 3900)
+        if i % 20 == 0:
+            fast.request("ping")
+    fast.wait_seq(room.pk, first + count - 1, timeout=30)
+    assert fast.seqs(room.pk) == list(range(first, first + count))
+    # Now the slow client reads: it finds part of the stream, then the connection is gone.
+    with pytest.raises((ConnectionClosed, OSError)):
+        while True:
+            slow.recv(timeout=10)
+    received = slow.seqs(room.pk)
+    assert len(received) < count and received == list(range(first, first + len(received)))
+    # It resumes on a new socket with since and ends with exactly the full sequence.
+    resumed = server.open(user)
+    resumed.subscribe(room.pk, since=received[-1] if received else first - 1)
+    assert received + resumed.seqs(room.pk) == list(range(first, first + count))
+
+
+def test_events_lost_by_the_channel_layer_are_recovered_from_the_log(start_server, user, room):
+    # This server listens on other channel-layer groups than the ones the test process sends
+    # to: every live message is lost for it, so only the event-log check can bring them.
+    server = start_server(CHANNELS_PREFIX=f"lost{uuid.uuid4().hex[:8]}", CHAT_GAP_CHECK_SECONDS=1)
+    client = server.open(user)
+    client.subscribe(room.pk, since=0)
+    before = Room.objects.get(pk=room.pk).last_seq
+    for i in range(5):
+        factories.send(room, user, body=f"lost {i}")
+    client.wait_seq(room.pk, before + 5, timeout=20)
+    assert client.seqs(room.pk) == list(range(1, before + 6))
+
+
+def test_sigterm_closes_sockets_with_1012_and_exits(start_server, user, room):
+    server = start_server(CHAT_SHUTDOWN_GRACE_SECONDS=3)
+    client = server.open(user)
+    client.subscribe(room.pk)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert client.wait_closed(timeout=10) == 1012
+    server.proc.wait(10)
+    assert server.proc.returncode == 0
+    assert time.monotonic() - started < 3 + 5
