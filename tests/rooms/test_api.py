@@ -192,3 +192,16 @@ def test_browsable_api_renders_html_pages(room, user):
         page = client.get(url, HTTP_ACCEPT="text/html")
         assert page.status_code == 200, url
         assert page["Content-Type"].startswith("text/html") and b"<form" in page.content, url
+
+
+def test_site_moderator_moderates_a_private_room_they_are_not_in(user, other_user):
+    room = factories.make_room(user, kind=Room.Kind.PRIVATE, members=[other_user])
+    mid = factories.send(room, other_user, "against the rules").envelope["data"]["id"]
+    client = factories.api_client(factories.make_moderator())
+    assert client.get(f"/api/rooms/{room.pk}/messages/").status_code == 200
+    deleted = client.delete(f"/api/messages/{mid}/?reason=rules")
+    assert deleted.status_code == 200 and deleted.json()["data"]["by_moderator"] is True
+    banned = client.post(f"/api/rooms/{room.pk}/members/{other_user.pk}/ban/",
+                         {"reason": "rules", "until": None}, format="json")
+    assert banned.status_code == 200 and banned.json()["banned"] is True
+    assert factories.api_client(other_user).get(f"/api/rooms/{room.pk}/").status_code == 404
