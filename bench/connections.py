@@ -16,14 +16,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 from bench.loadgen import Pool, split
 from bench.profile import Profiler, top
-from bench.stack import ROOT, ChatStack, cpu_seconds, make_room, make_users, rss_bytes
+from bench.stack import (ROOT, ChatStack, cpu_seconds, machine, make_rooms, make_users,
+                         rss_bytes)
 
 BASELINE_SOCKETS = 10
 
@@ -31,12 +31,14 @@ BASELINE_SOCKETS = 10
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sockets", type=int, default=10000)
-    parser.add_argument("--levels", default="1000,2500,5000,10000")
+    parser.add_argument("--levels", default="1000,2500,5000,7500,10000")
     parser.add_argument("--users", type=int, default=1000,
                         help="users owning the sockets (sockets/users each; limit 20 per user)")
     parser.add_argument("--subscribe", action="store_true", help="each socket subscribes a room")
     parser.add_argument("--idle", type=float, default=20.0, help="idle CPU window (s)")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--deadline", type=float, default=170.0,
+                        help="stop opening sockets this many seconds after the start")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the server while the top level connects and while idle")
     parser.add_argument("--json", type=Path, help="also write the figures here")
@@ -46,8 +48,10 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(f"connections: up to {args.sockets} idle sockets ({args.users} users"
           f"{', subscribed' if args.subscribe else ''}), levels {levels}  "
-          f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()})", flush=True)
+          f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
     result = {"levels": []}
+    # Idle window and clean-up come after the last level: keep time for them.
+    args.deadline_at = started + args.deadline - args.idle - 20
     with ChatStack(worker=False) as stack:
         measure(stack, args, levels, result)
     print(f"(total {time.monotonic() - started:.0f}s)")
@@ -63,36 +67,36 @@ def measure(stack, args, levels, result) -> None:
         users = make_users(args.users, f"{stack.tag}c")
         rooms = [0]
         if args.subscribe:
-            rooms = [make_room(users[r][0], [users[r][0]], f"idle {r}") for r in range(100)]
+            rooms = make_rooms([(users[r][0], [], f"idle {r}") for r in range(100)])
         specs = [(users[i % len(users)][1], rooms[i % len(rooms)], args.subscribe)
                  for i in range(args.sockets)]
         pool = Pool(args.procs)
         pid = stack.pid
 
         def open_sockets(batch):
+            """Open a batch; returns (sockets opened, seconds taken)."""
             t0 = time.monotonic()
-            replies = pool.call_each({i: ("connect", "127.0.0.1", stack.port, part)
+            replies = pool.call_each({i: ("connect", "127.0.0.1", stack.port, part, deadline)
                                       for i, part in enumerate(split(batch, args.procs))},
                                      timeout=600)
             failed = sum(r["failed"] for r in replies)
             if failed:
                 raise RuntimeError(f"{failed} sockets failed: {[r['errors'] for r in replies]}")
-            return time.monotonic() - t0
+            return sum(r["connected"] for r in replies), time.monotonic() - t0
 
-        open_sockets(specs[:BASELINE_SOCKETS])
+        deadline = time.time() + (args.deadline_at - time.monotonic())
+        held, _ = open_sockets(specs[:BASELINE_SOCKETS])
         time.sleep(2)
         base_rss = rss_bytes(pid)
-        print(f"baseline: {BASELINE_SOCKETS} sockets, server RSS {base_rss / 2**20:.1f} MiB",
-              flush=True)
-        held = BASELINE_SOCKETS
+        print(f"baseline: {held} sockets, server RSS {base_rss / 2**20:.1f} MiB", flush=True)
         for level in levels:
             profiler = None
             if args.profile and level == levels[-1]:
                 profiler = Profiler(pid, 15, ROOT / "bench" / "profiles" / "connections.txt")
-            took = open_sockets(specs[held:level])
+            opened, took = open_sockets(specs[held:level])
             if profiler is not None and profiler.wait(60):
                 print(top(profiler.path, 20))
-            opened, held = level - held, level
+            held += opened
             time.sleep(2)
             rss = rss_bytes(pid)
             per = (rss - base_rss) / (held - BASELINE_SOCKETS)
@@ -102,6 +106,9 @@ def measure(stack, args, levels, result) -> None:
             result["levels"].append(entry)
             print(f"{held:>6} sockets  RSS {entry['rss_mib']} MiB  {entry['kib_per_socket']} KiB"
                   f"/socket  (opened {opened} at {entry['connects_per_s']}/s)", flush=True)
+            if held < level:
+                print(f"deadline: stopped opening sockets at {held} (--deadline {args.deadline:g}s)")
+                break
         profiler = None
         if args.profile:
             profiler = Profiler(pid, args.idle, ROOT / "bench" / "profiles" / "connections-idle.txt")

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
 import time
 from array import array
 
 from bench import stats
 from bench.loadgen import Pool, ladder_arguments, split
-from bench.stack import ROOT, CeilingServer, ChatStack, cpu_seconds, make_room, make_users
+from bench.stack import ROOT, CeilingServer, ChatStack, cpu_seconds, machine, make_room, make_users
 
 P99_BOUND_MS = 100.0
 DEFAULT_RATES = {50: [100, 200, 300, 400, 600, 800, 1200],
@@ -145,7 +144,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(f"fan-out: {args.subscribers} subscribers, {args.senders} senders, rates {rates}, "
           f"{args.duration:g}s steps, {args.procs} receiving processes  "
-          f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()})",
+          f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()})",
           flush=True)
     results = {}
     if args.only != "chat":
@@ -159,7 +158,7 @@ def main(argv=None) -> int:
         finally:
             ceiling.stop()
     if args.only != "ceiling":
-        with ChatStack() as stack:
+        with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set)) as stack:
             users = make_users(args.subscribers + args.senders, f"{stack.tag}u")
             room = make_room(users[0][0], [uid for uid, _ in users], "fan-out bench")
             subs = [(token, room, True) for _, token in users[: args.subscribers]]

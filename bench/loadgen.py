@@ -8,12 +8,15 @@ gets the delivery latency from the frame alone; CLOCK_MONOTONIC is one clock for
 on the machine. Nothing is decoded as JSON on the hot path: a regex picks the body out.
 
 Commands (tuples over the pipe; every command gets one reply):
-  ("connect", host, port, [(token, room, subscribe), ...])  -> {"connected", "failed", "errors"}
+  ("connect", host, port, [(token, room, subscribe), ...], deadline)
+                                     -> {"connected", "skipped", "failed", "errors"}
   ("run", step, rate, duration)      start counting step; senders send `rate` msg/s in total for
                                      `duration` s (0 for pure receivers); replies when sent
   ("report", step, expected, wait)   expected: {room: [n, ...]} (None: this worker's own acks);
                                      waits up to `wait` s for acks and deliveries, then figures
-  ("ping", count)                    every socket sends `count` ping frames (idle heartbeat)
+  ("ping", count)                    every socket sends `count` ping frames; replies how many
+                                     are still open (a background task pings every socket each
+                                     heartbeat / 2 as the web client does)
   ("quit",)
 """
 
@@ -54,6 +57,8 @@ class Worker:
         self.socks: list[Sock] = []
         self.step = -1
         self.counter = 0
+        self.heartbeat = None  # seconds, from `hello`
+        self.pinger = None
         self.reset()
 
     def reset(self):
@@ -110,18 +115,26 @@ class Worker:
         return on_text
 
     # --- commands ----------------------------------------------------------------------------
-    async def connect(self, host, port, specs):
+    async def connect(self, host, port, specs, deadline=None):
+        """Open, authenticate (and subscribe) every socket; none is started after `deadline`
+        (a time.time() value): those are reported as skipped."""
         gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
         errors: Counter = Counter()
+        skipped = 0
 
         async def one(token, room, subscribe):
+            nonlocal skipped
             sock = Sock(room, subscribe)
             async with gate:
+                if deadline is not None and time.time() > deadline:
+                    skipped += 1
+                    return None
                 inbox = Inbox()
                 for attempt in range(3):
                     try:
                         ws = await connect(host, port, token=token, on_text=inbox)
-                        await inbox.expect(lambda m: m.get("type") == "hello")
+                        hello = await inbox.expect(lambda m: m.get("type") == "hello")
+                        self.heartbeat = hello.get("heartbeat") or self.heartbeat
                         if subscribe:
                             ws.send_text(b'{"type":"subscribe","ref":"s","room":%d}' % room)
                             await inbox.expect(lambda m: m.get("type") == "subscribed")
@@ -137,8 +150,10 @@ class Worker:
 
         results = await asyncio.gather(*(one(*spec) for spec in specs))
         self.socks += [s for s in results if s is not None]
-        return {"connected": sum(s is not None for s in results),
-                "failed": sum(s is None for s in results), "errors": dict(errors)}
+        if self.pinger is None and self.heartbeat:
+            self.pinger = asyncio.get_running_loop().create_task(self._ping_forever())
+        return {"connected": sum(s is not None for s in results), "skipped": skipped,
+                "failed": sum(s is None for s in results) - skipped, "errors": dict(errors)}
 
     async def run(self, step, rate, duration):
         self.step = step
@@ -221,6 +236,20 @@ class Worker:
         return {"open": sum(1 for s in self.socks if s.ws.is_open),
                 "close_codes": dict(Counter(s.ws.close_code for s in self.socks
                                             if not s.ws.is_open))}
+
+    async def _ping_forever(self):
+        """Keep every socket alive as the web client does: a `ping` each heartbeat / 2,
+        spread evenly (a few sockets per tick) so the server sees a steady trickle."""
+        tick, i = 0.25, 0
+        while True:
+            await asyncio.sleep(tick)
+            socks = self.socks
+            if not socks:
+                continue
+            share = max(1, round(len(socks) * tick / (self.heartbeat / 2)))
+            for _ in range(min(share, len(socks))):
+                i = (i + 1) % len(socks)
+                socks[i].ws.send_text(b'{"type":"ping"}')
 
     async def quit(self):
         for sock in self.socks:
@@ -327,3 +356,6 @@ def ladder_arguments(parser) -> None:
     parser.add_argument("--wall", action="store_true",
                         help="profile every thread, waiting included (default: GIL holder)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra server environment for an experiment (e.g. CHAT_DB_THREADS=4,"
+                             " BENCH_SWITCH_INTERVAL=0.0005); recorded with the results")

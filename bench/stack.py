@@ -125,6 +125,9 @@ class ChatStack:
         )
         self.env.update(BENCH_SETTINGS)
         self.env.update(settings or {})
+        self.extra = dict(settings or {})
+        if self.env.get("BENCH_SWITCH_INTERVAL"):  # experiment: see bench/tuning/sitecustomize.py
+            self.env["PYTHONPATH"] = f"{ROOT / 'bench' / 'tuning'}:{ROOT}"
 
     @property
     def topic(self) -> str:
@@ -139,7 +142,8 @@ class ChatStack:
             raise
         self.log(f"stack up in {time.monotonic() - started:.1f}s "
                  f"(db {self.db_name}, broker {self.env['KAFKA_BOOTSTRAP_SERVERS']}, "
-                 f"server :{self.server.port} pid {self.server.proc.pid})")
+                 f"server :{self.server.port} pid {self.server.proc.pid})"
+                 + (f" experiment settings {self.extra}" if self.extra else ""))
         return self
 
     def _start(self) -> None:
@@ -238,14 +242,32 @@ def make_users(count: int, prefix: str) -> list[tuple[int, str]]:
 
 
 def make_room(owner_id: int, member_ids: list[int], name: str) -> int:
-    """A public room created and joined through the room services (events and all)."""
+    """A public room with its members, created through the room service (events and all)."""
     from django.contrib.auth import get_user_model
+    from django.db import connection
 
     from apps.rooms import services as rooms
 
-    User = get_user_model()
-    owner = User.objects.get(pk=owner_id)
-    room = rooms.room_create(creator=owner, name=name)
-    for user in User.objects.filter(pk__in=[m for m in member_ids if m != owner_id]):
-        rooms.room_join(room=room, user=user)
-    return room.pk
+    try:
+        owner = get_user_model().objects.get(pk=owner_id)
+        room = rooms.room_create(creator=owner, name=name,
+                                 member_ids=[m for m in member_ids if m != owner_id])
+        return room.pk
+    finally:
+        connection.close()  # seeding threads return their pooled connection
+
+
+def make_rooms(specs: list[tuple[int, list[int], str]], threads: int = 8) -> list[int]:
+    """make_room for each (owner, members, name), on a few threads (rooms lock separately)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(lambda spec: make_room(*spec), specs))
+
+
+def machine() -> str:
+    """Host, cores and load average, for the header of every run (figures drift with load)."""
+    import platform
+
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{platform.node()}, {os.cpu_count()} cores, load {load}"

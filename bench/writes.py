@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import platform
 import sys
 import time
 from array import array
@@ -23,7 +22,8 @@ from array import array
 from bench import stats
 from bench.kafkalag import KafkaLag
 from bench.loadgen import Pool, ladder_arguments, split
-from bench.stack import ROOT, ChatStack, cpu_seconds, make_room, make_users, tree_cpu_seconds
+from bench.stack import (ROOT, ChatStack, cpu_seconds, machine, make_rooms, make_users,
+                         tree_cpu_seconds)
 
 ACK_P99_BOUND_MS = 50.0
 KAFKA_P99_BOUND_MS = 1000.0
@@ -93,11 +93,11 @@ def run(stack, args, rates, started) -> list[dict]:
     steps = []
     try:
         users = make_users(args.rooms * args.members, f"{stack.tag}w")
-        rooms = []
-        for r in range(args.rooms):
-            members = users[r * args.members:(r + 1) * args.members]
-            room = make_room(members[0][0], [uid for uid, _ in members], f"writes {r}")
-            rooms.append([(token, room, True) for _, token in members])
+        groups = [users[r * args.members:(r + 1) * args.members] for r in range(args.rooms)]
+        room_ids = make_rooms([(group[0][0], [uid for uid, _ in group], f"writes {r}")
+                               for r, group in enumerate(groups)])
+        rooms = [[(token, room, True) for _, token in group]
+                 for room, group in zip(room_ids, groups)]
         print(f"seeded {len(users)} users, {len(rooms)} rooms in {time.monotonic() - started:.0f}s",
               flush=True)
         pool = Pool(args.procs)
@@ -156,8 +156,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
           f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
-          f" UTC, {platform.node()})", flush=True)
-    with ChatStack() as stack:
+          f" UTC, {machine()})", flush=True)
+    with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set)) as stack:
         steps = run(stack, args, rates, started)
     best = None
     for step in steps:

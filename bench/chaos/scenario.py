@@ -87,6 +87,8 @@ class ChaosRun:
         self.servers: list[ServerProcess] = []
         self.collector: Collector | None = None
         self.faults: list[str] = []
+        self.worker_expected_down = False
+        self.worker_crashes: list[str] = []
 
     # --- set-up and tear-down -------------------------------------------------------------------
     def child(self, *args, timeout=180) -> str:
@@ -147,12 +149,28 @@ class ChaosRun:
             log(f"could not drop {self.db}: {exc}")
 
     # --- faults -----------------------------------------------------------------------------------
+    async def supervise_worker(self) -> None:
+        """Play the process supervisor (systemd, Kubernetes): restart a worker that exited.
+
+        Every exit we did not cause is recorded: it is a finding, not part of the scenario.
+        """
+        while True:
+            await asyncio.sleep(0.5)
+            if not self.worker_expected_down and not self.worker.alive():
+                tail = [line for line in self.worker.output().splitlines()
+                        if "CRITICAL" in line or "Unrecoverable" in line][-1:]
+                self.worker_crashes.append(tail[0][:300] if tail else "exited")
+                log(f"the Celery worker exited by itself ({self.worker_crashes[-1]}); restarting")
+                await asyncio.to_thread(self.start_worker)
+
     async def kill_worker(self) -> None:
         log("fault: SIGKILL the Celery worker")
+        self.worker_expected_down = True
         self.worker.kill()
         self.faults.append("celery worker SIGKILL")
         await asyncio.sleep(self.config.worker_down)
         await asyncio.to_thread(self.start_worker)
+        self.worker_expected_down = False
         log("Celery worker restarted")
 
     async def restart_redis(self) -> None:
@@ -202,6 +220,7 @@ class ChaosRun:
         clients = [ChaosClient(i, token, room, self.servers, home=i % 2)
                    for i, (token, room) in enumerate(self.seed["clients"])]
         tasks = [asyncio.create_task(c.run(cfg.rate)) for c in clients]
+        tasks.append(asyncio.create_task(self.supervise_worker()))
         try:
             await asyncio.sleep(cfg.phase)
             for fault in (self.kill_worker, self.restart_redis, self.stop_broker, self.kill_server):
@@ -226,6 +245,9 @@ class ChaosRun:
         """Wait for the outbox to publish everything and the collector to read it all."""
         deadline = time.monotonic() + self.config.settle_timeout
         while time.monotonic() < deadline:
+            if not self.worker.alive():
+                self.worker_crashes.append("exited while draining")
+                self.start_worker()
             pending = psql(f"SELECT count(*) FROM events_event WHERE published_at IS NULL "
                            f"AND {KAFKA_TYPES_SQL}", self.db)[0][0]
             if pending == 0:
@@ -279,6 +301,7 @@ class ChaosRun:
         return {
             "faults_injected": len(self.faults),
             "faults": self.faults,
+            "worker_crashes": self.worker_crashes,
             "messages_acked": len(acked),
             "events_checked": len(durable),
             "kafka_records_read": len(records),
