@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "apps.users",
     "apps.rooms",
@@ -288,6 +289,8 @@ REST_FRAMEWORK = {
         "send": env("THROTTLE_SEND", "600/minute"),
     },
     "EXCEPTION_HANDLER": "apps.messaging.api_errors.exception_handler",
+    # How many proxies sit in front of the server (for per-address throttles): NUM_PROXIES.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0) if env("NUM_PROXIES") else None,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Chat API",
@@ -295,6 +298,10 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    # Swagger UI served from our own static files: the docs page works offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # --- Observability: METRICS_ALLOWED_IPS, METRICS_TOKEN, LOG_FORMAT, LOG_LEVEL ------------------

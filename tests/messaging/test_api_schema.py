@@ -45,3 +45,13 @@ def test_schema_and_docs_are_served(user):
     schema = client.get("/api/schema/?format=json")
     assert schema.status_code == 200 and schema.json()["openapi"].startswith("3.")
     assert client.get("/api/docs/").status_code == 200
+
+
+@pytest.mark.django_db
+def test_api_docs_page_is_served_without_any_cdn(client):
+    response = client.get("/api/docs/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "swagger-ui" in html
+    assert "cdn." not in html and "unpkg" not in html
+    assert "/static/drf_spectacular_sidecar/" in html
