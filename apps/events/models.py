@@ -46,6 +46,16 @@ class Event(models.Model):
                 fields=["ts"], name="event_outbox_pending", condition=Q(published_at__isnull=True)
             ),
             models.Index(fields=["type", "ts"]),
+            # The publisher reads the outbox in this order (apps.events.publisher.next_batch);
+            # partial, so it only holds the unpublished rows however long the log grows.
+            models.Index(
+                fields=["room", "seq", "ts", "id"], name="event_outbox_order",
+                condition=Q(published_at__isnull=True),
+            ),
+            models.Index(
+                fields=["next_attempt_at"], name="event_outbox_retry",
+                condition=Q(published_at__isnull=True, next_attempt_at__isnull=False),
+            ),
         ]
         ordering = ["ts"]
 

@@ -10,7 +10,7 @@ from apps.events import kafka, publisher
 from apps.events.models import Event
 from apps.events.outbox import outbox_status
 from tests import factories
-from tests.events.kafka_support import read_topic
+from tests.events.kafka_support import kill_broker, read_topic
 from tests.support.services import Broker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.django_db]
@@ -88,7 +88,7 @@ def test_broker_down_keeps_rows_with_their_error_then_publishes_them_in_order():
         ):
             rooms = make_traffic(rooms=2, per_room=2)
             assert publisher.publish_pending().published == Event.objects.count()
-            broker.stop()
+            kill_broker(broker)
             for room in rooms:
                 factories.send(room, room.created_by, body="during the outage")
             result = publisher.publish_pending(max_seconds=5)
@@ -111,4 +111,4 @@ def test_broker_down_keeps_rows_with_their_error_then_publishes_them_in_order():
             assert sorted(r.envelope["id"] for r in records) == sorted(outage)
             assert {r.key for r in records} == {str(r.id).encode() for r in rooms}
     finally:
-        broker.stop()
+        kill_broker(broker)
