@@ -11,4 +11,5 @@ urlpatterns = [
     path("login/", views.LoginPage.as_view(), name="login"),
     path("logout/", views.LogoutPage.as_view(), name="logout"),
     path("signup/", views.signup_page, name="signup"),
+    path("presence/", views.presence_page, name="presence"),
 ]

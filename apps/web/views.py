@@ -1,11 +1,12 @@
 """The chat page and the Django-session pages around it (login, logout, sign-up)."""
 
+from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
@@ -80,3 +81,41 @@ def signup_page(request):
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             return redirect("web:chat")
     return render(request, "web/signup.html", {"form": form})
+
+
+PRESENCE_MAX_USERS = 100
+
+
+def _people_sharing_a_room(user, user_ids) -> list[int]:
+    from apps.rooms.models import Membership, Room
+
+    return list(
+        Membership.objects.active()
+        .filter(user_id__in=user_ids, room__in=Room.objects.joined_by(user))
+        .values_list("user_id", flat=True)
+        .distinct()
+    )
+
+
+async def presence_page(request):
+    """GET /presence/?user=ID&user=ID: the current status of people who share a room with you.
+
+    The socket only reports changes (presence.changed); this gives the page its starting point.
+    Anyone else is left out, as the socket would never report them either.
+    """
+    from apps.users import presence
+
+    user = await request.auser()
+    if not user.is_authenticated:
+        return JsonResponse({"code": "unauthenticated", "detail": "log in first"}, status=401)
+    try:
+        wanted = {int(value) for value in request.GET.getlist("user")}
+    except ValueError:
+        return JsonResponse({"code": "invalid", "detail": "user must be a user id"}, status=400)
+    if len(wanted) > PRESENCE_MAX_USERS:
+        return JsonResponse(
+            {"code": "invalid", "detail": f"at most {PRESENCE_MAX_USERS} users"}, status=400
+        )
+    shared = await sync_to_async(_people_sharing_a_room)(user, wanted)
+    store = presence.backend()
+    return JsonResponse({str(uid): await store.status(uid) for uid in sorted(shared)})

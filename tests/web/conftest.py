@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from playwright.sync_api import expect
+
 from tests import factories
 from tests.support.processes import subprocess_env
 from tests.support.services import ROOT
@@ -16,6 +18,7 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS = Path(ROOT) / "test-artifacts" / "web"
 PASSWORD = "pw-for-tests-1"  # tests.factories.make_user's default
+expect.set_options(timeout=10000)  # a shared 2-core machine: generous, still bounded
 
 
 @pytest.fixture
@@ -107,7 +110,7 @@ def in_thread(fn, *args, **kwargs):
         return pool.submit(call).result()
 
 
-def make_user(username, **extra):
+def make_user(username, *, moderator=False):
     """A user the server process can log in: its hash uses the production hasher.
 
     The test settings hash with MD5 for speed; the server runs the production settings,
@@ -115,8 +118,24 @@ def make_user(username, **extra):
     """
     from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
-    user = factories.make_user(username, **extra)
+    if moderator:
+        ensure_moderators_group()
+    user = factories.make_moderator(username=username) if moderator else factories.make_user(username)
     hasher = PBKDF2PasswordHasher()
     user.password = hasher.encode(PASSWORD, hasher.salt(), iterations=20000)
     user.save(update_fields=["password"])
     return user
+
+
+def ensure_moderators_group():
+    """The group a data migration made; a transactional test's flush deleted it."""
+    import importlib
+
+    from django.contrib.auth.models import Group, Permission
+
+    migration = importlib.import_module("apps.rooms.migrations.0003_moderators_group")
+    group, _ = Group.objects.get_or_create(name=migration.GROUP)
+    for app_label, codename in migration.PERMISSIONS:
+        group.permissions.add(
+            Permission.objects.get(content_type__app_label=app_label, codename=codename)
+        )

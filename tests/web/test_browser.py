@@ -1,22 +1,281 @@
-"""The web client in headless Chromium against a real daphne server."""
+"""The web client in headless Chromium against a real daphne server (PROTOCOL §3, §4)."""
+
+import json
+import re
+import urllib.request
 
 import pytest
+from playwright.sync_api import expect
 
+from apps.messaging.models import Message
+from apps.rooms.models import Room
+from apps.rooms.services import direct_room_open
 from tests import factories
+from tests.support.processes import ChildProcess, ServerProcess
+from tests.support.services import wait_port
 
-from .conftest import in_thread, make_user, screenshot
+from .conftest import PASSWORD, in_thread, login, make_user, screenshot, wait_connected
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
+HOSTILE = '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2"><b>bold</b> & co'
 
-def test_smoke(server, open_page):
+
+def message(page, text):
+    """The message item whose body is exactly `text`."""
+    return page.locator("#messages > li").filter(
+        has=page.locator(".body", has_text=re.compile("^" + re.escape(text) + "$"))
+    )
+
+
+def composer(page):
+    return page.get_by_role("textbox", name="Message", exact=True)
+
+
+def open_room(page, name):
+    page.locator("#room-list").get_by_role("button", name=name).click()
+    expect(page.locator("#room-title")).to_have_text(name)
+
+
+def test_two_users_chat_live(server, open_page):
+    def setup():
+        alice, bob = make_user("alice"), make_user("bob")
+        general = factories.make_room(alice, name="General", members=[bob])
+        other = factories.make_room(alice, name="Random", members=[bob])
+        direct_room_open(user=alice, other=bob)
+        return alice, bob, general, other
+
+    alice, bob, general, other = in_thread(setup)
+    a = open_page(server, alice)
+    b = open_page(server, bob, width=390, height=800)  # phone width
+    open_room(a, "General")
+    open_room(b, "General")
+    # Presence of direct-message partners: bob's page starts from /presence/, alice's page
+    # hears bob arrive over the socket.
+    expect(b.locator("#room-list li", has_text="alice").locator(".presence")).to_have_class(
+        re.compile("online"))
+    expect(a.locator("#room-list li", has_text="bob").locator(".presence")).to_have_class(
+        re.compile("online"))
+
+    # Send: shown at once, confirmed by the ack, seen live on the other side.
+    composer(a).fill("hi bob")
+    composer(a).press("Enter")
+    expect(message(a, "hi bob")).not_to_have_class(re.compile("pending|failed"))
+    expect(message(b, "hi bob")).to_have_count(1)
+
+    # Typing indicator.
+    composer(b).press_sequentially("thinking", delay=20)
+    expect(a.locator("#typing")).to_have_text("bob is typing…")
+
+    # Reply and reaction from bob.
+    composer(b).fill("")
+    message(b, "hi bob").get_by_role("button", name="Reply").click()
+    expect(b.locator("#reply-text")).to_contain_text("Replying to alice")
+    composer(b).fill("hello alice")
+    b.get_by_role("button", name="Send").click()
+    expect(message(a, "hello alice").locator(".reply-ref")).to_have_text("↪ alice: hi bob")
+    expect(a.locator("#typing")).to_have_text("")
+    message(b, "hi bob").get_by_role("button", name="React with 👍").click()
+    expect(message(a, "hi bob").locator(".reaction")).to_have_text("👍 1")
+    expect(message(b, "hi bob").locator(".reaction")).to_have_attribute("aria-pressed", "true")
+
+    # Edit, then delete, one's own message.
+    message(a, "hi bob").get_by_role("button", name="Edit").click()
+    a.get_by_label("Edit message").fill("hi bob (edited text)")
+    a.get_by_role("button", name="Save").click()
+    edited = message(b, "hi bob (edited text)")
+    expect(edited).to_have_count(1)
+    expect(edited.locator(".edited")).to_have_text("(edited)")
+
+    # A moderator (the room owner) sees moderation controls and removes bob's message.
+    expect(message(b, "hello alice").get_by_role("button", name="Remove")).to_have_count(0)
+    message(a, "hello alice").get_by_role("button", name="Remove").click()
+    expect(b.locator("#messages .body", has_text="Message removed by a moderator")).to_have_count(1)
+    expect(message(a, "hello alice")).to_have_count(0)
+    message(a, "hi bob (edited text)").get_by_role("button", name="Delete").click()
+    expect(b.locator("#messages .body", has_text="Message deleted")).to_have_count(1)
+
+    # Unread count for a room bob is not looking at, cleared when he opens it.
+    a.locator("#room-list").get_by_role("button", name="Random").click()
+    composer(a).fill("over here")
+    composer(a).press("Enter")
+    b.get_by_role("button", name="← Rooms").click()
+    expect(b.locator("#room-list li", has_text="Random").locator(".badge")).to_have_text("1")
+    screenshot(b, "room-list-phone")
+    open_room(b, "Random")
+    expect(message(b, "over here")).to_have_count(1)
+    b.get_by_role("button", name="← Rooms").click()
+    expect(b.locator("#room-list li", has_text="Random").locator(".badge")).to_have_count(0)
+    open_room(b, "General")
+    screenshot(a, "room-desktop")
+    screenshot(b, "room-phone")
+    assert a.errors == [] and b.errors == []
+    b.context.close()
+    expect(a.locator("#room-list li", has_text="bob").locator(".presence")).to_have_class(
+        re.compile("offline"))
+
+
+def test_admin_delete_disappears_from_open_page(server, open_page, browser):
+    def setup():
+        alice, moderator = make_user("alice"), make_user("mod", moderator=True)
+        room = factories.make_room(alice, name="General")
+        factories.send(room, alice, "keep this")
+        doomed = factories.send(room, alice, "remove me").envelope["data"]["id"]
+        return alice, moderator, doomed
+
+    alice, moderator, doomed = in_thread(setup)
+    page = open_page(server, alice)
+    open_room(page, "General")
+    expect(message(page, "remove me")).to_have_count(1)
+
+    admin = browser.new_context()
+    try:
+        ap = admin.new_page()
+        ap.goto(server.http_url + "/admin/login/?next=/admin/messaging/message/")
+        ap.get_by_label("Username").fill(moderator.username)
+        ap.get_by_label("Password").fill(PASSWORD)
+        ap.get_by_role("button", name="Log in").click()
+        ap.locator(f'input[name="_selected_action"][value="{doomed}"]').check()
+        ap.locator('select[name="action"]').select_option("delete_messages")
+        ap.get_by_role("button", name="Go").click()
+        ap.get_by_label("Reason").fill("spam")
+        ap.locator('input[name="apply"]').click()
+        expect(ap.locator(".messagelist")).to_contain_text("1 done")
+    finally:
+        admin.close()
+
+    expect(page.locator("#messages .body", has_text="Message removed by a moderator")).to_have_count(1)
+    expect(message(page, "remove me")).to_have_count(0)
+    expect(message(page, "keep this")).to_have_count(1)
+
+
+def _post_message(base_url, token, room_id, body):
+    request = urllib.request.Request(
+        f"{base_url}/api/rooms/{room_id}/messages/",
+        data=json.dumps({"body": body}).encode(),
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 201
+
+
+def test_restart_reconnects_without_holes_or_duplicates(server, open_page, child_env, request):
+    def setup():
+        alice, bob = make_user("alice"), make_user("bob")
+        room = factories.make_room(alice, name="General", members=[bob])
+        for i in range(3):
+            factories.send(room, bob, f"before {i}")
+        return alice, room.pk, factories.make_token(bob)
+
+    alice, room_id, bob_token = in_thread(setup)
+    # A second server on the same database, for other people's REST calls while ours is down
+    # (started now so its start-up overlaps the page's).
+    other = ServerProcess(child_env)
+    ChildProcess.start(other)
+    request.addfinalizer(other.stop)
+    page = open_page(server, alice)
+    open_room(page, "General")
+    expect(message(page, "before 2")).to_have_count(1)
+
+    server.kill()  # a crash: the page sees the socket drop at once
+    expect(page.locator("#connection")).to_contain_text("reconnecting")
+    # A send while the server is down is marked failed and keeps its client_id for the retry.
+    composer(page).fill("sent while down")
+    composer(page).press("Enter")
+    failed = message(page, "sent while down")
+    expect(failed).to_have_class(re.compile("failed"))
+    client_id = failed.get_attribute("data-client-id")
+
+    # Meanwhile other people keep talking, through the other server (REST).
+    wait_port("127.0.0.1", other.port, timeout=30, proc=other.proc)
+    for i in range(8):
+        _post_message(other.http_url, bob_token, room_id, f"meanwhile {i}")
+    other.kill()
+    event_pages = []
+    page.on("request", lambda r: "/events/" in r.url and event_pages.append(r.url))
+
+    # The same port comes back with a replay limit of 3: the page must page the rest.
+    restarted = ServerProcess(dict(child_env, CHAT_REPLAY_LIMIT="3"), port=server.port).start()
+    try:
+        wait_connected(page, timeout=40000)
+        expect(message(page, "meanwhile 7")).to_have_count(1)
+        assert event_pages, "the truncated replay was not paged from the events API"
+        failed.get_by_role("button", name="Retry").click()
+        expect(message(page, "sent while down")).not_to_have_class(re.compile("failed|pending"))
+        expected = [f"before {i}" for i in range(3)] + [f"meanwhile {i}" for i in range(8)]
+        expected.append("sent while down")
+        expect(page.locator("#messages > li .body")).to_have_text(expected)
+        seqs = [int(s) for s in page.locator("#messages > li").evaluate_all(
+            "items => items.map(li => li.dataset.seq)")]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+        stored = in_thread(lambda: list(
+            Message.objects.filter(client_id=client_id).values_list("body", flat=True)))
+        assert stored == ["sent while down"]
+        screenshot(page, "after-restart")
+        assert page.errors == []
+    finally:
+        restarted.stop()
+
+
+def test_html_is_text_and_history_scrolls_back(server, open_page):
     def setup():
         alice = make_user("alice")
         room = factories.make_room(alice, name="General")
-        factories.send(room, alice, "hello <b>world</b>")
+        for i in range(64):
+            factories.send(room, alice, f"old {i:02d}")
+        factories.send(room, alice, HOSTILE)
         return alice
+
     alice = in_thread(setup)
     page = open_page(server, alice)
-    page.get_by_role("button", name="General").click()
-    page.wait_for_selector("#messages li")
-    screenshot(page, "smoke")
+    open_room(page, "General")
+    expect(message(page, HOSTILE)).to_have_count(1)
+    assert page.evaluate("window.__xss") is None
+    assert page.locator("#messages script, #messages img, #messages b").count() == 0
+    expect(page.locator("#messages > li")).to_have_count(50)  # the newest page
+
+    page.get_by_role("button", name="Load older messages").click()
+    expected = [f"old {i:02d}" for i in range(64)] + [HOSTILE]
+    expect(page.locator("#messages > li .body")).to_have_text(expected)
+    expect(page.get_by_role("button", name="Load older messages")).to_be_hidden()
+    screenshot(page, "hostile-text")
+
+
+def test_sign_up_log_out_and_log_in(server, browser):
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(server.http_url + "/")
+        expect(page).to_have_url(re.compile(r"/login/\?next=/$"))
+        page.get_by_role("link", name="Sign up").click()
+        page.get_by_label("Username").fill("newcomer")
+        page.get_by_label("Password", exact=True).fill("a long enough pass 42")
+        page.get_by_label("Password again").fill("a long enough pass 42")
+        page.get_by_role("button", name="Create account").click()
+        wait_connected(page)
+        expect(page.locator(".me")).to_have_text("newcomer")
+
+        # Start a direct message and create a private room from the page.
+        in_thread(make_user, "friend")
+        page.locator("summary", has_text="Direct message").click()
+        page.get_by_label("Username").fill("friend")
+        page.get_by_role("button", name="Start").click()
+        expect(page.locator("#room-title")).to_have_text("friend")
+        page.locator("summary", has_text="New room").click()
+        page.get_by_label("Room name").fill("Secret")
+        page.get_by_label("Private (invite only)").check()
+        page.get_by_role("button", name="Create").click()
+        expect(page.locator("#room-title")).to_have_text("Secret")
+        page.get_by_label("Invite", exact=True).fill("friend")
+        page.get_by_role("button", name="Invite", exact=True).click()
+        expect(page.locator("#room-error")).to_have_text("friend was invited.")
+        kinds = in_thread(lambda: sorted(
+            Room.objects.filter(memberships__user__username="friend").values_list("kind", flat=True)))
+        assert kinds == ["direct", "private"]
+
+        page.get_by_role("button", name="Log out").click()
+        expect(page).to_have_url(re.compile(r"/login/$"))
+        login(page, server, "newcomer", "a long enough pass 42")
+    finally:
+        context.close()

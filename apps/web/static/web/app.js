@@ -58,6 +58,7 @@ const wsUrl = (location.protocol === "https:" ? "wss://" : "ws://") + location.h
 const socket = new ChatSocket(wsUrl, {
   onOpen: () => {
     for (const state of rooms.values()) subscribe(state);
+    refreshPresence();
   },
   onEvent: handleEvent,
   onState: (status, delay) => {
@@ -106,9 +107,9 @@ async function subscribe(state) {
   try {
     const reply = await socket.request(frame, { timeout: 20000 });
     if (state.cursor === null) state.cursor = reply.last_seq;
-    if (reply.truncated || state.cursor < reply.last_seq || state.hasGap) {
-      await fillGap(state, reply.last_seq);
-    }
+    // Truncated: the replay stopped at last_seq; the room is at `head` (pages fill the rest).
+    const target = Math.max(reply.last_seq ?? 0, reply.head ?? 0);
+    if (reply.truncated || state.cursor < target || state.hasGap) await fillGap(state, target);
     state.live = true;
     state.markSubscribed();
   } catch (error) {
@@ -350,15 +351,29 @@ async function findPartner(state) {
     const members = await api.members(state.id);
     const other = members.find((m) => m.user.id !== me.id);
     if (other) state.partner = other.user;
-    renderRoomList();
+    await refreshPresence();
     if (current === state) $("room-title").textContent = roomLabel(state);
   } catch { /* the room name stays */ }
+}
+
+/** Starting statuses of direct-message partners; presence.changed keeps them current. */
+async function refreshPresence() {
+  const ids = [...rooms.values()].filter((s) => s.partner).map((s) => s.partner.id);
+  if (ids.length) {
+    try {
+      const query = new URLSearchParams(ids.map((id) => ["user", String(id)]));
+      const statuses = await api.get(`/presence/?${query}`);
+      for (const [id, status] of Object.entries(statuses)) presence.set(Number(id), status);
+    } catch { /* statuses stay unknown until the socket reports a change */ }
+  }
+  renderRoomList();
 }
 
 async function openRoom(state) {
   current = state;
   document.title = `${roomLabel(state)} · Chat`;
   renderRoom();
+  markRead();
   if (!state.historyLoaded) await loadHistory(state);
   if (current === state) {
     $("timeline").scrollTop = $("timeline").scrollHeight;

@@ -17,7 +17,7 @@ export class ServerError extends Error {
   }
 }
 
-export function backoffDelay(attempt, { base = 500, cap = 15000, random = Math.random } = {}) {
+export function backoffDelay(attempt, { base = 500, cap = 8000, random = Math.random } = {}) {
   // Full jitter: uniform in [0, min(cap, base * 2^attempt)], never below 100 ms.
   const ceiling = Math.min(cap, base * 2 ** attempt);
   return Math.max(100, Math.floor(random() * ceiling));
@@ -112,7 +112,9 @@ export class ChatSocket {
   startPings() {
     clearInterval(this.pingTimer);
     const every = Math.max(1000, (this.heartbeat * 1000) / 2);
-    this.pingTimer = setInterval(() => this.send({ type: "ping" }), every);
+    // The ping tells presence whether the page is looked at (online) or hidden (away).
+    const status = () => (document.visibilityState === "visible" ? "online" : "away");
+    this.pingTimer = setInterval(() => this.send({ type: "ping", status: status() }), every);
   }
 
   send(frame) {
