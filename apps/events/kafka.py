@@ -130,6 +130,7 @@ def get_producer():
         ensure_topics()
         _producer = KafkaProducer(**producer_config())
         _producer_pid = os.getpid()
+        logger.info("Kafka producer started in process %s", _producer_pid)
         return _producer
 
 
@@ -174,3 +175,4 @@ def close_producer(timeout: float = 10.0) -> None:
         except Exception:  # noqa: BLE001 - unacked rows stay in the outbox
             logger.warning("Kafka producer flush at shutdown failed", exc_info=True)
         _discard(producer)
+        logger.info("Kafka producer of process %s flushed and closed", os.getpid())

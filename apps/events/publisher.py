@@ -2,8 +2,8 @@
 
 Rules this module relies on:
 - One publisher at a time. On PostgreSQL a session advisory lock is held around the whole drain
-  loop; tasks that wait for it drain whatever is left when they get it. On SQLite one worker
-  process is assumed (embedded mode).
+  loop; tasks that wait for it drain whatever is left when they get it. On SQLite (embedded
+  mode) an flock on a file next to the database does the same between local processes.
 - A room's rows are read in seq order. A row with seq N+1 is visible only after seq N committed
   (seq is allocated under the room row lock), so a room's pending rows are always a suffix of
   its log and are sent oldest first.
@@ -94,7 +94,8 @@ def next_batch(limit: int) -> list[Row]:
 def publisher_lock():
     """Yield True while this process is the only publisher (False: another one held it too long)."""
     if connection.vendor != "postgresql":
-        yield True
+        with file_lock() as locked:
+            yield locked
         return
     timeout_ms = int(settings.OUTBOX_LOCK_TIMEOUT_SECONDS * 1000)
     try:
@@ -112,6 +113,29 @@ def publisher_lock():
     finally:
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [PUBLISHER_LOCK_KEY])
+
+
+@contextmanager
+def file_lock():
+    """SQLite (embedded mode): an flock next to the database file serializes the publishers."""
+    import fcntl
+
+    path = f"{settings.DATABASES['default']['NAME']}.outbox.lock"
+    deadline = time.monotonic() + settings.OUTBOX_LOCK_TIMEOUT_SECONDS
+    with open(path, "a") as handle:
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.05)
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS) -> DrainResult:

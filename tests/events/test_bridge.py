@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import datetime, timezone
 
@@ -173,6 +174,12 @@ def test_worker_killed_mid_publish_loses_nothing_and_duplicates_share_the_id(chi
         wait_for(all_published, timeout=60, message="the restarted worker to publish the rest")
     finally:
         worker.stop()
+    # One producer per worker process, made after the fork, flushed and closed at shutdown.
+    log = worker.output()
+    started = re.findall(r"Kafka producer started in process (\d+)", log)
+    closed = re.findall(r"Kafka producer of process (\d+) flushed and closed", log)
+    assert started and sorted(started) == sorted(closed), log[-3000:]
+    assert str(worker.proc.pid) not in started  # not the parent: the forked pool process
     records = [r for r in read_topic(want_ids=rows) if r.envelope["id"] in rows]
     assert {r.envelope["id"] for r in records} == set(rows), "nothing lost"
     for rec in records:  # a duplicate is the same event: same id, same envelope

@@ -53,6 +53,7 @@ def test_a_mention_of_an_offline_member_is_notified_once_even_if_delivered_twice
     assert note.excerpt == f"ping @{away.username}!" and note.read_at is None
 
 
+@pytest.mark.services
 @pytest.mark.django_db
 def test_online_users_the_author_and_non_members_are_not_notified_away_users_are():
     room, author, away, online = mention_room()

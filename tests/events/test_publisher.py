@@ -112,3 +112,33 @@ def test_broker_down_keeps_rows_with_their_error_then_publishes_them_in_order():
             assert {r.key for r in records} == {str(r.id).encode() for r in rooms}
     finally:
         kill_broker(broker)
+
+
+def test_only_one_publisher_at_a_time_the_other_waits_then_gives_up():
+    from django.db import connection
+
+    make_traffic(rooms=1, per_room=2)
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        db = connection.settings_dict
+        holder = psycopg.connect(
+            host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"] or "postgres",
+            dbname=db["NAME"], autocommit=True,
+        )
+        holder.execute("SELECT pg_advisory_lock(%s)", [publisher.PUBLISHER_LOCK_KEY])
+        release = holder.close  # the lock dies with the session, as when a worker is killed
+    else:
+        import fcntl
+
+        handle = open(f"{connection.settings_dict['NAME']}.outbox.lock", "a")
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        release = handle.close
+    try:
+        with override_settings(OUTBOX_LOCK_TIMEOUT_SECONDS=0.5):
+            result = publisher.publish_pending()
+        assert result.locked is False and result.published == 0
+        assert Event.objects.unpublished().count() == Event.objects.count()
+    finally:
+        release()
+    assert publisher.publish_pending().published == Event.objects.count()

@@ -17,11 +17,6 @@ class Command(BaseCommand):
                                  "(default: KAFKA_CONSUMER_HANDLERS[group])")
 
     def handle(self, *args, group, handler, **options):
-        if not settings.KAFKA_BOOTSTRAP_SERVERS:
-            raise CommandError("Kafka is not configured (KAFKA_BOOTSTRAP_SERVERS)")
-        from kafka.errors import KafkaError
-
-        from apps.events.consumer import GroupConsumer
         from apps.events.handlers import handler_for
 
         if not group.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -30,6 +25,11 @@ class Command(BaseCommand):
             instance = handler_for(group, handler)
         except ValueError as exc:
             raise CommandError(str(exc))
+        if not settings.KAFKA_BOOTSTRAP_SERVERS:
+            raise CommandError("Kafka is not configured (KAFKA_BOOTSTRAP_SERVERS)")
+        from kafka.errors import KafkaError
+
+        from apps.events.consumer import GroupConsumer
         runner = GroupConsumer(group, instance, stdout=self.stdout)
         runner.install_signal_handlers()
         try:
