@@ -86,6 +86,9 @@ def test_two_users_chat_live(server, open_page):
     edited = message(b, "hi bob (edited text)")
     expect(edited).to_have_count(1)
     expect(edited.locator(".edited")).to_have_text("(edited)")
+    message(a, "hello alice").hover()
+    screenshot(a, "room-desktop")
+    screenshot(b, "room-phone")
 
     # A moderator (the room owner) sees moderation controls and removes bob's message.
     expect(message(b, "hello alice").get_by_role("button", name="Remove")).to_have_count(0)
@@ -107,8 +110,6 @@ def test_two_users_chat_live(server, open_page):
     b.get_by_role("button", name="← Rooms").click()
     expect(b.locator("#room-list li", has_text="Random").locator(".badge")).to_have_count(0)
     open_room(b, "General")
-    screenshot(a, "room-desktop")
-    screenshot(b, "room-phone")
     assert a.errors == [] and b.errors == []
     b.context.close()
     expect(a.locator("#room-list li", has_text="bob").locator(".presence")).to_have_class(
@@ -234,12 +235,12 @@ def test_html_is_text_and_history_scrolls_back(server, open_page):
     assert page.evaluate("window.__xss") is None
     assert page.locator("#messages script, #messages img, #messages b").count() == 0
     expect(page.locator("#messages > li")).to_have_count(50)  # the newest page
+    screenshot(page, "hostile-text")
 
     page.get_by_role("button", name="Load older messages").click()
     expected = [f"old {i:02d}" for i in range(64)] + [HOSTILE]
     expect(page.locator("#messages > li .body")).to_have_text(expected)
     expect(page.get_by_role("button", name="Load older messages")).to_be_hidden()
-    screenshot(page, "hostile-text")
 
 
 def test_sign_up_log_out_and_log_in(server, browser):

@@ -294,12 +294,18 @@ function renderTimeline() {
   const focusAction = document.activeElement?.dataset?.action;
   const existing = new Map([...list.children].map((node) => [node.id, node]));
   const wanted = state.sorted();
-  const nodes = wanted.map((msg) => {
+  const nodes = wanted.map((msg, i) => {
+    // A run of messages by one author within five minutes shows its name once.
+    const prev = wanted[i - 1];
+    const continued = Boolean(prev && prev.author.id === msg.author.id && msg.replyTo === null
+      && Date.parse(msg.ts) - Date.parse(prev.ts) < 5 * 60 * 1000);
     const signature = JSON.stringify([msg.body, msg.deleted, msg.status, msg.editedAt, msg.error, [...msg.reactions],
-      editing === messageKey(msg), state.isModerator, msg.replyTo !== null && state.messages.get(msg.replyTo)?.body]);
+      editing === messageKey(msg), state.isModerator, continued,
+      msg.replyTo !== null && state.messages.get(msg.replyTo)?.body]);
     const old = existing.get(messageKey(msg));
     if (old && old.dataset.signature === signature) return old;
     const node = renderMessage(state, msg);
+    node.classList.toggle("continued", continued);
     node.dataset.signature = signature;
     return node;
   });
