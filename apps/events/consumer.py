@@ -2,7 +2,7 @@
 
 - Offsets are committed only for events whose handler finished (or that were duplicates), after
   each polled batch, and again when partitions are revoked in a rebalance.
-- A handler that raises is retried with backoff from the same offset: the partition stops
+- A handler that raises is retried with backoff from the same offset: the partition is paused
   there rather than skip the event (other partitions go on).
 - SIGTERM/SIGINT: the current batch finishes, offsets are committed and the consumer leaves the
   group (close()), so the others take over its partitions at once.
@@ -96,6 +96,7 @@ class GroupConsumer:
         self.say(f"joined group {self.consumer.config['group_id']}")
         try:
             while not self.stopping:
+                self.resume_due()
                 batch = self.consumer.poll(timeout_ms=POLL_TIMEOUT_MS)
                 # The whole batch is handled even if SIGTERM arrives meanwhile.
                 for tp, records in batch.items():
@@ -115,16 +116,25 @@ class GroupConsumer:
         for record in records:
             result = self.handle_record(record)
             if result is None:
-                # Retry this record later: rewind the partition to it and stop here.
+                # Retry this record later: rewind the partition to it and pause it until its
+                # backoff is over (the other partitions go on).
                 self.consumer.seek(tp, record.offset)
+                self.consumer.pause(tp)
                 return
             self.done[tp] = record.offset + 1
             self.failures.pop(tp, None)
 
+    def resume_due(self) -> None:
+        paused = self.consumer.paused()
+        if not paused:
+            return
+        now = time.monotonic()
+        due = [tp for tp in paused if self.retry_at.get((tp.topic, tp.partition), 0) <= now]
+        if due:
+            self.consumer.resume(*due)
+
     def handle_record(self, record) -> str | None:
         tp_key = (record.topic, record.partition)
-        if self.retry_at.get(tp_key, 0) > time.monotonic():
-            return None
         try:
             envelope = json.loads(record.value)
             if not isinstance(envelope, dict) or "id" not in envelope or "type" not in envelope:

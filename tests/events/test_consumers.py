@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import signal
+import threading
 import uuid
 
 import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
+from django.test import override_settings
 
 from apps.events import handlers, kafka, publisher
 from apps.events.models import ConsumedEvent, Event
@@ -200,3 +202,86 @@ def test_a_user_with_an_open_socket_counts_as_online(server):
         assert not Notification.objects.exists()
     finally:
         socket.close()
+
+
+class Flaky(handlers.Handler):
+    """Fails on one event `failures_left` times, records what it handled in order."""
+
+    event_types = ("message.created",)
+
+    def __init__(self, room_id, poison, failures):
+        self.room_id, self.poison, self.failures_left = room_id, poison, failures
+        self.failed = 0
+        self.seen = []
+
+    def handle(self, envelope):
+        if envelope["room"] != self.room_id:
+            return  # older tests' events on the shared topic
+        if envelope["id"] == self.poison and self.failures_left:
+            self.failures_left -= 1
+            self.failed += 1
+            raise RuntimeError("handler bug")
+        self.seen.append(envelope["seq"])
+
+
+def run_in_thread(runner):
+    from django.db import connection
+
+    def target():
+        try:
+            runner.run()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread
+
+
+SMALL_GROUP_TIMEOUTS = dict(KAFKA_CONSUMER_SESSION_TIMEOUT_MS=3000, KAFKA_CONSUMER_HEARTBEAT_MS=500,
+                            KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS=3000)
+
+
+@pytest.mark.kafka
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_a_failing_event_is_retried_in_place_and_its_offset_is_not_committed_past_it():
+    from kafka import KafkaAdminClient, TopicPartition
+
+    from apps.events.consumer import GroupConsumer
+    from tests.events.kafka_support import read_topic
+
+    kafka.reset_producer()
+    room = factories.make_room()
+    sent = [factories.send(room, room.created_by, body=f"m{i}") for i in range(4)]
+    publish_all()
+    poison = sent[1].envelope["id"]
+    record = next(r for r in read_topic(want_ids=[poison]) if r.envelope["id"] == poison)
+
+    with override_settings(**SMALL_GROUP_TIMEOUTS):
+        # A handler that never gets past the poison event: the group's offset stays on it.
+        stuck_group = f"stuck-{uuid.uuid4().hex[:8]}"
+        stuck = GroupConsumer(stuck_group, Flaky(room.pk, poison, failures=10**6))
+        thread = run_in_thread(stuck)
+        wait_for(lambda: stuck.handler.failed >= 2, timeout=60, message="retries of the poison")
+        stuck.stop()
+        thread.join(30)
+        assert not thread.is_alive()
+        assert stuck.handler.seen == [sent[0].envelope["seq"]]  # nothing after it was skipped to
+        admin = KafkaAdminClient(**kafka.client_config())
+        try:
+            group_id = kafka.group_id(stuck_group)
+            offsets = admin.list_group_offsets(group_id)[group_id]
+        finally:
+            admin.close()
+        tp = TopicPartition(settings.KAFKA_EVENTS_TOPIC, record.partition)
+        assert offsets[tp].offset == record.offset
+
+        # A handler that fails twice, then works: every event handled once, in seq order.
+        flaky = GroupConsumer(f"flaky-{uuid.uuid4().hex[:8]}", Flaky(room.pk, poison, failures=2))
+        thread = run_in_thread(flaky)
+        wait_for(lambda: len(flaky.handler.seen) == 4, timeout=60, message="all four events")
+        flaky.stop()
+        thread.join(30)
+    assert flaky.handler.failed == 2
+    assert flaky.handler.seen == [e.envelope["seq"] for e in sent]
