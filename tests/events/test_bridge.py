@@ -136,6 +136,20 @@ def test_broker_outage_sends_succeed_and_pending_events_arrive_in_order(child_en
         kill_broker(broker)
 
 
+def test_the_periodic_sweep_publishes_what_a_lost_kick_left_behind(child_env):
+    worker = start_worker({**child_env, "OUTBOX_SWEEP_SECONDS": "1"}, beat=True)
+    try:
+        # A kick that was "queued" but lost: the key is set, so no send enqueues a task.
+        redis_client().set(kick_key(), 1, px=120_000)
+        room = factories.make_room()
+        factories.send(room, room.created_by, body="only the sweep will publish this")
+        wait_for(all_published, timeout=30, message="the beat sweep to publish")
+        assert redis_client().exists(kick_key())  # no kick task ran: it was the sweep
+    finally:
+        worker.stop()
+        clear_kick()
+
+
 def outbox_backlog(rooms, per_room: int) -> None:
     """Committed outbox rows, seq'd like the services do, written in bulk (a fast backlog)."""
     now = dj_timezone.now()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from prometheus_client import REGISTRY
 from django.test import override_settings
 from django.utils import timezone
 
@@ -27,6 +28,10 @@ def make_traffic(rooms=3, per_room=5):
     return made
 
 
+def published_metric(type_):
+    return REGISTRY.get_sample_value("chat_kafka_published_total", {"type": type_}) or 0
+
+
 @pytest.fixture(autouse=True)
 def fresh_producer():
     kafka.reset_producer()
@@ -37,7 +42,9 @@ def fresh_producer():
 def test_publish_marks_rows_and_records_are_exactly_the_envelopes():
     make_traffic()
     rows = {str(e.pk): e for e in Event.objects.all()}
+    before = published_metric("message.created")
     result = publisher.publish_pending()
+    assert published_metric("message.created") - before == 15
     assert result.published == len(rows) and result.failed == 0
     assert not Event.objects.unpublished().exists()
     assert Event.objects.filter(publish_attempts=1).count() == len(rows)
@@ -100,6 +107,8 @@ def test_broker_down_keeps_rows_with_their_error_then_publishes_them_in_order():
             assert all(e.publish_attempts == 1 for e in failing)
             status = outbox_status()
             assert status["pending"] == 2 and status["failing"] == 2
+            assert REGISTRY.get_sample_value("chat_outbox_pending") == 2
+            assert REGISTRY.get_sample_value("chat_outbox_lag_seconds") > 0
 
             # A restarted in-memory broker is empty: the publisher re-creates the topic.
             broker = Broker(port=broker.port).start()
