@@ -1,9 +1,10 @@
 """Every REST route under /api/ (PROTOCOL §4)."""
 
-from django.urls import path
+from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps.messaging import api as messaging
+from apps.messaging.api_errors import api_not_found
 from apps.notifications import api as notifications
 from apps.rooms import api as rooms
 from apps.users import api as users
@@ -46,4 +47,6 @@ urlpatterns = [
          name="notifications-read"),
     path("notifications/<int:notification_id>/read/", notifications.NotificationReadApi.as_view(),
          name="notification-read"),
+    # Last: any other path under /api/ ending in a slash gets the contract's JSON 404.
+    re_path(r"^.*/$", api_not_found),
 ]

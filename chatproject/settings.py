@@ -302,6 +302,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Every operation documents the contract's common errors (chatproject/openapi.py).
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "chatproject.openapi.document_errors",
+    ],
 }
 
 # --- Observability: METRICS_ALLOWED_IPS, METRICS_TOKEN, LOG_FORMAT, LOG_LEVEL ------------------

@@ -1,5 +1,7 @@
 """REST errors as JSON with a stable `code` (the contract's codes) and a human `detail`."""
 
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -36,3 +38,9 @@ def exception_handler(exc, context):
         body = {"code": code, "detail": "invalid input", "errors": data}
     response.data = body
     return response
+
+
+@csrf_exempt  # it changes nothing, so any method gets the 404 (not an HTML CSRF 403)
+def api_not_found(request, *args, **kwargs):
+    """Any other path under /api/ (a negative id, a typo): the JSON 404, not Django's HTML page."""
+    return JsonResponse({"code": "not_found", "detail": "no such API endpoint"}, status=404)

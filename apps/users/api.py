@@ -26,7 +26,7 @@ class UserSerializer(serializers.Serializer):
 
 
 class MeSerializer(UserSerializer):
-    email = serializers.EmailField(read_only=True)
+    email = serializers.CharField(read_only=True)  # blank when not given: not always an email
     date_joined = serializers.DateTimeField(read_only=True)
     is_staff = serializers.BooleanField(read_only=True)
     is_moderator = serializers.SerializerMethodField(
