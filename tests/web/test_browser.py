@@ -280,3 +280,61 @@ def test_sign_up_log_out_and_log_in(server, browser):
         login(page, server, "newcomer", "a long enough pass 42")
     finally:
         context.close()
+
+
+def test_keyboard_only_and_every_control_labelled(server, open_page):
+    alice = in_thread(make_user, "alice")
+    in_thread(factories.make_room, alice, name="General")
+    page = open_page(server, alice)
+    expect(page.locator("#room-title")).to_have_text("General")  # opened by itself on a desktop
+    # The first Tab reaches the skip link, which leads to the message box; Enter sends.
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip-link")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(composer(page)).to_be_focused()
+    page.keyboard.type("typed with the keyboard")
+    page.keyboard.press("Enter")
+    expect(message(page, "typed with the keyboard")).not_to_have_class(re.compile("pending|failed"))
+    unlabelled = page.evaluate("""() => [...document.querySelectorAll('input, textarea, select, button')]
+        .filter((el) => el.type !== 'hidden')
+        .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                        && !el.textContent.trim())
+        .map((el) => el.outerHTML)""")
+    assert unlabelled == []
+
+
+def test_timeline_applies_events_in_seq_order_once(server, browser):
+    """The ordering rules of timeline.js, run as the page runs them (an ES module in Chromium)."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(server.http_url + "/login/")
+        result = page.evaluate("""async () => {
+            const { RoomState } = await import('/static/web/timeline.js');
+            const me = { id: 1, username: 'me' };
+            const room = new RoomState({ id: 9, last_seq: 10, unread: 0 }, me);
+            const created = (seq, id, body) => ({ type: 'message.created', room: 9, seq,
+                id: 'e' + seq, ts: '2026-01-01T00:00:00.000000Z', actor: { id: 2, username: 'bo' },
+                data: { id, body, reply_to: null, client_id: 'c' + seq } });
+            const edited = (seq, id, body) => ({ type: 'message.edited', room: 9, seq, id: 'e' + seq,
+                actor: { id: 2, username: 'bo' }, data: { id, body, edited_at: 'x' } });
+            const results = [
+                room.offer(created(12, 101, 'second')),   // a hole at 11: waits
+                room.offer(created(11, 100, 'first')),    // fills it; 12 follows
+                room.offer(created(11, 100, 'first')),    // replayed again: dropped
+                room.offer(edited(14, 100, 'first v3')),  // a hole at 13: waits
+                room.offer(edited(13, 100, 'first v2')),
+                room.offer(created(9, 99, 'ancient')),    // below the cursor: dropped
+            ];
+            const bodies = room.sorted().map((m) => m.body);
+            return { results, bodies, cursor: room.cursor, gap: room.hasGap, unread: room.unread };
+        }""")
+    finally:
+        context.close()
+    assert result == {
+        "results": ["gap", "applied", "duplicate", "gap", "applied", "duplicate"],
+        "bodies": ["first v3", "second"],
+        "cursor": 14,
+        "gap": False,
+        "unread": 2,
+    }

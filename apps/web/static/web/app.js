@@ -524,6 +524,11 @@ $("leave-room").addEventListener("click", async () => {
   }
 });
 
+document.querySelector(".skip-link").addEventListener("click", (e) => {
+  e.preventDefault();
+  if ($("composer").hidden) $("room-list").querySelector("button")?.focus();
+  else $("composer-input").focus();
+});
 $("load-older").addEventListener("click", loadOlder);
 $("back-to-rooms").addEventListener("click", () => { current = null; renderRoom(); });
 $("timeline").addEventListener("scroll", () => {
