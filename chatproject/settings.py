@@ -174,7 +174,9 @@ if REDIS_URL:
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
             "CONFIG": {
-                "hosts": [REDIS_URL],
+                # redis-py 8 reads with a 5 s socket timeout by default, the same as
+                # channels-redis's blocking pop: idle receives then fail every 5 s.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
                 "prefix": CHANNELS_PREFIX,
                 "capacity": env_int("CHANNELS_CAPACITY", 5000),
                 "expiry": 60,

@@ -9,13 +9,17 @@ group and the banned user's group can tell the room's ordered stream from the di
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from .catalogue import CATALOGUE, CREATOR, ROOM, ROOM_AND_TARGET, SELF, SHARED_ROOMS
+
+logger = logging.getLogger(__name__)
 
 PRESENCE_GROUP = "presence"
 # Events after which the user named in data.user may no longer follow the room.
@@ -86,25 +90,48 @@ async def adispatch(envelope: dict, *, target_user_ids=()) -> None:
         await layer.group_send(group, {**message, "via": group})
 
 
+_server_loop: asyncio.AbstractEventLoop | None = None
+
+
+def use_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Called by a server process's hub: dispatches from its database threads are handed to
+    this loop without waiting (the event is committed; receivers order and gap-fill by seq)."""
+    global _server_loop
+    _server_loop = loop
+
+
+def _report(future):
+    if not future.cancelled() and future.exception() is not None:
+        logger.warning("fan-out failed", exc_info=future.exception())
+
+
 def dispatch(envelope: dict, *, target_user_ids=()) -> None:
     """Synchronous form of adispatch, for services running in a sync context."""
+    loop = _server_loop
+    if loop is not None and loop.is_running():
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not loop:
+            future = asyncio.run_coroutine_threadsafe(
+                adispatch(envelope, target_user_ids=target_user_ids), loop
+            )
+            future.add_done_callback(_report)
+            return
     async_to_sync(adispatch)(envelope, target_user_ids=target_user_ids)
 
 
-async def apresence(*, user: dict, status: str, room_ids) -> None:
-    """One presence change to every server process; each delivers it to its local sockets
-    subscribed to one of `room_ids` (the rooms the user shares), as one envelope per room."""
+async def apresence(changes: list[dict]) -> None:
+    """Presence changes to every server process, many users in one message. Each change is
+    {"user": {"id", "username"}, "status", "rooms": [ids of the rooms the user shares]}; each
+    process delivers it to its local sockets subscribed to one of those rooms, one envelope
+    per room."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not changes:
         return
     await layer.group_send(
         PRESENCE_GROUP,
-        {
-            "type": "chat.presence",
-            "via": PRESENCE_GROUP,
-            "user": user,
-            "status": status,
-            "rooms": list(room_ids),
-            "sent_at": time.time(),
-        },
+        {"type": "chat.presence", "via": PRESENCE_GROUP, "changes": changes,
+         "sent_at": time.time()},
     )

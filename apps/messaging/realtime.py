@@ -33,6 +33,7 @@ from types import SimpleNamespace
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from apps.events import catalogue, fanout
 from apps.events.observability import FANOUT_LATENCY, WS_EVENTS_DELIVERED, WS_OPEN_SOCKETS
@@ -106,12 +107,34 @@ def replay(user, room_id, since, limit):
     return events[:limit], head, truncated
 
 
-def shared_room_ids(user_id: int) -> list[int]:
+def shared_room_ids(user_ids) -> dict[int, list[int]]:
+    """user id -> ids of the rooms where the user is an active member."""
     from apps.rooms.models import Membership
 
-    return list(
-        Membership.objects.filter(user_id=user_id).active().values_list("room_id", flat=True)
-    )
+    rooms: dict[int, list[int]] = {u: [] for u in user_ids}
+    pairs = Membership.objects.filter(user_id__in=list(user_ids)).active()
+    for user_id, room_id in pairs.values_list("user_id", "room_id"):
+        rooms[user_id].append(room_id)
+    return rooms
+
+
+# --- WebSocket frames ------------------------------------------------------------------------
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, unfragmented server-to-client text frame (RFC 6455 §5.2)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 65536:
+        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
+
+
+def frame_payload(frame: bytes) -> bytes:
+    """The payload of a frame made by text_frame."""
+    size = frame[1]
+    return frame[2 + (2 if size == 126 else 8 if size == 127 else 0):]
 
 
 # --- Sockets and subscriptions --------------------------------------------------------------
@@ -145,8 +168,9 @@ class Connection:
             return presence.AWAY
         return presence.ONLINE
 
-    def write(self, data: bytes, live: bool = True) -> bool:
-        """Queue one text frame; False once the socket is closing. Never blocks.
+    def write(self, frame: bytes, live: bool = True) -> bool:
+        """Queue one text frame (made by text_frame); False once the socket is closing. Never
+        blocks.
 
         Live events count against the socket's backlog limits; replies and replays (`live`
         False: bursts the client asked for) are only bounded by their own limits.
@@ -155,7 +179,7 @@ class Connection:
             return False
         ext = self.ext
         if ext is not None:
-            if not ext.write(data, live):
+            if not ext.write(frame, live):
                 return False
             if not live:
                 return True
@@ -173,17 +197,17 @@ class Connection:
         if live and self.queue.qsize() >= settings.CHAT_SEND_QUEUE_LIMIT:
             self.too_slow()
             return False
-        self.queue.put_nowait(data)
+        self.queue.put_nowait(frame)
         return True
 
     def write_json(self, frame: dict) -> bool:
-        return self.write(fanout.serialize(frame).encode(), live=False)
+        return self.write(text_frame(fanout.serialize(frame).encode()), live=False)
 
     async def _drain(self):
         try:
             while True:
-                data = await self.queue.get()
-                await self.send({"type": "websocket.send", "text": data.decode()})
+                frame = await self.queue.get()
+                await self.send({"type": "websocket.send", "text": frame_payload(frame).decode()})
         except Exception:  # the socket is gone
             self.closing = True
 
@@ -230,7 +254,7 @@ class Subscription:
 
 
 class Item:
-    """One event ready to go out: its seq, the frame bytes, and whom it cuts off."""
+    """One event ready to go out: its seq, its WebSocket frame, and whom it cuts off."""
 
     __slots__ = ("seq", "data", "type", "revokes")
 
@@ -241,7 +265,7 @@ class Item:
     def from_envelope(cls, envelope: dict) -> "Item":
         return cls(
             envelope["seq"],
-            fanout.serialize(envelope).encode(),
+            text_frame(fanout.serialize(envelope).encode()),
             envelope["type"],
             fanout.revoked_user(envelope),
         )
@@ -266,6 +290,7 @@ class RoomStream:
 class Hub:
     def __init__(self, loop):
         self.loop = loop
+        fanout.use_loop(loop)
         self.layer = get_channel_layer()
         self.channel: str | None = None
         self.rooms: dict[int, RoomStream] = {}
@@ -274,8 +299,12 @@ class Hub:
         self.tasks: list[asyncio.Task] = []
         self.started: asyncio.Future | None = None
         self.shutting_down = False
+        # Bounds concurrent channel-layer calls: a burst of sockets must not exhaust the pool.
+        self.redis_slots = asyncio.Semaphore(setting("CHAT_REDIS_CONCURRENCY", 32))
         # (user id, room id) -> (monotonic time, state) of the last typing event sent
         self.typing: dict[tuple[int, int], tuple[float, bool]] = {}
+        self.presence_out: dict[int, tuple[str | None, str]] = {}
+        self.presence_task: asyncio.Task | None = None
 
     # -- lifecycle
 
@@ -285,7 +314,7 @@ class Hub:
             try:
                 if self.layer is not None:
                     self.channel = await self.layer.new_channel("realtime")
-                    await self.layer.group_add(fanout.PRESENCE_GROUP, self.channel)
+                    await self.group("group_add", fanout.PRESENCE_GROUP)
                     self.tasks.append(self.loop.create_task(self._reader()))
                 self.tasks.append(self.loop.create_task(self._maintenance()))
                 self.started.set_result(True)
@@ -322,10 +351,10 @@ class Hub:
         if sockets is None:
             sockets = self.users[conn.user_id] = set()
             if self.layer is not None:
-                await self.layer.group_add(fanout.user_group(conn.user_id), self.channel)
+                await self.group("group_add", fanout.user_group(conn.user_id))
         sockets.add(conn)
         if changed == 1:
-            self.loop.create_task(self.publish_presence(conn.user_id, conn.username, status))
+            await self.publish_presence(conn.user_id, conn.username, status)
         return True
 
     async def detach(self, conn: Connection):
@@ -342,9 +371,7 @@ class Hub:
             if not sockets:
                 del self.users[conn.user_id]
                 if self.layer is not None and not self.shutting_down:
-                    await self._quietly(
-                        self.layer.group_discard(fanout.user_group(conn.user_id), self.channel)
-                    )
+                    await self._quietly(self.group("group_discard", fanout.user_group(conn.user_id)))
         if not self.shutting_down:
             try:
                 status = await presence.backend().disconnect(conn.user_id, conn.id)
@@ -359,14 +386,30 @@ class Hub:
         return settings.CHAT_HEARTBEAT_SECONDS * 2.5
 
     async def publish_presence(self, user_id, username, status):
-        try:
-            room_ids = await db(shared_room_ids)(user_id)
-            await fanout.apresence(
-                user={"id": user_id, "username": username}, status=status, room_ids=room_ids
-            )
-        except Exception:
-            logger.warning("presence: could not publish %s for user %s", status, user_id,
-                           exc_info=True)
+        """Queue a presence change; changes within a short window go out together (one room
+        query and one channel-layer message per batch, however many sockets come and go)."""
+        self.presence_out[user_id] = (username, status)
+        if self.presence_task is None or self.presence_task.done():
+            self.presence_task = self.loop.create_task(self._send_presence())
+
+    async def _send_presence(self):
+        await asyncio.sleep(0.05)
+        while self.presence_out:
+            batch = dict(list(self.presence_out.items())[:500])
+            for user_id in batch:
+                del self.presence_out[user_id]
+            try:
+                missing = [u for u, (name, _) in batch.items() if name is None]
+                names = await db(_usernames)(missing) if missing else {}
+                rooms = await db(shared_room_ids)(list(batch))
+                await fanout.apresence([
+                    {"user": {"id": u, "username": name or names.get(u, "")}, "status": status,
+                     "rooms": rooms.get(u, [])}
+                    for u, (name, status) in batch.items()
+                ])
+            except Exception:
+                logger.warning("presence: could not publish %d changes", len(batch),
+                               exc_info=True)
 
     # -- subscriptions
 
@@ -377,7 +420,7 @@ class Hub:
             stream.joined = self.loop.create_future()
             try:
                 if self.layer is not None:
-                    await self.layer.group_add(fanout.room_group(room_id), self.channel)
+                    await self.group("group_add", fanout.room_group(room_id))
             except BaseException as exc:
                 stream.joined.set_exception(exc)
                 stream.joined.exception()  # mark retrieved
@@ -418,7 +461,7 @@ class Hub:
         if stream.head is None:
             self.set_base(stream, head)
         for seq, envelope in events:
-            conn.write(fanout.serialize(envelope).encode(), live=False)
+            conn.write(text_frame(fanout.serialize(envelope).encode()), live=False)
         last_seq = events[-1][0] if truncated else head
         conn.write_json({"type": "subscribed", "ref": ref, "room": room_id, "last_seq": last_seq,
                          "truncated": truncated, "head": head})
@@ -459,7 +502,7 @@ class Hub:
 
     async def _leave_room(self, room_id):
         if room_id not in self.rooms:  # not followed again in the meantime
-            await self._quietly(self.layer.group_discard(fanout.room_group(room_id), self.channel))
+            await self._quietly(self.group("group_discard", fanout.room_group(room_id)))
 
     def _push(self, sub: Subscription, item: Item) -> bool:
         """Send one seq'd event to one live subscription; False if the subscription ended."""
@@ -565,20 +608,50 @@ class Hub:
         backoff = 0.1
         while True:
             try:
-                message = await self.layer.receive(self.channel)
+                messages = await self._receive_batch()
                 backoff = 0.1
             except asyncio.CancelledError:
                 raise
+            except (TimeoutError, RedisTimeout):  # an idle blocking pop outlived the timeout
+                continue
             except Exception:
                 logger.warning("channel layer receive failed; retrying", exc_info=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 await self._quietly(self.refresh_groups())
                 continue
-            try:
-                self.handle(message)
-            except Exception:
-                logger.exception("could not handle channel message %r", message.get("type"))
+            for message in messages:
+                try:
+                    self.handle(message)
+                except Exception:
+                    logger.exception("could not handle channel message %r", message.get("type"))
+
+    async def _receive_batch(self) -> list[dict]:
+        """The next messages on the process channel, as many as are waiting.
+
+        With channels-redis the process channel's sorted set is popped directly, up to 1000
+        messages per round trip: its own receive() costs four round trips per message, which
+        caps a busy process at a few hundred events/s. (A message popped by a process that then
+        dies is not lost for anyone else: each process has its own channel, and sockets fill
+        gaps from the event log.) Other layers go through receive().
+        """
+        layer = self.layer
+        if not _is_redis_layer(layer):
+            return [await layer.receive(self.channel)]
+        real = layer.non_local_name(self.channel)
+        key = layer.prefix + real
+        connection = layer.connection(layer.consistent_hash(real))
+        first = await connection.bzpopmin(key, timeout=layer.brpop_timeout)
+        if first is None:
+            return []
+        members = [first[1]]
+        members += [member for member, _score in await connection.zpopmin(key, 999)]
+        messages = []
+        for member in members:
+            message = layer.deserialize(member)
+            message.pop("__asgi_channel__", None)
+            messages.append(message)
+        return messages
 
     def handle(self, message: dict):
         via = message.get("via", "")
@@ -594,13 +667,14 @@ class Hub:
             if stream is None:
                 return
             if seq is None:  # ephemeral (typing): no order, may be dropped
-                data = message["text"].encode()
+                data = text_frame(message["text"].encode())
                 for sub in stream.subs.values():
                     if sub.buffer is None:
                         sub.conn.write(data)
                 WS_EVENTS_DELIVERED.labels(message["event_type"]).inc(len(stream.subs))
                 return
-            item = Item(seq, message["text"].encode(), message["event_type"], message.get("revokes"))
+            item = Item(seq, text_frame(message["text"].encode()), message["event_type"],
+                        message.get("revokes"))
             self.on_seq(stream, item)
         elif via.startswith("user."):
             data = None
@@ -610,29 +684,30 @@ class Hub:
                 for conn in self.users.get(user_id, ()):
                     if seq is not None and room_id in conn.subs:
                         continue  # the room's ordered stream brings it to this socket
-                    data = data or message["text"].encode()
+                    data = data or text_frame(message["text"].encode())
                     conn.write(data)
                     WS_EVENTS_DELIVERED.labels(message["event_type"]).inc()
 
     def _on_presence(self, message: dict):
-        user = message["user"]
-        base = uuid.uuid4()
         ts = datetime.now(timezone.utc)
-        who = SimpleNamespace(pk=user["id"], username=user["username"])
-        data = catalogue.presence_changed(who, status=message["status"])
-        for room_id in message.get("rooms", ()):
-            stream = self.rooms.get(room_id)
-            if stream is None or not stream.subs:
-                continue
-            envelope = catalogue.envelope(
-                "presence.changed", room_id=room_id, seq=None, actor=user, data=data, ts=ts,
-                id=uuid.uuid5(base, str(room_id)),
-            )
-            frame = fanout.serialize(envelope).encode()
-            for sub in stream.subs.values():
-                if sub.buffer is None:
-                    sub.conn.write(frame)
-            WS_EVENTS_DELIVERED.labels("presence.changed").inc(len(stream.subs))
+        for change in message.get("changes", ()):
+            user = change["user"]
+            base = uuid.uuid4()
+            who = SimpleNamespace(pk=user["id"], username=user["username"])
+            data = catalogue.presence_changed(who, status=change["status"])
+            for room_id in change.get("rooms", ()):
+                stream = self.rooms.get(room_id)
+                if stream is None or not stream.subs:
+                    continue
+                envelope = catalogue.envelope(
+                    "presence.changed", room_id=room_id, seq=None, actor=user, data=data,
+                    ts=ts, id=uuid.uuid5(base, str(room_id)),
+                )
+                frame = text_frame(fanout.serialize(envelope).encode())
+                for sub in stream.subs.values():
+                    if sub.buffer is None:
+                        sub.conn.write(frame)
+                WS_EVENTS_DELIVERED.labels("presence.changed").inc(len(stream.subs))
 
     # -- maintenance: heartbeats, presence, lost messages, group memberships
 
@@ -674,10 +749,7 @@ class Hub:
         changes = list(await store.refresh(entries, self.presence_ttl()))
         changes += await store.sweep()
         for user_id, status in changes:
-            username = names.get(user_id)
-            if username is None:
-                username = await db(_username)(user_id)
-            await self.publish_presence(user_id, username, status)
+            await self.publish_presence(user_id, names.get(user_id), status)
 
     async def check_gaps(self):
         """Fill what the channel layer lost: events committed a check ago, still not here."""
@@ -699,11 +771,15 @@ class Hub:
         """Join our groups again: a restarted Redis forgets them."""
         if self.layer is None or self.channel is None:
             return
-        await self.layer.group_add(fanout.PRESENCE_GROUP, self.channel)
-        for room_id in list(self.rooms):
-            await self.layer.group_add(fanout.room_group(room_id), self.channel)
-        for user_id in list(self.users):
-            await self.layer.group_add(fanout.user_group(user_id), self.channel)
+        groups = [fanout.PRESENCE_GROUP]
+        groups += [fanout.room_group(r) for r in list(self.rooms)]
+        groups += [fanout.user_group(u) for u in list(self.users)]
+        await asyncio.gather(*(self.group("group_add", g) for g in groups))
+
+    async def group(self, op: str, group: str):
+        """group_add / group_discard our process channel, within the concurrency bound."""
+        async with self.redis_slots:
+            await getattr(self.layer, op)(group, self.channel)
 
     @staticmethod
     async def _quietly(awaitable):
@@ -713,10 +789,18 @@ class Hub:
             logger.warning("channel layer call failed", exc_info=True)
 
 
-def _username(user_id):
+def _usernames(user_ids) -> dict[int, str]:
     from django.contrib.auth import get_user_model
 
-    return get_user_model().objects.filter(pk=user_id).values_list("username", flat=True).first()
+    return dict(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "username"))
+
+
+def _is_redis_layer(layer) -> bool:
+    try:
+        from channels_redis.core import RedisChannelLayer
+    except ImportError:
+        return False
+    return isinstance(layer, RedisChannelLayer)
 
 
 _hubs: dict = {}

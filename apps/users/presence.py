@@ -88,9 +88,12 @@ def shared_redis():
 
         for old in [k for k in _clients if k.is_closed()]:
             _clients.pop(old, None)
-        client = _clients[loop] = aioredis.Redis.from_url(
-            settings.REDIS_URL, socket_timeout=5, socket_connect_timeout=5
+        # A blocking pool: a burst of sockets waits for a connection instead of failing.
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL, max_connections=50, timeout=10, socket_timeout=5,
+            socket_connect_timeout=5,
         )
+        client = _clients[loop] = aioredis.Redis(connection_pool=pool)
     return client
 
 
@@ -98,6 +101,8 @@ class RedisPresence:
     def __init__(self, client):
         self.client = client
         self.script = client.register_script(_UPDATE)
+        self.queue: list = []
+        self.flushing = False
 
     def _keys(self, user_id):
         p = _prefix()
@@ -121,9 +126,36 @@ class RedisPresence:
             out.append((user_id, int(changed), status, int(count)))
         return out
 
+    async def _one(self, user_id, args):
+        """One update, batched with the others of this moment: a burst of connects or
+        disconnects costs one pipelined round trip per 500 sockets, not one each."""
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((user_id, args, future))
+        if not self.flushing:
+            self.flushing = True
+            asyncio.get_running_loop().create_task(self._flush())
+        return await future
+
+    async def _flush(self):
+        try:
+            while self.queue:
+                batch, self.queue = self.queue[:500], self.queue[500:]
+                try:
+                    results = await self._run([(u, a) for u, a, _ in batch])
+                except Exception as exc:
+                    for _, _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), result in zip(batch, results):
+                    if not future.done():
+                        future.set_result(result)
+        finally:
+            self.flushing = False
+
     async def connect(self, user_id, socket_id, status, ttl, max_sockets):
-        [(_, changed, new, count)] = await self._run(
-            [(user_id, self._args(user_id, "add", socket_id, status, ttl, max_sockets))]
+        _, changed, new, count = await self._one(
+            user_id, self._args(user_id, "add", socket_id, status, ttl, max_sockets)
         )
         return changed, new, count
 
@@ -132,7 +164,7 @@ class RedisPresence:
         return [(u, new) for u, changed, new, _ in await self._run(calls) if changed == 1]
 
     async def disconnect(self, user_id, socket_id):
-        [(_, changed, new, _)] = await self._run([(user_id, self._args(user_id, "del", socket_id))])
+        _, changed, new, _ = await self._one(user_id, self._args(user_id, "del", socket_id))
         return new if changed == 1 else None
 
     async def sweep(self, limit=200):
