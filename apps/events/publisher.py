@@ -19,8 +19,8 @@ import logging
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import NamedTuple
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
@@ -48,6 +48,7 @@ class DrainResult:
     failed: int = 0
     batches: int = 0
     locked: bool = True
+    more: bool = False  # stopped at max_seconds with rows left
     errors: list[str] = field(default_factory=list)
 
 
@@ -148,9 +149,12 @@ def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS) -> DrainResult:
         result.locked = locked
         if not locked:
             return result
-        while time.monotonic() < deadline:
+        while True:
             rows = next_batch(settings.OUTBOX_BATCH_SIZE)
             if not rows:
+                break
+            if time.monotonic() >= deadline:
+                result.more = True
                 break
             published, failed, error = publish_batch(rows)
             result.batches += 1

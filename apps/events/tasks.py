@@ -17,8 +17,10 @@ def publish_outbox():
     # Before reading the outbox: an event committed after our read then enqueues a new kick.
     clear_kick()
     result = publish_pending()
-    if not result.locked:
-        kick_publisher()  # the holder may have finished its last read before our events
+    if not result.locked or result.more:
+        # Locked out: the holder may have finished its last read before our events.
+        # Stopped for time: let other tasks on this worker run, then go on.
+        kick_publisher()
 
 
 @shared_task(ignore_result=True)

@@ -238,6 +238,14 @@ def run_in_thread(runner):
     return thread
 
 
+def lag(group, partition):
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(
+        "chat_kafka_consumer_lag", {"group": group, "partition": str(partition)}
+    )
+
+
 SMALL_GROUP_TIMEOUTS = dict(KAFKA_CONSUMER_SESSION_TIMEOUT_MS=3000, KAFKA_CONSUMER_HEARTBEAT_MS=500,
                             KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS=3000)
 
@@ -264,6 +272,9 @@ def test_a_failing_event_is_retried_in_place_and_its_offset_is_not_committed_pas
         stuck = GroupConsumer(stuck_group, Flaky(room.pk, poison, failures=10**6))
         thread = run_in_thread(stuck)
         wait_for(lambda: stuck.handler.failed >= 2, timeout=60, message="retries of the poison")
+        # The consumer-lag gauge shows the events held up behind it (poison + the 2 after).
+        wait_for(lambda: (lag(stuck_group, record.partition) or 0) >= 3, timeout=15,
+                 message="consumer lag to be reported")
         stuck.stop()
         thread.join(30)
         assert not thread.is_alive()
@@ -281,6 +292,8 @@ def test_a_failing_event_is_retried_in_place_and_its_offset_is_not_committed_pas
         flaky = GroupConsumer(f"flaky-{uuid.uuid4().hex[:8]}", Flaky(room.pk, poison, failures=2))
         thread = run_in_thread(flaky)
         wait_for(lambda: len(flaky.handler.seen) == 4, timeout=60, message="all four events")
+        wait_for(lambda: lag(flaky.group, record.partition) == 0, timeout=15,
+                 message="consumer lag back to 0")
         flaky.stop()
         thread.join(30)
     assert flaky.handler.failed == 2
