@@ -110,6 +110,19 @@ def test_two_users_chat_live(server, open_page):
     b.get_by_role("button", name="← Rooms").click()
     expect(b.locator("#room-list li", has_text="Random").locator(".badge")).to_have_count(0)
     open_room(b, "General")
+
+    # Mute and ban through the moderator controls (REST): bob's sends fail, then the room goes.
+    open_room(a, "General")
+    composer(b).fill("let me speak")
+    composer(b).press("Enter")
+    message(a, "let me speak").get_by_role("button", name="Mute bob").click()
+    expect(a.locator("#room-error")).to_have_text("bob is muted for 10 minutes.")
+    composer(b).fill("am I muted")
+    composer(b).press("Enter")
+    expect(message(b, "am I muted").locator(".status")).to_contain_text("you are muted")
+    message(a, "let me speak").get_by_role("button", name="Ban bob").click()
+    expect(b.locator("#sidebar-error")).to_have_text("You were banned from General.")
+    expect(b.locator("#room-list li", has_text="General")).to_have_count(0)
     assert a.errors == [] and b.errors == []
     b.context.close()
     expect(a.locator("#room-list li", has_text="bob").locator(".presence")).to_have_class(
@@ -274,6 +287,17 @@ def test_sign_up_log_out_and_log_in(server, browser):
         kinds = in_thread(lambda: sorted(
             Room.objects.filter(memberships__user__username="friend").values_list("kind", flat=True)))
         assert kinds == ["direct", "private"]
+
+        # Join a public room from the list, then leave it.
+        in_thread(lambda: factories.make_room(name="Lobby"))
+        page.reload()
+        wait_connected(page)
+        page.locator("summary", has_text="Join a public room").click()
+        page.get_by_role("button", name="Join Lobby").click()
+        expect(page.locator("#room-title")).to_have_text("Lobby")
+        page.get_by_role("button", name="Leave room").click()
+        expect(page.locator("#room-list li", has_text="Lobby")).to_have_count(0)
+        expect(page.locator("#public-rooms")).to_contain_text("Lobby")
 
         page.get_by_role("button", name="Log out").click()
         expect(page).to_have_url(re.compile(r"/login/$"))
