@@ -81,7 +81,7 @@ def step_line(name, step) -> str:
     verdict = "ok" if stats.step_passes(step, p99_ms=P99_BOUND_MS) else "MISS"
     return (f"{name:8} {step['rate']:>6}/s  sent {step['sent']:>6} acked {step['acked']:>6}  "
             f"deliv {step['deliveries_per_s']:>6}/s  p50 {lat['p50_ms']} p99 {lat['p99_ms']} "
-            f"max {lat['max_ms']} ms  lost {step['lost']}  "
+            f"max {lat['max_ms']} ms (ack p99 {step['ack_latency']['p99_ms']})  lost {step['lost']}  "
             f"srv {step['server_cpu_pct']}% cli {step['client_cpu_pct']}%  {verdict}{stats.trouble(step)}")
 
 

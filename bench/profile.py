@@ -100,5 +100,46 @@ def top(path: Path, count: int = 15) -> str:
     return "\n".join(lines)
 
 
+def by_app(path: Path, count: int = 15, *, thread: str = "", within: str = "") -> str:
+    """Samples grouped by (innermost project frame, leaf function): which line of our code the
+    time is spent under, and doing what (a database wait, a lock, a socket write). `thread`
+    keeps stacks of threads whose name contains it ("MainThread", "chat-db"); `within` keeps
+    stacks that pass through that function ("message_send")."""
+    groups: Counter = Counter()
+    total = 0
+    with open(path) as handle:
+        for line in handle:
+            stack, _, samples = line.rstrip("\n").rpartition(" ")
+            if not stack or not samples.isdigit():
+                continue
+            frames = stack.split(";")
+            if thread and thread not in frames[0]:
+                continue
+            if within and within not in stack:
+                continue
+            ours = [f for f in frames[1:] if f.split(" (", 1)[-1].startswith(("apps/", "chatproject/", "bench/"))]
+            key = f"{ours[-1] if ours else '(no project frame)'}  ->  {_short(frames[-1])}"
+            groups[key] += int(samples)
+            total += int(samples)
+    if not total:
+        return "(no samples)"
+    lines = [f"{total} samples" + (f" in threads '{thread}'" if thread else "")
+             + (f" through {within}" if within else ""), "", "%      project frame  ->  leaf"]
+    lines += [f"{100 * n / total:5.1f}  {key}" for key, n in groups.most_common(count)]
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(top(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 15))
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Rank a saved py-spy profile (raw format).")
+    parser.add_argument("path", type=Path)
+    parser.add_argument("count", type=int, nargs="?", default=15)
+    parser.add_argument("--by-app", action="store_true", help="group by project frame and leaf")
+    parser.add_argument("--thread", default="", help="only threads whose name contains this")
+    parser.add_argument("--within", default="", help="only stacks through this function")
+    args = parser.parse_args()
+    if args.by_app:
+        print(by_app(args.path, args.count, thread=args.thread, within=args.within))
+    else:
+        print(top(args.path, args.count))
