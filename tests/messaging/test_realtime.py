@@ -144,3 +144,41 @@ def test_sigterm_closes_sockets_with_1012_and_exits(start_server, user, room):
     server.proc.wait(10)
     assert server.proc.returncode == 0
     assert time.monotonic() - started < 3 + 5
+
+
+def test_redis_restart_loses_nothing_and_live_delivery_resumes(child_env, user, other_user, room):
+    from tests.support.services import RedisServer
+
+    rooms.room_join(room=room, user=other_user)
+    redis = RedisServer().start()
+    # No periodic log check here: what Redis forgot must come back by the gap rule alone.
+    server = ServerProcess(dict(child_env, REDIS_URL=redis.url, CHAT_GAP_CHECK_SECONDS="600")).start()
+    watcher = sender = None
+    try:
+        watcher = WS(server.ws_url, token=factories.make_token(user))
+        sender = WS(server.ws_url, token=factories.make_token(other_user))
+        watcher.subscribe(room.pk, since=0)
+        before = sender.send_message(room.pk, body="before")["event"]["seq"]
+        watcher.wait_seq(room.pk, before)
+        redis.stop()
+        during = sender.send_message(room.pk, body="while Redis is down")
+        assert during["type"] == "ack"  # committed: the event log has it
+        redis = RedisServer(port=redis.port).start()  # empty: no groups, no messages
+        deadline = time.monotonic() + 20
+        after = None
+        while after is None or not any(s >= after for s in watcher.seqs(room.pk)):
+            assert time.monotonic() < deadline, watcher.frames[-5:]
+            after = sender.send_message(room.pk, body="after")["event"]["seq"]
+            try:
+                watcher.wait_seq(room.pk, after, timeout=2)
+            except TimeoutError:
+                pass
+        assert watcher.seqs(room.pk) == list(range(1, watcher.seqs(room.pk)[-1] + 1))
+        bodies = [e["data"].get("body") for e in watcher.events(room.pk)]
+        assert "while Redis is down" in bodies and bodies.count("before") == 1
+    finally:
+        for client in (watcher, sender):
+            if client is not None:
+                client.close()
+        server.stop()
+        redis.stop()
