@@ -21,6 +21,7 @@ from django.db import DatabaseError
 
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
+from apps.users import sessions
 from chatproject.errors import ServiceError, invalid
 
 from . import ratelimit
@@ -138,6 +139,7 @@ class ChatConsumer(AsyncConsumer):
         ext = (scope.get("extensions") or {}).get("chat.socket")
         self.hub = get_hub()
         self.conn = conn = Connection(user_id=user.pk, username=user.username, send=send, ext=ext)
+        sessions.remember(conn, scope)
         connection_id_var.set(conn.id)
         try:
             if not await self.hub.attach(conn):

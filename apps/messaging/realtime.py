@@ -38,7 +38,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from apps.events import catalogue, fanout
 from apps.events.observability import FANOUT_LATENCY, WS_EVENTS_DELIVERED, WS_OPEN_SOCKETS
 from apps.events.observability import WS_SUBSCRIPTIONS
-from apps.users import presence
+from apps.users import presence, sessions
 
 logger = logging.getLogger(__name__)
 
@@ -660,6 +660,9 @@ class Hub:
             FANOUT_LATENCY.observe(max(0.0, time.time() - sent_at))
         if message.get("type") == "chat.presence":
             self._on_presence(message)
+            return
+        if message.get("type") == sessions.LOGOUT_MESSAGE:
+            sessions.close_session_sockets(self, message)
             return
         room_id, seq = message.get("room"), message.get("seq")
         if via.startswith("room."):

@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class UsersConfig(AppConfig):
     name = "apps.users"
     label = "users"
+
+    def ready(self):
+        from . import sessions  # noqa: F401  (logout closes that session's sockets)
