@@ -80,9 +80,7 @@ def login(page, server, username, password=PASSWORD):
 
 
 def wait_connected(page, timeout=20000):
-    page.wait_for_function(
-        "document.body.dataset.connection === 'online'", timeout=timeout
-    )
+    expect(page.locator("body")).to_have_attribute("data-connection", "online", timeout=timeout)
 
 
 def screenshot(page, name):

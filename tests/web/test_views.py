@@ -24,6 +24,7 @@ def test_chat_page_carries_the_user_and_the_module(client):
     html = response.content.decode()
     assert 'id="chat-config"' in html and 'type="module"' in html and "/static/web/app.js" in html
     assert "csrftoken" in response.cookies
+    assert "script-src 'self'" in response["Content-Security-Policy"]
 
 
 @pytest.mark.django_db
