@@ -23,8 +23,10 @@ expect.set_options(timeout=10000)  # a shared 2-core machine: generous, still bo
 
 @pytest.fixture
 def child_env(transactional_db):
-    # Playwright's sync API runs an event loop in this thread, so the test process sets
-    # DJANGO_ALLOW_ASYNC_UNSAFE for its own ORM calls; the server must not inherit it.
+    # Playwright's sync API keeps an event loop in the test's thread, so `browser` sets
+    # DJANGO_ALLOW_ASYNC_UNSAFE for the ORM calls pytest-django makes there (the database
+    # flush after each test; the tests' own writes go through in_thread). The server must
+    # not inherit it.
     env = subprocess_env()
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     return env
