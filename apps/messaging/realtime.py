@@ -722,7 +722,7 @@ class Hub:
             now = time.monotonic()
             try:
                 self.check_heartbeats(now, heartbeat)
-                if now - last_presence >= heartbeat / 2:
+                if now - last_presence >= heartbeat:  # entries live 2.5 heartbeats
                     last_presence = now
                     await self.refresh_presence(now)
                 if now - last_gaps >= setting("CHAT_GAP_CHECK_SECONDS", 2.0):

@@ -23,15 +23,16 @@ ONLINE, AWAY, OFFLINE = "online", "away", "offline"
 
 _UPDATE = """
 local h, st, due = KEYS[1], KEYS[2], KEYS[3]
-local uid, now, op, sock = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local status, exp, maxs = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local uid, now, op, maxs = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+local touched = {}
+for i = 5, #ARGV, 3 do touched[ARGV[i]] = true end
 local all = redis.call('HGETALL', h)
 local count, online, minexp, maxexp = 0, 0, nil, 0
 for i = 1, #all, 2 do
   local f, v = all[i], all[i + 1]
   local sep = string.find(v, ':', 1, true)
   local s, e = string.sub(v, 1, sep - 1), tonumber(string.sub(v, sep + 1))
-  if e <= now or f == sock then
+  if e <= now or touched[f] then
     if e <= now or op == 'del' then redis.call('HDEL', h, f) end
   else
     count = count + 1
@@ -44,11 +45,14 @@ if op == 'add' and maxs > 0 and count >= maxs then
   return {-1, redis.call('GET', st) or 'offline', count}
 end
 if op == 'add' or op == 'ref' then
-  redis.call('HSET', h, sock, status .. ':' .. exp)
-  count = count + 1
-  if status == 'online' then online = online + 1 end
-  if minexp == nil or exp < minexp then minexp = exp end
-  if exp > maxexp then maxexp = exp end
+  for i = 5, #ARGV, 3 do
+    local status, exp = ARGV[i + 1], tonumber(ARGV[i + 2])
+    redis.call('HSET', h, ARGV[i], status .. ':' .. exp)
+    count = count + 1
+    if status == 'online' then online = online + 1 end
+    if minexp == nil or exp < minexp then minexp = exp end
+    if exp > maxexp then maxexp = exp end
+  end
 end
 local new = 'offline'
 if online > 0 then new = 'online' elseif count > 0 then new = 'away' end
@@ -108,9 +112,13 @@ class RedisPresence:
         p = _prefix()
         return [f"{p}:{user_id}", f"{p}:{user_id}:status", f"{p}:due"]
 
-    def _args(self, user_id, op, socket_id="", status="", ttl=0.0, max_sockets=0):
+    def _args(self, user_id, op, sockets=(), ttl=0.0, max_sockets=0):
+        """Script arguments: `sockets` is [(socket id, status)] (status unused for del)."""
         now = _now_ms()
-        return [user_id, now, op, socket_id, status, now + int(ttl * 1000), max_sockets]
+        args = [user_id, now, op, max_sockets]
+        for socket_id, status in sockets:
+            args += [socket_id, status or "-", now + int(ttl * 1000)]
+        return args
 
     async def _run(self, calls):
         """Run several updates in one round trip; returns [(user_id, changed, status, count)]."""
@@ -155,16 +163,24 @@ class RedisPresence:
 
     async def connect(self, user_id, socket_id, status, ttl, max_sockets):
         _, changed, new, count = await self._one(
-            user_id, self._args(user_id, "add", socket_id, status, ttl, max_sockets)
+            user_id, self._args(user_id, "add", [(socket_id, status)], ttl, max_sockets)
         )
         return changed, new, count
 
     async def refresh(self, entries, ttl):
-        calls = [(u, self._args(u, "ref", s, st, ttl)) for u, s, st in entries]
-        return [(u, new) for u, changed, new, _ in await self._run(calls) if changed == 1]
+        """Refresh many sockets: one script call per user, all pipelined in one round trip."""
+        by_user: dict[int, list] = {}
+        for user_id, socket_id, status in entries:
+            by_user.setdefault(user_id, []).append((socket_id, status))
+        calls = [(u, self._args(u, "ref", socks, ttl)) for u, socks in by_user.items()]
+        changes = []
+        for start in range(0, len(calls), 1000):
+            results = await self._run(calls[start:start + 1000])
+            changes += [(u, new) for u, changed, new, _ in results if changed == 1]
+        return changes
 
     async def disconnect(self, user_id, socket_id):
-        _, changed, new, _ = await self._one(user_id, self._args(user_id, "del", socket_id))
+        _, changed, new, _ = await self._one(user_id, self._args(user_id, "del", [(socket_id, "")]))
         return new if changed == 1 else None
 
     async def sweep(self, limit=200):
