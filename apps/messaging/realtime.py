@@ -692,7 +692,14 @@ class Hub:
                     WS_EVENTS_DELIVERED.labels(message["event_type"]).inc()
 
     def _on_presence(self, message: dict):
+        """Presence changes to local subscribers of the rooms each user shares.
+
+        Big rooms stay cheap: a room followed by more than CHAT_PRESENCE_MAX_SUBSCRIBERS sockets
+        on this process gets no presence events (otherwise n people arriving cost n² frames);
+        presence is ephemeral and may be dropped (PROTOCOL §2).
+        """
         ts = datetime.now(timezone.utc)
+        cap = setting("CHAT_PRESENCE_MAX_SUBSCRIBERS", 100)
         for change in message.get("changes", ()):
             user = change["user"]
             base = uuid.uuid4()
@@ -700,7 +707,7 @@ class Hub:
             data = catalogue.presence_changed(who, status=change["status"])
             for room_id in change.get("rooms", ()):
                 stream = self.rooms.get(room_id)
-                if stream is None or not stream.subs:
+                if stream is None or not stream.subs or len(stream.subs) > cap:
                     continue
                 envelope = catalogue.envelope(
                     "presence.changed", room_id=room_id, seq=None, actor=user, data=data,
