@@ -29,11 +29,7 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
 
     seq = None
     if spec.seq:
-        from apps.rooms.models import Room
-
-        locked = Room.objects.select_for_update().only("id", "last_seq").get(pk=room.pk)
-        seq = locked.last_seq + 1
-        Room.objects.filter(pk=room.pk).update(last_seq=seq)
+        seq = _next_seq(room.pk)
         room.last_seq = seq
     now = timezone.now()
     event = Event(type=type, room=room, seq=seq, actor=actor, ts=now)
@@ -49,6 +45,22 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
     event.save(force_insert=True)
     send_event_on_commit(event.envelope, target_user_ids=target_user_ids)
     return event
+
+
+def _next_seq(room_id: int) -> int:
+    """Hand out the room's next seq: one statement that takes (or keeps) the row lock."""
+    from apps.rooms.models import Room
+
+    table = connection.ops.quote_name(Room._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq",
+            [room_id],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise Room.DoesNotExist(f"room {room_id} does not exist")
+    return row[0]
 
 
 def send_event_on_commit(envelope: dict, *, target_user_ids=()) -> None:
