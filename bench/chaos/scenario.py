@@ -120,14 +120,18 @@ class ChaosRun:
         self.env = env
         self.topic = f"{self.run_id}.events"
         log(f"database {self.db}, redis :{self.redis.port}, broker :{self.broker.port}")
+        topics = subprocess.Popen([PYTHON, "manage.py", "kafka_topics", "--wait", "20"], cwd=ROOT,
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         self.child("manage.py", "migrate", "--noinput")
-        self.child("manage.py", "kafka_topics", "--wait", "20")
+        if topics.wait(60) != 0:
+            raise RuntimeError(f"kafka_topics failed: {topics.stderr.read()[-2000:]}")
         self.collector = Collector(self.broker.bootstrap, self.topic)
         self.collector.start()
         self.seed = json.loads(self.child("-m", "bench.chaos.seed", str(self.config.clients),
                                           str(self.config.rooms)).strip().splitlines()[-1])
-        self.start_worker()
+        self.worker = CeleryWorker(self.env, beat=True).start()  # starts while the servers do
         self.servers = [ServerProcess(env).start(), ServerProcess(env).start()]
+        self.worker.wait_ready(60)
 
     def start_worker(self) -> None:
         self.worker = CeleryWorker(self.env, beat=True)
@@ -204,9 +208,29 @@ class ChaosRun:
         await asyncio.sleep(self.config.broker_outage)
         self.broker = Broker(port=port)
         await asyncio.to_thread(self.broker.start)
-        await asyncio.to_thread(self.child, "manage.py", "kafka_topics", "--wait", "20")
+        await asyncio.to_thread(self.create_topic)
         self.collector.start()
         log("broker started again (empty; topic re-created)")
+
+    def create_topic(self) -> None:
+        """What `manage.py kafka_topics` does, without starting Django (KAFKA_PARTITIONS)."""
+        from kafka import KafkaAdminClient
+        from kafka.admin import NewTopic
+
+        partitions = int(self.env.get("KAFKA_PARTITIONS", 6))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.broker.bootstrap)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        try:
+            admin.create_topics([NewTopic(self.topic, partitions, 1)])
+        finally:
+            admin.close()
 
     async def kill_server(self) -> None:
         victim = self.servers[1]
