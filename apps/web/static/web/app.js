@@ -419,17 +419,21 @@ async function loadOlder() {
   timeline.scrollTop = timeline.scrollHeight - fromBottom;
 }
 
-const readSent = new Map();
+const readSent = new Map(); // room id -> last seq reported
+const readInFlight = new Set(); // room ids with a `read` awaiting its ack
 
+/** Report the open room's read position: per room one `read` in flight, at most one a second. */
 function markRead() {
   const state = current;
-  if (!state || !socket.ready || document.visibilityState !== "visible") return;
+  if (!state || readInFlight.has(state.id) || !socket.ready || document.visibilityState !== "visible") return;
   const seq = state.cursor;
   if (seq === null || seq <= state.lastReadSeq || seq <= (readSent.get(state.id) || 0)) return;
   readSent.set(state.id, seq);
+  readInFlight.add(state.id);
   socket.request({ type: "read", room: state.id, seq })
     .then(() => { if (seq > state.lastReadSeq) state.lastReadSeq = seq; renderRoomList(); })
-    .catch(() => readSent.delete(state.id));
+    .catch(() => readSent.delete(state.id))
+    .finally(() => setTimeout(() => { readInFlight.delete(state.id); markRead(); }, 1000));
 }
 
 document.addEventListener("visibilitychange", markRead);
