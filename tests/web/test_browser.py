@@ -328,7 +328,8 @@ def test_keyboard_only_and_every_control_labelled(server, open_page):
 
 
 def test_timeline_applies_events_in_seq_order_once(server, browser):
-    """The ordering rules of timeline.js, run as the page runs them (an ES module in Chromium)."""
+    """The ordering rules of timeline.js and the reconnect delays of socket.js, run as the page
+    runs them (ES modules in Chromium)."""
     context = browser.new_context()
     try:
         page = context.new_page()
@@ -351,7 +352,11 @@ def test_timeline_applies_events_in_seq_order_once(server, browser):
                 room.offer(created(9, 99, 'ancient')),    // below the cursor: dropped
             ];
             const bodies = room.sorted().map((m) => m.body);
-            return { results, bodies, cursor: room.cursor, gap: room.hasGap, unread: room.unread };
+            const { backoffDelay } = await import('/static/web/socket.js');
+            const ceilings = [0, 1, 2, 3, 4, 5, 9].map((n) => backoffDelay(n, { random: () => 0.999999 }));
+            const floor = backoffDelay(3, { random: () => 0 });
+            return { results, bodies, cursor: room.cursor, gap: room.hasGap, unread: room.unread,
+                     ceilings, floor };
         }""")
     finally:
         context.close()
@@ -361,4 +366,7 @@ def test_timeline_applies_events_in_seq_order_once(server, browser):
         "cursor": 14,
         "gap": False,
         "unread": 2,
+        # Reconnect delays: full jitter under an exponential ceiling capped at 8 s.
+        "ceilings": [499, 999, 1999, 3999, 7999, 7999, 7999],
+        "floor": 100,
     }
