@@ -15,9 +15,10 @@ from tests.support.processes import ServerProcess
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 
-def send_many(url, user, room_id, count, label, errors):
-    """Send `count` messages over one socket, each waiting for its ack (run in a thread)."""
-    client = WS(url, token=factories.make_token(user))
+def send_many(url, token, room_id, count, label, errors):
+    """Send `count` messages over one socket, each waiting for its ack (run in a thread, so
+    it touches no database connection of its own)."""
+    client = WS(url, token=token)
     try:
         for i in range(count):
             reply = client.send_message(room_id, body=f"{label} {i}")
@@ -33,7 +34,7 @@ def test_two_processes_same_order_and_resume_after_sigkill(child_env, user, othe
     rooms.room_join(room=room, user=other_user)
     env = dict(child_env, CHAT_RATE_LIMIT_MESSAGES="1000", CHAT_RATE_LIMIT_PER_SECOND="1000")
     a, b = ServerProcess(env).start(), ServerProcess(env).start()
-    token = factories.make_token(user)
+    token, other_token = factories.make_token(user), factories.make_token(other_user)
     try:
         on_a, on_b = WS(a.ws_url, token=token), WS(b.ws_url, token=token)
         on_a.subscribe(room.pk, since=0)
@@ -43,8 +44,8 @@ def test_two_processes_same_order_and_resume_after_sigkill(child_env, user, othe
         # Redis, possibly out of order, and must still deliver them in seq order.
         errors = []
         senders = [
-            threading.Thread(target=send_many, args=(a.ws_url, user, room.pk, 25, "a", errors)),
-            threading.Thread(target=send_many, args=(b.ws_url, other_user, room.pk, 25, "b",
+            threading.Thread(target=send_many, args=(a.ws_url, token, room.pk, 25, "a", errors)),
+            threading.Thread(target=send_many, args=(b.ws_url, other_token, room.pk, 25, "b",
                                                      errors)),
         ]
         for thread in senders:
@@ -60,7 +61,7 @@ def test_two_processes_same_order_and_resume_after_sigkill(child_env, user, othe
 
         # B keeps committing while A is killed outright; A's client moves to B and resumes.
         later = threading.Thread(target=send_many,
-                                 args=(b.ws_url, other_user, room.pk, 30, "later", errors))
+                                 args=(b.ws_url, other_token, room.pk, 30, "later", errors))
         later.start()
         on_a.wait_seq(room.pk, head + 5)
         a.kill()
@@ -83,3 +84,23 @@ def test_two_processes_same_order_and_resume_after_sigkill(child_env, user, othe
     finally:
         a.stop()
         b.stop()
+        wait_for_other_sessions_to_end()
+
+
+def wait_for_other_sessions_to_end(timeout=10.0):
+    """A killed server's database sessions end a moment after it: wait, so the test database
+    can be dropped at the end of the run."""
+    import time
+
+    from django.db import connection
+
+    deadline = time.monotonic() + timeout
+    with connection.cursor() as cursor:
+        while time.monotonic() < deadline:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            if cursor.fetchone()[0] == 0:
+                return
+            time.sleep(0.1)
