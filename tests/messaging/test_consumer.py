@@ -327,3 +327,14 @@ def test_rooms_per_socket_and_sockets_per_user_limits(tight, user):
     assert extra.wait_closed() == 4429
     with pytest.raises(ConnectionClosed):
         extra.request("ping")
+
+
+def test_deactivated_account_is_refused_and_closed_4403(ws, user, room):
+    client = ws(user)
+    client.subscribe(room.pk)
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    error = client.send_message(room.pk, body="after deactivation")
+    assert error["type"] == "error" and error["code"] == "forbidden"
+    assert client.wait_closed() == 4403
+    assert not Message.objects.filter(author=user).exists()
