@@ -152,6 +152,7 @@ class ChatConsumer(AsyncConsumer):
                 return
         except Exception:
             logger.exception("could not register socket")
+            await self.hub.detach(conn)
             await self._refuse("unavailable", "try again later", 1011)
             await self._until_disconnect(receive)
             return
