@@ -56,7 +56,7 @@ def seeded(db):
 def fuzz_every_operation(schema, headers) -> int:
     """Generated requests for every operation (schemathesis' pytest plugin does not run
     under this pytest; the loop is what it would do). Returns the operations covered."""
-    failures, covered = [], 0
+    failures, covered, calls = [], 0, [0]
     for result in schema.get_all_operations():
         operation = result.ok()
         covered += 1
@@ -65,12 +65,15 @@ def fuzz_every_operation(schema, headers) -> int:
         @settings(max_examples=EXAMPLES, deadline=None, database=None,
                   suppress_health_check=list(HealthCheck))
         def check(case):
+            calls[0] += 1
             case.call_and_validate(headers=headers, checks=CHECKS)
 
         try:
             check()
         except (Exception, BaseExceptionGroup) as exc:  # collect every failure, report all
             failures.append(f"{operation.label}: {exc}"[:3000])
+    print(f"\nschemathesis: {covered} operations, {calls[0]} requests "
+          f"({'token' if headers else 'anonymous'}), {len(failures)} failing")
     assert not failures, "\n\n".join(failures)
     return covered
 
