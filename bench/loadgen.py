@@ -146,12 +146,12 @@ class Worker:
                         await asyncio.sleep(0.5 + random.random())
             sock.ws = ws
             ws.on_text = self.handler(sock)
+            self.socks.append(sock)  # pinged from now on, even while the others connect
             return sock
 
-        results = await asyncio.gather(*(one(*spec) for spec in specs))
-        self.socks += [s for s in results if s is not None]
-        if self.pinger is None and self.heartbeat:
+        if self.pinger is None:
             self.pinger = asyncio.get_running_loop().create_task(self._ping_forever())
+        results = await asyncio.gather(*(one(*spec) for spec in specs))
         return {"connected": sum(s is not None for s in results), "skipped": skipped,
                 "failed": sum(s is None for s in results) - skipped, "errors": dict(errors)}
 
@@ -244,7 +244,7 @@ class Worker:
         while True:
             await asyncio.sleep(tick)
             socks = self.socks
-            if not socks:
+            if not socks or not self.heartbeat:
                 continue
             share = max(1, round(len(socks) * tick / (self.heartbeat / 2)))
             for _ in range(min(share, len(socks))):

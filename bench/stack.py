@@ -213,6 +213,8 @@ class ChatStack:
             client = redis.Redis.from_url(REDIS_URL)
             keys = list(client.scan_iter(match=f"{self.tag}*", count=1000))
             keys += list(client.scan_iter(match=f":*:{self.tag}*", count=1000))
+            # kombu's exchange bindings for our Celery queue
+            keys += list(client.scan_iter(match=f"_kombu.binding*.{self.tag}", count=1000))
             for start in range(0, len(keys), 500):
                 client.delete(*keys[start : start + 500])
         except Exception as exc:  # never fail a run over clean-up
