@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests import factories
-from tests.support.processes import subprocess_env
+from tests.support.processes import ServerProcess, subprocess_env
 from tests.support.services import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
@@ -30,6 +30,23 @@ def child_env(transactional_db):
     env = subprocess_env()
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     return env
+
+
+@pytest.fixture(scope="module")
+def shared_server(django_db_setup):
+    """One daphne process for the module's tests (each test still gets a flushed database:
+    ids keep growing across the flush, so nothing the server caches per room or user is stale)."""
+    env = subprocess_env()
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    proc = ServerProcess(env).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def server(shared_server, transactional_db):
+    assert shared_server.alive(), "the shared server died:\n" + shared_server.output()[-3000:]
+    return shared_server
 
 
 @pytest.fixture(scope="module")

@@ -174,7 +174,7 @@ def _post_message(base_url, token, room_id, body):
         assert response.status == 201
 
 
-def test_restart_reconnects_without_holes_or_duplicates(server, open_page, child_env, request):
+def test_restart_reconnects_without_holes_or_duplicates(open_page, child_env, request):
     def setup():
         alice, bob = make_user("alice"), make_user("bob")
         room = factories.make_room(alice, name="General", members=[bob])
@@ -184,10 +184,12 @@ def test_restart_reconnects_without_holes_or_duplicates(server, open_page, child
 
     alice, room_id, bob_token = in_thread(setup)
     # A second server on the same database, for other people's REST calls while ours is down
-    # (started now so its start-up overlaps the page's).
+    # (started now so its start-up overlaps the rest).
     other = ServerProcess(child_env)
     ChildProcess.start(other)
     request.addfinalizer(other.stop)
+    server = ServerProcess(child_env).start()  # its own: this test kills it
+    request.addfinalizer(server.stop)
     page = open_page(server, alice)
     open_room(page, "General")
     expect(message(page, "before 2")).to_have_count(1)
