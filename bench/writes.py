@@ -22,22 +22,27 @@ from array import array
 from bench import stats
 from bench.kafkalag import KafkaLag
 from bench.loadgen import Pool, ladder_arguments, split
-from bench.stack import (ROOT, ChatStack, cpu_seconds, machine, make_rooms, make_users,
-                         tree_cpu_seconds)
+from bench.stack import (ROOT, CeilingServer, ChatStack, cpu_seconds, machine, make_rooms,
+                         make_users, tree_cpu_seconds)
 
 ACK_P99_BOUND_MS = 50.0
 KAFKA_P99_BOUND_MS = 1000.0
 
 
 def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
-    server_pid, worker_pid = stack.pid, stack.worker.proc.pid
-    srv0, wrk0, cli0 = cpu_seconds(server_pid), tree_cpu_seconds(worker_pid), pool.cpu_seconds()
+    server_pid = stack.pid
+    worker = getattr(stack, "worker", None)  # the ceiling has no Celery worker
+
+    def worker_cpu():
+        return tree_cpu_seconds(worker.proc.pid) if worker else 0.0
+
+    srv0, wrk0, cli0 = cpu_seconds(server_pid), worker_cpu(), pool.cpu_seconds()
     wall0 = time.monotonic()
     pool.call_each({i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
                    timeout=args.duration + 60)
     reports = pool.call(list(shares), "report", step, None, args.drain, timeout=args.drain + 30)
     wall = time.monotonic() - wall0
-    srv_cpu, wrk_cpu = cpu_seconds(server_pid) - srv0, tree_cpu_seconds(worker_pid) - wrk0
+    srv_cpu, wrk_cpu = cpu_seconds(server_pid) - srv0, worker_cpu() - wrk0
     cli_cpu = pool.cpu_seconds() - cli0
     acked = sum(len(ids) for r in reports for ids in r["acked"].values())
     kafka = watcher.report(step, acked, args.kafka_wait) if watcher else {"count": 0, "lag_ms": []}
@@ -92,14 +97,17 @@ def run(stack, args, rates, started) -> list[dict]:
     pool = watcher = None
     steps = []
     try:
-        users = make_users(args.rooms * args.members, f"{stack.tag}w")
-        groups = [users[r * args.members:(r + 1) * args.members] for r in range(args.rooms)]
-        room_ids = make_rooms([(group[0][0], [uid for uid, _ in group], f"writes {r}")
-                               for r, group in enumerate(groups)])
-        rooms = [[(token, room, True) for _, token in group]
-                 for room, group in zip(room_ids, groups)]
-        print(f"seeded {len(users)} users, {len(rooms)} rooms in {time.monotonic() - started:.0f}s",
-              flush=True)
+        if args.ceiling:  # no accounts there: any socket may use any room number
+            rooms = [[(None, r + 1, True)] * args.members for r in range(args.rooms)]
+        else:
+            users = make_users(args.rooms * args.members, f"{stack.tag}w")
+            groups = [users[r * args.members:(r + 1) * args.members] for r in range(args.rooms)]
+            room_ids = make_rooms([(group[0][0], [uid for uid, _ in group], f"writes {r}")
+                                   for r, group in enumerate(groups)])
+            rooms = [[(token, room, True) for _, token in group]
+                     for room, group in zip(room_ids, groups)]
+            print(f"seeded {len(users)} users, {len(rooms)} rooms in "
+                  f"{time.monotonic() - started:.0f}s", flush=True)
         pool = Pool(args.procs)
         parts = split(rooms, args.procs)  # whole rooms per process: loss is counted locally
         t0 = time.monotonic()
@@ -111,7 +119,8 @@ def run(stack, args, rates, started) -> list[dict]:
         total = args.rooms * args.members
         shares = {i: sum(len(room) for room in part) / total for i, part in enumerate(parts)}
         print(f"{total} sockets connected in {time.monotonic() - t0:.1f}s", flush=True)
-        watcher = KafkaLag(stack.env["KAFKA_BOOTSTRAP_SERVERS"], stack.topic)
+        if not args.ceiling:
+            watcher = KafkaLag(stack.env["KAFKA_BOOTSTRAP_SERVERS"], stack.topic)
         run_step(pool, shares, stack, watcher, 0, rates[0] / 2, argparse.Namespace(
             duration=2, drain=args.drain, kafka_wait=5))  # warm-up, not reported
         for index, rate in enumerate(rates, start=1):
@@ -150,6 +159,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kafka-wait", type=float, default=15.0,
                         help="max wait for a step's events on Kafka")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="run the same load against the ceiling server (checks the generator)")
     ladder_arguments(parser)
     args = parser.parse_args(argv)
     rates = [float(r) for r in args.rates.split(",")]
@@ -157,8 +168,15 @@ def main(argv=None) -> int:
     print(f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
           f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
           f" UTC, {machine()})", flush=True)
-    with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set)) as stack:
-        steps = run(stack, args, rates, started)
+    if args.ceiling:
+        ceiling = CeilingServer().start()
+        try:
+            steps = run(ceiling, args, rates, started)
+        finally:
+            ceiling.stop()
+    else:
+        with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set)) as stack:
+            steps = run(stack, args, rates, started)
     best = None
     for step in steps:
         if not step_passes(step):
