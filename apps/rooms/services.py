@@ -127,8 +127,15 @@ def _audit(room, actor, action, *, target_user=None, message_id=None, reason="",
 
 
 def _join_event(room, membership, actor):
+    # Someone added by another person (invite, new room, direct room) also gets the event on
+    # their own sockets, so their room list updates live before they subscribe to the room.
+    invited = () if actor is None or actor.pk == membership.user_id else (membership.user_id,)
     record_event(
-        type="member.joined", room=room, actor=actor, data=ev.member_joined(membership)
+        type="member.joined",
+        room=room,
+        actor=actor,
+        data=ev.member_joined(membership),
+        target_user_ids=invited,
     )
 
 

@@ -300,6 +300,17 @@ def test_banned_user_elsewhere_gets_the_ban_on_their_own_sockets(ws, user, other
     assert banned["room"] == room.pk
 
 
+def test_an_invited_user_gets_member_joined_on_their_own_sockets(ws, user, other_user):
+    private = factories.make_room(user, kind=Room.Kind.PRIVATE)
+    idle = ws(other_user)
+    idle.hello()
+    idle.request("ping")
+    rooms.room_invite(room=private, actor=user, user=other_user)
+    joined = idle.seen(lambda f: f["type"] == "member.joined")
+    assert joined["room"] == private.pk
+    assert joined["data"]["user"]["id"] == other_user.pk
+
+
 def test_rate_limit_then_4429_for_flooding(tight, user, room):
     client = tight(user)
     acks = [client.send_message(room.pk, body=str(i)) for i in range(3)]
