@@ -42,12 +42,39 @@ class SocketExtension:
         if count:
             self.frames = self.frames + 1 if self.unsent_bytes() else 1
         if protocol._perMessageCompress is None and protocol.send_state == protocol.SEND_STATE_GROUND:
-            protocol.transport.write(frame)
+            self.send_now(protocol.transport, frame)
         else:  # compression negotiated: let autobahn frame it
             from apps.messaging.realtime import frame_payload
 
             protocol.sendMessage(frame_payload(frame), False)
         return True
+
+    def send_now(self, transport, frame: bytes) -> None:
+        """Hand the frame to the kernel at once when nothing is queued before it.
+
+        Twisted's write() queues and registers the socket for writability, then unregisters it
+        after the write: two selector changes per frame per socket, the biggest part of a
+        delivery's cost. A non-blocking send() on an idle plain-TCP socket skips both; what the
+        kernel does not take (or any error) goes the normal way, so order and error handling
+        stay Twisted's.
+        """
+        if (
+            getattr(transport, "TLS", True)
+            or not getattr(transport, "connected", False)
+            or getattr(transport, "disconnecting", True)
+            or self.unsent_bytes()
+        ):
+            transport.write(frame)
+            return
+        try:
+            sent = transport.socket.send(frame)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            transport.write(frame)  # Twisted finds the error and closes the connection
+            return
+        if sent < len(frame):
+            transport.write(frame[sent:])
 
     def unsent_bytes(self) -> int:
         transport = self.protocol.transport
