@@ -23,7 +23,7 @@ from pathlib import Path
 from bench.loadgen import Pool, split
 from bench.profile import Profiler, top
 from bench.stack import (ROOT, ChatStack, cpu_seconds, machine, make_rooms, make_users,
-                         rss_bytes)
+                         rss_bytes, stop_cleanly_on_sigterm)
 
 BASELINE_SOCKETS = 10
 
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
                         help="py-spy the server while the top level connects and while idle")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
     levels = sorted({int(x) for x in args.levels.split(",") if int(x) <= args.sockets}
                     | {args.sockets})
     started = time.monotonic()

@@ -20,11 +20,12 @@ from array import array
 
 from bench import stats
 from bench.loadgen import Pool, ladder_arguments, split
-from bench.stack import ROOT, CeilingServer, ChatStack, cpu_seconds, machine, make_room, make_users
+from bench.stack import (ROOT, CeilingServer, ChatStack, cpu_seconds, machine, make_room,
+                         make_users, stop_cleanly_on_sigterm)
 
 P99_BOUND_MS = 100.0
-DEFAULT_RATES = {50: [100, 200, 300, 400, 600, 800, 1200],
-                 500: [10, 20, 30, 40, 60, 80, 120, 160]}
+DEFAULT_RATES = {50: [10, 25, 50, 100, 200, 400, 600],
+                 500: [2, 5, 10, 20, 40, 80]}
 
 
 def merge_acked(reports) -> dict[int, list[int]]:
@@ -139,6 +140,7 @@ def main(argv=None) -> int:
     parser.add_argument("--only", choices=["chat", "ceiling"], help="run one target only")
     ladder_arguments(parser)
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
     rates = ([float(r) for r in args.rates.split(",")] if args.rates
              else DEFAULT_RATES.get(args.subscribers, DEFAULT_RATES[500]))
     started = time.monotonic()

@@ -273,3 +273,14 @@ def machine() -> str:
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     return f"{platform.node()}, {os.cpu_count()} cores, load {load}"
+
+
+def stop_cleanly_on_sigterm() -> None:
+    """SIGTERM (`timeout`, a supervisor) unwinds like Ctrl-C, so the `with`/`finally` blocks
+    stop the server, worker and broker and drop the database instead of leaving them behind."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)

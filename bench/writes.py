@@ -23,7 +23,7 @@ from bench import stats
 from bench.kafkalag import KafkaLag
 from bench.loadgen import Pool, ladder_arguments, split
 from bench.stack import (ROOT, CeilingServer, ChatStack, cpu_seconds, machine, make_rooms,
-                         make_users, tree_cpu_seconds)
+                         make_users, stop_cleanly_on_sigterm, tree_cpu_seconds)
 
 ACK_P99_BOUND_MS = 50.0
 KAFKA_P99_BOUND_MS = 1000.0
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=5)
-    parser.add_argument("--rates", default="250,500,750,1000,1500",
+    parser.add_argument("--rates", default="25,50,100,250,500,1000",
                         help="comma-separated total send rates (msg/s)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per step")
     parser.add_argument("--drain", type=float, default=10.0, help="max wait for acks/deliveries")
@@ -163,6 +163,7 @@ def main(argv=None) -> int:
                         help="run the same load against the ceiling server (checks the generator)")
     ladder_arguments(parser)
     args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
     rates = [float(r) for r in args.rates.split(",")]
     started = time.monotonic()
     print(f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
