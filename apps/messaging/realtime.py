@@ -606,7 +606,23 @@ class Hub:
 
     async def _reader(self):
         backoff = 0.1
+        groups_stale = False
         while True:
+            if groups_stale:
+                # A restarted Redis forgot our group memberships, and the first attempt to
+                # join again may meet a pooled connection to the old server: retry until the
+                # joins succeed, else this process would receive nothing until the next
+                # periodic refresh.
+                try:
+                    await self.refresh_groups()
+                    groups_stale = False
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.warning("re-joining channel-layer groups failed; retrying", exc_info=True)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                    continue
             try:
                 messages = await self._receive_batch()
                 backoff = 0.1
@@ -618,7 +634,7 @@ class Hub:
                 logger.warning("channel layer receive failed; retrying", exc_info=True)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                await self._quietly(self.refresh_groups())
+                groups_stale = True
                 continue
             for message in messages:
                 try:
