@@ -29,6 +29,13 @@ class ServiceError(Exception):
         return self.http_status[self.code]
 
 
+class AccountDisabled(ServiceError):
+    """The acting account was deactivated (a WebSocket gets `forbidden`, then close 4403)."""
+
+    def __init__(self):
+        super().__init__("forbidden", "this account is disabled")
+
+
 def invalid(message):
     return ServiceError("invalid", message)
 

@@ -56,6 +56,27 @@ def kick_publisher() -> None:
         logger.warning("could not enqueue the outbox publisher", exc_info=True)
 
 
+_kicker = None
+
+
+def kick_publisher_soon() -> None:
+    """The after-commit kick. In a server process it runs on one background thread, so the
+    request or socket thread that committed does not wait on Redis or the Celery broker;
+    elsewhere (workers, commands, tests) it runs inline."""
+    global _kicker
+    from . import fanout
+
+    loop = fanout._server_loop
+    if loop is None or not loop.is_running():
+        kick_publisher()
+        return
+    if _kicker is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _kicker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-kick")
+    _kicker.submit(kick_publisher)
+
+
 def clear_kick() -> None:
     """Called by the task before it reads the outbox (see the module docstring)."""
     client = redis_client()

@@ -77,6 +77,6 @@ def send_event_on_commit(envelope: dict, *, target_user_ids=()) -> None:
         except Exception:  # Redis down: sockets recover from the event log
             logger.warning("fan-out failed for event %s", envelope["id"], exc_info=True)
         if CATALOGUE[envelope["type"]].kafka:
-            outbox.kick_publisher()
+            outbox.kick_publisher_soon()
 
     transaction.on_commit(after_commit, robust=True)

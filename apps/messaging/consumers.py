@@ -22,7 +22,7 @@ from django.db import DatabaseError
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
 from apps.users import sessions
-from chatproject.errors import ServiceError, invalid
+from chatproject.errors import AccountDisabled, ServiceError, invalid
 
 from . import ratelimit
 from .realtime import Connection, db, get_hub
@@ -34,10 +34,6 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_FLOODING = 4429
 ACTIONS = ("message.send", "message.edit", "message.delete", "reaction.add", "reaction.remove")
 REF_MAX = 200
-
-
-class AccountDisabled(Exception):
-    """The user was deactivated or deleted while the socket was open."""
 
 
 # --- Service calls (run in the database thread pool) -----------------------------------------
@@ -52,15 +48,14 @@ def _user(user_id):
     return user
 
 
-def _do_send(user_id, room_id, body, client_id, reply_to):
-    from apps.rooms.services import get_room_or_404
-
+def _do_send(user, room_id, body, client_id, reply_to):
+    # The hot path: the socket's user as authenticated at connect; message_send reads the
+    # room under its lock and the membership joined with the user (refusing a deactivated
+    # account), so neither is read twice.
     from .services import message_send
 
-    user = _user(user_id)
-    room = get_room_or_404(room_id, user)
     return message_send(
-        room=room, author=user, body=body, client_id=client_id, reply_to=reply_to
+        room=room_id, author=user, body=body, client_id=client_id, reply_to=reply_to
     ).envelope
 
 
@@ -220,11 +215,11 @@ class ChatConsumer(AsyncConsumer):
             if kind in ACTIONS and not await self.allowed():
                 return self.error(ref, "rate_limited", "too many messages; slow down")
             await handler(self, frame, ref)
+        except AccountDisabled as exc:
+            self.error(ref, exc.code, exc.message)
+            await self.conn.close(CLOSE_FORBIDDEN)
         except ServiceError as exc:
             self.error(ref, exc.code, exc.message)
-        except AccountDisabled:
-            self.error(ref, "forbidden", "this account is disabled")
-            await self.conn.close(CLOSE_FORBIDDEN)
         except DatabaseError:
             logger.warning("database unavailable for a %s frame", "ws", exc_info=True)
             self.error(ref, "unavailable", "the database is unavailable; try again")
@@ -273,7 +268,7 @@ class ChatConsumer(AsyncConsumer):
         room_id = _id(frame, "room")
         reply_to = _id(frame, "reply_to", required=False)
         envelope = await db(_do_send)(
-            self.conn.user_id, room_id, frame.get("body"), frame.get("client_id"), reply_to
+            self.user, room_id, frame.get("body"), frame.get("client_id"), reply_to
         )
         await self.ack(ref, envelope)
 
