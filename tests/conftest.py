@@ -14,6 +14,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_local_cache():
+    """A locmem cache (embedded mode) lives as long as the test process, so throttle counts
+    would leak between tests whose rolled-back users share ids. Redis caches are never
+    cleared here: that would flush a database other runs use."""
+    from django.core.cache import caches
+
+    for cache in caches.all():
+        if type(cache).__name__ == "LocMemCache":
+            cache.clear()
+    yield
+
+
 @pytest.fixture
 def user(db):
     return factories.make_user()

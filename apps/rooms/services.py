@@ -179,7 +179,7 @@ def room_create(*, creator, name, kind=Room.Kind.PUBLIC, topic="", member_ids=()
         raise invalid("kind must be 'public' or 'private' (use direct_room_open for direct rooms)")
     name, topic = _clean_name(name), _clean_topic(topic)
     member_ids = list(member_ids or ())
-    if any(isinstance(i, bool) or not isinstance(i, int) for i in member_ids):
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 < i < 2**63 for i in member_ids):
         raise invalid("members must be a list of user ids")
     invitees = list(User.objects.filter(pk__in=set(member_ids) - {creator.pk}, is_active=True))
     if len(invitees) != len(set(member_ids) - {creator.pk}):

@@ -42,6 +42,7 @@ def test_create_makes_the_creator_owner_and_records_room_and_join_events(user, o
     "kwargs",
     [{"name": ""}, {"name": "x" * 101}, {"name": "bad\x00"}, {"name": "ok", "kind": "direct"},
      {"name": "ok", "member_ids": ["1"]}, {"name": "ok", "member_ids": [10**9]},
+     {"name": "ok", "member_ids": [2**64]}, {"name": "ok", "member_ids": [-1]},
      {"name": "ok", "topic": "t" * 501}],
 )
 def test_bad_room_input_is_refused_and_nothing_is_written(user, kwargs):
