@@ -207,7 +207,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
-    else {"visibility_timeout": 3600}
+    # Every Celery key in Redis under our prefix (several deployments or test runs can share
+    # one Redis, and each can clean up after itself).
+    else {"visibility_timeout": 3600, "global_keyprefix": f"{CHANNELS_PREFIX}:celery:"}
 )
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_IGNORE_RESULT = True

@@ -197,7 +197,9 @@ def test_worker_killed_mid_publish_loses_nothing_and_duplicates_share_the_id(chi
 @pytest.mark.skipif(not settings.CELERY_BROKER_URL.startswith("redis"), reason="Redis broker only")
 def test_after_commit_kicks_are_debounced_to_one_queued_task():
     client = redis_client()
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    # The queue's Redis list, under the Celery key prefix of this deployment.
+    queue = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
+             + settings.CELERY_TASK_DEFAULT_QUEUE)
     client.delete(kick_key())
     before = client.llen(queue)
     for _ in range(50):

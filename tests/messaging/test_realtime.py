@@ -124,7 +124,11 @@ def test_slow_client_is_dropped_without_slowing_the_others(start_server, user, r
 def test_events_lost_by_the_channel_layer_are_recovered_from_the_log(start_server, user, room):
     # This server listens on other channel-layer groups than the ones the test process sends
     # to: every live message is lost for it, so only the event-log check can bring them.
-    server = start_server(CHANNELS_PREFIX=f"lost{uuid.uuid4().hex[:8]}", CHAT_GAP_CHECK_SECONDS=1)
+    # (Under this run's prefix, so the run's clean-up removes its keys.)
+    from django.conf import settings
+
+    server = start_server(CHANNELS_PREFIX=f"{settings.CHANNELS_PREFIX}lost{uuid.uuid4().hex[:8]}",
+                          CHAT_GAP_CHECK_SECONDS=1)
     client = server.open(user)
     client.subscribe(room.pk, since=0)
     before = Room.objects.get(pk=room.pk).last_seq

@@ -134,6 +134,24 @@ class RedisServer:
 _session_broker: Broker | None = None
 
 
+def forget_redis_keys(url: str, prefix: str) -> int:
+    """Delete this run's keys (its prefix, and Celery's bindings for its queue) at exit, so the
+    shared Redis is left as it was found. Only keys under this run's own prefix are touched."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        keys = [*client.scan_iter(f"{prefix}*", count=1000),
+                *client.scan_iter(f"_kombu.binding.{prefix}*", count=1000),
+                *client.scan_iter(f"_kombu.binding_permanent.{prefix}*", count=1000)]
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+        client.close()
+        return len(keys)
+    except redis.RedisError:
+        return 0
+
+
 def embedded() -> bool:
     return os.environ.get("CHAT_EMBEDDED") == "1"
 
@@ -148,6 +166,8 @@ def configure_environment() -> None:
         return
     os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
+    atexit.register(forget_redis_keys, os.environ["REDIS_URL"],
+                    f"chattest{os.environ['CHAT_TEST_RUN_ID']}")
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         _session_broker = Broker().start()
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = _session_broker.bootstrap
