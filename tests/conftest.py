@@ -14,6 +14,19 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _close_the_pool_before_the_test_database_is_dropped(django_db_setup):
+    """The connection pool keeps idle connections to the test database; close it before
+    pytest-django drops the database, or the drop fails and the database is left behind."""
+    yield
+    from django.db import connections
+
+    for alias in connections:
+        close_pool = getattr(connections[alias], "close_pool", None)
+        if close_pool is not None:
+            close_pool()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_local_cache():
     """A locmem cache (embedded mode) lives as long as the test process, so throttle counts
