@@ -15,14 +15,24 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _close_the_pool_before_the_test_database_is_dropped(django_db_setup):
+def _close_the_pool_before_the_test_database_is_dropped(django_db_setup, django_db_blocker):
     """The connection pool keeps idle connections to the test database; close it before
     pytest-django drops the database, or the drop fails and the database is left behind."""
     yield
     from django.db import connections
 
     for alias in connections:
-        close_pool = getattr(connections[alias], "close_pool", None)
+        connection = connections[alias]
+        if connection.vendor == "postgresql":
+            # A connection a finished thread still holds (checked out of the pool, never
+            # returned) would also block the drop: end the other sessions on our own test
+            # database (every child process is stopped by now).
+            with django_db_blocker.unblock(), connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+        close_pool = getattr(connection, "close_pool", None)
         if close_pool is not None:
             close_pool()
 
