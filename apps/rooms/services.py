@@ -39,11 +39,16 @@ def is_site_moderator(user) -> bool:
     return bool(user and user.is_active and user.is_staff and user.has_perm(MODERATE_PERMISSION))
 
 
-def can_view(room, user) -> bool:
+def _visible(room, user, membership) -> bool:
+    """The view rule, given the user's membership (read by the caller)."""
     if room.kind == Room.Kind.PUBLIC:
         return bool(user and user.is_authenticated)
-    membership = get_membership(room, user)
     return bool(membership and membership.is_active) or is_site_moderator(user)
+
+
+def can_view(room, user) -> bool:
+    membership = None if room.kind == Room.Kind.PUBLIC else get_membership(room, user)
+    return _visible(room, user, membership)
 
 
 def check_can_view(room, user) -> None:
@@ -81,10 +86,9 @@ def check_can_post(room, user) -> Membership:
         )
     if membership is not None and not membership.user.is_active:
         raise AccountDisabled()
-    active = membership is not None and membership.is_active
-    if room.kind != Room.Kind.PUBLIC and not active and not is_site_moderator(user):
+    if not _visible(room, user, membership):
         raise not_found("room not found")  # same answer as a missing room
-    if not active:
+    if membership is None or not membership.is_active:
         if membership is not None and membership.is_banned():
             raise forbidden("you are banned from this room")
         raise forbidden("join the room first")
