@@ -100,6 +100,12 @@ def use_loop(loop: asyncio.AbstractEventLoop) -> None:
     _server_loop = loop
 
 
+def server_loop() -> asyncio.AbstractEventLoop | None:
+    """The running event loop of this server process, or None outside a server."""
+    loop = _server_loop
+    return loop if loop is not None and loop.is_running() else None
+
+
 def _report(future):
     if not future.cancelled() and future.exception() is not None:
         logger.warning("fan-out failed", exc_info=future.exception())
@@ -107,8 +113,8 @@ def _report(future):
 
 def dispatch(envelope: dict, *, target_user_ids=()) -> None:
     """Synchronous form of adispatch, for services running in a sync context."""
-    loop = _server_loop
-    if loop is not None and loop.is_running():
+    loop = server_loop()
+    if loop is not None:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

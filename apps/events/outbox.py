@@ -66,8 +66,7 @@ def kick_publisher_soon() -> None:
     global _kicker
     from . import fanout
 
-    loop = fanout._server_loop
-    if loop is None or not loop.is_running():
+    if fanout.server_loop() is None:
         kick_publisher()
         return
     if _kicker is None:
