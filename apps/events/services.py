@@ -21,62 +21,90 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
     follows commit order. Callers lock the room first (Room.objects.select_for_update()) when
     they read state the event depends on.
     """
-    spec = CATALOGUE[type]
-    if not spec.persisted:
-        raise ValueError(f"{type} is ephemeral; use emit_ephemeral")
-    if not connection.in_atomic_block:
-        raise RuntimeError("record_event must run inside transaction.atomic()")
-
+    spec = _durable(type)
     seq = None
     if spec.seq:
-        seq = _next_seq(room.pk)
+        seq = allocate_seqs({room.pk: 1})[room.pk]
         room.last_seq = seq
-    now = timezone.now()
-    event = Event(type=type, room=room, seq=seq, actor=actor, ts=now)
+    event = build_event(type, room=room, seq=seq, actor=actor, data=data, ts=timezone.now())
+    event.save(force_insert=True)
+    send_events_on_commit([(event.envelope, target_user_ids)])
+    return event
+
+
+def build_event(type: str, *, room, seq, actor, data: dict, ts) -> Event:
+    """An unsaved Event with its envelope (for record_events)."""
+    event = Event(type=type, room=room, seq=seq, actor=actor, ts=ts)
     event.envelope = catalogue.envelope(
         type,
         room_id=room.pk if room is not None else None,
         seq=seq,
         actor=actor,
         data=data,
-        ts=now,
+        ts=ts,
         id=event.id,
     )
-    event.save(force_insert=True)
-    send_event_on_commit(event.envelope, target_user_ids=target_user_ids)
     return event
 
 
-def _next_seq(room_id: int) -> int:
-    """Hand out the room's next seq: one statement that takes (or keeps) the row lock."""
+def record_events(events: list[Event]) -> None:
+    """Persist many events built with build_event in one statement, and fan them out (in this
+    order) after commit. Their seqs come from allocate_seqs, under the callers' room locks."""
+    for event in events:
+        _durable(event.type)
+    Event.objects.bulk_create(events)
+    send_events_on_commit([(event.envelope, ()) for event in events])
+
+
+def _durable(type: str):
+    spec = CATALOGUE[type]
+    if not spec.persisted:
+        raise ValueError(f"{type} is ephemeral; use emit_ephemeral")
+    if not connection.in_atomic_block:
+        raise RuntimeError("events are recorded inside transaction.atomic()")
+    return spec
+
+
+def allocate_seqs(counts: dict[int, int]) -> dict[int, int]:
+    """Hand out `n` consecutive seqs in each room, in one statement that takes (or keeps) the
+    room rows' locks: {room id: n} -> {room id: the first of its n seqs}."""
     from apps.rooms.models import Room
 
     table = connection.ops.quote_name(Room._meta.db_table)
+    ids = list(counts)
+    if len(ids) == 1:
+        increment, params = "%s", [counts[ids[0]]]
+    else:
+        increment = "CASE id " + " ".join(["WHEN %s THEN %s"] * len(ids)) + " END"
+        params = [value for room_id in ids for value in (room_id, counts[room_id])]
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq",
-            [room_id],
+            f"UPDATE {table} SET last_seq = last_seq + {increment} "
+            f"WHERE id IN ({', '.join(['%s'] * len(ids))}) RETURNING id, last_seq",
+            params + ids,
         )
-        row = cursor.fetchone()
-    if row is None:
-        raise Room.DoesNotExist(f"room {room_id} does not exist")
-    return row[0]
+        rows = cursor.fetchall()
+    if len(rows) != len(ids):
+        missing = sorted(set(ids) - {row[0] for row in rows})
+        raise Room.DoesNotExist(f"room {missing[0]} does not exist")
+    return {room_id: last - counts[room_id] + 1 for room_id, last in rows}
 
 
-def send_event_on_commit(envelope: dict, *, target_user_ids=()) -> None:
-    """After commit: fan the event out to sockets and wake the Kafka publisher.
+def send_events_on_commit(items) -> None:
+    """After commit: fan the events out to sockets (in order) and wake the Kafka publisher.
+    `items` are (envelope, target user ids).
 
-    Nothing is sent for a transaction that rolls back. A failure here loses nothing: the row
-    is committed, sockets fill gaps from the log and the outbox sweep publishes it.
+    Nothing is sent for a transaction that rolls back. A failure here loses nothing: the rows
+    are committed, sockets fill gaps from the log and the outbox sweep publishes them.
     """
     from . import fanout, outbox
 
     def after_commit():
         try:
-            fanout.dispatch(envelope, target_user_ids=target_user_ids)
+            fanout.dispatch_many(items)
         except Exception:  # Redis down: sockets recover from the event log
-            logger.warning("fan-out failed for event %s", envelope["id"], exc_info=True)
-        if CATALOGUE[envelope["type"]].kafka:
+            logger.warning("fan-out failed for %d events", len(items), exc_info=True)
+        if any(CATALOGUE[envelope["type"]].kafka for envelope, _ in items):
             outbox.kick_publisher_soon()
 
     transaction.on_commit(after_commit, robust=True)

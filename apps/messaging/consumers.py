@@ -26,6 +26,8 @@ from chatproject.errors import AccountDisabled, ServiceError, invalid
 
 from . import ratelimit
 from .realtime import Connection, db, get_hub
+from .sendqueue import get_send_queue
+from .services import SendRequest
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +48,6 @@ def _user(user_id):
     if user is None or not user.is_active:
         raise AccountDisabled()
     return user
-
-
-def _do_send(user, room_id, body, client_id, reply_to):
-    # The hot path: the socket's user as authenticated at connect; message_send reads the
-    # room under its lock and the membership joined with the user (refusing a deactivated
-    # account), so neither is read twice.
-    from .services import message_send
-
-    return message_send(
-        room=room_id, author=user, body=body, client_id=client_id, reply_to=reply_to
-    ).envelope
 
 
 def _do_message(action, user_id, message_id, **kwargs):
@@ -267,10 +258,13 @@ class ChatConsumer(AsyncConsumer):
     async def on_send(self, frame, ref):
         room_id = _id(frame, "room")
         reply_to = _id(frame, "reply_to", required=False)
-        envelope = await db(_do_send)(
-            self.user, room_id, frame.get("body"), frame.get("client_id"), reply_to
+        # The hot path: the socket's user as authenticated at connect (the batch reads the
+        # membership joined with the user, refusing a deactivated account), committed with
+        # whatever other sends this process has queued (apps.messaging.sendqueue).
+        event = await get_send_queue().send(
+            SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"), reply_to)
         )
-        await self.ack(ref, envelope)
+        await self.ack(ref, event.envelope)
 
     async def on_message_edit(self, frame, ref):
         envelope = await db(_do_message)(

@@ -652,7 +652,7 @@ class Hub:
         gaps from the event log.) Other layers go through receive().
         """
         layer = self.layer
-        if not _is_redis_layer(layer):
+        if not fanout.is_redis_layer(layer):
             return [await layer.receive(self.channel)]
         real = layer.non_local_name(self.channel)
         key = layer.prefix + real
@@ -670,6 +670,10 @@ class Hub:
         return messages
 
     def handle(self, message: dict):
+        if message.get("type") == "chat.events":  # a group commit's share for this process
+            for inner in message["events"]:
+                self.handle(inner)
+            return
         via = message.get("via", "")
         sent_at = message.get("sent_at")
         if sent_at:
@@ -819,14 +823,6 @@ def _usernames(user_ids) -> dict[int, str]:
     from django.contrib.auth import get_user_model
 
     return dict(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "username"))
-
-
-def _is_redis_layer(layer) -> bool:
-    try:
-        from channels_redis.core import RedisChannelLayer
-    except ImportError:
-        return False
-    return isinstance(layer, RedisChannelLayer)
 
 
 _hubs: dict = {}

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from apps.events import catalogue as ev
 from apps.events.models import Event
-from apps.events.services import record_event
+from apps.events.services import allocate_seqs, build_event, record_event, record_events
 from apps.rooms import services as rooms
-from apps.rooms.models import ModerationAction
+from apps.rooms.models import ModerationAction, Room
 from chatproject.errors import ServiceError, forbidden, invalid, not_found
 
 from .models import Message, Reaction
@@ -80,54 +82,177 @@ def _sent_before(author, client_id) -> Message | None:
     return Message.objects.filter(author=author, client_id=client_id).only("room_id", "seq").first()
 
 
-def message_send(*, room, author, body, client_id, reply_to=None) -> Event:
-    """Post a message; idempotent on (author, client_id): a resend returns the original event.
+class SendRequest(NamedTuple):
+    """One `message.send`: `room` is a Room or a room id; the fields are checked by
+    message_send_many (a bad one is that request's error)."""
 
-    `room` is a Room or a room id. The hot path is four statements under the room lock (lock,
-    membership, two inserts and the seq); a resend is found by the (author, client_id) unique
-    constraint rather than by a query on every send.
+    room: object
+    author: object
+    body: object
+    client_id: object
+    reply_to: object = None
+
+
+class _Send(NamedTuple):
+    index: int
+    room_id: int
+    author: object
+    body: str
+    client_id: uuid.UUID
+    reply_to: object
+
+
+def message_send(*, room, author, body, client_id, reply_to=None) -> Event:
+    """Post a message; idempotent on (author, client_id): a resend returns the original event."""
+    result = message_send_many([SendRequest(room, author, body, client_id, reply_to)])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def message_send_many(requests) -> list[Event | ServiceError]:
+    """Post many messages in one transaction (group commit): for each request, in order, its
+    message.created Event or the ServiceError that refused it (the others still go through).
+
+    The rooms are locked in id order, then one query each reads the memberships (joined with
+    their users), earlier sends with the same (author, client_id) and the reply_to targets;
+    the seqs of every room come from one UPDATE and the messages and events from one INSERT
+    each. A resend, in an earlier batch or this one, answers with the original event; one that
+    races a concurrent transaction hits the (author, client_id) constraint and the batch is
+    retried one send at a time.
     """
-    body = clean_body(body)
-    client_id = clean_client_id(client_id)
+    requests = list(requests)
+    results: list = [None] * len(requests)
+    todo = []
+    for index, request in enumerate(requests):
+        try:
+            todo.append(_Send(
+                index,
+                _room_id(request.room),
+                request.author,
+                clean_body(request.body),
+                clean_client_id(request.client_id),
+                request.reply_to,
+            ))
+        except ServiceError as exc:
+            results[index] = exc
+    if not todo:
+        return results
     try:
         with transaction.atomic():
-            room = rooms.lock_room(room)
-            try:
-                rooms.check_can_post(room, author)
-            except ServiceError:
-                # A resend of a message that went through before a mute, ban or archive still
-                # answers with the original (the contract: the same ack, nothing new).
-                existing = _sent_before(author, client_id)
-                if existing is not None:
-                    return created_event(existing)
-                raise
-            reply = None
-            if reply_to is not None:
-                if isinstance(reply_to, bool) or not isinstance(reply_to, int):
-                    raise invalid("reply_to must be a message id")
-                reply = Message.objects.filter(pk=reply_to, room=room).only("id").first()
-                if reply is None:
-                    raise invalid("reply_to is not a message of this room")
-            # We hold the room lock, so record_event hands out exactly last_seq + 1.
-            message = Message.objects.create(
-                room=room,
-                author=author,
-                body=body,
-                client_id=client_id,
-                reply_to=reply,
-                seq=room.last_seq + 1,
-            )
-            event = record_event(
-                type="message.created", room=room, actor=author, data=ev.message_created(message)
-            )
-            assert event.seq == message.seq, "seq allocated outside the room lock"
-            return event
+            _send_locked(todo, results)
     except IntegrityError:
-        # (author, client_id) exists: a resend. The transaction rolled back, so nothing new.
-        existing = _sent_before(author, client_id)
+        if len(todo) > 1:
+            for send in todo:
+                results[send.index] = message_send_many([requests[send.index]])[0]
+            return results
+        existing = _sent_before(todo[0].author, todo[0].client_id)
         if existing is None:
             raise
-        return created_event(existing)
+        results[todo[0].index] = created_event(existing)
+    return results
+
+
+def _room_id(room) -> int:
+    room_id = getattr(room, "pk", room)
+    if isinstance(room_id, bool) or not isinstance(room_id, int):
+        raise not_found("room not found")
+    return room_id
+
+
+def _send_locked(todo: list[_Send], results: list) -> None:
+    room_ids = sorted({send.room_id for send in todo})
+    locked = {
+        room.pk: room
+        for room in Room.objects.select_for_update().filter(pk__in=room_ids).order_by("pk")
+    }
+    author_ids = {send.author.pk for send in todo}
+    memberships = rooms.post_memberships(locked, author_ids)
+    earlier = {
+        (author_id, client_id): (room_id, seq)
+        for author_id, client_id, room_id, seq in Message.objects.filter(
+            author_id__in=author_ids, client_id__in={send.client_id for send in todo}
+        ).values_list("author_id", "client_id", "room_id", "seq")
+    }
+    reply_ids = {s.reply_to for s in todo if isinstance(s.reply_to, int) and s.reply_to > 0}
+    reply_rooms = (
+        dict(Message.objects.filter(pk__in=reply_ids).values_list("id", "room_id"))
+        if reply_ids else {}
+    )
+    accepted: list[_Send] = []
+    first_send: dict[tuple, _Send] = {}
+    resends: dict[int, tuple[int, int] | _Send] = {}
+    for send in todo:
+        key = (send.author.pk, send.client_id)
+        if key in earlier or key in first_send:
+            resends[send.index] = earlier.get(key) or first_send[key]
+            continue
+        room = locked.get(send.room_id)
+        try:
+            if room is None:
+                raise not_found("room not found")
+            rooms.check_can_post(room, send.author, memberships.get((room.pk, send.author.pk)))
+            if send.reply_to is not None:
+                if isinstance(send.reply_to, bool) or not isinstance(send.reply_to, int):
+                    raise invalid("reply_to must be a message id")
+                if reply_rooms.get(send.reply_to) != room.pk:
+                    raise invalid("reply_to is not a message of this room")
+        except ServiceError as exc:
+            results[send.index] = exc
+            continue
+        first_send[key] = send
+        accepted.append(send)
+    created = _create(accepted, locked) if accepted else {}
+    for send in accepted:
+        results[send.index] = created[send.index]
+    for index, event in _resent_events(resends, created).items():
+        results[index] = event
+
+
+def _create(accepted: list[_Send], locked: dict) -> dict[int, Event]:
+    """Insert the accepted sends' messages and events; {request index: event}."""
+    counts: dict[int, int] = {}
+    for send in accepted:
+        counts[send.room_id] = counts.get(send.room_id, 0) + 1
+    next_seq = allocate_seqs(counts)
+    now = timezone.now()
+    messages = []
+    for send in accepted:
+        seq = next_seq[send.room_id]
+        next_seq[send.room_id] = seq + 1
+        messages.append(Message(
+            room=locked[send.room_id], author=send.author, body=send.body,
+            client_id=send.client_id, reply_to_id=send.reply_to, seq=seq, created_at=now,
+        ))
+    for room_id, after_last in next_seq.items():
+        locked[room_id].last_seq = after_last - 1
+    Message.objects.bulk_create(messages)
+    events = [
+        build_event("message.created", room=message.room, seq=message.seq,
+                    actor=message.author, data=ev.message_created(message), ts=now)
+        for message in messages
+    ]
+    record_events(events)
+    return {send.index: event for send, event in zip(accepted, events)}
+
+
+def _resent_events(resends: dict, created: dict[int, Event]) -> dict[int, Event]:
+    """The original events of resends: sent in this batch, or read from the log."""
+    found: dict[int, Event] = {}
+    wanted: dict[tuple[int, int], list[int]] = {}
+    for index, original in resends.items():
+        if isinstance(original, _Send):
+            found[index] = created[original.index]
+        else:
+            wanted.setdefault(original, []).append(index)
+    if wanted:
+        query = Q()
+        for room_id, seq in wanted:
+            query |= Q(room_id=room_id, seq=seq)
+        for event in Event.objects.filter(query):
+            for index in wanted[(event.room_id, event.seq)]:
+                found[index] = event
+    return found
 
 
 def message_edit(*, message, actor, body) -> Event:

@@ -73,17 +73,29 @@ def check_not_archived(room) -> None:
         raise forbidden("the room is archived and read-only")
 
 
-def check_can_post(room, user) -> Membership:
+def post_memberships(room_ids, user_ids) -> dict[tuple[int, int], Membership]:
+    """{(room id, user id): membership joined with its user}, in one query: what
+    `check_can_post` needs, read for many sends at once."""
+    rows = Membership.objects.select_related("user").filter(
+        room_id__in=room_ids, user_id__in=user_ids
+    )
+    return {(m.room_id, m.user_id): m for m in rows}
+
+
+_READ = object()
+
+
+def check_can_post(room, user, membership=_READ) -> Membership:
     """An active, unmuted, unbanned member of a room that is not archived.
 
-    One query (membership joined with its user) on the hot path of every send; it also
-    refuses an account deactivated since the caller loaded it.
+    One query (membership joined with its user) on the hot path of every send, unless the
+    caller read it already (`post_memberships`); it also refuses an account deactivated since
+    the caller loaded it.
     """
-    membership = None
-    if user is not None and getattr(user, "is_authenticated", False):
-        membership = (
-            Membership.objects.select_related("user").filter(room=room, user=user).first()
-        )
+    if membership is _READ:
+        membership = None
+        if user is not None and getattr(user, "is_authenticated", False):
+            membership = post_memberships([room.pk], [user.pk]).get((room.pk, user.pk))
     if membership is not None and not membership.user.is_active:
         raise AccountDisabled()
     if not _visible(room, user, membership):
