@@ -25,7 +25,7 @@ from apps.users import sessions
 from chatproject.errors import AccountDisabled, ServiceError, invalid
 
 from . import ratelimit
-from .realtime import Connection, db, get_hub
+from .realtime import REF_MAX, Connection, db, get_hub
 from .sendqueue import get_send_queue
 from .services import SendRequest
 
@@ -35,7 +35,6 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_FLOODING = 4429
 ACTIONS = ("message.send", "message.edit", "message.delete", "reaction.add", "reaction.remove")
-REF_MAX = 200
 
 
 # --- Service calls (run in the database thread pool) -----------------------------------------
@@ -149,7 +148,9 @@ class ChatConsumer(AsyncConsumer):
                 "heartbeat": settings.CHAT_HEARTBEAT_SECONDS,
             })
             while True:
+                conn.waiting = True  # pings may be answered by the server meanwhile (ping_now)
                 message = await receive()
+                conn.waiting = False
                 if message["type"] == "websocket.disconnect":
                     break
                 if message["type"] == "websocket.receive" and not conn.closing:
@@ -237,13 +238,7 @@ class ChatConsumer(AsyncConsumer):
         self.conn.write_json({"type": "ack", "ref": ref, "event": envelope})
 
     async def on_ping(self, frame, ref):
-        status = frame.get("status")
-        if status == "away":
-            self.conn.status_hint = "away"
-        elif status == "online":
-            self.conn.status_hint = None
-            self.conn.last_active = time.monotonic()
-        self.conn.write_json({"type": "pong", "ref": ref})
+        self.conn.ping(frame.get("status"), ref)
 
     async def on_subscribe(self, frame, ref):
         room_id = _id(frame, "room")

@@ -23,6 +23,7 @@ Design (PROTOCOL §3, "fan-out that scales"):
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -137,6 +138,14 @@ def frame_payload(frame: bytes) -> bytes:
     return frame[2 + (2 if size == 126 else 8 if size == 127 else 0):]
 
 
+REF_MAX = 200  # characters of a frame's `ref`
+PONG = text_frame(fanout.serialize({"type": "pong", "ref": None}).encode())
+
+
+def valid_ref(ref) -> bool:
+    return ref is None or (isinstance(ref, str) and len(ref) <= REF_MAX)
+
+
 # --- Sockets and subscriptions --------------------------------------------------------------
 
 
@@ -145,7 +154,7 @@ class Connection:
 
     __slots__ = (
         "id", "user_id", "username", "send", "ext", "subs", "last_seen", "last_active",
-        "status_hint", "closing", "queue", "writer", "__weakref__",
+        "status_hint", "closing", "queue", "writer", "waiting", "__weakref__",
     )
 
     def __init__(self, *, user_id, username, send, ext):
@@ -160,11 +169,55 @@ class Connection:
         self.closing = False
         self.queue = None
         self.writer = None
+        # True while the consumer waits for this socket's next frame (nothing in progress):
+        # only then may a ping be answered straight from the reactor (ping_now).
+        self.waiting = False
+        if ext is not None:
+            ext.on_text = self.ping_now
 
-    def status(self, now: float) -> str:
+    def ping(self, status, ref) -> None:
+        """Answer a `ping` (PROTOCOL §3): `status` online/away is the client's hint for
+        presence; a ping is not activity unless it says online."""
+        if status == presence.AWAY:
+            self.status_hint = presence.AWAY
+        elif status == presence.ONLINE:
+            self.status_hint = None
+            self.last_active = time.monotonic()
+        if ref is None:
+            self.write(PONG, live=False)
+        else:
+            self.write_json({"type": "pong", "ref": ref})
+
+    def ping_now(self, payload: bytes) -> bool:
+        """The fast path for the commonest frame: idle sockets ping every heartbeat / 2.
+
+        Called by the server (chatproject.serve) with a text frame when nothing from this
+        socket is queued; answers it here, in order, if it is a well-formed `ping` and the
+        consumer is waiting for its next frame, and says so. Anything else (other frames,
+        malformed ones, a socket busy with a frame or closing) returns False and goes through
+        the consumer as usual, which answers a ping with the same `ping()`.
+        """
+        if not self.waiting or self.closing or len(payload) > 512 or b'"ping"' not in payload:
+            return False
+        try:
+            frame = json.loads(payload.decode())
+        except (ValueError, RecursionError):
+            return False
+        if not isinstance(frame, dict) or frame.get("type") != "ping":
+            return False
+        ref = frame.get("ref")
+        if not valid_ref(ref):
+            return False
+        self.last_seen = time.monotonic()
+        self.ping(frame.get("status"), ref)
+        return True
+
+    def status(self, now: float, away_after: float | None = None) -> str:
         if self.status_hint == presence.AWAY:
             return presence.AWAY
-        if now - self.last_active > setting("CHAT_AWAY_SECONDS", 300):
+        if away_after is None:
+            away_after = setting("CHAT_AWAY_SECONDS", 300)
+        if now - self.last_active > away_after:
             return presence.AWAY
         return presence.ONLINE
 
@@ -742,13 +795,17 @@ class Hub:
     # -- maintenance: heartbeats, presence, lost messages, group memberships
 
     async def _maintenance(self):
-        last_groups = last_gaps = last_presence = time.monotonic()
+        last_groups = last_gaps = last_presence = last_beats = time.monotonic()
         while True:
             heartbeat = settings.CHAT_HEARTBEAT_SECONDS
             await asyncio.sleep(min(1.0, heartbeat / 2))
             now = time.monotonic()
             try:
-                self.check_heartbeats(now, heartbeat)
+                # Silent sockets are closed after 2 to 2.33 heartbeats: a walk over every
+                # socket each heartbeat / 3, not each second.
+                if now - last_beats >= heartbeat / 3:
+                    last_beats = now
+                    self.check_heartbeats(now, heartbeat)
                 if now - last_presence >= heartbeat:  # entries live 2.5 heartbeats
                     last_presence = now
                     await self.refresh_presence(now)
@@ -766,20 +823,22 @@ class Hub:
     def check_heartbeats(self, now, heartbeat):
         if len(self.typing) > 1000 or not self.connections:
             self.typing = {k: v for k, v in self.typing.items() if now - v[0] < 60}
-        for conn in list(self.connections):
-            if not conn.closing and now - conn.last_seen > 2 * heartbeat:
-                self.loop.create_task(conn.close(CLOSE_HEARTBEAT))
+        cutoff = now - 2 * heartbeat
+        for conn in [c for c in self.connections if c.last_seen < cutoff and not c.closing]:
+            self.loop.create_task(conn.close(CLOSE_HEARTBEAT))
 
     async def refresh_presence(self, now):
         if self.shutting_down:
             return
         store = presence.backend()
-        entries = [(c.user_id, c.id, c.status(now)) for c in self.connections if not c.closing]
-        names = {c.user_id: c.username for c in self.connections}
+        away_after = setting("CHAT_AWAY_SECONDS", 300)
+        entries = [(c.user_id, c.id, c.status(now, away_after))
+                   for c in self.connections if not c.closing]
         changes = list(await store.refresh(entries, self.presence_ttl()))
         changes += await store.sweep()
         for user_id, status in changes:
-            await self.publish_presence(user_id, names.get(user_id), status)
+            local = next(iter(self.users.get(user_id, ())), None)
+            await self.publish_presence(user_id, local.username if local else None, status)
 
     async def check_gaps(self):
         """Fill what the channel layer lost: events committed a check ago, still not here."""

@@ -186,3 +186,36 @@ def test_redis_restart_loses_nothing_and_live_delivery_resumes(child_env, user, 
                 client.close()
         server.stop()
         redis.stop()
+
+
+def masked_frame(payload: bytes, *, opcode=0x1, fin=True) -> bytes:
+    """A client-to-server WebSocket frame (RFC 6455 §5.2), masked, payload under 126 bytes."""
+    mask = bytes((1, 2, 3, 4))
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes(((0x80 if fin else 0) | opcode, 0x80 | len(payload))) + mask + body
+
+
+def test_pings_are_answered_in_order_however_they_arrive(server, user, room):
+    client = WS(server.ws_url, token=factories.make_token(user))
+    client.hello()
+    # A ping behind a frame still in progress waits for that frame's reply.
+    client.send(type="subscribe", room=room.pk, ref="s")
+    client.send(type="ping", ref="p")
+    replies = [client.until(lambda f: f.get("ref") in ("s", "p")) for _ in range(2)]
+    assert [(f["type"], f["ref"]) for f in replies] == [("subscribed", "s"), ("pong", "p")]
+    # Two frames in one read, a ping in two fragments, a plain one alone in its read (the
+    # server's short path), one without ref: the same pongs, in order.
+    raw = client.ws.socket
+    raw.sendall(masked_frame(b'{"type":"ping","ref":"a"}')
+                + masked_frame(b'{"type":"ping","ref":"b"}'))
+    raw.sendall(masked_frame(b'{"type":"ping",', fin=False)
+                + masked_frame(b'"ref":"c"}', opcode=0x0))
+    raw.sendall(masked_frame(b'{"type":"ping","ref":"d","status":"away"}'))
+    time.sleep(0.2)
+    raw.sendall(masked_frame(b'{"type":"ping"}'))
+    replies = [client.until(lambda f: f["type"] in ("pong", "error")) for _ in range(5)]
+    assert replies == [{"type": "pong", "ref": ref} for ref in ("a", "b", "c", "d", None)]
+    # Not a valid ping: the consumer's answer.
+    raw.sendall(masked_frame(b'{"type":"ping","ref":7}'))
+    assert client.until(lambda f: f["type"] in ("pong", "error"))["code"] == "invalid"
+    assert client.request("ping")["type"] == "pong"
