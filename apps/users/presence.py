@@ -24,8 +24,14 @@ ONLINE, AWAY, OFFLINE = "online", "away", "offline"
 _UPDATE = """
 local h, st, due = KEYS[1], KEYS[2], KEYS[3]
 local uid, now, op, maxs = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local touched = {}
-for i = 5, #ARGV, 3 do touched[ARGV[i]] = true end
+local exp = tonumber(ARGV[5])
+local touched, given = {}, {}
+for item in string.gmatch(ARGV[6], '[^ ]+') do
+  local sep = string.find(item, ':', 1, true)
+  local f = string.sub(item, 1, sep - 1)
+  touched[f] = true
+  given[#given + 1] = {f, string.sub(item, sep + 1)}
+end
 local all = redis.call('HGETALL', h)
 local count, online, minexp, maxexp = 0, 0, nil, 0
 for i = 1, #all, 2 do
@@ -44,15 +50,17 @@ end
 if op == 'add' and maxs > 0 and count >= maxs then
   return {-1, redis.call('GET', st) or 'offline', count}
 end
-if op == 'add' or op == 'ref' then
-  for i = 5, #ARGV, 3 do
-    local status, exp = ARGV[i + 1], tonumber(ARGV[i + 2])
-    redis.call('HSET', h, ARGV[i], status .. ':' .. exp)
+if (op == 'add' or op == 'ref') and #given > 0 then
+  local fields = {}
+  for _, g in ipairs(given) do
+    fields[#fields + 1] = g[1]
+    fields[#fields + 1] = g[2] .. ':' .. exp
     count = count + 1
-    if status == 'online' then online = online + 1 end
-    if minexp == nil or exp < minexp then minexp = exp end
-    if exp > maxexp then maxexp = exp end
+    if g[2] == 'online' then online = online + 1 end
   end
+  redis.call('HSET', h, unpack(fields))
+  if minexp == nil or exp < minexp then minexp = exp end
+  if exp > maxexp then maxexp = exp end
 end
 local new = 'offline'
 if online > 0 then new = 'online' elseif count > 0 then new = 'away' end
@@ -113,12 +121,12 @@ class RedisPresence:
         return [f"{p}:{user_id}", f"{p}:{user_id}:status", f"{p}:due"]
 
     def _args(self, user_id, op, sockets=(), ttl=0.0, max_sockets=0):
-        """Script arguments: `sockets` is [(socket id, status)] (status unused for del)."""
+        """Script arguments: `sockets` is [(socket id, status)] (status unused for del), sent
+        as one string with one expiry for all (a refresh of many sockets packs 6 arguments,
+        not 3 per socket)."""
         now = _now_ms()
-        args = [user_id, now, op, max_sockets]
-        for socket_id, status in sockets:
-            args += [socket_id, status or "-", now + int(ttl * 1000)]
-        return args
+        given = " ".join(f"{socket_id}:{status or '-'}" for socket_id, status in sockets)
+        return [user_id, now, op, max_sockets, now + int(ttl * 1000), given]
 
     async def _run(self, calls):
         """Run several updates in one round trip; returns [(user_id, changed, status, count)]."""
