@@ -2,9 +2,10 @@
 
 The kick is debounced so a thousand sends a second do not become a thousand Celery tasks:
 `SET <prefix>:outbox:kick 1 NX PX <debounce>` and enqueue only when the key was set. The
-task deletes the key before it reads the outbox, so an event committed after that read
-enqueues a new task. Whatever is missed here (a lost task, Redis or the Celery broker down)
-the periodic sweep publishes.
+task drains the outbox with the key set (commits meanwhile enqueue nothing), and once it has
+stayed empty a moment deletes the key and reads the outbox once more: an event committed
+before the delete is in that read, one committed after it enqueues a new task. Whatever is
+missed here (a lost task, Redis or the Celery broker down) the periodic sweep publishes.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def kick_publisher_soon() -> None:
 
 
 def clear_kick() -> None:
-    """Called by the task before it reads the outbox (see the module docstring)."""
+    """Called by the task before its last read of the outbox (see the module docstring)."""
     client = redis_client()
     if client is None:
         return

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -24,11 +25,9 @@ from typing import NamedTuple
 
 from django.conf import settings
 from django.db import OperationalError, connection, transaction
-from django.db.models import F
 from django.utils import timezone
 
 from .catalogue import CATALOGUE
-from .fanout import serialize
 from .models import Event
 from .observability import KAFKA_PUBLISH_ERRORS, KAFKA_PUBLISH_LATENCY, KAFKA_PUBLISHED
 
@@ -40,6 +39,11 @@ KAFKA_TYPES = tuple(t for t, spec in CATALOGUE.items() if spec.kafka and spec.pe
 PUBLISHER_LOCK_KEY = 0x63686174_6F757462
 # A drain loop yields after this long so a sweep or kick can run on the same worker.
 MAX_DRAIN_SECONDS = 30.0
+# The kick task keeps the lock and polls this long after the outbox ran empty, so a steady
+# stream of commits is published by one task instead of one task per commit (a Celery task
+# cost ~5 ms of worker CPU, a poll ~0.3 ms); see apps.events.tasks.publish_outbox.
+IDLE_SECONDS = 0.25
+IDLE_POLL_SECONDS = 0.02
 
 
 @dataclass
@@ -49,6 +53,7 @@ class DrainResult:
     batches: int = 0
     locked: bool = True
     more: bool = False  # stopped at max_seconds with rows left
+    last_read: bool = False  # before_last_read ran and the outbox was read after it
     errors: list[str] = field(default_factory=list)
 
 
@@ -64,31 +69,62 @@ def pending_rows():
 
 
 class Row(NamedTuple):
-    pk: object
+    pk: str  # the event id as the envelope spells it
     room_id: int | None
     type: str
-    envelope: dict
+    value: str  # the envelope's JSON text, as the database stores it (sent as is)
     publish_attempts: int
+
+
+# Raw SQL: this runs for every batch at the full send rate, and building it with the ORM cost
+# more CPU than running it. One statement reads the batch and skips the rooms whose head is
+# backing off; it walks the partial index event_outbox_order (unpublished rows only) in
+# per-room seq order and stops at the limit. The envelope comes back as the JSON text the
+# database holds, so it is never parsed and serialized again here.
+_TABLE = Event._meta.db_table
+_TYPES = ", ".join(["%s"] * len(KAFKA_TYPES))
+_NEXT_BATCH_SQL = f"""
+    SELECT {{id}}, e.room_id, e.type, {{envelope}}, e.publish_attempts
+    FROM {_TABLE} e
+    WHERE e.published_at IS NULL AND e.type IN ({_TYPES})
+      AND NOT EXISTS (
+        SELECT 1 FROM {_TABLE} b
+        WHERE b.published_at IS NULL AND b.next_attempt_at > %s
+          AND (b.room_id = e.room_id OR (b.room_id IS NULL AND e.room_id IS NULL)))
+    ORDER BY e.room_id, e.seq NULLS LAST, e.ts, e.id
+    LIMIT %s
+"""
 
 
 def next_batch(limit: int) -> list[Row]:
     """The next rows to send, oldest first per room, skipping rooms whose head is backing off."""
-    now = timezone.now()
-    pending = pending_rows()
-    blocked = set(
-        pending.filter(next_attempt_at__gt=now).values_list("room_id", flat=True).distinct()
-    )
-    rows = pending
-    if blocked:
-        rows = rows.exclude(room_id__in=[r for r in blocked if r is not None])
-        if None in blocked:
-            rows = rows.exclude(room__isnull=True)
-    # Tuples, not model instances: this runs for every event at the full send rate.
-    return [
-        Row(*values)
-        for values in rows.order_by("room_id", F("seq").asc(nulls_last=True), "ts", "id")
-        .values_list("id", "room_id", "type", "envelope", "publish_attempts")[:limit]
-    ]
+    postgres = connection.vendor == "postgresql"
+    sql = _NEXT_BATCH_SQL.format(id="e.id::text" if postgres else "e.id",
+                                 envelope="e.envelope::text" if postgres else "e.envelope")
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [*KAFKA_TYPES, now, limit])
+        rows = cursor.fetchall()
+    if postgres:
+        return [Row(*values) for values in rows]
+    # SQLite keeps UUIDs as bare hex.
+    return [Row(str(uuid.UUID(values[0])), *values[1:]) for values in rows]
+
+
+def mark_published(rows: list[Row], now) -> None:
+    """One UPDATE for a batch's acknowledged rows."""
+    if connection.vendor == "postgresql":
+        # One array literal for the ids (they are UUID text: nothing to quote).
+        where, params = "id = ANY(%s::uuid[])", ["{" + ",".join(row.pk for row in rows) + "}"]
+    else:
+        where = f"id IN ({', '.join(['%s'] * len(rows))})"
+        params = [uuid.UUID(row.pk).hex for row in rows]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {_TABLE} SET published_at = %s, publish_attempts = publish_attempts + 1, "
+            f"last_error = '', next_attempt_at = NULL WHERE {where}",
+            [connection.ops.adapt_datetimefield_value(now), *params],
+        )
 
 
 @contextmanager
@@ -98,22 +134,41 @@ def publisher_lock():
         with file_lock() as locked:
             yield locked
         return
-    timeout_ms = int(settings.OUTBOX_LOCK_TIMEOUT_SECONDS * 1000)
-    try:
-        with transaction.atomic(), connection.cursor() as cursor:
-            # Session-level lock taken inside a transaction: the bounded lock_timeout is local
-            # to it, the lock outlives it (and dies with the session if the worker is killed).
-            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{timeout_ms}ms"])
-            cursor.execute("SELECT pg_advisory_lock(%s)", [PUBLISHER_LOCK_KEY])
-    except OperationalError:
-        logger.info("outbox publisher lock busy for %sms; leaving the rows to its holder", timeout_ms)
-        yield False
-        return
+    with connection.cursor() as cursor:
+        # The common case, no other publisher: one round trip.
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PUBLISHER_LOCK_KEY])
+        (locked,) = cursor.fetchone()
+    if not locked:
+        timeout_ms = int(settings.OUTBOX_LOCK_TIMEOUT_SECONDS * 1000)
+        try:
+            _wait_for_lock(timeout_ms)
+        except OperationalError:
+            logger.info("outbox publisher lock busy for %sms; leaving the rows to its holder",
+                        timeout_ms)
+            yield False
+            return
     try:
         yield True
     finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [PUBLISHER_LOCK_KEY])
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [PUBLISHER_LOCK_KEY])
+        except Exception:
+            # The session must not go back to the connection pool still holding the lock
+            # (every later publisher would wait on it): end it.
+            if connection.connection is not None:
+                connection.connection.close()
+            connection.close()
+            raise
+
+
+def _wait_for_lock(timeout_ms: int) -> None:
+    """Wait at most timeout_ms for the advisory lock (OperationalError when it stays busy)."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Session-level lock taken inside a transaction: the bounded lock_timeout is local
+        # to it, the lock outlives it (and dies with the session if the worker is killed).
+        cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{timeout_ms}ms"])
+        cursor.execute("SELECT pg_advisory_lock(%s)", [PUBLISHER_LOCK_KEY])
 
 
 @contextmanager
@@ -139,8 +194,14 @@ def file_lock():
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS) -> DrainResult:
-    """Publish every pending outbox row (until empty, a failure, or max_seconds)."""
+def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS, idle_seconds: float = 0.0,
+                    before_last_read=None) -> DrainResult:
+    """Publish every pending outbox row (until empty, a failure, or max_seconds).
+
+    With idle_seconds, an empty outbox is polled that long before the drain ends. Then
+    before_last_read() runs, if given, and the outbox is read once more (drained again if
+    anything is there), so a row committed before that call is never left behind.
+    """
     result = DrainResult()
     if not settings.KAFKA_BOOTSTRAP_SERVERS:
         return result
@@ -149,10 +210,23 @@ def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS) -> DrainResult:
         result.locked = locked
         if not locked:
             return result
+        idle_since = None
         while True:
             rows = next_batch(settings.OUTBOX_BATCH_SIZE)
             if not rows:
-                break
+                now = time.monotonic()
+                idle_since = idle_since or now
+                if now - idle_since < idle_seconds and now < deadline:
+                    time.sleep(IDLE_POLL_SECONDS)
+                    continue
+                if before_last_read is None:
+                    break
+                before_last_read()
+                before_last_read = None
+                idle_seconds = 0.0
+                result.last_read = True
+                continue
+            idle_since = None
             if time.monotonic() >= deadline:
                 result.more = True
                 break
@@ -177,12 +251,11 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
     try:
         producer = kafka.get_producer()
         for row in rows:
-            envelope = row.envelope
             futures[row.pk] = producer.send(
                 topic,
-                value=serialize(envelope).encode(),
-                key=kafka.message_key(envelope),
-                headers=kafka.message_headers(envelope),
+                value=row.value.encode(),
+                key=kafka.record_key(row.room_id),
+                headers=kafka.record_headers(row.type, row.pk),
             )
         producer.flush(settings.OUTBOX_FLUSH_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the rows stay in the outbox
@@ -213,12 +286,7 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
 
     now = timezone.now()
     if acked:
-        Event.objects.filter(pk__in=[row.pk for row in acked]).update(
-            published_at=now,
-            publish_attempts=F("publish_attempts") + 1,
-            last_error="",
-            next_attempt_at=None,
-        )
+        mark_published(acked, now)
         KAFKA_PUBLISH_LATENCY.observe(time.perf_counter() - started)
         counts: dict[str, int] = {}
         for row in acked:

@@ -10,17 +10,24 @@ logger = logging.getLogger(__name__)
 
 @shared_task(ignore_result=True)
 def publish_outbox():
-    """After-commit kick: publish everything pending."""
-    from .outbox import clear_kick, kick_publisher
-    from .publisher import publish_pending
+    """After-commit kick: publish everything pending, and what commits while it runs.
 
-    # Before reading the outbox: an event committed after our read then enqueues a new kick.
-    clear_kick()
-    result = publish_pending()
+    The kick key stays set while the task drains, so commits meanwhile enqueue no new task
+    (until the key's debounce expires); when the outbox has stayed empty for IDLE_SECONDS
+    the key is cleared and the outbox read once more: an event committed before the clear
+    is in that read, one committed after it enqueues a new kick.
+    """
+    from .outbox import clear_kick, kick_publisher
+    from .publisher import IDLE_SECONDS, publish_pending
+
+    result = publish_pending(idle_seconds=IDLE_SECONDS, before_last_read=clear_kick)
     if not result.locked or result.more:
         # Locked out: the holder may have finished its last read before our events.
         # Stopped for time: let other tasks on this worker run, then go on.
+        clear_kick()
         kick_publisher()
+    elif not result.last_read:
+        clear_kick()  # stopped on a failure: the sweep retries, the next commit kicks
 
 
 @shared_task(ignore_result=True)
