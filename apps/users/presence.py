@@ -4,8 +4,9 @@ Every open socket has an entry `<socket id> -> "<status>:<expires ms>"` in the R
 `<prefix>:presence:<user id>`; its server process refreshes it on each heartbeat sweep, so the
 entry of a socket whose process died expires by itself. A user's status is `online` if any live
 socket is online, `away` if all live sockets are away, else `offline`. The last published status
-is kept next to the hash; one Lua script updates an entry and says whether the status changed,
-so exactly one process publishes each change. The sorted set `<prefix>:presence:due` holds, per
+is kept next to the hash; one Lua script updates the entries (of one user or, for a refresh,
+of many in one call) and says whether each status changed, so exactly one process publishes each
+change. The sorted set `<prefix>:presence:due` holds, per
 user, the earliest expiry of their sockets; any process sweeps it to notice users whose sockets
 all expired (their server was killed) and publishes their `offline`.
 
@@ -22,59 +23,73 @@ from django.conf import settings
 ONLINE, AWAY, OFFLINE = "online", "away", "offline"
 
 _UPDATE = """
-local h, st, due = KEYS[1], KEYS[2], KEYS[3]
-local uid, now, op, maxs = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
-local exp = tonumber(ARGV[5])
-local touched, given = {}, {}
-for item in string.gmatch(ARGV[6], '[^ ]+') do
-  local sep = string.find(item, ':', 1, true)
-  local f = string.sub(item, 1, sep - 1)
-  touched[f] = true
-  given[#given + 1] = {f, string.sub(item, sep + 1)}
-end
-local all = redis.call('HGETALL', h)
-local count, online, minexp, maxexp = 0, 0, nil, 0
-for i = 1, #all, 2 do
-  local f, v = all[i], all[i + 1]
-  local sep = string.find(v, ':', 1, true)
-  local s, e = string.sub(v, 1, sep - 1), tonumber(string.sub(v, sep + 1))
-  if e <= now or touched[f] then
-    if e <= now or op == 'del' then redis.call('HDEL', h, f) end
+-- Several users in one call (same op, time and expiry): KEYS = due, then hash and status key
+-- per user; ARGV = now, op, max sockets, expiry, then user id and "<socket>:<status> ..." per
+-- user. Returns changed (1, 0, or -1 for the socket limit), status, live sockets per user.
+local due = KEYS[1]
+local now, op, maxs, exp = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+
+local function update(h, st, uid, sockets)
+  local touched, given = {}, {}
+  for item in string.gmatch(sockets, '[^ ]+') do
+    local sep = string.find(item, ':', 1, true)
+    local f = string.sub(item, 1, sep - 1)
+    touched[f] = true
+    given[#given + 1] = {f, string.sub(item, sep + 1)}
+  end
+  local all = redis.call('HGETALL', h)
+  local count, online, minexp, maxexp = 0, 0, nil, 0
+  for i = 1, #all, 2 do
+    local f, v = all[i], all[i + 1]
+    local sep = string.find(v, ':', 1, true)
+    local s, e = string.sub(v, 1, sep - 1), tonumber(string.sub(v, sep + 1))
+    if e <= now or touched[f] then
+      if e <= now or op == 'del' then redis.call('HDEL', h, f) end
+    else
+      count = count + 1
+      if s == 'online' then online = online + 1 end
+      if minexp == nil or e < minexp then minexp = e end
+      if e > maxexp then maxexp = e end
+    end
+  end
+  if op == 'add' and maxs > 0 and count >= maxs then
+    return -1, redis.call('GET', st) or 'offline', count
+  end
+  if (op == 'add' or op == 'ref') and #given > 0 then
+    local fields = {}
+    for _, g in ipairs(given) do
+      fields[#fields + 1] = g[1]
+      fields[#fields + 1] = g[2] .. ':' .. exp
+      count = count + 1
+      if g[2] == 'online' then online = online + 1 end
+    end
+    redis.call('HSET', h, unpack(fields))
+    if minexp == nil or exp < minexp then minexp = exp end
+    if exp > maxexp then maxexp = exp end
+  end
+  local new = 'offline'
+  if online > 0 then new = 'online' elseif count > 0 then new = 'away' end
+  if count > 0 then
+    redis.call('PEXPIRE', h, maxexp - now + 1000)
+    redis.call('ZADD', due, minexp, uid)
   else
-    count = count + 1
-    if s == 'online' then online = online + 1 end
-    if minexp == nil or e < minexp then minexp = e end
-    if e > maxexp then maxexp = e end
+    redis.call('DEL', h)
+    redis.call('ZREM', due, uid)
   end
+  local old = redis.call('GET', st) or 'offline'
+  if new == old then return 0, new, count end
+  if new == 'offline' then redis.call('DEL', st) else redis.call('SET', st, new) end
+  return 1, new, count
 end
-if op == 'add' and maxs > 0 and count >= maxs then
-  return {-1, redis.call('GET', st) or 'offline', count}
+
+local out = {}
+for u = 1, (#ARGV - 4) / 2 do
+  local changed, new, count = update(KEYS[2 * u], KEYS[2 * u + 1], ARGV[3 + 2 * u], ARGV[4 + 2 * u])
+  out[#out + 1] = changed
+  out[#out + 1] = new
+  out[#out + 1] = count
 end
-if (op == 'add' or op == 'ref') and #given > 0 then
-  local fields = {}
-  for _, g in ipairs(given) do
-    fields[#fields + 1] = g[1]
-    fields[#fields + 1] = g[2] .. ':' .. exp
-    count = count + 1
-    if g[2] == 'online' then online = online + 1 end
-  end
-  redis.call('HSET', h, unpack(fields))
-  if minexp == nil or exp < minexp then minexp = exp end
-  if exp > maxexp then maxexp = exp end
-end
-local new = 'offline'
-if online > 0 then new = 'online' elseif count > 0 then new = 'away' end
-if count > 0 then
-  redis.call('PEXPIRE', h, maxexp - now + 1000)
-  redis.call('ZADD', due, minexp, uid)
-else
-  redis.call('DEL', h)
-  redis.call('ZREM', due, uid)
-end
-local old = redis.call('GET', st) or 'offline'
-if new == old then return {0, new, count} end
-if new == 'offline' then redis.call('DEL', st) else redis.call('SET', st, new) end
-return {1, new, count}
+return out
 """
 
 
@@ -116,37 +131,39 @@ class RedisPresence:
         self.queue: list = []
         self.flushing = False
 
-    def _keys(self, user_id):
+    def _call(self, op, users, ttl=0.0, max_sockets=0):
+        """One script call for `users`: [(user id, [(socket id, status)])] (status unused for
+        del), each user's sockets as one argument with one expiry for all: a refresh of 200
+        users with 10 sockets each is one command of ~600 arguments, not 200 of 34."""
         p = _prefix()
-        return [f"{p}:{user_id}", f"{p}:{user_id}:status", f"{p}:due"]
-
-    def _args(self, user_id, op, sockets=(), ttl=0.0, max_sockets=0):
-        """Script arguments: `sockets` is [(socket id, status)] (status unused for del), sent
-        as one string with one expiry for all (a refresh of many sockets packs 6 arguments,
-        not 3 per socket)."""
         now = _now_ms()
-        given = " ".join(f"{socket_id}:{status or '-'}" for socket_id, status in sockets)
-        return [user_id, now, op, max_sockets, now + int(ttl * 1000), given]
+        keys, args = [f"{p}:due"], [now, op, max_sockets, now + int(ttl * 1000)]
+        for user_id, sockets in users:
+            keys += [f"{p}:{user_id}", f"{p}:{user_id}:status"]
+            args += [user_id, " ".join(f"{sock}:{status or '-'}" for sock, status in sockets)]
+        return [u for u, _ in users], keys, args
 
     async def _run(self, calls):
-        """Run several updates in one round trip; returns [(user_id, changed, status, count)]."""
+        """Run several script calls in one round trip; returns [(user_id, changed, status,
+        count)] for every user of every call, in order."""
         if not calls:
             return []
         pipe = self.client.pipeline(transaction=False)
-        for user_id, args in calls:
-            await self.script(keys=self._keys(user_id), args=args, client=pipe)
-        results = await pipe.execute()
+        for _, keys, args in calls:
+            await self.script(keys=keys, args=args, client=pipe)
         out = []
-        for (user_id, _), (changed, status, count) in zip(calls, results):
-            status = status.decode() if isinstance(status, bytes) else status
-            out.append((user_id, int(changed), status, int(count)))
+        for (user_ids, _, _), result in zip(calls, await pipe.execute()):
+            for i, user_id in enumerate(user_ids):
+                changed, status, count = result[3 * i:3 * i + 3]
+                status = status.decode() if isinstance(status, bytes) else status
+                out.append((user_id, int(changed), status, int(count)))
         return out
 
-    async def _one(self, user_id, args):
-        """One update, batched with the others of this moment: a burst of connects or
+    async def _one(self, call):
+        """One user's update, batched with the others of this moment: a burst of connects or
         disconnects costs one pipelined round trip per 500 sockets, not one each."""
         future = asyncio.get_running_loop().create_future()
-        self.queue.append((user_id, args, future))
+        self.queue.append((call, future))
         if not self.flushing:
             self.flushing = True
             asyncio.get_running_loop().create_task(self._flush())
@@ -157,13 +174,13 @@ class RedisPresence:
             while self.queue:
                 batch, self.queue = self.queue[:500], self.queue[500:]
                 try:
-                    results = await self._run([(u, a) for u, a, _ in batch])
+                    results = await self._run([call for call, _ in batch])
                 except Exception as exc:
-                    for _, _, future in batch:
+                    for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, _, future), result in zip(batch, results):
+                for (_, future), result in zip(batch, results):
                     if not future.done():
                         future.set_result(result)
         finally:
@@ -171,34 +188,35 @@ class RedisPresence:
 
     async def connect(self, user_id, socket_id, status, ttl, max_sockets):
         _, changed, new, count = await self._one(
-            user_id, self._args(user_id, "add", [(socket_id, status)], ttl, max_sockets)
+            self._call("add", [(user_id, [(socket_id, status)])], ttl, max_sockets)
         )
         return changed, new, count
 
     async def refresh(self, entries, ttl):
-        """Refresh many sockets: one script call per user, all pipelined in one round trip."""
+        """Refresh many sockets: 200 users per script call, 10 calls per round trip."""
         by_user: dict[int, list] = {}
         for user_id, socket_id, status in entries:
             by_user.setdefault(user_id, []).append((socket_id, status))
-        calls = [(u, self._args(u, "ref", socks, ttl)) for u, socks in by_user.items()]
+        users = list(by_user.items())
+        calls = [self._call("ref", users[i:i + 200], ttl) for i in range(0, len(users), 200)]
         changes = []
-        for start in range(0, len(calls), 1000):
-            results = await self._run(calls[start:start + 1000])
+        for start in range(0, len(calls), 10):
+            results = await self._run(calls[start:start + 10])
             changes += [(u, new) for u, changed, new, _ in results if changed == 1]
         return changes
 
     async def disconnect(self, user_id, socket_id):
-        _, changed, new, _ = await self._one(user_id, self._args(user_id, "del", [(socket_id, "")]))
+        _, changed, new, _ = await self._one(self._call("del", [(user_id, [(socket_id, "")])]))
         return new if changed == 1 else None
 
     async def sweep(self, limit=200):
         """Users with an expired socket entry: recompute them; returns the changed ones."""
         due = await self.client.zrangebyscore(f"{_prefix()}:due", "-inf", _now_ms(), 0, limit)
-        calls = [(int(u), self._args(int(u), "chk")) for u in due]
-        return [(u, new) for u, changed, new, _ in await self._run(calls) if changed == 1]
+        results = await self._run([self._call("chk", [(int(u), []) for u in due])] if due else [])
+        return [(u, new) for u, changed, new, _ in results if changed == 1]
 
     async def status(self, user_id) -> str:
-        value = await self.client.get(self._keys(user_id)[1])
+        value = await self.client.get(f"{_prefix()}:{user_id}:status")
         return value.decode() if value else OFFLINE
 
 
