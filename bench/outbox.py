@@ -196,11 +196,11 @@ def wait_drained(timeout: float, interval: float = 0.1) -> float | None:
 class WorkerProfile:
     """py-spy on every process of the worker (pool children and beat) for `seconds`."""
 
-    def __init__(self, worker_pid: int, seconds: float, name: str):
+    def __init__(self, worker_pid: int, seconds: float, name: str, wall: bool = False):
         from bench.profile import Profiler
 
         self.path = ROOT / "bench" / "profiles" / f"{name}.txt"
-        self.parts = [Profiler(pid, seconds, self.path.with_suffix(f".{pid}.txt"))
+        self.parts = [Profiler(pid, seconds, self.path.with_suffix(f".{pid}.txt"), wall=wall)
                       for pid in tree_pids(worker_pid)]
 
     def finish(self, count: int = 15) -> str:
@@ -265,7 +265,8 @@ def run_backlog(stack, fillers, args) -> dict:
     worker = start_worker(stack)
     profile = None
     if args.profile:
-        profile = WorkerProfile(worker.proc.pid, args.profile_seconds, "outbox-backlog")
+        profile = WorkerProfile(worker.proc.pid, args.profile_seconds, "outbox-backlog",
+                                args.wall)
     cpu0, t0, tasks0 = tree_cpu_seconds(worker.proc.pid), time.monotonic(), tasks_received(worker)
     busy0 = machine_busy()
     clear_kick()
@@ -307,7 +308,7 @@ def run_rates(stack, fillers, args, rates) -> list[dict]:
             profile = None
             if args.profile and index == 1:
                 profile = WorkerProfile(worker.proc.pid, args.duration,
-                                        f"outbox-{rate:g}")
+                                        f"outbox-{rate:g}", args.wall)
             _, published0 = outbox_counts()
             cpu0, t0 = tree_cpu_seconds(worker.proc.pid), time.monotonic()
             tasks0, busy0 = tasks_received(worker), machine_busy()
@@ -370,6 +371,8 @@ def main(argv=None) -> int:
     parser.add_argument("--kafka-wait", type=float, default=15.0)
     parser.add_argument("--full", action="store_true", help="do not stop at the first miss")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker (see above)")
+    parser.add_argument("--wall", action="store_true",
+                        help="profile every thread, waiting included (default: GIL holder)")
     parser.add_argument("--profile-seconds", type=float, default=10.0,
                         help="backlog: how long to profile the drain")
     parser.add_argument("--json", help="also write the figures to this file")
