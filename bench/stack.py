@@ -181,6 +181,23 @@ class ChatStack:
     def port(self) -> int:
         return self.server.port
 
+    def batch_figures(self) -> dict[str, float]:
+        """The server's group-commit counters from /metrics: batches, sends in them, seconds."""
+        import urllib.request
+
+        figures = {"batches": 0.0, "sends": 0.0, "seconds": 0.0}
+        names = {"chat_send_batch_size_count": "batches", "chat_send_batch_size_sum": "sends",
+                 "chat_send_batch_seconds_sum": "seconds"}
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
+                for line in r.read().decode().splitlines():
+                    name, _, value = line.partition(" ")
+                    if name in names:
+                        figures[names[name]] += float(value)
+        except OSError:
+            pass
+        return figures
+
     @property
     def pid(self) -> int:
         return self.server.proc.pid

@@ -37,12 +37,22 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         return tree_cpu_seconds(worker.proc.pid) if worker else 0.0
 
     srv0, wrk0, cli0 = cpu_seconds(server_pid), worker_cpu(), pool.cpu_seconds()
+    batches0 = stack.batch_figures() if hasattr(stack, "batch_figures") else None
     wall0 = time.monotonic()
     pool.call_each({i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
                    timeout=args.duration + 60)
     reports = pool.call(list(shares), "report", step, None, args.drain, timeout=args.drain + 30)
     wall = time.monotonic() - wall0
     srv_cpu, wrk_cpu = cpu_seconds(server_pid) - srv0, worker_cpu() - wrk0
+    batches = None
+    if batches0 is not None:
+        after = stack.batch_figures()
+        count = after["batches"] - batches0["batches"]
+        batches = {"batches": int(count),
+                   "mean_size": round((after["sends"] - batches0["sends"]) / count, 1)
+                   if count else 0,
+                   "mean_ms": round(1000 * (after["seconds"] - batches0["seconds"]) / count, 1)
+                   if count else 0}
     cli_cpu = pool.cpu_seconds() - cli0
     acked = sum(len(ids) for r in reports for ids in r["acked"].values())
     kafka = watcher.report(step, acked, args.kafka_wait) if watcher else {"count": 0, "lag_ms": []}
@@ -73,6 +83,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         "server_cpu_pct": round(100 * srv_cpu / wall),
         "worker_cpu_pct": round(100 * wrk_cpu / wall),
         "client_cpu_pct": round(100 * cli_cpu / wall),
+        "send_batches": batches,
     }
 
 
@@ -89,7 +100,15 @@ def step_line(step: dict) -> str:
             f"lost {step['lost']}  kafka {step['kafka_count']}/{step['acked']} "
             f"p50 {kafka['p50_ms']} p99 {kafka['p99_ms']} ms  srv {step['server_cpu_pct']}% "
             f"celery {step['worker_cpu_pct']}% cli {step['client_cpu_pct']}%  "
-            f"{'ok' if step_passes(step) else 'MISS'}{stats.trouble(step)}")
+            f"{'ok' if step_passes(step) else 'MISS'}{stats.trouble(step)}"
+            + batch_note(step.get("send_batches")))
+
+
+def batch_note(batches) -> str:
+    if not batches:
+        return ""
+    return (f"  [{batches['batches']} batches, {batches['mean_size']} sends, "
+            f"{batches['mean_ms']} ms each]")
 
 
 def run(stack, args, rates, started) -> list[dict]:

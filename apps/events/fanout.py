@@ -64,11 +64,11 @@ def targets(envelope: dict, target_user_ids=()) -> tuple[list[int], list[int]]:
     return rooms, sorted(set(users))
 
 
-def message_for(envelope: dict, target_user_ids=()) -> tuple[dict, list[str]]:
+def message_for(envelope: dict, target_user_ids=(), text=None) -> tuple[dict, list[str]]:
     rooms, users = targets(envelope, target_user_ids)
     message = {
         "type": "chat.event",
-        "text": serialize(envelope),
+        "text": text or serialize(envelope),
         "room": envelope["room"],
         "seq": envelope["seq"],
         "event_type": envelope["type"],
@@ -112,7 +112,7 @@ def _report(future):
 
 
 async def adispatch_many(items) -> None:
-    """adispatch for many (envelope, target user ids) pairs, in order.
+    """adispatch for many (envelope, target user ids[, JSON text]) items, in order.
 
     With channels-redis, a group commit's events cost two round trips in all: one pipeline
     reads every group's members, one script queues, per process channel, a single
@@ -123,8 +123,8 @@ async def adispatch_many(items) -> None:
     if layer is None:
         return
     sends = []
-    for envelope, target_user_ids in items:
-        message, groups = message_for(envelope, target_user_ids)
+    for envelope, target_user_ids, *text in items:
+        message, groups = message_for(envelope, target_user_ids, *text)
         sends += [(group, {**message, "via": group}) for group in groups]
     if len(sends) > 1 and is_redis_layer(layer):
         await _redis_group_send_many(layer, sends)
@@ -223,7 +223,7 @@ def dispatch_many(items) -> None:
 
 
 def dispatch(envelope: dict, *, target_user_ids=()) -> None:
-    dispatch_many([(envelope, target_user_ids)])
+    dispatch_many([(envelope, target_user_ids, None)])
 
 
 async def apresence(changes: list[dict]) -> None:

@@ -75,6 +75,14 @@ FANOUT_LATENCY = Histogram(
     "chat_fanout_latency_seconds", "From event commit time to hand-off to a local socket",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
+SEND_BATCH_SIZE = Histogram(
+    "chat_send_batch_size", "WebSocket sends committed in one transaction (group commit)",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200),
+)
+SEND_BATCH_SECONDS = Histogram(
+    "chat_send_batch_seconds", "Time of one group-commit transaction, thread hop included",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
 OUTBOX_PENDING = Gauge(
     "chat_outbox_pending", "Unpublished outbox rows (last sweep)", multiprocess_mode="max"
 )

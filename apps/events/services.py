@@ -7,6 +7,8 @@ import logging
 from django.db import connection, transaction
 from django.utils import timezone
 
+from chatproject.bulk import Json, insert_rows, update_by_pk
+
 from . import catalogue
 from .catalogue import CATALOGUE
 from .models import Event
@@ -28,7 +30,7 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
         room.last_seq = seq
     event = build_event(type, room=room, seq=seq, actor=actor, data=data, ts=timezone.now())
     event.save(force_insert=True)
-    send_events_on_commit([(event.envelope, target_user_ids)])
+    send_events_on_commit([(event.envelope, target_user_ids, None)])
     return event
 
 
@@ -49,11 +51,25 @@ def build_event(type: str, *, room, seq, actor, data: dict, ts) -> Event:
 
 def record_events(events: list[Event]) -> None:
     """Persist many events built with build_event in one statement, and fan them out (in this
-    order) after commit. Their seqs come from allocate_seqs, under the callers' room locks."""
+    order) after commit. Their seqs come from allocate_seqs, under the callers' room locks.
+
+    Each envelope is serialized once: `event.envelope_text` is the row's JSON, the fan-out's
+    text and what an ack carries."""
+    from .fanout import serialize
+
     for event in events:
         _durable(event.type)
-    Event.objects.bulk_create(events)
-    send_events_on_commit([(event.envelope, ()) for event in events])
+        event.envelope_text = serialize(event.envelope)
+    insert_rows(
+        Event,
+        ["id", "type", "room_id", "seq", "actor_id", "ts", "envelope", "publish_attempts",
+         "last_error"],
+        [(e.id, e.type, e.room_id, e.seq, e.actor_id, e.ts, Json(e.envelope_text), 0, "")
+         for e in events],
+    )
+    for event in events:
+        event._state.adding = False
+    send_events_on_commit([(e.envelope, (), e.envelope_text) for e in events])
 
 
 def _durable(type: str):
@@ -70,29 +86,16 @@ def allocate_seqs(counts: dict[int, int]) -> dict[int, int]:
     room rows' locks: {room id: n} -> {room id: the first of its n seqs}."""
     from apps.rooms.models import Room
 
-    table = connection.ops.quote_name(Room._meta.db_table)
-    ids = list(counts)
-    if len(ids) == 1:
-        increment, params = "%s", [counts[ids[0]]]
-    else:
-        increment = "CASE id " + " ".join(["WHEN %s THEN %s"] * len(ids)) + " END"
-        params = [value for room_id in ids for value in (room_id, counts[room_id])]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET last_seq = last_seq + {increment} "
-            f"WHERE id IN ({', '.join(['%s'] * len(ids))}) RETURNING id, last_seq",
-            params + ids,
-        )
-        rows = cursor.fetchall()
-    if len(rows) != len(ids):
-        missing = sorted(set(ids) - {row[0] for row in rows})
+    rows = update_by_pk(Room, "last_seq", counts, add=True, returning="last_seq")
+    if len(rows) != len(counts):
+        missing = sorted(set(counts) - {row[0] for row in rows})
         raise Room.DoesNotExist(f"room {missing[0]} does not exist")
     return {room_id: last - counts[room_id] + 1 for room_id, last in rows}
 
 
 def send_events_on_commit(items) -> None:
     """After commit: fan the events out to sockets (in order) and wake the Kafka publisher.
-    `items` are (envelope, target user ids).
+    `items` are (envelope, target user ids, its JSON text or None).
 
     Nothing is sent for a transaction that rolls back. A failure here loses nothing: the rows
     are committed, sockets fill gaps from the log and the outbox sweep publishes them.
@@ -104,7 +107,7 @@ def send_events_on_commit(items) -> None:
             fanout.dispatch_many(items)
         except Exception:  # Redis down: sockets recover from the event log
             logger.warning("fan-out failed for %d events", len(items), exc_info=True)
-        if any(CATALOGUE[envelope["type"]].kafka for envelope, _ in items):
+        if any(CATALOGUE[item[0]["type"]].kafka for item in items):
             outbox.kick_publisher_soon()
 
     transaction.on_commit(after_commit, robust=True)

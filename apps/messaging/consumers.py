@@ -26,7 +26,7 @@ from chatproject.errors import AccountDisabled, ServiceError, invalid
 
 from . import ratelimit
 from .realtime import REF_MAX, Connection, db, get_hub
-from .sendqueue import get_send_queue
+from . import sendqueue
 from .services import SendRequest
 
 logger = logging.getLogger(__name__)
@@ -256,7 +256,7 @@ class ChatConsumer(AsyncConsumer):
         # The hot path: the socket's user as authenticated at connect (the batch reads the
         # membership joined with the user, refusing a deactivated account), committed with
         # whatever other sends this process has queued (apps.messaging.sendqueue).
-        event = await get_send_queue().send(
+        event = await sendqueue.send(
             SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"), reply_to)
         )
         await self.ack(ref, event.envelope)

@@ -13,22 +13,29 @@ import time
 from django.conf import settings
 
 from apps.users.presence import shared_redis
+from chatproject.batching import Batcher, PerLoop
 
+# One bucket per KEYS[i]; returns 1 (allowed) or 0 for each, in order.
 _TAKE = """
 local cap, rate = tonumber(ARGV[1]), tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local v = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens, ts = tonumber(v[1]) or cap, tonumber(v[2]) or now
-tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-local ok = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-  ok = 1
+local ttl = math.ceil(cap / rate * 1000) + 1000
+local out = {}
+for i, key in ipairs(KEYS) do
+  local v = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens, ts = tonumber(v[1]) or cap, tonumber(v[2]) or now
+  tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
+  local ok = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+    ok = 1
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, ttl)
+  out[i] = ok
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(cap / rate * 1000) + 1000)
-return ok
+return out
 """
 
 _local_buckets: dict[int, tuple[float, float]] = {}
@@ -48,16 +55,27 @@ def take_local(user_id: int, *, capacity: float, rate: float, now: float | None 
 
 
 async def take(user_id: int) -> bool:
-    """Take one token from the user's bucket; False means rate_limited."""
+    """Take one token from the user's bucket; False means rate_limited.
+
+    The takes of all sockets of this process that arrive while one script call is in flight
+    go together in the next call (one round trip for many frames)."""
     capacity = float(settings.CHAT_RATE_LIMIT_MESSAGES)
     rate = float(settings.CHAT_RATE_LIMIT_PER_SECOND)
     if capacity <= 0 or rate <= 0:
         return True
-    client = shared_redis()
-    if client is None:
+    if shared_redis() is None:
         return take_local(user_id, capacity=capacity, rate=rate)
+    return await _batchers.get().submit(f"{settings.CHANNELS_PREFIX}:ratelimit:{user_id}")
+
+
+async def _take_many(keys: list[str]) -> list[bool]:
+    client = shared_redis()
     script = _scripts.get(id(client))
     if script is None or script.registered_client is not client:
         script = _scripts[id(client)] = client.register_script(_TAKE)
-    key = f"{settings.CHANNELS_PREFIX}:ratelimit:{user_id}"
-    return bool(await script(keys=[key], args=[capacity, rate]))
+    capacity = float(settings.CHAT_RATE_LIMIT_MESSAGES)
+    rate = float(settings.CHAT_RATE_LIMIT_PER_SECOND)
+    return [bool(ok) for ok in await script(keys=keys, args=[capacity, rate])]
+
+
+_batchers = PerLoop(lambda: Batcher(_take_many, max_batch=500))

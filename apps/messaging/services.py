@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import unicodedata
 import uuid
+from contextlib import contextmanager
 from typing import NamedTuple
 
+import psycopg
+
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -19,7 +22,8 @@ from apps.events import catalogue as ev
 from apps.events.models import Event
 from apps.events.services import allocate_seqs, build_event, record_event, record_events
 from apps.rooms import services as rooms
-from apps.rooms.models import ModerationAction, Room
+from apps.rooms.models import Membership, ModerationAction, Room
+from chatproject.bulk import insert_rows, update_by_pk
 from chatproject.errors import ServiceError, forbidden, invalid, not_found
 
 from .models import Message, Reaction
@@ -139,7 +143,7 @@ def message_send_many(requests) -> list[Event | ServiceError]:
     if not todo:
         return results
     try:
-        with transaction.atomic():
+        with _pipeline(), transaction.atomic():
             _send_locked(todo, results)
     except IntegrityError:
         if len(todo) > 1:
@@ -153,6 +157,19 @@ def message_send_many(requests) -> list[Event | ServiceError]:
     return results
 
 
+@contextmanager
+def _pipeline():
+    """PostgreSQL: psycopg's pipeline mode for the batch, so its statements share round trips:
+    the reads (and BEGIN) in one, the writes and the COMMIT in another. Errors come out as
+    Django's database errors, as from the ORM."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    connection.ensure_connection()
+    with connection.wrap_database_errors, connection.connection.pipeline():
+        yield
+
+
 def _room_id(room) -> int:
     room_id = getattr(room, "pk", room)
     if isinstance(room_id, bool) or not isinstance(room_id, int):
@@ -160,25 +177,24 @@ def _room_id(room) -> int:
     return room_id
 
 
+class _Reads(NamedTuple):
+    rooms: dict  # locked rooms by id
+    memberships: dict  # (room id, user id) -> membership with its user
+    earlier: dict  # (author id, client id) -> (room id, seq) of a message sent before
+    reply_rooms: dict  # reply_to message id -> its room id
+    message_ids: list | None  # ids drawn for the new messages (PostgreSQL)
+
+
 def _send_locked(todo: list[_Send], results: list) -> None:
     room_ids = sorted({send.room_id for send in todo})
-    locked = {
-        room.pk: room
-        for room in Room.objects.select_for_update().filter(pk__in=room_ids).order_by("pk")
-    }
-    author_ids = {send.author.pk for send in todo}
-    memberships = rooms.post_memberships(locked, author_ids)
-    earlier = {
-        (author_id, client_id): (room_id, seq)
-        for author_id, client_id, room_id, seq in Message.objects.filter(
-            author_id__in=author_ids, client_id__in={send.client_id for send in todo}
-        ).values_list("author_id", "client_id", "room_id", "seq")
-    }
-    reply_ids = {s.reply_to for s in todo if isinstance(s.reply_to, int) and s.reply_to > 0}
-    reply_rooms = (
-        dict(Message.objects.filter(pk__in=reply_ids).values_list("id", "room_id"))
-        if reply_ids else {}
-    )
+    author_ids = sorted({send.author.pk for send in todo})
+    client_ids = list({send.client_id for send in todo})
+    reply_ids = sorted({
+        s.reply_to for s in todo if type(s.reply_to) is int and 0 < s.reply_to < 2**63
+    })
+    read = _read_pipelined if connection.vendor == "postgresql" else _read_orm
+    reads = read(room_ids, author_ids, client_ids, reply_ids, len(todo))
+    locked, memberships, earlier, reply_rooms = reads[:4]
     accepted: list[_Send] = []
     first_send: dict[tuple, _Send] = {}
     resends: dict[int, tuple[int, int] | _Send] = {}
@@ -202,19 +218,94 @@ def _send_locked(todo: list[_Send], results: list) -> None:
             continue
         first_send[key] = send
         accepted.append(send)
-    created = _create(accepted, locked) if accepted else {}
+    created = _create(accepted, locked, reads.message_ids) if accepted else {}
     for send in accepted:
         results[send.index] = created[send.index]
     for index, event in _resent_events(resends, created).items():
         results[index] = event
 
 
-def _create(accepted: list[_Send], locked: dict) -> dict[int, Event]:
-    """Insert the accepted sends' messages and events; {request index: event}."""
+def _read_orm(room_ids, author_ids, client_ids, reply_ids, count) -> _Reads:
+    """The rooms locked in id order, then one query for each of the other reads."""
+    locked = {
+        room.pk: room
+        for room in Room.objects.select_for_update().filter(pk__in=room_ids).order_by("pk")
+    }
+    earlier = {
+        (author_id, client_id): (room_id, seq)
+        for author_id, client_id, room_id, seq in Message.objects.filter(
+            author_id__in=author_ids, client_id__in=client_ids
+        ).values_list("author_id", "client_id", "room_id", "seq")
+    }
+    reply_rooms = (
+        dict(Message.objects.filter(pk__in=reply_ids).values_list("id", "room_id"))
+        if reply_ids else {}
+    )
+    return _Reads(locked, rooms.post_memberships(locked, author_ids), earlier, reply_rooms,
+                  None)
+
+
+def _read_pipelined(room_ids, author_ids, client_ids, reply_ids, count) -> _Reads:
+    """PostgreSQL: the same reads, plus `count` message ids from the table's sequence, sent
+    together in one round trip (the caller runs in a pipeline: see message_send_many)."""
+    user_model = Membership._meta.get_field("user").related_model
+    room_cols, member_cols, user_cols = (_columns(m) for m in (Room, Membership, user_model))
+    message_table = Message._meta.db_table
+    statements = [
+        (f"SELECT {room_cols} FROM {Room._meta.db_table} WHERE id = ANY(%b) "
+         "ORDER BY id FOR UPDATE", [room_ids]),
+        (f"SELECT {_columns(Membership, 'm')}, {_columns(user_model, 'u')} "
+         f"FROM {Membership._meta.db_table} m JOIN {user_model._meta.db_table} u "
+         "ON u.id = m.user_id WHERE m.room_id = ANY(%b) AND m.user_id = ANY(%b)",
+         [room_ids, author_ids]),
+        (f"SELECT author_id, client_id, room_id, seq FROM {message_table} "
+         "WHERE author_id = ANY(%b) AND client_id = ANY(%b)", [author_ids, client_ids]),
+        (f"SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %b)",
+         [message_table, count]),
+    ]
+    if reply_ids:
+        statements.append(
+            (f"SELECT id, room_id FROM {message_table} WHERE id = ANY(%b)", [reply_ids]))
+    cursors = []
+    for sql, params in statements:
+        cursor = psycopg.Cursor(connection.connection)
+        cursor.execute(sql, params)
+        cursors.append(cursor)
+    rows = [cursor.fetchall() for cursor in cursors]
+    for cursor in cursors:
+        cursor.close()
+    db = connection.alias
+    locked = {r[0]: Room.from_db(db, None, r) for r in rows[0]}
+    split = len(member_cols.split(", "))
+    memberships = {}
+    for row in rows[1]:
+        membership = Membership.from_db(db, None, row[:split])
+        membership.user = user_model.from_db(db, None, row[split:])
+        memberships[(membership.room_id, membership.user_id)] = membership
+    earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
+    ids = [row[0] for row in rows[3]]
+    return _Reads(locked, memberships, earlier, dict(rows[4]) if reply_ids else {}, ids)
+
+
+def _columns(model, alias=None) -> str:
+    """Every concrete column of the model, in field order (what from_db expects)."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f'{prefix}"{f.column}"' for f in model._meta.concrete_fields)
+
+
+def _create(accepted: list[_Send], locked: dict, message_ids) -> dict[int, Event]:
+    """Insert the accepted sends' messages and events; {request index: event}.
+
+    With `message_ids` (PostgreSQL) nothing here waits for an answer: the seqs follow the
+    locked rooms' last_seq, and the statements go out with the COMMIT."""
     counts: dict[int, int] = {}
     for send in accepted:
         counts[send.room_id] = counts.get(send.room_id, 0) + 1
-    next_seq = allocate_seqs(counts)
+    if message_ids is None:
+        next_seq = allocate_seqs(counts)
+    else:
+        next_seq = {room_id: locked[room_id].last_seq + 1 for room_id in counts}
+        update_by_pk(Room, "last_seq", {r: locked[r].last_seq + n for r, n in counts.items()})
     now = timezone.now()
     messages = []
     for send in accepted:
@@ -226,7 +317,17 @@ def _create(accepted: list[_Send], locked: dict) -> dict[int, Event]:
         ))
     for room_id, after_last in next_seq.items():
         locked[room_id].last_seq = after_last - 1
-    Message.objects.bulk_create(messages)
+    fields = ["room_id", "author_id", "body", "client_id", "reply_to_id", "seq", "created_at"]
+    rows = [(m.room_id, m.author_id, m.body, m.client_id, m.reply_to_id, m.seq, m.created_at)
+            for m in messages]
+    if message_ids is None:
+        ids = insert_rows(Message, fields, rows, returning="id")
+    else:
+        ids = message_ids[: len(messages)]
+        insert_rows(Message, ["id", *fields], [(pk, *row) for pk, row in zip(ids, rows)])
+    for message, pk in zip(messages, ids, strict=True):
+        message.pk = pk
+        message._state.adding = False
     events = [
         build_event("message.created", room=message.room, seq=message.seq,
                     actor=message.author, data=ev.message_created(message), ts=now)

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from apps.events.models import Event
 from apps.messaging.models import Message
-from apps.messaging.sendqueue import SendQueue
+from chatproject.batching import Batcher
 from apps.messaging.services import SendRequest, message_send_many
 from apps.rooms import services as rooms
 from chatproject.errors import ServiceError
@@ -97,13 +97,13 @@ def test_the_queue_batches_what_arrives_while_a_transaction_runs():
         return message_send_many(requests)
 
     async def scenario():
-        queue = SendQueue(sync_to_async(run, thread_sensitive=False), max_batch=4,
+        queue = Batcher(sync_to_async(run, thread_sensitive=False), max_batch=4,
                           concurrency=1)
-        first = asyncio.ensure_future(queue.send(SendRequest(room.pk, owner, "first", uuid.uuid4())))
+        first = asyncio.ensure_future(queue.submit(SendRequest(room.pk, owner, "first", uuid.uuid4())))
         await asyncio.get_running_loop().run_in_executor(None, first_batch_started.wait, 10)
-        rest = [asyncio.ensure_future(queue.send(SendRequest(room.pk, w, f"w{i}", uuid.uuid4())))
+        rest = [asyncio.ensure_future(queue.submit(SendRequest(room.pk, w, f"w{i}", uuid.uuid4())))
                 for i, w in enumerate(writers)]
-        rest.append(asyncio.ensure_future(queue.send(SendRequest(room.pk, owner, "", uuid.uuid4()))))
+        rest.append(asyncio.ensure_future(queue.submit(SendRequest(room.pk, owner, "", uuid.uuid4()))))
         await asyncio.sleep(0.05)
         release.set()
         return await first, await asyncio.gather(*rest, return_exceptions=True)
@@ -129,11 +129,11 @@ def test_a_failed_batch_fails_each_of_its_sends_and_the_queue_goes_on():
         return message_send_many(requests)
 
     async def scenario():
-        queue = SendQueue(sync_to_async(run, thread_sensitive=False), max_batch=10,
+        queue = Batcher(sync_to_async(run, thread_sensitive=False), max_batch=10,
                           concurrency=1)
         with pytest.raises(RuntimeError):
-            await queue.send(SendRequest(room.pk, owner, "lost?", uuid.uuid4()))
-        return await queue.send(SendRequest(room.pk, owner, "after", uuid.uuid4()))
+            await queue.submit(SendRequest(room.pk, owner, "lost?", uuid.uuid4()))
+        return await queue.submit(SendRequest(room.pk, owner, "after", uuid.uuid4()))
 
     event = asyncio.run(scenario())
     assert event.envelope["data"]["body"] == "after"

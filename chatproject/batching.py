@@ -1,0 +1,81 @@
+"""Coalescing many small awaits into one call: the pattern behind group commit.
+
+`Batcher(run_batch)` takes items one at a time (`await batcher.submit(item)`) and calls
+`run_batch(items)` (async, returning one result per item, in order; a result that is an
+exception is raised to that item's caller) with everything that queued while the previous
+calls were busy. Nothing waits for a timer: when a slot is free, the first item goes at once,
+so a quiet process pays nothing, and under load one round trip serves many callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+
+class Batcher:
+    def __init__(self, run_batch, *, max_batch: int, concurrency: int = 1, observe=None):
+        self.run_batch = run_batch
+        self.max_batch = max(1, max_batch)
+        self.concurrency = max(1, concurrency)
+        self.observe = observe  # called with (batch size, seconds) after each batch
+        self.pending: list[tuple[object, asyncio.Future]] = []
+        self.in_flight = 0
+        self.tasks: set[asyncio.Task] = set()
+
+    async def submit(self, item):
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
+        while self.pending and self.in_flight < self.concurrency:
+            batch = self.pending[: self.max_batch]
+            del self.pending[: self.max_batch]
+            self.in_flight += 1
+            task = asyncio.ensure_future(self._run(batch))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, batch) -> None:
+        started = time.perf_counter()
+        try:
+            results = await self.run_batch([item for item, _ in batch])
+        except BaseException as exc:  # noqa: BLE001 - every waiting caller gets the failure
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():  # the caller went away
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+        finally:
+            if self.observe is not None:
+                self.observe(len(batch), time.perf_counter() - started)
+            self.in_flight -= 1
+            self._start()
+
+
+class PerLoop:
+    """One object per running event loop (a server process has one; tests may run several)."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.objects: dict[int, tuple[asyncio.AbstractEventLoop, object]] = {}
+
+    def get(self):
+        loop = asyncio.get_running_loop()
+        entry = self.objects.get(id(loop))
+        if entry is None or entry[0] is not loop:
+            for key, (other, _) in list(self.objects.items()):
+                if other.is_closed():
+                    del self.objects[key]
+            entry = self.objects[id(loop)] = (loop, self.factory())
+        return entry[1]
