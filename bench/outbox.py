@@ -2,14 +2,14 @@
 what CPU cost per event, apart from the WebSocket server.
 
     .venv/bin/python -m bench.outbox --backlog 20000          # drain a backlog
-    .venv/bin/python -m bench.outbox --rates 250,500,1000     # steady writes, Kafka lag
+    .venv/bin/python -m bench.outbox --rates 250,500,1000 --batch 20   # steady writes, lag
 
 The stack is bench/stack.py's (its own PostgreSQL database, a private Tansu broker and the
 topic, a Celery worker with beat on its own queue, `-c 2 -B` as bin/run runs it); the server
-process it starts stays idle. Events are real: `apps.messaging.services.message_send` in
-`--rooms` rooms (one member each), called by `--fillers` processes on this machine, one
-transaction per send as the server does, so every row is written, kicked and published
-exactly as in production.
+process it starts stays idle. Events are real: the send service in `--rooms` rooms (one
+member each), called by `--fillers` processes on this machine, `--batch` sends per
+transaction (message_send_many, the server's group commit), so every row is written, kicked
+and published exactly as in production.
 
 --backlog N: the worker is stopped while N messages are committed (their kicks are held back
 by the kick key, as if the one queued kick were lost), then started; once it is ready the
@@ -47,8 +47,7 @@ KAFKA_P99_BOUND_MS = 1000.0
 
 def filler_main(conn, pairs: list[tuple[int, int]], batch: int) -> None:
     """Commit messages through the send service into (room id, author id) pairs, round-robin,
-    `batch` sends per transaction (message_send_many, the server's group commit, when there
-    is one; else message_send calls in one transaction.atomic()).
+    `batch` sends per transaction (message_send_many, as the server's group commit does).
 
     Commands: ("run", step, rate, duration, first_n, stride) -> {"sent", "errors", "cpu",
     "behind", "seconds"}: open loop at `rate` msg/s, numbered first_n, first_n + stride, ...;
@@ -60,20 +59,13 @@ def filler_main(conn, pairs: list[tuple[int, int]], batch: int) -> None:
 
     django.setup()
     from django.contrib.auth import get_user_model
-    from django.db import transaction
 
-    from apps.messaging import services
+    from apps.messaging.services import SendRequest, message_send_many
 
-    def send_many(requests):
-        if hasattr(services, "message_send_many"):
-            results = services.message_send_many(
-                [services.SendRequest(room, author, body, client_id)
-                 for room, author, body, client_id in requests])
-            return sum(isinstance(r, Exception) for r in results)
-        with transaction.atomic():
-            for room, author, body, client_id in requests:
-                services.message_send(room=room, author=author, body=body, client_id=client_id)
-        return 0
+    def send_many(requests) -> int:
+        """Commit the requests in one transaction; how many were refused."""
+        results = message_send_many([SendRequest(*request) for request in requests])
+        return sum(isinstance(result, Exception) for result in results)
 
     users = get_user_model().objects.in_bulk({author for _, author in pairs})
     targets = [(room, users[author]) for room, author in pairs]
