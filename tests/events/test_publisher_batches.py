@@ -14,7 +14,7 @@ from django.utils import timezone
 from apps.events import catalogue as ev
 from apps.events import kafka, publisher
 from apps.events.models import Event
-from apps.events.outbox import clear_kick
+from apps.events.outbox import clear_kick, kick_key, redis_client
 from tests import factories
 from tests.events.kafka_support import read_topic, wait_for
 from tests.support.processes import CeleryWorker
@@ -70,6 +70,17 @@ def test_the_record_value_is_the_stored_envelope_json(fresh_producer):
     assert {row.pk for row in rows} == {str(pk) for pk in Event.objects.values_list("pk", flat=True)}
 
 
+def start_worker(env) -> CeleryWorker:
+    """A worker with one pool process on an empty queue: kicks that earlier tests enqueued with
+    no worker running would otherwise run first (and each lingers)."""
+    from chatproject.celery import app
+
+    app.control.purge()
+    worker = CeleryWorker(env).start()
+    worker.wait_ready()
+    return worker
+
+
 WORKER_APP_NAME = "chat-test-publisher-worker"
 
 
@@ -89,9 +100,7 @@ def worker_backends() -> set[tuple[int, object]]:
 def test_worker_tasks_reuse_the_pooled_database_connections(child_env):
     if connection.vendor != "postgresql":
         pytest.skip("PostgreSQL connection pool only")
-    # One pool process: every task runs in it.
-    worker = CeleryWorker({**child_env, "PGAPPNAME": WORKER_APP_NAME}).start()
-    worker.wait_ready()
+    worker = start_worker({**child_env, "PGAPPNAME": WORKER_APP_NAME})
     try:
         owner = factories.make_user()
         room = factories.make_room(owner)
@@ -119,13 +128,14 @@ def publisher_tasks(worker) -> int:
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_a_steady_stream_of_commits_is_published_by_a_few_tasks(child_env):
-    worker = CeleryWorker(child_env).start()
-    worker.wait_ready()
+    worker = start_worker(child_env)
     try:
         owner = factories.make_user()
         room = factories.make_room(owner)
         wait_for(lambda: not Event.objects.unpublished().exists(), message="the room's events")
-        time.sleep(1.0)  # that task has lingered, cleared the key and ended
+        # That task lingers, then clears the key and reads once more: let it end.
+        wait_for(lambda: not redis_client().exists(kick_key()), message="the task to end")
+        time.sleep(0.5)
         before = publisher_tasks(worker)
         for n in range(20):  # ~25 commits a second, each one kicking
             factories.send(room, owner, body=f"stream {n}")
