@@ -14,41 +14,73 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import NamedTuple
 
+from django.conf import settings
 from django.db import connection, models
 from django.utils import timezone
+
+
+def prepare_statements() -> bool:
+    """Whether these fixed-text statements are prepared server-side on each connection (they
+    run for every batch; Django prepares nothing by default, for transaction poolers: set
+    DATABASE_PREPARE_STATEMENTS=false behind a pooler that cannot keep them)."""
+    return getattr(settings, "DATABASE_PREPARE_STATEMENTS", True)
 
 
 class Json(str):
     """Text that is already the JSON of a JSONField's value: stored as it is."""
 
 
-def insert_rows(model, fields: list[str], rows: list[tuple], *, returning: str | None = None):
-    """INSERT the rows (tuples of values in `fields` order, foreign keys by their `_id`
-    attname) in one statement; with `returning`, that column of each row, in row order."""
-    if not rows:
-        return []
+class Statement(NamedTuple):
+    """One PostgreSQL statement for `run`/`arun`: `fetch` says whether its rows are read."""
+
+    sql: str
+    params: list
+    fetch: bool = False
+
+
+def run(statements: list[Statement]) -> list:
+    """Execute the statements on Django's connection, all sent before any result is read
+    (inside a psycopg pipeline that is one round trip), and return each one's rows (None
+    where `fetch` is false). Server-side binding, prepared per connection if configured."""
+    import psycopg
+
+    connection.ensure_connection()
+    prepare = prepare_statements()
+    cursors = []
+    for statement in statements:
+        cursor = psycopg.Cursor(connection.connection)
+        cursor.execute(statement.sql, statement.params, prepare=prepare)
+        cursors.append(cursor)
+    try:
+        return [c.fetchall() if s.fetch else None for c, s in zip(cursors, statements)]
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+async def arun(conn, statements: list[Statement]) -> list:
+    """`run` on a psycopg AsyncConnection."""
+    prepare = prepare_statements()
+    cursors = []
+    for statement in statements:
+        cursor = conn.cursor()
+        await cursor.execute(statement.sql, statement.params, prepare=prepare)
+        cursors.append(cursor)
+    try:
+        return [await c.fetchall() if s.fetch else None for c, s in zip(cursors, statements)]
+    finally:
+        for cursor in cursors:
+            await cursor.close()
+
+
+def pg_insert(model, fields: list[str], rows: list[tuple], *, returning: str | None = None):
+    """PostgreSQL INSERT of the rows: one binary array parameter per column (the statement
+    text is the same for any number of rows, so it is parsed, and prepared, once)."""
     meta = model._meta
     columns = [meta.get_field(name) for name in fields]
     quote = connection.ops.quote_name
-    names = ", ".join(quote(f.column) for f in columns)
-    tail = f" RETURNING {quote(meta.get_field(returning).column)}" if returning else ""
-    if connection.vendor == "postgresql":
-        return _insert_unnest(meta, columns, names, rows, tail)
-    prep = [_preparer(field) for field in columns]
-    placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    sql = f"INSERT INTO {quote(meta.db_table)} ({names}) VALUES {', '.join([placeholder] * len(rows))}"
-    params = [p(value) for row in rows for p, value in zip(prep, row, strict=True)]
-    with connection.cursor() as cursor:
-        cursor.execute(sql + tail, params)
-        return [row[0] for row in cursor.fetchall()] if returning else []
-
-
-def _insert_unnest(meta, columns, names, rows, tail):
-    """PostgreSQL: one array parameter per column, bound server-side (binary arrays; the
-    statement text is the same for any number of rows, so psycopg parses it once)."""
-    import psycopg
-
     arrays, selects = [], []
     for index, field in enumerate(columns):
         values = [row[index] for row in rows]
@@ -63,14 +95,55 @@ def _insert_unnest(meta, columns, names, rows, tail):
             selects.append(f"c{index}")
     unnest = ", ".join(f"%b::{db_type}[]" for db_type, _ in arrays)
     aliases = ", ".join(f"c{i}" for i in range(len(columns)))
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(meta.db_table)} ({names}) "
-        f"SELECT {', '.join(selects)} FROM unnest({unnest}) AS t({aliases}){tail}"
+    tail = f" RETURNING {quote(meta.get_field(returning).column)}" if returning else ""
+    return Statement(
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "
+        f"SELECT {', '.join(selects)} FROM unnest({unnest}) AS t({aliases}){tail}",
+        [values for _, values in arrays],
+        bool(returning),
     )
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
-        cursor.execute(sql, [values for _, values in arrays])
-        return [row[0] for row in cursor.fetchall()] if tail else []
+
+
+def pg_update(model, column: str, values: dict[int, int], *, add: bool = False,
+              returning: str | None = None):
+    """PostgreSQL `column = value` (or `column + value`) for each {pk: integer}."""
+    meta = model._meta
+    quote = connection.ops.quote_name
+    table, col, pk = (quote(meta.db_table), quote(meta.get_field(column).column),
+                      quote(meta.pk.column))
+    ids = list(values)
+    tail = (f" RETURNING {table}.{pk}, {table}.{quote(meta.get_field(returning).column)}"
+            if returning else "")
+    return Statement(
+        f"UPDATE {table} SET {col} = {f'{table}.{col} + ' if add else ''}v.value "
+        f"FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, value) WHERE {table}.{pk} = v.id"
+        + tail,
+        [ids, [values[i] for i in ids]],
+        bool(returning),
+    )
+
+
+def insert_rows(model, fields: list[str], rows: list[tuple], *, returning: str | None = None):
+    """INSERT the rows (tuples of values in `fields` order, foreign keys by their `_id`
+    attname) in one statement; with `returning`, that column of each row, in row order."""
+    if not rows:
+        return []
+    if connection.vendor == "postgresql":
+        found = run([pg_insert(model, fields, rows, returning=returning)])[0]
+        return [row[0] for row in found] if returning else []
+    meta = model._meta
+    columns = [meta.get_field(name) for name in fields]
+    quote = connection.ops.quote_name
+    prep = [_preparer(field) for field in columns]
+    placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "
+           f"VALUES {', '.join([placeholder] * len(rows))}")
+    if returning:
+        sql += f" RETURNING {quote(meta.get_field(returning).column)}"
+    params = [p(value) for row in rows for p, value in zip(prep, row, strict=True)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [row[0] for row in cursor.fetchall()] if returning else []
 
 
 def update_by_pk(model, column: str, values: dict[int, int], *, add: bool = False,
@@ -78,30 +151,18 @@ def update_by_pk(model, column: str, values: dict[int, int], *, add: bool = Fals
     """`column = value` (or `column + value` with `add`) for each {pk: integer} in one
     statement; with `returning`, the (pk, returning) rows. Without it nothing is read back,
     so in a pipeline it does not wait for the server."""
+    if connection.vendor == "postgresql":
+        return run([pg_update(model, column, values, add=add, returning=returning)])[0]
     meta = model._meta
     quote = connection.ops.quote_name
     table, col, pk = (quote(meta.db_table), quote(meta.get_field(column).column),
                       quote(meta.pk.column))
     ids = list(values)
-    base = f"{table}.{col} + " if add else ""
-    tail = f" RETURNING {table}.{pk}, {table}.{quote(meta.get_field(returning).column)}" \
-        if returning else ""
-    if connection.vendor == "postgresql":
-        import psycopg
-
-        connection.ensure_connection()
-        with psycopg.Cursor(connection.connection) as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET {col} = {base}v.value "
-                f"FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, value) "
-                f"WHERE {table}.{pk} = v.id{tail}",
-                [ids, [values[i] for i in ids]],
-            )
-            return cursor.fetchall() if returning else None
     cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+    tail = f" RETURNING {pk}, {quote(meta.get_field(returning).column)}" if returning else ""
     with connection.cursor() as cursor:
         cursor.execute(
-            f"UPDATE {table} SET {col} = {base}CASE {pk} {cases} END "
+            f"UPDATE {table} SET {col} = {f'{col} + ' if add else ''}CASE {pk} {cases} END "
             f"WHERE {pk} IN ({', '.join(['%s'] * len(ids))}){tail}",
             [v for key in ids for v in (key, values[key])] + ids,
         )

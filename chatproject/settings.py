@@ -149,6 +149,8 @@ if DATABASE_URL:
             "max_size": env_int("DATABASE_POOL_MAX", 20),
             "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
         }
+    # The send path's fixed-text statements are prepared per connection (chatproject.bulk).
+    DATABASE_PREPARE_STATEMENTS = env_bool("DATABASE_PREPARE_STATEMENTS", True)
     if env("DATABASE_TEST_NAME"):
         _db["TEST"] = {"NAME": env("DATABASE_TEST_NAME")}
 else:

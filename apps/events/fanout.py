@@ -210,15 +210,17 @@ def dispatch_many(items) -> None:
     server's database thread it is handed to the server loop without waiting."""
     items = list(items)
     loop = server_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is not None:  # called on an event loop (the server's): do not block it
+        running.create_task(adispatch_many(items)).add_done_callback(_report)
+        return
     if loop is not None:
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if running is not loop:
-            future = asyncio.run_coroutine_threadsafe(adispatch_many(items), loop)
-            future.add_done_callback(_report)
-            return
+        future = asyncio.run_coroutine_threadsafe(adispatch_many(items), loop)
+        future.add_done_callback(_report)
+        return
     async_to_sync(adispatch_many)(items)
 
 

@@ -7,7 +7,7 @@ import logging
 from django.db import connection, transaction
 from django.utils import timezone
 
-from chatproject.bulk import Json, insert_rows, update_by_pk
+from chatproject.bulk import Json, insert_rows, pg_insert, update_by_pk
 
 from . import catalogue
 from .catalogue import CATALOGUE
@@ -24,6 +24,7 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
     they read state the event depends on.
     """
     spec = _durable(type)
+    _check_atomic()
     seq = None
     if spec.seq:
         seq = allocate_seqs({room.pk: 1})[room.pk]
@@ -51,33 +52,47 @@ def build_event(type: str, *, room, seq, actor, data: dict, ts) -> Event:
 
 def record_events(events: list[Event]) -> None:
     """Persist many events built with build_event in one statement, and fan them out (in this
-    order) after commit. Their seqs come from allocate_seqs, under the callers' room locks.
+    order) after commit. Their seqs come from the callers, under their room locks.
 
     Each envelope is serialized once: `event.envelope_text` is the row's JSON, the fan-out's
     text and what an ack carries."""
+    _check_atomic()
+    insert_rows(Event, EVENT_FIELDS, _event_rows(events))
+    send_events_on_commit([(e.envelope, (), e.envelope_text) for e in events])
+
+
+EVENT_FIELDS = ["id", "type", "room_id", "seq", "actor_id", "ts", "envelope",
+                "publish_attempts", "last_error"]
+
+
+def _event_rows(events: list[Event]) -> list[tuple]:
     from .fanout import serialize
 
+    rows = []
     for event in events:
         _durable(event.type)
         event.envelope_text = serialize(event.envelope)
-    insert_rows(
-        Event,
-        ["id", "type", "room_id", "seq", "actor_id", "ts", "envelope", "publish_attempts",
-         "last_error"],
-        [(e.id, e.type, e.room_id, e.seq, e.actor_id, e.ts, Json(e.envelope_text), 0, "")
-         for e in events],
-    )
-    for event in events:
         event._state.adding = False
-    send_events_on_commit([(e.envelope, (), e.envelope_text) for e in events])
+        rows.append((event.id, event.type, event.room_id, event.seq, event.actor_id, event.ts,
+                     Json(event.envelope_text), 0, ""))
+    return rows
+
+
+def events_statement(events: list[Event]):
+    """record_events' INSERT as a PostgreSQL statement (for a pipeline); the caller fans the
+    events out once committed (send_events_after_commit)."""
+    return pg_insert(Event, EVENT_FIELDS, _event_rows(events))
+
+
+def _check_atomic():
+    if not connection.in_atomic_block:
+        raise RuntimeError("events are recorded inside transaction.atomic()")
 
 
 def _durable(type: str):
     spec = CATALOGUE[type]
     if not spec.persisted:
         raise ValueError(f"{type} is ephemeral; use emit_ephemeral")
-    if not connection.in_atomic_block:
-        raise RuntimeError("events are recorded inside transaction.atomic()")
     return spec
 
 
@@ -93,6 +108,18 @@ def allocate_seqs(counts: dict[int, int]) -> dict[int, int]:
     return {room_id: last - counts[room_id] + 1 for room_id, last in rows}
 
 
+def send_events_after_commit(items) -> None:
+    """What send_events_on_commit runs once the transaction committed (call it then)."""
+    from . import fanout, outbox
+
+    try:
+        fanout.dispatch_many(items)
+    except Exception:  # Redis down: sockets recover from the event log
+        logger.warning("fan-out failed for %d events", len(items), exc_info=True)
+    if any(CATALOGUE[item[0]["type"]].kafka for item in items):
+        outbox.kick_publisher_soon()
+
+
 def send_events_on_commit(items) -> None:
     """After commit: fan the events out to sockets (in order) and wake the Kafka publisher.
     `items` are (envelope, target user ids, its JSON text or None).
@@ -100,14 +127,4 @@ def send_events_on_commit(items) -> None:
     Nothing is sent for a transaction that rolls back. A failure here loses nothing: the rows
     are committed, sockets fill gaps from the log and the outbox sweep publishes them.
     """
-    from . import fanout, outbox
-
-    def after_commit():
-        try:
-            fanout.dispatch_many(items)
-        except Exception:  # Redis down: sockets recover from the event log
-            logger.warning("fan-out failed for %d events", len(items), exc_info=True)
-        if any(CATALOGUE[item[0]["type"]].kafka for item in items):
-            outbox.kick_publisher_soon()
-
-    transaction.on_commit(after_commit, robust=True)
+    transaction.on_commit(lambda: send_events_after_commit(items), robust=True)

@@ -25,7 +25,7 @@ from apps.users import sessions
 from chatproject.errors import AccountDisabled, ServiceError, invalid
 
 from . import ratelimit
-from .realtime import REF_MAX, Connection, db, get_hub
+from .realtime import REF_MAX, Connection, db, get_hub, text_frame
 from . import sendqueue
 from .services import SendRequest
 
@@ -234,8 +234,13 @@ class ChatConsumer(AsyncConsumer):
             await self.conn.close(CLOSE_FLOODING)
         return False
 
-    async def ack(self, ref, envelope):
-        self.conn.write_json({"type": "ack", "ref": ref, "event": envelope})
+    async def ack(self, ref, envelope, envelope_text=None):
+        if envelope_text is None:
+            self.conn.write_json({"type": "ack", "ref": ref, "event": envelope})
+            return
+        # The event's JSON as committed and fanned out, not serialized again.
+        text = f'{{"type":"ack","ref":{fanout.serialize(ref)},"event":{envelope_text}}}'
+        self.conn.write(text_frame(text.encode()), live=False)
 
     async def on_ping(self, frame, ref):
         self.conn.ping(frame.get("status"), ref)
@@ -259,7 +264,7 @@ class ChatConsumer(AsyncConsumer):
         event = await sendqueue.send(
             SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"), reply_to)
         )
-        await self.ack(ref, event.envelope)
+        await self.ack(ref, event.envelope, getattr(event, "envelope_text", None))
 
     async def on_message_edit(self, frame, ref):
         envelope = await db(_do_message)(

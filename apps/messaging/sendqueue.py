@@ -16,12 +16,18 @@ client_id).
 
 from __future__ import annotations
 
+import logging
+
+import psycopg
 from django.conf import settings
+from django.db import connections
 
 from apps.events.observability import SEND_BATCH_SECONDS, SEND_BATCH_SIZE
 from chatproject.batching import Batcher, PerLoop
 
-from .services import SendRequest, message_send_many
+from .services import SendRequest, amessage_send_many, message_send_many
+
+logger = logging.getLogger(__name__)
 
 
 def _observe(size: int, seconds: float) -> None:
@@ -29,15 +35,58 @@ def _observe(size: int, seconds: float) -> None:
     SEND_BATCH_SECONDS.observe(seconds)
 
 
-def _new_lanes() -> list[Batcher]:
-    from .realtime import db
+class Lane:
+    """One share of the rooms: a Batcher with one transaction in flight.
 
+    On PostgreSQL the lane keeps its own asyncio psycopg connection and runs the batch on the
+    event loop (services.amessage_send_many): no database thread, so no wait for the GIL after
+    each round trip while the loop is busy. Anything unusual there (a resend that races
+    another transaction, a lost connection, a database error) is handed to the thread-pool
+    path, message_send_many, which has the full rules and answers the same way (a send is
+    idempotent on its client_id, so trying again is safe)."""
+
+    def __init__(self, max_batch: int):
+        self.conn = None
+        self.batcher = Batcher(self.run, max_batch=max_batch, observe=_observe)
+
+    async def run(self, requests):
+        from .realtime import db
+
+        if use_async_connection():
+            try:
+                conn = await self.connection()
+                return await amessage_send_many(conn, requests)
+            except psycopg.Error:
+                logger.info("send batch on the asyncio connection failed; using the thread pool",
+                            exc_info=True)
+                await self.reset()
+        return await db(message_send_many)(requests)
+
+    async def connection(self):
+        if self.conn is None or self.conn.closed:
+            params = connections["default"].get_connection_params()
+            params.pop("cursor_factory", None)
+            params["options"] = "-c TimeZone=UTC"
+            self.conn = await psycopg.AsyncConnection.connect(**params, autocommit=False)
+        return self.conn
+
+    async def reset(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                await conn.close()
+            except Exception:  # noqa: BLE001 - it is being dropped
+                pass
+
+
+def use_async_connection() -> bool:
+    return (connections["default"].vendor == "postgresql"
+            and getattr(settings, "CHAT_SEND_ASYNC_DB", True))
+
+
+def _new_lanes() -> list[Lane]:
     lanes = max(1, getattr(settings, "CHAT_SEND_BATCH_CONCURRENCY", 2))
-    return [
-        Batcher(db(message_send_many), max_batch=getattr(settings, "CHAT_SEND_BATCH_MAX", 200),
-                observe=_observe)
-        for _ in range(lanes)
-    ]
+    return [Lane(getattr(settings, "CHAT_SEND_BATCH_MAX", 200)) for _ in range(lanes)]
 
 
 _lanes = PerLoop(_new_lanes)
@@ -51,4 +100,4 @@ async def send(request: SendRequest):
     lanes = _lanes.get()
     room_id = getattr(request.room, "pk", request.room)
     lane = lanes[room_id % len(lanes)] if isinstance(room_id, int) else lanes[0]
-    return await lane.submit(request)
+    return await lane.batcher.submit(request)

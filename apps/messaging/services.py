@@ -6,12 +6,12 @@ commit order. Each returns the committed Event (its `envelope` is what `ack` car
 
 from __future__ import annotations
 
+import json
 import unicodedata
 import uuid
 from contextlib import contextmanager
 from typing import NamedTuple
 
-import psycopg
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
@@ -20,10 +20,11 @@ from django.utils import timezone
 
 from apps.events import catalogue as ev
 from apps.events.models import Event
-from apps.events.services import allocate_seqs, build_event, record_event, record_events
+from apps.events.services import (build_event, events_statement, record_event, record_events,
+                                  send_events_after_commit, send_events_on_commit)
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
-from chatproject.bulk import insert_rows, update_by_pk
+from chatproject.bulk import Statement, arun, insert_rows, pg_insert, pg_update, run, update_by_pk
 from chatproject.errors import ServiceError, forbidden, invalid, not_found
 
 from .models import Message, Reaction
@@ -120,12 +121,62 @@ def message_send_many(requests) -> list[Event | ServiceError]:
 
     The rooms are locked in id order, then one query each reads the memberships (joined with
     their users), earlier sends with the same (author, client_id) and the reply_to targets;
-    the seqs of every room come from one UPDATE and the messages and events from one INSERT
-    each. A resend, in an earlier batch or this one, answers with the original event; one that
-    races a concurrent transaction hits the (author, client_id) constraint and the batch is
-    retried one send at a time.
+    the seqs follow the locked rooms' last_seq, and the messages and events go in with one
+    INSERT each. On PostgreSQL the statements are pipelined: the reads (and BEGIN) share one
+    round trip, the writes and the COMMIT another. A resend, in an earlier batch or this one,
+    answers with the original event; one that races a concurrent transaction hits the
+    (author, client_id) constraint and the batch is retried one send at a time.
     """
     requests = list(requests)
+    results, todo = _clean(requests)
+    if not todo:
+        return results
+    try:
+        with _pipeline(), transaction.atomic():
+            reads = _read(todo)
+            accepted, resends = _decide(todo, reads, results)
+            created = _create(accepted, reads) if accepted else {}
+            _answer(accepted, resends, created, results, _logged_events)
+    except IntegrityError:
+        if len(todo) > 1:
+            for send in todo:
+                results[send.index] = message_send_many([requests[send.index]])[0]
+            return results
+        existing = _sent_before(todo[0].author, todo[0].client_id)
+        if existing is None:
+            raise
+        results[todo[0].index] = created_event(existing)
+    return results
+
+
+async def amessage_send_many(conn, requests) -> list[Event | ServiceError]:
+    """message_send_many on an asyncio psycopg connection (PostgreSQL; see
+    apps.messaging.sendqueue): the same statements and rules, run on the event loop, so a
+    batch never waits for a database thread to get the GIL back after each round trip.
+    A resend race, or any database error, is left to the caller (it falls back to the
+    thread pool)."""
+    results, todo = _clean(list(requests))
+    if not todo:
+        return results
+    async with conn.pipeline(), conn.transaction():
+        reads = _reads_from_rows(await arun(conn, _read_statements(_keys(todo), len(todo))))
+        accepted, resends = _decide(todo, reads, results)
+        created, statements = _plan(accepted, reads) if accepted else ({}, [])
+        await arun(conn, statements)
+        wanted = _wanted(resends)
+        logged = {}
+        if wanted:
+            rows = (await arun(conn, [_events_statement(wanted)]))[0]
+            logged = _events_from_rows(rows)
+        _answer(accepted, resends, created, results, lambda _: logged)
+    # Committed: the fan-out and the publisher's kick, as on_commit does for the sync path.
+    events = [created[send.index] for send in accepted]
+    if events:
+        send_events_after_commit([(e.envelope, (), e.envelope_text) for e in events])
+    return results
+
+
+def _clean(requests) -> tuple[list, list[_Send]]:
     results: list = [None] * len(requests)
     todo = []
     for index, request in enumerate(requests):
@@ -140,28 +191,13 @@ def message_send_many(requests) -> list[Event | ServiceError]:
             ))
         except ServiceError as exc:
             results[index] = exc
-    if not todo:
-        return results
-    try:
-        with _pipeline(), transaction.atomic():
-            _send_locked(todo, results)
-    except IntegrityError:
-        if len(todo) > 1:
-            for send in todo:
-                results[send.index] = message_send_many([requests[send.index]])[0]
-            return results
-        existing = _sent_before(todo[0].author, todo[0].client_id)
-        if existing is None:
-            raise
-        results[todo[0].index] = created_event(existing)
-    return results
+    return results, todo
 
 
 @contextmanager
 def _pipeline():
-    """PostgreSQL: psycopg's pipeline mode for the batch, so its statements share round trips:
-    the reads (and BEGIN) in one, the writes and the COMMIT in another. Errors come out as
-    Django's database errors, as from the ORM."""
+    """PostgreSQL: psycopg's pipeline mode for the batch, so its statements share round trips.
+    Errors come out as Django's database errors, as from the ORM."""
     if connection.vendor != "postgresql":
         yield
         return
@@ -177,6 +213,13 @@ def _room_id(room) -> int:
     return room_id
 
 
+class _Keys(NamedTuple):
+    room_ids: list
+    author_ids: list
+    client_ids: list
+    reply_ids: list
+
+
 class _Reads(NamedTuple):
     rooms: dict  # locked rooms by id
     memberships: dict  # (room id, user id) -> membership with its user
@@ -185,106 +228,75 @@ class _Reads(NamedTuple):
     message_ids: list | None  # ids drawn for the new messages (PostgreSQL)
 
 
-def _send_locked(todo: list[_Send], results: list) -> None:
-    room_ids = sorted({send.room_id for send in todo})
-    author_ids = sorted({send.author.pk for send in todo})
-    client_ids = list({send.client_id for send in todo})
-    reply_ids = sorted({
-        s.reply_to for s in todo if type(s.reply_to) is int and 0 < s.reply_to < 2**63
-    })
-    read = _read_pipelined if connection.vendor == "postgresql" else _read_orm
-    reads = read(room_ids, author_ids, client_ids, reply_ids, len(todo))
-    locked, memberships, earlier, reply_rooms = reads[:4]
-    accepted: list[_Send] = []
-    first_send: dict[tuple, _Send] = {}
-    resends: dict[int, tuple[int, int] | _Send] = {}
-    for send in todo:
-        key = (send.author.pk, send.client_id)
-        if key in earlier or key in first_send:
-            resends[send.index] = earlier.get(key) or first_send[key]
-            continue
-        room = locked.get(send.room_id)
-        try:
-            if room is None:
-                raise not_found("room not found")
-            rooms.check_can_post(room, send.author, memberships.get((room.pk, send.author.pk)))
-            if send.reply_to is not None:
-                if isinstance(send.reply_to, bool) or not isinstance(send.reply_to, int):
-                    raise invalid("reply_to must be a message id")
-                if reply_rooms.get(send.reply_to) != room.pk:
-                    raise invalid("reply_to is not a message of this room")
-        except ServiceError as exc:
-            results[send.index] = exc
-            continue
-        first_send[key] = send
-        accepted.append(send)
-    created = _create(accepted, locked, reads.message_ids) if accepted else {}
-    for send in accepted:
-        results[send.index] = created[send.index]
-    for index, event in _resent_events(resends, created).items():
-        results[index] = event
+def _keys(todo: list[_Send]) -> _Keys:
+    return _Keys(
+        sorted({send.room_id for send in todo}),
+        sorted({send.author.pk for send in todo}),
+        list({send.client_id for send in todo}),
+        sorted({s.reply_to for s in todo if type(s.reply_to) is int and 0 < s.reply_to < 2**63}),
+    )
 
 
-def _read_orm(room_ids, author_ids, client_ids, reply_ids, count) -> _Reads:
-    """The rooms locked in id order, then one query for each of the other reads."""
+def _read(todo: list[_Send]) -> _Reads:
+    keys = _keys(todo)
+    if connection.vendor == "postgresql":
+        return _reads_from_rows(run(_read_statements(keys, len(todo))))
     locked = {
         room.pk: room
-        for room in Room.objects.select_for_update().filter(pk__in=room_ids).order_by("pk")
+        for room in Room.objects.select_for_update().filter(pk__in=keys.room_ids).order_by("pk")
     }
     earlier = {
         (author_id, client_id): (room_id, seq)
         for author_id, client_id, room_id, seq in Message.objects.filter(
-            author_id__in=author_ids, client_id__in=client_ids
+            author_id__in=keys.author_ids, client_id__in=keys.client_ids
         ).values_list("author_id", "client_id", "room_id", "seq")
     }
     reply_rooms = (
-        dict(Message.objects.filter(pk__in=reply_ids).values_list("id", "room_id"))
-        if reply_ids else {}
+        dict(Message.objects.filter(pk__in=keys.reply_ids).values_list("id", "room_id"))
+        if keys.reply_ids else {}
     )
-    return _Reads(locked, rooms.post_memberships(locked, author_ids), earlier, reply_rooms,
-                  None)
+    return _Reads(locked, rooms.post_memberships(locked, keys.author_ids), earlier,
+                  reply_rooms, None)
 
 
-def _read_pipelined(room_ids, author_ids, client_ids, reply_ids, count) -> _Reads:
-    """PostgreSQL: the same reads, plus `count` message ids from the table's sequence, sent
-    together in one round trip (the caller runs in a pipeline: see message_send_many)."""
-    user_model = Membership._meta.get_field("user").related_model
-    room_cols, member_cols, user_cols = (_columns(m) for m in (Room, Membership, user_model))
-    message_table = Message._meta.db_table
-    statements = [
-        (f"SELECT {room_cols} FROM {Room._meta.db_table} WHERE id = ANY(%b) "
-         "ORDER BY id FOR UPDATE", [room_ids]),
-        (f"SELECT {_columns(Membership, 'm')}, {_columns(user_model, 'u')} "
-         f"FROM {Membership._meta.db_table} m JOIN {user_model._meta.db_table} u "
-         "ON u.id = m.user_id WHERE m.room_id = ANY(%b) AND m.user_id = ANY(%b)",
-         [room_ids, author_ids]),
-        (f"SELECT author_id, client_id, room_id, seq FROM {message_table} "
-         "WHERE author_id = ANY(%b) AND client_id = ANY(%b)", [author_ids, client_ids]),
-        (f"SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %b)",
-         [message_table, count]),
+def _user_model():
+    return Membership._meta.get_field("user").related_model
+
+
+def _read_statements(keys: _Keys, count: int) -> list[Statement]:
+    """PostgreSQL: lock the rooms (in id order), read the memberships with their users, the
+    earlier sends and the reply targets, and draw `count` message ids from the sequence."""
+    user = _user_model()
+    messages = Message._meta.db_table
+    return [
+        Statement(f"SELECT {_columns(Room)} FROM {Room._meta.db_table} WHERE id = ANY(%b) "
+                  "ORDER BY id FOR UPDATE", [keys.room_ids], True),
+        Statement(f"SELECT {_columns(Membership, 'm')}, {_columns(user, 'u')} "
+                  f"FROM {Membership._meta.db_table} m JOIN {user._meta.db_table} u "
+                  "ON u.id = m.user_id WHERE m.room_id = ANY(%b) AND m.user_id = ANY(%b)",
+                  [keys.room_ids, keys.author_ids], True),
+        Statement(f"SELECT author_id, client_id, room_id, seq FROM {messages} "
+                  "WHERE author_id = ANY(%b) AND client_id = ANY(%b)",
+                  [keys.author_ids, keys.client_ids], True),
+        Statement(f"SELECT nextval(pg_get_serial_sequence(%b, 'id')) "
+                  "FROM generate_series(1, %b)", [messages, count], True),
+        Statement(f"SELECT id, room_id FROM {messages} WHERE id = ANY(%b)",
+                  [keys.reply_ids], True),
     ]
-    if reply_ids:
-        statements.append(
-            (f"SELECT id, room_id FROM {message_table} WHERE id = ANY(%b)", [reply_ids]))
-    cursors = []
-    for sql, params in statements:
-        cursor = psycopg.Cursor(connection.connection)
-        cursor.execute(sql, params)
-        cursors.append(cursor)
-    rows = [cursor.fetchall() for cursor in cursors]
-    for cursor in cursors:
-        cursor.close()
+
+
+def _reads_from_rows(rows) -> _Reads:
+    user = _user_model()
     db = connection.alias
     locked = {r[0]: Room.from_db(db, None, r) for r in rows[0]}
-    split = len(member_cols.split(", "))
+    split = len(Membership._meta.concrete_fields)
     memberships = {}
     for row in rows[1]:
         membership = Membership.from_db(db, None, row[:split])
-        membership.user = user_model.from_db(db, None, row[split:])
+        membership.user = user.from_db(db, None, row[split:])
         memberships[(membership.room_id, membership.user_id)] = membership
     earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
-    ids = [row[0] for row in rows[3]]
-    return _Reads(locked, memberships, earlier, dict(rows[4]) if reply_ids else {}, ids)
+    return _Reads(locked, memberships, earlier, dict(rows[4]), [row[0] for row in rows[3]])
 
 
 def _columns(model, alias=None) -> str:
@@ -293,67 +305,153 @@ def _columns(model, alias=None) -> str:
     return ", ".join(f'{prefix}"{f.column}"' for f in model._meta.concrete_fields)
 
 
-def _create(accepted: list[_Send], locked: dict, message_ids) -> dict[int, Event]:
-    """Insert the accepted sends' messages and events; {request index: event}.
+def _decide(todo: list[_Send], reads: _Reads, results: list):
+    """Check each send under the locks: (accepted sends, {index: what a resend answers})."""
+    accepted: list[_Send] = []
+    first_send: dict[tuple, _Send] = {}
+    resends: dict[int, tuple[int, int] | _Send] = {}
+    for send in todo:
+        key = (send.author.pk, send.client_id)
+        if key in reads.earlier or key in first_send:
+            resends[send.index] = reads.earlier.get(key) or first_send[key]
+            continue
+        room = reads.rooms.get(send.room_id)
+        try:
+            if room is None:
+                raise not_found("room not found")
+            membership = reads.memberships.get((room.pk, send.author.pk))
+            rooms.check_can_post(room, send.author, membership)
+            if send.reply_to is not None:
+                if isinstance(send.reply_to, bool) or not isinstance(send.reply_to, int):
+                    raise invalid("reply_to must be a message id")
+                if reads.reply_rooms.get(send.reply_to) != room.pk:
+                    raise invalid("reply_to is not a message of this room")
+        except ServiceError as exc:
+            results[send.index] = exc
+            continue
+        first_send[key] = send
+        accepted.append(send)
+    return accepted, resends
 
-    With `message_ids` (PostgreSQL) nothing here waits for an answer: the seqs follow the
-    locked rooms' last_seq, and the statements go out with the COMMIT."""
-    counts: dict[int, int] = {}
-    for send in accepted:
-        counts[send.room_id] = counts.get(send.room_id, 0) + 1
-    if message_ids is None:
-        next_seq = allocate_seqs(counts)
-    else:
-        next_seq = {room_id: locked[room_id].last_seq + 1 for room_id in counts}
-        update_by_pk(Room, "last_seq", {r: locked[r].last_seq + n for r, n in counts.items()})
+
+MESSAGE_FIELDS = ["room_id", "author_id", "body", "client_id", "reply_to_id", "seq", "created_at"]
+
+
+def _new_messages(accepted: list[_Send], locked: dict) -> tuple[list[Message], dict[int, int]]:
+    """The accepted sends' messages with their seqs (after each locked room's last_seq), and
+    each room's new last_seq."""
     now = timezone.now()
+    last = {}
     messages = []
     for send in accepted:
-        seq = next_seq[send.room_id]
-        next_seq[send.room_id] = seq + 1
+        room = locked[send.room_id]
+        seq = last.get(room.pk, room.last_seq) + 1
+        last[room.pk] = seq
         messages.append(Message(
-            room=locked[send.room_id], author=send.author, body=send.body,
-            client_id=send.client_id, reply_to_id=send.reply_to, seq=seq, created_at=now,
+            room=room, author=send.author, body=send.body, client_id=send.client_id,
+            reply_to_id=send.reply_to, seq=seq, created_at=now,
         ))
-    for room_id, after_last in next_seq.items():
-        locked[room_id].last_seq = after_last - 1
-    fields = ["room_id", "author_id", "body", "client_id", "reply_to_id", "seq", "created_at"]
-    rows = [(m.room_id, m.author_id, m.body, m.client_id, m.reply_to_id, m.seq, m.created_at)
-            for m in messages]
-    if message_ids is None:
-        ids = insert_rows(Message, fields, rows, returning="id")
-    else:
-        ids = message_ids[: len(messages)]
-        insert_rows(Message, ["id", *fields], [(pk, *row) for pk, row in zip(ids, rows)])
+    for room_id, seq in last.items():
+        locked[room_id].last_seq = seq
+    return messages, last
+
+
+def _created_events(accepted, messages, ids) -> dict[int, Event]:
     for message, pk in zip(messages, ids, strict=True):
         message.pk = pk
         message._state.adding = False
     events = [
         build_event("message.created", room=message.room, seq=message.seq,
-                    actor=message.author, data=ev.message_created(message), ts=now)
+                    actor=message.author, data=ev.message_created(message),
+                    ts=message.created_at)
         for message in messages
     ]
-    record_events(events)
     return {send.index: event for send, event in zip(accepted, events)}
 
 
-def _resent_events(resends: dict, created: dict[int, Event]) -> dict[int, Event]:
-    """The original events of resends: sent in this batch, or read from the log."""
-    found: dict[int, Event] = {}
+def _create(accepted: list[_Send], reads: _Reads) -> dict[int, Event]:
+    """Insert the accepted sends' messages and events; {request index: event}."""
+    if reads.message_ids is not None:  # PostgreSQL: nothing here waits for an answer
+        created, statements = _plan(accepted, reads)
+        run(statements)
+        send_events_on_commit([(e.envelope, (), e.envelope_text) for e in created.values()])
+        return created
+    messages, last = _new_messages(accepted, reads.rooms)
+    update_by_pk(Room, "last_seq", last)
+    ids = insert_rows(Message, MESSAGE_FIELDS, [_message_row(m) for m in messages],
+                      returning="id")
+    created = _created_events(accepted, messages, ids)
+    record_events(list(created.values()))
+    return created
+
+
+def _message_row(message) -> tuple:
+    return tuple(getattr(message, field) for field in MESSAGE_FIELDS)
+
+
+def _plan(accepted: list[_Send], reads: _Reads) -> tuple[dict[int, Event], list[Statement]]:
+    """PostgreSQL: the events of the accepted sends and the statements that write them (the
+    message ids were drawn with the reads, so events are built before anything is written)."""
+    messages, last = _new_messages(accepted, reads.rooms)
+    ids = reads.message_ids[: len(messages)]
+    created = _created_events(accepted, messages, ids)
+    statements = [
+        pg_update(Room, "last_seq", last),
+        pg_insert(Message, ["id", *MESSAGE_FIELDS],
+                  [(pk, *_message_row(m)) for pk, m in zip(ids, messages)]),
+        events_statement(list(created.values())),
+    ]
+    return created, statements
+
+
+def _wanted(resends: dict) -> dict[tuple[int, int], list[int]]:
+    """(room id, seq) of the logged events that resends answer with -> request indexes."""
     wanted: dict[tuple[int, int], list[int]] = {}
     for index, original in resends.items():
-        if isinstance(original, _Send):
-            found[index] = created[original.index]
-        else:
+        if not isinstance(original, _Send):
             wanted.setdefault(original, []).append(index)
-    if wanted:
-        query = Q()
-        for room_id, seq in wanted:
-            query |= Q(room_id=room_id, seq=seq)
-        for event in Event.objects.filter(query):
-            for index in wanted[(event.room_id, event.seq)]:
-                found[index] = event
-    return found
+    return wanted
+
+
+def _logged_events(wanted) -> dict[tuple[int, int], Event]:
+    if not wanted:
+        return {}
+    query = Q()
+    for room_id, seq in wanted:
+        query |= Q(room_id=room_id, seq=seq)
+    return {(e.room_id, e.seq): e for e in Event.objects.filter(query)}
+
+
+def _events_statement(wanted) -> Statement:
+    pairs = list(wanted)
+    return Statement(
+        f"SELECT {_columns(Event, 'e')} FROM {Event._meta.db_table} e JOIN "
+        "unnest(%b::bigint[], %b::bigint[]) AS w(room_id, seq) "
+        "ON e.room_id = w.room_id AND e.seq = w.seq",
+        [[room for room, _ in pairs], [seq for _, seq in pairs]], True,
+    )
+
+
+def _events_from_rows(rows) -> dict[tuple[int, int], Event]:
+    events = [Event.from_db(connection.alias, None, row) for row in rows]
+    for event in events:  # from_db does not run the JSON field's converter
+        if isinstance(event.envelope, (str, bytes)):
+            event.envelope = json.loads(event.envelope)
+    return {(e.room_id, e.seq): e for e in events}
+
+
+def _answer(accepted, resends, created, results, logged_events) -> None:
+    """Fill in the results: each accepted send's event, each resend's original."""
+    for send in accepted:
+        results[send.index] = created[send.index]
+    wanted = _wanted(resends)
+    logged = logged_events(wanted)
+    for index, original in resends.items():
+        if isinstance(original, _Send):
+            results[index] = created[original.index]
+    for key, indexes in wanted.items():
+        for index in indexes:
+            results[index] = logged[key]
 
 
 def message_edit(*, message, actor, body) -> Event:

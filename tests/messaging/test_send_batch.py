@@ -138,3 +138,49 @@ def test_a_failed_batch_fails_each_of_its_sends_and_the_queue_goes_on():
     event = asyncio.run(scenario())
     assert event.envelope["data"]["body"] == "after"
     assert list(Message.objects.filter(room=room).values_list("body", flat=True)) == ["after"]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.services
+def test_the_asyncio_connection_path_answers_as_the_thread_path():
+    """amessage_send_many (the server's lanes on PostgreSQL) gives the same answers and rows."""
+    import psycopg
+    from django.db import connection
+
+    from apps.messaging.services import amessage_send_many
+
+    owner, member, outsider = (factories.make_user() for _ in range(3))
+    room = factories.make_room(owner, members=[member])
+    earlier = factories.send(room, owner, "earlier")
+    again = uuid.uuid4()
+    requests = [
+        SendRequest(room.pk, owner, "one", uuid.uuid4()),
+        SendRequest(room.pk, member, "two", again),
+        SendRequest(room.pk, member, "two again", again),
+        SendRequest(room.pk, outsider, "nope", uuid.uuid4()),
+        SendRequest(room.pk, owner, "old", earlier.envelope["data"]["client_id"]),
+        SendRequest(room.pk, owner, "reply", uuid.uuid4(), earlier.envelope["data"]["id"]),
+    ]
+
+    async def scenario():
+        params = connection.get_connection_params()
+        params.pop("cursor_factory", None)
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
+            return await amessage_send_many(conn, requests)
+
+    results = asyncio.run(scenario())
+    assert [type(r).__name__ for r in results] == ["Event", "Event", "Event", "ServiceError",
+                                                   "Event", "Event"]
+    assert [results[i].seq for i in (0, 1, 5)] == [earlier.seq + 1, earlier.seq + 2,
+                                                   earlier.seq + 3]
+    assert results[2].pk == results[1].pk and results[4].pk == earlier.pk
+    assert results[4].envelope == earlier.envelope
+    assert results[3].code == "forbidden"
+    room.refresh_from_db()
+    assert room.last_seq == earlier.seq + 3
+    for result in (results[0], results[1], results[5]):
+        stored = Event.objects.get(pk=result.pk)
+        assert stored.envelope == result.envelope
+        message = Message.objects.get(pk=result.envelope["data"]["id"])
+        assert (message.seq, message.body) == (result.seq, result.envelope["data"]["body"])
+    assert results[5].envelope["data"]["reply_to"] == earlier.envelope["data"]["id"]
