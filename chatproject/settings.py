@@ -284,6 +284,8 @@ CHAT_DB_THREADS = env_int("CHAT_DB_THREADS", 8)  # database thread pool of a ser
 # and transactions in flight at once per process (each for its own share of the rooms).
 CHAT_SEND_BATCH_MAX = env_int("CHAT_SEND_BATCH_MAX", 200)
 CHAT_SEND_BATCH_CONCURRENCY = env_int("CHAT_SEND_BATCH_CONCURRENCY", 2)
+# On PostgreSQL each lane runs its batch on its own asyncio connection (off: the thread pool).
+CHAT_SEND_ASYNC_DB = env_bool("CHAT_SEND_ASYNC_DB", True)
 CHAT_REDIS_CONCURRENCY = env_int("CHAT_REDIS_CONCURRENCY", 32)  # Redis calls in flight per process
 # Rooms followed by more sockets than this on a process get no presence.changed (n² frames).
 CHAT_PRESENCE_MAX_SUBSCRIBERS = env_int("CHAT_PRESENCE_MAX_SUBSCRIBERS", 100)
