@@ -280,9 +280,8 @@ def _read_statements(keys: _Keys, count: int) -> list[Statement]:
                   [keys.author_ids, keys.client_ids], True),
         Statement(f"SELECT nextval(pg_get_serial_sequence(%b, 'id')) "
                   "FROM generate_series(1, %b)", [messages, count], True),
-        Statement(f"SELECT id, room_id FROM {messages} WHERE id = ANY(%b)",
-                  [keys.reply_ids], True),
-    ]
+    ] + ([Statement(f"SELECT id, room_id FROM {messages} WHERE id = ANY(%b)",
+                    [keys.reply_ids], True)] if keys.reply_ids else [])
 
 
 def _reads_from_rows(rows) -> _Reads:
@@ -296,7 +295,8 @@ def _reads_from_rows(rows) -> _Reads:
         membership.user = user.from_db(db, None, row[split:])
         memberships[(membership.room_id, membership.user_id)] = membership
     earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
-    return _Reads(locked, memberships, earlier, dict(rows[4]), [row[0] for row in rows[3]])
+    replies = dict(rows[4]) if len(rows) > 4 else {}
+    return _Reads(locked, memberships, earlier, replies, [row[0] for row in rows[3]])
 
 
 def _columns(model, alias=None) -> str:
