@@ -281,9 +281,10 @@ CHAT_GAP_CHECK_SECONDS = env_float("CHAT_GAP_CHECK_SECONDS", 2.0)  # lost-messag
 CHAT_GROUP_REFRESH_SECONDS = env_float("CHAT_GROUP_REFRESH_SECONDS", 30.0)
 CHAT_DB_THREADS = env_int("CHAT_DB_THREADS", 8)  # database thread pool of a server process
 # Group commit of message.send frames (apps.messaging.sendqueue): sends per transaction at most,
-# and transactions in flight at once per process (each for its own share of the rooms).
+# and transactions in flight at once per process (each for its own share of the rooms; one
+# measured best with CHAT_SEND_ASYNC_DB, see bench/RESULTS.md).
 CHAT_SEND_BATCH_MAX = env_int("CHAT_SEND_BATCH_MAX", 200)
-CHAT_SEND_BATCH_CONCURRENCY = env_int("CHAT_SEND_BATCH_CONCURRENCY", 2)
+CHAT_SEND_BATCH_CONCURRENCY = env_int("CHAT_SEND_BATCH_CONCURRENCY", 1)
 # On PostgreSQL each lane runs its batch on its own asyncio connection (off: the thread pool).
 CHAT_SEND_ASYNC_DB = env_bool("CHAT_SEND_ASYNC_DB", True)
 CHAT_REDIS_CONCURRENCY = env_int("CHAT_REDIS_CONCURRENCY", 32)  # Redis calls in flight per process

@@ -85,7 +85,7 @@ def use_async_connection() -> bool:
 
 
 def _new_lanes() -> list[Lane]:
-    lanes = max(1, getattr(settings, "CHAT_SEND_BATCH_CONCURRENCY", 2))
+    lanes = max(1, getattr(settings, "CHAT_SEND_BATCH_CONCURRENCY", 1))
     return [Lane(getattr(settings, "CHAT_SEND_BATCH_MAX", 200)) for _ in range(lanes)]
 
 
