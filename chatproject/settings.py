@@ -287,6 +287,9 @@ CHAT_SEND_BATCH_MAX = env_int("CHAT_SEND_BATCH_MAX", 200)
 CHAT_SEND_BATCH_CONCURRENCY = env_int("CHAT_SEND_BATCH_CONCURRENCY", 1)
 # On PostgreSQL each lane runs its batch on its own asyncio connection (off: the thread pool).
 CHAT_SEND_ASYNC_DB = env_bool("CHAT_SEND_ASYNC_DB", True)
+# Allocations between collections of the youngest GC generation in a server process (0: 700,
+# CPython's default); start-up objects are frozen either way (chatproject.serve.tune_gc).
+CHAT_GC_THRESHOLD = env_int("CHAT_GC_THRESHOLD", 20000)
 CHAT_REDIS_CONCURRENCY = env_int("CHAT_REDIS_CONCURRENCY", 32)  # Redis calls in flight per process
 # Rooms followed by more sockets than this on a process get no presence.changed (n² frames).
 CHAT_PRESENCE_MAX_SUBSCRIBERS = env_int("CHAT_PRESENCE_MAX_SUBSCRIBERS", 100)
