@@ -31,8 +31,8 @@ def notifications_mark_read(*, user, ids=None, all=False) -> int:
         raise invalid("give ids (a non-empty list of notification ids) or all=true")
     if len(ids) > MAX_IDS:
         raise invalid(f"at most {MAX_IDS} ids at once")
-    if any(isinstance(i, bool) or not isinstance(i, int) for i in ids):
-        raise invalid("ids must be integers")
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 < i < 2**63 for i in ids):
+        raise invalid("ids must be notification ids (positive integers)")
     return (
         Notification.objects.for_user(user).unread().filter(pk__in=ids).update(read_at=timezone.now())
     )

@@ -62,7 +62,8 @@ def test_someone_elses_notification_is_not_found_and_not_changed(user, other_use
 
 
 @pytest.mark.parametrize("payload", [{}, {"ids": []}, {"ids": ["x"]}, {"ids": [True]}, [1, 2],
-                                     {"ids": list(range(501))}])
+                                     {"ids": list(range(501))}, {"ids": [0]}, {"ids": [-5]},
+                                     {"ids": [2**63]}, {"ids": [-(10**37)]}])
 def test_bad_mark_read_input_is_a_clear_error(user, payload):
     response = factories.api_client(user).post("/api/notifications/read/", payload, format="json")
     assert response.status_code == 400 and response.json()["code"] == "invalid"
