@@ -40,6 +40,18 @@ class Statement(NamedTuple):
     fetch: bool = False
 
 
+def combine(statements: list[Statement]) -> Statement:
+    """Several writes that read nothing back as one statement (data-modifying WITH clauses):
+    one execute, and one pass of psycopg's pipeline, instead of one each."""
+    if len(statements) == 1:
+        return statements[0]
+    assert not any(s.fetch for s in statements), "only statements that return nothing"
+    *first, last = statements
+    clauses = ", ".join(f"w{i} AS ({s.sql})" for i, s in enumerate(first))
+    return Statement(f"WITH {clauses} {last.sql}",
+                     [p for s in statements for p in s.params], False)
+
+
 def run(statements: list[Statement]) -> list:
     """Execute the statements on Django's connection, all sent before any result is read
     (inside a psycopg pipeline that is one round trip), and return each one's rows (None

@@ -863,7 +863,8 @@ class Hub:
         groups = [fanout.PRESENCE_GROUP]
         groups += [fanout.room_group(r) for r in list(self.rooms)]
         groups += [fanout.user_group(u) for u in list(self.users)]
-        await asyncio.gather(*(self.group("group_add", g) for g in groups))
+        async with self.redis_slots:
+            await fanout.group_add_many(self.layer, groups, self.channel)
 
     async def group(self, op: str, group: str):
         """group_add / group_discard our process channel, within the concurrency bound."""

@@ -24,7 +24,8 @@ from apps.events.services import (build_event, events_statement, record_event, r
                                   send_events_after_commit, send_events_on_commit)
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
-from chatproject.bulk import Statement, arun, insert_rows, pg_insert, pg_update, run, update_by_pk
+from chatproject.bulk import (Statement, arun, combine, insert_rows, pg_insert, pg_update, run,
+                              update_by_pk)
 from chatproject.errors import ServiceError, forbidden, invalid, not_found
 
 from .models import Message, Reaction
@@ -395,12 +396,12 @@ def _plan(accepted: list[_Send], reads: _Reads) -> tuple[dict[int, Event], list[
     messages, last = _new_messages(accepted, reads.rooms)
     ids = reads.message_ids[: len(messages)]
     created = _created_events(accepted, messages, ids)
-    statements = [
+    statements = [combine([
         pg_update(Room, "last_seq", last),
         pg_insert(Message, ["id", *MESSAGE_FIELDS],
                   [(pk, *_message_row(m)) for pk, m in zip(ids, messages)]),
         events_statement(list(created.values())),
-    ]
+    ])]
     return created, statements
 
 
