@@ -324,6 +324,12 @@ def graceful_shutdown(server, grace: float):
     reactor.callLater(0.05, check)
 
 
+# Collections of the next generations, counted in collections of the one below: the oldest
+# is walked after 20,000 × 50 × 100 allocations (minutes at full load), not every few seconds,
+# a pause of tens of ms in a process holding thousands of sockets' objects.
+OLDER_GC_THRESHOLDS = (50, 100)
+
+
 def tune_gc(threshold: int) -> None:
     """Garbage collection for a long-running server: the objects of start-up (Django, the app)
     move to the permanent generation, so a full collection no longer walks them; with
@@ -335,8 +341,7 @@ def tune_gc(threshold: int) -> None:
     gc.collect()
     gc.freeze()
     if threshold > 0:
-        _, second, third = gc.get_threshold()
-        gc.set_threshold(threshold, second, third)
+        gc.set_threshold(threshold, *OLDER_GC_THRESHOLDS)
 
 
 def main(argv=None):
