@@ -164,11 +164,8 @@ async def _redis_group_send_many(layer, sends) -> None:
     channel over capacity drops its message (the receiving process fills the gap from the
     event log) and the expiry rules are channels-redis's own."""
     now = time.time()
-    by_index: dict[int, list[str]] = {}
-    for group in dict.fromkeys(group for group, _ in sends):
-        by_index.setdefault(layer.consistent_hash(group), []).append(group)
     members: dict[str, list[str]] = {}
-    for index, groups in by_index.items():
+    for index, groups in _by_host(layer, dict.fromkeys(group for group, _ in sends)).items():
         pipe = layer.connection(index).pipeline(transaction=False)
         for group in groups:
             key = layer._group_key(group)
@@ -205,6 +202,14 @@ async def _redis_group_send_many(layer, sends) -> None:
                         full, len(keys))
 
 
+def _by_host(layer, groups) -> dict[int, list[str]]:
+    """The groups by the index of the Redis host that holds them (channels-redis's sharding)."""
+    by_index: dict[int, list[str]] = {}
+    for group in groups:
+        by_index.setdefault(layer.consistent_hash(group), []).append(group)
+    return by_index
+
+
 async def group_add_many(layer, groups: list[str], channel: str) -> None:
     """group_add of one channel to many groups. With channels-redis: one pipeline per Redis
     host (the same ZADD and EXPIRE as group_add), instead of two round trips per group, so a
@@ -213,11 +218,9 @@ async def group_add_many(layer, groups: list[str], channel: str) -> None:
         await asyncio.gather(*(layer.group_add(group, channel) for group in groups))
         return
     now = time.time()
-    by_index: dict[int, list[str]] = {}
     for group in groups:
         assert layer.require_valid_group_name(group), "Group name not valid"
-        by_index.setdefault(layer.consistent_hash(group), []).append(group)
-    for index, members in by_index.items():
+    for index, members in _by_host(layer, groups).items():
         pipe = layer.connection(index).pipeline(transaction=False)
         for group in members:
             key = layer._group_key(group)

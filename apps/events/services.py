@@ -58,7 +58,12 @@ def record_events(events: list[Event]) -> None:
     text and what an ack carries."""
     _check_atomic()
     insert_rows(Event, EVENT_FIELDS, _event_rows(events))
-    send_events_on_commit([(e.envelope, (), e.envelope_text) for e in events])
+    send_events_on_commit(fanout_items(events))
+
+
+def fanout_items(events) -> list[tuple]:
+    """What send_events_on_commit / send_events_after_commit take for recorded events."""
+    return [(e.envelope, (), e.envelope_text) for e in events]
 
 
 EVENT_FIELDS = ["id", "type", "room_id", "seq", "actor_id", "ts", "envelope",

@@ -12,7 +12,6 @@ import uuid
 from contextlib import contextmanager
 from typing import NamedTuple
 
-
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
@@ -20,8 +19,9 @@ from django.utils import timezone
 
 from apps.events import catalogue as ev
 from apps.events.models import Event
-from apps.events.services import (build_event, events_statement, record_event, record_events,
-                                  send_events_after_commit, send_events_on_commit)
+from apps.events.services import (build_event, events_statement, fanout_items, record_event,
+                                  record_events, send_events_after_commit,
+                                  send_events_on_commit)
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
 from chatproject.bulk import (Statement, arun, combine, insert_rows, pg_insert, pg_update, run,
@@ -137,7 +137,7 @@ def message_send_many(requests) -> list[Event | ServiceError]:
             reads = _read(todo)
             accepted, resends = _decide(todo, reads, results)
             created = _create(accepted, reads) if accepted else {}
-            _answer(accepted, resends, created, results, _logged_events)
+            _answer(accepted, resends, created, _logged_events(_wanted(resends)), results)
     except IntegrityError:
         if len(todo) > 1:
             for send in todo:
@@ -169,11 +169,10 @@ async def amessage_send_many(conn, requests) -> list[Event | ServiceError]:
         if wanted:
             rows = (await arun(conn, [_events_statement(wanted)]))[0]
             logged = _events_from_rows(rows)
-        _answer(accepted, resends, created, results, lambda _: logged)
+        _answer(accepted, resends, created, logged, results)
     # Committed: the fan-out and the publisher's kick, as on_commit does for the sync path.
-    events = [created[send.index] for send in accepted]
-    if events:
-        send_events_after_commit([(e.envelope, (), e.envelope_text) for e in events])
+    if created:
+        send_events_after_commit(fanout_items(created.values()))
     return results
 
 
@@ -375,7 +374,7 @@ def _create(accepted: list[_Send], reads: _Reads) -> dict[int, Event]:
     if reads.message_ids is not None:  # PostgreSQL: nothing here waits for an answer
         created, statements = _plan(accepted, reads)
         run(statements)
-        send_events_on_commit([(e.envelope, (), e.envelope_text) for e in created.values()])
+        send_events_on_commit(fanout_items(created.values()))
         return created
     messages, last = _new_messages(accepted, reads.rooms)
     update_by_pk(Room, "last_seq", last)
@@ -441,18 +440,16 @@ def _events_from_rows(rows) -> dict[tuple[int, int], Event]:
     return {(e.room_id, e.seq): e for e in events}
 
 
-def _answer(accepted, resends, created, results, logged_events) -> None:
-    """Fill in the results: each accepted send's event, each resend's original."""
+def _answer(accepted, resends, created, logged, results) -> None:
+    """Fill in the results: each accepted send's event, each resend's original (sent in this
+    batch, or `logged`: read from the log by (room id, seq))."""
     for send in accepted:
         results[send.index] = created[send.index]
-    wanted = _wanted(resends)
-    logged = logged_events(wanted)
     for index, original in resends.items():
         if isinstance(original, _Send):
             results[index] = created[original.index]
-    for key, indexes in wanted.items():
-        for index in indexes:
-            results[index] = logged[key]
+        else:
+            results[index] = logged[original]
 
 
 def message_edit(*, message, actor, body) -> Event:
