@@ -5,6 +5,8 @@
 exception is raised to that item's caller) with everything that queued while the previous
 calls were busy. Nothing waits for a timer: when a slot is free, the first item goes at once,
 so a quiet process pays nothing, and under load one round trip serves many callers.
+
+`PerLoop(factory)` holds one such object (or a hub, a client) per running event loop.
 """
 
 from __future__ import annotations
@@ -71,11 +73,19 @@ class PerLoop:
         self.objects: dict[int, tuple[asyncio.AbstractEventLoop, object]] = {}
 
     def get(self):
-        loop = asyncio.get_running_loop()
-        entry = self.objects.get(id(loop))
-        if entry is None or entry[0] is not loop:
+        """The running loop's object, made on first use."""
+        found = self.peek()
+        if found is None:
+            loop = asyncio.get_running_loop()
             for key, (other, _) in list(self.objects.items()):
                 if other.is_closed():
                     del self.objects[key]
-            entry = self.objects[id(loop)] = (loop, self.factory())
-        return entry[1]
+            found = self.factory()
+            self.objects[id(loop)] = (loop, found)
+        return found
+
+    def peek(self):
+        """The running loop's object, or None if it has none yet."""
+        loop = asyncio.get_running_loop()
+        entry = self.objects.get(id(loop))
+        return entry[1] if entry is not None and entry[0] is loop else None

@@ -40,6 +40,7 @@ from apps.events import catalogue, fanout
 from apps.events.observability import FANOUT_LATENCY, WS_EVENTS_DELIVERED, WS_OPEN_SOCKETS
 from apps.events.observability import WS_SUBSCRIPTIONS
 from apps.users import presence, sessions
+from chatproject.batching import PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -885,22 +886,16 @@ def _usernames(user_ids) -> dict[int, str]:
     return dict(get_user_model().objects.filter(pk__in=user_ids).values_list("pk", "username"))
 
 
-_hubs: dict = {}
+_hubs = PerLoop(lambda: Hub(asyncio.get_running_loop()))
 
 
 def get_hub() -> Hub:
     """This event loop's hub (one per server process)."""
-    loop = asyncio.get_running_loop()
-    hub = _hubs.get(loop)
-    if hub is None:
-        for old in [k for k in _hubs if k.is_closed()]:
-            _hubs.pop(old, None)
-        hub = _hubs[loop] = Hub(loop)
-    return hub
+    return _hubs.get()
 
 
 async def shutdown(code: int = CLOSE_RESTART):
     """Close every socket of this process with `code` (chatproject.serve calls it on SIGTERM)."""
-    hub = _hubs.get(asyncio.get_running_loop())
+    hub = _hubs.peek()
     if hub is not None:
         await hub.shutdown(code)

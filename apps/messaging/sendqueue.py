@@ -66,7 +66,7 @@ class Lane:
         if self.conn is None or self.conn.closed:
             params = connections["default"].get_connection_params()
             params.pop("cursor_factory", None)
-            params["options"] = "-c TimeZone=UTC"
+            params["options"] = f"{params.get('options', '')} -c TimeZone=UTC".strip()
             self.conn = await psycopg.AsyncConnection.connect(**params, autocommit=False)
         return self.conn
 

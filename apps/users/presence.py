@@ -20,6 +20,8 @@ import time
 
 from django.conf import settings
 
+from chatproject.batching import PerLoop
+
 ONLINE, AWAY, OFFLINE = "online", "away", "offline"
 
 _UPDATE = """
@@ -101,27 +103,25 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-_clients: dict = {}
+def _new_client():
+    from redis import asyncio as aioredis
+
+    # A blocking pool: a burst of sockets waits for a connection instead of failing.
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL, max_connections=50, timeout=10, socket_timeout=5,
+        socket_connect_timeout=5,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+_clients = PerLoop(_new_client)
 
 
 def shared_redis():
     """An asyncio Redis client for REDIS_URL, one per event loop (None in embedded mode)."""
     if not settings.REDIS_URL:
         return None
-    loop = asyncio.get_running_loop()
-    client = _clients.get(loop)
-    if client is None:
-        from redis import asyncio as aioredis
-
-        for old in [k for k in _clients if k.is_closed()]:
-            _clients.pop(old, None)
-        # A blocking pool: a burst of sockets waits for a connection instead of failing.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL, max_connections=50, timeout=10, socket_timeout=5,
-            socket_connect_timeout=5,
-        )
-        client = _clients[loop] = aioredis.Redis(connection_pool=pool)
-    return client
+    return _clients.get()
 
 
 class RedisPresence:
