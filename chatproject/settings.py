@@ -192,7 +192,9 @@ else:
 CACHES = {
     "default": (
         {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-         "KEY_PREFIX": CHANNELS_PREFIX}
+         "KEY_PREFIX": CHANNELS_PREFIX,
+         # A hung Redis must not hang requests: throttles fall back to a local count.
+         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2}}
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )

@@ -368,7 +368,8 @@ class Hub:
             try:
                 if self.layer is not None:
                     self.channel = await self.layer.new_channel("realtime")
-                    await self.group("group_add", fanout.PRESENCE_GROUP)
+                    # Redis down at start: the reader joins again once it is back.
+                    await self._quietly(self.group("group_add", fanout.PRESENCE_GROUP))
                     self.tasks.append(self.loop.create_task(self._reader()))
                 self.tasks.append(self.loop.create_task(self._maintenance()))
                 self.started.set_result(True)
@@ -392,11 +393,19 @@ class Hub:
     async def attach(self, conn: Connection):
         """Register a socket; False if the user already has CHAT_MAX_SOCKETS_PER_USER open."""
         await self.start()
-        store = presence.backend()
-        changed, status, count = await store.connect(
-            conn.user_id, conn.id, conn.status(time.monotonic()), self.presence_ttl(),
-            settings.CHAT_MAX_SOCKETS_PER_USER,
-        )
+        limit = settings.CHAT_MAX_SOCKETS_PER_USER
+        try:
+            changed, status, count = await presence.backend().connect(
+                conn.user_id, conn.id, conn.status(time.monotonic()), self.presence_ttl(), limit,
+            )
+        except Exception:
+            # Presence (Redis) is down: serve the socket anyway, with this process's count as
+            # the socket limit; the next presence refresh registers it once Redis is back.
+            logger.warning("presence unavailable; accepting socket %s on the local count",
+                           conn.id, exc_info=True)
+            if len(self.users.get(conn.user_id, ())) >= limit:
+                return False
+            changed, status = 0, None
         if changed == -1:
             return False
         self.connections.add(conn)
@@ -404,8 +413,8 @@ class Hub:
         sockets = self.users.get(conn.user_id)
         if sockets is None:
             sockets = self.users[conn.user_id] = set()
-            if self.layer is not None:
-                await self.group("group_add", fanout.user_group(conn.user_id))
+            if self.layer is not None:  # joined again by the reader after a Redis outage
+                await self._quietly(self.group("group_add", fanout.user_group(conn.user_id)))
         sockets.add(conn)
         if changed == 1:
             await self.publish_presence(conn.user_id, conn.username, status)
@@ -475,6 +484,11 @@ class Hub:
             try:
                 if self.layer is not None:
                     await self.group("group_add", fanout.room_group(room_id))
+            except Exception:
+                # Redis is down: the stream is served from the event log (check_gaps) until
+                # the reader, seeing the outage, joins every group again.
+                logger.warning("could not join room %s's group; following it from the log",
+                               room_id, exc_info=True)
             except BaseException as exc:
                 stream.joined.set_exception(exc)
                 stream.joined.exception()  # mark retrieved
@@ -801,25 +815,33 @@ class Hub:
             heartbeat = settings.CHAT_HEARTBEAT_SECONDS
             await asyncio.sleep(min(1.0, heartbeat / 2))
             now = time.monotonic()
-            try:
-                # Silent sockets are closed after 2 to 2.33 heartbeats: a walk over every
-                # socket each heartbeat / 3, not each second.
-                if now - last_beats >= heartbeat / 3:
-                    last_beats = now
-                    self.check_heartbeats(now, heartbeat)
-                if now - last_presence >= heartbeat:  # entries live 2.5 heartbeats
-                    last_presence = now
-                    await self.refresh_presence(now)
-                if now - last_gaps >= setting("CHAT_GAP_CHECK_SECONDS", 2.0):
-                    last_gaps = now
-                    await self.check_gaps()
-                if now - last_groups >= setting("CHAT_GROUP_REFRESH_SECONDS", 30.0):
-                    last_groups = now
-                    await self.refresh_groups()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.warning("realtime maintenance failed", exc_info=True)
+            # Each job on its own: a Redis outage failing the presence refresh must not stop
+            # the log check that serves the sockets meanwhile.
+            # Silent sockets are closed after 2 to 2.33 heartbeats: a walk over every socket
+            # each heartbeat / 3, not each second.
+            if now - last_beats >= heartbeat / 3:
+                last_beats = now
+                await self._job(self.check_heartbeats, now, heartbeat)
+            if now - last_presence >= heartbeat:  # entries live 2.5 heartbeats
+                last_presence = now
+                await self._job(self.refresh_presence, now)
+            if now - last_gaps >= setting("CHAT_GAP_CHECK_SECONDS", 2.0):
+                last_gaps = now
+                await self._job(self.check_gaps)
+            if now - last_groups >= setting("CHAT_GROUP_REFRESH_SECONDS", 30.0):
+                last_groups = now
+                await self._job(self.refresh_groups)
+
+    @staticmethod
+    async def _job(func, *args):
+        try:
+            result = func(*args)
+            if asyncio.iscoroutine(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.warning("realtime maintenance: %s failed", func.__name__, exc_info=True)
 
     def check_heartbeats(self, now, heartbeat):
         if len(self.typing) > 1000 or not self.connections:

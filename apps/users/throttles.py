@@ -1,7 +1,16 @@
 """Rate limits on sign-up, token and send (rates: REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"])."""
 
+import logging
+
+from django.core.cache.backends.locmem import LocMemCache
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
+
+logger = logging.getLogger(__name__)
+
+# While the shared cache (Redis) is unreachable, throttles count in this process instead: a
+# Redis outage loosens the limits to per-process ones, it never turns a request into a 500.
+_local = LocMemCache("throttles-local", {"OPTIONS": {"MAX_ENTRIES": 100_000}})
 
 
 class ScopeThrottle(SimpleRateThrottle):
@@ -10,6 +19,15 @@ class ScopeThrottle(SimpleRateThrottle):
     def get_rate(self):
         # DRF binds THROTTLE_RATES at import; reading it here lets settings change it.
         return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
+
+    def allow_request(self, request, view):
+        try:
+            return super().allow_request(request, view)
+        except Exception:  # the shared cache is down: count in this process meanwhile
+            logger.warning("throttle cache unavailable; counting %s locally", self.scope,
+                           exc_info=True)
+            self.cache = _local
+            return super().allow_request(request, view)
 
     def get_cache_key(self, request, view):
         if request.user and request.user.is_authenticated:
