@@ -25,7 +25,7 @@ from apps.users import sessions
 from chatproject.errors import AccountDisabled, ServiceError, invalid
 
 from . import ratelimit
-from .realtime import REF_MAX, Connection, db, get_hub, text_frame
+from .realtime import REF_MAX, Connection, RedisUnavailable, db, get_hub, text_frame
 from . import sendqueue
 from .services import SendRequest
 
@@ -221,7 +221,9 @@ class ChatConsumer(AsyncConsumer):
 
     async def allowed(self) -> bool:
         try:
-            ok = await ratelimit.take(self.conn.user_id)
+            ok = await self.hub.redis_call(ratelimit.take(self.conn.user_id))
+        except RedisUnavailable:  # Redis failed a moment ago: do not wait for it again
+            ok = True
         except Exception:  # Redis down: do not block chatting on the limiter
             logger.warning("rate limiter unavailable", exc_info=True)
             ok = True

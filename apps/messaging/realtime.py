@@ -47,6 +47,15 @@ logger = logging.getLogger(__name__)
 CLOSE_SLOW = 1013  # the socket could not keep up; reconnect and resume with since
 CLOSE_RESTART = 1012  # server restart (graceful shutdown)
 CLOSE_HEARTBEAT = 4408
+# A Redis call on a socket's own path (connect, subscribe, rate limit) waits at most this long;
+# after a failure such calls are skipped for REDIS_BACKOFF seconds, so a hung Redis costs the
+# first socket REDIS_TIMEOUT and the others nothing (the log serves them meanwhile).
+REDIS_TIMEOUT = 2.0
+REDIS_BACKOFF = 5.0
+
+
+class RedisUnavailable(Exception):
+    """Redis failed or timed out recently; the call was not attempted."""
 
 _db_executor: ThreadPoolExecutor | None = None
 
@@ -359,6 +368,7 @@ class Hub:
         self.typing: dict[tuple[int, int], tuple[float, bool]] = {}
         self.presence_out: dict[int, tuple[str | None, str]] = {}
         self.presence_task: asyncio.Task | None = None
+        self.redis_down_until = 0.0
 
     # -- lifecycle
 
@@ -369,7 +379,7 @@ class Hub:
                 if self.layer is not None:
                     self.channel = await self.layer.new_channel("realtime")
                     # Redis down at start: the reader joins again once it is back.
-                    await self._quietly(self.group("group_add", fanout.PRESENCE_GROUP))
+                    await self._quietly(self.redis_call(self.group("group_add", fanout.PRESENCE_GROUP)))
                     self.tasks.append(self.loop.create_task(self._reader()))
                 self.tasks.append(self.loop.create_task(self._maintenance()))
                 self.started.set_result(True)
@@ -388,6 +398,20 @@ class Hub:
         self.shutting_down = True
         await asyncio.gather(*(c.close(code) for c in list(self.connections)), return_exceptions=True)
 
+    async def redis_call(self, awaitable):
+        """Await a Redis call on a socket's path, bounded by REDIS_TIMEOUT; skipped (raising
+        RedisUnavailable) for REDIS_BACKOFF seconds after a failure."""
+        if time.monotonic() < self.redis_down_until:
+            awaitable.close()
+            raise RedisUnavailable()
+        try:
+            return await asyncio.wait_for(awaitable, REDIS_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.redis_down_until = time.monotonic() + REDIS_BACKOFF
+            raise
+
     # -- sockets
 
     async def attach(self, conn: Connection):
@@ -395,9 +419,9 @@ class Hub:
         await self.start()
         limit = settings.CHAT_MAX_SOCKETS_PER_USER
         try:
-            changed, status, count = await presence.backend().connect(
+            changed, status, count = await self.redis_call(presence.backend().connect(
                 conn.user_id, conn.id, conn.status(time.monotonic()), self.presence_ttl(), limit,
-            )
+            ))
         except Exception:
             # Presence (Redis) is down: serve the socket anyway, with this process's count as
             # the socket limit; the next presence refresh registers it once Redis is back.
@@ -414,7 +438,8 @@ class Hub:
         if sockets is None:
             sockets = self.users[conn.user_id] = set()
             if self.layer is not None:  # joined again by the reader after a Redis outage
-                await self._quietly(self.group("group_add", fanout.user_group(conn.user_id)))
+                await self._quietly(
+                    self.redis_call(self.group("group_add", fanout.user_group(conn.user_id))))
         sockets.add(conn)
         if changed == 1:
             await self.publish_presence(conn.user_id, conn.username, status)
@@ -483,7 +508,7 @@ class Hub:
             stream.joined = self.loop.create_future()
             try:
                 if self.layer is not None:
-                    await self.group("group_add", fanout.room_group(room_id))
+                    await self.redis_call(self.group("group_add", fanout.room_group(room_id)))
             except Exception:
                 # Redis is down: the stream is served from the event log (check_gaps) until
                 # the reader, seeing the outage, joins every group again.

@@ -109,3 +109,28 @@ def test_rest_and_sockets_keep_working_while_redis_is_down(outage, user, other_u
     seqs = early.seqs(room.pk)
     assert seqs == list(range(1, seqs[-1] + 1))
 
+
+def test_a_hung_redis_does_not_hang_new_sockets(outage, user, other_user, room):
+    """Redis that accepts connections but never answers (SIGSTOP): bounded waits, not hangs."""
+    import os
+    import signal
+
+    server, redis = outage
+    rooms.room_join(room=room, user=other_user)
+    os.kill(redis.proc.pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        client = server.open(other_user)
+        client.hello()
+        assert client.subscribe(room.pk, since=0, timeout=30)["type"] == "subscribed"
+        ack = client.send_message(room.pk, body="hung redis")
+        assert ack["type"] == "ack", ack
+        took = time.monotonic() - started
+        status, body = http("POST", f"{server.http_url}/api/rooms/{room.pk}/messages/",
+                            {"body": "rest, hung redis",
+                             "client_id": "0b2f6c1e-9d7a-4e3b-8c5f-1a2b3c4d5e6f"},
+                            token=factories.make_token(user))
+        assert status == 201, body
+        assert took < 12, f"socket set-up took {took:.1f} s with a hung Redis"
+    finally:
+        os.kill(redis.proc.pid, signal.SIGCONT)
