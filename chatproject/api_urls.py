@@ -16,6 +16,8 @@ urlpatterns = [
     path("users/", users.UsersApi.as_view(), name="users"),
     path("auth/token/", users.TokenApi.as_view(), name="auth-token"),
     path("me/", users.MeApi.as_view(), name="me"),
+    path("blocks/", users.BlocksApi.as_view(), name="blocks"),
+    path("blocks/<int:user_id>/", users.BlockDetailApi.as_view(), name="block"),
     # Rooms.
     path("rooms/", rooms.RoomsApi.as_view(), name="rooms"),
     path("rooms/direct/", rooms.DirectRoomApi.as_view(), name="rooms-direct"),

@@ -28,6 +28,24 @@ class ServiceError(Exception):
     def status(self) -> int:
         return self.http_status[self.code]
 
+    @property
+    def extra(self) -> dict:
+        """Further fields of the error frame / body (beyond code and message)."""
+        return {}
+
+
+class RateLimited(ServiceError):
+    """`rate_limited` with `retry_after` (whole seconds): in the WebSocket error frame, and in
+    the REST body and its Retry-After header."""
+
+    def __init__(self, message: str, *, retry_after: int):
+        super().__init__("rate_limited", message)
+        self.retry_after = max(1, int(retry_after))
+
+    @property
+    def extra(self) -> dict:
+        return {"retry_after": self.retry_after}
+
 
 class AccountDisabled(ServiceError):
     """The acting account was deactivated (a WebSocket gets `forbidden`, then close 4403)."""

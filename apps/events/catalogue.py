@@ -49,6 +49,8 @@ CATALOGUE: dict[str, EventSpec] = {
         EventSpec("member.role_changed", seq=True, persisted=True, fanout=ROOM, kafka=True),
         EventSpec("member.banned", seq=True, persisted=True, fanout=ROOM_AND_TARGET, kafka=True),
         EventSpec("member.muted", seq=True, persisted=True, fanout=ROOM, kafka=True),
+        EventSpec("member.unbanned", seq=True, persisted=True, fanout=ROOM_AND_TARGET,
+                  kafka=True),
         EventSpec("receipt.updated", seq=False, persisted=True, fanout=SELF, kafka=True),
         EventSpec("typing", seq=False, persisted=False, fanout=ROOM, kafka=False),
         EventSpec("presence.changed", seq=False, persisted=False, fanout=SHARED_ROOMS, kafka=False),
@@ -137,8 +139,13 @@ def member_joined(membership) -> dict:
     return {"user": actor_of(membership.user), "role": membership.role}
 
 
-def member_left(user) -> dict:
-    return {"user": actor_of(user)}
+def _reason(reason) -> str | None:
+    return reason or None  # null when none was given
+
+
+def member_left(user, *, reason: str | None = None) -> dict:
+    """`reason`: a moderator's, for a kick (null when leaving, or none given)."""
+    return {"user": actor_of(user), "reason": _reason(reason)}
 
 
 def member_role_changed(membership) -> dict:
@@ -149,8 +156,13 @@ def member_banned(user, *, reason: str, until: datetime | None) -> dict:
     return {"user": actor_of(user), "reason": reason, "until": format_ts(until) if until else None}
 
 
-def member_muted(user, *, until: datetime | None) -> dict:
-    return {"user": actor_of(user), "until": format_ts(until) if until else None}
+def member_muted(user, *, until: datetime | None, reason: str | None = None) -> dict:
+    return {"user": actor_of(user), "until": format_ts(until) if until else None,
+            "reason": _reason(reason)}
+
+
+def member_unbanned(user, *, reason: str | None = None) -> dict:
+    return {"user": actor_of(user), "reason": _reason(reason)}
 
 
 def receipt_updated(user, *, last_read_seq: int) -> dict:

@@ -21,6 +21,7 @@ _user = {
     "additionalProperties": False,
 }
 _role = {"enum": ["owner", "moderator", "member"]}
+_reason = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 500}, {"type": "null"}]}
 _emoji = {"type": "string", "minLength": 1, "maxLength": 32}
 
 
@@ -41,6 +42,8 @@ _room = _obj(
         "kind": {"enum": ["public", "private", "direct"]},
         "archived": {"type": "boolean"},
         "created_by": {"anyOf": [_id, {"type": "null"}]},
+        "slow_mode_seconds": {"type": "integer", "minimum": 0},
+        "post_policy": {"enum": ["everyone", "moderators"]},
     }
 )
 
@@ -63,17 +66,19 @@ DATA: dict[str, dict] = {
     # Only the fields that changed, at least one.
     "room.updated": {
         **_obj(
-            {"name": _room["properties"]["name"], "topic": _room["properties"]["topic"]},
+            {name: _room["properties"][name]
+             for name in ("name", "topic", "slow_mode_seconds", "post_policy")},
             required=[],
         ),
         "minProperties": 1,
     },
     "room.archived": _obj({}),
     "member.joined": _obj({"user": _user, "role": _role}),
-    "member.left": _obj({"user": _user}),
+    "member.left": _obj({"user": _user, "reason": _reason}),
     "member.role_changed": _obj({"user": _user, "role": _role}),
     "member.banned": _obj({"user": _user, "reason": {"type": "string"}, "until": _ts_or_null}),
-    "member.muted": _obj({"user": _user, "until": _ts_or_null}),
+    "member.muted": _obj({"user": _user, "until": _ts_or_null, "reason": _reason}),
+    "member.unbanned": _obj({"user": _user, "reason": _reason}),
     "receipt.updated": _obj({"user": _user, "last_read_seq": {"type": "integer", "minimum": 0}}),
     "typing": _obj({"user": _user, "state": {"type": "boolean"}}),
     "presence.changed": _obj({"user": _user, "status": {"enum": ["online", "away", "offline"]}}),

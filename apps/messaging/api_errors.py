@@ -24,7 +24,11 @@ _CODE_BY_STATUS = {
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        return Response({"code": exc.code, "detail": exc.message}, status=exc.status)
+        response = Response({"code": exc.code, "detail": exc.message, **exc.extra},
+                            status=exc.status)
+        if "retry_after" in exc.extra:
+            response["Retry-After"] = str(exc.extra["retry_after"])
+        return response
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -74,10 +74,11 @@ def _do_read(user_id, room_id, seq):
 
 
 def _check_typing(user_id, room_id):
-    from apps.rooms.services import check_can_post, get_room_or_404
+    from apps.rooms.services import check_can_post, check_post_policy, get_room_or_404
 
     user = _user(user_id)
-    check_can_post(get_room_or_404(room_id, user), user)
+    room = get_room_or_404(room_id, user)
+    check_post_policy(room, user, check_can_post(room, user))
 
 
 # --- Frame fields -----------------------------------------------------------------------------
@@ -176,9 +177,10 @@ class ChatConsumer(AsyncConsumer):
 
     # --- frames
 
-    def error(self, ref, code, message):
+    def error(self, ref, code, message, extra=None):
         WS_ERRORS.labels(code).inc()
-        self.conn.write_json({"type": "error", "ref": ref, "code": code, "message": message})
+        self.conn.write_json({"type": "error", "ref": ref, "code": code, "message": message,
+                              **(extra or {})})
 
     async def frame(self, text, data):
         ref = None
@@ -211,7 +213,7 @@ class ChatConsumer(AsyncConsumer):
             self.error(ref, exc.code, exc.message)
             await self.conn.close(CLOSE_FORBIDDEN)
         except ServiceError as exc:
-            self.error(ref, exc.code, exc.message)
+            self.error(ref, exc.code, exc.message, exc.extra)
         except DatabaseError:
             logger.warning("database unavailable for a %s frame", "ws", exc_info=True)
             self.error(ref, "unavailable", "the database is unavailable; try again")

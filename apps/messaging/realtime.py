@@ -104,16 +104,12 @@ def replay(user, room_id, since, limit):
     """
     from apps.rooms import services as rooms
     from apps.rooms.models import Room
-    from chatproject.errors import forbidden
 
     head = Room.objects.filter(pk=room_id).values_list("last_seq", flat=True).first()
     events = []
     if head is not None and since is not None and since < head:
         events = events_after(room_id, since, head, limit + 1)
-    room = rooms.get_room_or_404(room_id, user)
-    membership = rooms.get_membership(room, user)
-    if membership is not None and membership.is_banned():
-        raise forbidden("you are banned from this room")
+    rooms.check_can_read(rooms.get_room_or_404(room_id, user), user)
     truncated = len(events) > limit
     return events[:limit], head, truncated
 

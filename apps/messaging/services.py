@@ -24,6 +24,7 @@ from apps.events.services import (build_event, events_statement, fanout_items, r
                                   send_events_on_commit)
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
+from apps.users.models import Block
 from chatproject.bulk import (Statement, arun, combine, insert_rows, pg_insert, pg_update, run,
                               update_by_pk)
 from chatproject.errors import ServiceError, forbidden, invalid, not_found
@@ -79,8 +80,7 @@ def get_message_or_404(message_id, user) -> Message:
         message = Message.objects.select_related("room").get(pk=int(message_id))
     except (Message.DoesNotExist, TypeError, ValueError, OverflowError):
         raise not_found("message not found") from None
-    if not rooms.can_view(message.room, user):
-        raise not_found("message not found")
+    rooms.check_can_read(message.room, user, missing="message not found")
     return message
 
 
@@ -135,8 +135,8 @@ def message_send_many(requests) -> list[Event | ServiceError]:
     try:
         with _pipeline(), transaction.atomic():
             reads = _read(todo)
-            accepted, resends = _decide(todo, reads, results)
-            created = _create(accepted, reads) if accepted else {}
+            accepted, resends, stamps = _decide(todo, reads, results)
+            created = _create(accepted, reads, stamps) if accepted else {}
             _answer(accepted, resends, created, _logged_events(_wanted(resends)), results)
     except IntegrityError:
         if len(todo) > 1:
@@ -161,8 +161,8 @@ async def amessage_send_many(conn, requests) -> list[Event | ServiceError]:
         return results
     async with conn.pipeline(), conn.transaction():
         reads = _reads_from_rows(await arun(conn, _read_statements(_keys(todo), len(todo))))
-        accepted, resends = _decide(todo, reads, results)
-        created, statements = _plan(accepted, reads) if accepted else ({}, [])
+        accepted, resends, stamps = _decide(todo, reads, results)
+        created, statements = _plan(accepted, reads, stamps) if accepted else ({}, [])
         await arun(conn, statements)
         wanted = _wanted(resends)
         logged = {}
@@ -226,6 +226,14 @@ class _Reads(NamedTuple):
     earlier: dict  # (author id, client id) -> (room id, seq) of a message sent before
     reply_rooms: dict  # reply_to message id -> its room id
     message_ids: list | None  # ids drawn for the new messages (PostgreSQL)
+    blocked: set  # (direct room id, author id) where the room's other member blocked the author
+
+
+class _Stamps(NamedTuple):
+    """Slow mode: the memberships whose last_posted_at the batch sets to `now`."""
+
+    now: object
+    membership_ids: list
 
 
 def _keys(todo: list[_Send]) -> _Keys:
@@ -256,7 +264,7 @@ def _read(todo: list[_Send]) -> _Reads:
         if keys.reply_ids else {}
     )
     return _Reads(locked, rooms.post_memberships(locked, keys.author_ids), earlier,
-                  reply_rooms, None)
+                  reply_rooms, None, rooms.blocked_senders(locked.values(), set(keys.author_ids)))
 
 
 def _user_model():
@@ -265,9 +273,11 @@ def _user_model():
 
 def _read_statements(keys: _Keys, count: int) -> list[Statement]:
     """PostgreSQL: lock the rooms (in id order), read the memberships with their users, the
-    earlier sends and the reply targets, and draw `count` message ids from the sequence."""
+    earlier sends, the blocks that close direct rooms to their authors and the reply
+    targets, and draw `count` message ids from the sequence (all in one round trip)."""
     user = _user_model()
     messages = Message._meta.db_table
+    blocks = Block._meta.db_table
     return [
         Statement(f"SELECT {_columns(Room)} FROM {Room._meta.db_table} WHERE id = ANY(%b) "
                   "ORDER BY id FOR UPDATE", [keys.room_ids], True),
@@ -280,6 +290,12 @@ def _read_statements(keys: _Keys, count: int) -> list[Statement]:
                   [keys.author_ids, keys.client_ids], True),
         Statement(f"SELECT nextval(pg_get_serial_sequence(%b, 'id')) "
                   "FROM generate_series(1, %b)", [messages, count], True),
+        # A direct room's key is "<low id>:<high id>" of its two members.
+        Statement(f"SELECT r.id, b.blocked_id FROM {Room._meta.db_table} r JOIN {blocks} b "
+                  "ON r.direct_key = LEAST(b.blocker_id, b.blocked_id)::text || ':' || "
+                  "GREATEST(b.blocker_id, b.blocked_id)::text "
+                  "WHERE r.id = ANY(%b) AND r.kind = 'direct' AND b.blocked_id = ANY(%b)",
+                  [keys.room_ids, keys.author_ids], True),
     ] + ([Statement(f"SELECT id, room_id FROM {messages} WHERE id = ANY(%b)",
                     [keys.reply_ids], True)] if keys.reply_ids else [])
 
@@ -295,8 +311,9 @@ def _reads_from_rows(rows) -> _Reads:
         membership.user = user.from_db(db, None, row[split:])
         memberships[(membership.room_id, membership.user_id)] = membership
     earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
-    replies = dict(rows[4]) if len(rows) > 4 else {}
-    return _Reads(locked, memberships, earlier, replies, [row[0] for row in rows[3]])
+    replies = dict(rows[5]) if len(rows) > 5 else {}
+    return _Reads(locked, memberships, earlier, replies, [row[0] for row in rows[3]],
+                  {tuple(row) for row in rows[4]})
 
 
 def _columns(model, alias=None) -> str:
@@ -306,10 +323,13 @@ def _columns(model, alias=None) -> str:
 
 
 def _decide(todo: list[_Send], reads: _Reads, results: list):
-    """Check each send under the locks: (accepted sends, {index: what a resend answers})."""
+    """Check each send under the locks: (accepted sends, {index: what a resend answers},
+    the slow-mode stamps). A member's send in a slow room stamps their membership here, so
+    a second send of theirs later in the same batch is refused like one in the next batch."""
     accepted: list[_Send] = []
     first_send: dict[tuple, _Send] = {}
     resends: dict[int, tuple[int, int] | _Send] = {}
+    stamps = _Stamps(timezone.now(), [])
     for send in todo:
         key = (send.author.pk, send.client_id)
         if key in reads.earlier or key in first_send:
@@ -320,7 +340,8 @@ def _decide(todo: list[_Send], reads: _Reads, results: list):
             if room is None:
                 raise not_found("room not found")
             membership = reads.memberships.get((room.pk, send.author.pk))
-            rooms.check_can_post(room, send.author, membership)
+            rooms.check_can_send(room, send.author, membership, now=stamps.now,
+                                 blocked=(room.pk, send.author.pk) in reads.blocked)
             if send.reply_to is not None:
                 if isinstance(send.reply_to, bool) or not isinstance(send.reply_to, int):
                     raise invalid("reply_to must be a message id")
@@ -329,9 +350,12 @@ def _decide(todo: list[_Send], reads: _Reads, results: list):
         except ServiceError as exc:
             results[send.index] = exc
             continue
+        if rooms.stamps_posts(room, send.author, membership):
+            membership.last_posted_at = stamps.now
+            stamps.membership_ids.append(membership.pk)
         first_send[key] = send
         accepted.append(send)
-    return accepted, resends
+    return accepted, resends, stamps
 
 
 MESSAGE_FIELDS = ["room_id", "author_id", "body", "client_id", "reply_to_id", "seq", "created_at"]
@@ -369,10 +393,10 @@ def _created_events(accepted, messages, ids) -> dict[int, Event]:
     return {send.index: event for send, event in zip(accepted, events)}
 
 
-def _create(accepted: list[_Send], reads: _Reads) -> dict[int, Event]:
+def _create(accepted: list[_Send], reads: _Reads, stamps: _Stamps) -> dict[int, Event]:
     """Insert the accepted sends' messages and events; {request index: event}."""
     if reads.message_ids is not None:  # PostgreSQL: nothing here waits for an answer
-        created, statements = _plan(accepted, reads)
+        created, statements = _plan(accepted, reads, stamps)
         run(statements)
         send_events_on_commit(fanout_items(created.values()))
         return created
@@ -382,6 +406,8 @@ def _create(accepted: list[_Send], reads: _Reads) -> dict[int, Event]:
                       returning="id")
     created = _created_events(accepted, messages, ids)
     record_events(list(created.values()))
+    if stamps.membership_ids:
+        Membership.objects.filter(pk__in=stamps.membership_ids).update(last_posted_at=stamps.now)
     return created
 
 
@@ -389,19 +415,24 @@ def _message_row(message) -> tuple:
     return tuple(getattr(message, field) for field in MESSAGE_FIELDS)
 
 
-def _plan(accepted: list[_Send], reads: _Reads) -> tuple[dict[int, Event], list[Statement]]:
+def _plan(accepted: list[_Send], reads: _Reads,
+          stamps: _Stamps) -> tuple[dict[int, Event], list[Statement]]:
     """PostgreSQL: the events of the accepted sends and the statements that write them (the
     message ids were drawn with the reads, so events are built before anything is written)."""
     messages, last = _new_messages(accepted, reads.rooms)
     ids = reads.message_ids[: len(messages)]
     created = _created_events(accepted, messages, ids)
-    statements = [combine([
+    writes = [
         pg_update(Room, "last_seq", last),
         pg_insert(Message, ["id", *MESSAGE_FIELDS],
                   [(pk, *_message_row(m)) for pk, m in zip(ids, messages)]),
         events_statement(list(created.values())),
-    ])]
-    return created, statements
+    ]
+    if stamps.membership_ids:  # slow-mode rooms only: no extra write for the others
+        writes.insert(0, Statement(
+            f"UPDATE {Membership._meta.db_table} SET last_posted_at = %b WHERE id = ANY(%b)",
+            [stamps.now, stamps.membership_ids]))
+    return created, [combine(writes)]
 
 
 def _wanted(resends: dict) -> dict[tuple[int, int], list[int]]:
@@ -458,7 +489,7 @@ def message_edit(*, message, actor, body) -> Event:
     with transaction.atomic():
         room = rooms.lock_room(message.room_id)
         message = Message.objects.get(pk=message.pk)
-        rooms.check_can_view(room, actor)
+        rooms.check_can_read(room, actor)
         if message.author_id != actor.pk:
             raise forbidden("only the author can edit a message")
         if message.is_deleted:
@@ -477,7 +508,7 @@ def message_delete(*, message, actor, reason="") -> Event:
     with transaction.atomic():
         room = rooms.lock_room(message.room_id)
         message = Message.objects.get(pk=message.pk)
-        rooms.check_can_view(room, actor)
+        rooms.check_can_read(room, actor)
         if message.is_deleted:
             raise invalid("the message is already deleted")
         rooms.check_not_archived(room)
@@ -530,7 +561,7 @@ def reaction_remove(*, message, user, emoji) -> Event:
     emoji = clean_emoji(emoji)
     with transaction.atomic():
         room = rooms.lock_room(message.room_id)
-        rooms.check_can_view(room, user)
+        rooms.check_can_read(room, user)
         rooms.check_not_archived(room)
         deleted, _ = Reaction.objects.filter(message=message, user=user, emoji=emoji).delete()
         if not deleted:

@@ -107,13 +107,18 @@ def validated(serializer_class, request, *, partial=False) -> dict:
 
 
 class RoomScopedApi(GenericAPIView):
-    """Base: `self.room` is resolved (and visibility checked) before any handler runs."""
+    """Base: `self.room` is resolved before any handler runs, under the read rule
+    (`check_can_read`: a ban holds on every room-scoped endpoint, reads and writes), or only
+    the view rule for the methods in `view_only` (the room object itself)."""
 
     queryset = Room.objects.none()
+    view_only: tuple[str, ...] = ()
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
         self.room = services.get_room_or_404(kwargs["room_id"], request.user)
+        if request.method not in self.view_only:
+            services.check_can_read(self.room, request.user)
 
 
 # --- Rooms -------------------------------------------------------------------------------------
@@ -194,6 +199,7 @@ class RoomDetailApi(RoomScopedApi):
     """One room. PATCH renames it or changes the topic; DELETE archives it (read-only for good)."""
 
     serializer_class = RoomUpdateSerializer
+    view_only = ("GET",)
 
     @extend_schema(responses={200: RoomSerializer, **NOT_FOUND})
     def get(self, request, room_id):
@@ -203,7 +209,8 @@ class RoomDetailApi(RoomScopedApi):
     def patch(self, request, room_id):
         data = validated(RoomUpdateSerializer, request, partial=True)
         room = services.room_update(
-            room=self.room, actor=request.user, name=data.get("name"), topic=data.get("topic")
+            room=self.room, actor=request.user, name=data.get("name"), topic=data.get("topic"),
+            slow_mode_seconds=data.get("slow_mode_seconds"), post_policy=data.get("post_policy"),
         )
         return Response(room_data(room, request.user))
 
@@ -264,7 +271,10 @@ class RoomReadApi(RoomScopedApi):
 
 
 class MembersApi(RoomScopedApi):
-    """The room's current members; `?banned=true` lists bans instead (moderators only)."""
+    """The room's current members; `?banned=true` lists bans instead (moderators only).
+
+    Read positions, mutes and bans are shown only to the member themself and to moderators;
+    others see `user`, `role` and `joined_at`."""
 
     serializer_class = MemberSerializer
 
@@ -280,8 +290,9 @@ class MembersApi(RoomScopedApi):
         limit = limit_param(request, MEMBERS_PAGE)
         after = int_param(request, "after", default=0)
         members = Membership.objects.in_room(self.room).select_related("user")
+        moderator = services.can_moderate(self.room, request.user)
         if bool_param(request, "banned"):
-            if not services.can_moderate(self.room, request.user):
+            if not moderator:
                 raise forbidden("only the room's owner or moderators may see bans")
             members = members.banned()
         else:
@@ -291,7 +302,9 @@ class MembersApi(RoomScopedApi):
         page = page[:limit]
         return Response(
             {
-                "results": MemberSerializer(page, many=True).data,
+                "results": MemberSerializer(
+                    page, many=True, context={"full": moderator, "full_for": request.user.pk}
+                ).data,
                 "next": next_url(request, after=page[-1].user_id, limit=limit) if more else None,
             }
         )

@@ -5,11 +5,18 @@ from django.utils import timezone
 from .managers import MembershipQuerySet, RoomQuerySet
 
 
+SLOW_MODE_MAX_SECONDS = 6 * 3600
+
+
 class Room(models.Model):
     class Kind(models.TextChoices):
         PUBLIC = "public"
         PRIVATE = "private"
         DIRECT = "direct"
+
+    class PostPolicy(models.TextChoices):
+        EVERYONE = "everyone"
+        MODERATORS = "moderators"  # announcement rooms: only the owner and moderators post
 
     name = models.CharField(max_length=100)
     topic = models.CharField(max_length=500, blank=True, default="")
@@ -24,6 +31,11 @@ class Room(models.Model):
     # The room's event sequence: the last seq handed out. Allocated under this row's lock,
     # so seq has no gaps and follows commit order (see apps.events.services.record_event).
     last_seq = models.BigIntegerField(default=0)
+    # Slow mode: a member who is not a moderator posts at most once per this many seconds.
+    slow_mode_seconds = models.PositiveIntegerField(default=0)
+    post_policy = models.CharField(
+        max_length=12, choices=PostPolicy.choices, default=PostPolicy.EVERYONE
+    )
 
     objects = RoomQuerySet.as_manager()
 
@@ -47,6 +59,8 @@ class Room(models.Model):
             "kind": self.kind,
             "archived": self.is_archived,
             "created_by": self.created_by_id,
+            "slow_mode_seconds": self.slow_mode_seconds,
+            "post_policy": self.post_policy,
         }
 
 
@@ -68,6 +82,8 @@ class Membership(models.Model):
     banned_until = models.DateTimeField(null=True, blank=True)
     ban_reason = models.CharField(max_length=500, blank=True, default="")
     last_read_seq = models.BigIntegerField(default=0)
+    # When the member last posted, kept only in slow-mode rooms (what slow mode checks).
+    last_posted_at = models.DateTimeField(null=True, blank=True)
 
     objects = MembershipQuerySet.as_manager()
 

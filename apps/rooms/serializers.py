@@ -6,7 +6,7 @@ from rest_framework import serializers
 from apps.events.catalogue import EVENT_TYPES
 from apps.users.api import UserSerializer
 
-from .models import Membership, Room
+from .models import SLOW_MODE_MAX_SECONDS, Membership, Room
 
 
 class MyMembershipSerializer(serializers.Serializer):
@@ -29,6 +29,14 @@ class RoomSerializer(serializers.Serializer):
     created_by = serializers.IntegerField(source="created_by_id", read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(read_only=True)
     last_seq = serializers.IntegerField(read_only=True)
+    slow_mode_seconds = serializers.IntegerField(
+        read_only=True, help_text="Slow mode: members who are not moderators post at most once "
+        "per this many seconds (0 = off)."
+    )
+    post_policy = serializers.ChoiceField(
+        choices=Room.PostPolicy.choices, read_only=True,
+        help_text="'moderators': only the room's moderators post (announcement rooms).",
+    )
     membership = serializers.SerializerMethodField()
     unread = serializers.SerializerMethodField(
         help_text="Live messages by others after the caller's read position (0 for non-members)."
@@ -66,6 +74,11 @@ class RoomCreateSerializer(serializers.Serializer):
 class RoomUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False)
     topic = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    slow_mode_seconds = serializers.IntegerField(
+        required=False, min_value=0, max_value=SLOW_MODE_MAX_SECONDS,
+        help_text="0 turns slow mode off.",
+    )
+    post_policy = serializers.ChoiceField(choices=Room.PostPolicy.choices, required=False)
 
 
 class UserRefSerializer(serializers.Serializer):
@@ -81,19 +94,36 @@ class ReadResultSerializer(serializers.Serializer):
     unread = serializers.IntegerField()
 
 
+PRIVATE_MEMBER_FIELDS = ("is_active", "muted_until", "banned", "banned_until", "ban_reason",
+                         "last_read_seq")
+
+
 class MemberSerializer(serializers.Serializer):
+    """A membership. The fields after `joined_at` are shown only to the member themself and
+    to the room's moderators (and site moderators): pass `context={"full": bool}` or
+    `{"full_for": user id}` to choose; without context all are shown."""
+
     user = UserSerializer(read_only=True)
     role = serializers.ChoiceField(choices=Membership.Role.choices, read_only=True)
-    is_active = serializers.BooleanField(read_only=True)
     joined_at = serializers.DateTimeField(read_only=True)
-    muted_until = serializers.DateTimeField(read_only=True, allow_null=True)
+    is_active = serializers.BooleanField(required=False)
+    muted_until = serializers.DateTimeField(required=False, allow_null=True)
     banned = serializers.SerializerMethodField()
-    banned_until = serializers.DateTimeField(read_only=True, allow_null=True)
-    ban_reason = serializers.CharField(read_only=True)
-    last_read_seq = serializers.IntegerField(read_only=True)
+    banned_until = serializers.DateTimeField(required=False, allow_null=True)
+    ban_reason = serializers.CharField(required=False)
+    last_read_seq = serializers.IntegerField(required=False)
 
+    @extend_schema_field(serializers.BooleanField(required=False))
     def get_banned(self, membership) -> bool:
         return membership.is_banned()
+
+    def to_representation(self, membership):
+        data = super().to_representation(membership)
+        full = self.context.get("full", True)
+        if not full and membership.user_id != self.context.get("full_for"):
+            for name in PRIVATE_MEMBER_FIELDS:
+                data.pop(name, None)
+        return data
 
 
 class ReasonSerializer(serializers.Serializer):

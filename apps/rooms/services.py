@@ -6,6 +6,7 @@ and the room's seq follows commit order.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from django.contrib.auth import get_user_model
@@ -14,17 +15,28 @@ from django.utils import timezone
 
 from apps.events import catalogue as ev
 from apps.events.services import record_event
-from chatproject.errors import AccountDisabled, forbidden, invalid, not_found
+from apps.users.models import Block
+from chatproject.errors import AccountDisabled, RateLimited, forbidden, invalid, not_found
 
-from .models import Membership, ModerationAction, Room
+from .managers import MODERATE_PERMISSION, is_site_moderator  # noqa: F401 (the rules' home)
+from .models import SLOW_MODE_MAX_SECONDS, Membership, ModerationAction, Room
 
 User = get_user_model()
-MODERATE_PERMISSION = "rooms.moderate_room"
 ROOM_NAME_MAX = 100
 ROOM_TOPIC_MAX = 500
+OWNER = Membership.Role.OWNER
 
 
-# --- Checks (read-only) -----------------------------------------------------------------------
+# --- The authorization rules, one per room action (read-only) ---------------------------------
+#
+# view       open the room and see it listed          RoomQuerySet.visible_to / room_visible
+# read       history, events, members, reactions      check_can_read (view, and not banned)
+# post       write anything in the room (edit, react)  check_can_post (active, unmuted, ...)
+# send       post a new message                        check_can_send (post, post policy, slow mode)
+# moderate   act on members, settings                  check_can_moderate
+# own        archive, hand ownership on                check_is_owner
+#
+# REST views, the WebSocket consumer, the admin and the services call these and nothing else.
 
 
 def get_membership(room, user) -> Membership | None:
@@ -34,21 +46,18 @@ def get_membership(room, user) -> Membership | None:
     return Membership.objects.filter(room=room, user=user).first()
 
 
-def is_site_moderator(user) -> bool:
-    """Staff moderators (the Moderators group, superusers) may moderate every room."""
-    return bool(user and user.is_active and user.is_staff and user.has_perm(MODERATE_PERMISSION))
-
-
-def _visible(room, user, membership) -> bool:
-    """The view rule, given the user's membership (read by the caller)."""
+def room_visible(room, user, membership) -> bool:
+    """The room-view rule of `RoomQuerySet.visible_to`, for one room whose membership of the
+    user the caller has read already (tests/rooms/test_rules.py checks that they agree)."""
+    if not user or not user.is_authenticated:
+        return False
     if room.kind == Room.Kind.PUBLIC:
-        return bool(user and user.is_authenticated)
+        return True
     return bool(membership and membership.is_active) or is_site_moderator(user)
 
 
 def can_view(room, user) -> bool:
-    membership = None if room.kind == Room.Kind.PUBLIC else get_membership(room, user)
-    return _visible(room, user, membership)
+    return Room.objects.visible_to(user).filter(pk=room.pk).exists()
 
 
 def check_can_view(room, user) -> None:
@@ -57,15 +66,38 @@ def check_can_view(room, user) -> None:
         raise not_found("room not found")
 
 
+def check_can_read(room, user, *, missing="room not found") -> Membership | None:
+    """Read the room's messages, events, members and reactions: the view rule, and no ban.
+
+    A user banned from a public room gets `forbidden`; from a private room (where a ban ends
+    the membership) `not_found` with the `missing` text, like any outsider.
+    """
+    membership = get_membership(room, user)
+    if not room_visible(room, user, membership):
+        raise not_found(missing)
+    if membership is not None and membership.is_banned() and not is_site_moderator(user):
+        raise forbidden("you are banned from this room")
+    return membership
+
+
 def can_moderate(room, user) -> bool:
     membership = get_membership(room, user)
     return bool(membership and membership.is_moderator) or is_site_moderator(user)
 
 
 def check_can_moderate(room, user) -> None:
-    check_can_view(room, user)
+    check_can_read(room, user)
     if not can_moderate(room, user):
         raise forbidden("only the room's owner or moderators may do this")
+
+
+def check_is_owner(room, user) -> None:
+    """Owner-only actions (archive the room, make someone owner): owners and site moderators."""
+    check_can_read(room, user)
+    membership = get_membership(room, user)
+    owner = bool(membership and membership.is_active and membership.role == OWNER)
+    if not owner and not is_site_moderator(user):
+        raise forbidden("only the room's owner may do this")
 
 
 def check_not_archived(room) -> None:
@@ -82,15 +114,34 @@ def post_memberships(room_ids, user_ids) -> dict[tuple[int, int], Membership]:
     return {(m.room_id, m.user_id): m for m in rows}
 
 
+def blocked_senders(rooms, user_ids) -> set[tuple[int, int]]:
+    """{(direct room id, user id)} where the room's other member has blocked the user: one
+    query for many sends (the PostgreSQL send path reads the same in its pipeline)."""
+    pairs = {}
+    for room in rooms:
+        if room.kind == Room.Kind.DIRECT and room.direct_key:
+            low, high = (int(part) for part in room.direct_key.split(":"))
+            for user_id in (low, high):
+                if user_id in user_ids:
+                    pairs[(high if user_id == low else low, user_id)] = room.pk
+    if not pairs:
+        return set()
+    rows = Block.objects.filter(
+        blocker_id__in={b for b, _ in pairs}, blocked_id__in={u for _, u in pairs}
+    ).values_list("blocker_id", "blocked_id")
+    return {(pairs[pair], pair[1]) for pair in rows if pair in pairs}
+
+
 _READ = object()
 
 
-def check_can_post(room, user, membership=_READ) -> Membership:
-    """An active, unmuted, unbanned member of a room that is not archived.
+def check_can_post(room, user, membership=_READ, *, blocked=_READ) -> Membership:
+    """Write in the room (post, edit one's own, react): an active, unmuted, unbanned member
+    of a room that is not archived, not blocked by the other person of a direct room.
 
     One query (membership joined with its user) on the hot path of every send, unless the
-    caller read it already (`post_memberships`); it also refuses an account deactivated since
-    the caller loaded it.
+    caller read it already (`post_memberships`, `blocked_senders`); it also refuses an
+    account deactivated since the caller loaded it.
     """
     if membership is _READ:
         membership = None
@@ -98,7 +149,7 @@ def check_can_post(room, user, membership=_READ) -> Membership:
             membership = post_memberships([room.pk], [user.pk]).get((room.pk, user.pk))
     if membership is not None and not membership.user.is_active:
         raise AccountDisabled()
-    if not _visible(room, user, membership):
+    if not room_visible(room, user, membership):
         raise not_found("room not found")  # same answer as a missing room
     if membership is None or not membership.is_active:
         if membership is not None and membership.is_banned():
@@ -107,7 +158,47 @@ def check_can_post(room, user, membership=_READ) -> Membership:
     check_not_archived(room)
     if membership.is_muted():
         raise forbidden("you are muted in this room")
+    if blocked is _READ:
+        blocked = bool(blocked_senders([room], {user.pk}))
+    if blocked:
+        raise forbidden("this person has blocked you")
     return membership
+
+
+def is_room_moderator(user, membership) -> bool:
+    """The room's owner and moderators, and site moderators (exempt from slow mode and the
+    post policy)."""
+    return bool(membership and membership.is_moderator) or is_site_moderator(user)
+
+
+def check_post_policy(room, user, membership) -> None:
+    """Announcement rooms (post policy `moderators`): only moderators post."""
+    if room.post_policy == Room.PostPolicy.MODERATORS and not is_room_moderator(user, membership):
+        raise forbidden("only the room's moderators may post here")
+
+
+def check_can_send(room, user, membership=_READ, *, blocked=_READ, now=None) -> Membership:
+    """Post a new message: the post rule, the post policy, and slow mode (at most one
+    message per `slow_mode_seconds` for members who are not moderators; `rate_limited`
+    with `retry_after`). The caller holds the room lock, so two sends cannot both pass."""
+    membership = check_can_post(room, user, membership, blocked=blocked)
+    check_post_policy(room, user, membership)
+    if room.slow_mode_seconds and membership.last_posted_at and not is_room_moderator(
+        user, membership
+    ):
+        now = now or timezone.now()
+        wait = (membership.last_posted_at - now).total_seconds() + room.slow_mode_seconds
+        if wait > 0:
+            raise RateLimited(
+                f"slow mode: one message every {room.slow_mode_seconds} s in this room",
+                retry_after=math.ceil(wait),
+            )
+    return membership
+
+
+def stamps_posts(room, user, membership) -> bool:
+    """Whether a send must record the member's post time (slow mode applies to them)."""
+    return bool(room.slow_mode_seconds) and not is_room_moderator(user, membership)
 
 
 def lock_room(room_or_id) -> Room:
@@ -210,8 +301,33 @@ def room_create(*, creator, name, kind=Room.Kind.PUBLIC, topic="", member_ids=()
     return room
 
 
+def check_can_open_direct(user, other) -> None:
+    """The direct-room rule: `other` has not blocked `user`, and their `dm_policy` lets
+    `user` in (anyone; people sharing a public or private room with them; nobody)."""
+    if Block.objects.filter(blocker=other, blocked=user).exists():
+        raise forbidden("this person has blocked you")
+    if is_site_moderator(user):
+        return  # staff can always reach someone (Zulip and Mattermost admins can)
+    policy = other.dm_policy
+    if policy == User.DmPolicy.NOBODY:
+        raise forbidden("this person does not accept direct messages")
+    if policy == User.DmPolicy.SHARED_ROOMS:
+        shared = (
+            Membership.objects.active()
+            .filter(user=other, room__memberships__user=user, room__memberships__is_active=True)
+            .exclude(room__kind=Room.Kind.DIRECT)
+        )
+        if not shared.exists():
+            raise forbidden("this person accepts direct messages only from people in their rooms")
+
+
 def direct_room_open(*, user, other) -> Room:
-    """The direct room of two people, created on first use."""
+    """The direct room of two people, created on first use.
+
+    Opening it (new or existing) follows `check_can_open_direct`, except that a blocker may
+    still open the room of someone they blocked (to read it; they may post, the blocked side
+    may not).
+    """
     if other is None or not other.is_active:
         raise not_found("user not found")
     if other.pk == user.pk:
@@ -219,8 +335,16 @@ def direct_room_open(*, user, other) -> Room:
     low, high = sorted([user.pk, other.pk])
     key = f"{low}:{high}"
     existing = Room.objects.filter(direct_key=key).first()
-    if existing:
+    if existing and Membership.objects.active().filter(room=existing, user=user).exists():
+        if Block.objects.filter(blocker=other, blocked=user).exists():
+            raise forbidden("this person has blocked you")
         return existing
+    check_can_open_direct(user, other)
+    if existing:  # a member removed before kicks were refused in direct rooms comes back
+        with transaction.atomic():
+            room = lock_room(existing)
+            _add_member(room, user, role=Membership.Role.MEMBER, actor=user)
+        return room
     try:
         with transaction.atomic():
             room = Room.objects.create(
@@ -238,19 +362,40 @@ def direct_room_open(*, user, other) -> Room:
     return room
 
 
-def room_update(*, room, actor, name=None, topic=None) -> Room:
-    """Rename the room or change its topic (owner and moderators)."""
+def _clean_slow_mode(seconds) -> int:
+    if isinstance(seconds, bool) or not isinstance(seconds, int):
+        raise invalid("slow_mode_seconds must be an integer")
+    if not 0 <= seconds <= SLOW_MODE_MAX_SECONDS:
+        raise invalid(f"slow_mode_seconds must be between 0 and {SLOW_MODE_MAX_SECONDS}")
+    return seconds
+
+
+def _clean_post_policy(policy) -> str:
+    if policy not in Room.PostPolicy.values:
+        raise invalid("post_policy must be 'everyone' or 'moderators'")
+    return policy
+
+
+def room_update(*, room, actor, name=None, topic=None, slow_mode_seconds=None,
+                post_policy=None) -> Room:
+    """Rename the room, change its topic, slow mode or post policy (owner and moderators)."""
     with transaction.atomic():
         room = lock_room(room)
         check_can_moderate(room, actor)
         check_not_archived(room)
         if room.kind == Room.Kind.DIRECT:
-            raise forbidden("direct rooms cannot be renamed")
+            raise forbidden("direct rooms cannot be changed")
         changed = {}
         if name is not None and _clean_name(name) != room.name:
             room.name = changed["name"] = _clean_name(name)
         if topic is not None and _clean_topic(topic) != room.topic:
             room.topic = changed["topic"] = _clean_topic(topic)
+        if slow_mode_seconds is not None and (
+            _clean_slow_mode(slow_mode_seconds) != room.slow_mode_seconds
+        ):
+            room.slow_mode_seconds = changed["slow_mode_seconds"] = slow_mode_seconds
+        if post_policy is not None and _clean_post_policy(post_policy) != room.post_policy:
+            room.post_policy = changed["post_policy"] = post_policy
         if changed:
             room.save(update_fields=list(changed))
             record_event(type="room.updated", room=room, actor=actor, data=ev.room_updated(changed))
@@ -258,10 +403,10 @@ def room_update(*, room, actor, name=None, topic=None) -> Room:
 
 
 def room_archive(*, room, actor, reason="") -> Room:
-    """Make the room read-only for good (owner, moderators, site moderators)."""
+    """Make the room read-only for good (its owners and site moderators, not moderators)."""
     with transaction.atomic():
         room = lock_room(room)
-        check_can_moderate(room, actor)
+        check_is_owner(room, actor)
         check_not_archived(room)
         room.archived_at = timezone.now()
         room.save(update_fields=["archived_at"])
@@ -289,17 +434,28 @@ def room_join(*, room, user) -> Membership:
         return _add_member(room, user, role=Membership.Role.MEMBER, actor=user)
 
 
+def _check_keeps_an_owner(room, target: Membership, what: str) -> None:
+    """A room always has an owner: its last one cannot leave, be removed or be demoted
+    before making someone else owner (as Slack and Mattermost keep a channel's last admin)."""
+    if target.role != OWNER or not target.is_active:
+        return
+    others = Membership.objects.active().in_room(room).filter(role=OWNER).exclude(pk=target.pk)
+    if not others.exists():
+        raise forbidden(f"the room's last owner cannot {what}: make another member owner first")
+
+
 def room_leave(*, room, user) -> None:
-    """Leave a room (a direct room cannot be left)."""
+    """Leave a room (a direct room cannot be left; the last owner hands ownership on first)."""
     with transaction.atomic():
         room = lock_room(room)
-        check_can_view(room, user)
+        check_can_read(room, user)
         membership = get_membership(room, user)
         if membership is None or not membership.is_active:
             raise invalid("you are not a member of this room")
         if room.kind == Room.Kind.DIRECT:
             raise forbidden("a direct room cannot be left")
         check_not_archived(room)
+        _check_keeps_an_owner(room, membership, "leave")
         membership.is_active = False
         membership.save(update_fields=["is_active"])
         record_event(type="member.left", room=room, actor=user, data=ev.member_left(user))
@@ -339,20 +495,25 @@ def _check_outranks(room, actor, target: Membership) -> None:
 
 
 def member_set_role(*, room, actor, user, role) -> Membership:
-    """Make a member a moderator or a member again (the owner, or staff)."""
-    if role not in (Membership.Role.MODERATOR, Membership.Role.MEMBER):
-        raise invalid("role must be 'moderator' or 'member'")
+    """Make a member an owner, a moderator or a member again (the owner, or staff).
+
+    An owner may make others owners too (to hand the room on before leaving); only a site
+    moderator can demote an owner, and never the last one.
+    """
+    if role not in Membership.Role.values:
+        raise invalid("role must be 'owner', 'moderator' or 'member'")
     with transaction.atomic():
         room = lock_room(room)
-        check_can_moderate(room, actor)
+        check_is_owner(room, actor)
         check_not_archived(room)
-        actor_membership = get_membership(room, actor)
-        if not is_site_moderator(actor) and actor_membership.role != Membership.Role.OWNER:
-            raise forbidden("only the owner can change roles")
+        if room.kind == Room.Kind.DIRECT:
+            raise forbidden("a direct room has no roles")
         target = _target_membership(room, user)
         if not target.is_active:
             raise invalid("that user is not an active member")
         _check_outranks(room, actor, target)
+        if role != OWNER:
+            _check_keeps_an_owner(room, target, "be demoted")
         if target.role != role:
             target.role = role
             target.save(update_fields=["role"])
@@ -366,19 +527,34 @@ def member_set_role(*, room, actor, user, role) -> Membership:
         return target
 
 
+def _clean_reason(reason) -> str:
+    if reason is None:
+        return ""
+    if not isinstance(reason, str):
+        raise invalid("reason must be a string")
+    return reason.strip()[:500]
+
+
 def member_kick(*, room, actor, user, reason="") -> None:
-    """Remove a member (they may join a public room again)."""
+    """Remove a member (they may join a public room again; nobody leaves a direct room)."""
+    reason = _clean_reason(reason)
     with transaction.atomic():
         room = lock_room(room)
         check_can_moderate(room, actor)
         check_not_archived(room)
+        if room.kind == Room.Kind.DIRECT:
+            # Nobody could ever bring them back (a direct room takes no invitations): the
+            # person who does not want the other blocks them instead.
+            raise forbidden("nobody can be removed from a direct room (block the user instead)")
         target = _target_membership(room, user)
         if not target.is_active:
             raise invalid("that user is not an active member")
         _check_outranks(room, actor, target)
+        _check_keeps_an_owner(room, target, "be removed")
         target.is_active = False
         target.save(update_fields=["is_active"])
-        record_event(type="member.left", room=room, actor=actor, data=ev.member_left(user))
+        record_event(type="member.left", room=room, actor=actor,
+                     data=ev.member_left(user, reason=reason))
         _audit(room, actor, ModerationAction.Action.KICK, target_user=user, reason=reason)
 
 
@@ -397,7 +573,7 @@ def _clean_until(until) -> datetime | None:
 def member_ban(*, room, actor, user, reason="", until=None) -> Membership:
     """Ban a user from the room (optionally until a time): removed at once, cannot rejoin."""
     until = _clean_until(until)
-    reason = (reason or "")[:500]
+    reason = _clean_reason(reason)
     with transaction.atomic():
         room = lock_room(room)
         check_can_moderate(room, actor)
@@ -409,6 +585,7 @@ def member_ban(*, room, actor, user, reason="", until=None) -> Membership:
             target = Membership(room=room, user=user, is_active=False)
         else:
             _check_outranks(room, actor, target)
+            _check_keeps_an_owner(room, target, "be banned")
         target.is_active = False
         target.banned_at = timezone.now()
         target.banned_until = until
@@ -426,7 +603,10 @@ def member_ban(*, room, actor, user, reason="", until=None) -> Membership:
 
 
 def member_unban(*, room, actor, user, reason="") -> Membership:
-    """Lift a ban; the user may join (public) or be invited (private) again."""
+    """Lift a ban; the user may join (public) or be invited (private) again.
+
+    `member.unbanned` goes to the room and to the user's own sockets (their room list)."""
+    reason = _clean_reason(reason)
     with transaction.atomic():
         room = lock_room(room)
         check_can_moderate(room, actor)
@@ -437,6 +617,8 @@ def member_unban(*, room, actor, user, reason="") -> Membership:
         target.banned_at = target.banned_until = None
         target.ban_reason = ""
         target.save(update_fields=["banned_at", "banned_until", "ban_reason"])
+        record_event(type="member.unbanned", room=room, actor=actor,
+                     data=ev.member_unbanned(user, reason=reason))
         _audit(room, actor, ModerationAction.Action.UNBAN, target_user=user, reason=reason)
         return target
 
@@ -444,6 +626,7 @@ def member_unban(*, room, actor, user, reason="") -> Membership:
 def member_mute(*, room, actor, user, until=None, reason="") -> Membership:
     """Mute a member until a time (None lifts the mute)."""
     until = _clean_until(until)
+    reason = _clean_reason(reason)
     with transaction.atomic():
         room = lock_room(room)
         check_can_moderate(room, actor)
@@ -455,7 +638,8 @@ def member_mute(*, room, actor, user, until=None, reason="") -> Membership:
         target.muted_until = until
         target.save(update_fields=["muted_until"])
         record_event(
-            type="member.muted", room=room, actor=actor, data=ev.member_muted(user, until=until)
+            type="member.muted", room=room, actor=actor,
+            data=ev.member_muted(user, until=until, reason=reason),
         )
         _audit(
             room,
@@ -477,7 +661,7 @@ def mark_read(*, room, user, seq) -> "object | None":
             Membership.objects.select_for_update().filter(room=room, user=user, is_active=True).first()
         )
         if membership is None:
-            check_can_view(room, user)
+            check_can_read(room, user)
             raise forbidden("join the room first")
         seq = min(seq, Room.objects.values_list("last_seq", flat=True).get(pk=room.pk))
         if seq <= membership.last_read_seq:
@@ -493,11 +677,10 @@ def mark_read(*, room, user, seq) -> "object | None":
 
 
 def get_room_or_404(room_id, user) -> Room:
-    """The room if the user may see it, else not_found (same answer for missing and private)."""
+    """The room if the user may see it (the view rule, `visible_to`), else not_found: the
+    same answer for a missing room and a private one."""
     try:
-        room = Room.objects.get(pk=int(room_id))
+        return Room.objects.visible_to(user).get(pk=int(room_id))
     except (Room.DoesNotExist, TypeError, ValueError, OverflowError):
         raise not_found("room not found") from None
-    check_can_view(room, user)
-    return room
 

@@ -9,13 +9,16 @@ from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 
 from apps.rooms.services import is_site_moderator
-from chatproject.errors import ServiceError
+from chatproject.errors import ServiceError, invalid
 
 from . import services
+from .models import Block
 from .throttles import SignupThrottle, TokenThrottle
 
 User = get_user_model()
 SEARCH_LIMIT = 20
+BLOCKS_LIMIT = 1000
+SEARCH_MIN = 2  # no listing of everybody: a search needs this many characters
 
 
 class UserSerializer(serializers.Serializer):
@@ -32,9 +35,26 @@ class MeSerializer(UserSerializer):
     is_moderator = serializers.SerializerMethodField(
         help_text="Site moderator: may moderate every room."
     )
+    dm_policy = serializers.ChoiceField(
+        choices=User.DmPolicy.choices, read_only=True,
+        help_text="Who may open a direct room with you.",
+    )
 
     def get_is_moderator(self, user) -> bool:
         return is_site_moderator(user)
+
+
+class MeUpdateSerializer(serializers.Serializer):
+    dm_policy = serializers.ChoiceField(choices=User.DmPolicy.choices, required=False)
+
+
+class BlockSerializer(serializers.Serializer):
+    user = UserSerializer(source="blocked", read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
+
+
+class BlockRequestSerializer(serializers.Serializer):
+    user = serializers.IntegerField(min_value=1, max_value=2**63 - 1, help_text="A user id.")
 
 
 class SignupSerializer(serializers.Serializer):
@@ -71,14 +91,20 @@ class UsersApi(GenericAPIView):
         return super().get_authenticators()
 
     @extend_schema(
-        parameters=[OpenApiParameter("search", str, description="Part of a username")],
+        parameters=[OpenApiParameter(
+            "search", str, required=True,
+            description=f"Part of a username, at least {SEARCH_MIN} characters; at most "
+                        f"{SEARCH_LIMIT} people are returned",
+        )],
         responses=UserSerializer(many=True),
     )
     def get(self, request):
         search = request.query_params.get("search", "").strip()[:150]
-        users = User.objects.filter(is_active=True).exclude(pk=request.user.pk)
-        if search:
-            users = users.filter(username__icontains=search)
+        if len(search) < SEARCH_MIN:
+            raise invalid(f"search needs at least {SEARCH_MIN} characters")
+        users = User.objects.filter(is_active=True, username__icontains=search).exclude(
+            pk=request.user.pk
+        )
         users = users.order_by("username")[:SEARCH_LIMIT]
         return Response(UserSerializer(users, many=True).data)
 
@@ -114,9 +140,53 @@ class TokenApi(GenericAPIView):
 
 
 class MeApi(GenericAPIView):
-    """The authenticated caller."""
+    """The authenticated caller. PATCH sets `dm_policy`."""
 
     serializer_class = MeSerializer
 
     def get(self, request):
         return Response(MeSerializer(request.user).data)
+
+    @extend_schema(request=MeUpdateSerializer, responses={200: MeSerializer})
+    def patch(self, request):
+        form = MeUpdateSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        user = request.user
+        if "dm_policy" in form.validated_data:
+            user = services.user_set_dm_policy(user=user,
+                                               dm_policy=form.validated_data["dm_policy"])
+        return Response(MeSerializer(user).data)
+
+
+class BlocksApi(GenericAPIView):
+    """GET: the people you block. POST `{"user": id}`: block someone (201; 200 if already)."""
+
+    serializer_class = BlockRequestSerializer
+    queryset = User.objects.none()
+
+    @extend_schema(responses=BlockSerializer(many=True))
+    def get(self, request):
+        blocks = Block.objects.filter(blocker=request.user).select_related("blocked")
+        return Response(BlockSerializer(blocks[:BLOCKS_LIMIT], many=True).data)
+
+    @extend_schema(request=BlockRequestSerializer, responses={200: BlockSerializer,
+                                                              201: BlockSerializer})
+    def post(self, request):
+        form = BlockRequestSerializer(data=request.data)
+        form.is_valid(raise_exception=True)
+        blocked = User.objects.filter(pk=form.validated_data["user"]).first()
+        block, created = services.block_create(blocker=request.user, blocked=blocked)
+        return Response(BlockSerializer(block).data,
+                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+class BlockDetailApi(GenericAPIView):
+    """DELETE: lift your block of that user (204)."""
+
+    serializer_class = BlockSerializer
+    queryset = User.objects.none()
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request, user_id):
+        services.block_delete(blocker=request.user, blocked_id=user_id)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -35,7 +35,8 @@ def every_service_once():
     rooms.room_update(room=room, actor=owner, name="renamed", topic="a topic")
     rooms.member_set_role(room=room, actor=owner, user=mod, role="moderator")
     rooms.room_join(room=room, user=other)
-    rooms.member_mute(room=room, actor=mod, user=member, until=timezone.now() + timedelta(hours=1))
+    rooms.member_mute(room=room, actor=mod, user=member, until=timezone.now() + timedelta(hours=1),
+                      reason="calm down")
     rooms.member_mute(room=room, actor=mod, user=member, until=None)
     first = factories.send(room, owner, body="hello @" + member.username)
     reply = factories.send(room, mod, body="re", reply_to=first.envelope["data"]["id"])
@@ -49,7 +50,10 @@ def every_service_once():
     rooms.member_ban(room=room, actor=owner, user=other, reason="spam",
                      until=timezone.now() + timedelta(days=1))
     rooms.member_ban(room=room, actor=owner, user=mod, reason="")
-    rooms.member_kick(room=room, actor=owner, user=member)
+    rooms.member_unban(room=room, actor=owner, user=mod, reason="appealed")
+    rooms.member_unban(room=room, actor=owner, user=other)
+    rooms.room_update(room=room, actor=owner, slow_mode_seconds=30, post_policy="moderators")
+    rooms.member_kick(room=room, actor=owner, user=member, reason="flooding")
     direct = rooms.direct_room_open(user=owner, other=other)
     assert direct.kind == Room.Kind.DIRECT
     leaver = factories.make_user()

@@ -116,7 +116,7 @@ def test_members_list_and_moderation_actions(room, user, other_user, as_user, as
     assert as_user.post(f"{base}/mute/", {"until": None}, format="json").json()["muted_until"] is None
     role = as_user.post(f"{base}/role/", {"role": "moderator"}, format="json")
     assert role.json()["role"] == "moderator"
-    assert as_user.post(f"{base}/role/", {"role": "owner"}, format="json").status_code == 400
+    assert as_user.post(f"{base}/role/", {"role": "admin"}, format="json").status_code == 400
     assert as_user.post(f"{base}/role/", {"role": "member"}, format="json").status_code == 200
     assert as_user.post(f"{base}/kick/", {"reason": "out"}, format="json").status_code == 204
     as_other.post(f"/api/rooms/{room.pk}/join/")

@@ -124,9 +124,9 @@ def test_moderators_cannot_touch_the_owner_or_each_other_but_the_owner_can(room,
     assert not member_of(room, mod2).is_active
 
 
-def test_role_must_be_moderator_or_member(room, user, other_user):
+def test_role_must_be_owner_moderator_or_member(room, user, other_user):
     services.room_join(room=room, user=other_user)
-    refused("invalid", services.member_set_role, room=room, actor=user, user=other_user, role="owner")
+    refused("invalid", services.member_set_role, room=room, actor=user, user=other_user, role="admin")
     assert member_of(room, other_user).role == "member"
 
 
