@@ -108,9 +108,13 @@ def test_mute_unmute_roles_and_unban(moderator, room, member):
     assert member.role == "moderator"
     act(client, MEMBERSHIPS, "make_member", [member])
     apply(client, MEMBERSHIPS, "ban", [member], reason="", duration="")
-    act(client, MEMBERSHIPS, "unban", [member])
+    apply(client, MEMBERSHIPS, "unban", [member], reason="appeal accepted")
     member.refresh_from_db()
     assert member.role == "member" and not member.is_banned()
+    unbanned = Event.objects.in_room(room).sequenced().order_by("-seq").first()
+    assert unbanned.type == "member.unbanned"
+    assert unbanned.envelope["data"]["reason"] == "appeal accepted"
+    assert ModerationAction.objects.get(action="unban").reason == "appeal accepted"
     assert list(ModerationAction.objects.order_by("created_at").values_list("action", flat=True)) == [
         "mute", "unmute", "role", "role", "ban", "unban"]
 

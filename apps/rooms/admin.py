@@ -201,11 +201,13 @@ class MembershipAdmin(ModerationAdmin):
     list_select_related = ("user", "room")
     actions = [
         member_action("ban", "Ban from the room", services.member_ban, durations=BAN_DURATIONS),
-        member_action("unban", "Unban (lift the ban)", services.member_unban, ask=False),
+        member_action("unban", "Unban (lift the ban)", services.member_unban),
         member_action("mute", "Mute", services.member_mute, durations=MUTE_DURATIONS),
         member_action("unmute", "Unmute (lift the mute)", services.member_mute, ask=False,
                       until=None),
         member_action("kick", "Kick out of the room", services.member_kick),
+        member_action("make_owner", "Make room owner", services.member_set_role,
+                      ask=False, reason=False, role=Membership.Role.OWNER),
         member_action("make_moderator", "Make room moderator", services.member_set_role,
                       ask=False, reason=False, role=Membership.Role.MODERATOR),
         member_action("make_member", "Make plain member", services.member_set_role,

@@ -221,3 +221,21 @@ def test_ephemeral_events_are_never_written_to_the_outbox():
             record_event(type=type_, room=room, actor=None, data={})
     assert not Event.objects.filter(type__in=["typing", "presence.changed"]).exists()
     assert set(Event.objects.values_list("type", flat=True)) == {"room.created", "member.joined"}
+
+
+def test_an_unban_reaches_kafka_with_its_reason(celery_worker):
+    from apps.rooms import services as rooms
+
+    owner, member = factories.make_user(), factories.make_user()
+    room = factories.make_room(owner, members=[member])
+    rooms.member_ban(room=room, actor=owner, user=member, reason="spam")
+    rooms.member_unban(room=room, actor=owner, user=member, reason="appeal accepted")
+    unbanned = Event.objects.get(room=room, type="member.unbanned")
+    wait_for(all_published, timeout=60, message="the worker to publish the unban")
+    records = [r for r in read_topic(want_ids={str(unbanned.pk)})
+               if r.envelope["id"] == str(unbanned.pk)]
+    assert len(records) == 1
+    assert records[0].envelope == unbanned.envelope
+    assert records[0].envelope["data"] == {
+        "user": {"id": member.pk, "username": member.username}, "reason": "appeal accepted"}
+    assert records[0].headers == {"event_type": "member.unbanned", "event_id": str(unbanned.pk)}
