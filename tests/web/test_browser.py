@@ -372,3 +372,118 @@ def test_timeline_applies_events_in_seq_order_once(server, browser):
         "ceilings": [499, 999, 1999, 3999, 7999, 7999, 7999],
         "floor": 100,
     }
+
+
+# --- Moderation and safety in the page (PROTOCOL §7) -------------------------------------------
+
+
+def test_block_and_unblock_from_the_author_name_hides_their_messages(server, open_page):
+    def setup():
+        alice, troll = make_user("alice"), make_user("troll")
+        room = factories.make_room(alice, name="General", members=[troll])
+        factories.send(room, troll, "first noise")
+        return alice, troll, room
+
+    alice, troll, room = in_thread(setup)
+    a = open_page(server, alice)
+    open_room(a, "General")
+    expect(message(a, "first noise")).to_have_count(1)
+    a.locator("#messages").get_by_role("button", name="troll").first.click()
+    a.get_by_role("menuitem", name="Block troll").click()
+    expect(message(a, "first noise")).to_have_count(0)
+    expect(a.locator("#messages .msg.blocked .hidden-note")).to_have_count(1)
+    assert in_thread(lambda: list(troll.blocked_by.values_list("blocker_id", flat=True))) == [
+        alice.pk]
+    # Live messages of a blocked user are hidden too, and stay hidden after a reload.
+    in_thread(factories.send, room, troll, "more noise")
+    expect(a.locator("#messages .msg.blocked")).to_have_count(2)
+    a.reload()
+    wait_connected(a)
+    open_room(a, "General")
+    expect(a.locator("#messages .msg.blocked")).to_have_count(2)
+    expect(message(a, "more noise")).to_have_count(0)
+    # Unblock from the same menu: the messages come back.
+    a.locator("#messages").get_by_role("button", name="troll").first.click()
+    a.get_by_role("menuitem", name="Unblock troll").click()
+    expect(message(a, "first noise")).to_have_count(1)
+    expect(message(a, "more noise")).to_have_count(1)
+    assert in_thread(lambda: troll.blocked_by.count()) == 0
+    assert not a.errors, a.errors
+
+
+def test_slow_mode_counts_down_in_the_composer(server, open_page):
+    def setup():
+        owner, member = make_user("owner"), make_user("member")
+        room = factories.make_room(owner, name="Slow", members=[member])
+        from apps.rooms.services import room_update
+
+        room_update(room=room, actor=owner, slow_mode_seconds=3)
+        return owner, member, room
+
+    owner, member, room = in_thread(setup)
+    page = open_page(server, member)
+    open_room(page, "Slow")
+    expect(page.locator("#slow-mode")).to_have_text("Slow mode: one message every 3 s.")
+    composer(page).fill("first")
+    composer(page).press("Enter")
+    expect(message(page, "first")).not_to_have_class(re.compile("pending|failed"))
+    expect(page.locator("#slow-mode")).to_have_text(
+        re.compile(r"^Slow mode: you can post again in [123] s\.$"))
+    expect(page.get_by_role("button", name="Send")).to_be_disabled()
+    composer(page).fill("second")
+    composer(page).press("Enter")  # refused by the page itself while the countdown runs
+    expect(message(page, "second")).to_have_count(0)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=8000)
+    expect(page.locator("#slow-mode")).to_have_text("Slow mode: one message every 3 s.")
+    page.get_by_role("button", name="Send").click()
+    expect(message(page, "second")).not_to_have_class(re.compile("pending|failed"))
+    # A refusal by the server (this tab has no countdown; another tab posted meanwhile)
+    # starts the countdown from retry_after.
+    other_tab = open_page(server, member)
+    open_room(other_tab, "Slow")
+    expect(message(other_tab, "second")).to_have_count(1)
+    expect(page.get_by_role("button", name="Send")).to_be_enabled(timeout=8000)
+    composer(page).fill("third")
+    composer(page).press("Enter")
+    expect(message(page, "third")).not_to_have_class(re.compile("pending|failed"))
+    composer(other_tab).fill("too soon")
+    composer(other_tab).press("Enter")
+    expect(message(other_tab, "too soon")).to_have_class(re.compile("failed"))
+    expect(other_tab.locator("#slow-mode")).to_have_text(
+        re.compile(r"^Slow mode: you can post again in [123] s\.$"))
+    expect(other_tab.get_by_role("button", name="Send")).to_be_disabled()
+    assert in_thread(lambda: Message.objects.filter(room=room, author=member).count()) == 3
+    assert not page.errors, page.errors
+
+
+def test_announcement_rooms_show_a_read_only_composer_to_members(server, open_page):
+    def setup():
+        owner, member = make_user("owner"), make_user("member")
+        room = factories.make_room(owner, name="News", members=[member])
+        return owner, member, room
+
+    owner, member, room = in_thread(setup)
+    reader = open_page(server, member)
+    writer = open_page(server, owner)
+    open_room(reader, "News")
+    open_room(writer, "News")
+    expect(composer(reader)).to_be_enabled()
+
+    def announce():
+        from apps.rooms.services import room_update
+
+        room_update(room=room, actor=owner, post_policy="moderators")
+
+    in_thread(announce)  # live: room.updated switches the reader's composer off
+    expect(composer(reader)).to_be_disabled()
+    expect(composer(reader)).to_have_attribute("placeholder",
+                                               "Only moderators can post in this room.")
+    expect(composer(writer)).to_be_enabled()
+    composer(writer).fill("release tonight")
+    composer(writer).press("Enter")
+    expect(message(reader, "release tonight")).to_have_count(1)
+    reader.reload()
+    wait_connected(reader)
+    open_room(reader, "News")
+    expect(composer(reader)).to_be_disabled()
+    assert not reader.errors and not writer.errors

@@ -77,5 +77,8 @@ export class Api {
   }
   deleteMessage(messageId) { return this.call("DELETE", `messages/${messageId}/`); }
   ban(roomId, userId, reason) { return this.post(`rooms/${roomId}/members/${userId}/ban/`, { reason }); }
+  blocks() { return this.get("blocks/"); }
+  block(userId) { return this.post("blocks/", { user: userId }); }
+  unblock(userId) { return this.call("DELETE", `blocks/${userId}/`); }
   mute(roomId, userId, until) { return this.post(`rooms/${roomId}/members/${userId}/mute/`, { until }); }
 }

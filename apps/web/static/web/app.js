@@ -11,6 +11,8 @@ const me = { id: config.user.id, username: config.user.username };
 const api = new Api(config.apiRoot);
 const rooms = new Map(); // room id -> RoomState (rooms the user belongs to)
 const presence = new Map(); // user id -> "online" | "away" | "offline"
+const blocked = new Set(); // ids of the users I block: their messages are hidden
+let userMenu = null; // {key, user}: the open menu on an author's name
 const REACTIONS = ["👍", "❤️", "😂", "🎉"];
 const PAGE = 50;
 let current = null; // the open RoomState
@@ -183,6 +185,7 @@ function scheduleRender(state) {
     renderRoomList();
     if (current && states.includes(current)) {
       renderTimeline();
+      updateComposer();
       markRead();
     }
   });
@@ -223,10 +226,38 @@ function formatTime(ts) {
   return Number.isNaN(date.getTime()) ? "" : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+function renderAuthor(msg, key) {
+  const author = msg.author;
+  const mine = author.id === me.id;
+  if (mine) return el("span", { class: "author" }, author.username);
+  const open = userMenu && userMenu.key === key;
+  const isBlocked = blocked.has(author.id);
+  return el("span", { class: "author-wrap" },
+    el("button", {
+      type: "button", class: "author", "aria-haspopup": "menu", "aria-expanded": open ? "true" : "false",
+      dataset: { action: "user-menu" },
+      onclick: () => { userMenu = open ? null : { key, user: author }; renderTimeline(); },
+    }, author.username),
+    open
+      ? el("span", { class: "user-menu", role: "menu" },
+        el("button", {
+          type: "button", role: "menuitem", dataset: { action: isBlocked ? "unblock" : "block" },
+          onclick: () => toggleBlock(author),
+        }, isBlocked ? `Unblock ${author.username}` : `Block ${author.username}`))
+      : null);
+}
+
+function renderHidden(msg, key) {
+  return el("li", { class: "msg blocked", id: key, dataset: { seq: msg.seq ?? "" } },
+    el("div", { class: "meta" }, renderAuthor(msg, key)),
+    el("p", { class: "body hidden-note" }, "Message from someone you blocked."));
+}
+
 function renderMessage(state, msg) {
   const mine = msg.author.id === me.id;
   const moderator = state.isModerator || config.user.is_moderator;
   const key = messageKey(msg);
+  if (blocked.has(msg.author.id)) return renderHidden(msg, key);
   const classes = ["msg", mine ? "mine" : "", msg.status !== "sent" ? msg.status : "", msg.deleted ? "deleted" : ""];
   const replied = msg.replyTo !== null ? state.messages.get(msg.replyTo) : null;
   const body = editing === key
@@ -256,7 +287,7 @@ function renderMessage(state, msg) {
   }
   return el("li", { class: classes.filter(Boolean).join(" "), id: key, dataset: { seq: msg.seq ?? "", clientId: msg.clientId ?? "" } },
     el("div", { class: "meta" },
-      el("span", { class: "author" }, msg.author.username),
+      renderAuthor(msg, key),
       " ",
       el("time", { datetime: msg.ts || "" }, formatTime(msg.ts)),
       msg.editedAt && !msg.deleted ? el("span", { class: "edited" }, " (edited)") : null),
@@ -300,7 +331,8 @@ function renderTimeline() {
     const continued = Boolean(prev && prev.author.id === msg.author.id && msg.replyTo === null
       && Date.parse(msg.ts) - Date.parse(prev.ts) < 5 * 60 * 1000);
     const signature = JSON.stringify([msg.body, msg.deleted, msg.status, msg.editedAt, msg.error, [...msg.reactions],
-      editing === messageKey(msg), state.isModerator, continued,
+      editing === messageKey(msg), state.isModerator, continued, blocked.has(msg.author.id),
+      userMenu && userMenu.key === messageKey(msg),
       msg.replyTo !== null && state.messages.get(msg.replyTo)?.body]);
     const old = existing.get(messageKey(msg));
     if (old && old.dataset.signature === signature) return old;
@@ -340,14 +372,43 @@ function renderRoom() {
   updateComposer();
 }
 
+const COMPOSER_PLACEHOLDER = $("composer-input").placeholder;
+
+/** Who is held to slow mode and the post policy: not the room's or the site's moderators. */
+function heldToRoomRules(state) {
+  return !state.isModerator && !config.user.is_moderator;
+}
+
 function updateComposer() {
   const offline = !socket.ready;
   $("load-older").disabled = offline;
   if (!current) return;
-  const archived = current.info.archived;
-  $("composer-input").disabled = Boolean(archived);
-  $("send-button").disabled = Boolean(archived);
-  if (archived) $("composer-input").placeholder = "This room is archived.";
+  const info = current.info;
+  const readOnly = info.post_policy === "moderators" && heldToRoomRules(current);
+  const wait = Math.ceil(((current.slowUntil || 0) - Date.now()) / 1000);
+  const closed = Boolean(info.archived) || readOnly;
+  $("composer-input").disabled = closed;
+  $("send-button").disabled = closed || wait > 0;
+  $("composer").classList.toggle("read-only", readOnly);
+  $("composer-input").placeholder = info.archived ? "This room is archived."
+    : readOnly ? "Only moderators can post in this room." : COMPOSER_PLACEHOLDER;
+  const note = $("slow-mode");
+  if (wait > 0 && !closed) {
+    note.hidden = false;
+    note.textContent = `Slow mode: you can post again in ${wait} s.`;
+  } else {
+    note.hidden = !(info.slow_mode_seconds > 0 && !closed && heldToRoomRules(current));
+    note.textContent = note.hidden ? "" : `Slow mode: one message every ${info.slow_mode_seconds} s.`;
+  }
+}
+
+setInterval(() => { if (current?.slowUntil) updateComposer(); }, 250);
+
+/** Start the composer's countdown after a post (or a refusal carrying retry_after). */
+function startSlowMode(state, seconds) {
+  if (!(seconds > 0) || !heldToRoomRules(state)) return;
+  state.slowUntil = Math.max(state.slowUntil || 0, Date.now() + seconds * 1000);
+  if (state === current) updateComposer();
 }
 
 // --- Rooms --------------------------------------------------------------------------------
@@ -550,9 +611,11 @@ async function send(state, msg) {
   try {
     const reply = await socket.request(frame);
     state.confirm(reply.event);
+    startSlowMode(state, state.info.slow_mode_seconds);
   } catch (error) {
     msg.status = "failed";
     msg.error = error instanceof ServerError ? `Not sent: ${error.message}. ` : "Not sent. ";
+    if (error instanceof ServerError && error.code === "rate_limited") startSlowMode(state, error.retryAfter);
   }
   scheduleRender(state);
 }
@@ -562,7 +625,7 @@ $("composer").addEventListener("submit", (e) => {
   const state = current;
   const input = $("composer-input");
   const body = input.value;
-  if (!state || !body.trim()) return;
+  if (!state || !body.trim() || $("send-button").disabled) return;
   const msg = state.addPending(uuid(), body, replyTo ? replyTo.id : null);
   input.value = "";
   cancelReply();
@@ -665,10 +728,32 @@ async function moderate(state, action, msg) {
   }
 }
 
+async function toggleBlock(user) {
+  userMenu = null;
+  try {
+    if (blocked.has(user.id)) {
+      await api.unblock(user.id);
+      blocked.delete(user.id);
+    } else {
+      await api.block(user.id);
+      blocked.add(user.id);
+    }
+  } catch (error) {
+    showError("room-error", error);
+  }
+  renderTimeline();
+}
+
+async function loadBlocks() {
+  try {
+    for (const block of await api.blocks()) blocked.add(block.user.id);
+  } catch { /* nothing hidden until the next load */ }
+}
+
 // --- Start --------------------------------------------------------------------------------
 
 (async () => {
-  await refreshRooms();
+  await Promise.all([refreshRooms(), loadBlocks()]);
   socket.connect();
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
   const first = rooms.get(wanted) || (window.innerWidth > 700 ? [...rooms.values()][0] : null);

@@ -14,6 +14,7 @@ export class ServerError extends Error {
   constructor(frame) {
     super(frame.message || frame.code);
     this.code = frame.code;
+    this.retryAfter = frame.retry_after ?? null; // seconds, with rate_limited (slow mode)
   }
 }
 
