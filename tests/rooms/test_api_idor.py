@@ -239,18 +239,17 @@ DIRECT_WRITES = [
     ("patch", "/api/messages/{own}/", {"body": "edited"}),
     ("post", "/api/messages/{message}/reactions/", {"emoji": "👍"}),
 ]
-DIRECT_READS = [
-    ("get", "/api/rooms/{room}/", None),
-    ("get", "/api/rooms/{room}/messages/", None),
-    ("get", "/api/rooms/{room}/events/?since=0", None),
-    ("get", "/api/rooms/{room}/members/", None),
-    ("get", "/api/messages/{message}/", None),
-    ("post", "/api/rooms/{room}/read/", {"seq": 1}),
-]
 
 
-@pytest.mark.parametrize("method,path,body", DIRECT_WRITES + DIRECT_READS,
-                         ids=[f"{m} {p} {b}" for m, p, b in DIRECT_WRITES + DIRECT_READS])
+def expected_for_blocked(method, path, body):
+    """As for a muted member, except that nobody leaves a direct room."""
+    if path.endswith("/leave/"):
+        return {403}
+    return expected_for_muted(method, path, body)
+
+
+@pytest.mark.parametrize("method,path,body", MEMBER_ENDPOINTS,
+                         ids=[f"{m} {p} {b}" for m, p, b in MEMBER_ENDPOINTS])
 def test_a_blocked_user_reads_the_direct_room_but_cannot_write_in_it(
     user, other_user, method, path, body
 ):
@@ -260,15 +259,14 @@ def test_a_blocked_user_reads_the_direct_room_but_cannot_write_in_it(
     from apps.users.services import block_create
 
     block_create(blocker=user, blocked=other_user)
-    before = snapshot()
+    before = Message.objects.count(), Reaction.objects.count()
     response = call_as(factories.api_client(other_user), method, path, body, room=direct.pk,
                        user=user.pk, message=theirs.pk, own=own.pk)
+    assert response.status_code in expected_for_blocked(method, path, body), response.content
     if (method, path, body) in DIRECT_WRITES:
-        assert response.status_code == 403
         assert response.json() == {"code": "forbidden", "detail": "this person has blocked you"}
-        assert snapshot() == before
-    else:
-        assert response.status_code == 200
+    if method != "delete":
+        assert (Message.objects.count(), Reaction.objects.count()) == before
     # The blocker is not held back.
     blocker = factories.api_client(user)
     assert blocker.post(f"/api/rooms/{direct.pk}/messages/", {"body": "still here"},
