@@ -86,15 +86,15 @@ def can_moderate(room, user) -> bool:
 
 
 def check_can_moderate(room, user) -> None:
-    check_can_read(room, user)
-    if not can_moderate(room, user):
+    """Act on members and the room's settings: its owners and moderators, site moderators."""
+    membership = check_can_read(room, user)
+    if not (membership and membership.is_moderator) and not is_site_moderator(user):
         raise forbidden("only the room's owner or moderators may do this")
 
 
 def check_is_owner(room, user) -> None:
     """Owner-only actions (archive the room, make someone owner): owners and site moderators."""
-    check_can_read(room, user)
-    membership = get_membership(room, user)
+    membership = check_can_read(room, user)
     owner = bool(membership and membership.is_active and membership.role == OWNER)
     if not owner and not is_site_moderator(user):
         raise forbidden("only the room's owner may do this")
