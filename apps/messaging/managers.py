@@ -18,10 +18,10 @@ class MessageQuerySet(models.QuerySet):
         return self.order_by("-seq")
 
     def visible_to(self, user):
-        """Messages in rooms the user may see."""
+        """Messages the user may read: in rooms they may see and are not banned from."""
         from apps.rooms.models import Room
 
-        return self.filter(room__in=Room.objects.visible_to(user))
+        return self.filter(room__in=Room.objects.readable_by(user))
 
 
 class ReactionQuerySet(models.QuerySet):

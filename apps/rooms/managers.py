@@ -27,6 +27,17 @@ class RoomQuerySet(models.QuerySet):
         member = Membership.objects.filter(room=OuterRef("pk"), user=user, is_active=True)
         return self.filter(Q(kind="public") | Exists(member))
 
+    def readable_by(self, user):
+        """The read rule (`apps.rooms.services.check_can_read`) as a queryset: rooms the user
+        may see, less those they are banned from (site moderators read every room)."""
+        rooms = self.visible_to(user)
+        if not user or not user.is_authenticated or is_site_moderator(user):
+            return rooms
+        from .models import Membership
+
+        banned = Membership.objects.banned().filter(room=OuterRef("pk"), user=user)
+        return rooms.exclude(Exists(banned))
+
     def joined_by(self, user):
         """Rooms where the user is an active member."""
         return self.filter(memberships__user=user, memberships__is_active=True)

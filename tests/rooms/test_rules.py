@@ -42,6 +42,8 @@ def test_the_list_and_the_check_apply_one_view_rule(user, kind):
         listed = Room.objects.visible_to(person).filter(pk=room.pk).exists()
         in_memory = services.room_visible(room, person, services.get_membership(room, person))
         assert listed == in_memory == services.can_view(room, person) == expected[name], name
+        readable = Room.objects.readable_by(person).filter(pk=room.pk).exists()
+        assert readable == (expected[name] and name != "banned"), name
         api = factories.api_client(person)
         in_list = room.pk in [r["id"] for r in api.get("/api/rooms/?limit=200").json()["results"]]
         opened = api.get(f"/api/rooms/{room.pk}/").status_code
