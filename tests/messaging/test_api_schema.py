@@ -9,7 +9,9 @@ from tests import factories
 CONTRACT_PATHS = {
     "/api/users/": {"get", "post"},
     "/api/auth/token/": {"post"},
-    "/api/me/": {"get"},
+    "/api/me/": {"get", "patch"},
+    "/api/blocks/": {"get", "post"},
+    "/api/blocks/{user_id}/": {"delete"},
     "/api/rooms/": {"get", "post"},
     "/api/rooms/direct/": {"post"},
     "/api/rooms/{room_id}/": {"get", "patch", "delete"},

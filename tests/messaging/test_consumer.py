@@ -300,6 +300,23 @@ def test_banned_user_elsewhere_gets_the_ban_on_their_own_sockets(ws, user, other
     assert banned["room"] == room.pk
 
 
+def test_an_unbanned_user_gets_member_unbanned_on_their_own_sockets(ws, user, other_user, room):
+    rooms.room_join(room=room, user=other_user)
+    rooms.member_ban(room=room, actor=user, user=other_user, reason="spam")
+    idle, watcher = ws(other_user), ws(user)
+    idle.hello()
+    idle.request("ping")
+    watcher.subscribe(room.pk)
+    rooms.member_unban(room=room, actor=user, user=other_user, reason="appeal accepted")
+    for client in (idle, watcher):
+        unbanned = client.seen(lambda f: f["type"] == "member.unbanned")
+        assert unbanned["room"] == room.pk
+        assert unbanned["data"] == {"user": {"id": other_user.pk, "username": other_user.username},
+                                    "reason": "appeal accepted"}
+    # Subscribing works again for them (a public room: they may join again).
+    assert idle.subscribe(room.pk)["type"] == "subscribed"
+
+
 def test_an_invited_user_gets_member_joined_on_their_own_sockets(ws, user, other_user):
     private = factories.make_room(user, kind=Room.Kind.PRIVATE)
     idle = ws(other_user)
