@@ -402,6 +402,14 @@ def test_block_and_unblock_from_the_author_name_hides_their_messages(server, ope
     open_room(a, "General")
     expect(a.locator("#messages .msg.blocked")).to_have_count(2)
     expect(message(a, "more noise")).to_have_count(0)
+    # A reply to a blocked user's message does not quote it.
+    def reply():
+        noise = Message.objects.get(room=room, body="first noise")
+        factories.send(room, alice, "answering", reply_to=noise.pk)
+
+    in_thread(reply)
+    expect(message(a, "answering").locator(".reply-ref")).to_have_text(
+        "↪ a message from someone you blocked")
     # Unblock from the same menu: the messages come back.
     a.locator("#messages").get_by_role("button", name="troll").first.click()
     a.get_by_role("menuitem", name="Unblock troll").click()

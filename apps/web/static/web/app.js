@@ -292,7 +292,9 @@ function renderMessage(state, msg) {
       el("time", { datetime: msg.ts || "" }, formatTime(msg.ts)),
       msg.editedAt && !msg.deleted ? el("span", { class: "edited" }, " (edited)") : null),
     msg.replyTo !== null
-      ? el("p", { class: "reply-ref" }, "↪ ", replied ? `${replied.author.username}: ${replied.deleted ? "deleted message" : replied.body.slice(0, 80)}` : "an earlier message")
+      ? el("p", { class: "reply-ref" }, "↪ ", !replied ? "an earlier message"
+        : blocked.has(replied.author.id) ? "a message from someone you blocked"
+          : `${replied.author.username}: ${replied.deleted ? "deleted message" : replied.body.slice(0, 80)}`)
       : null,
     body,
     msg.reactions.size
@@ -349,7 +351,7 @@ function renderTimeline() {
 }
 
 function typingText(state) {
-  const names = state.typingNames();
+  const names = state.typingNames(Date.now(), blocked);
   if (!names.length) return "";
   return names.length === 1 ? `${names[0]} is typing…` : `${names.join(", ")} are typing…`;
 }

@@ -223,9 +223,9 @@ export class RoomState {
     }
   }
 
-  typingNames(now = Date.now()) {
+  typingNames(now = Date.now(), hidden = new Set()) {
     for (const [id, t] of this.typing) if (t.until < now) this.typing.delete(id);
-    return [...this.typing.values()].map((t) => t.username);
+    return [...this.typing].filter(([id]) => !hidden.has(id)).map(([, t]) => t.username);
   }
 
   /** The newest message seq known (what a read receipt reports). */
