@@ -53,6 +53,8 @@ class Lane:
         from .realtime import db
 
         if use_async_connection():
+            if permissions_unread(requests):
+                await db(load_permissions)(requests)
             try:
                 conn = await self.connection()
                 return await amessage_send_many(conn, requests)
@@ -77,6 +79,25 @@ class Lane:
                 await conn.close()
             except Exception:  # noqa: BLE001 - it is being dropped
                 pass
+
+
+def permissions_unread(requests) -> bool:
+    """Whether an author is staff whose permissions were never read: the rules may ask
+    (site moderators are exempt from slow mode, see any room), and reading them is an ORM
+    query, which the event loop must not run."""
+    return any(
+        getattr(r.author, "is_staff", False) and not getattr(r.author, "is_superuser", False)
+        and not hasattr(r.author, "_perm_cache")
+        for r in requests
+    )
+
+
+def load_permissions(requests) -> None:
+    """Read those permissions in a database thread, onto the user objects the sockets keep
+    (once per socket: the later batches find them loaded)."""
+    for request in requests:
+        if getattr(request.author, "is_staff", False):
+            request.author.get_all_permissions()
 
 
 def use_async_connection() -> bool:
