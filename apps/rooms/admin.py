@@ -126,8 +126,9 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(ModerationAdmin):
-    list_display = ("id", "name", "kind", "created_by", "created_at", "archived_at", "last_seq")
-    list_filter = ("kind", ("archived_at", admin.EmptyFieldListFilter))
+    list_display = ("id", "name", "kind", "created_by", "created_at", "archived_at", "last_seq",
+                    "slow_mode_seconds", "post_policy")
+    list_filter = ("kind", ("archived_at", admin.EmptyFieldListFilter), "post_policy")
     search_fields = ("name", "topic")
     list_select_related = ("created_by",)
     inlines = [MembershipInline]
