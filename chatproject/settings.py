@@ -95,6 +95,7 @@ MIDDLEWARE = [
     "apps.events.observability.RequestIdMiddleware",
     "apps.messaging.api_errors.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "apps.web.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -319,11 +320,16 @@ REST_FRAMEWORK = {
         "send": env("THROTTLE_SEND", "600/minute"),
     },
     "EXCEPTION_HANDLER": "apps.messaging.api_errors.exception_handler",
-    # DRF's defaults, with its JSON parser bounded (apps.messaging.parsers.JSONParser).
+    # DRF's defaults, with its JSON parser bounded and its browsable API under the strict CSP
+    # (apps.messaging.api_formats).
     "DEFAULT_PARSER_CLASSES": [
-        "apps.messaging.parsers.JSONParser",
+        "apps.messaging.api_formats.JSONParser",
         "rest_framework.parsers.FormParser",
         "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "apps.messaging.api_formats.BrowsableAPIRenderer",
     ],
     # DRF's own get_ident agrees with chatproject.clientaddr (our throttles call that).
     "NUM_PROXIES": NUM_PROXIES,

@@ -1,10 +1,11 @@
-"""The REST API's JSON parser (REST_FRAMEWORK["DEFAULT_PARSER_CLASSES"]).
+"""The REST API's JSON parser and browsable renderer (REST_FRAMEWORK's DEFAULT_PARSER_CLASSES
+and DEFAULT_RENDERER_CLASSES).
 
 Its own module: DRF imports it while loading its settings, before rest_framework.views exists.
 """
 
 from django.conf import settings
-from rest_framework import exceptions, parsers
+from rest_framework import exceptions, parsers, renderers
 
 
 class RequestTooLarge(exceptions.APIException):
@@ -32,3 +33,14 @@ class JSONParser(parsers.JSONParser):
             return super().parse(stream, media_type, parser_context)
         except RecursionError:
             raise exceptions.ParseError("JSON parse error - nested too deeply") from None
+
+
+class BrowsableAPIRenderer(renderers.BrowsableAPIRenderer):
+    """DRF's browsable API without its inline <style> of Pygments colours (the page runs under
+    apps.web.csp.STRICT_CSP, which allows no inline style); code blocks in descriptions are
+    shown uncoloured."""
+
+    def get_context(self, *args, **kwargs):
+        context = super().get_context(*args, **kwargs)
+        context["code_style"] = None
+        return context
