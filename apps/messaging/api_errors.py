@@ -5,6 +5,7 @@ DRF's errors go through `exception_handler`; what Django answers by itself under
 DATA_UPLOAD_MAX_MEMORY_SIZE) is turned into the same JSON by `ApiErrorsMiddleware`.
 """
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -64,9 +65,10 @@ def _api_error(code: str, detail: str, status_code: int) -> JsonResponse:
 
 
 class ApiErrorsMiddleware:
-    """Every answer under /api/ is JSON with a contract code (see the module docstring), and
-    no request anywhere carries a NUL character in its query string (PostgreSQL cannot hold
-    one in text: a search for it was a DataError, a 500)."""
+    """Every answer under /api/ is JSON with a contract code (see the module docstring), a
+    body over DATA_UPLOAD_MAX_MEMORY_SIZE is refused before it is parsed (413), and no request
+    anywhere carries a NUL character in its query string (PostgreSQL cannot hold one in text:
+    a search for it was a DataError, a 500)."""
 
     def __init__(self, get_response):
         self.get_response = get_response
@@ -78,6 +80,8 @@ class ApiErrorsMiddleware:
                 return _api_error("invalid", "the query string holds a NUL character", 400)
             return HttpResponseBadRequest("NUL character in the query string",
                                           content_type="text/plain")
+        if api and self.too_large(request):
+            return _api_error("too_large", "the request body is too large", 413)
         response = self.get_response(request)
         if (
             api
@@ -89,6 +93,19 @@ class ApiErrorsMiddleware:
             return _api_error(code_for_status(response.status_code), detail.lower(),
                               response.status_code)
         return response
+
+    @staticmethod
+    def too_large(request) -> bool:
+        """A body over DATA_UPLOAD_MAX_MEMORY_SIZE (multipart aside: there the limit is for the
+        fields, not the files). Django checks it only when it reads the body itself, and DRF
+        reads the stream: a JSON or form body of any size was parsed whole."""
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is None or request.content_type == "multipart/form-data":
+            return False
+        try:
+            return int(request.META.get("CONTENT_LENGTH") or 0) > limit
+        except ValueError:
+            return False
 
     def process_exception(self, request, exception):
         # Raised by a view reading the body: Django would answer a 400 page (SuspiciousOperation).
