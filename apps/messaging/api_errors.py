@@ -90,8 +90,13 @@ class ApiErrorsMiddleware:
             and not response.get("Content-Type", "").startswith("application/json")
         ):
             detail = getattr(response, "reason_phrase", "") or "error"
-            return _api_error(code_for_status(response.status_code), detail.lower(),
-                              response.status_code)
+            replaced = _api_error(code_for_status(response.status_code), detail.lower(),
+                                  response.status_code)
+            for header, value in response.items():  # security headers, Allow, Retry-After...
+                if header.lower() not in ("content-type", "content-length"):
+                    replaced[header] = value
+            replaced.cookies = response.cookies
+            return replaced
         return response
 
     @staticmethod
