@@ -65,6 +65,7 @@ def test_a_spoofed_forwarded_for_opens_no_metrics_and_dodges_no_throttle(start_s
     # /metrics: the default list is 127.0.0.1; a forwarding header, whatever it says, means a
     # proxy's peer address, which the list never matches.
     assert request(direct, "GET", "/metrics")[0] == 200
+    assert request(behind, "GET", "/metrics")[0] == 200  # straight from a listed address
     for server in (direct, behind):
         for spoof in ("127.0.0.1", "198.51.100.7", "127.0.0.1, 127.0.0.1"):
             status, headers, body = request(server, "GET", "/metrics",
@@ -96,7 +97,8 @@ def test_a_spoofed_forwarded_for_opens_no_metrics_and_dodges_no_throttle(start_s
 
 
 def test_a_spoofed_forwarded_proto_makes_plain_http_nothing_more(start_server):
-    plain = start_server(**PRODUCTION)
+    token = secrets.token_hex(16)
+    plain = start_server(**PRODUCTION, METRICS_TOKEN=token)
     tls_proxy = start_server(**PRODUCTION, BEHIND_TLS_PROXY=1, NUM_PROXIES=1)
     spoof = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "198.51.100.9"}
 
@@ -110,6 +112,8 @@ def test_a_spoofed_forwarded_proto_makes_plain_http_nothing_more(start_server):
     status, headers, body = request(plain, "GET", "/metrics")
     assert status == 403
     contract_error(status, headers, body, "forbidden")
+    status, _, body = request(plain, "GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert status == 200 and "chat_http_requests_total" in body
 
 
 # --- 7. Metric labels ----------------------------------------------------------------------------
