@@ -82,6 +82,10 @@ class ApiErrorsMiddleware:
                                           content_type="text/plain")
         if api and self.too_large(request):
             return _api_error("too_large", "the request body is too large", 413)
+        if api and request.method not in ("GET", "HEAD") and not request.path_info.endswith("/"):
+            # Every API path ends with a slash. Django's APPEND_SLASH cannot redirect a body:
+            # it raised (a 500) under DEBUG, and redirected a POST to a GET otherwise.
+            return _api_error("not_found", "no such API endpoint (API paths end with /)", 404)
         response = self.get_response(request)
         if (
             api

@@ -263,6 +263,7 @@ def test_malformed_requests_get_contract_json_never_a_500(start_server, user, mo
         ("POST", "/api/rooms/", b"name=" + b"x" * (3 * 1024 * 1024),
          {"Content-Type": "application/x-www-form-urlencoded"}, 413, "too_large"),
         ("GET", "/api/no-such-thing", None, {}, 404, "not_found"),
+        ("POST", "/api/rooms", b'{"name": "no slash"}', {}, 404, "not_found"),
     ]
     for method, path, body, headers, status, code in cases:
         got, got_headers, text = request(server, method, path, body=body,
