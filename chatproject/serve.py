@@ -11,6 +11,15 @@ Two small hooks on top of daphne's own server:
   heartbeat / 2: at 10,000 sockets that path alone was several percent of a core).
 - daphne's periodic walk over every connection (application_checker) is replaced by a check of
   the connections that have news (an application that ended, a connection that closed).
+- HTTP requests have deadlines (ChatHTTPChannel): the request line and headers must arrive
+  within CHAT_HTTP_HEADER_TIMEOUT_SECONDS of the connection (or of the previous response, on a
+  kept-alive connection), the body within CHAT_HTTP_BODY_TIMEOUT_SECONDS of the headers; else
+  408 and the connection is closed. Twisted's own idle timeout restarts on every byte, so a
+  client sending a byte every few seconds (slowloris) held a connection forever. A WebSocket is
+  past both deadlines once upgraded, so its lifetime is not touched.
+- No proxy header is given to daphne: `scope["client"]` is the TCP peer and `scope["scheme"]`
+  the socket's; chatproject.clientaddr decides what to believe of X-Forwarded-For and
+  X-Forwarded-Proto (NUM_PROXIES, BEHIND_TLS_PROXY).
 - Graceful shutdown: on SIGTERM (or SIGINT) the process stops accepting connections, closes every
   WebSocket with 1012 (service restart) so clients reconnect elsewhere and resume with `since`,
   lets in-flight requests finish, and exits within CHAT_SHUTDOWN_GRACE_SECONDS (plus ~1 s).
@@ -112,12 +121,85 @@ class SocketExtension:
             transport.abortConnection()
 
 
+REQUEST_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 16\r\n\r\nrequest timeout\n"
+)
+
+
+def http_channel_class(*, header_timeout: float, body_timeout: float):
+    """Twisted's HTTPChannel with the two deadlines of the module docstring."""
+    from twisted.web.http import HTTPChannel
+
+    class ChatHTTPChannel(HTTPChannel):
+        deadline = None  # the pending IDelayedCall, while a request is being received
+        started = False  # a byte of the awaited request arrived (else an idle keep-alive)
+
+        def arm(self, seconds):
+            self.disarm()
+            self.started = False
+            if seconds and seconds > 0:
+                self.deadline = self.callLater(seconds, self.expired)
+
+        def disarm(self):
+            if self.deadline is not None:
+                if self.deadline.active():
+                    self.deadline.cancel()
+                self.deadline = None
+
+        def connectionMade(self):
+            super().connectionMade()
+            self.arm(header_timeout)
+
+        def dataReceived(self, data):
+            self.started = True
+            super().dataReceived(data)
+
+        def allHeadersReceived(self):
+            super().allHeadersReceived()
+            self.arm(body_timeout)
+            self.started = True
+
+        def allContentReceived(self):
+            # Whole: from here it is the application's time (daphne's http_timeout stays unset,
+            # so a long streamed response is not cut).
+            self.disarm()
+            super().allContentReceived()
+
+        def requestDone(self, request):
+            if self.persistent:
+                # Armed first: the next request may already be buffered, and is parsed by the
+                # call below (re-arming for its body, or disarming once it is whole).
+                self.arm(header_timeout)
+            super().requestDone(request)
+
+        def connectionLost(self, reason):
+            self.disarm()
+            super().connectionLost(reason)
+
+        def expired(self):
+            self.deadline = None
+            transport = self.transport
+            if transport is None or getattr(transport, "protocol", self) is not self:
+                return  # handed over to a WebSocket meanwhile
+            if self.started:  # an idle kept-alive connection is closed without a word
+                transport.write(REQUEST_TIMEOUT_RESPONSE)
+            self.timeoutConnection()  # close; abort if the client does not let it go
+
+    return ChatHTTPChannel
+
+
 def build_server(host, port, *, application):
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol
     from django.conf import settings
     from twisted.internet import reactor
+
+    http_channel = http_channel_class(
+        header_timeout=settings.CHAT_HTTP_HEADER_TIMEOUT_SECONDS,
+        body_timeout=settings.CHAT_HTTP_BODY_TIMEOUT_SECONDS,
+    )
 
     OPEN = WebSocketProtocol.STATE_OPEN
     # Kernel send buffer per WebSocket (0: the kernel's autotuning, up to tcp_wmem's maximum).
@@ -170,6 +252,15 @@ def build_server(host, port, *, application):
             self.ports = []
             self.marked = set()  # connections to look at in the next application check
             self._app_checks = self._timeout_checks = 0
+
+        @property
+        def http_factory(self):
+            return self.__dict__["http_factory"]
+
+        @http_factory.setter
+        def http_factory(self, factory):  # daphne's run() makes the factory
+            factory.protocol = http_channel  # plain HTTP/1.1 (the endpoints are plain TCP)
+            self.__dict__["http_factory"] = factory
 
         @property
         def ws_factory(self):
@@ -271,9 +362,8 @@ def build_server(host, port, *, application):
         application=application,
         endpoints=build_endpoint_description_strings(host=host, port=port),
         signal_handlers=False,
-        proxy_forwarded_address_header="X-Forwarded-For",
-        proxy_forwarded_port_header="X-Forwarded-Port",
-        proxy_forwarded_proto_header="X-Forwarded-Proto",
+        # No proxy_forwarded_* headers: daphne would take the first, client-written entry of
+        # X-Forwarded-For as the address (see chatproject.clientaddr).
         # Frames above CHAT_MAX_FRAME_BYTES get a too_large error and the socket stays open;
         # far bigger ones are cut by the WebSocket layer (close 1009).
         websocket_max_message_size=max(1024 * 1024, 4 * settings.CHAT_MAX_FRAME_BYTES),

@@ -48,8 +48,12 @@ VAR_DIR = Path(os.environ.get("CHAT_VAR_DIR") or BASE_DIR / "var")
 CHAT_ENV = env("CHAT_ENV", "development")  # "production" turns on the start-up checks below
 SECRET_KEY = env("SECRET_KEY", DEFAULT_SECRET_KEY)
 DEBUG = env_bool("DEBUG", CHAT_ENV != "production")
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
+# Proxies in front of the server, each appending to X-Forwarded-For (chatproject.clientaddr):
+# 0 trusts no proxy header for the client address. BEHIND_TLS_PROXY (below) decides the scheme.
+NUM_PROXIES = env_int("NUM_PROXIES", 0)
+BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
 
 if CHAT_ENV == "production":
     _problems = []
@@ -89,7 +93,9 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "apps.events.health.HealthCheckMiddleware",
     "apps.events.observability.RequestIdMiddleware",
+    "apps.messaging.api_errors.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "apps.web.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -272,6 +278,10 @@ CHAT_MAX_ROOMS_PER_SOCKET = env_int("CHAT_MAX_ROOMS_PER_SOCKET", 100)
 CHAT_MAX_SOCKETS_PER_USER = env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
 CHAT_SEND_QUEUE_LIMIT = env_int("CHAT_SEND_QUEUE_LIMIT", 2000)  # per socket, then disconnect
 CHAT_SHUTDOWN_GRACE_SECONDS = env_float("CHAT_SHUTDOWN_GRACE_SECONDS", 5.0)
+# HTTP deadlines (chatproject.serve): request line and headers from connect (or from the last
+# response on a kept-alive connection), and the body from the headers; then 408 and close.
+CHAT_HTTP_HEADER_TIMEOUT_SECONDS = env_float("CHAT_HTTP_HEADER_TIMEOUT_SECONDS", 10.0)
+CHAT_HTTP_BODY_TIMEOUT_SECONDS = env_float("CHAT_HTTP_BODY_TIMEOUT_SECONDS", 30.0)
 # Real-time (apps.messaging.realtime): a socket whose unsent backlog passes
 # CHAT_SEND_QUEUE_LIMIT frames or CHAT_SEND_BUFFER_BYTES is dropped (close 1013) and resumes.
 CHAT_SEND_BUFFER_BYTES = env_int("CHAT_SEND_BUFFER_BYTES", 8 * 1024 * 1024)
@@ -310,8 +320,19 @@ REST_FRAMEWORK = {
         "send": env("THROTTLE_SEND", "600/minute"),
     },
     "EXCEPTION_HANDLER": "apps.messaging.api_errors.exception_handler",
-    # How many proxies sit in front of the server (for per-address throttles): NUM_PROXIES.
-    "NUM_PROXIES": env_int("NUM_PROXIES", 0) if env("NUM_PROXIES") else None,
+    # DRF's defaults, with its JSON parser bounded and its browsable API under the strict CSP
+    # (apps.messaging.api_formats).
+    "DEFAULT_PARSER_CLASSES": [
+        "apps.messaging.api_formats.JSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        "apps.messaging.api_formats.BrowsableAPIRenderer",
+    ],
+    # DRF's own get_ident agrees with chatproject.clientaddr (our throttles call that).
+    "NUM_PROXIES": NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Chat API",
@@ -331,9 +352,15 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Observability: METRICS_ALLOWED_IPS, METRICS_TOKEN, LOG_FORMAT, LOG_LEVEL ------------------
-METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", "127.0.0.1,::1")
+# Matched against the TCP peer of requests that came straight to the server (no proxy header);
+# production has no default: a token or an explicit list.
+METRICS_ALLOWED_IPS = env_list(
+    "METRICS_ALLOWED_IPS", "" if CHAT_ENV == "production" else "127.0.0.1,::1"
+)
 METRICS_TOKEN = env("METRICS_TOKEN")
 PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR")
+# /readyz counts the unpublished outbox rows at most this often per process.
+READYZ_OUTBOX_CACHE_SECONDS = env_float("READYZ_OUTBOX_CACHE_SECONDS", 1.0)
 LOG_FORMAT = env("LOG_FORMAT", "text")
 LOG_LEVEL = env("LOG_LEVEL", "INFO")
 LOGGING = {
@@ -366,6 +393,9 @@ SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", CHAT_ENV == "production")
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000 if CHAT_ENV == "production" else 0)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = CHAT_ENV == "production"
 SECURE_HSTS_PRELOAD = CHAT_ENV == "production"
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("BEHIND_TLS_PROXY") else None
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if BEHIND_TLS_PROXY else None
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+# WebSocket handshakes not over TLS are refused (chatproject.wsguard; what counts as TLS:
+# BEHIND_TLS_PROXY's X-Forwarded-Proto, else the socket).
+CHAT_WS_REQUIRE_TLS = env_bool("CHAT_WS_REQUIRE_TLS", CHAT_ENV == "production")
 SESSION_COOKIE_HTTPONLY = True

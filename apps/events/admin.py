@@ -51,9 +51,12 @@ class RoomFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         value = self.value()
-        if value and value.isdigit():
+        if not value:
+            return queryset
+        # ASCII digits only ("²".isdigit() is true, and int("²") fails), and within bigint.
+        if value.isascii() and value.isdigit() and int(value) < 2**63:
             return queryset.filter(room_id=int(value))
-        return queryset
+        return queryset.none()
 
 
 @admin.register(Event)

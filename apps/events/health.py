@@ -15,6 +15,8 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client import REGISTRY
 
+from chatproject.clientaddr import came_through_a_proxy
+
 
 @require_GET
 @never_cache
@@ -61,33 +63,55 @@ def check_kafka() -> dict:
     return {"ok": False, "backend": "kafka", "error": "no bootstrap server reachable"}
 
 
-def readiness() -> dict:
-    checks = {"database": check_database(), "redis": check_redis(), "kafka": check_kafka()}
-    try:
-        from .outbox import outbox_status
+_outbox_cache: tuple[float, dict] | None = None  # (monotonic time, figure) of this process
 
-        checks["outbox"] = outbox_status()
+
+def cached_outbox_status() -> dict:
+    """The outbox figure, counted at most once per READYZ_OUTBOX_CACHE_SECONDS per process:
+    /readyz is public, and the count is a scan of the unpublished rows."""
+    global _outbox_cache
+    from .outbox import outbox_status
+
+    now = time.monotonic()
+    if _outbox_cache is not None and now - _outbox_cache[0] < settings.READYZ_OUTBOX_CACHE_SECONDS:
+        return _outbox_cache[1]
+    try:
+        status = outbox_status()
     except Exception as exc:  # noqa: BLE001 - the database check reports the cause
-        checks["outbox"] = {"ok": False, "error": type(exc).__name__}
-    return checks
+        status = {"ok": False, "error": type(exc).__name__}
+    _outbox_cache = (now, status)
+    return status
+
+
+def readiness() -> dict:
+    return {"database": check_database(), "redis": check_redis(), "kafka": check_kafka(),
+            "outbox": cached_outbox_status()}
 
 
 @require_GET
 @never_cache
 def readyz(request):
-    """Database, Redis and Kafka reachable: 200, else 503 naming what is down."""
+    """Database, Redis and Kafka reachable: 200, else 503. The status code is public (load
+    balancers); what is down, and the figures, only for the metrics credentials."""
     checks = readiness()
     down = [name for name, check in checks.items() if not check.get("ok")]
-    body = {"status": "ok" if not down else "unavailable", "down": down, "checks": checks}
+    body = {"status": "ok" if not down else "unavailable"}
+    if metrics_allowed(request):
+        body.update(down=down, checks=checks)
     return JsonResponse(body, status=200 if not down else 503)
 
 
 def metrics_allowed(request) -> bool:
+    """A bearer METRICS_TOKEN, or a TCP peer in METRICS_ALLOWED_IPS on a request that came
+    straight to the server: behind a proxy the peer is the proxy, whoever the client is, and
+    a forwarding header is never believed here (chatproject.clientaddr)."""
     token = settings.METRICS_TOKEN
     if token:
         supplied = request.headers.get("Authorization", "")
         if hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
             return True
+    if came_through_a_proxy(request):
+        return False
     return request.META.get("REMOTE_ADDR") in settings.METRICS_ALLOWED_IPS
 
 
@@ -123,11 +147,10 @@ class HealthCheckMiddleware:
         route = self.routes.get(request.path_info)
         if route is None:
             return self.get_response(request)
-        from .observability import HTTP_LATENCY, HTTP_REQUESTS
+        from .observability import observe_request
 
         name, view = route
         start = time.perf_counter()
         response = view(request)
-        HTTP_REQUESTS.labels(request.method, name, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(request.method, name).observe(time.perf_counter() - start)
+        observe_request(request, name, response, start)
         return response

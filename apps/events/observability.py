@@ -12,8 +12,13 @@ import logging
 import re
 import time
 import uuid
+from http import HTTPStatus
 
 from prometheus_client import Counter, Gauge, Histogram
+
+from chatproject.errors import CODES
+
+from .catalogue import CATALOGUE
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 connection_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("connection_id", default="-")
@@ -54,23 +59,89 @@ class JsonFormatter(logging.Formatter):
 
 
 # --- Metrics (every capability registers its own here, so names stay in one place) ------------
-HTTP_REQUESTS = Counter(
-    "chat_http_requests_total", "HTTP requests", ["method", "view", "status"]
+#
+# Every label value comes from a known set: a value outside it is counted as "other". Each
+# label value is a series kept for the life of the process (and a file entry in multiprocess
+# mode), so one a client can choose (an invented HTTP method, a status) grows /metrics without
+# bound: 2,000 requests with made-up methods once took it from 41 KB to 3.2 MB.
+OTHER = "other"
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+HTTP_STATUSES = frozenset(str(status.value) for status in HTTPStatus)
+ERROR_CODES = frozenset(CODES)
+EVENT_TYPES = frozenset(CATALOGUE)
+# apps.events.handlers' results (not imported: this module loads with the logging settings,
+# before the models), and the runner's own two.
+CONSUMER_RESULTS = frozenset({"handled", "duplicate", "ignored", "invalid", "error"})
+
+
+def status_label(code) -> str:
+    """A registered HTTP status as itself, anything else as its class ("5xx")."""
+    text = str(code)
+    return text if text in HTTP_STATUSES else f"{text[:1]}xx"
+
+
+def any_value(value) -> str:
+    """For labels the operator sets (a consumer group, a partition number), not a client."""
+    return str(value)
+
+
+class Bounded:
+    """A metric whose label values are kept to known sets (one per label, in order: a set, or
+    a function mapping a value to a bounded one); anything else becomes "other"."""
+
+    __slots__ = ("metric", "bounds")
+
+    def __init__(self, metric, *bounds):
+        self.metric = metric
+        self.bounds = bounds
+
+    def labels(self, *values):
+        return self.metric.labels(*[
+            bound(value) if callable(bound) else (value if value in bound else OTHER)
+            for value, bound in zip(values, self.bounds, strict=True)
+        ])
+
+    def __getattr__(self, name):
+        return getattr(self.metric, name)
+
+
+def view_label(request, default="unmatched") -> str:
+    """The URLconf's name for the view (a fixed set: the routes), else `default`."""
+    match = getattr(request, "resolver_match", None)
+    return match.view_name if match and match.view_name else default
+
+
+HTTP_REQUESTS = Bounded(
+    Counter("chat_http_requests_total", "HTTP requests", ["method", "view", "status"]),
+    HTTP_METHODS, any_value, status_label,
 )
-HTTP_LATENCY = Histogram(
-    "chat_http_request_seconds", "HTTP request latency", ["method", "view"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+HTTP_LATENCY = Bounded(
+    Histogram(
+        "chat_http_request_seconds", "HTTP request latency", ["method", "view"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    ),
+    HTTP_METHODS, any_value,
 )
+
+
+def observe_request(request, view: str, response, start: float) -> None:
+    """Count one HTTP request under `view` (a route name, never a client-chosen string)."""
+    HTTP_REQUESTS.labels(request.method, view, response.status_code).inc()
+    HTTP_LATENCY.labels(request.method, view).observe(time.perf_counter() - start)
+
+
 WS_OPEN_SOCKETS = Gauge(
     "chat_ws_open_sockets", "Open WebSocket connections", multiprocess_mode="livesum"
 )
 WS_SUBSCRIPTIONS = Gauge(
     "chat_ws_subscriptions", "Room subscriptions on open sockets", multiprocess_mode="livesum"
 )
-WS_EVENTS_DELIVERED = Counter(
-    "chat_ws_events_delivered_total", "Events sent to sockets", ["type"]
+WS_EVENTS_DELIVERED = Bounded(
+    Counter("chat_ws_events_delivered_total", "Events sent to sockets", ["type"]), EVENT_TYPES
 )
-WS_ERRORS = Counter("chat_ws_errors_total", "Error frames sent, by code", ["code"])
+WS_ERRORS = Bounded(
+    Counter("chat_ws_errors_total", "Error frames sent, by code", ["code"]), ERROR_CODES
+)
 FANOUT_LATENCY = Histogram(
     "chat_fanout_latency_seconds", "From event commit time to hand-off to a local socket",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
@@ -94,14 +165,22 @@ KAFKA_PUBLISH_LATENCY = Histogram(
     "chat_kafka_publish_seconds", "Time for a batch to be acknowledged by Kafka",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-KAFKA_PUBLISHED = Counter("chat_kafka_published_total", "Events acknowledged by Kafka", ["type"])
-KAFKA_PUBLISH_ERRORS = Counter("chat_kafka_publish_errors_total", "Failed publish attempts")
-CONSUMER_LAG = Gauge(
-    "chat_kafka_consumer_lag", "Messages behind the end of the partition", ["group", "partition"],
-    multiprocess_mode="max",
+KAFKA_PUBLISHED = Bounded(
+    Counter("chat_kafka_published_total", "Events acknowledged by Kafka", ["type"]), EVENT_TYPES
 )
-CONSUMER_HANDLED = Counter(
-    "chat_kafka_consumer_handled_total", "Events handled by consume_events", ["group", "result"]
+KAFKA_PUBLISH_ERRORS = Counter("chat_kafka_publish_errors_total", "Failed publish attempts")
+CONSUMER_LAG = Bounded(
+    Gauge(
+        "chat_kafka_consumer_lag", "Messages behind the end of the partition",
+        ["group", "partition"], multiprocess_mode="max",
+    ),
+    any_value, any_value,
+)
+CONSUMER_HANDLED = Bounded(
+    Counter(
+        "chat_kafka_consumer_handled_total", "Events handled by consume_events", ["group", "result"]
+    ),
+    any_value, CONSUMER_RESULTS,
 )
 
 
@@ -132,8 +211,5 @@ class MetricsMiddleware:
     def __call__(self, request):
         start = time.perf_counter()
         response = self.get_response(request)
-        match = getattr(request, "resolver_match", None)
-        view = match.view_name if match and match.view_name else "unmatched"
-        HTTP_REQUESTS.labels(request.method, view, str(response.status_code)).inc()
-        HTTP_LATENCY.labels(request.method, view).observe(time.perf_counter() - start)
+        observe_request(request, view_label(request), response, start)
         return response

@@ -1,6 +1,13 @@
-"""REST errors as JSON with a stable `code` (the contract's codes) and a human `detail`."""
+"""REST errors as JSON with a stable `code` (the contract's codes) and a human `detail`.
 
-from django.http import JsonResponse
+DRF's errors go through `exception_handler`; what Django answers by itself under /api/ (its
+400, 403, 404 and 500 pages, the debug pages, a CSRF failure, a body over
+DATA_UPLOAD_MAX_MEMORY_SIZE) is turned into the same JSON by `ApiErrorsMiddleware`.
+"""
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
+from django.http import HttpResponseBadRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
@@ -22,6 +29,13 @@ _CODE_BY_STATUS = {
 }
 
 
+def code_for_status(status_code: int) -> str:
+    """The contract's code for an HTTP status (any 5xx: `unavailable`)."""
+    if status_code >= 500:
+        return "unavailable"
+    return _CODE_BY_STATUS.get(status_code, "invalid")
+
+
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
         response = Response({"code": exc.code, "detail": exc.message, **exc.extra},
@@ -34,7 +48,7 @@ def exception_handler(exc, context):
         return None
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         response.status_code = status.HTTP_401_UNAUTHORIZED
-    code = _CODE_BY_STATUS.get(response.status_code, "invalid")
+    code = code_for_status(response.status_code)
     data = response.data
     if isinstance(data, dict) and set(data) == {"detail"}:
         body = {"code": code, "detail": str(data["detail"])}
@@ -48,3 +62,70 @@ def exception_handler(exc, context):
 def api_not_found(request, *args, **kwargs):
     """Any other path under /api/ (a negative id, a typo): the JSON 404, not Django's HTML page."""
     return JsonResponse({"code": "not_found", "detail": "no such API endpoint"}, status=404)
+
+
+def _api_error(code: str, detail: str, status_code: int) -> JsonResponse:
+    return JsonResponse({"code": code, "detail": detail}, status=status_code)
+
+
+class ApiErrorsMiddleware:
+    """Every answer under /api/ is JSON with a contract code (see the module docstring), a
+    body over DATA_UPLOAD_MAX_MEMORY_SIZE is refused before it is parsed (413), and no request
+    anywhere carries a NUL character in its query string (PostgreSQL cannot hold one in text:
+    a search for it was a DataError, a 500)."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        api = request.path_info.startswith("/api/")
+        if "%00" in request.META.get("QUERY_STRING", ""):
+            if api:
+                return _api_error("invalid", "the query string holds a NUL character", 400)
+            return HttpResponseBadRequest("NUL character in the query string",
+                                          content_type="text/plain")
+        if api and self.too_large(request):
+            return _api_error("too_large", "the request body is too large", 413)
+        if api and request.method not in ("GET", "HEAD") and not request.path_info.endswith("/"):
+            # Every API path ends with a slash. Django's APPEND_SLASH cannot redirect a body:
+            # it raised (a 500) under DEBUG, and redirected a POST to a GET otherwise.
+            return _api_error("not_found", "no such API endpoint (API paths end with /)", 404)
+        response = self.get_response(request)
+        if (
+            api
+            and response.status_code >= 400
+            and not isinstance(response, Response)  # DRF's: already the contract (or browsable)
+            and not response.get("Content-Type", "").startswith("application/json")
+        ):
+            detail = getattr(response, "reason_phrase", "") or "error"
+            replaced = _api_error(code_for_status(response.status_code), detail.lower(),
+                                  response.status_code)
+            for header, value in response.items():  # security headers, Allow, Retry-After...
+                if header.lower() not in ("content-type", "content-length"):
+                    replaced[header] = value
+            replaced.cookies = response.cookies
+            return replaced
+        return response
+
+    @staticmethod
+    def too_large(request) -> bool:
+        """A body over DATA_UPLOAD_MAX_MEMORY_SIZE (multipart aside: there the limit is for the
+        fields, not the files). Django checks it only when it reads the body itself, and DRF
+        reads the stream: a JSON or form body of any size was parsed whole."""
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        if limit is None or request.content_type == "multipart/form-data":
+            return False
+        try:
+            return int(request.META.get("CONTENT_LENGTH") or 0) > limit
+        except ValueError:
+            return False
+
+    def process_exception(self, request, exception):
+        # Raised by a view reading the body: Django would answer a 400 page (SuspiciousOperation).
+        if not request.path_info.startswith("/api/"):
+            return None
+        if isinstance(exception, RequestDataTooBig):
+            return _api_error("too_large", "the request body is too large", 413)
+        if isinstance(exception, TooManyFieldsSent):
+            return _api_error("too_large", "the request has too many fields", 413)
+        return None

@@ -6,6 +6,8 @@ from django.core.cache.backends.locmem import LocMemCache
 from rest_framework.settings import api_settings
 from rest_framework.throttling import SimpleRateThrottle
 
+from chatproject.clientaddr import client_address
+
 logger = logging.getLogger(__name__)
 
 # While the shared cache (Redis) is unreachable, throttles count in this process instead: a
@@ -35,6 +37,10 @@ class ScopeThrottle(SimpleRateThrottle):
         else:
             ident = self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+    def get_ident(self, request):
+        # DRF's own reads X-Forwarded-For whole when NUM_PROXIES is unset: one rule for all.
+        return client_address(request)
 
 
 class SignupThrottle(ScopeThrottle):

@@ -15,15 +15,6 @@ from apps.users import services as users
 from chatproject.errors import ServiceError
 
 
-# Defence in depth: text goes in as text (textContent), and even so nothing but the app's own
-# files may run. 'self' covers the same-origin WebSocket.
-CHAT_PAGE_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
-    "form-action 'self'"
-)
-
-
 @login_required
 @ensure_csrf_cookie
 def chat_page(request):
@@ -40,9 +31,9 @@ def chat_page(request):
         "heartbeat": settings.CHAT_HEARTBEAT_SECONDS,
         "maxLength": settings.CHAT_MESSAGE_MAX_LENGTH,
     }
-    response = render(request, "web/chat.html", {"config": config})
-    response["Content-Security-Policy"] = CHAT_PAGE_CSP
-    return response
+    # Text goes in as text (textContent), and even so nothing but the app's own files may run:
+    # apps.web.csp.STRICT_CSP, as on every page.
+    return render(request, "web/chat.html", {"config": config})
 
 
 class LoginPage(auth_views.LoginView):

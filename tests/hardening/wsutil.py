@@ -27,7 +27,7 @@ class Socket:
 
     @classmethod
     async def open(cls, server, *, token=None, cookie=None, origin="default", query="",
-                   expect_hello=True, headers=None) -> "Socket":
+                   expect_hello=True, headers=None, path=None) -> "Socket":
         extra = dict(headers or {})
         if token:
             extra["Authorization"] = f"Token {token}"
@@ -35,8 +35,9 @@ class Socket:
             extra["Cookie"] = cookie
         if origin == "default":
             origin = f"http://127.0.0.1:{server.port}"
+        url = server.ws_url if path is None else f"ws://127.0.0.1:{server.port}{path}"
         conn = await connect(
-            server.ws_url + query, origin=origin, additional_headers=extra, max_size=None,
+            url + query, origin=origin, additional_headers=extra, max_size=None,
             proxy=None, open_timeout=15, ping_interval=None, compression=None,
         )
         sock = cls(conn)
