@@ -24,7 +24,11 @@ _CODE_BY_STATUS = {
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        return Response({"code": exc.code, "detail": exc.message}, status=exc.status)
+        body = {"code": exc.code, "detail": exc.message}
+        field = getattr(exc, "field", None)
+        if field:
+            body["errors"] = {field: [exc.message]}
+        return Response(body, status=exc.status)
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

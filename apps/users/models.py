@@ -1,11 +1,69 @@
+import unicodedata
+
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError
+from django.db import models
+
+CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
+
+
+def username_key(username: str) -> str:
+    """The form no two usernames may share: NFKC, then case-folded (`Ａｄａ`, `ADA`, `ada` are
+    one name; so are `Straße` and `STRASSE`)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
+
+
+def validate_one_script(username: str) -> None:
+    """Refuse a username whose letters mix Latin, Cyrillic and Greek (`аdmіn` with Cyrillic а
+    and і): the usual way to pass for someone else (Zulip and Mattermost refuse them too)."""
+    scripts = set()
+    for char in username:
+        if char.isalpha():
+            script = unicodedata.name(char, "").partition(" ")[0]
+            if script in CONFUSABLE_SCRIPTS:
+                scripts.add(script)
+    if len(scripts) > 1:
+        raise ValidationError(
+            "Use letters of one script: this name mixes %(scripts)s.",
+            code="mixed_script",
+            params={"scripts": " and ".join(sorted(s.title() for s in scripts))},
+        )
 
 
 class User(AbstractUser):
     """The chat's user. Custom from the first migration so fields can be added later."""
 
+    username = models.CharField(
+        "username",
+        max_length=150,
+        unique=True,
+        help_text="Required. 150 characters or fewer. Letters, digits and @/./+/-/_ only, "
+                  "in one script.",
+        validators=[UnicodeUsernameValidator(), validate_one_script],
+        error_messages={"unique": "A user with that username already exists."},
+    )
+    # Unique: the database refuses a second `Ada` beside `ada` even when both sign up at once.
+    # Kept by save(); code that writes usernames with QuerySet.update() must set it too.
+    username_key = models.CharField(max_length=450, unique=True, editable=False)
+
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
+
+    def save(self, *args, **kwargs):
+        self.username_key = username_key(self.username)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "username" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "username_key"}
+        super().save(*args, **kwargs)
+
+    def clean(self):
+        super().clean()  # NFKC-normalizes the username
+        if not isinstance(self.username, str):
+            return  # the field's own validation reports it
+        taken = type(self)._default_manager.filter(username_key=username_key(self.username))
+        if taken.exclude(pk=self.pk).exists():
+            raise ValidationError({"username": "A user with that username already exists."})
 
     def actor(self) -> dict:
         """The user as an envelope `actor` / `user` object."""
