@@ -12,6 +12,7 @@ from apps.rooms.services import is_site_moderator
 from chatproject.errors import ServiceError
 
 from . import services
+from .passwords import hashing_slot
 from .throttles import SignupThrottle, TokenThrottle
 
 User = get_user_model()
@@ -86,7 +87,8 @@ class UsersApi(GenericAPIView):
     def post(self, request):
         form = SignupSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        user = services.user_signup(**form.validated_data)
+        with hashing_slot(request):
+            user = services.user_signup(**form.validated_data)
         return Response(MeSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
@@ -102,11 +104,12 @@ class TokenApi(GenericAPIView):
     def post(self, request):
         form = TokenRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        user = authenticate(
-            request,
-            username=form.validated_data["username"],
-            password=form.validated_data["password"],
-        )
+        with hashing_slot(request):
+            user = authenticate(
+                request,
+                username=User.normalize_username(form.validated_data["username"]),
+                password=form.validated_data["password"],
+            )
         if user is None or not user.is_active:
             raise ServiceError("unauthenticated", "wrong username or password")
         token, _ = Token.objects.get_or_create(user=user)

@@ -11,7 +11,9 @@ from django.shortcuts import redirect, render
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from apps.rooms.services import is_site_moderator
+from apps.users import passwords
 from apps.users import services as users
+from apps.users.throttles import SignupThrottle, TokenThrottle
 from chatproject.errors import ServiceError
 
 
@@ -45,12 +47,35 @@ def chat_page(request):
     return response
 
 
+def _too_many(request, template, context, message, wait=None):
+    """The form page again with the refusal on it, as 429 (Retry-After when known)."""
+    response = render(request, template, {**context, "refused": message}, status=429)
+    if wait:
+        response["Retry-After"] = str(wait)
+    return response
+
+
 class LoginPage(auth_views.LoginView):
+    """Django's log-in, under the token endpoint's throttle and hashing bound (one bucket per
+    client address for both: apps/users/passwords.py)."""
+
     template_name = "web/login.html"
     redirect_authenticated_user = True
 
     def get_context_data(self, **kwargs):
         return super().get_context_data(signup_enabled=settings.SIGNUP_ENABLED, **kwargs)
+
+    def post(self, request, *args, **kwargs):
+        context = {"signup_enabled": settings.SIGNUP_ENABLED, "next": request.POST.get("next", "")}
+        wait = passwords.throttled(request, TokenThrottle)
+        if wait is not None:
+            return _too_many(request, self.template_name, context,
+                             f"Too many log-in attempts. Try again in {wait} seconds.", wait)
+        try:
+            with passwords.hashing_slot(request):
+                return super().post(request, *args, **kwargs)
+        except ServiceError as error:
+            return _too_many(request, self.template_name, context, error.message)
 
 
 class LogoutPage(auth_views.LogoutView):
@@ -61,7 +86,8 @@ class SignupForm(forms.Form):
     username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}))
     password = forms.CharField(
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text=f"At least {users.PASSWORD_MIN_LENGTH} characters.",
+        help_text=f"At least {settings.PASSWORD_MIN_LENGTH} characters; not a common password, "
+                  "not only digits, not like your username.",
     )
     password_again = forms.CharField(
         label="Password again", widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
@@ -81,13 +107,23 @@ def signup_page(request):
     if request.user.is_authenticated:
         return redirect("web:chat")
     form = SignupForm(request.POST or None)
+    if request.method == "POST":
+        wait = passwords.throttled(request, SignupThrottle)
+        if wait is not None:
+            return _too_many(request, "web/signup.html", {"form": SignupForm()},
+                             f"Too many sign-ups from this address. Try again in {wait} seconds.",
+                             wait)
     if request.method == "POST" and form.is_valid():
         try:
-            user = users.user_signup(
-                username=form.cleaned_data["username"], password=form.cleaned_data["password"]
-            )
+            with passwords.hashing_slot(request):
+                user = users.user_signup(
+                    username=form.cleaned_data["username"], password=form.cleaned_data["password"]
+                )
         except ServiceError as error:
-            form.add_error(None, error.message)
+            if error.code == "rate_limited":
+                return _too_many(request, "web/signup.html", {"form": form}, error.message)
+            field = error.field if error.field in form.fields else None
+            form.add_error(field, error.message)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             return redirect("web:chat")
