@@ -45,7 +45,8 @@ class User(AbstractUser):
     )
     # Unique: the database refuses a second `Ada` beside `ada` even when both sign up at once.
     # Kept by save(); code that writes usernames with QuerySet.update() must set it too.
-    username_key = models.CharField(max_length=450, unique=True, editable=False)
+    # Nullable only so the release before it can still insert users during a rolling deploy.
+    username_key = models.CharField(max_length=450, unique=True, null=True, editable=False)
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"

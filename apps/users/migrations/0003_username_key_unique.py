@@ -14,7 +14,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name="user",
             name="username_key",
-            field=models.CharField(editable=False, max_length=450, unique=True),
+            field=models.CharField(editable=False, max_length=450, null=True, unique=True),
         ),
         migrations.AlterField(
             model_name="user",
