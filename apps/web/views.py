@@ -1,5 +1,7 @@
 """The chat page and the Django-session pages around it (login, logout, sign-up)."""
 
+import functools
+
 from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
@@ -8,6 +10,7 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from apps.rooms.services import is_site_moderator
@@ -47,35 +50,53 @@ def chat_page(request):
     return response
 
 
-def _too_many(request, template, context, message, wait=None):
-    """The form page again with the refusal on it, as 429 (Retry-After when known)."""
-    response = render(request, template, {**context, "refused": message}, status=429)
+def password_form(throttle_class, template: str, refusal: str):
+    """For a view whose POST checks or sets a password (log-in, sign-up, the admin's log-in):
+    the API twin's throttle first, then one of the address's hashing slots around the view
+    (apps/users/passwords.py). Refused: the form page again, as 429, with `refusal`."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def guarded(request, *args, **kwargs):
+            if request.method != "POST":
+                return view(request, *args, **kwargs)
+            wait = passwords.throttled(request, throttle_class)
+            if wait is not None:
+                return _too_many(request, template, refusal.format(wait=wait), wait)
+            try:
+                with passwords.hashing_slot(request):
+                    return view(request, *args, **kwargs)
+            except ServiceError as error:  # rate_limited: every slot of the address is busy
+                return _too_many(request, template, error.message)
+
+        return guarded
+
+    return decorate
+
+
+def _too_many(request, template, message, wait=None):
+    context = {"refused": message, "form": SignupForm(), "signup_enabled": settings.SIGNUP_ENABLED,
+               "next": request.POST.get("next", "")}
+    response = render(request, template, context, status=429)
     if wait:
         response["Retry-After"] = str(wait)
     return response
 
 
+login_guard = password_form(TokenThrottle, "web/login.html",
+                            "Too many log-in attempts. Try again in {wait} seconds.")
+
+
+@method_decorator(login_guard, name="post")
 class LoginPage(auth_views.LoginView):
     """Django's log-in, under the token endpoint's throttle and hashing bound (one bucket per
-    client address for both: apps/users/passwords.py)."""
+    client address for both)."""
 
     template_name = "web/login.html"
     redirect_authenticated_user = True
 
     def get_context_data(self, **kwargs):
         return super().get_context_data(signup_enabled=settings.SIGNUP_ENABLED, **kwargs)
-
-    def post(self, request, *args, **kwargs):
-        context = {"signup_enabled": settings.SIGNUP_ENABLED, "next": request.POST.get("next", "")}
-        wait = passwords.throttled(request, TokenThrottle)
-        if wait is not None:
-            return _too_many(request, self.template_name, context,
-                             f"Too many log-in attempts. Try again in {wait} seconds.", wait)
-        try:
-            with passwords.hashing_slot(request):
-                return super().post(request, *args, **kwargs)
-        except ServiceError as error:
-            return _too_many(request, self.template_name, context, error.message)
 
 
 class LogoutPage(auth_views.LogoutView):
@@ -100,6 +121,8 @@ class SignupForm(forms.Form):
         return data
 
 
+@password_form(SignupThrottle, "web/signup.html",
+               "Too many sign-ups from this address. Try again in {wait} seconds.")
 def signup_page(request):
     """Open sign-up (settings.SIGNUP_ENABLED) through the same service as POST /api/users/."""
     if not settings.SIGNUP_ENABLED:
@@ -107,21 +130,12 @@ def signup_page(request):
     if request.user.is_authenticated:
         return redirect("web:chat")
     form = SignupForm(request.POST or None)
-    if request.method == "POST":
-        wait = passwords.throttled(request, SignupThrottle)
-        if wait is not None:
-            return _too_many(request, "web/signup.html", {"form": SignupForm()},
-                             f"Too many sign-ups from this address. Try again in {wait} seconds.",
-                             wait)
     if request.method == "POST" and form.is_valid():
         try:
-            with passwords.hashing_slot(request):
-                user = users.user_signup(
-                    username=form.cleaned_data["username"], password=form.cleaned_data["password"]
-                )
+            user = users.user_signup(
+                username=form.cleaned_data["username"], password=form.cleaned_data["password"]
+            )
         except ServiceError as error:
-            if error.code == "rate_limited":
-                return _too_many(request, "web/signup.html", {"form": form}, error.message)
             field = error.field if error.field in form.fields else None
             form.add_error(field, error.message)
         else:

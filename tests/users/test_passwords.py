@@ -90,6 +90,16 @@ def test_the_login_page_takes_from_the_token_bucket():
     assert page.get("/login/").status_code == 200  # only posting is limited
 
 
+def test_the_admin_log_in_takes_from_the_token_bucket_too():
+    rates = {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "token": "2/minute"}
+    with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK,
+                                           "DEFAULT_THROTTLE_RATES": rates}):
+        client = Client(REMOTE_ADDR=next(_addresses))
+        codes = [client.post("/admin/login/", {"username": "admin", "password": "guess"})
+                 .status_code for _ in range(3)]
+    assert codes == [200, 200, 429]
+
+
 def test_the_sign_up_page_takes_from_the_sign_up_bucket():
     rates = {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "signup": "1/hour"}
     with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK,
