@@ -7,6 +7,7 @@ address, and every request here comes from 127.0.0.1) start from zero whatever r
 
 from __future__ import annotations
 
+import asyncio
 import http.cookiejar
 import json
 import re
@@ -20,12 +21,23 @@ import uuid
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from tests import factories
 
-from .wsutil import assert_clean_log
+from .wsutil import Socket, assert_clean_log, run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
+
+
+def _victim(username, password):
+    """A user whose password the server must really hash to check (the test settings' MD5 hash
+    would fail fast on a server that only knows PBKDF2)."""
+    user = factories.make_user(username)
+    hasher = PBKDF2PasswordHasher()
+    user.password = hasher.encode(password, hasher.salt())
+    user.save(update_fields=["password"])
+    return user
 
 
 def _server(start_server, child_env, **overrides):
@@ -75,7 +87,7 @@ class Browser:
 
 
 def test_password_guesses_on_the_login_page_and_the_token_endpoint_hit_429(start_server, child_env):
-    factories.make_user("victim", password="the-real-password-1")
+    _victim("victim", "the-real-password-1")
     server = _server(start_server, child_env, THROTTLE_TOKEN="5/minute")
     browser = Browser(server)
     browser.get("/login/")
@@ -99,7 +111,7 @@ def test_password_guesses_on_the_login_page_and_the_token_endpoint_hit_429(start
 def test_concurrent_guesses_from_one_address_are_bounded(start_server, child_env, user):
     """12 guessers at once used to hash 12 passwords at once (0.6 s of CPU each) and slow
     everyone's REST; now one address has at most PASSWORD_HASH_CONCURRENCY hashes in flight."""
-    factories.make_user("target", password="the-real-password-2")
+    _victim("target", "the-real-password-2")
     server = _server(start_server, child_env, THROTTLE_TOKEN="1000/minute",
                      PASSWORD_HASH_CONCURRENCY=1)
     token = factories.make_token(user)
@@ -130,6 +142,45 @@ def test_concurrent_guesses_from_one_address_are_bounded(start_server, child_env
     print(f"\n/api/me/ median before {statistics.median(me) * 1000:.0f} ms, during 12 guessers "
           f"{statistics.median(during) * 1000:.0f} ms; guesses: {codes.count(401)} hashed, "
           f"{len(refused)} refused")
+    assert_clean_log(server)
+
+
+def test_password_hashing_runs_off_the_event_loop(start_server, child_env, user):
+    """Two guesses hash at once (within the bound) while a socket pings: the pongs come back
+    in a fraction of one hash's time, so the hashing ran in worker threads, not on the loop."""
+    _victim("hashed", "the-real-password-3")
+    server = _server(start_server, child_env, PASSWORD_HASH_CONCURRENCY=2)
+    token = factories.make_token(user)
+    results = []
+
+    def guess(i):
+        results.append(_json(server, "POST", "/api/auth/token/",
+                             {"username": "hashed", "password": f"wrong-{i}"}))
+
+    async def scenario():
+        sock = await Socket.open(server, token=token)
+        await sock.ping()
+        threads = [threading.Thread(target=guess, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        rtts = []
+        while any(thread.is_alive() for thread in threads):
+            sent = time.monotonic()
+            await sock.ping()
+            rtts.append(time.monotonic() - sent)
+            await asyncio.sleep(0.02)
+        for thread in threads:
+            thread.join()
+        await sock.close()
+        return rtts
+
+    rtts = run(scenario())
+    assert sorted(status for status, _, _, _ in results) == [401, 401], results
+    hash_time = min(elapsed for _, _, _, elapsed in results)
+    print(f"\nguesses took {hash_time * 1000:.0f} ms; {len(rtts)} pings meanwhile, "
+          f"median {statistics.median(rtts) * 1000:.0f} ms, max {max(rtts) * 1000:.0f} ms")
+    assert len(rtts) >= 3
+    assert statistics.median(rtts) < hash_time / 3, (rtts, hash_time)
     assert_clean_log(server)
 
 
