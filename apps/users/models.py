@@ -31,6 +31,23 @@ def validate_one_script(username: str) -> None:
         )
 
 
+# Cyrillic and Greek letters (case-folded) that look like a Latin one in upper or lower case.
+_LOOKS_LATIN = str.maketrans(
+    "авекмнорстхуіјѕԁһԛԝӏѵ" "αβεζηικμνορτυχ",
+    "abekmhopctxyijsdhqwlv" "abezhikmnoptyx",
+)
+
+
+def latin_lookalike(key: str) -> str | None:
+    """The Latin name a case-folded Cyrillic or Greek name passes for when every letter of it
+    has a Latin twin (`рор` → `pop`, `ΗΟΤ` → `hot`), else None (UTS #39's whole-script
+    confusables, for the letters that matter)."""
+    skeleton = key.translate(_LOOKS_LATIN)
+    if skeleton == key or any(c.isalpha() and not c.isascii() for c in skeleton):
+        return None
+    return skeleton
+
+
 class User(AbstractUser):
     """The chat's user. Custom from the first migration so fields can be added later."""
 

@@ -9,7 +9,7 @@ from django.db import IntegrityError, transaction
 
 from chatproject.errors import forbidden, invalid
 
-from .models import username_key
+from .models import latin_lookalike, username_key
 
 User = get_user_model()
 
@@ -39,8 +39,12 @@ def user_signup(*, username, password, email="") -> "User":
         password_validation.validate_password(password, User(username=username, email=email or ""))
     except ValidationError as exc:
         raise invalid("password: " + " ".join(exc.messages), field="password") from None
-    if User.objects.filter(username_key=username_key(username)).exists():
+    key = username_key(username)
+    if User.objects.filter(username_key=key).exists():
         raise invalid("that username is taken", field="username")
+    lookalike = latin_lookalike(key)
+    if lookalike is not None and User.objects.filter(username_key=lookalike).exists():
+        raise invalid("that username looks like an existing one", field="username")
     try:
         with transaction.atomic():
             return User.objects.create_user(username=username, password=password, email=email or "")

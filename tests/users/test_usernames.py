@@ -108,3 +108,20 @@ def test_the_migration_renames_later_colliding_accounts_deterministically(capsys
     assert dict(User.objects.values_list("pk", "username_key"))[ada.pk] == "ada"
     with pytest.raises(IntegrityError), transaction.atomic():
         User.objects.create_user(username="aDa", password=PASSWORD)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("existing, lookalike", [
+    ("pop", "\u0440\u043e\u0440"),  # Cyrillic рор
+    ("hot", "\u0397\u039f\u03a4"),  # Greek ΗΟΤ
+    ("ace_1", "\u0430\u0441\u0435_1"),  # Cyrillic асе with a suffix
+])
+def test_a_cyrillic_or_greek_name_that_reads_as_an_existing_latin_one_is_refused(existing,
+                                                                                  lookalike):
+    assert signup(existing).status_code == 201
+    response = signup(lookalike)
+    assert response.status_code == 400, response.content
+    assert "looks like an existing" in response.json()["detail"]
+    # The same name is fine where nobody has the Latin one.
+    get_user_model().objects.filter(username=existing).delete()
+    assert signup(lookalike).status_code == 201
