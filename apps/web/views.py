@@ -66,8 +66,10 @@ def password_form(throttle_class, template: str, refusal: str):
             try:
                 with passwords.hashing_slot(request):
                     return view(request, *args, **kwargs)
-            except ServiceError as error:  # rate_limited: every slot of the address is busy
-                return _too_many(request, template, error.message)
+            except ServiceError as error:
+                if error.code != "rate_limited":
+                    raise
+                return _too_many(request, template, error.message)  # every slot is busy
 
         return guarded
 
