@@ -249,10 +249,13 @@ def make_users(count: int, prefix: str) -> list[tuple[int, str]]:
     from django.contrib.auth.hashers import make_password
     from rest_framework.authtoken.models import Token
 
+    from apps.users.models import username_key
+
     User = get_user_model()
     password = make_password(secrets.token_urlsafe(12))
-    users = User.objects.bulk_create(
-        [User(username=f"{prefix}{i}", password=password) for i in range(count)], batch_size=1000
+    users = User.objects.bulk_create(  # bulk_create skips save(): the key is set here
+        [User(username=f"{prefix}{i}", username_key=username_key(f"{prefix}{i}"),
+              password=password) for i in range(count)], batch_size=1000
     )
     tokens = Token.objects.bulk_create(
         [Token(user=user, key=Token.generate_key()) for user in users], batch_size=1000

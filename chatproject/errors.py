@@ -17,12 +17,13 @@ class ServiceError(Exception):
         "unavailable": 503,
     }
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, *, field: str | None = None):
         if code not in CODES:
             raise ValueError(f"unknown error code {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
+        self.field = field  # the input field at fault, when there is one (REST: `errors`)
 
     @property
     def status(self) -> int:
@@ -54,8 +55,8 @@ class AccountDisabled(ServiceError):
         super().__init__("forbidden", "this account is disabled")
 
 
-def invalid(message):
-    return ServiceError("invalid", message)
+def invalid(message, *, field=None):
+    return ServiceError("invalid", message, field=field)
 
 
 def forbidden(message):

@@ -144,6 +144,21 @@ STORAGES = {
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 
+# --- Passwords: PASSWORD_MIN_LENGTH, PASSWORD_HASH_CONCURRENCY -------------------------------------
+# Django's validators on every path that sets a password (sign-up by REST and page, the admin,
+# createsuperuser, changepassword). Ten characters: NIST SP 800-63B's floor is 8; the common-
+# password list and the similarity check do the rest.
+PASSWORD_MIN_LENGTH = env_int("PASSWORD_MIN_LENGTH", 10)
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+     "OPTIONS": {"min_length": PASSWORD_MIN_LENGTH}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+# Passwords hashed at once for one client address (log-in, token, sign-up); more: 429. 0: no bound.
+PASSWORD_HASH_CONCURRENCY = env_int("PASSWORD_HASH_CONCURRENCY", 2)
+
 # --- Database: DATABASE_URL, DATABASE_POOL_MAX -------------------------------------------------
 DATABASE_URL = env("DATABASE_URL")
 if DATABASE_URL:

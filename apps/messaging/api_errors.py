@@ -38,8 +38,10 @@ def code_for_status(status_code: int) -> str:
 
 def exception_handler(exc, context):
     if isinstance(exc, ServiceError):
-        response = Response({"code": exc.code, "detail": exc.message, **exc.extra},
-                            status=exc.status)
+        body = {"code": exc.code, "detail": exc.message, **exc.extra}
+        if exc.field:
+            body["errors"] = {exc.field: [exc.message]}
+        response = Response(body, status=exc.status)
         if "retry_after" in exc.extra:
             response["Retry-After"] = str(exc.extra["retry_after"])
         return response

@@ -7,7 +7,6 @@ commit order. Each returns the committed Event (its `envelope` is what `ack` car
 from __future__ import annotations
 
 import json
-import unicodedata
 import uuid
 from contextlib import contextmanager
 from typing import NamedTuple
@@ -16,6 +15,7 @@ from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
+from emoji import EMOJI_DATA
 
 from apps.events import catalogue as ev
 from apps.events.models import Event
@@ -28,6 +28,7 @@ from apps.users.models import Block
 from chatproject.bulk import (Statement, arun, combine, insert_rows, pg_insert, pg_update, run,
                               update_by_pk)
 from chatproject.errors import ServiceError, forbidden, invalid, not_found
+from chatproject.text import check_text
 
 from .models import Message, Reaction
 
@@ -35,28 +36,29 @@ EMOJI_MAX = 32
 
 
 def clean_body(body) -> str:
-    """Non-empty, at most CHAT_MESSAGE_MAX_LENGTH characters, no control characters."""
+    """Non-empty, at most CHAT_MESSAGE_MAX_LENGTH characters, no control characters, something
+    visible in it, bidirectional controls balanced (chatproject.text)."""
     if not isinstance(body, str):
         raise invalid("body must be a string")
-    if not body.strip():
-        raise invalid("body must not be empty")
     if len(body) > settings.CHAT_MESSAGE_MAX_LENGTH:
         raise ServiceError(
             "too_large", f"body is longer than {settings.CHAT_MESSAGE_MAX_LENGTH} characters"
         )
-    for char in body:
-        if char in "\n\t":
-            continue
-        if unicodedata.category(char) in ("Cc", "Cs") or char in "\u2028\u2029":
-            raise invalid("body contains control characters")
+    check_text(body, "body", multiline=True)
     return body
 
 
 def clean_emoji(emoji) -> str:
+    """One emoji of the bundled Unicode list (the `emoji` package: sequences, skin tones, flags)."""
+    emoji = _emoji_shape(emoji)
+    if emoji not in EMOJI_DATA:
+        raise invalid("emoji must be a single Unicode emoji")
+    return emoji
+
+
+def _emoji_shape(emoji) -> str:
     if not isinstance(emoji, str) or not emoji or len(emoji) > EMOJI_MAX:
         raise invalid(f"emoji must be a string of 1 to {EMOJI_MAX} characters")
-    if any(unicodedata.category(c) in ("Cc", "Cs", "Zs", "Zl", "Zp") for c in emoji):
-        raise invalid("emoji must not contain spaces or control characters")
     return emoji
 
 
@@ -557,8 +559,8 @@ def reaction_add(*, message, user, emoji) -> Event:
 
 
 def reaction_remove(*, message, user, emoji) -> Event:
-    """Take one's reaction back."""
-    emoji = clean_emoji(emoji)
+    """Take one's reaction back (any reaction stored, even one from before the emoji list)."""
+    emoji = _emoji_shape(emoji)
     with transaction.atomic():
         room = rooms.lock_room(message.room_id)
         rooms.check_can_read(room, user)

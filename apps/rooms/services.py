@@ -17,6 +17,7 @@ from apps.events import catalogue as ev
 from apps.events.services import record_event
 from apps.users.models import Block
 from chatproject.errors import AccountDisabled, RateLimited, forbidden, invalid, not_found
+from chatproject.text import check_text
 
 from .managers import MODERATE_PERMISSION, is_site_moderator  # noqa: F401 (the rules' home)
 from .models import SLOW_MODE_MAX_SECONDS, Membership, ModerationAction, Room
@@ -216,8 +217,7 @@ def _clean_name(name) -> str:
     name = name.strip()
     if len(name) > ROOM_NAME_MAX:
         raise invalid(f"name is longer than {ROOM_NAME_MAX} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise invalid("name contains control characters")
+    check_text(name, "name", multiline=False)
     return name
 
 
@@ -228,8 +228,8 @@ def _clean_topic(topic) -> str:
         raise invalid("topic must be a string")
     if len(topic) > ROOM_TOPIC_MAX:
         raise invalid(f"topic is longer than {ROOM_TOPIC_MAX} characters")
-    if any((ord(c) < 32 and c not in "\n\t") or ord(c) == 127 for c in topic):
-        raise invalid("topic contains control characters")
+    # A topic may be cleared (blank); one that is set must show something.
+    check_text(topic, "topic", multiline=True, allow_blank=not topic.strip())
     return topic
 
 

@@ -13,6 +13,7 @@ from chatproject.errors import ServiceError, invalid
 
 from . import services
 from .models import Block
+from .passwords import hashing_slot
 from .throttles import SignupThrottle, TokenThrottle
 
 User = get_user_model()
@@ -112,7 +113,8 @@ class UsersApi(GenericAPIView):
     def post(self, request):
         form = SignupSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        user = services.user_signup(**form.validated_data)
+        with hashing_slot(request):
+            user = services.user_signup(**form.validated_data)
         return Response(MeSerializer(user).data, status=status.HTTP_201_CREATED)
 
 
@@ -128,11 +130,12 @@ class TokenApi(GenericAPIView):
     def post(self, request):
         form = TokenRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        user = authenticate(
-            request,
-            username=form.validated_data["username"],
-            password=form.validated_data["password"],
-        )
+        with hashing_slot(request):
+            user = authenticate(
+                request,
+                username=User.normalize_username(form.validated_data["username"]),
+                password=form.validated_data["password"],
+            )
         if user is None or not user.is_active:
             raise ServiceError("unauthenticated", "wrong username or password")
         token, _ = Token.objects.get_or_create(user=user)

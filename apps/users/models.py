@@ -1,11 +1,71 @@
+import unicodedata
+
 from django.conf import settings
 from django.contrib.auth.models import AbstractUser
+from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+
+CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
+
+
+def username_key(username: str) -> str:
+    """The form no two usernames may share: NFKC, then case-folded (`Ａｄａ`, `ADA`, `ada` are
+    one name; so are `Straße` and `STRASSE`)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", username).casefold())
+
+
+def validate_one_script(username: str) -> None:
+    """Refuse a username whose letters mix Latin, Cyrillic and Greek (`аdmіn` with Cyrillic а
+    and і): the usual way to pass for someone else (Zulip and Mattermost refuse them too)."""
+    scripts = set()
+    for char in username:
+        if char.isalpha():
+            script = unicodedata.name(char, "").partition(" ")[0]
+            if script in CONFUSABLE_SCRIPTS:
+                scripts.add(script)
+    if len(scripts) > 1:
+        raise ValidationError(
+            "Use letters of one script: this name mixes %(scripts)s.",
+            code="mixed_script",
+            params={"scripts": " and ".join(sorted(s.title() for s in scripts))},
+        )
+
+
+# Cyrillic and Greek letters (case-folded) that look like a Latin one in upper or lower case.
+_LOOKS_LATIN = str.maketrans(
+    "авекмнорстхуіјѕԁһԛԝӏѵ" "αβεζηικμνορτυχ",
+    "abekmhopctxyijsdhqwlv" "abezhikmnoptyx",
+)
+
+
+def latin_lookalike(key: str) -> str | None:
+    """The Latin name a case-folded Cyrillic or Greek name passes for when every letter of it
+    has a Latin twin (`рор` → `pop`, `ΗΟΤ` → `hot`), else None (UTS #39's whole-script
+    confusables, for the letters that matter)."""
+    skeleton = key.translate(_LOOKS_LATIN)
+    if skeleton == key or any(c.isalpha() and not c.isascii() for c in skeleton):
+        return None
+    return skeleton
 
 
 class User(AbstractUser):
     """The chat's user. Custom from the first migration so fields can be added later."""
+
+    username = models.CharField(
+        "username",
+        max_length=150,
+        unique=True,
+        help_text="Required. 150 characters or fewer. Letters, digits and @/./+/-/_ only, "
+                  "in one script.",
+        validators=[UnicodeUsernameValidator(), validate_one_script],
+        error_messages={"unique": "A user with that username already exists."},
+    )
+    # Unique: the database refuses a second `Ada` beside `ada` even when both sign up at once.
+    # Kept by save(); code that writes usernames with QuerySet.update() must set it too.
+    # Nullable only so the release before it can still insert users during a rolling deploy.
+    username_key = models.CharField(max_length=450, unique=True, null=True, editable=False)
 
     class DmPolicy(models.TextChoices):
         ANYONE = "anyone"
@@ -18,6 +78,21 @@ class User(AbstractUser):
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
+
+    def save(self, *args, **kwargs):
+        self.username_key = username_key(self.username)
+        update_fields = kwargs.get("update_fields")
+        if update_fields is not None and "username" in update_fields:
+            kwargs["update_fields"] = {*update_fields, "username_key"}
+        super().save(*args, **kwargs)
+
+    def clean(self):
+        super().clean()  # NFKC-normalizes the username
+        if not isinstance(self.username, str):
+            return  # the field's own validation reports it
+        taken = type(self)._default_manager.filter(username_key=username_key(self.username))
+        if taken.exclude(pk=self.pk).exists():
+            raise ValidationError({"username": "A user with that username already exists."})
 
     def actor(self) -> dict:
         """The user as an envelope `actor` / `user` object."""

@@ -4,43 +4,52 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib.auth import get_user_model, password_validation
-from django.contrib.auth.validators import UnicodeUsernameValidator
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from chatproject.errors import forbidden, invalid, not_found
 
+from .models import latin_lookalike, username_key
+
 User = get_user_model()
-PASSWORD_MIN_LENGTH = 8
 
 
 def user_signup(*, username, password, email="") -> "User":
-    """Create an account when sign-up is open (SIGNUP_ENABLED); usernames are case-insensitively unique."""
+    """Create an account when sign-up is open (SIGNUP_ENABLED). The username is NFKC-normalized
+    first; no two may share a case-folded form (a unique index); letters in one script only;
+    the password passes AUTH_PASSWORD_VALIDATORS."""
     if not settings.SIGNUP_ENABLED:
         raise forbidden("sign-up is disabled on this server")
     if not isinstance(username, str) or not username.strip():
-        raise invalid("username must be a non-empty string")
-    username = username.strip()
+        raise invalid("username must be a non-empty string", field="username")
+    username = User.normalize_username(username.strip())
     if len(username) > 150:
-        raise invalid("username is longer than 150 characters")
+        raise invalid("username is longer than 150 characters", field="username")
     try:
-        UnicodeUsernameValidator()(username)
-    except ValidationError:
-        raise invalid("username may contain only letters, digits and @/./+/-/_") from None
-    if not isinstance(password, str) or len(password) < PASSWORD_MIN_LENGTH:
-        raise invalid(f"password must be at least {PASSWORD_MIN_LENGTH} characters")
-    candidate = User(username=username, email=email or "")
-    try:
-        password_validation.validate_password(password, candidate)
+        for validator in User._meta.get_field("username").validators:
+            validator(username)
     except ValidationError as exc:
-        raise invalid(" ".join(exc.messages)) from None
-    if User.objects.filter(username__iexact=username).exists():
-        raise invalid("that username is taken")
+        if exc.code == "mixed_script":
+            raise invalid(f"username: {exc.messages[0]}", field="username") from None
+        raise invalid("username may contain only letters, digits and @/./+/-/_",
+                      field="username") from None
+    if not isinstance(password, str):
+        raise invalid("password must be a string", field="password")
+    try:
+        password_validation.validate_password(password, User(username=username, email=email or ""))
+    except ValidationError as exc:
+        raise invalid("password: " + " ".join(exc.messages), field="password") from None
+    key = username_key(username)
+    if User.objects.filter(username_key=key).exists():
+        raise invalid("that username is taken", field="username")
+    lookalike = latin_lookalike(key)
+    if lookalike is not None and User.objects.filter(username_key=lookalike).exists():
+        raise invalid("that username looks like an existing one", field="username")
     try:
         with transaction.atomic():
             return User.objects.create_user(username=username, password=password, email=email or "")
-    except IntegrityError:  # taken at the same moment
-        raise invalid("that username is taken") from None
+    except IntegrityError:  # taken at the same moment: the unique index on username_key
+        raise invalid("that username is taken", field="username") from None
 
 
 # --- Blocking and the direct-message policy (PROTOCOL §7) -------------------------------------

@@ -1,5 +1,7 @@
 """The chat page and the Django-session pages around it (login, logout, sign-up)."""
 
+import functools
+
 from asgiref.sync import sync_to_async
 from django import forms
 from django.conf import settings
@@ -8,10 +10,13 @@ from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
 
 from apps.rooms.services import is_site_moderator
+from apps.users import passwords
 from apps.users import services as users
+from apps.users.throttles import SignupThrottle, TokenThrottle
 from chatproject.errors import ServiceError
 
 
@@ -36,7 +41,50 @@ def chat_page(request):
     return render(request, "web/chat.html", {"config": config})
 
 
+def password_form(throttle_class, template: str, refusal: str):
+    """For a view whose POST checks or sets a password (log-in, sign-up, the admin's log-in):
+    the API twin's throttle first, then one of the address's hashing slots around the view
+    (apps/users/passwords.py). Refused: the form page again, as 429, with `refusal`."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def guarded(request, *args, **kwargs):
+            if request.method != "POST":
+                return view(request, *args, **kwargs)
+            wait = passwords.throttled(request, throttle_class)
+            if wait is not None:
+                return _too_many(request, template, refusal.format(wait=wait), wait)
+            try:
+                with passwords.hashing_slot(request):
+                    return view(request, *args, **kwargs)
+            except ServiceError as error:
+                if error.code != "rate_limited":
+                    raise
+                return _too_many(request, template, error.message)  # every slot is busy
+
+        return guarded
+
+    return decorate
+
+
+def _too_many(request, template, message, wait=None):
+    context = {"refused": message, "form": SignupForm(), "signup_enabled": settings.SIGNUP_ENABLED,
+               "next": request.POST.get("next", "")}
+    response = render(request, template, context, status=429)
+    if wait:
+        response["Retry-After"] = str(wait)
+    return response
+
+
+login_guard = password_form(TokenThrottle, "web/login.html",
+                            "Too many log-in attempts. Try again in {wait} seconds.")
+
+
+@method_decorator(login_guard, name="post")
 class LoginPage(auth_views.LoginView):
+    """Django's log-in, under the token endpoint's throttle and hashing bound (one bucket per
+    client address for both)."""
+
     template_name = "web/login.html"
     redirect_authenticated_user = True
 
@@ -52,7 +100,8 @@ class SignupForm(forms.Form):
     username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}))
     password = forms.CharField(
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text=f"At least {users.PASSWORD_MIN_LENGTH} characters.",
+        help_text=f"At least {settings.PASSWORD_MIN_LENGTH} characters; not a common password, "
+                  "not only digits, not like your username.",
     )
     password_again = forms.CharField(
         label="Password again", widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
@@ -65,6 +114,8 @@ class SignupForm(forms.Form):
         return data
 
 
+@password_form(SignupThrottle, "web/signup.html",
+               "Too many sign-ups from this address. Try again in {wait} seconds.")
 def signup_page(request):
     """Open sign-up (settings.SIGNUP_ENABLED) through the same service as POST /api/users/."""
     if not settings.SIGNUP_ENABLED:
@@ -78,7 +129,8 @@ def signup_page(request):
                 username=form.cleaned_data["username"], password=form.cleaned_data["password"]
             )
         except ServiceError as error:
-            form.add_error(None, error.message)
+            field = error.field if error.field in form.fields else None
+            form.add_error(field, error.message)
         else:
             login(request, user, backend="django.contrib.auth.backends.ModelBackend")
             return redirect("web:chat")

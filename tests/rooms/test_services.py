@@ -186,8 +186,8 @@ def _archived_room_writes(room, owner, member, message):
         "send": lambda: factories.send(room, member),
         "edit": lambda: messaging.message_edit(message=message, actor=member, body="new"),
         "delete": lambda: messaging.message_delete(message=message, actor=owner),
-        "react": lambda: messaging.reaction_add(message=message, user=member, emoji="x"),
-        "unreact": lambda: messaging.reaction_remove(message=message, user=owner, emoji="y"),
+        "react": lambda: messaging.reaction_add(message=message, user=member, emoji="👍"),
+        "unreact": lambda: messaging.reaction_remove(message=message, user=owner, emoji="🎉"),
         "join": lambda: services.room_join(room=room, user=other),
         "leave": lambda: services.room_leave(room=room, user=member),
         "invite": lambda: services.room_invite(room=room, actor=owner, user=other),
@@ -213,7 +213,7 @@ def test_nothing_in_an_archived_room_changes(room, user, other_user, write, arch
     services.room_join(room=room, user=other_user)
     sent = factories.send(room, other_user, "kept")
     message = Message.objects.get(pk=sent.envelope["data"]["id"])
-    messaging.reaction_add(message=message, user=user, emoji="y")
+    messaging.reaction_add(message=message, user=user, emoji="🎉")
     state = lambda: (  # noqa: E731
         Room.objects.values_list("last_seq", "name").get(pk=room.pk),
         list(Membership.objects.in_room(room).order_by("pk").values_list(
