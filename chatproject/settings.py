@@ -288,6 +288,22 @@ CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 65536)
 CHAT_HEARTBEAT_SECONDS = env_int("CHAT_HEARTBEAT_SECONDS", 30)
 CHAT_RATE_LIMIT_MESSAGES = env_int("CHAT_RATE_LIMIT_MESSAGES", 20)  # bucket size
 CHAT_RATE_LIMIT_PER_SECOND = env_float("CHAT_RATE_LIMIT_PER_SECOND", 5.0)  # refill rate
+# Smaller buckets of their own (and one token of the write bucket) for the writes that cost
+# others the most: room creation, direct rooms, invites, reports (size, refill per second).
+RATE_LIMIT_ROOM_CREATE = env_int("RATE_LIMIT_ROOM_CREATE", 5)
+RATE_LIMIT_ROOM_CREATE_PER_SECOND = env_float("RATE_LIMIT_ROOM_CREATE_PER_SECOND", 1 / 60)
+RATE_LIMIT_DM_OPEN = env_int("RATE_LIMIT_DM_OPEN", 10)
+RATE_LIMIT_DM_OPEN_PER_SECOND = env_float("RATE_LIMIT_DM_OPEN_PER_SECOND", 1 / 30)
+RATE_LIMIT_INVITE = env_int("RATE_LIMIT_INVITE", 20)
+RATE_LIMIT_INVITE_PER_SECOND = env_float("RATE_LIMIT_INVITE_PER_SECOND", 1 / 6)
+RATE_LIMIT_REPORT = env_int("RATE_LIMIT_REPORT", 5)
+RATE_LIMIT_REPORT_PER_SECOND = env_float("RATE_LIMIT_REPORT_PER_SECOND", 1 / 60)
+# Read receipts: their own, generous bucket (they never take from the write bucket).
+RATE_LIMIT_READ = env_int("RATE_LIMIT_READ", 60)
+RATE_LIMIT_READ_PER_SECOND = env_float("RATE_LIMIT_READ_PER_SECOND", 10.0)
+# Typing frames, whatever their state, per user and room (issue 12: true/false flooding).
+CHAT_TYPING_RATE_LIMIT = env_int("CHAT_TYPING_RATE_LIMIT", 5)
+CHAT_TYPING_RATE_LIMIT_PER_SECOND = env_float("CHAT_TYPING_RATE_LIMIT_PER_SECOND", 0.5)
 CHAT_RATE_LIMIT_STRIKES = env_int("CHAT_RATE_LIMIT_STRIKES", 10)  # rate_limited errors before 4429
 CHAT_MAX_ROOMS_PER_SOCKET = env_int("CHAT_MAX_ROOMS_PER_SOCKET", 100)
 CHAT_MAX_SOCKETS_PER_USER = env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
@@ -332,8 +348,9 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "signup": env("THROTTLE_SIGNUP", "20/hour"),
         "token": env("THROTTLE_TOKEN", "30/minute"),
-        "send": env("THROTTLE_SEND", "600/minute"),
     },
+    # Every write takes from the shared per-user buckets (apps.users.ratelimit).
+    "DEFAULT_THROTTLE_CLASSES": ["apps.users.throttles.WriteThrottle"],
     "EXCEPTION_HANDLER": "apps.messaging.api_errors.exception_handler",
     # DRF's defaults, with its JSON parser bounded and its browsable API under the strict CSP
     # (apps.messaging.api_formats).

@@ -44,9 +44,13 @@ def _fresh_local_cache():
     cleared here: that would flush a database other runs use."""
     from django.core.cache import caches
 
+    from apps.users import ratelimit
+
     for cache in caches.all():
         if type(cache).__name__ == "LocMemCache":
             cache.clear()
+    ratelimit._local_buckets.clear()  # the limiter's in-process buckets (embedded mode)
+    ratelimit._sync_down_until = 0.0  # a test that made Redis unreachable leaves no backoff
     yield
 
 

@@ -24,7 +24,6 @@ from apps.rooms.api import (
     validated,
 )
 from apps.rooms.serializers import EnvelopeSerializer, ErrorSerializer
-from apps.users.throttles import SendThrottle
 from chatproject.errors import invalid
 
 from . import services
@@ -52,9 +51,6 @@ class RoomMessagesApi(RoomScopedApi):
     """GET: the room's messages, newest first, paged back by seq. POST: send a message."""
 
     serializer_class = MessageSendSerializer
-
-    def get_throttles(self):
-        return [SendThrottle()] if self.request.method == "POST" else super().get_throttles()
 
     @extend_schema(
         parameters=[

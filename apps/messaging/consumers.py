@@ -11,6 +11,7 @@ the order it sent them and its acks come back in that order.
 from __future__ import annotations
 
 import json
+import math
 import logging
 import time
 from datetime import datetime, timezone
@@ -21,10 +22,9 @@ from django.db import DatabaseError
 
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
-from apps.users import sessions
-from chatproject.errors import AccountDisabled, ServiceError, invalid
+from apps.users import ratelimit, sessions
+from chatproject.errors import AccountDisabled, RateLimited, ServiceError, invalid
 
-from . import ratelimit
 from .realtime import REF_MAX, Connection, RedisUnavailable, db, get_hub, text_frame
 from . import sendqueue
 from .services import SendRequest
@@ -34,7 +34,15 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_FLOODING = 4429
-ACTIONS = ("message.send", "message.edit", "message.delete", "reaction.add", "reaction.remove")
+# The frames that take from the user's shared buckets, and from which (apps.users.ratelimit).
+BUDGETS = {
+    "message.send": "write",
+    "message.edit": "write",
+    "message.delete": "write",
+    "reaction.add": "write",
+    "reaction.remove": "write",
+    "read": "read",
+}
 
 
 # --- Service calls (run in the database thread pool) -----------------------------------------
@@ -206,8 +214,11 @@ class ChatConsumer(AsyncConsumer):
                 raise invalid(f"unknown frame type {kind!r}")
             if kind != "ping":
                 self.conn.last_active = time.monotonic()
-            if kind in ACTIONS and not await self.allowed():
-                return self.error(ref, "rate_limited", "too many messages; slow down")
+            budget = BUDGETS.get(kind)
+            if budget is not None:
+                wait = await self.take(budget)
+                if wait:
+                    raise RateLimited("too many messages; slow down", retry_after=math.ceil(wait))
             await handler(self, frame, ref)
         except AccountDisabled as exc:
             self.error(ref, exc.code, exc.message)
@@ -221,22 +232,32 @@ class ChatConsumer(AsyncConsumer):
             logger.exception("frame failed")
             self.error(ref, "unavailable", "internal error; try again")
 
-    async def allowed(self) -> bool:
+    async def shared_take(self, budget, scope=None) -> float:
+        """One take from the user's buckets in Redis, bounded by the hub's Redis timeout; while
+        Redis is failing (or failed a moment ago) the same buckets count in this process."""
+        user_id = self.conn.user_id
         try:
-            ok = await self.hub.redis_call(ratelimit.take(self.conn.user_id))
+            return await self.hub.redis_call(
+                ratelimit.take(user_id, budget, scope, local_on_error=False))
         except RedisUnavailable:  # Redis failed a moment ago: do not wait for it again
-            ok = True
-        except Exception:  # Redis down: do not block chatting on the limiter
-            logger.warning("rate limiter unavailable", exc_info=True)
-            ok = True
-        if ok:
+            pass
+        except Exception:
+            logger.warning("rate limiter unavailable; counting locally", exc_info=True)
+        return ratelimit.take_local(ratelimit.buckets(user_id, budget, scope))
+
+    async def take(self, budget) -> float:
+        """Take from the user's shared buckets (apps.users.ratelimit): 0.0, or the seconds to
+        wait. Repeated refusals close the socket (4429)."""
+        wait = await self.shared_take(budget)
+        if not wait:
             self.strikes = 0
-            return True
+            return 0.0
         self.strikes += 1
         if self.strikes >= settings.CHAT_RATE_LIMIT_STRIKES:
-            self.error(None, "rate_limited", "flooding; closing the socket")
+            self.error(None, "rate_limited", "flooding; closing the socket",
+                       {"retry_after": max(1, math.ceil(wait))})
             await self.conn.close(CLOSE_FLOODING)
-        return False
+        return wait
 
     async def ack(self, ref, envelope, envelope_text=None):
         if envelope_text is None:
@@ -297,6 +318,10 @@ class ChatConsumer(AsyncConsumer):
             raise invalid("state must be true or false")
         if room_id not in self.conn.subs:
             raise invalid("subscribe to the room first")
+        # Every typing frame, whatever its state, takes from a small bucket per user and room
+        # shared by all processes: alternating true/false cannot flood the room.
+        if await self.shared_take("typing", room_id):
+            return  # dropped quietly: typing is ephemeral
         key = (self.conn.user_id, room_id)
         now = time.monotonic()
         last = self.hub.typing.get(key)

@@ -85,6 +85,8 @@ class NotificationsApi(GenericAPIView):
 class NotificationReadApi(GenericAPIView):
     """Mark one notification read."""
 
+    rate_budget = "read"
+
     serializer_class = NotificationSerializer
 
     @extend_schema(
@@ -101,6 +103,8 @@ class NotificationReadApi(GenericAPIView):
 
 class NotificationsReadApi(GenericAPIView):
     """Mark several ({"ids": [...]}) or all ({"all": true}) notifications read."""
+
+    rate_budget = "read"
 
     serializer_class = MarkReadSerializer
 

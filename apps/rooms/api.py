@@ -127,6 +127,8 @@ class RoomScopedApi(GenericAPIView):
 class RoomsApi(GenericAPIView):
     """Rooms the caller may see (public rooms and their own), and creating rooms."""
 
+    rate_budget = {"POST": "room_create"}  # apps.users.ratelimit
+
     serializer_class = RoomCreateSerializer
     queryset = Room.objects.none()
 
@@ -176,6 +178,8 @@ class RoomsApi(GenericAPIView):
 
 class DirectRoomApi(GenericAPIView):
     """Open (or find) the direct room with another person."""
+
+    rate_budget = "dm_open"
 
     serializer_class = UserRefSerializer
     queryset = Room.objects.none()
@@ -245,6 +249,8 @@ class RoomLeaveApi(RoomScopedApi):
 class RoomInviteApi(RoomScopedApi):
     """Add someone to the room (owner and moderators)."""
 
+    rate_budget = "invite"
+
     serializer_class = UserRefSerializer
 
     @extend_schema(request=UserRefSerializer, responses={200: MemberSerializer, **REFUSED})
@@ -256,6 +262,8 @@ class RoomInviteApi(RoomScopedApi):
 
 class RoomReadApi(RoomScopedApi):
     """Mark the room read up to a seq (never moves back); sends receipt.updated to your sockets."""
+
+    rate_budget = "read"  # receipts: their own bucket, not the write bucket
 
     serializer_class = ReadSerializer
 

@@ -1,12 +1,19 @@
-"""Rate limits on sign-up, token and send (rates: REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"])."""
+"""REST rate limits: every write takes from the shared per-user buckets (WriteThrottle, see
+apps.users.ratelimit); sign-up and token are limited per address (REST_FRAMEWORK
+["DEFAULT_THROTTLE_RATES"])."""
 
 import logging
+import math
 
 from django.core.cache.backends.locmem import LocMemCache
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.settings import api_settings
-from rest_framework.throttling import SimpleRateThrottle
+from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
 from chatproject.clientaddr import client_address
+from chatproject.errors import RateLimited
+
+from . import ratelimit
 
 logger = logging.getLogger(__name__)
 
@@ -14,6 +21,28 @@ logger = logging.getLogger(__name__)
 # Redis outage loosens the limits to per-process ones, it never turns a request into a 500.
 _local = LocMemCache("throttles-local", {"OPTIONS": {"MAX_ENTRIES": 100_000}})
 
+
+class WriteThrottle(BaseThrottle):
+    """Every authenticated write (POST, PUT, PATCH, DELETE) takes from the user's buckets in
+    Redis, the same ones the WebSocket's frames take from (one limiter for every write).
+
+    A view names its budget with `rate_budget`: a budget name, a {method: budget} mapping
+    (methods not named take from `write`), or None for no limit. A refused request raises
+    RateLimited: 429 `rate_limited` with `retry_after` (whole seconds, rounded up) in the body
+    and `Retry-After`, the same answer as slow mode's."""
+
+    def allow_request(self, request, view):
+        if request.method in SAFE_METHODS or not (request.user and request.user.is_authenticated):
+            return True
+        budget = getattr(view, "rate_budget", "write")
+        if isinstance(budget, dict):
+            budget = budget.get(request.method, "write")
+        if budget is None:
+            return True
+        wait = ratelimit.take_sync(request.user.pk, budget)
+        if wait:
+            raise RateLimited("too many writes; slow down", retry_after=math.ceil(wait))
+        return True
 
 class ScopeThrottle(SimpleRateThrottle):
     """Per user when authenticated, else per client address. Reads its rate at request time."""
@@ -49,7 +78,3 @@ class SignupThrottle(ScopeThrottle):
 
 class TokenThrottle(ScopeThrottle):
     scope = "token"
-
-
-class SendThrottle(ScopeThrottle):
-    scope = "send"
