@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from apps.messaging import api as messaging
 from apps.messaging.api_errors import api_not_found
+from apps.moderation import api as moderation
 from apps.notifications import api as notifications
 from apps.rooms import api as rooms
 from apps.users import api as users
@@ -47,6 +48,9 @@ urlpatterns = [
     path("messages/<int:message_id>/", messaging.MessageDetailApi.as_view(), name="message"),
     path("messages/<int:message_id>/reactions/", messaging.MessageReactionsApi.as_view(),
          name="message-reactions"),
+    path("messages/<int:message_id>/report/", moderation.MessageReportApi.as_view(),
+         name="message-report"),
+    path("reports/", moderation.ReportsApi.as_view(), name="reports"),
     path("notifications/", notifications.NotificationsApi.as_view(), name="notifications"),
     path("notifications/read/", notifications.NotificationsReadApi.as_view(),
          name="notifications-read"),

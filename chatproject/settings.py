@@ -88,6 +88,7 @@ INSTALLED_APPS = [
     "apps.events",
     "apps.web",
     "apps.notifications",
+    "apps.moderation",
 ]
 
 MIDDLEWARE = [
@@ -247,6 +248,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.events.tasks.sweep_outbox",
         "schedule": env_float("OUTBOX_SWEEP_SECONDS", 5.0),
     },
+    "report-bodies-erase": {
+        "task": "apps.moderation.tasks.erase_report_bodies",
+        "schedule": env_float("REPORT_ERASE_SWEEP_SECONDS", 3600.0),
+    },
 }
 
 # --- Kafka: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, ... -----------------------------------
@@ -304,6 +309,8 @@ RATE_LIMIT_READ_PER_SECOND = env_float("RATE_LIMIT_READ_PER_SECOND", 10.0)
 # Typing frames, whatever their state, per user and room (issue 12: true/false flooding).
 CHAT_TYPING_RATE_LIMIT = env_int("CHAT_TYPING_RATE_LIMIT", 5)
 CHAT_TYPING_RATE_LIMIT_PER_SECOND = env_float("CHAT_TYPING_RATE_LIMIT_PER_SECOND", 0.5)
+# A report's copy of the reported body is erased this many days after the report is handled.
+REPORT_RETENTION_DAYS = env_int("REPORT_RETENTION_DAYS", 30)
 CHAT_RATE_LIMIT_STRIKES = env_int("CHAT_RATE_LIMIT_STRIKES", 10)  # rate_limited errors before 4429
 CHAT_MAX_ROOMS_PER_SOCKET = env_int("CHAT_MAX_ROOMS_PER_SOCKET", 100)
 CHAT_MAX_SOCKETS_PER_USER = env_int("CHAT_MAX_SOCKETS_PER_USER", 20)

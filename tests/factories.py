@@ -45,7 +45,9 @@ def make_moderator(**extra):
     from django.apps import apps
 
     # A transactional test's flush empties the group the migration made: make it again.
-    group = import_module("apps.rooms.migrations.0003_moderators_group").ensure_group(apps)
+    group = import_module(
+        "apps.moderation.migrations.0002_moderators_see_event_log_reports_accounts"
+    ).ensure_group(apps)
     user = make_user(is_staff=True, **extra)
     user.groups.add(group)
     return user

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
 from .models import ConsumedEvent, Event
@@ -99,6 +100,8 @@ class EventAdmin(admin.ModelAdmin):
         return format_html("<pre>{}</pre>", json.dumps(obj.envelope, indent=2, ensure_ascii=False))
 
     def changelist_view(self, request, extra_context=None):
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied  # before the outbox figures are read
         extra_context = dict(extra_context or {})
         try:
             extra_context["outbox"] = outbox_status()

@@ -18,6 +18,7 @@ CREATOR = "creator"  # the actor's own sockets
 ROOM_AND_TARGET = "room+target"  # the room, and the affected user's sockets
 SELF = "self"  # the sockets of the user named in data.user
 SHARED_ROOMS = "shared_rooms"  # every room the user shares
+MODERATORS = "moderators"  # the sockets of the users the service names (target_user_ids)
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ CATALOGUE: dict[str, EventSpec] = {
         EventSpec("member.unbanned", seq=True, persisted=True, fanout=ROOM_AND_TARGET,
                   kafka=True),
         EventSpec("receipt.updated", seq=False, persisted=True, fanout=SELF, kafka=True),
+        EventSpec("report.created", seq=False, persisted=True, fanout=MODERATORS, kafka=True),
         EventSpec("typing", seq=False, persisted=False, fanout=ROOM, kafka=False),
         EventSpec("presence.changed", seq=False, persisted=False, fanout=SHARED_ROOMS, kafka=False),
     ]
@@ -167,6 +169,11 @@ def member_unbanned(user, *, reason: str | None = None) -> dict:
 
 def receipt_updated(user, *, last_read_seq: int) -> dict:
     return {"user": actor_of(user), "last_read_seq": last_read_seq}
+
+
+def report_created(report) -> dict:
+    """Never the reporter's identity: the event also reaches Kafka and the room's moderators."""
+    return {"report": report.as_data()}
 
 
 def typing(user, *, state: bool) -> dict:

@@ -80,6 +80,13 @@ DATA: dict[str, dict] = {
     "member.muted": _obj({"user": _user, "until": _ts_or_null, "reason": _reason}),
     "member.unbanned": _obj({"user": _user, "reason": _reason}),
     "receipt.updated": _obj({"user": _user, "last_read_seq": {"type": "integer", "minimum": 0}}),
+    "report.created": _obj({"report": _obj({
+        "id": _id,
+        "message": _id,
+        "room": _id,
+        "category": {"enum": ["spam", "abuse", "other"]},
+        "reason": {"type": "string", "maxLength": 1000},
+    })}),
     "typing": _obj({"user": _user, "state": {"type": "boolean"}}),
     "presence.changed": _obj({"user": _user, "status": {"enum": ["online", "away", "offline"]}}),
 }
@@ -88,7 +95,7 @@ DATA: dict[str, dict] = {
 def envelope_schema(type: str) -> dict:
     """The full envelope schema of one event type."""
     spec = CATALOGUE[type]
-    room_required = spec.seq or type == "receipt.updated"
+    room_required = spec.seq or type in ("receipt.updated", "report.created")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:chat:event:{type}",

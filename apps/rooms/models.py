@@ -121,8 +121,12 @@ class ModerationAction(models.Model):
         ROLE = "role"
         DELETE_MESSAGE = "delete_message"
         ARCHIVE = "archive"
+        DISMISS_REPORT = "dismiss_report"
+        DEACTIVATE = "deactivate"  # site-wide: no room
 
-    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="moderation_actions")
+    room = models.ForeignKey(
+        Room, null=True, blank=True, on_delete=models.CASCADE, related_name="moderation_actions"
+    )
     actor = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
     )

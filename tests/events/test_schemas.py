@@ -13,6 +13,7 @@ from apps.events.catalogue import CATALOGUE, EPHEMERAL_TYPES
 from apps.events.models import Event
 from apps.events.schemas import SCHEMAS
 from apps.messaging import services as messaging
+from apps.moderation import services as moderation
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from tests import factories
@@ -42,6 +43,7 @@ def every_service_once():
     reply = factories.send(room, mod, body="re", reply_to=first.envelope["data"]["id"])
     message = messaging.get_message_or_404(first.envelope["data"]["id"], owner)
     messaging.message_edit(message=message, actor=owner, body="hello again")
+    moderation.report_create(message=message, reporter=member, category="spam", reason="ads")
     messaging.reaction_add(message=message, user=mod, emoji="👍")
     messaging.reaction_remove(message=message, user=mod, emoji="👍")
     reply_msg = messaging.get_message_or_404(reply.envelope["data"]["id"], mod)

@@ -19,10 +19,12 @@ PERMISSIONS = [
 ]
 
 
-def ensure_group(apps, using="default"):
-    """Create (or complete) the group; also used by the tests after a database flush."""
-    # Permissions are normally created after migrate; create them now so the group can hold them.
-    for label in sorted({app for app, _ in PERMISSIONS}):
+def grant(apps, permissions, using="default"):
+    """Create (or complete) the group with `permissions` [(app label, codename)].
+
+    Permissions are normally created after migrate; they are created here first so the group
+    can hold them (later migrations that give the group more call this too)."""
+    for label in sorted({app for app, _ in permissions}):
         app_config = apps.get_app_config(label)
         stub = getattr(app_config, "models_module", None) is None  # historical app registry
         if stub:
@@ -33,11 +35,16 @@ def ensure_group(apps, using="default"):
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
     group, _ = Group.objects.using(using).get_or_create(name=GROUP)
-    for app_label, codename in PERMISSIONS:
+    for app_label, codename in permissions:
         group.permissions.add(
             Permission.objects.using(using).get(content_type__app_label=app_label, codename=codename)
         )
     return group
+
+
+def ensure_group(apps, using="default"):
+    """Create (or complete) the group; also used by the tests after a database flush."""
+    return grant(apps, PERMISSIONS, using)
 
 
 def create_group(apps, schema_editor):
