@@ -318,10 +318,6 @@ class ChatConsumer(AsyncConsumer):
             raise invalid("state must be true or false")
         if room_id not in self.conn.subs:
             raise invalid("subscribe to the room first")
-        # Every typing frame, whatever its state, takes from a small bucket per user and room
-        # shared by all processes: alternating true/false cannot flood the room.
-        if await self.shared_take("typing", room_id):
-            return  # dropped quietly: typing is ephemeral
         key = (self.conn.user_id, room_id)
         now = time.monotonic()
         last = self.hub.typing.get(key)
@@ -333,6 +329,10 @@ class ChatConsumer(AsyncConsumer):
                 return  # throttled: the room already knows
         elif not state:
             return
+        # Every typing event, whatever its state, takes from a small bucket per user and room
+        # shared by all processes: alternating true/false cannot flood the room.
+        if await self.shared_take("typing", room_id):
+            return  # dropped quietly: typing is ephemeral (clients let it expire)
         await db(_check_typing)(self.conn.user_id, room_id)
         self.hub.typing[key] = (now, state)
         envelope = catalogue.envelope(
