@@ -145,14 +145,11 @@ def make_user(username, *, moderator=False):
 
 
 def ensure_moderators_group():
-    """The group a data migration made; a transactional test's flush deleted it."""
+    """The group data migrations made; a transactional test's flush deleted it."""
     import importlib
 
-    from django.contrib.auth.models import Group, Permission
+    from django.apps import apps
 
-    migration = importlib.import_module("apps.rooms.migrations.0003_moderators_group")
-    group, _ = Group.objects.get_or_create(name=migration.GROUP)
-    for app_label, codename in migration.PERMISSIONS:
-        group.permissions.add(
-            Permission.objects.get(content_type__app_label=app_label, codename=codename)
-        )
+    importlib.import_module(
+        "apps.moderation.migrations.0002_moderators_see_event_log_reports_accounts"
+    ).ensure_group(apps)

@@ -80,5 +80,7 @@ export class Api {
   blocks() { return this.get("blocks/"); }
   block(userId) { return this.post("blocks/", { user: userId }); }
   unblock(userId) { return this.call("DELETE", `blocks/${userId}/`); }
+  report(messageId, category, reason) { return this.post(`messages/${messageId}/report/`, { category, reason }); }
+  openReports() { return this.all("reports/", { status: "open" }); }
   mute(roomId, userId, until) { return this.post(`rooms/${roomId}/members/${userId}/mute/`, { until }); }
 }

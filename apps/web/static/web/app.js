@@ -18,6 +18,7 @@ const PAGE = 50;
 let current = null; // the open RoomState
 let replyTo = null; // message being replied to
 let editing = null; // key of the message being edited
+let reporting = null; // key of the message being reported
 let typingSentAt = 0;
 let typingStop = null;
 
@@ -155,6 +156,10 @@ function handleEvent(frame) {
     renderRoomList();
     return;
   }
+  if (frame.type === "report.created") { // to moderators only: refresh the open reports
+    refreshReports();
+    return;
+  }
   if (frame.type === "room.created" && !rooms.has(frame.room)) {
     api.room(frame.room).then((info) => { track(info); renderRoomList(); }).catch(() => {});
     return;
@@ -276,6 +281,9 @@ function renderMessage(state, msg) {
         "aria-label": `React with ${emoji}`, onclick: () => toggleReaction(state, msg, emoji),
       }, emoji));
     }
+    if (!mine) {
+      actions.push(el("button", { type: "button", dataset: { action: "report" }, onclick: () => { reporting = key; renderTimeline(); $(`report-${key}`)?.focus(); } }, "Report"));
+    }
     if (mine) {
       actions.push(el("button", { type: "button", dataset: { action: "edit" }, onclick: () => { editing = key; renderTimeline(); $(`edit-${key}`)?.focus(); } }, "Edit"));
       actions.push(el("button", { type: "button", dataset: { action: "delete" }, onclick: () => deleteOwn(state, msg) }, "Delete"));
@@ -285,6 +293,16 @@ function renderMessage(state, msg) {
       actions.push(el("button", { type: "button", class: "mod", dataset: { action: "ban" }, onclick: () => moderate(state, "ban", msg) }, `Ban ${msg.author.username}`));
     }
   }
+  const reportForm = reporting === key && !msg.deleted
+    ? el("form", { class: "report-form", onsubmit: (e) => { e.preventDefault(); sendReport(msg, e.target.elements); } },
+      el("label", { for: `report-${key}` }, "Report as"),
+      el("select", { id: `report-${key}`, name: "category" },
+        el("option", { value: "spam" }, "Spam"), el("option", { value: "abuse" }, "Abuse"), el("option", { value: "other" }, "Other")),
+      el("label", { for: `report-reason-${key}`, class: "visually-hidden" }, "Reason"),
+      el("input", { id: `report-reason-${key}`, name: "reason", maxlength: "1000", placeholder: "What is wrong (optional)" }),
+      el("button", { type: "submit" }, "Send report"),
+      el("button", { type: "button", onclick: () => { reporting = null; renderTimeline(); } }, "Cancel"))
+    : null;
   return el("li", { class: classes.filter(Boolean).join(" "), id: key, dataset: { seq: msg.seq ?? "", clientId: msg.clientId ?? "" } },
     el("div", { class: "meta" },
       renderAuthor(msg, key),
@@ -297,6 +315,7 @@ function renderMessage(state, msg) {
           : `${replied.author.username}: ${replied.deleted ? "deleted message" : replied.body.slice(0, 80)}`)
       : null,
     body,
+    reportForm,
     msg.reactions.size
       ? el("div", { class: "reactions", "aria-label": "Reactions" }, [...msg.reactions].map(([emoji, r]) =>
         el("button", {
@@ -333,7 +352,7 @@ function renderTimeline() {
     const continued = Boolean(prev && prev.author.id === msg.author.id && msg.replyTo === null
       && Date.parse(msg.ts) - Date.parse(prev.ts) < 5 * 60 * 1000);
     const signature = JSON.stringify([msg.body, msg.deleted, msg.status, msg.editedAt, msg.error, [...msg.reactions],
-      editing === messageKey(msg), state.isModerator, continued, blocked.has(msg.author.id),
+      editing === messageKey(msg), reporting === messageKey(msg), state.isModerator, continued, blocked.has(msg.author.id),
       userMenu && userMenu.key === messageKey(msg),
       msg.replyTo !== null && state.messages.get(msg.replyTo)?.body]);
     const old = existing.get(messageKey(msg));
@@ -500,6 +519,8 @@ function markRead() {
 }
 
 document.addEventListener("visibilitychange", markRead);
+// A moderator back from the admin tab sees the reports handled there.
+document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") refreshReports(); });
 
 async function refreshRooms() {
   try {
@@ -509,6 +530,7 @@ async function refreshRooms() {
     for (const state of [...rooms.values()]) if (!ids.has(state.id)) forget(state);
     renderPublicRooms(visible.filter((r) => !ids.has(r.id) && r.kind === "public" && !r.archived));
     renderRoomList();
+    refreshReports();
   } catch (error) {
     showError("sidebar-error", error);
   }
@@ -711,6 +733,53 @@ function deleteOwn(state, msg) {
 function toggleReaction(state, msg, emoji) {
   const mine = msg.reactions.get(emoji)?.me;
   return request(state, { type: mine ? "reaction.remove" : "reaction.add", message: msg.id, emoji });
+}
+
+async function sendReport(msg, fields) {
+  try {
+    await api.report(msg.id, fields.category.value, fields.reason.value);
+    reporting = null;
+    renderTimeline();
+    showError("room-error", new Error("Thank you: the moderators have your report."));
+  } catch (error) {
+    showError("room-error", error instanceof ApiError ? error : new Error(String(error)));
+  }
+}
+
+// --- Reports (moderators) -----------------------------------------------------------------
+
+/** Whether this user moderates anything: the site, or one of their rooms. */
+function moderatesSomething() {
+  return Boolean(config.user.is_moderator) || [...rooms.values()].some((s) => s.isModerator);
+}
+
+/** The open reports of the rooms this user moderates (GET /api/reports/?status=open). */
+async function refreshReports() {
+  if (!moderatesSomething()) {
+    $("reports-panel").hidden = true;
+    return;
+  }
+  let reports;
+  try {
+    reports = await api.openReports();
+  } catch {
+    return; // the list stays as it was; the next report.created or refresh tries again
+  }
+  $("reports-panel").hidden = false;
+  $("reports-badge").hidden = !reports.length;
+  $("reports-badge").textContent = String(reports.length);
+  $("reports-badge").setAttribute("aria-label", `${reports.length} open reports`);
+  $("report-list").replaceChildren(...(reports.length ? reports.map((r) => {
+    const state = rooms.get(r.room);
+    const where = state ? roomLabel(state) : `room ${r.room}`;
+    return el("li", { dataset: { report: r.id } },
+      el("strong", {}, `${r.category}`), ` in ${where}: ${r.author ? r.author.username : "?"}`,
+      el("span", { class: "excerpt" }, r.body.slice(0, 120)),
+      r.reason ? el("span", { class: "excerpt" }, `“${r.reason.slice(0, 120)}”`) : null,
+      config.user.is_moderator
+        ? el("a", { href: `/admin/moderation/report/${r.id}/change/` }, "Review")
+        : state ? el("button", { type: "button", onclick: () => openRoom(state) }, "Open room") : null);
+  }) : [el("li", {}, "No open reports.")]));
 }
 
 /** Moderator actions go through the REST API, like any other client's. */
