@@ -7,7 +7,6 @@ import uuid
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.conf import settings
 from django.db import close_old_connections
 from django.test import override_settings
 

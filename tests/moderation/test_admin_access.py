@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from apps.events.models import ConsumedEvent, Event
 from apps.messaging.models import Message
 from apps.moderation import services as moderation
-from apps.moderation.models import Account, Report
+from apps.moderation.models import Account
 from apps.notifications.models import Notification
 from apps.rooms.models import Membership, ModerationAction
 from tests import factories

@@ -5,7 +5,6 @@ from datetime import timedelta
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.test import Client
-from django.urls import reverse
 from django.utils import timezone
 
 from apps.events.models import Event
