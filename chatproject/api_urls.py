@@ -51,6 +51,8 @@ urlpatterns = [
     path("messages/<int:message_id>/report/", moderation.MessageReportApi.as_view(),
          name="message-report"),
     path("reports/", moderation.ReportsApi.as_view(), name="reports"),
+    path("reports/<int:report_id>/resolve/", moderation.ReportResolveApi.as_view(),
+         name="report-resolve"),
     path("notifications/", notifications.NotificationsApi.as_view(), name="notifications"),
     path("notifications/read/", notifications.NotificationsReadApi.as_view(),
          name="notifications-read"),

@@ -1,4 +1,5 @@
-"""REST for reports: a member reports a message; moderators list the reports of their rooms."""
+"""REST for reports: a member reports a message; moderators list and handle the reports of the
+rooms they moderate (site moderators also in the admin's report queue)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
 from apps.messaging.api import MESSAGE_REFUSED, MessageScopedApi
-from apps.rooms.api import LIMIT, int_param, limit_param, next_url, validated
+from apps.rooms.api import LIMIT, REFUSED, int_param, limit_param, next_url, validated
 from apps.rooms.serializers import ErrorSerializer
 from apps.users.api import UserSerializer
-from chatproject.errors import invalid
+from chatproject.errors import invalid, not_found
 
 from . import services
 from .models import Report
@@ -117,3 +118,31 @@ class ReportsApi(GenericAPIView):
             "results": ReportSerializer(page, many=True).data,
             "next": next_url(request, before=page[-1].pk, limit=limit) if more else None,
         })
+
+
+class ReportResolveSerializer(serializers.Serializer):
+    action = serializers.ChoiceField(choices=["delete", "mute", "ban", "dismiss"])
+    reason = serializers.CharField(max_length=services.RESOLUTION_REASON_MAX, required=False,
+                                   allow_blank=True, default="")
+    until = serializers.DateTimeField(required=False, allow_null=True, default=None)
+
+
+class ReportResolveApi(GenericAPIView):
+    """Handle an open report of a room you moderate: delete the message, mute or ban its
+    author (`until`; a mute needs one), or dismiss it — through the same services as anywhere."""
+
+    serializer_class = ReportResolveSerializer
+    queryset = Report.objects.none()
+
+    @extend_schema(request=ReportResolveSerializer,
+                   responses={200: ReportSerializer, **REFUSED,
+                              404: OpenApiResponse(ErrorSerializer, description="No such report")})
+    def post(self, request, report_id):
+        report = Report.objects.moderated_by(request.user).filter(pk=report_id).first()
+        if report is None:
+            raise not_found("report not found")
+        data = validated(ReportResolveSerializer, request)
+        report = services.report_resolve(report=report, actor=request.user, action=data["action"],
+                                         reason=data["reason"], until=data["until"])
+        report = Report.objects.select_related("reporter", "author", "resolved_by").get(pk=report.pk)
+        return Response(ReportSerializer(report).data)

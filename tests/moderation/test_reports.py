@@ -229,3 +229,24 @@ def test_reports_take_from_their_own_small_budget(cast):
     assert [a.status_code for a in answers] == [201, 201, 429]
     assert answers[2].json()["code"] == "rate_limited" and "Retry-After" in answers[2]
     assert Report.objects.count() == 2
+
+
+def test_room_moderators_handle_reports_over_rest(cast):
+    report, _ = moderation.report_create(message=cast["message"], reporter=cast["reporter"],
+                                         category="spam")
+    url = f"/api/reports/{report.pk}/resolve/"
+    as_member = factories.api_client(cast["reporter"]).post(url, {"action": "dismiss"},
+                                                            format="json")
+    assert as_member.status_code == 404  # not theirs to see
+    bad = factories.api_client(cast["mod"]).post(url, {"action": "explode"}, format="json")
+    assert bad.status_code == 400
+    done = factories.api_client(cast["mod"]).post(url, {"action": "delete", "reason": "spam"},
+                                                  format="json")
+    assert done.status_code == 200
+    body = done.json()
+    assert (body["status"], body["action"], body["resolved_by"]["id"]) == (
+        "resolved", "delete", cast["mod"].pk)
+    cast["message"].refresh_from_db()
+    assert cast["message"].is_deleted
+    again = factories.api_client(cast["mod"]).post(url, {"action": "dismiss"}, format="json")
+    assert again.status_code == 400 and again.json()["code"] == "invalid"

@@ -92,3 +92,33 @@ def test_report_reviewed_and_acted_on_in_the_admin(server, open_page, browser):
     assert (report.status, report.action, report.resolved_by.username) == (
         "resolved", "delete", moderator.username)
     assert page.errors == [] and watcher.errors == []
+
+
+def test_a_room_owner_handles_a_report_from_the_chat_page(server, open_page):
+    def setup():
+        owner, troll, reporter = make_user("owner2"), make_user("troll2"), make_user("reporter2")
+        room = factories.make_room(owner, name="Lounge", members=[troll, reporter])
+        factories.send(room, troll, "spam spam spam")
+        return owner, reporter
+
+    owner, reporter = in_thread(setup)
+    page = open_page(server, reporter)
+    owners = open_page(server, owner)
+    page.locator("#room-list").get_by_role("button", name="Lounge").click()
+    offending = message(page, "spam spam spam")
+    offending.hover()
+    offending.locator('[data-action="report"]').click()
+    offending.get_by_role("button", name="Send report").click()  # category: spam (the default)
+    item = owners.locator("#report-list li").filter(has_text="spam spam spam")
+    expect(item).to_have_count(1)
+    expect(owners.locator("#reports-badge")).to_have_text("1")
+    owners.locator("#reports-panel summary").click()
+    expect(item.get_by_role("link", name="Review")).to_have_count(0)  # not staff: no admin
+    item.get_by_role("button", name="Remove message").click()
+    expect(owners.locator("#report-list")).to_contain_text("No open reports")
+    expect(message(page, "spam spam spam")).to_have_count(0)
+    expect(page.locator("#messages .body", has_text="Message removed by a moderator")).to_have_count(1)
+    report = in_thread(lambda: Report.objects.select_related("resolved_by").get())
+    assert (report.status, report.resolved_by.username, report.category) == (
+        "resolved", owner.username, "spam")
+    assert page.errors == [] and owners.errors == []

@@ -82,5 +82,6 @@ export class Api {
   unblock(userId) { return this.call("DELETE", `blocks/${userId}/`); }
   report(messageId, category, reason) { return this.post(`messages/${messageId}/report/`, { category, reason }); }
   openReports() { return this.all("reports/", { status: "open" }); }
+  resolveReport(id, action, reason) { return this.post(`reports/${id}/resolve/`, { action, reason }); }
   mute(roomId, userId, until) { return this.post(`rooms/${roomId}/members/${userId}/mute/`, { until }); }
 }

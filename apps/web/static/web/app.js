@@ -776,10 +776,25 @@ async function refreshReports() {
       el("strong", {}, `${r.category}`), ` in ${where}: ${r.author ? r.author.username : "?"}`,
       el("span", { class: "excerpt" }, r.body.slice(0, 120)),
       r.reason ? el("span", { class: "excerpt" }, `“${r.reason.slice(0, 120)}”`) : null,
-      config.user.is_moderator
-        ? el("a", { href: `/admin/moderation/report/${r.id}/change/` }, "Review")
-        : state ? el("button", { type: "button", onclick: () => openRoom(state) }, "Open room") : null);
+      el("span", { class: "report-actions" },
+        config.user.is_moderator
+          ? el("a", { href: `/admin/moderation/report/${r.id}/change/` }, "Review")
+          : state ? el("button", { type: "button", onclick: () => openRoom(state) }, "Open room") : null,
+        " ",
+        el("button", { type: "button", dataset: { action: "report-delete" }, onclick: () => resolveReport(r, "delete") }, "Remove message"),
+        " ",
+        el("button", { type: "button", dataset: { action: "report-dismiss" }, onclick: () => resolveReport(r, "dismiss") }, "Dismiss")));
   }) : [el("li", {}, "No open reports.")]));
+}
+
+/** Handle a report from the list (POST /api/reports/{id}/resolve/), then refresh it. */
+async function resolveReport(report, action) {
+  try {
+    await api.resolveReport(report.id, action, action === "delete" ? "removed after a report" : "");
+  } catch (error) {
+    showError("sidebar-error", error instanceof ApiError ? error : new Error(String(error)));
+  }
+  refreshReports();
 }
 
 /** Moderator actions go through the REST API, like any other client's. */
