@@ -27,6 +27,7 @@ from apps.rooms.admin import BAN_DURATIONS, MUTE_DURATIONS, ModerationAdmin, Rea
 from chatproject.errors import ServiceError
 
 from . import services
+from .managers import QUEUE_ORDER
 from .models import Account, Report
 
 CONTEXT_BEFORE, CONTEXT_AFTER = 20, 5
@@ -103,8 +104,8 @@ class ReportAdmin(ModerationAdmin):
     list_select_related = ("room", "author", "reporter", "resolved_by")
     review_template = "admin/moderation/report/review.html"
 
-    def get_queryset(self, request):
-        return super().get_queryset(request).queue_order()
+    def get_ordering(self, request):
+        return list(QUEUE_ORDER)  # open reports first
 
     @admin.display(description="body as reported")
     def excerpt(self, report):

@@ -1,19 +1,17 @@
 from django.db import models
+from django.db.models import Case, IntegerField, Value, When
+
+# Open reports first (0), then the handled ones; newest first within each.
+QUEUE_ORDER = (
+    Case(When(status="open", then=Value(0)), default=Value(1), output_field=IntegerField()).asc(),
+    "-created_at",
+)
 
 
 class ReportQuerySet(models.QuerySet):
     def open(self):
         """Reports nobody has handled yet."""
         return self.filter(status="open")
-
-    def queue_order(self):
-        """The moderators' queue: open reports first, oldest first; then the rest, newest first."""
-        from django.db.models import Case, IntegerField, Value, When
-
-        return self.annotate(
-            _open=Case(When(status="open", then=Value(0)), default=Value(1),
-                       output_field=IntegerField())
-        ).order_by("_open", "-created_at")
 
     def moderated_by(self, user):
         """Reports of the rooms the user moderates (every report for a site moderator)."""

@@ -44,15 +44,20 @@ def report_of(setting, message=None):
 
 
 def test_the_queue_lists_open_reports_first(setting):
-    old = report_of(setting)
-    moderation.report_resolve(report=old, actor=setting["moderator"], action="dismiss")
+    older_open = report_of(setting)
     other = Message.objects.get(pk=factories.send(setting["room"], setting["troll"], "again")
                                 .envelope["data"]["id"])
-    fresh = report_of(setting, other)
+    newer_handled = report_of(setting, other)
+    moderation.report_resolve(report=newer_handled, actor=setting["moderator"], action="dismiss")
+    third = Message.objects.get(pk=factories.send(setting["room"], setting["troll"], "more")
+                                .envelope["data"]["id"])
+    newest_open = report_of(setting, third)
     page = setting["client"].get(QUEUE)
     assert page.status_code == 200
     rows = [r.pk for r in page.context["cl"].result_list]
-    assert rows == [fresh.pk, old.pk]
+    assert rows == [newest_open.pk, older_open.pk, newer_handled.pk]
+    by_status = setting["client"].get(QUEUE + "?status__exact=open")
+    assert [r.pk for r in by_status.context["cl"].result_list] == [newest_open.pk, older_open.pk]
 
 
 def test_the_review_page_shows_the_body_as_reported_and_the_log_around_it(setting):
