@@ -250,3 +250,22 @@ def test_room_moderators_handle_reports_over_rest(cast):
     assert cast["message"].is_deleted
     again = factories.api_client(cast["mod"]).post(url, {"action": "dismiss"}, format="json")
     assert again.status_code == 400 and again.json()["code"] == "invalid"
+
+
+@pytest.mark.kafka
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_report_created_reaches_kafka_keyed_by_room_without_the_reporter(cast, celery_worker):
+    from tests.events.kafka_support import read_topic, wait_for
+
+    report, _ = moderation.report_create(message=cast["message"], reporter=cast["reporter"],
+                                         category="abuse", reason="rude")
+    row = Event.objects.get(type="report.created")
+    wait_for(lambda: not Event.objects.unpublished().exists(), timeout=60,
+             message="the worker to publish the report")
+    [record] = [r for r in read_topic(want_ids={str(row.pk)}) if r.envelope["id"] == str(row.pk)]
+    assert record.key == str(cast["room"].pk).encode()
+    assert record.headers == {"event_type": "report.created", "event_id": str(row.pk)}
+    assert record.envelope["data"]["report"]["id"] == report.pk
+    assert record.envelope["actor"] is None
+    assert cast["reporter"].username not in str(record.envelope)
