@@ -44,37 +44,43 @@ BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "typing": (("CHAT_TYPING_RATE_LIMIT", "CHAT_TYPING_RATE_LIMIT_PER_SECOND"),),
 }
 
-# Each request is n buckets (KEYS, in order; ARGV: the request count, then per request n and
-# n × (capacity, rate)). Per request: 0 when allowed (one token taken from each of its buckets),
-# else the milliseconds until every one of them holds a token again (nothing is taken).
+# Each request is n buckets (its KEYS, in order). ARGV describes runs of consecutive requests
+# of the same shape, so a batch of sends costs two arguments, not two per send: the run count,
+# then per run its request count, n, and n × (capacity, rate). Per request: 0 when allowed (one
+# token taken from each of its buckets), else the milliseconds until every one of them holds a
+# token again (nothing is taken).
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local out, k, a = {}, 1, 2
-for r = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[a])
-  a = a + 1
-  local buckets, wait = {}, 0
+for run = 1, tonumber(ARGV[1]) do
+  local count, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local caps, rates, ttls = {}, {}, {}
   for i = 1, n do
-    local cap, rate = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
-    a = a + 2
-    local v = redis.call('HMGET', KEYS[k], 'tokens', 'ts')
-    local tokens, ts = tonumber(v[1]) or cap, tonumber(v[2]) or now
-    tokens = math.min(cap, tokens + math.max(0, now - ts) * rate)
-    if tokens < 1 then
-      wait = math.max(wait, math.ceil((1 - tokens) / rate * 1000))
+    caps[i], rates[i] = tonumber(ARGV[a + 2 * i]), tonumber(ARGV[a + 2 * i + 1])
+    ttls[i] = math.ceil(caps[i] / rates[i] * 1000) + 1000
+  end
+  a = a + 2 + 2 * n
+  for r = 1, count do
+    local wait, levels = 0, {}
+    for i = 1, n do
+      local v = redis.call('HMGET', KEYS[k + i - 1], 'tokens', 'ts')
+      local cap, rate = caps[i], rates[i]
+      local tokens = math.min(cap, (tonumber(v[1]) or cap) + math.max(0, now - (tonumber(v[2]) or now)) * rate)
+      if tokens < 1 then
+        wait = math.max(wait, math.ceil((1 - tokens) / rate * 1000))
+      end
+      levels[i] = tokens
     end
-    buckets[i] = {KEYS[k], tokens, math.ceil(cap / rate * 1000) + 1000}
-    k = k + 1
+    for i = 1, n do
+      local tokens = levels[i]
+      if wait == 0 then tokens = tokens - 1 end
+      redis.call('HSET', KEYS[k + i - 1], 'tokens', tostring(tokens), 'ts', tostring(now))
+      redis.call('PEXPIRE', KEYS[k + i - 1], ttls[i])
+    end
+    k = k + n
+    out[#out + 1] = wait
   end
-  for i = 1, n do
-    local b = buckets[i]
-    local tokens = b[2]
-    if wait == 0 then tokens = tokens - 1 end
-    redis.call('HSET', b[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-    redis.call('PEXPIRE', b[1], b[3])
-  end
-  out[r] = wait
 end
 return out
 """
@@ -136,11 +142,19 @@ def _round_up(seconds: float) -> float:
 
 
 def _script_args(requests: list[list[Bucket]]) -> tuple[list[str], list]:
-    keys, args = [], [len(requests)]
+    keys, runs, shape = [], [], None
     for request in requests:
-        args.append(len(request))
-        for key, capacity, rate in request:
-            keys.append(key)
+        keys += [key for key, _, _ in request]
+        this = [(capacity, rate) for _, capacity, rate in request]
+        if this == shape:
+            runs[-1][0] += 1
+        else:
+            shape = this
+            runs.append([1, this])
+    args = [len(runs)]
+    for count, buckets_of in runs:
+        args += [count, len(buckets_of)]
+        for capacity, rate in buckets_of:
             args += [capacity, rate]
     return keys, args
 

@@ -99,3 +99,19 @@ def test_local_bucket_refills_and_reports_the_wait():
     assert ratelimit.take_local(request, now=100.0) == 2.0  # one token at 0.5/s
     assert ratelimit.take_local(request, now=101.0) == 1.0  # half refilled
     assert ratelimit.take_local(request, now=102.0) == 0
+
+
+@override_settings(CHAT_RATE_LIMIT_MESSAGES=4, CHAT_RATE_LIMIT_PER_SECOND=0.01,
+                   RATE_LIMIT_READ=2, RATE_LIMIT_READ_PER_SECOND=0.01,
+                   RATE_LIMIT_INVITE=1, RATE_LIMIT_INVITE_PER_SECOND=0.01)
+def test_one_batch_of_mixed_budgets_counts_each_take_in_order():
+    user = fresh_user()
+    budgets = ["write", "read", "invite", "write", "read", "read", "invite", "write", "write"]
+
+    async def together():
+        return await asyncio.gather(*(ratelimit.take(user, b) for b in budgets))
+
+    allowed = [w == 0 for w in asyncio.run(together())]
+    # write bucket 4 (the invite took one), read 2, invite 1: in arrival order.
+    assert allowed == [True, True, True, True, True, False, False, True, False]
+    assert ratelimit._script_args([ratelimit.buckets(user)] * 3)[1] == [1, 3, 1, 4.0, 0.01]
