@@ -6,7 +6,6 @@ import uuid
 
 import pytest
 
-from apps.messaging.ratelimit import take_local
 from apps.messaging.realtime import frame_payload, text_frame
 from apps.users.presence import LocalPresence
 
@@ -18,16 +17,6 @@ def test_text_frame_lengths_round_trip():
         assert frame[0] == 0x81
         assert frame_payload(frame) == payload
         assert len(frame) - size == (2 if size < 126 else 4 if size < 65536 else 10)
-
-
-def test_token_bucket_allows_the_burst_then_the_refill_rate():
-    user = -1001
-    allowed = [take_local(user, capacity=3, rate=2, now=100.0) for _ in range(5)]
-    assert allowed == [True, True, True, False, False]
-    assert take_local(user, capacity=3, rate=2, now=100.5) is True  # one token back
-    assert take_local(user, capacity=3, rate=2, now=100.5) is False
-    assert [take_local(user, capacity=3, rate=2, now=200.0) for _ in range(4)] == [
-        True, True, True, False]
 
 
 def test_presence_rule_across_sockets_and_expiry():

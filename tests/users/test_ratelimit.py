@@ -115,3 +115,14 @@ def test_one_batch_of_mixed_budgets_counts_each_take_in_order():
     # write bucket 4 (the invite took one), read 2, invite 1: in arrival order.
     assert allowed == [True, True, True, True, True, False, False, True, False]
     assert ratelimit._script_args([ratelimit.buckets(user)] * 3)[1] == [1, 3, 1, 4.0, 0.01]
+
+
+def test_token_bucket_allows_the_burst_then_the_refill_rate():
+    request = [("unit:burst", 3.0, 2.0)]
+    ratelimit._local_buckets.pop("unit:burst", None)
+    allowed = [ratelimit.take_local(request, now=100.0) == 0 for _ in range(5)]
+    assert allowed == [True, True, True, False, False]
+    assert ratelimit.take_local(request, now=100.5) == 0  # one token back
+    assert ratelimit.take_local(request, now=100.5) > 0
+    assert [ratelimit.take_local(request, now=200.0) == 0 for _ in range(4)] == [
+        True, True, True, False]
