@@ -13,7 +13,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('messaging', '0002_initial'),
-        ('rooms', '0004_moderation_log_site_wide_actions'),
+        ('rooms', '0005_moderation_log_site_wide_actions'),
         ('users', '0001_initial'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]

@@ -40,8 +40,8 @@ def remove_permissions(apps, schema_editor):
 class Migration(migrations.Migration):
     dependencies = [
         ("moderation", "0001_reports"),
-        ("rooms", "0003_moderators_group"),
-        ("events", "0005_report_created_type"),
+        ("rooms", "0005_moderation_log_site_wide_actions"),
+        ("events", "0006_report_created_type"),
     ]
 
     operations = [migrations.RunPython(add_permissions, remove_permissions)]
