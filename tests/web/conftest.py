@@ -98,6 +98,14 @@ def login(page, server, username, password=PASSWORD):
                              + server.output()[-3000:])
 
 
+def admin_login(page, server, username, next_path, password=PASSWORD):
+    """Log into the admin on `page` and land on `next_path`."""
+    page.goto(f"{server.http_url}/admin/login/?next={next_path}")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
 def wait_connected(page, timeout=20000):
     expect(page.locator("body")).to_have_attribute("data-connection", "online", timeout=timeout)
 

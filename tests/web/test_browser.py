@@ -14,7 +14,7 @@ from tests import factories
 from tests.support.processes import ChildProcess, ServerProcess
 from tests.support.services import wait_port
 
-from .conftest import PASSWORD, in_thread, login, make_user, screenshot, wait_connected
+from .conftest import admin_login, in_thread, login, make_user, screenshot, wait_connected
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -145,10 +145,7 @@ def test_admin_delete_disappears_from_open_page(server, open_page, browser):
     admin = browser.new_context()
     try:
         ap = admin.new_page()
-        ap.goto(server.http_url + "/admin/login/?next=/admin/messaging/message/")
-        ap.get_by_label("Username").fill(moderator.username)
-        ap.get_by_label("Password").fill(PASSWORD)
-        ap.get_by_role("button", name="Log in").click()
+        admin_login(ap, server, moderator.username, "/admin/messaging/message/")
         ap.locator(f'input[name="_selected_action"][value="{doomed}"]').check()
         ap.locator('select[name="action"]').select_option("delete_messages")
         ap.get_by_role("button", name="Go").click()

@@ -11,7 +11,7 @@ from playwright.sync_api import expect
 from apps.moderation.models import Report
 from tests import factories
 
-from .conftest import PASSWORD, in_thread, make_user, screenshot
+from .conftest import admin_login, in_thread, make_user, screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -55,10 +55,7 @@ def test_report_reviewed_and_acted_on_in_the_admin(server, open_page, browser):
     admin = browser.new_context()
     try:
         ap = admin.new_page()
-        ap.goto(server.http_url + "/admin/login/?next=/admin/moderation/report/")
-        ap.get_by_label("Username").fill(moderator.username)
-        ap.get_by_label("Password").fill(PASSWORD)
-        ap.get_by_role("button", name="Log in").click()
+        admin_login(ap, server, moderator.username, "/admin/moderation/report/")
         row = ap.locator("#result_list tbody tr").first
         expect(row).to_contain_text("you are all idiots")
         expect(row).to_contain_text("Open")
