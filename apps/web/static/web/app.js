@@ -416,7 +416,8 @@ function updateComposer() {
   const note = $("slow-mode");
   if (wait > 0 && !closed) {
     note.hidden = false;
-    note.textContent = `Slow mode: you can post again in ${wait} s.`;
+    // The same countdown for slow mode and for the user's write budget (both give retry_after).
+    note.textContent = `${info.slow_mode_seconds > 0 ? "Slow mode" : "Slow down"}: you can post again in ${wait} s.`;
   } else {
     note.hidden = !(info.slow_mode_seconds > 0 && !closed && heldToRoomRules(current));
     note.textContent = note.hidden ? "" : `Slow mode: one message every ${info.slow_mode_seconds} s.`;
