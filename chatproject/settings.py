@@ -252,7 +252,15 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.moderation.tasks.erase_report_bodies",
         "schedule": env_float("REPORT_ERASE_SWEEP_SECONDS", 3600.0),
     },
+    "retention-purge": {
+        "task": "apps.messaging.tasks.purge_history",
+        "schedule": env_float("RETENTION_SWEEP_SECONDS", 3600.0),
+    },
 }
+# Retention (apps.messaging.retention): the site default in days (unset: keep forever; a room's
+# retention_days overrides it), and events removed per transaction.
+RETENTION_DAYS = env_int("RETENTION_DAYS", None)
+RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 500)
 
 # --- Kafka: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, ... -----------------------------------
 KAFKA_BOOTSTRAP_SERVERS = env_list("KAFKA_BOOTSTRAP_SERVERS", "")

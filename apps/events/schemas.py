@@ -44,6 +44,7 @@ _room = _obj(
         "created_by": {"anyOf": [_id, {"type": "null"}]},
         "slow_mode_seconds": {"type": "integer", "minimum": 0},
         "post_policy": {"enum": ["everyone", "moderators"]},
+        "retention_days": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
     }
 )
 
@@ -67,7 +68,7 @@ DATA: dict[str, dict] = {
     "room.updated": {
         **_obj(
             {name: _room["properties"][name]
-             for name in ("name", "topic", "slow_mode_seconds", "post_policy")},
+             for name in ("name", "topic", "slow_mode_seconds", "post_policy", "retention_days")},
             required=[],
         ),
         "minProperties": 1,

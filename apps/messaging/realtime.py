@@ -96,22 +96,30 @@ def room_heads(room_ids) -> dict[int, int]:
     return dict(Room.objects.filter(pk__in=list(room_ids)).values_list("pk", "last_seq"))
 
 
-def replay(user, room_id, since, limit):
-    """(events, head, truncated) for a subscription, or ServiceError if the user may not follow.
-
-    The log is read before the permission check: a ban committed after the check has a seq
-    above `head`, so it reaches the socket live (and ends the subscription there).
-    """
-    from apps.rooms import services as rooms
+def history_bounds(room_id: int) -> tuple[int, int] | None:
+    """(last_seq, history_start) of a room, or None if it does not exist."""
     from apps.rooms.models import Room
 
-    head = Room.objects.filter(pk=room_id).values_list("last_seq", flat=True).first()
+    return Room.objects.filter(pk=room_id).values_list("last_seq", "history_start").first()
+
+
+def replay(user, room_id, since, limit):
+    """(events, head, truncated, history_start) for a subscription, or ServiceError if the user
+    may not follow.
+
+    The log is read before the permission check: a ban committed after the check has a seq
+    above `head`, so it reaches the socket live (and ends the subscription there). A `since`
+    below history_start (purged by retention) replays from history_start, not truncated.
+    """
+    from apps.rooms import services as rooms
+
+    head, history_start = history_bounds(room_id) or (None, 1)
     events = []
     if head is not None and since is not None and since < head:
         events = events_after(room_id, since, head, limit + 1)
     rooms.check_can_read(rooms.get_room_or_404(room_id, user), user)
     truncated = len(events) > limit
-    return events[:limit], head, truncated
+    return events[:limit], head, truncated, history_start
 
 
 def shared_room_ids(user_ids) -> dict[int, list[int]]:
@@ -541,7 +549,7 @@ class Hub:
         WS_SUBSCRIPTIONS.inc()
         limit = settings.CHAT_REPLAY_LIMIT
         try:
-            events, head, truncated = await db(replay)(user, room_id, since, limit)
+            events, head, truncated, history_start = await db(replay)(user, room_id, since, limit)
         except BaseException:
             self.drop(sub)
             raise
@@ -553,7 +561,7 @@ class Hub:
             conn.write(text_frame(fanout.serialize(envelope).encode()), live=False)
         last_seq = events[-1][0] if truncated else head
         conn.write_json({"type": "subscribed", "ref": ref, "room": room_id, "last_seq": last_seq,
-                         "truncated": truncated, "head": head})
+                         "truncated": truncated, "head": head, "history_start": history_start})
         sub.last = head
         if sub.stream_from is not None and sub.stream_from > sub.last:
             # Another subscriber set the room's stream base above our snapshot: fetch between.
@@ -684,12 +692,32 @@ class Hub:
                 logger.warning("gap fill for room %s failed", stream.room_id, exc_info=True)
                 await asyncio.sleep(1)
                 continue
-            if not rows:
-                return
+            if not rows or rows[0][0] > stream.head + 1:
+                # The log is gapless but for the prefix retention removed: if head+1 is not
+                # there, it was purged. Skip to history_start (never wait for it again).
+                if not await self._skip_purged(stream):
+                    return
+                continue
             for seq, envelope in rows:
                 if seq == stream.head + 1:
                     self._advance(stream, Item.from_envelope(envelope))
             self._drain_pending(stream)
+
+    async def _skip_purged(self, stream: RoomStream) -> bool:
+        """Move the stream's head up to history_start - 1 if retention purged the seqs after
+        it; True if it moved."""
+        try:
+            bounds = await db(history_bounds)(stream.room_id)
+        except Exception:
+            logger.warning("gap fill for room %s failed", stream.room_id, exc_info=True)
+            return False
+        if bounds is None or stream.head is None or bounds[1] - 1 <= stream.head:
+            return False
+        logger.info("room %s: seqs %s..%s were purged by retention; skipping",
+                    stream.room_id, stream.head + 1, bounds[1] - 1)
+        stream.head = bounds[1] - 1
+        self._drain_pending(stream)
+        return True
 
     # -- channel-layer messages
 

@@ -215,6 +215,7 @@ class RoomDetailApi(RoomScopedApi):
         room = services.room_update(
             room=self.room, actor=request.user, name=data.get("name"), topic=data.get("topic"),
             slow_mode_seconds=data.get("slow_mode_seconds"), post_policy=data.get("post_policy"),
+            retention_days=data.get("retention_days", services.UNCHANGED),
         )
         return Response(room_data(room, request.user))
 
@@ -404,7 +405,10 @@ class MemberRoleApi(MemberActionApi):
 
 
 class RoomEventsApi(RoomScopedApi):
-    """The room's event log after `since`, oldest first: envelopes exactly as stored and sent."""
+    """The room's event log after `since`, oldest first: envelopes exactly as stored and sent.
+
+    A `since` below `history_start` (events removed by retention) is not an error: the page
+    starts at history_start."""
 
     serializer_class = EventPageSerializer
 
@@ -423,11 +427,14 @@ class RoomEventsApi(RoomScopedApi):
         )
         more = len(rows) > limit
         rows = rows[:limit]
-        last_seq = Room.objects.values_list("last_seq", flat=True).get(pk=self.room.pk)
+        last_seq, history_start = Room.objects.values_list("last_seq", "history_start").get(
+            pk=self.room.pk
+        )
         return Response(
             {
                 "results": [envelope for _, envelope in rows],
                 "next": next_url(request, since=rows[-1][0], limit=limit) if more else None,
                 "last_seq": last_seq,
+                "history_start": history_start,
             }
         )

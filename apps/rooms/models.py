@@ -36,6 +36,12 @@ class Room(models.Model):
     post_policy = models.CharField(
         max_length=12, choices=PostPolicy.choices, default=PostPolicy.EVERYONE
     )
+    # Retention (PROTOCOL §6): days a message and its events are kept; null = the site default
+    # (settings.RETENTION_DAYS, itself unset = forever). The purge (apps.messaging.retention)
+    # removes the log's oldest events and moves history_start: the first seq still held
+    # (1 until anything is purged; last_seq + 1 when everything was).
+    retention_days = models.PositiveIntegerField(null=True, blank=True)
+    history_start = models.BigIntegerField(default=1)
 
     objects = RoomQuerySet.as_manager()
 
@@ -61,6 +67,7 @@ class Room(models.Model):
             "created_by": self.created_by_id,
             "slow_mode_seconds": self.slow_mode_seconds,
             "post_policy": self.post_policy,
+            "retention_days": self.retention_days,
         }
 
 

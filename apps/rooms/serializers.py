@@ -37,6 +37,13 @@ class RoomSerializer(serializers.Serializer):
         choices=Room.PostPolicy.choices, read_only=True,
         help_text="'moderators': only the room's moderators post (announcement rooms).",
     )
+    retention_days = serializers.IntegerField(
+        read_only=True, allow_null=True,
+        help_text="Days messages are kept in this room; null = the site default.",
+    )
+    history_start = serializers.IntegerField(
+        read_only=True, help_text="The first seq still held (older events were purged)."
+    )
     membership = serializers.SerializerMethodField()
     unread = serializers.SerializerMethodField(
         help_text="Live messages by others after the caller's read position (0 for non-members)."
@@ -79,6 +86,10 @@ class RoomUpdateSerializer(serializers.Serializer):
         help_text="0 turns slow mode off.",
     )
     post_policy = serializers.ChoiceField(choices=Room.PostPolicy.choices, required=False)
+    retention_days = serializers.IntegerField(
+        required=False, allow_null=True, min_value=1, max_value=36500,
+        help_text="Days messages are kept (1-36500); null = the site default (RETENTION_DAYS).",
+    )
 
 
 class UserRefSerializer(serializers.Serializer):
@@ -171,6 +182,9 @@ class EventPageSerializer(serializers.Serializer):
     results = EnvelopeSerializer(many=True)
     next = serializers.CharField(allow_null=True, help_text="URL of the next page, or null.")
     last_seq = serializers.IntegerField(help_text="The room's newest seq now.")
+    history_start = serializers.IntegerField(
+        help_text="The first seq still held: older events were removed by retention."
+    )
 
 
 class RoomPageSerializer(serializers.Serializer):

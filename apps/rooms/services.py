@@ -376,9 +376,24 @@ def _clean_post_policy(policy) -> str:
     return policy
 
 
+UNCHANGED = object()  # room_update: a field that is not being changed (None is a value)
+RETENTION_DAYS_MAX = 36500
+
+
+def _clean_retention_days(days) -> int | None:
+    if days is None:
+        return None
+    if isinstance(days, bool) or not isinstance(days, int):
+        raise invalid("retention_days must be an integer or null")
+    if not 1 <= days <= RETENTION_DAYS_MAX:
+        raise invalid(f"retention_days must be between 1 and {RETENTION_DAYS_MAX}, or null")
+    return days
+
+
 def room_update(*, room, actor, name=None, topic=None, slow_mode_seconds=None,
-                post_policy=None) -> Room:
-    """Rename the room, change its topic, slow mode or post policy (owner and moderators)."""
+                post_policy=None, retention_days=UNCHANGED) -> Room:
+    """Rename the room, change its topic, slow mode, post policy or retention (owner and
+    moderators). `retention_days=None` returns the room to the site default (RETENTION_DAYS)."""
     with transaction.atomic():
         room = lock_room(room)
         check_can_moderate(room, actor)
@@ -396,6 +411,10 @@ def room_update(*, room, actor, name=None, topic=None, slow_mode_seconds=None,
             room.slow_mode_seconds = changed["slow_mode_seconds"] = slow_mode_seconds
         if post_policy is not None and _clean_post_policy(post_policy) != room.post_policy:
             room.post_policy = changed["post_policy"] = post_policy
+        if retention_days is not UNCHANGED:
+            days = _clean_retention_days(retention_days)
+            if days != room.retention_days:
+                room.retention_days = changed["retention_days"] = days
         if changed:
             room.save(update_fields=list(changed))
             record_event(type="room.updated", room=room, actor=actor, data=ev.room_updated(changed))

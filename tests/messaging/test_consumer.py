@@ -78,7 +78,8 @@ def test_hello_then_subscribe_replays_since_and_goes_live(ws, user, room):
 
     subscribed = client.subscribe(room.pk, since=head - 2)
     assert subscribed == {"type": "subscribed", "ref": subscribed["ref"], "room": room.pk,
-                          "last_seq": head, "truncated": False, "head": head}
+                          "last_seq": head, "truncated": False, "head": head,
+                          "history_start": 1}
     assert client.seqs(room.pk) == [head - 1, head]
 
     factories.send(room, user, body="live")

@@ -18,29 +18,6 @@ from tests.support.processes import ServerProcess
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def start_server(child_env):
-    procs, sockets = [], []
-
-    def start(**env):
-        proc = ServerProcess(dict(child_env, **{k: str(v) for k, v in env.items()})).start()
-        procs.append(proc)
-
-        def open_socket(user, **kwargs):
-            client = WS(proc.ws_url, token=factories.make_token(user), **kwargs)
-            sockets.append(client)
-            return client
-
-        proc.open = open_socket
-        return proc
-
-    yield start
-    for client in sockets:
-        client.close()
-    for proc in procs:
-        proc.stop()
-
-
 def presence_of(client, user, status, timeout=15):
     return client.seen(lambda f: f.get("type") == "presence.changed"
                        and f["data"]["user"]["id"] == user.pk and f["data"]["status"] == status,
