@@ -20,6 +20,7 @@ urlpatterns = [
     path("users/", users.UsersApi.as_view(), name="users"),
     path("auth/token/", users.TokenApi.as_view(), name="auth-token"),
     path("me/", users.MeApi.as_view(), name="me"),
+    path("me/export/", messaging.MeExportApi.as_view(), name="me-export"),
     path("blocks/", users.BlocksApi.as_view(), name="blocks"),
     path("blocks/<int:user_id>/", users.BlockDetailApi.as_view(), name="block"),
     # Rooms.

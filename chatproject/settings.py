@@ -363,6 +363,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "signup": env("THROTTLE_SIGNUP", "20/hour"),
         "token": env("THROTTLE_TOKEN", "30/minute"),
+        "export": env("THROTTLE_EXPORT", "10/hour"),
     },
     # Every write takes from the shared per-user buckets (apps.users.ratelimit).
     "DEFAULT_THROTTLE_CLASSES": ["apps.users.throttles.WriteThrottle"],

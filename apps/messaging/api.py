@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import uuid
 
+from django.core.handlers.asgi import ASGIRequest
 from django.db.models import Prefetch
+from django.http import StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
@@ -24,9 +27,10 @@ from apps.rooms.api import (
     validated,
 )
 from apps.rooms.serializers import EnvelopeSerializer, ErrorSerializer
+from apps.users.throttles import ExportThrottle
 from chatproject.errors import invalid
 
-from . import services
+from . import export, services
 from .models import Message, Reaction
 from .serializers import (
     EmojiSerializer,
@@ -169,3 +173,29 @@ class MessageReactionsApi(MessageScopedApi):
             emoji = validated(EmojiSerializer, request)["emoji"]
         event = services.reaction_remove(message=self.message, user=request.user, emoji=emoji)
         return Response(event.envelope)
+
+
+class MeExportApi(GenericAPIView):
+    """Download the caller's own data as JSON Lines (PROTOCOL §6): one object a line with a
+    `kind` (account, membership, message, reaction, notification, block). Streamed."""
+
+    serializer_class = None
+    queryset = Message.objects.none()
+    throttle_classes = [ExportThrottle]
+
+    @extend_schema(
+        responses={(200, export.CONTENT_TYPE): OpenApiResponse(
+            str, description="JSON Lines: one object a line, each with a `kind`")},
+    )
+    def get(self, request):
+        user = request.user
+        # Under ASGI a sync iterator would be read whole before the first byte goes out.
+        is_asgi = isinstance(request._request, ASGIRequest)
+        lines = export.aexport_lines(user) if is_asgi else export.export_lines(user)
+        response = StreamingHttpResponse(lines, content_type=export.CONTENT_TYPE)
+        stamp = timezone.now().strftime("%Y%m%d")
+        response["Content-Disposition"] = (
+            f'attachment; filename="{user.username}-export-{stamp}.jsonl"'
+        )
+        response["Cache-Control"] = "no-store"
+        return response

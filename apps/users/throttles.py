@@ -1,6 +1,6 @@
 """REST rate limits: every write takes from the shared per-user buckets (WriteThrottle, see
-apps.users.ratelimit); sign-up and token are limited per address (REST_FRAMEWORK
-["DEFAULT_THROTTLE_RATES"])."""
+apps.users.ratelimit); sign-up and token are limited per address, the data export per user
+(REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"])."""
 
 import logging
 import math
@@ -78,3 +78,7 @@ class SignupThrottle(ScopeThrottle):
 
 class TokenThrottle(ScopeThrottle):
     scope = "token"
+
+
+class ExportThrottle(ScopeThrottle):
+    scope = "export"
