@@ -75,6 +75,8 @@ export class Api {
   events(id, since, limit = 200) {
     return this.get(`rooms/${id}/events/`, { since: String(since), limit: String(limit) });
   }
+  /** DELETE /api/me/ (PROTOCOL §6): erase the caller's account; the password confirms it. */
+  deleteAccount(password) { return this.call("DELETE", "me/", { password }); }
   deleteMessage(messageId) { return this.call("DELETE", `messages/${messageId}/`); }
   ban(roomId, userId, reason) { return this.post(`rooms/${roomId}/members/${userId}/ban/`, { reason }); }
   blocks() { return this.get("blocks/"); }

@@ -110,6 +110,7 @@ async function subscribe(state) {
   try {
     const reply = await socket.request(frame, { timeout: 20000 });
     if (state.cursor === null) state.cursor = reply.last_seq;
+    state.skipPurged(reply.history_start); // older events were removed by retention
     // Truncated: the replay stopped at last_seq; the room is at `head` (pages fill the rest).
     const target = Math.max(reply.last_seq ?? 0, reply.head ?? 0);
     if (reply.truncated || state.cursor < target || state.hasGap) await fillGap(state, target);
@@ -133,6 +134,7 @@ function fillGap(state, target = null) {
         const goal = Math.max(target ?? 0, (state.bufferedTop ?? 0) - 1);
         if (state.cursor >= goal && !state.hasGap) break;
         const page = await api.events(state.id, state.cursor);
+        state.skipPurged(page.history_start);
         for (const event of page.results) state.offer(event);
         if (!page.results.length) break;
       }
@@ -189,6 +191,7 @@ function scheduleRender(state) {
     dirty.clear();
     renderRoomList();
     if (current && states.includes(current)) {
+      renderRoomHead();
       renderTimeline();
       updateComposer();
       markRead();
@@ -380,8 +383,7 @@ setInterval(() => { if (current) $("typing").textContent = typingText(current); 
 function renderRoom() {
   const state = current;
   document.body.classList.toggle("room-open", Boolean(state));
-  $("room-title").textContent = state ? roomLabel(state) : "Pick a room";
-  $("room-topic").textContent = state ? state.info.topic || "" : "";
+  renderRoomHead();
   $("room-actions").hidden = !state;
   $("invite-form").hidden = !state || state.info.kind === "direct" || !state.isModerator;
   $("leave-room").hidden = !state || state.info.kind === "direct";
@@ -398,6 +400,22 @@ const COMPOSER_PLACEHOLDER = $("composer-input").placeholder;
 /** Who is held to slow mode and the post policy: not the room's or the site's moderators. */
 function heldToRoomRules(state) {
   return !state.isModerator && !config.user.is_moderator;
+}
+
+/** Title, topic and retention of the open room (room.updated changes them live). */
+function renderRoomHead() {
+  const state = current;
+  $("room-title").textContent = state ? roomLabel(state) : "Pick a room";
+  $("room-topic").textContent = state ? state.info.topic || "" : "";
+  const days = state ? retentionDays(state) : null;
+  $("room-retention").hidden = !days;
+  $("room-retention").textContent = days ? `Messages are kept ${days} ${days === 1 ? "day" : "days"}` : "";
+}
+
+/** The room's own retention, else the site's; null: messages are kept forever. */
+function retentionDays(state) {
+  if (state.info.kind !== "direct" && Number.isInteger(state.info.retention_days)) return state.info.retention_days;
+  return config.retentionDays ?? null;
 }
 
 function updateComposer() {
@@ -836,6 +854,41 @@ async function loadBlocks() {
     for (const block of await api.blocks()) blocked.add(block.user.id);
   } catch { /* nothing hidden until the next load */ }
 }
+
+// --- Account menu: download my data, delete my account -------------------------------------
+
+$("download-data").addEventListener("click", () => { $("account-menu").open = false; });
+
+$("delete-account").addEventListener("click", () => {
+  $("account-menu").open = false;
+  $("delete-error").textContent = "";
+  $("delete-password").value = "";
+  $("delete-dialog").showModal();
+  $("delete-password").focus();
+});
+
+$("delete-cancel").addEventListener("click", () => $("delete-dialog").close());
+
+$("delete-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const password = $("delete-password").value;
+  if (!password) return;
+  $("delete-confirm").disabled = true;
+  try {
+    await api.deleteAccount(password);
+  } catch (error) {
+    $("delete-error").textContent = error.code === "unavailable"
+      ? "The server cannot be reached: try again."
+      : error.message;
+    return;
+  } finally {
+    $("delete-confirm").disabled = false;
+  }
+  $("delete-dialog").close();
+  $("account-deleted").hidden = false;
+  // The server closes the account's sockets; end the session too (the log-in page follows).
+  setTimeout(() => $("logout-form").submit(), 1500);
+});
 
 // --- Start --------------------------------------------------------------------------------
 

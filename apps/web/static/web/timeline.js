@@ -77,6 +77,25 @@ export class RoomState {
     return this.buffer.size > 0;
   }
 
+  /** Retention removed the seqs below `historyStart`: stop waiting for them, apply what the
+  buffer holds from there on. */
+  skipPurged(historyStart) {
+    if (!Number.isInteger(historyStart) || this.cursor === null || this.cursor >= historyStart - 1) return;
+    this.cursor = historyStart - 1;
+    this.drainBuffer();
+  }
+
+  /** Apply the buffered events that follow the cursor without a hole. */
+  drainBuffer() {
+    while (this.buffer.has(this.cursor + 1)) {
+      const next = this.buffer.get(this.cursor + 1);
+      this.buffer.delete(this.cursor + 1);
+      this.applyDurable(next);
+      this.cursor = next.seq;
+    }
+    for (const seq of this.buffer.keys()) if (seq <= this.cursor) this.buffer.delete(seq);
+  }
+
   /** Offer one durable or ephemeral event; returns "applied", "duplicate" or "gap". */
   offer(event) {
     if (event.seq === null || event.seq === undefined) {
@@ -90,13 +109,7 @@ export class RoomState {
     }
     this.applyDurable(event);
     this.cursor = event.seq;
-    while (this.buffer.has(this.cursor + 1)) {
-      const next = this.buffer.get(this.cursor + 1);
-      this.buffer.delete(this.cursor + 1);
-      this.applyDurable(next);
-      this.cursor = next.seq;
-    }
-    for (const seq of this.buffer.keys()) if (seq <= this.cursor) this.buffer.delete(seq);
+    this.drainBuffer();
     return "applied";
   }
 
