@@ -10,8 +10,9 @@ from playwright.sync_api import expect
 from apps.rooms import services as rooms
 from apps.users.api import MeApi
 from tests import factories
+from tests.support.processes import ServerProcess
 
-from .conftest import PASSWORD, in_thread, make_user, screenshot
+from .conftest import PASSWORD, in_thread, make_user, screenshot, wait_connected
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -112,4 +113,44 @@ def test_a_rooms_retention_is_shown_in_its_header_and_follows_room_updated(serve
     screenshot(page, "room-retention")
     in_thread(rooms.room_update, room=forever, actor=alice, retention_days=None)
     expect(page.locator("#room-retention")).to_be_hidden()
+    assert page.errors == []
+
+
+def test_a_page_that_resumes_from_before_history_start_gets_the_rest(open_page, child_env,
+                                                                     request):
+    from apps.messaging.retention import history_purge
+    from tests.messaging.test_retention import age
+
+    def setup():
+        alice = make_user("alice")
+        room = factories.make_room(alice, name="General")
+        rooms.room_update(room=room, actor=alice, retention_days=1)
+        factories.send(room, alice, body="seen before")
+        return alice, room
+
+    alice, room = in_thread(setup)
+    server = ServerProcess(child_env).start()  # its own: this test kills it
+    request.addfinalizer(server.stop)
+    page = open_page(server, alice)
+    page.locator("#room-list").get_by_role("button", name="General").click()
+    expect(page.locator("#messages > li .body")).to_have_text(["seen before"])
+
+    server.kill()
+    expect(page.locator("#connection")).to_contain_text("reconnecting")
+
+    def while_down():  # the page's cursor falls below history_start
+        for i in range(3):
+            factories.send(room, alice, body=f"purged {i}")
+        age(room, days=2)
+        history_purge()
+        factories.send(room, alice, body="after the purge")
+
+    in_thread(while_down)
+    event_pages = []
+    page.on("request", lambda r: "/events/" in r.url and event_pages.append(r.url))
+    restarted = ServerProcess(child_env, port=server.port).start()
+    request.addfinalizer(restarted.stop)
+    wait_connected(page, timeout=40000)
+    expect(page.locator("#messages > li .body")).to_have_text(["seen before", "after the purge"])
+    assert len(event_pages) <= 2, event_pages  # no paging loop over the purged seqs
     assert page.errors == []
