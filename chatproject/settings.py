@@ -258,9 +258,10 @@ CELERY_BEAT_SCHEDULE = {
     },
 }
 # Retention (apps.messaging.retention): the site default in days (unset: keep forever; a room's
-# retention_days overrides it), and events removed per transaction.
+# retention_days overrides it), events removed per transaction, and the pause between two.
 RETENTION_DAYS = env_int("RETENTION_DAYS", None)
 RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 500)
+RETENTION_BATCH_PAUSE_SECONDS = env_float("RETENTION_BATCH_PAUSE_SECONDS", 0.05)
 
 # --- Kafka: KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, ... -----------------------------------
 KAFKA_BOOTSTRAP_SERVERS = env_list("KAFKA_BOOTSTRAP_SERVERS", "")

@@ -8,7 +8,8 @@ it; receipts (`receipt.updated`, no seq) older than the cutoff go too.
 
 Bounds:
 - Oldest first, in batches of settings.RETENTION_BATCH_SIZE events, each batch one short
-  transaction under the room's lock (a send to the room waits at most one batch).
+  transaction under the room's lock (a send to the room waits at most one batch), with a
+  pause of RETENTION_BATCH_PAUSE_SECONDS between two batches of a room.
 - An event Kafka has not acknowledged yet is never removed (nor anything after it in the
   room's log): the bridge's guarantee is that every event reaches the topic. With publishing
   off (no KAFKA_BOOTSTRAP_SERVERS) nothing is ever published, so this guard is off too.
@@ -20,6 +21,7 @@ Bounds:
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -172,6 +174,8 @@ def room_purge_history(*, room_id: int, now: datetime | None = None,
         total.receipts += result.receipts
         if result.events < batch_size and result.receipts < batch_size:
             return total
+        # Between two batches the room's writes run without waiting for the lock.
+        time.sleep(settings.RETENTION_BATCH_PAUSE_SECONDS)
 
 
 def history_purge(*, now: datetime | None = None, batch_size: int | None = None) -> PurgeResult:
