@@ -260,6 +260,10 @@ CELERY_BEAT_SCHEDULE = {
 # Retention (apps.messaging.retention): the site default in days (unset: keep forever; a room's
 # retention_days overrides it), events removed per transaction, and the pause between two.
 RETENTION_DAYS = env_int("RETENTION_DAYS", None)
+if RETENTION_DAYS is not None and RETENTION_DAYS < 1:  # 0 or less would purge everything
+    sys.stderr.write("Refusing to start: RETENTION_DAYS must be at least 1 (unset keeps "
+                     f"everything), not {RETENTION_DAYS}.\n")
+    sys.exit(2)
 RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 500)
 RETENTION_BATCH_PAUSE_SECONDS = env_float("RETENTION_BATCH_PAUSE_SECONDS", 0.05)
 

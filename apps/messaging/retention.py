@@ -59,7 +59,7 @@ def retention_cutoffs(now: datetime) -> list[tuple[Q, datetime]]:
     )
     for days in days_in_use:
         policies.append((Q(retention_days=days), now - timedelta(days=days)))
-    if site_days:
+    if site_days and site_days >= 1:
         policies.append((Q(retention_days__isnull=True), now - timedelta(days=site_days)))
     return policies
 
@@ -86,8 +86,9 @@ def rooms_due(now: datetime) -> list[int]:
 
 
 def room_cutoff(room: Room, now: datetime) -> datetime | None:
+    """Events before this are past the room's retention; None: the room keeps everything."""
     days = room.retention_days or settings.RETENTION_DAYS
-    return None if not days else now - timedelta(days=days)
+    return now - timedelta(days=days) if days and days >= 1 else None
 
 
 def _publishing() -> bool:
