@@ -18,6 +18,7 @@ from apps.messaging.models import Message
 from apps.notifications.models import Notification
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
+from apps.users import services as users
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -62,6 +63,9 @@ def test_export_is_json_lines_of_the_callers_own_data_and_nothing_of_anyone_else
     messaging.message_delete(message=Message.objects.get(pk=gone.envelope["data"]["id"]),
                              actor=user)
     their_message = Message.objects.get(pk=theirs.envelope["data"]["id"])
+    stranger = factories.make_user()
+    users.block_create(blocker=user, blocked=stranger)
+    users.block_create(blocker=other_user, blocked=user)  # theirs: not in the caller's export
     messaging.reaction_add(message=their_message, user=user, emoji="👍")
     messaging.reaction_add(message=their_message, user=other_user, emoji="🎉")
     Notification.objects.create(user=user, event_id=uuid.uuid4(), room=room, seq=theirs.seq,
@@ -81,7 +85,7 @@ def test_export_is_json_lines_of_the_callers_own_data_and_nothing_of_anyone_else
     }
     kinds = [line["kind"] for line in lines]
     assert kinds == ["account", "membership", "membership", "message", "message", "reaction",
-                     "notification"]
+                     "notification", "block"]
     memberships = {line["room"]: line for line in lines if line["kind"] == "membership"}
     assert set(memberships) == {room.pk, private.pk}
     assert memberships[private.pk]["role"] == "owner"
@@ -96,6 +100,7 @@ def test_export_is_json_lines_of_the_callers_own_data_and_nothing_of_anyone_else
                         "emoji": "👍", "ts": reaction["ts"]}
     [notification] = [line for line in lines if line["kind"] == "notification"]
     assert notification["message"] == their_message.pk and notification["actor"] == other_user.pk
+    assert lines[-1] == {"kind": "block", "user": stranger.pk, "ts": lines[-1]["ts"]}
     assert b"SECRET" not in body and "🎉".encode() not in body
     assert b"words I deleted" not in body
 
