@@ -301,6 +301,8 @@ OUTBOX_KICK_DEBOUNCE_MS = env_int("OUTBOX_KICK_DEBOUNCE_MS", 1000)
 # --- Chat behaviour and limits --------------------------------------------------------------------
 SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)
 CHAT_MESSAGE_MAX_LENGTH = 4000
+# Messages an erasure redacts per transaction (one room locked, one message.deleted each).
+ERASURE_BATCH_SIZE = env_int("ERASURE_BATCH_SIZE", 500)
 CHAT_REPLAY_LIMIT = env_int("CHAT_REPLAY_LIMIT", 500)
 CHAT_MAX_FRAME_BYTES = env_int("CHAT_MAX_FRAME_BYTES", 65536)
 CHAT_HEARTBEAT_SECONDS = env_int("CHAT_HEARTBEAT_SECONDS", 30)

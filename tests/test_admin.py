@@ -146,7 +146,7 @@ def test_message_search_filter_and_delete_action(moderator, room, user, other_us
     message.refresh_from_db()
     assert message.is_deleted and message.deleted_by == moderator
     deleted = Event.objects.in_room(room).sequenced().order_by("-seq").first()
-    assert deleted.envelope["data"] == {"id": message.pk, "by_moderator": True}
+    assert deleted.envelope["data"] == {"id": message.pk, "by_moderator": True, "reason": "insults"}
     assert ModerationAction.objects.get(action="delete_message").reason == "insults"
     assert not Message.objects.get(pk=keep.envelope["data"]["id"]).is_deleted
 
@@ -221,4 +221,5 @@ def test_a_message_deleted_in_the_admin_disappears_live_from_clients():
 
     received = json.loads(async_to_sync(listen)()["text"])
     assert received["type"] == "message.deleted"
-    assert received["data"] == {"id": message.pk, "by_moderator": True}
+    assert received["data"] == {"id": message.pk, "by_moderator": True,
+                                "reason": f"Delete by {moderator.username} in the admin"}

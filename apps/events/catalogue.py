@@ -106,15 +106,41 @@ def message_created(message) -> dict:
         "body": message.body,
         "reply_to": message.reply_to_id,
         "client_id": str(message.client_id),
+        "thread": None,  # reply threading (PROTOCOL §8) is not built yet
+        "attachments": [],
+        "redacted": False,
     }
 
 
 def message_edited(message) -> dict:
-    return {"id": message.pk, "body": message.body, "edited_at": format_ts(message.edited_at)}
+    return {"id": message.pk, "body": message.body, "edited_at": format_ts(message.edited_at),
+            "redacted": False}
 
 
-def message_deleted(message, *, by_moderator: bool) -> dict:
-    return {"id": message.pk, "by_moderator": by_moderator}
+def message_deleted(message, *, by_moderator: bool, reason: str | None = None) -> dict:
+    return {"id": message.pk, "by_moderator": by_moderator, "reason": reason or None}
+
+
+# What a deletion writes over the `data` of every event that carried the message's content
+# (PROTOCOL §6): the other fields (id, reply_to, client_id, edited_at, ...) stay.
+REDACTED = {"body": None, "attachments": [], "redacted": True}
+# The event types that carry a message's content, and so are redacted with it.
+CONTENT_TYPES = ("message.created", "message.edited")
+# The types whose rows name a message (Event.message_id): data.id or data.message.
+MESSAGE_ID_KEYS = {"message.created": "id", "message.edited": "id", "message.deleted": "id",
+                   "reaction.added": "message", "reaction.removed": "message"}
+
+
+def message_id_of(type: str, data: dict) -> int | None:
+    """The message an event is about (the indexed Event.message_id), or None."""
+    key = MESSAGE_ID_KEYS.get(type)
+    return None if key is None else data.get(key)
+
+
+def subject_of(data: dict) -> int | None:
+    """The id of the user named in data.user (the indexed Event.subject_id), or None."""
+    user = data.get("user")
+    return user.get("id") if isinstance(user, dict) else None
 
 
 def reaction_added(*, message_id: int, emoji: str) -> dict:

@@ -23,10 +23,17 @@ class Event(models.Model):
     )
     seq = models.BigIntegerField(null=True, blank=True)
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
     )
     ts = models.DateTimeField(default=timezone.now)
     envelope = models.JSONField()
+    # The message the event is about (catalogue.message_id_of), so a deletion finds the rows
+    # to redact through an index, not by reading the log. No foreign key: the log outlives
+    # messages, and an insert pays for no constraint check.
+    message_id = models.BigIntegerField(null=True, blank=True, editable=False)
+    # The user named in data.user (member and receipt events), so an erasure finds the rows
+    # that spell the username without reading the log (catalogue.subject_of).
+    subject_id = models.BigIntegerField(null=True, blank=True, editable=False)
     # Outbox state.
     published_at = models.DateTimeField(null=True, blank=True)
     publish_attempts = models.PositiveIntegerField(default=0)
@@ -46,6 +53,10 @@ class Event(models.Model):
                 fields=["ts"], name="event_outbox_pending", condition=Q(published_at__isnull=True)
             ),
             models.Index(fields=["type", "ts"]),
+            models.Index(fields=["message_id"], name="event_message"),
+            # Partial: the send path's rows (no data.user) add nothing to it.
+            models.Index(fields=["subject_id"], name="event_subject",
+                         condition=Q(subject_id__isnull=False)),
             # The publisher reads the outbox in this order (apps.events.publisher.next_batch);
             # partial, so it only holds the unpublished rows however long the log grows.
             models.Index(

@@ -34,6 +34,23 @@ def _obj(properties: dict, required=None, *, extra=False) -> dict:
     }
 
 
+_body = {"anyOf": [{"type": "string", "minLength": 1}, {"type": "null"}]}
+
+
+def _content(properties: dict, required=None) -> dict:
+    """A content event's data: either live (a body, redacted false) or redacted (body null,
+    no attachments, redacted true), never a mix."""
+    return {
+        **_obj(properties, required),
+        "oneOf": [
+            {"properties": {"body": {"type": "string"}, "redacted": {"const": False}}},
+            {"properties": {"body": {"type": "null"}, "attachments": {"maxItems": 0},
+                            "redacted": {"const": True}},
+             "required": ["attachments"]},
+        ],
+    }
+
+
 _room = _obj(
     {
         "id": _id,
@@ -49,18 +66,25 @@ _room = _obj(
 )
 
 DATA: dict[str, dict] = {
-    "message.created": _obj(
+    "message.created": _content(
         {
             "id": _id,
-            "body": {"type": "string", "minLength": 1},
+            "body": _body,
             "reply_to": {"anyOf": [_id, {"type": "null"}]},
             "client_id": {"type": "string", "format": "uuid"},
+            "thread": {"anyOf": [_id, {"type": "null"}]},
+            "attachments": {"type": "array"},
+            "redacted": {"type": "boolean"},
         }
     ),
-    "message.edited": _obj(
-        {"id": _id, "body": {"type": "string", "minLength": 1}, "edited_at": _ts}
+    # A redacted edit also carries `attachments: []` (the redacted form of PROTOCOL §6).
+    "message.edited": _content(
+        {"id": _id, "body": _body, "edited_at": _ts, "redacted": {"type": "boolean"},
+         "attachments": {"type": "array"}},
+        required=["id", "body", "edited_at", "redacted"],
     ),
-    "message.deleted": _obj({"id": _id, "by_moderator": {"type": "boolean"}}),
+    "message.deleted": _obj({"id": _id, "by_moderator": {"type": "boolean"},
+                             "reason": {"anyOf": [{"type": "string"}, {"type": "null"}]}}),
     "reaction.added": _obj({"message": _id, "emoji": _emoji}),
     "reaction.removed": _obj({"message": _id, "emoji": _emoji}),
     "room.created": _room,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from django.db import connection, transaction
@@ -37,7 +38,9 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
 
 def build_event(type: str, *, room, seq, actor, data: dict, ts) -> Event:
     """An unsaved Event with its envelope (for record_events)."""
-    event = Event(type=type, room=room, seq=seq, actor=actor, ts=ts)
+    event = Event(type=type, room=room, seq=seq, actor=actor, ts=ts,
+                  message_id=catalogue.message_id_of(type, data),
+                  subject_id=catalogue.subject_of(data))
     event.envelope = catalogue.envelope(
         type,
         room_id=room.pk if room is not None else None,
@@ -67,7 +70,7 @@ def fanout_items(events) -> list[tuple]:
 
 
 EVENT_FIELDS = ["id", "type", "room_id", "seq", "actor_id", "ts", "envelope",
-                "publish_attempts", "last_error"]
+                "publish_attempts", "last_error", "message_id", "subject_id"]
 
 
 def _event_rows(events: list[Event]) -> list[tuple]:
@@ -79,7 +82,8 @@ def _event_rows(events: list[Event]) -> list[tuple]:
         event.envelope_text = serialize(event.envelope)
         event._state.adding = False
         rows.append((event.id, event.type, event.room_id, event.seq, event.actor_id, event.ts,
-                     Json(event.envelope_text), 0, ""))
+                     Json(event.envelope_text), 0, "", event.message_id,
+                     event.subject_id))
     return rows
 
 
@@ -87,6 +91,78 @@ def events_statement(events: list[Event]):
     """record_events' INSERT as a PostgreSQL statement (for a pipeline); the caller fans the
     events out once committed (send_events_after_commit)."""
     return pg_insert(Event, EVENT_FIELDS, _event_rows(events))
+
+
+def redact_message_events(message_ids) -> int:
+    """Rewrite every stored event that carries these messages' content to the redacted form
+    (catalogue.REDACTED) in one UPDATE through the event_message index; the number of rows.
+
+    Run in the deleting transaction: the outbox reads the envelope when it publishes, so a row
+    not yet on Kafka goes out redacted."""
+    _check_atomic()
+    ids = list(message_ids)
+    if not ids:
+        return 0
+    table = connection.ops.quote_name(Event._meta.db_table)
+    types = list(catalogue.CONTENT_TYPES)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"UPDATE {table} SET envelope = jsonb_set(envelope, '{{data}}', "
+                "(envelope -> 'data') || %s::jsonb) "
+                "WHERE message_id = ANY(%s) AND type = ANY(%s)",
+                [json.dumps(catalogue.REDACTED), ids, types],
+            )
+        else:
+            marks = ", ".join(["%s"] * len(ids))
+            cursor.execute(
+                f"UPDATE {table} SET envelope = json_set(envelope, '$.data.body', json('null'), "
+                "'$.data.attachments', json('[]'), '$.data.redacted', json('true')) "
+                f"WHERE message_id IN ({marks}) AND type IN (%s, %s)",
+                [*ids, *types],
+            )
+        return cursor.rowcount
+
+
+def user_event_ids(user_id: int) -> list:
+    """Ids of the events whose envelope names the user: as `actor` or as `data.user` (through
+    the actor and event_subject indexes)."""
+    from django.db.models import Q
+
+    return list(Event.objects.filter(Q(actor_id=user_id) | Q(subject_id=user_id))
+                .order_by().values_list("id", flat=True))
+
+
+def rename_in_envelopes(*, user_id: int, username: str, event_ids) -> int:
+    """Write `username` as the user's name in those events' `actor` and `data.user` objects,
+    skipping the envelopes that already carry it; the number of rows changed."""
+    _check_atomic()
+    ids = list(event_ids)
+    if not ids:
+        return 0
+    table = connection.ops.quote_name(Event._meta.db_table)
+    changed = 0
+    with connection.cursor() as cursor:
+        for path, column in (("actor", "actor_id"), ("data.user", "subject_id")):
+            if connection.vendor == "postgresql":
+                pg_path = "{" + path.replace(".", ",") + ",username}"
+                cursor.execute(
+                    f"UPDATE {table} SET envelope = jsonb_set(envelope, %s::text[], to_jsonb(%s::text)) "
+                    f"WHERE id = ANY(%s) AND {column} = %s "
+                    "AND envelope #>> %s::text[] IS DISTINCT FROM %s",
+                    [pg_path, username, ids, user_id, pg_path, username],
+                )
+            else:
+                marks = ", ".join(["%s"] * len(ids))
+                cursor.execute(
+                    f"UPDATE {table} SET envelope = json_set(envelope, %s, %s) "
+                    f"WHERE id IN ({marks}) AND {column} = %s "
+                    "AND json_extract(envelope, %s) IS NOT %s",
+                    [f"$.{path}.username", username, *[i.hex for i in ids], user_id,
+                     f"$.{path}.username", username],
+                )
+            changed += cursor.rowcount
+    return changed
 
 
 def _check_atomic():

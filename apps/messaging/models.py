@@ -11,8 +11,10 @@ from .managers import MessageQuerySet, ReactionQuerySet
 
 class Message(models.Model):
     room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    # PROTECT (and Reaction.user, Membership.user, Event.actor): deleting a user never takes
+    # their messages or the log with it; an account is erased instead (apps.messaging.erasure).
     author = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="messages"
     )
     body = models.TextField()
     reply_to = models.ForeignKey(
@@ -47,7 +49,7 @@ class Message(models.Model):
 
 class Reaction(models.Model):
     message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="reactions")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     emoji = models.CharField(max_length=32)
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -19,9 +19,9 @@ from emoji import EMOJI_DATA
 
 from apps.events import catalogue as ev
 from apps.events.models import Event
-from apps.events.services import (build_event, events_statement, fanout_items, record_event,
-                                  record_events, send_events_after_commit,
-                                  send_events_on_commit)
+from apps.events.services import (allocate_seqs, build_event, events_statement, fanout_items,
+                                  record_event, record_events, redact_message_events,
+                                  send_events_after_commit, send_events_on_commit)
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
 from apps.users.models import Block
@@ -226,7 +226,7 @@ class _Reads(NamedTuple):
     rooms: dict  # locked rooms by id
     memberships: dict  # (room id, user id) -> membership with its user
     earlier: dict  # (author id, client id) -> (room id, seq) of a message sent before
-    reply_rooms: dict  # reply_to message id -> its room id
+    reply_rooms: dict  # reply_to message id -> its room id (None: deleted)
     message_ids: list | None  # ids drawn for the new messages (PostgreSQL)
     blocked: set  # (direct room id, author id) where the room's other member blocked the author
 
@@ -262,7 +262,8 @@ def _read(todo: list[_Send]) -> _Reads:
         ).values_list("author_id", "client_id", "room_id", "seq")
     }
     reply_rooms = (
-        dict(Message.objects.filter(pk__in=keys.reply_ids).values_list("id", "room_id"))
+        {pk: None if deleted_at else room_id for pk, room_id, deleted_at in
+         Message.objects.filter(pk__in=keys.reply_ids).values_list("id", "room_id", "deleted_at")}
         if keys.reply_ids else {}
     )
     return _Reads(locked, rooms.post_memberships(locked, keys.author_ids), earlier,
@@ -298,8 +299,8 @@ def _read_statements(keys: _Keys, count: int) -> list[Statement]:
                   "GREATEST(b.blocker_id, b.blocked_id)::text "
                   "WHERE r.id = ANY(%b) AND r.kind = 'direct' AND b.blocked_id = ANY(%b)",
                   [keys.room_ids, keys.author_ids], True),
-    ] + ([Statement(f"SELECT id, room_id FROM {messages} WHERE id = ANY(%b)",
-                    [keys.reply_ids], True)] if keys.reply_ids else [])
+    ] + ([Statement(f"SELECT id, CASE WHEN deleted_at IS NULL THEN room_id END FROM {messages} "
+                    "WHERE id = ANY(%b)", [keys.reply_ids], True)] if keys.reply_ids else [])
 
 
 def _reads_from_rows(rows) -> _Reads:
@@ -347,7 +348,10 @@ def _decide(todo: list[_Send], reads: _Reads, results: list):
             if send.reply_to is not None:
                 if isinstance(send.reply_to, bool) or not isinstance(send.reply_to, int):
                     raise invalid("reply_to must be a message id")
-                if reads.reply_rooms.get(send.reply_to) != room.pk:
+                target_room = reads.reply_rooms.get(send.reply_to, 0)
+                if target_room is None:
+                    raise not_found("reply_to: the message was deleted")
+                if target_room != room.pk:
                     raise invalid("reply_to is not a message of this room")
         except ServiceError as exc:
             results[send.index] = exc
@@ -506,7 +510,11 @@ def message_edit(*, message, actor, body) -> Event:
 
 
 def message_delete(*, message, actor, reason="") -> Event:
-    """Delete a message: the author their own, moderators any (recorded in the audit trail)."""
+    """Delete a message: the author their own, moderators any (recorded in the audit trail).
+
+    Redacts it in the same transaction: the row's body is cleared and every stored event that
+    carried its content is rewritten to the redacted form (PROTOCOL §6)."""
+    reason = (reason or "").strip()[:500]
     with transaction.atomic():
         room = rooms.lock_room(message.room_id)
         message = Message.objects.get(pk=message.pk)
@@ -517,15 +525,8 @@ def message_delete(*, message, actor, reason="") -> Event:
         by_moderator = message.author_id != actor.pk
         if by_moderator and not rooms.can_moderate(room, actor):
             raise forbidden("only the author or a moderator can delete a message")
-        message.deleted_at = timezone.now()
-        message.deleted_by = actor
-        message.save(update_fields=["deleted_at", "deleted_by"])
-        event = record_event(
-            type="message.deleted",
-            room=room,
-            actor=actor,
-            data=ev.message_deleted(message, by_moderator=by_moderator),
-        )
+        event = _redact(room, [message], actor=actor, by_moderator=by_moderator,
+                        reason=reason)[0]
         if by_moderator:
             ModerationAction.objects.create(
                 room=room,
@@ -533,9 +534,36 @@ def message_delete(*, message, actor, reason="") -> Event:
                 target_user_id=message.author_id,
                 target_message_id=message.pk,
                 action=ModerationAction.Action.DELETE_MESSAGE,
-                reason=(reason or "")[:500],
+                reason=reason,
             )
         return event
+
+
+def messages_redact(*, room, messages, actor, by_moderator, reason) -> list[Event]:
+    """Delete and redact messages of one room under its lock (taken by the caller): one
+    message.deleted each, the rows' bodies cleared and their content events redacted, in
+    three statements whatever their number."""
+    return _redact(room, messages, actor=actor, by_moderator=by_moderator, reason=reason)
+
+
+def _redact(room, messages, *, actor, by_moderator, reason) -> list[Event]:
+    now = timezone.now()
+    ids = [m.pk for m in messages]
+    deleted_by = actor.pk if actor is not None else None
+    Message.objects.filter(pk__in=ids).update(body="", deleted_at=now,
+                                                 deleted_by_id=deleted_by)
+    redact_message_events(ids)
+    first = allocate_seqs({room.pk: len(messages)})[room.pk]
+    room.last_seq = first + len(messages) - 1
+    events = []
+    for offset, message in enumerate(messages):
+        message.body, message.deleted_at = "", now
+        events.append(build_event(
+            "message.deleted", room=room, seq=first + offset, actor=actor, ts=now,
+            data=ev.message_deleted(message, by_moderator=by_moderator, reason=reason),
+        ))
+    record_events(events)
+    return events
 
 
 def reaction_add(*, message, user, emoji) -> Event:

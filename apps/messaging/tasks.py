@@ -1,7 +1,8 @@
-"""Celery tasks of messaging. Retention's retry policy is the schedule: a room that failed is
-purged again on the next run."""
+"""Celery tasks of messaging: retention (its retry policy is the schedule: a room that failed
+is purged again on the next run) and the erasure of an account's history."""
 
 from celery import shared_task
+from django.db import DatabaseError
 
 
 @shared_task(ignore_result=True)
@@ -10,3 +11,15 @@ def purge_history():
     from .retention import history_purge
 
     history_purge()
+
+
+@shared_task(bind=True, ignore_result=True, max_retries=None, acks_late=True)
+def erase_account_history(self, user_id: int):
+    """Redact an erased account's messages and rename it in the log; retried on a database
+    error (every step is idempotent, so a retry or a redelivery only finishes the work)."""
+    from .erasure import erase_history
+
+    try:
+        erase_history(user_id=user_id)
+    except DatabaseError as exc:
+        raise self.retry(exc=exc, countdown=5) from exc

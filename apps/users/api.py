@@ -142,8 +142,13 @@ class TokenApi(GenericAPIView):
         return Response({"token": token.key})
 
 
+class EraseRequestSerializer(serializers.Serializer):
+    password = serializers.CharField(write_only=True, trim_whitespace=False, max_length=128)
+
+
 class MeApi(GenericAPIView):
-    """The authenticated caller. PATCH sets `dm_policy`."""
+    """The authenticated caller. PATCH sets `dm_policy`; DELETE erases the account
+    (PROTOCOL §6)."""
 
     serializer_class = MeSerializer
 
@@ -159,6 +164,16 @@ class MeApi(GenericAPIView):
             user = services.user_set_dm_policy(user=user,
                                                dm_policy=form.validated_data["dm_policy"])
         return Response(MeSerializer(user).data)
+
+    @extend_schema(request=EraseRequestSerializer, responses={204: None})
+    def delete(self, request):
+        """Deactivate the account at once (sockets closed, tokens and sessions gone) and
+        delete every message it wrote in the background; needs the password."""
+        from apps.messaging.erasure import account_erase
+
+        password = request.data.get("password") if hasattr(request.data, "get") else None
+        account_erase(user=request.user, actor=request.user, password=password)
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class BlocksApi(GenericAPIView):

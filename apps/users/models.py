@@ -75,6 +75,9 @@ class User(AbstractUser):
     # Who may open a direct room with this user (PROTOCOL §7).
     dm_policy = models.CharField(max_length=12, choices=DmPolicy.choices,
                                  default=DmPolicy.ANYONE)
+    # Set when the account was erased (apps.messaging.erasure); it is then inactive and
+    # named deleted-user-<id>.
+    erased_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"

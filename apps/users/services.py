@@ -12,6 +12,12 @@ from chatproject.errors import forbidden, invalid, not_found
 from .models import latin_lookalike, username_key
 
 User = get_user_model()
+ERASED_PREFIX = "deleted-user-"  # apps.messaging.erasure renames an erased account so
+
+
+def key_reserved(username: str) -> bool:
+    """The names of erased accounts (deleted-user-<id>) are not for sign-up."""
+    return username_key(username).startswith(ERASED_PREFIX)
 
 
 def user_signup(*, username, password, email="") -> "User":
@@ -33,6 +39,8 @@ def user_signup(*, username, password, email="") -> "User":
             raise invalid(f"username: {exc.messages[0]}", field="username") from None
         raise invalid("username may contain only letters, digits and @/./+/-/_",
                       field="username") from None
+    if key_reserved(username):
+        raise invalid("that username is reserved", field="username")
     if not isinstance(password, str):
         raise invalid("password must be a string", field="password")
     try:

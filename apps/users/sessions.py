@@ -39,15 +39,32 @@ def remember(conn, scope) -> None:
 
 
 def close_session_sockets(hub, message: dict) -> int:
-    """Hub handler of `chat.logout`: close this process's sockets of that session."""
+    """Hub handler of `chat.logout`: close this process's sockets of that session (of every
+    session and token, with `all`)."""
     closed = 0
     for conn in list(hub.users.get(message.get("user"), ())):
-        if _session_of.get(conn) == message.get("session"):
+        if message.get("all") or _session_of.get(conn) == message.get("session"):
             conn.write_json({"type": "error", "ref": None, "code": "unauthenticated",
-                             "message": "the session was logged out"})
+                             "message": message.get("reason") or "the session was logged out"})
             hub.loop.create_task(conn.close(CLOSE_UNAUTHENTICATED))
             closed += 1
     return closed
+
+
+def close_user_sockets(user_id: int, *, reason: str) -> None:
+    """Close every socket of the user (sessions and tokens), on every process (4401)."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    from apps.events.fanout import user_group
+
+    group = user_group(user_id)
+    try:
+        async_to_sync(layer.group_send)(group, {
+            "type": LOGOUT_MESSAGE, "via": group, "user": user_id, "all": True, "reason": reason,
+        })
+    except Exception:  # Redis down: the sockets' next action is refused (inactive account)
+        logger.warning("could not close the user's sockets", exc_info=True)
 
 
 @receiver(user_logged_out, dispatch_uid="chat-close-session-sockets")

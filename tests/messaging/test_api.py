@@ -92,7 +92,7 @@ def test_edit_and_delete_answer_with_the_event(room, user, other_user, as_user):
     assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
     deleted = as_user.delete(f"/api/messages/{mid}/")
     assert deleted.json()["type"] == "message.deleted"
-    assert deleted.json()["data"] == {"id": mid, "by_moderator": False}
+    assert deleted.json()["data"] == {"id": mid, "by_moderator": False, "reason": None}
     assert as_user.delete(f"/api/messages/{mid}/").status_code == 400
 
 

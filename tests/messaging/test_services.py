@@ -104,7 +104,7 @@ def test_members_cannot_delete_others_messages_moderators_can_and_it_is_audited(
     assert err.value.code == "forbidden"
     own = _message(factories.send(room, other_user, "oops"))
     assert services.message_delete(message=own, actor=other_user).envelope["data"] == {
-        "id": own.pk, "by_moderator": False}
+        "id": own.pk, "by_moderator": False, "reason": None}
     event = services.message_delete(message=_message(factories.send(room, other_user, "rude")),
                                     actor=user, reason="rude")
     assert event.envelope["data"]["by_moderator"] is True

@@ -1,0 +1,154 @@
+"""Erasing an account (PROTOCOL §6): unusable at once, its history redacted by a worker.
+
+`account_erase` runs in the request: in one transaction the account is deactivated, renamed
+`deleted-user-<id>`, its password made unusable and its tokens and sessions deleted; after
+commit its sockets are closed (4401) on every process and the Celery task
+`apps.messaging.tasks.erase_account_history` is queued. `erase_history` (the task) redacts
+every message the user wrote in short batches, each its own transaction that locks one room
+and records one `message.deleted` (reason "erased") per message, so the rooms stay writable and
+their seqs gapless; then it writes the new name over every stored envelope that spelled the old
+one (`actor`, `data.user`). Every step skips what is already done, so running it again is
+harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.sessions.models import Session
+from django.db import transaction
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from apps.events.services import rename_in_envelopes, user_event_ids
+from apps.rooms import services as rooms
+from apps.users.services import ERASED_PREFIX
+from chatproject.errors import forbidden, invalid
+
+from .models import Message
+from .services import messages_redact
+
+logger = logging.getLogger(__name__)
+
+ERASED_REASON = "erased"
+CLOSE_UNAUTHENTICATED = 4401
+# Ids read per pass of erase_history (each pass is then done in batches).
+PASS_SIZE = 20_000
+
+User = get_user_model()
+
+
+def erased_username(user_id: int) -> str:
+    return f"{ERASED_PREFIX}{user_id}"
+
+
+def can_erase(actor, user) -> bool:
+    """Superusers may erase any other account; site moderators the accounts that are not staff."""
+    if actor is None or actor.pk == user.pk or not actor.is_active:
+        return False
+    if actor.is_superuser:
+        return True
+    return rooms.is_site_moderator(actor) and not user.is_staff and not user.is_superuser
+
+
+def account_erase(*, user, actor, password=None):
+    """Erase an account: its owner with their password, or an admin (`can_erase`).
+
+    Unusable from the commit on; the history is redacted by the worker (erase_history)."""
+    if actor.pk == user.pk:
+        if not isinstance(password, str) or not password:
+            raise invalid("password is required to delete your account")
+        if not user.check_password(password):
+            raise forbidden("wrong password")
+    elif not can_erase(actor, user):
+        raise forbidden("you may not erase this account")
+    with transaction.atomic():
+        user = User.objects.select_for_update().get(pk=user.pk)
+        user.is_active = False
+        # Read by the is_active signal that closes the user's sockets (ws-hardening).
+        user._close_code = CLOSE_UNAUTHENTICATED
+        user.username = erased_username(user.pk)
+        user.email = user.first_name = user.last_name = ""
+        user.set_unusable_password()
+        user.erased_at = user.erased_at or timezone.now()
+        user.save()
+        Token.objects.filter(user_id=user.pk).delete()
+        delete_sessions(user.pk)
+        transaction.on_commit(lambda: _after_erase(user.pk), robust=True)
+    return user
+
+
+def _after_erase(user_id: int) -> None:
+    from apps.users.sessions import close_user_sockets
+
+    from .tasks import erase_account_history
+
+    close_user_sockets(user_id, reason="the account was deleted")
+    erase_account_history.delay(user_id)
+
+
+def delete_sessions(user_id: int) -> int:
+    """Delete the user's stored sessions (database sessions: each one is decoded)."""
+    doomed = [
+        session.pk
+        for session in Session.objects.filter(expire_date__gt=timezone.now()).iterator()
+        if str(session.get_decoded().get("_auth_user_id")) == str(user_id)
+    ]
+    Session.objects.filter(pk__in=doomed).delete()
+    return len(doomed)
+
+
+def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
+    """Redact every message of an erased account and rename it in the log (idempotent)."""
+    batch_size = batch_size or settings.ERASURE_BATCH_SIZE
+    user = User.objects.get(pk=user_id)
+    if user.is_active:
+        raise invalid("only an erased account's history is erased")
+    counts = {"messages": 0, "batches": 0, "renamed": 0}
+    while True:
+        pending = list(
+            Message.objects.filter(author_id=user_id, deleted_at__isnull=True)
+            .order_by("room_id", "pk").values_list("room_id", "pk")[:PASS_SIZE]
+        )
+        if not pending:
+            break
+        for room_id, ids in _batches(pending, batch_size):
+            counts["messages"] += _redact_batch(room_id, ids)
+            counts["batches"] += 1
+    name = erased_username(user_id)
+    if user.username != name:
+        User.objects.filter(pk=user_id).update(username=name)
+    ids = user_event_ids(user_id)
+    for start in range(0, len(ids), batch_size * 10):
+        with transaction.atomic():
+            counts["renamed"] += rename_in_envelopes(
+                user_id=user_id, username=name, event_ids=ids[start:start + batch_size * 10])
+    logger.info("erased account %s: %s", user_id, counts)
+    return counts
+
+
+def _batches(pending, size):
+    """(room id, up to `size` message ids of that room), in order."""
+    batch, room = [], None
+    for room_id, pk in pending:
+        if batch and (room_id != room or len(batch) == size):
+            yield room, batch
+            batch = []
+        room = room_id
+        batch.append(pk)
+    if batch:
+        yield room, batch
+
+
+def _redact_batch(room_id: int, ids: list[int]) -> int:
+    """One short transaction: lock the room, redact its messages still live among `ids`."""
+    with transaction.atomic():
+        room = rooms.lock_room(room_id)
+        messages = list(Message.objects.filter(pk__in=ids, deleted_at__isnull=True)
+                        .order_by("pk").only("pk", "room_id", "author_id"))
+        if messages:
+            messages_redact(room=room, messages=messages, actor=None, by_moderator=False,
+                            reason=ERASED_REASON)
+        return len(messages)
