@@ -151,6 +151,8 @@ export class RoomState {
     const msg = normalizeMessage({
       id: d.id, seq: event.seq, author: event.actor, body: d.body, reply_to: d.reply_to,
       client_id: d.client_id, created_at: event.ts,
+      // A redacted event (its message was deleted later): a tombstone until message.deleted.
+      deleted: Boolean(d.redacted),
     }, this.me);
     this.messages.set(msg.id, msg);
     if (this.oldestSeq === null) this.oldestSeq = msg.seq;
@@ -209,7 +211,8 @@ export class RoomState {
   applyToMessage(msg, event) {
     const d = event.data;
     if (event.type === "message.edited") {
-      msg.body = d.body;
+      if (d.redacted) msg.deleted = true;
+      msg.body = d.body ?? "";
       msg.editedAt = d.edited_at;
     } else if (event.type === "message.deleted") {
       msg.deleted = true;
