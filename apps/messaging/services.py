@@ -22,6 +22,7 @@ from apps.events.models import Event
 from apps.events.services import (allocate_seqs, build_event, events_statement, fanout_items,
                                   record_event, record_events, redact_message_events,
                                   send_events_after_commit, send_events_on_commit)
+from apps.notifications.models import Notification
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
 from apps.users.models import Block
@@ -553,6 +554,9 @@ def _redact(room, messages, *, actor, by_moderator, reason) -> list[Event]:
     Message.objects.filter(pk__in=ids).update(body="", deleted_at=now,
                                                  deleted_by_id=deleted_by)
     redact_message_events(ids)
+    # The @mention notifications quote the text (the Kafka consumer also drops them on
+    # message.deleted; this makes it so from the commit on).
+    Notification.objects.filter(message_id__in=ids).delete()
     first = allocate_seqs({room.pk: len(messages)})[room.pk]
     room.last_seq = first + len(messages) - 1
     events = []

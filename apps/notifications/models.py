@@ -48,7 +48,12 @@ class Notification(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["user", "event_id"], name="notification_user_event")
         ]
-        indexes = [models.Index(fields=["user", "read_at"])]
+        indexes = [
+            models.Index(fields=["user", "read_at"]),
+            # A deleted message's notifications (their excerpt is its text) go with it.
+            models.Index(fields=["message_id"], name="notification_message",
+                         condition=models.Q(message_id__isnull=False)),
+        ]
         ordering = ["-pk"]
 
     def __str__(self):

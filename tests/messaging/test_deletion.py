@@ -302,3 +302,19 @@ def test_the_data_migrations_backfill_the_message_ids_and_redact_old_deletions(r
     assert rows_containing("alive and well") == 1
     old.refresh_from_db()
     assert old.body == ""
+
+
+@pytest.mark.django_db
+def test_a_deleted_messages_mention_notifications_go_with_it(room, user, other_user):
+    from apps.notifications.handlers import MentionNotifications
+
+    rooms.room_join(room=room, user=other_user)
+    created = factories.send(room, user, f"psst @{other_user.username} the code is 1234")
+    MentionNotifications().handle(created.envelope)  # what the Kafka consumer does
+    reader = factories.api_client(other_user, token=True)
+    assert "1234" in reader.get("/api/notifications/").content.decode()
+    services.message_delete(message=message_of(created), actor=user)
+    assert "1234" not in reader.get("/api/notifications/").content.decode()
+    # The redacted message.created, should the consumer read it only now, notifies nobody.
+    MentionNotifications().handle(Event.objects.get(pk=created.pk).envelope)
+    assert reader.get("/api/notifications/").json()["results"] == []
