@@ -19,8 +19,8 @@ from emoji import EMOJI_DATA
 
 from apps.events import catalogue as ev
 from apps.events.models import Event
-from apps.events.services import (allocate_seqs, build_event, events_statement, fanout_items,
-                                  record_event, record_events, redact_message_events,
+from apps.events.services import (build_event, events_statement, fanout_items, record_event,
+                                  record_events, redact_message_events, redaction_statement,
                                   send_events_after_commit, send_events_on_commit)
 from apps.notifications.models import Notification
 from apps.rooms import services as rooms
@@ -548,16 +548,13 @@ def messages_redact(*, room, messages, actor, by_moderator, reason) -> list[Even
 
 
 def _redact(room, messages, *, actor, by_moderator, reason) -> list[Event]:
+    """Holds the room row lock (lock_room read `room.last_seq` under it): the new events'
+    seqs follow it. The @mention notifications quote the text, so they go too (the Kafka
+    consumer also drops them on message.deleted; this makes it so from the commit on)."""
     now = timezone.now()
     ids = [m.pk for m in messages]
     deleted_by = actor.pk if actor is not None else None
-    Message.objects.filter(pk__in=ids).update(body="", deleted_at=now,
-                                                 deleted_by_id=deleted_by)
-    redact_message_events(ids)
-    # The @mention notifications quote the text (the Kafka consumer also drops them on
-    # message.deleted; this makes it so from the commit on).
-    Notification.objects.filter(message_id__in=ids).delete()
-    first = allocate_seqs({room.pk: len(messages)})[room.pk]
+    first = room.last_seq + 1
     room.last_seq = first + len(messages) - 1
     events = []
     for offset, message in enumerate(messages):
@@ -566,6 +563,23 @@ def _redact(room, messages, *, actor, by_moderator, reason) -> list[Event]:
             "message.deleted", room=room, seq=first + offset, actor=actor, ts=now,
             data=ev.message_deleted(message, by_moderator=by_moderator, reason=reason),
         ))
+    if connection.vendor == "postgresql":  # every write in one statement: one round trip
+        run([combine([
+            pg_update(Room, "last_seq", {room.pk: room.last_seq}),
+            Statement(f"UPDATE {Message._meta.db_table} SET body = '', deleted_at = %b, "
+                      "deleted_by_id = %b::bigint WHERE id = ANY(%b::bigint[])",
+                      [now, deleted_by, ids]),
+            redaction_statement(ids),
+            Statement(f"DELETE FROM {Notification._meta.db_table} "
+                      "WHERE message_id = ANY(%b::bigint[])", [ids]),
+            events_statement(events),
+        ])])
+        send_events_on_commit(fanout_items(events))
+        return events
+    Message.objects.filter(pk__in=ids).update(body="", deleted_at=now, deleted_by_id=deleted_by)
+    redact_message_events(ids)
+    Notification.objects.filter(message_id__in=ids).delete()
+    update_by_pk(Room, "last_seq", {room.pk: room.last_seq})
     record_events(events)
     return events
 

@@ -51,8 +51,7 @@ class Notification(models.Model):
         indexes = [
             models.Index(fields=["user", "read_at"]),
             # A deleted message's notifications (their excerpt is its text) go with it.
-            models.Index(fields=["message_id"], name="notification_message",
-                         condition=models.Q(message_id__isnull=False)),
+            models.Index(fields=["message_id"], name="notification_message"),
         ]
         ordering = ["-pk"]
 

@@ -15,6 +15,6 @@ class Migration(migrations.Migration):
     operations = [
         migrations.AddIndex(
             model_name='notification',
-            index=models.Index(condition=models.Q(('message_id__isnull', False)), fields=['message_id'], name='notification_message'),
+            index=models.Index(fields=['message_id'], name='notification_message'),
         ),
     ]
