@@ -137,16 +137,20 @@ def mark_published(rows: list[Row], now) -> None:
 
 
 @contextmanager
-def publisher_lock():
-    """Yield True while this process is the only publisher (False: another one held it too long)."""
+def publisher_lock(*, wait: bool = True):
+    """Yield True while this process is the only publisher (False: another one held it too
+    long, or at all when `wait` is false)."""
     if connection.vendor != "postgresql":
-        with file_lock() as locked:
+        with file_lock(wait=wait) as locked:
             yield locked
         return
     with connection.cursor() as cursor:
         # The common case, no other publisher: one round trip.
         cursor.execute("SELECT pg_try_advisory_lock(%s)", [PUBLISHER_LOCK_KEY])
         (locked,) = cursor.fetchone()
+    if not locked and not wait:
+        yield False
+        return
     if not locked:
         timeout_ms = int(settings.OUTBOX_LOCK_TIMEOUT_SECONDS * 1000)
         try:
@@ -181,7 +185,7 @@ def _wait_for_lock(timeout_ms: int) -> None:
 
 
 @contextmanager
-def file_lock():
+def file_lock(*, wait: bool = True):
     """SQLite (embedded mode): an flock next to the database file serializes the publishers."""
     import fcntl
 
@@ -193,7 +197,7 @@ def file_lock():
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                if not wait or time.monotonic() >= deadline:
                     yield False
                     return
                 time.sleep(0.05)
@@ -204,18 +208,20 @@ def file_lock():
 
 
 def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS, idle_seconds: float = 0.0,
-                    before_last_read=None) -> DrainResult:
+                    before_last_read=None, wait_for_lock: bool = True) -> DrainResult:
     """Publish every pending outbox row (until empty, a failure, or max_seconds).
 
     With idle_seconds, an empty outbox is polled that long before the drain ends. Then
     before_last_read() runs, if given, and the outbox is read once more (drained again if
     anything is there), so a row committed before that call is never left behind.
+    With wait_for_lock false it returns at once (locked false) when another publisher runs:
+    that one drains what is there.
     """
     result = DrainResult()
     if not settings.KAFKA_BOOTSTRAP_SERVERS:
         return result
     deadline = time.monotonic() + max_seconds
-    with publisher_lock() as locked:
+    with publisher_lock(wait=wait_for_lock) as locked:
         result.locked = locked
         if not locked:
             return result

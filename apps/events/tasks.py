@@ -32,11 +32,15 @@ def publish_outbox():
 
 @shared_task(ignore_result=True)
 def sweep_outbox():
-    """Celery beat (outbox-sweep): publish what lost kicks or outages left, refresh the gauges."""
+    """Celery beat (outbox-sweep): publish what lost kicks or outages left, refresh the gauges.
+
+    It does not wait for a running publisher (that one drains what is there): under steady
+    traffic a sweep every few seconds that waited for the drain's lock would hold every
+    worker process, and any other task (an account erasure) would queue behind them."""
     from .outbox import outbox_status
     from .publisher import publish_pending
 
-    result = publish_pending()
+    result = publish_pending(wait_for_lock=False)
     status = outbox_status()
     if result.published or result.failed:
         logger.info(
