@@ -118,7 +118,9 @@ def message_edited(message) -> dict:
 
 
 def message_deleted(message, *, by_moderator: bool, reason: str | None = None) -> dict:
-    return {"id": message.pk, "by_moderator": by_moderator, "reason": reason or None}
+    """`message`: the Message, or its id."""
+    return {"id": getattr(message, "pk", message), "by_moderator": by_moderator,
+            "reason": reason or None}
 
 
 # What a deletion writes over the `data` of every event that carried the message's content

@@ -128,45 +128,49 @@ def redaction_statement(message_ids: list[int]) -> Statement:
     )
 
 
-def user_event_ids(user_id: int) -> list:
-    """Ids of the events whose envelope names the user: as `actor` or as `data.user` (through
-    the actor and event_subject indexes)."""
-    from django.db.models import Q
-
-    return list(Event.objects.filter(Q(actor_id=user_id) | Q(subject_id=user_id))
-                .order_by().values_list("id", flat=True))
+def actor_event_ids(user_id: int) -> list:
+    """Ids of the events the user caused (their `actor`), through the actor index."""
+    return list(Event.objects.filter(actor_id=user_id).order_by().values_list("id", flat=True))
 
 
-def rename_in_envelopes(*, user_id: int, username: str, event_ids) -> int:
-    """Write `username` as the user's name in those events' `actor` and `data.user` objects,
-    skipping the envelopes that already carry it; the number of rows changed."""
-    _check_atomic()
+def rename_actor(*, user_id: int, username: str, event_ids) -> int:
+    """Write `username` as the `actor` name of those events (the user's), skipping the ones
+    that already carry it; the number of rows changed."""
     ids = list(event_ids)
     if not ids:
         return 0
+    if connection.vendor == "postgresql":
+        where, params = "id = ANY(%s)", [ids]
+    else:
+        where, params = f"id IN ({', '.join(['%s'] * len(ids))})", [i.hex for i in ids]
+    return _rename("actor", username, f"{where} AND actor_id = %s", [*params, user_id])
+
+
+def rename_subject(*, user_id: int, username: str) -> int:
+    """Write `username` as the name in every `data.user` object naming the user (member and
+    receipt events, through the event_subject index); the number of rows changed."""
+    return _rename("data.user", username, "subject_id = %s", [user_id])
+
+
+def _rename(path: str, username: str, where: str, params: list) -> int:
+    _check_atomic()
     table = connection.ops.quote_name(Event._meta.db_table)
-    changed = 0
     with connection.cursor() as cursor:
-        for path, column in (("actor", "actor_id"), ("data.user", "subject_id")):
-            if connection.vendor == "postgresql":
-                pg_path = "{" + path.replace(".", ",") + ",username}"
-                cursor.execute(
-                    f"UPDATE {table} SET envelope = jsonb_set(envelope, %s::text[], to_jsonb(%s::text)) "
-                    f"WHERE id = ANY(%s) AND {column} = %s "
-                    "AND envelope #>> %s::text[] IS DISTINCT FROM %s",
-                    [pg_path, username, ids, user_id, pg_path, username],
-                )
-            else:
-                marks = ", ".join(["%s"] * len(ids))
-                cursor.execute(
-                    f"UPDATE {table} SET envelope = json_set(envelope, %s, %s) "
-                    f"WHERE id IN ({marks}) AND {column} = %s "
-                    "AND json_extract(envelope, %s) IS NOT %s",
-                    [f"$.{path}.username", username, *[i.hex for i in ids], user_id,
-                     f"$.{path}.username", username],
-                )
-            changed += cursor.rowcount
-    return changed
+        if connection.vendor == "postgresql":
+            pg_path = "{" + path.replace(".", ",") + ",username}"
+            cursor.execute(
+                f"UPDATE {table} SET envelope = jsonb_set(envelope, %s::text[], "
+                f"to_jsonb(%s::text)) WHERE {where} "
+                "AND envelope #>> %s::text[] IS DISTINCT FROM %s",
+                [pg_path, username, *params, pg_path, username],
+            )
+        else:
+            cursor.execute(
+                f"UPDATE {table} SET envelope = json_set(envelope, %s, %s) WHERE {where} "
+                "AND json_extract(envelope, %s) IS NOT %s",
+                [f"$.{path}.username", username, *params, f"$.{path}.username", username],
+            )
+        return cursor.rowcount
 
 
 def _check_atomic():

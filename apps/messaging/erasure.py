@@ -22,7 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from apps.events.services import rename_in_envelopes, user_event_ids
+from apps.events.services import actor_event_ids, rename_actor, rename_subject
 from apps.rooms import services as rooms
 from apps.users.services import ERASED_PREFIX
 from chatproject.errors import forbidden, invalid
@@ -36,6 +36,8 @@ ERASED_REASON = "erased"
 CLOSE_UNAUTHENTICATED = 4401
 # Ids read per pass of erase_history (each pass is then done in batches).
 PASS_SIZE = 20_000
+# Envelopes renamed per transaction, in erasure batches (each row is small to rewrite).
+RENAME_CHUNK = 10
 
 User = get_user_model()
 
@@ -120,11 +122,14 @@ def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
     name = erased_username(user_id)
     if user.username != name:
         User.objects.filter(pk=user_id).update(username=name)
-    ids = user_event_ids(user_id)
-    for start in range(0, len(ids), batch_size * 10):
+    ids = actor_event_ids(user_id)
+    chunk = batch_size * RENAME_CHUNK
+    for start in range(0, len(ids), chunk):
         with transaction.atomic():
-            counts["renamed"] += rename_in_envelopes(
-                user_id=user_id, username=name, event_ids=ids[start:start + batch_size * 10])
+            counts["renamed"] += rename_actor(user_id=user_id, username=name,
+                                              event_ids=ids[start:start + chunk])
+    with transaction.atomic():
+        counts["renamed"] += rename_subject(user_id=user_id, username=name)
     logger.info("erased account %s: %s", user_id, counts)
     return counts
 
@@ -146,9 +151,9 @@ def _redact_batch(room_id: int, ids: list[int]) -> int:
     """One short transaction: lock the room, redact its messages still live among `ids`."""
     with transaction.atomic():
         room = rooms.lock_room(room_id)
-        messages = list(Message.objects.filter(pk__in=ids, deleted_at__isnull=True)
-                        .order_by("pk").only("pk", "room_id", "author_id"))
-        if messages:
-            messages_redact(room=room, messages=messages, actor=None, by_moderator=False,
+        live = list(Message.objects.filter(pk__in=ids, deleted_at__isnull=True)
+                    .order_by("pk").values_list("pk", flat=True))
+        if live:
+            messages_redact(room=room, message_ids=live, actor=None, by_moderator=False,
                             reason=ERASED_REASON)
-        return len(messages)
+        return len(live)

@@ -526,8 +526,9 @@ def message_delete(*, message, actor, reason="") -> Event:
         by_moderator = message.author_id != actor.pk
         if by_moderator and not rooms.can_moderate(room, actor):
             raise forbidden("only the author or a moderator can delete a message")
-        event = _redact(room, [message], actor=actor, by_moderator=by_moderator,
+        event = _redact(room, [message.pk], actor=actor, by_moderator=by_moderator,
                         reason=reason)[0]
+        message.body, message.deleted_at = "", event.ts
         if by_moderator:
             ModerationAction.objects.create(
                 room=room,
@@ -540,29 +541,26 @@ def message_delete(*, message, actor, reason="") -> Event:
         return event
 
 
-def messages_redact(*, room, messages, actor, by_moderator, reason) -> list[Event]:
+def messages_redact(*, room, message_ids, actor, by_moderator, reason) -> list[Event]:
     """Delete and redact messages of one room under its lock (taken by the caller): one
     message.deleted each, the rows' bodies cleared and their content events redacted, in
-    three statements whatever their number."""
-    return _redact(room, messages, actor=actor, by_moderator=by_moderator, reason=reason)
+    one statement on PostgreSQL whatever their number."""
+    return _redact(room, message_ids, actor=actor, by_moderator=by_moderator, reason=reason)
 
 
-def _redact(room, messages, *, actor, by_moderator, reason) -> list[Event]:
+def _redact(room, ids, *, actor, by_moderator, reason) -> list[Event]:
     """Holds the room row lock (lock_room read `room.last_seq` under it): the new events'
     seqs follow it. The @mention notifications quote the text, so they go too (the Kafka
     consumer also drops them on message.deleted; this makes it so from the commit on)."""
     now = timezone.now()
-    ids = [m.pk for m in messages]
     deleted_by = actor.pk if actor is not None else None
     first = room.last_seq + 1
-    room.last_seq = first + len(messages) - 1
-    events = []
-    for offset, message in enumerate(messages):
-        message.body, message.deleted_at = "", now
-        events.append(build_event(
-            "message.deleted", room=room, seq=first + offset, actor=actor, ts=now,
-            data=ev.message_deleted(message, by_moderator=by_moderator, reason=reason),
-        ))
+    room.last_seq = first + len(ids) - 1
+    events = [
+        build_event("message.deleted", room=room, seq=first + offset, actor=actor, ts=now,
+                    data=ev.message_deleted(pk, by_moderator=by_moderator, reason=reason))
+        for offset, pk in enumerate(ids)
+    ]
     if connection.vendor == "postgresql":  # every write in one statement: one round trip
         run([combine([
             pg_update(Room, "last_seq", {room.pk: room.last_seq}),
