@@ -213,6 +213,7 @@ def part_erase(args, stack, log) -> dict:
     admin = superuser()
     time.sleep(args.baseline)
     t_start = time.monotonic()
+    wall_start = time.time()
     erasure.account_erase(user=erased, actor=admin)
     unusable_s = time.monotonic() - t_start
     name = erased.username
@@ -231,15 +232,25 @@ def part_erase(args, stack, log) -> dict:
     for sender in senders:
         sender.join(10)
     seconds = t_end - t_start
-    deleted = Event.objects.filter(type="message.deleted", room__in=rooms,
-                                   envelope__data__reason="erased").count()
+    erased_rows = Event.objects.filter(type="message.deleted", room__in=rooms,
+                                       envelope__data__reason="erased")
+    deleted = erased_rows.count()
+    # When the worker's task began: the first batch's commit (its events' ts), on the wall
+    # clock; the time before it is the task waiting for a free worker process.
+    first = erased_rows.order_by("ts").values_list("ts", flat=True).first()
+    waited = None
+    if first is not None:
+        waited = max(0.0, first.timestamp() - (wall_start + 0.0))
     result = {"messages": total, "rooms": len(rooms), "seconds": round(seconds, 1),
               "done": done_at is not None, "message_deleted_events": deleted,
               "unusable_after_s": round(unusable_s, 3),
+              "queued_s": None if waited is None else round(waited, 1),
               "batch_size": int(stack.env.get("ERASURE_BATCH_SIZE", 500))}
     verdict = "ok" if done_at is not None and seconds <= ERASE_BOUND_S else "MISS"
     log(f"erase    {total:,} messages in {len(rooms)} rooms: "
         f"{'done' if done_at else 'NOT done'} in {seconds:.1f}s "
+        f"(the task waited {waited if waited is None else round(waited, 1)}s for a worker "
+        f"process, then worked {seconds - (waited or 0):.1f}s) "
         f"({deleted:,} message.deleted reason erased; account unusable after "
         f"{unusable_s * 1000:.0f} ms)  {verdict}")
     for label, sender in (("a room it wrote in", senders[0]), ("another room", senders[1])):

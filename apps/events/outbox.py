@@ -77,6 +77,20 @@ def kick_publisher_soon() -> None:
     _kicker.submit(kick_publisher)
 
 
+def renew_kick() -> None:
+    """Called by the draining task: the key stays set while it drains (see the module
+    docstring). Without it the key expired after OUTBOX_KICK_DEBOUNCE_MS and every commit
+    of a long drain queued one more task that waited for the drain's lock, holding a worker
+    process each: other tasks (an account erasure) queued minutes behind them."""
+    client = redis_client()
+    if client is None:
+        return
+    try:
+        client.set(kick_key(), 1, px=settings.OUTBOX_KICK_DEBOUNCE_MS)
+    except Exception:  # noqa: BLE001 - then a few more kicks are queued, nothing is lost
+        logger.debug("could not renew the outbox kick key", exc_info=True)
+
+
 def clear_kick() -> None:
     """Called by the task before its last read of the outbox (see the module docstring)."""
     client = redis_client()

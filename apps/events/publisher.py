@@ -44,6 +44,9 @@ MAX_DRAIN_SECONDS = 30.0
 # cost ~5 ms of worker CPU, a poll ~0.3 ms); see apps.events.tasks.publish_outbox.
 IDLE_SECONDS = 0.25
 IDLE_POLL_SECONDS = 0.02
+# How often a draining kick task renews its debounce key (OUTBOX_KICK_DEBOUNCE_MS, 1 s by
+# default): renewed well before it expires, so commits during a long drain queue no tasks.
+KEEP_ALIVE_SECONDS = 0.2
 
 
 @dataclass
@@ -208,14 +211,16 @@ def file_lock(*, wait: bool = True):
 
 
 def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS, idle_seconds: float = 0.0,
-                    before_last_read=None, wait_for_lock: bool = True) -> DrainResult:
+                    before_last_read=None, wait_for_lock: bool = True,
+                    keep_alive=None) -> DrainResult:
     """Publish every pending outbox row (until empty, a failure, or max_seconds).
 
     With idle_seconds, an empty outbox is polled that long before the drain ends. Then
     before_last_read() runs, if given, and the outbox is read once more (drained again if
     anything is there), so a row committed before that call is never left behind.
     With wait_for_lock false it returns at once (locked false) when another publisher runs:
-    that one drains what is there.
+    that one drains what is there. keep_alive(), if given, is called about every
+    KEEP_ALIVE_SECONDS while the drain runs (the kick task keeps its debounce key set).
     """
     result = DrainResult()
     if not settings.KAFKA_BOOTSTRAP_SERVERS:
@@ -226,7 +231,12 @@ def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS, idle_seconds: flo
         if not locked:
             return result
         idle_since = None
+        alive_at = 0.0
         while True:
+            if keep_alive is not None and before_last_read is not None \
+                    and time.monotonic() - alive_at >= KEEP_ALIVE_SECONDS:
+                keep_alive()
+                alive_at = time.monotonic()
             rows = next_batch(settings.OUTBOX_BATCH_SIZE)
             if not rows:
                 now = time.monotonic()

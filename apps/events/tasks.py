@@ -17,10 +17,11 @@ def publish_outbox():
     the key is cleared and the outbox read once more: an event committed before the clear
     is in that read, one committed after it enqueues a new kick.
     """
-    from .outbox import clear_kick, kick_publisher
+    from .outbox import clear_kick, kick_publisher, renew_kick
     from .publisher import IDLE_SECONDS, publish_pending
 
-    result = publish_pending(idle_seconds=IDLE_SECONDS, before_last_read=clear_kick)
+    result = publish_pending(idle_seconds=IDLE_SECONDS, before_last_read=clear_kick,
+                             keep_alive=renew_kick)
     if not result.locked or result.more:
         # Locked out: the holder may have finished its last read before our events.
         # Stopped for time: let other tasks on this worker run, then go on.

@@ -159,3 +159,30 @@ def test_only_one_publisher_at_a_time_the_other_waits_then_gives_up():
     finally:
         release()
     assert publisher.publish_pending().published == Event.objects.count()
+
+
+@pytest.mark.services
+def test_a_draining_kick_keeps_its_debounce_key_until_its_last_read():
+    """Commits during a long drain queue no new task: the key is renewed until the drainer
+    clears it for its last read (then a commit queues the next kick)."""
+    from apps.events.outbox import clear_kick, kick_key, redis_client, renew_kick
+
+    client = redis_client()
+    make_traffic(rooms=1, per_room=3)
+    ttls, cleared = [], []
+
+    def keep_alive():
+        renew_kick()
+        ttls.append(client.pttl(kick_key()))
+
+    def before_last_read():
+        clear_kick()
+        cleared.append(client.exists(kick_key()))
+
+    with override_settings(OUTBOX_KICK_DEBOUNCE_MS=300):
+        result = publisher.publish_pending(idle_seconds=1.0, before_last_read=before_last_read,
+                                           keep_alive=keep_alive)
+    assert result.published == Event.objects.count() and result.last_read
+    # Renewed all along the drain (1 s of it idle, longer than the key lives), never after.
+    assert len(ttls) >= 4 and all(0 < ttl <= 300 for ttl in ttls)
+    assert cleared == [0] and not client.exists(kick_key())
