@@ -526,8 +526,8 @@ def message_delete(*, message, actor, reason="") -> Event:
         by_moderator = message.author_id != actor.pk
         if by_moderator and not rooms.can_moderate(room, actor):
             raise forbidden("only the author or a moderator can delete a message")
-        event = _redact(room, [message.pk], actor=actor, by_moderator=by_moderator,
-                        reason=reason)[0]
+        event = messages_redact(room=room, message_ids=[message.pk], actor=actor,
+                                by_moderator=by_moderator, reason=reason)[0]
         message.body, message.deleted_at = "", event.ts
         if by_moderator:
             ModerationAction.objects.create(
@@ -542,16 +542,14 @@ def message_delete(*, message, actor, reason="") -> Event:
 
 
 def messages_redact(*, room, message_ids, actor, by_moderator, reason) -> list[Event]:
-    """Delete and redact messages of one room under its lock (taken by the caller): one
-    message.deleted each, the rows' bodies cleared and their content events redacted, in
-    one statement on PostgreSQL whatever their number."""
-    return _redact(room, message_ids, actor=actor, by_moderator=by_moderator, reason=reason)
+    """Delete and redact messages of one room: one message.deleted each, the rows' bodies
+    cleared and their content events redacted, in one statement on PostgreSQL whatever their
+    number.
 
-
-def _redact(room, ids, *, actor, by_moderator, reason) -> list[Event]:
-    """Holds the room row lock (lock_room read `room.last_seq` under it): the new events'
-    seqs follow it. The @mention notifications quote the text, so they go too (the Kafka
-    consumer also drops them on message.deleted; this makes it so from the commit on)."""
+    Holds the room row lock (the caller's lock_room read `room.last_seq` under it): the new
+    events' seqs follow it. The @mention notifications quote the text, so they go too (the
+    Kafka consumer also drops them on message.deleted; this makes it so from the commit on)."""
+    ids = list(message_ids)
     now = timezone.now()
     deleted_by = actor.pk if actor is not None else None
     first = room.last_seq + 1
