@@ -129,12 +129,22 @@ def test_the_user_admin_offers_erase_and_no_delete():
 
 
 @pytest.mark.django_db
-def test_a_moderator_cannot_erase_staff_in_the_admin():
+def test_a_moderator_erases_members_but_not_staff_in_the_admin():
     moderator = factories.make_moderator()
-    staff = factories.make_user(is_staff=True)
+    staff, member = factories.make_user(is_staff=True), factories.make_user()
     apply(logged_in(moderator), "/admin/users/user/", "erase_accounts", [staff], confirm="on")
     staff.refresh_from_db()
     assert staff.is_active and staff.erased_at is None
+    apply(logged_in(moderator), "/admin/users/user/", "erase_accounts", [member], confirm="on")
+    member.refresh_from_db()
+    assert not member.is_active and member.username == f"deleted-user-{member.pk}"
+    # Without the confirmation box ticked nothing happens.
+    other = factories.make_user()
+    page = logged_in(moderator).post("/admin/users/user/", {
+        "action": "erase_accounts", "_selected_action": [other.pk], "apply": "1"})
+    assert page.status_code == 200
+    other.refresh_from_db()
+    assert other.is_active
 
 
 @pytest.mark.services
