@@ -63,6 +63,17 @@ def read_topic(bootstrap=None, *, want_ids=(), timeout: float = 30.0, settle: fl
     return records
 
 
+def outage_settings(broker):
+    """Settings for a test that stops its private broker: short Kafka timeouts, no backoff."""
+    from django.test import override_settings
+
+    return override_settings(
+        KAFKA_BOOTSTRAP_SERVERS=[broker.bootstrap], KAFKA_MAX_BLOCK_MS=1000,
+        KAFKA_REQUEST_TIMEOUT_MS=1000, KAFKA_DELIVERY_TIMEOUT_MS=2000,
+        OUTBOX_FLUSH_TIMEOUT_SECONDS=2.0, OUTBOX_RETRY_BASE_SECONDS=0.0,
+    )
+
+
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1, message="condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

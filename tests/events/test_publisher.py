@@ -13,7 +13,7 @@ from apps.events import kafka, publisher
 from apps.events.models import Event
 from apps.events.outbox import outbox_status
 from tests import factories
-from tests.events.kafka_support import kill_broker, read_topic
+from tests.events.kafka_support import kill_broker, outage_settings, read_topic
 from tests.support.services import Broker
 
 pytestmark = [pytest.mark.kafka, pytest.mark.django_db]
@@ -90,11 +90,7 @@ def test_backoff_is_exponential_and_capped():
 def test_broker_down_keeps_rows_with_their_error_then_publishes_them_in_order():
     broker = Broker().start()
     try:
-        with override_settings(
-            KAFKA_BOOTSTRAP_SERVERS=[broker.bootstrap], KAFKA_MAX_BLOCK_MS=1000,
-            KAFKA_REQUEST_TIMEOUT_MS=1000, KAFKA_DELIVERY_TIMEOUT_MS=2000,
-            OUTBOX_FLUSH_TIMEOUT_SECONDS=2.0, OUTBOX_RETRY_BASE_SECONDS=0.0,
-        ):
+        with outage_settings(broker):
             rooms = make_traffic(rooms=2, per_room=2)
             assert publisher.publish_pending().published == Event.objects.count()
             kill_broker(broker)

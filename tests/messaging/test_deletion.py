@@ -12,7 +12,6 @@ import jsonschema
 import pytest
 from django.apps import apps as django_apps
 from django.db import connection
-from django.test import Client, override_settings
 
 from apps.events import kafka, publisher
 from apps.events.models import Event
@@ -245,17 +244,13 @@ def test_after_a_delete_by_any_path_the_text_is_in_no_read_path(server):
 @pytest.mark.kafka
 @pytest.mark.django_db
 def test_a_delete_while_the_broker_is_down_reaches_kafka_redacted(room, user):
-    from tests.events.kafka_support import kill_broker, read_topic
+    from tests.events.kafka_support import kill_broker, outage_settings, read_topic
     from tests.support.services import Broker
 
     kafka.reset_producer()
     broker = Broker().start()
     try:
-        with override_settings(
-            KAFKA_BOOTSTRAP_SERVERS=[broker.bootstrap], KAFKA_MAX_BLOCK_MS=1000,
-            KAFKA_REQUEST_TIMEOUT_MS=1000, KAFKA_DELIVERY_TIMEOUT_MS=2000,
-            OUTBOX_FLUSH_TIMEOUT_SECONDS=2.0, OUTBOX_RETRY_BASE_SECONDS=0.0,
-        ):
+        with outage_settings(broker):
             publisher.publish_pending()
             kill_broker(broker)
             created = factories.send(room, user, "said during the outage")
