@@ -121,7 +121,8 @@ def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
             counts["batches"] += 1
     name = erased_username(user_id)
     if user.username != name:
-        User.objects.filter(pk=user_id).update(username=name)
+        user.username = name
+        user.save(update_fields=["username"])  # save() keeps username_key with it
     ids = actor_event_ids(user_id)
     chunk = batch_size * RENAME_CHUNK
     for start in range(0, len(ids), chunk):

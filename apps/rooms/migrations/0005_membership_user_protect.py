@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('rooms', '0003_moderators_group'),
+        ('rooms', '0004_slow_mode_and_post_policy'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
