@@ -24,6 +24,7 @@ from django.utils.text import Truncator
 from apps.events.models import Event
 from apps.messaging.models import Message
 from apps.rooms.admin import BAN_DURATIONS, MUTE_DURATIONS, ModerationAdmin, ReasonForm
+from apps.users.admin import erase_selected
 from chatproject.errors import ServiceError
 
 from . import services
@@ -158,7 +159,7 @@ class AccountAdmin(ModerationAdmin):
     search_fields = ("username",)
     fields = ("username", "is_active", "is_staff", "date_joined", "last_login")
     readonly_fields = fields
-    actions = ["deactivate_accounts"]
+    actions = ["deactivate_accounts", "erase_accounts"]
 
     @admin.action(description="Deactivate the account site-wide", permissions=["moderate"])
     def deactivate_accounts(self, request, queryset):
@@ -169,3 +170,9 @@ class AccountAdmin(ModerationAdmin):
                 user=user, actor=request.user, reason=self.reason(request, form, verb)
             ),
         )
+
+    @admin.action(description="Erase account (deletes every message; cannot be undone)",
+                  permissions=["moderate"])
+    def erase_accounts(self, request, queryset):
+        """apps.messaging.erasure: refused for staff accounts unless a superuser asks."""
+        return erase_selected(self, request, queryset)

@@ -1,7 +1,7 @@
 """Users in the admin: Django's user admin (superusers manage accounts and the Moderators group).
 
-Nobody deletes a user here: the delete is replaced by "Erase account" (superusers, and site
-moderators for accounts that are not staff), which deactivates the account at once and redacts
+Nobody deletes a user here: the delete is replaced by "Erase account" (superusers here; site
+moderators, for accounts that are not staff, from the moderation app's accounts list), which deactivates the account at once and redacts
 its history in the background (apps.messaging.erasure). Deleting the row would take nothing
 with it anyway: messages, reactions, memberships and events PROTECT their user.
 """
@@ -12,7 +12,6 @@ from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
 from apps.messaging import erasure
 from apps.rooms.admin import ModerationAdmin
-from apps.rooms.services import is_site_moderator
 
 from .models import User
 
@@ -22,6 +21,15 @@ class EraseForm(forms.Form):
         required=True, label="Erase these accounts",
         help_text="They are deactivated at once, every message they wrote is deleted and their "
                   "name is replaced by deleted-user-<id> everywhere. This cannot be undone.",
+    )
+
+
+def erase_selected(model_admin, request, queryset):
+    """The erase action of a ModerationAdmin-like admin: confirm, then account_erase each
+    (which refuses whom the caller may not erase)."""
+    return model_admin.run_action(
+        request, queryset, verb="Erase", form_class=EraseForm,
+        call=lambda user, form: erasure.account_erase(user=user, actor=request.user),
     )
 
 
@@ -45,19 +53,10 @@ class UserAdmin(BaseUserAdmin):
     def has_delete_permission(self, request, obj=None):
         return False
 
-    def has_module_permission(self, request):
-        return super().has_module_permission(request) or is_site_moderator(request.user)
-
-    def has_view_permission(self, request, obj=None):
-        return super().has_view_permission(request, obj) or is_site_moderator(request.user)
-
     def has_erase_permission(self, request):
-        return request.user.is_superuser or is_site_moderator(request.user)
+        return request.user.is_superuser
 
     @admin.action(description="Erase account (deletes every message; cannot be undone)",
                   permissions=["erase"])
     def erase_accounts(self, request, queryset):
-        return self.run_action(
-            request, queryset, verb="Erase", form_class=EraseForm,
-            call=lambda user, form: erasure.account_erase(user=user, actor=request.user),
-        )
+        return erase_selected(self, request, queryset)

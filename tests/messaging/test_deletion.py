@@ -282,7 +282,7 @@ def test_the_data_migrations_backfill_the_message_ids_and_redact_old_deletions(r
     Message.objects.filter(pk=old.pk).update(deleted_at=old.created_at)
     Event.objects.update(message_id=None, subject_id=None)
 
-    backfill = import_module("apps.events.migrations.0007_backfill_message_subject")
+    backfill = import_module("apps.events.migrations.0008_backfill_message_subject")
     redact = import_module("apps.messaging.migrations.0004_redact_deleted_messages")
     editor = SimpleNamespace(connection=connection)  # all the migrations read of it
     backfill.backfill(django_apps, editor)

@@ -116,12 +116,13 @@ def test_the_user_admin_offers_erase_and_no_delete():
     superuser = factories.make_user(is_staff=True, is_superuser=True)
     moderator = factories.make_moderator()
     target = factories.make_user()
-    for who in (superuser, moderator):
-        page = logged_in(who).get("/admin/users/user/")
+    for who, url in ((superuser, "/admin/users/user/"),
+                     (moderator, "/admin/moderation/account/")):
+        page = logged_in(who).get(url)
         assert page.status_code == 200
         assert b'value="erase_accounts"' in page.content
         assert b'value="delete_selected"' not in page.content
-        change = logged_in(who).get(f"/admin/users/user/{target.pk}/change/")
+        change = logged_in(who).get(f"{url}{target.pk}/change/")
         assert change.status_code == 200 and b"/delete/" not in change.content
     assert logged_in(superuser).post(f"/admin/users/user/{target.pk}/delete/").status_code == 403
     target.refresh_from_db()
@@ -132,15 +133,15 @@ def test_the_user_admin_offers_erase_and_no_delete():
 def test_a_moderator_erases_members_but_not_staff_in_the_admin():
     moderator = factories.make_moderator()
     staff, member = factories.make_user(is_staff=True), factories.make_user()
-    apply(logged_in(moderator), "/admin/users/user/", "erase_accounts", [staff], confirm="on")
+    apply(logged_in(moderator), "/admin/moderation/account/", "erase_accounts", [staff], confirm="on")
     staff.refresh_from_db()
     assert staff.is_active and staff.erased_at is None
-    apply(logged_in(moderator), "/admin/users/user/", "erase_accounts", [member], confirm="on")
+    apply(logged_in(moderator), "/admin/moderation/account/", "erase_accounts", [member], confirm="on")
     member.refresh_from_db()
     assert not member.is_active and member.username == f"deleted-user-{member.pk}"
     # Without the confirmation box ticked nothing happens.
     other = factories.make_user()
-    page = logged_in(moderator).post("/admin/users/user/", {
+    page = logged_in(moderator).post("/admin/moderation/account/", {
         "action": "erase_accounts", "_selected_action": [other.pk], "apply": "1"})
     assert page.status_code == 200
     other.refresh_from_db()

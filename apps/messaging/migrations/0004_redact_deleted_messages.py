@@ -48,7 +48,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ("messaging", "0003_author_reaction_user_protect"),
-        ("events", "0007_backfill_message_subject"),
+        ("events", "0008_backfill_message_subject"),
     ]
 
     operations = [migrations.RunPython(redact_deleted, migrations.RunPython.noop, elidable=True)]

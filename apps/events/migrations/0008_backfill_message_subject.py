@@ -60,6 +60,6 @@ def _backfill_postgresql(connection, table):
 class Migration(migrations.Migration):
     atomic = False
 
-    dependencies = [("events", "0006_event_message_subject_actor_protect")]
+    dependencies = [("events", "0007_event_message_subject_actor_protect")]
 
     operations = [migrations.RunPython(backfill, migrations.RunPython.noop, elidable=True)]

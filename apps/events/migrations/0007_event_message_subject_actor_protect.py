@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('events', '0005_member_unbanned_event_type'),
+        ('events', '0006_report_created_type'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('rooms', '0004_slow_mode_and_post_policy'),
+        ('rooms', '0005_moderation_log_site_wide_actions'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
