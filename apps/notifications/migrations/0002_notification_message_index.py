@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('notifications', '0001_initial'),
-        ('rooms', '0006_membership_user_protect'),
+        ('rooms', '0007_membership_user_protect'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('rooms', '0005_moderation_log_site_wide_actions'),
+        ('rooms', '0006_room_retention'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
