@@ -40,26 +40,26 @@ logger = logging.getLogger("chatproject.serve")
 class SocketExtension:
     """What the application may do with its WebSocket directly (see the module docstring)."""
 
-    __slots__ = ("protocol", "frames", "on_text")
+    __slots__ = ("protocol", "frames", "written", "on_text")
 
     def __init__(self, protocol):
         self.protocol = protocol
         self.frames = 0  # frames written since the write buffer was last seen empty
+        self.written = 0  # bytes ever written (minus unsent_bytes(): what the kernel took)
         # Set by the app: called in the reactor with a text frame's payload (bytes) when the
         # app has nothing queued from this socket; returns True if it answered the frame
         # itself, else the frame goes the ASGI way (websocket.receive).
         self.on_text = None
 
-    def write(self, frame: bytes, count: bool = True) -> bool:
+    def write(self, frame: bytes) -> bool:
         """Send one complete WebSocket frame, built once for all sockets (see
         apps.messaging.realtime.text_frame): autobahn's per-message path costs tens of
-        microseconds per socket. `count=False` for replies and replays: a burst the client
-        asked for is not held against it, only live frames queued behind unsent data are."""
+        microseconds per socket. Every frame counts in backlog(), replies and replays too."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
             return False
-        if count:
-            self.frames = self.frames + 1 if self.unsent_bytes() else 1
+        self.frames = self.frames + 1 if self.unsent_bytes() else 1
+        self.written += len(frame)
         if protocol._perMessageCompress is None and protocol.send_state == protocol.SEND_STATE_GROUND:
             self.send_now(protocol.transport, frame)
         else:  # compression negotiated: let autobahn frame it
@@ -107,6 +107,10 @@ class SocketExtension:
     def backlog(self) -> tuple[int, int]:
         """(frames, bytes) not yet handed to the kernel."""
         return self.frames, self.unsent_bytes()
+
+    def flushed(self) -> int:
+        """Bytes of written frames the kernel has taken."""
+        return self.written - self.unsent_bytes()
 
     def close(self, code: int) -> None:
         """Start the closing handshake with any valid code (daphne's ASGI close goes through
@@ -202,6 +206,9 @@ def build_server(host, port, *, application):
     )
 
     OPEN = WebSocketProtocol.STATE_OPEN
+    # Frames received and not yet handled by the app, per socket: at this many the socket is
+    # no longer read (TCP backpressure) until the app has taken half of them.
+    inbound_limit = max(1, getattr(settings, "CHAT_INBOUND_QUEUE_LIMIT", 64))
     # Kernel send buffer per WebSocket (0: the kernel's autotuning, up to tcp_wmem's maximum).
     sndbuf = getattr(settings, "CHAT_SOCKET_SEND_BUFFER", 0)
 
@@ -236,6 +243,27 @@ def build_server(host, port, *, application):
             if not isBinary and self.text_now(payload):
                 return
             super().onMessage(payload, isBinary)
+            if not self.muted and self.application_queue.qsize() >= inbound_limit:
+                self.pause_reading()
+
+        paused = False
+
+        def pause_reading(self):
+            """Stop reading the socket while its frames wait for the app (daphne's queue is
+            unbounded); reading resumes when half of them are handled."""
+            if not self.paused and self.transport is not None:
+                self.paused = True
+                self.transport.pauseProducing()
+                reactor.callLater(0.02, self.resume_when_drained)
+
+        def resume_when_drained(self):
+            if self.transport is None or self.state == self.STATE_CLOSED:
+                return
+            if self.application_queue.qsize() > inbound_limit // 2:
+                reactor.callLater(0.02, self.resume_when_drained)
+                return
+            self.paused = False
+            self.transport.resumeProducing()
 
         def text_now(self, payload: bytes) -> bool:
             """Offer a text frame to the app's on_text, if it has one and nothing from this
@@ -269,6 +297,9 @@ def build_server(host, port, *, application):
         @ws_factory.setter
         def ws_factory(self, factory):  # daphne's run() makes the factory
             factory.protocol = ChatWebSocketProtocol
+            # A frame over the size limit (or any protocol error) gets a close frame (1009,
+            # 1002) instead of a TCP reset the client cannot tell from a crash.
+            factory.failByDrop = False
             self.__dict__["ws_factory"] = factory
 
         def listen_success(self, port):
@@ -358,19 +389,20 @@ def build_server(host, port, *, application):
                         protocol.check_timeouts()
             reactor.callLater(2, self.timeout_checker)
 
-    return ChatServer(
+    server = ChatServer(
         application=application,
         endpoints=build_endpoint_description_strings(host=host, port=port),
         signal_handlers=False,
         # No proxy_forwarded_* headers: daphne would take the first, client-written entry of
         # X-Forwarded-For as the address (see chatproject.clientaddr).
         # Frames above CHAT_MAX_FRAME_BYTES get a too_large error and the socket stays open;
-        # far bigger ones are cut by the WebSocket layer (close 1009).
+        # far bigger ones are refused by the WebSocket layer with close 1009.
         websocket_max_message_size=max(1024 * 1024, 4 * settings.CHAT_MAX_FRAME_BYTES),
         websocket_max_frame_size=max(1024 * 1024, 4 * settings.CHAT_MAX_FRAME_BYTES),
         verbosity=int(os.environ.get("DAPHNE_VERBOSITY", "1")),
         action_logger=None,
     )
+    return server
 
 
 def graceful_shutdown(server, grace: float):

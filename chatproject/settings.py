@@ -327,6 +327,18 @@ CHAT_TYPING_RATE_LIMIT_PER_SECOND = env_float("CHAT_TYPING_RATE_LIMIT_PER_SECOND
 # A report's copy of the reported body is erased this many days after the report is handled.
 REPORT_RETENTION_DAYS = env_int("REPORT_RETENTION_DAYS", 30)
 CHAT_RATE_LIMIT_STRIKES = env_int("CHAT_RATE_LIMIT_STRIKES", 10)  # rate_limited errors before 4429
+# `subscribe` frames per user: a token bucket like the messages' (a reconnect subscribes to
+# every room at once, hence the size).
+CHAT_SUBSCRIBE_RATE_LIMIT = env_int("CHAT_SUBSCRIBE_RATE_LIMIT", 200)
+CHAT_SUBSCRIBE_RATE_PER_SECOND = env_float("CHAT_SUBSCRIBE_RATE_PER_SECOND", 5.0)
+# A `subscribe` with `since` waits this long for the socket's previous replay to leave the
+# server, then is refused (rate_limited).
+CHAT_REPLAY_WAIT_SECONDS = env_float("CHAT_REPLAY_WAIT_SECONDS", 2.0)
+# Frames received and not yet handled per socket; at this many the socket is not read.
+CHAT_INBOUND_QUEUE_LIMIT = env_int("CHAT_INBOUND_QUEUE_LIMIT", 64)
+# A process compares its users' rights versions with Redis this often (apps.users.rights; the
+# change itself arrives at once through the channel layer, this catches a lost message).
+CHAT_RIGHTS_CHECK_SECONDS = env_float("CHAT_RIGHTS_CHECK_SECONDS", 5.0)
 CHAT_MAX_ROOMS_PER_SOCKET = env_int("CHAT_MAX_ROOMS_PER_SOCKET", 100)
 CHAT_MAX_SOCKETS_PER_USER = env_int("CHAT_MAX_SOCKETS_PER_USER", 20)
 CHAT_SEND_QUEUE_LIMIT = env_int("CHAT_SEND_QUEUE_LIMIT", 2000)  # per socket, then disconnect

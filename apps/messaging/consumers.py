@@ -22,7 +22,7 @@ from django.db import DatabaseError
 
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
-from apps.users import ratelimit, sessions
+from apps.users import ratelimit, rights, sessions
 from chatproject.errors import AccountDisabled, RateLimited, ServiceError, invalid
 
 from .realtime import REF_MAX, Connection, RedisUnavailable, db, get_hub, text_frame
@@ -42,6 +42,7 @@ BUDGETS = {
     "reaction.add": "write",
     "reaction.remove": "write",
     "read": "read",
+    "subscribe": "subscribe",
 }
 
 
@@ -110,6 +111,15 @@ def _seq(frame, name, *, required=True):
     return value
 
 
+def _check_unicode(frame) -> None:
+    """JSON escapes may spell lone surrogates ("\\ud800"), text no UTF-8 can carry: refused here,
+    before any field reaches a reply, the database or another socket."""
+    try:
+        json.dumps(frame, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise invalid("the frame's strings must be valid Unicode (no lone surrogates)") from None
+
+
 class ChatConsumer(AsyncConsumer):
     """`/ws/`: see PROTOCOL §3 for the frames."""
 
@@ -151,6 +161,14 @@ class ChatConsumer(AsyncConsumer):
             await self._until_disconnect(receive)
             return
         try:
+            try:
+                conn.version = (await self.hub.redis_call(rights.versions([user.pk])))[user.pk]
+            except RedisUnavailable:  # Redis failed a moment ago: do not wait for it again
+                conn.version = 0
+            except Exception:  # Redis down: the first change heard of reloads the user
+                logger.warning("rights version unavailable", exc_info=True)
+                conn.version = 0
+            self.hub.versions[user.pk] = max(self.hub.versions.get(user.pk, 0), conn.version)
             conn.write_json({
                 "type": "hello",
                 "user": {"id": user.pk, "username": user.username},
@@ -204,6 +222,8 @@ class ChatConsumer(AsyncConsumer):
                 raise invalid("the frame is not valid JSON (or is nested too deeply)") from None
             if not isinstance(frame, dict):
                 raise invalid("a frame is a JSON object")
+            if "\\u" in text:
+                _check_unicode(frame)
             ref = frame.get("ref")
             if ref is not None and (not isinstance(ref, str) or len(ref) > REF_MAX):
                 ref = None
@@ -214,6 +234,8 @@ class ChatConsumer(AsyncConsumer):
                 raise invalid(f"unknown frame type {kind!r}")
             if kind != "ping":
                 self.conn.last_active = time.monotonic()
+                if self.hub.versions.get(self.conn.user_id, 0) > self.conn.version:
+                    await self.reload_user()
             budget = BUDGETS.get(kind)
             if budget is not None:
                 wait = await self.take(budget)
@@ -231,6 +253,13 @@ class ChatConsumer(AsyncConsumer):
         except Exception:
             logger.exception("frame failed")
             self.error(ref, "unavailable", "internal error; try again")
+
+    async def reload_user(self):
+        """The user's rights changed since this socket last read them (apps.users.rights):
+        read the user again; AccountDisabled if it is gone or deactivated."""
+        version = self.hub.versions.get(self.conn.user_id, 0)
+        self.user = await db(_user)(self.conn.user_id)
+        self.conn.version = version
 
     async def shared_take(self, budget, scope=None) -> float:
         """One take from the user's buckets in Redis, bounded by the hub's Redis timeout; while
@@ -265,7 +294,7 @@ class ChatConsumer(AsyncConsumer):
             return
         # The event's JSON as committed and fanned out, not serialized again.
         text = f'{{"type":"ack","ref":{fanout.serialize(ref)},"event":{envelope_text}}}'
-        self.conn.write(text_frame(text.encode()), live=False)
+        self.conn.write(text_frame(text.encode()))
 
     async def on_ping(self, frame, ref):
         self.conn.ping(frame.get("status"), ref)
@@ -273,6 +302,11 @@ class ChatConsumer(AsyncConsumer):
     async def on_subscribe(self, frame, ref):
         room_id = _id(frame, "room")
         since = _seq(frame, "since", required=False)
+        # (The frame took from the user's subscribe bucket already: BUDGETS.) A replay waits for the previous one to leave the server: a client that does not
+        # read cannot pile replays up in the server's memory.
+        if since is not None and not await self.conn.replay_sent(settings.CHAT_REPLAY_WAIT_SECONDS):
+            raise RateLimited("the previous replay on this socket is still unsent; read it first",
+                              retry_after=1)
         await self.hub.subscribe(self.conn, self.user, room_id, since, ref)
 
     async def on_unsubscribe(self, frame, ref):

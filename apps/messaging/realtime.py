@@ -96,6 +96,9 @@ def room_heads(room_ids) -> dict[int, int]:
     return dict(Room.objects.filter(pk__in=list(room_ids)).values_list("pk", "last_seq"))
 
 
+REPLAY_CHUNK = 100  # events read from the log per query of a replay
+
+
 def history_bounds(room_id: int) -> tuple[int, int] | None:
     """(last_seq, history_start) of a room, or None if it does not exist."""
     from apps.rooms.models import Room
@@ -104,9 +107,11 @@ def history_bounds(room_id: int) -> tuple[int, int] | None:
 
 
 def replay(user, room_id, since, limit):
-    """(events, head, truncated, history_start) for a subscription, or ServiceError if the user
+    """(first events, head, history_start) for a subscription, or ServiceError if the user
     may not follow.
 
+    `limit` bounds the events read here; the rest of the replay is read a chunk at a time
+    while it is written (Hub.subscribe), so a replay never holds all its events at once.
     The log is read before the permission check: a ban committed after the check has a seq
     above `head`, so it reaches the socket live (and ends the subscription there). A `since`
     below history_start (purged by retention) replays from history_start, not truncated.
@@ -116,10 +121,30 @@ def replay(user, room_id, since, limit):
     head, history_start = history_bounds(room_id) or (None, 1)
     events = []
     if head is not None and since is not None and since < head:
-        events = events_after(room_id, since, head, limit + 1)
+        events = events_after(room_id, since, head, limit)
     rooms.check_can_read(rooms.get_room_or_404(room_id, user), user)
-    truncated = len(events) > limit
-    return events[:limit], head, truncated, history_start
+    return events, head, history_start
+
+
+def visible_rooms(user_id, room_ids) -> set[int] | None:
+    """The rooms among `room_ids` the user may follow now; None if the account is disabled."""
+    from django.contrib.auth import get_user_model
+
+    from apps.rooms import services as rooms
+    from apps.rooms.models import Room
+    from chatproject.errors import ServiceError
+
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    if user is None:
+        return None
+    visible = set()
+    for room in Room.objects.filter(pk__in=list(room_ids)):
+        try:
+            rooms.check_can_read(room, user)
+        except ServiceError:
+            continue
+        visible.add(room.pk)
+    return visible
 
 
 def shared_room_ids(user_ids) -> dict[int, list[int]]:
@@ -168,7 +193,8 @@ class Connection:
 
     __slots__ = (
         "id", "user_id", "username", "send", "ext", "subs", "last_seen", "last_active",
-        "status_hint", "closing", "queue", "writer", "waiting", "__weakref__",
+        "status_hint", "closing", "queue", "writer", "waiting", "queued", "replay_end",
+        "version", "__weakref__",
     )
 
     def __init__(self, *, user_id, username, send, ext):
@@ -183,6 +209,9 @@ class Connection:
         self.closing = False
         self.queue = None
         self.writer = None
+        self.queued = 0  # frames ever put in `queue`
+        self.replay_end = 0  # position() after the last replay written
+        self.version = None  # the user's rights version (apps.users.rights) when last read
         # True while the consumer waits for this socket's next frame (nothing in progress):
         # only then may a ping be answered straight from the reactor (ping_now).
         self.waiting = False
@@ -198,7 +227,7 @@ class Connection:
             self.status_hint = None
             self.last_active = time.monotonic()
         if ref is None:
-            self.write(PONG, live=False)
+            self.write(PONG)
         else:
             self.write_json({"type": "pong", "ref": ref})
 
@@ -211,7 +240,10 @@ class Connection:
         malformed ones, a socket busy with a frame or closing) returns False and goes through
         the consumer as usual, which answers a ping with the same `ping()`.
         """
-        if not self.waiting or self.closing or len(payload) > 512 or b'"ping"' not in payload:
+        if (
+            not self.waiting or self.closing or len(payload) > 512 or b'"ping"' not in payload
+            or b"\\u" in payload  # escapes (a lone surrogate?): the consumer checks them
+        ):
             return False
         try:
             frame = json.loads(payload.decode())
@@ -235,21 +267,20 @@ class Connection:
             return presence.AWAY
         return presence.ONLINE
 
-    def write(self, frame: bytes, live: bool = True) -> bool:
+    def write(self, frame: bytes) -> bool:
         """Queue one text frame (made by text_frame); False once the socket is closing. Never
         blocks.
 
-        Live events count against the socket's backlog limits; replies and replays (`live`
-        False: bursts the client asked for) are only bounded by their own limits.
+        Every frame counts against the socket's backlog limits, live events, replies and
+        replays alike: a socket that owes more than CHAT_SEND_QUEUE_LIMIT frames or
+        CHAT_SEND_BUFFER_BYTES is dropped (too_slow).
         """
         if self.closing:
             return False
         ext = self.ext
         if ext is not None:
-            if not ext.write(frame, live):
+            if not ext.write(frame):
                 return False
-            if not live:
-                return True
             frames, size = ext.backlog()
             if frames > settings.CHAT_SEND_QUEUE_LIMIT or size > setting(
                 "CHAT_SEND_BUFFER_BYTES", 8 * 1024 * 1024
@@ -261,14 +292,59 @@ class Connection:
         if self.queue is None:
             self.queue = asyncio.Queue()
             self.writer = asyncio.ensure_future(self._drain())
-        if live and self.queue.qsize() >= settings.CHAT_SEND_QUEUE_LIMIT:
+        if self.queue.qsize() >= settings.CHAT_SEND_QUEUE_LIMIT:
             self.too_slow()
             return False
         self.queue.put_nowait(frame)
+        self.queued += 1
         return True
 
+    def flushed(self) -> int:
+        """How far the socket's output has gone out: bytes the kernel took (daphne), or frames
+        handed to the ASGI server (elsewhere). Compare with a `position()` taken earlier."""
+        if self.ext is not None:
+            return self.ext.flushed()
+        return self.queued - (self.queue.qsize() if self.queue is not None else 0)
+
+    def position(self) -> int:
+        """The flushed() value at which everything written so far is out."""
+        return self.ext.written if self.ext is not None else self.queued
+
+    def owes_much(self) -> bool:
+        """The socket owes half its allowed backlog (frames or bytes): a replay waits."""
+        if self.ext is not None:
+            frames, size = self.ext.backlog()
+            return (frames * 2 > settings.CHAT_SEND_QUEUE_LIMIT
+                    or size * 2 > setting("CHAT_SEND_BUFFER_BYTES", 8 * 1024 * 1024))
+        return self.queue is not None and self.queue.qsize() * 2 > settings.CHAT_SEND_QUEUE_LIMIT
+
+    async def drained(self, patience: float) -> bool:
+        """Wait until the socket no longer owes_much(); False if its output made no progress
+        for `patience` seconds (a client that does not read) or it closed."""
+        progress, deadline = self.flushed(), time.monotonic() + patience
+        while self.owes_much():
+            if self.closing:
+                return False
+            await asyncio.sleep(0.02)
+            now, flushed = time.monotonic(), self.flushed()
+            if flushed > progress:
+                progress, deadline = flushed, now + patience
+            elif now >= deadline:
+                return False
+        return not self.closing
+
+    async def replay_sent(self, timeout: float) -> bool:
+        """Wait (up to `timeout` seconds) until the last replay is out of the server; False if
+        it is still unsent (or the socket closed)."""
+        deadline = time.monotonic() + timeout
+        while self.flushed() < self.replay_end:
+            if self.closing or time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return not self.closing
+
     def write_json(self, frame: dict) -> bool:
-        return self.write(text_frame(fanout.serialize(frame).encode()), live=False)
+        return self.write(text_frame(fanout.serialize(frame).encode()))
 
     async def _drain(self):
         try:
@@ -373,6 +449,8 @@ class Hub:
         self.presence_out: dict[int, tuple[str | None, str]] = {}
         self.presence_task: asyncio.Task | None = None
         self.redis_down_until = 0.0
+        # user id -> the newest rights version this process heard of (apps.users.rights)
+        self.versions: dict[int, int] = {}
 
     # -- lifecycle
 
@@ -548,8 +626,10 @@ class Hub:
         conn.subs[room_id] = sub
         WS_SUBSCRIPTIONS.inc()
         limit = settings.CHAT_REPLAY_LIMIT
+        # One event more than may be sent tells whether the replay is truncated.
+        asked = min(REPLAY_CHUNK, limit + 1)
         try:
-            events, head, truncated, history_start = await db(replay)(user, room_id, since, limit)
+            rows, head, history_start = await db(replay)(user, room_id, since, asked)
         except BaseException:
             self.drop(sub)
             raise
@@ -557,11 +637,39 @@ class Hub:
             return
         if stream.head is None:
             self.set_base(stream, head)
-        for seq, envelope in events:
-            conn.write(text_frame(fanout.serialize(envelope).encode()), live=False)
-        last_seq = events[-1][0] if truncated else head
+        sent, last, truncated = 0, since, False
+        while rows:
+            take = rows[: limit - sent]
+            for seq, envelope in take:
+                # Written as fast as the client reads (every byte counts in its backlog):
+                # a client that stops reading is dropped as too slow.
+                if conn.owes_much():
+                    if not await conn.drained(setting("CHAT_REPLAY_WAIT_SECONDS", 2.0)):
+                        self.drop(sub)
+                        if not conn.closing:
+                            conn.too_slow()
+                        return
+                    if conn.subs.get(room_id) is not sub:
+                        return
+                if not conn.write(text_frame(fanout.serialize(envelope).encode())):
+                    self.drop(sub)  # too slow: the socket is being closed
+                    return
+                last = seq
+            sent += len(take)
+            if len(rows) > len(take):
+                truncated = True
+                break
+            if len(rows) < asked:
+                break
+            asked = min(REPLAY_CHUNK, limit - sent + 1)
+            rows = await db(events_after)(room_id, last, head, asked)
+            if conn.subs.get(room_id) is not sub:
+                return
+        last_seq = last if truncated else head
         conn.write_json({"type": "subscribed", "ref": ref, "room": room_id, "last_seq": last_seq,
                          "truncated": truncated, "head": head, "history_start": history_start})
+        if sent:
+            conn.replay_end = conn.position()
         sub.last = head
         if sub.stream_from is not None and sub.stream_from > sub.last:
             # Another subscriber set the room's stream base above our snapshot: fetch between.
@@ -576,6 +684,52 @@ class Hub:
             if not self._push(sub, item):
                 return
         sub.buffer = None
+
+    # -- rights (apps.users.rights)
+
+    def rights_changed(self, user_id: int, version: int, *, closing: bool = False):
+        """The user's rights changed (on any process): note the version, so each socket
+        reloads its user before its next frame, and end the subscriptions the user may no
+        longer see (unless the sockets are being closed anyway)."""
+        if version <= self.versions.get(user_id, -1):
+            return
+        self.versions[user_id] = version
+        if not closing and self.users.get(user_id):
+            self.loop.create_task(self._recheck(user_id))
+
+    async def _recheck(self, user_id: int):
+        conns = [c for c in self.users.get(user_id, ()) if not c.closing]
+        room_ids = {r for c in conns for r in c.subs}
+        if not room_ids:
+            return
+        try:
+            visible = await db(visible_rooms)(user_id, room_ids)
+        except Exception:
+            logger.warning("could not re-check the rooms of user %s", user_id, exc_info=True)
+            return
+        for conn in conns:
+            if visible is None:  # deactivated or deleted meanwhile
+                conn.write_json({"type": "error", "ref": None, "code": "forbidden",
+                                 "message": "the account was deactivated"})
+                await conn.close(sessions.CLOSE_FORBIDDEN)
+                continue
+            for room_id, sub in list(conn.subs.items()):
+                if room_id not in visible:
+                    self.drop(sub)
+                    conn.write_json({"type": "unsubscribed", "ref": None, "room": room_id,
+                                     "reason": "forbidden"})
+
+    async def check_versions(self):
+        """Catch rights changes whose channel-layer message this process missed."""
+        from apps.users import rights
+
+        current = await rights.versions(list(self.users))
+        for user_id, version in current.items():
+            known = self.versions.get(user_id)
+            if known is None:
+                self.versions[user_id] = version
+            elif version > known:
+                self.rights_changed(user_id, version)
 
     def unsubscribe(self, conn: Connection, room_id: int):
         sub = conn.subs.get(room_id)
@@ -859,7 +1013,7 @@ class Hub:
     # -- maintenance: heartbeats, presence, lost messages, group memberships
 
     async def _maintenance(self):
-        last_groups = last_gaps = last_presence = last_beats = time.monotonic()
+        last_groups = last_gaps = last_presence = last_beats = last_rights = time.monotonic()
         while True:
             heartbeat = settings.CHAT_HEARTBEAT_SECONDS
             await asyncio.sleep(min(1.0, heartbeat / 2))
@@ -877,6 +1031,9 @@ class Hub:
             if now - last_gaps >= setting("CHAT_GAP_CHECK_SECONDS", 2.0):
                 last_gaps = now
                 await self._job(self.check_gaps)
+            if now - last_rights >= setting("CHAT_RIGHTS_CHECK_SECONDS", 5.0):
+                last_rights = now
+                await self._job(self.check_versions)
             if now - last_groups >= setting("CHAT_GROUP_REFRESH_SECONDS", 30.0):
                 last_groups = now
                 await self._job(self.refresh_groups)

@@ -6,4 +6,6 @@ class UsersConfig(AppConfig):
     label = "users"
 
     def ready(self):
-        from . import sessions  # noqa: F401  (logout closes that session's sockets)
+        from . import rights, sessions  # noqa: F401  (logout closes that session's sockets)
+
+        rights.connect()  # changes of rights reach open sockets

@@ -42,6 +42,8 @@ BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
                ("RATE_LIMIT_REPORT", "RATE_LIMIT_REPORT_PER_SECOND")),
     "read": (("RATE_LIMIT_READ", "RATE_LIMIT_READ_PER_SECOND"),),
     "typing": (("CHAT_TYPING_RATE_LIMIT", "CHAT_TYPING_RATE_LIMIT_PER_SECOND"),),
+    # `subscribe` frames (each may start a replay): their own bucket, not the write budget.
+    "subscribe": (("CHAT_SUBSCRIBE_RATE_LIMIT", "CHAT_SUBSCRIBE_RATE_PER_SECOND"),),
 }
 
 # Each request is n buckets (its KEYS, in order). ARGV describes runs of consecutive requests

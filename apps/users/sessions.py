@@ -4,6 +4,10 @@ The logout (an HTTP request on any process) sends `chat.logout` to the user's gr
 channel layer; each process's hub closes its own sockets that authenticated with that session
 (error `unauthenticated`, close 4401). Sockets of the user's other sessions and token sockets stay
 open. Only a SHA-256 of the session key crosses Redis, never the key itself.
+
+The same message, without `session`, carries a change of the user's rights (apps.users.rights):
+with `code` it closes all the user's sockets with that code (4401 password changed, 4403
+deactivated); with `version` alone each process re-checks the user's subscriptions.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from django.dispatch import receiver
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
 LOGOUT_MESSAGE = "chat.logout"
 # Connection -> hash of the session it authenticated with (token sockets are absent).
 _session_of = weakref.WeakKeyDictionary()
@@ -40,19 +45,33 @@ def remember(conn, scope) -> None:
 
 def close_session_sockets(hub, message: dict) -> int:
     """Hub handler of `chat.logout`: close this process's sockets of that session (of every
-    session and token, with `all`)."""
+    session and token, with `all`; or, for a rights change, see the module docstring)."""
+    user_id = message.get("user")
+    if "session" not in message and not message.get("all"):
+        if message.get("version") is not None:
+            hub.rights_changed(user_id, message["version"], closing=bool(message.get("code")))
+        if not message.get("code"):
+            return 0
+    code = message.get("code") or CLOSE_UNAUTHENTICATED
+    error = "unauthenticated" if code == CLOSE_UNAUTHENTICATED else "forbidden"
+    text = message.get("reason") or "the session was logged out"
     closed = 0
-    for conn in list(hub.users.get(message.get("user"), ())):
-        if message.get("all") or _session_of.get(conn) == message.get("session"):
-            conn.write_json({"type": "error", "ref": None, "code": "unauthenticated",
-                             "message": message.get("reason") or "the session was logged out"})
-            hub.loop.create_task(conn.close(CLOSE_UNAUTHENTICATED))
+    for conn in list(hub.users.get(user_id, ())):
+        if "session" not in message or _session_of.get(conn) == message.get("session"):
+            conn.write_json({"type": "error", "ref": None, "code": error, "message": text})
+            hub.loop.create_task(conn.close(code))
             closed += 1
     return closed
 
 
 def close_user_sockets(user_id: int, *, reason: str) -> None:
     """Close every socket of the user (sessions and tokens), on every process (4401)."""
+    notify_user(user_id, all=True, reason=reason)
+
+
+def notify_user(user_id: int, **fields) -> None:
+    """Send `chat.logout` with `fields` to every process holding a socket of the user (sync
+    code: a request, a service, a signal). Redis down: logged, the caller's change stands."""
     layer = get_channel_layer()
     if layer is None:
         return
@@ -60,26 +79,16 @@ def close_user_sockets(user_id: int, *, reason: str) -> None:
 
     group = user_group(user_id)
     try:
-        async_to_sync(layer.group_send)(group, {
-            "type": LOGOUT_MESSAGE, "via": group, "user": user_id, "all": True, "reason": reason,
-        })
+        async_to_sync(layer.group_send)(
+            group, {"type": LOGOUT_MESSAGE, "via": group, "user": user_id, **fields})
     except Exception:  # Redis down: the sockets' next action is refused (inactive account)
-        logger.warning("could not close the user's sockets", exc_info=True)
+        logger.warning("could not reach the sockets of user %s", user_id, exc_info=True)
 
 
 @receiver(user_logged_out, dispatch_uid="chat-close-session-sockets")
 def on_logged_out(sender, request, user, **kwargs):
     """Runs before the session is flushed, so its key is still known."""
     key = getattr(getattr(request, "session", None), "session_key", None)
-    layer = get_channel_layer()
-    if user is None or not key or layer is None:
+    if user is None or not key:
         return
-    from apps.events.fanout import user_group
-
-    group = user_group(user.pk)
-    try:
-        async_to_sync(layer.group_send)(group, {
-            "type": LOGOUT_MESSAGE, "via": group, "user": user.pk, "session": session_hash(key),
-        })
-    except Exception:  # Redis down: the logout itself still succeeds
-        logger.warning("could not close the logged-out session's sockets", exc_info=True)
+    notify_user(user.pk, session=session_hash(key))
