@@ -111,13 +111,15 @@ def _seq(frame, name, *, required=True):
     return value
 
 
-def _check_unicode(frame) -> None:
-    """JSON escapes may spell lone surrogates ("\\ud800"), text no UTF-8 can carry: refused here,
-    before any field reaches a reply, the database or another socket."""
+def _encodable(value) -> bool:
+    """False if a string in `value` holds a lone surrogate: JSON escapes can spell one
+    ("\\ud800"), text no UTF-8 can carry; refused before it reaches a reply, the database or
+    another socket."""
     try:
-        json.dumps(frame, ensure_ascii=False).encode()
+        json.dumps(value, ensure_ascii=False).encode()
     except UnicodeEncodeError:
-        raise invalid("the frame's strings must be valid Unicode (no lone surrogates)") from None
+        return False
+    return True
 
 
 class ChatConsumer(AsyncConsumer):
@@ -222,12 +224,15 @@ class ChatConsumer(AsyncConsumer):
                 raise invalid("the frame is not valid JSON (or is nested too deeply)") from None
             if not isinstance(frame, dict):
                 raise invalid("a frame is a JSON object")
-            if "\\u" in text:
-                _check_unicode(frame)
+            escaped = "\\u" in text  # only escapes can spell a lone surrogate
             ref = frame.get("ref")
-            if ref is not None and (not isinstance(ref, str) or len(ref) > REF_MAX):
+            if ref is not None and (
+                not isinstance(ref, str) or len(ref) > REF_MAX or (escaped and not _encodable(ref))
+            ):
                 ref = None
-                raise invalid(f"ref must be a string of at most {REF_MAX} characters")
+                raise invalid(f"ref must be a string of at most {REF_MAX} characters (valid Unicode)")
+            if escaped and not _encodable(frame):
+                raise invalid("the frame's strings must be valid Unicode (no lone surrogates)")
             kind = frame.get("type")
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
