@@ -159,3 +159,42 @@ def test_a_change_that_touches_no_right_leaves_sockets_alone(two_servers):
     assert client.request("ping")["type"] == "pong"
     assert [f for f in client.frames if f["type"] in ("unsubscribed", "error")] == []
     client.close()
+
+
+def test_group_side_changes_reach_the_members_sockets(two_servers):
+    """The Moderators group losing its permission, or the group dropping a member (the
+    changes made from the group's side), end the private subscriptions of every member."""
+    from django.contrib.auth.models import Permission
+
+    a, b = two_servers
+    owner = factories.make_user()
+    private = factories.make_room(owner, kind=Room.Kind.PRIVATE)
+    first, second = factories.make_moderator(), factories.make_moderator()
+    clients = [WS(a.ws_url, token=factories.make_token(first)),
+               WS(b.ws_url, token=factories.make_token(second))]
+    for client in clients:
+        assert client.subscribe(private.pk, since=0)["type"] == "subscribed"
+    group = _moderators()
+    permission = Permission.objects.get(codename="moderate_room")
+    started = time.monotonic()
+    group.permissions.remove(permission)
+    for client in clients:
+        frame, took = _timed(client, lambda f: f["type"] == "unsubscribed", started)
+        assert frame["room"] == private.pk and frame["reason"] == "forbidden"
+        assert took < WITHIN, took
+
+    group.permissions.add(permission)
+    time.sleep(0.3)
+    for client in clients:
+        assert client.subscribe(private.pk, since=0)["type"] == "subscribed"
+    seen = len(clients[0].frames)
+    started = time.monotonic()
+    group.user_set.remove(second)
+    frame, took = _timed(clients[1], lambda f: f["type"] == "unsubscribed", started)
+    assert frame["room"] == private.pk and took < WITHIN
+    # The member still in the group keeps the room.
+    time.sleep(0.5)
+    assert clients[0].request("ping")["type"] == "pong"
+    assert not [f for f in clients[0].frames[seen:] if f["type"] == "unsubscribed"]
+    for client in clients:
+        client.close()
