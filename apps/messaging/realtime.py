@@ -723,7 +723,11 @@ class Hub:
         """Catch rights changes whose channel-layer message this process missed."""
         from apps.users import rights
 
-        current = await rights.versions(list(self.users))
+        try:
+            current = await rights.versions(list(self.users))
+        except Exception:  # Redis down: the next check catches up
+            logger.warning("could not read the rights versions", exc_info=True)
+            return
         for user_id, version in current.items():
             known = self.versions.get(user_id)
             if known is None:
