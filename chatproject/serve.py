@@ -389,7 +389,7 @@ def build_server(host, port, *, application):
                         protocol.check_timeouts()
             reactor.callLater(2, self.timeout_checker)
 
-    server = ChatServer(
+    return ChatServer(
         application=application,
         endpoints=build_endpoint_description_strings(host=host, port=port),
         signal_handlers=False,
@@ -402,7 +402,6 @@ def build_server(host, port, *, application):
         verbosity=int(os.environ.get("DAPHNE_VERBOSITY", "1")),
         action_logger=None,
     )
-    return server
 
 
 def graceful_shutdown(server, grace: float):
