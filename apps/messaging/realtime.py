@@ -16,7 +16,8 @@ Design (PROTOCOL §3, "fan-out that scales"):
   the channel layer lost (Redis restart, channel capacity): the event log is the source of truth.
 - Sockets are written directly (daphne hook in chatproject/serve.py: `chat.socket` scope
   extension) so one event costs one framing and one buffer append per socket. A socket whose
-  unsent backlog exceeds CHAT_SEND_QUEUE_LIMIT frames or CHAT_SEND_BUFFER_BYTES is dropped
+  unsent backlog (live events, replays and replies alike) exceeds CHAT_SEND_QUEUE_LIMIT frames
+  or CHAT_SEND_BUFFER_BYTES is dropped
   (close 1013, transport aborted) and resumes later with `since`.
 """
 
@@ -540,6 +541,7 @@ class Hub:
             sockets.discard(conn)
             if not sockets:
                 del self.users[conn.user_id]
+                self.versions.pop(conn.user_id, None)
                 if self.layer is not None and not self.shutting_down:
                     await self._quietly(self.group("group_discard", fanout.user_group(conn.user_id)))
         if not self.shutting_down:
