@@ -356,7 +356,9 @@ class Connection:
             self.closing = True
 
     def too_slow(self):
+        global _heap_freed
         logger.info("socket %s of user %s too slow; disconnecting", self.id, self.user_id)
+        _heap_freed = True
         self.closing = True
         if self.ext is not None:
             self.ext.abort()
@@ -384,6 +386,28 @@ class Connection:
                 await self.send({"type": "websocket.close", "code": code})
         except Exception:
             logger.warning("could not close socket %s", self.id, exc_info=True)
+
+
+_heap_freed = False  # a dropped socket's backlog was freed since the last trim_heap()
+_libc = None
+
+
+def trim_heap() -> None:
+    """Give the heap's free pages back to the system (glibc's malloc_trim). A slow socket's
+    backlog of megabytes is freed when it is dropped, but glibc keeps the pages otherwise: the
+    process would stay at its peak size for good."""
+    global _heap_freed, _libc
+    _heap_freed = False
+    if _libc is None:
+        import ctypes
+
+        try:
+            _libc = ctypes.CDLL("libc.so.6")
+            _libc.malloc_trim  # noqa: B018  (glibc only)
+        except (OSError, AttributeError):
+            _libc = False
+    if _libc:
+        _libc.malloc_trim(0)
 
 
 class Subscription:
@@ -529,8 +553,11 @@ class Hub:
         return True
 
     async def detach(self, conn: Connection):
+        global _heap_freed
         if conn not in self.connections:
             return
+        if conn.ext is not None and conn.ext.written > 1024 * 1024:
+            _heap_freed = True  # what it held may have been a big backlog: trim_heap()
         self.connections.discard(conn)
         WS_OPEN_SOCKETS.dec()
         conn.closing = True
@@ -1031,6 +1058,8 @@ class Hub:
             if now - last_beats >= heartbeat / 3:
                 last_beats = now
                 await self._job(self.check_heartbeats, now, heartbeat)
+            if _heap_freed:
+                await self._job(trim_heap)
             if now - last_presence >= heartbeat:  # entries live 2.5 heartbeats
                 last_presence = now
                 await self._job(self.refresh_presence, now)

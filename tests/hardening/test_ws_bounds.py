@@ -128,6 +128,10 @@ def test_a_replay_the_client_does_not_read_ends_the_socket(start_server, user):
         assert not [f for f in frames if f.get("type") == "subscribed"]
         assert len([f for f in frames if f.get("seq")]) < 500
         sock.close()
+    time.sleep(2)
+    after = rss_kib(server)
+    print(f"cut-off RSS after the sockets were dropped: {after} KiB")
+    assert after - base < REPLAY_SOCKETS * 1024 + 40 * 1024
     assert server.alive()
 
 
