@@ -87,3 +87,18 @@ def test_presence_answers_only_for_people_sharing_a_room(client):
     assert response.json() == {str(bob.pk): "offline"}
     bad = client.get("/presence/?user=bob")
     assert bad.status_code == 400 and bad.json()["code"] == "invalid"
+
+
+def test_no_template_of_ours_has_inline_style_or_script():
+    """The strict CSP (apps.web.csp) blocks inline <style>, style="" and inline <script>: every
+    page's styles and scripts must come from static files."""
+    import pathlib
+    import re
+
+    root = pathlib.Path(__file__).resolve().parents[2] / "apps"
+    offenders = []
+    for path in root.glob("*/templates/**/*.html"):
+        text = re.sub(r"{%\s*comment\s*%}.*?{%\s*endcomment\s*%}", "", path.read_text(), flags=re.S)
+        if re.search(r"<style\b|\sstyle=\"|<script(?![^>]*\bsrc=)[^>]*>|\son[a-z]+=\"", text):
+            offenders.append(str(path.relative_to(root)))
+    assert offenders == []
