@@ -44,6 +44,7 @@ class WriteThrottle(BaseThrottle):
             raise RateLimited("too many writes; slow down", retry_after=math.ceil(wait))
         return True
 
+
 class ScopeThrottle(SimpleRateThrottle):
     """Per user when authenticated, else per client address. Reads its rate at request time."""
 
