@@ -28,4 +28,5 @@ ENV CHAT_ENV=production \
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s CMD python -c "import urllib.request,os; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT','8000'), timeout=2)"
 # Run migrations as a separate release step: `python manage.py migrate && python manage.py kafka_topics`.
-CMD ["python", "-m", "chatproject.serve"]
+# One server process per core (CHAT_WORKERS overrides), all on $PORT: chatproject/workers.py.
+CMD ["python", "-m", "chatproject.serve", "--workers", "auto"]

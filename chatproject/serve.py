@@ -193,7 +193,9 @@ def http_channel_class(*, header_timeout: float, body_timeout: float):
     return ChatHTTPChannel
 
 
-def build_server(host, port, *, application):
+def build_server(host, port, *, application, fd=None):
+    """daphne's server with the hooks above, listening on host:port, or on the inherited
+    listening socket `fd` (a worker of chatproject.workers: the supervisor bound it)."""
     from daphne.endpoints import build_endpoint_description_strings
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol
@@ -277,6 +279,10 @@ def build_server(host, port, *, application):
     class ChatServer(Server):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
+            if fd is not None:
+                # daphne's constructor insists on an endpoint string; a worker listens on the
+                # supervisor's socket instead, adopted when run() makes the HTTP factory.
+                self.endpoints = []
             self.ports = []
             self.marked = set()  # connections to look at in the next application check
             self._app_checks = self._timeout_checks = 0
@@ -289,6 +295,12 @@ def build_server(host, port, *, application):
         def http_factory(self, factory):  # daphne's run() makes the factory
             factory.protocol = http_channel  # plain HTTP/1.1 (the endpoints are plain TCP)
             self.__dict__["http_factory"] = factory
+            if fd is not None:
+                os.set_blocking(fd, False)  # Twisted requires it of an adopted socket
+                probe = socket.socket(fileno=os.dup(fd))
+                family = probe.family
+                probe.close()
+                self.listen_success(reactor.adoptStreamPort(fd, family, factory))
 
         @property
         def ws_factory(self):
@@ -391,7 +403,7 @@ def build_server(host, port, *, application):
 
     return ChatServer(
         application=application,
-        endpoints=build_endpoint_description_strings(host=host, port=port),
+        endpoints=build_endpoint_description_strings(host=host or "127.0.0.1", port=port or 0),
         signal_handlers=False,
         # No proxy_forwarded_* headers: daphne would take the first, client-written entry of
         # X-Forwarded-For as the address (see chatproject.clientaddr).
@@ -469,15 +481,34 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description="Serve the chat ASGI app with daphne.")
     parser.add_argument("--bind", default=os.environ.get("BIND", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    parser.add_argument(
+        "--workers", default=None,
+        help="server processes on the port (default: CHAT_WORKERS, else one per core; "
+             "1 with the in-memory channel layer)",
+    )
+    parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker's
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
+    if args.fd is None:
+        from chatproject import workers
+
+        try:
+            count = workers.worker_count(args.workers)
+        except workers.WorkersRefused as exc:
+            parser.error(str(exc))  # exit code 2 with the reason
+        if count > 1:
+            from django.conf import settings
+
+            logging.basicConfig(level=logging.INFO)
+            return workers.supervise(args.bind, args.port, count,
+                                     grace=settings.CHAT_SHUTDOWN_GRACE_SECONDS)
     import daphne.server  # noqa: F401  installs the asyncio Twisted reactor first
 
     from chatproject.asgi import application
     from django.conf import settings
 
     tune_gc(settings.CHAT_GC_THRESHOLD)
-    server = build_server(args.bind, args.port, application=application)
+    server = build_server(args.bind, args.port, application=application, fd=args.fd)
 
     def on_signal(signum, frame):
         from twisted.internet import reactor
@@ -486,7 +517,8 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    logger.info("serving on %s:%s", args.bind, args.port)
+    if args.fd is None:
+        logger.info("serving on %s:%s", args.bind, args.port)
     server.run()
     return 1 if server.abort_start else 0
 

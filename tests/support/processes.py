@@ -95,10 +95,14 @@ class ServerProcess(ChildProcess):
 
     name = "server"
 
-    def __init__(self, env, port: int | None = None):
+    def __init__(self, env, port: int | None = None, workers: int = 1):
+        """One process unless `workers` says more (then a supervisor and its children on one
+        port: chatproject.workers); the tests that look at one process's memory, signals or
+        death need exactly one."""
         self.port = port or free_port()
         super().__init__(
-            [PYTHON, "-m", "chatproject.serve", "--bind", "127.0.0.1", "--port", str(self.port)],
+            [PYTHON, "-m", "chatproject.serve", "--bind", "127.0.0.1", "--port", str(self.port),
+             "--workers", str(workers)],
             env,
         )
 
@@ -113,7 +117,24 @@ class ServerProcess(ChildProcess):
     def start(self, timeout: float = 30.0):
         super().start()
         wait_port("127.0.0.1", self.port, timeout=timeout, proc=self.proc)
+        if "--workers" in self.args and self.args[self.args.index("--workers") + 1] != "1":
+            # The supervisor's socket listens at once; wait until a worker answers on it.
+            self.wait_healthy(timeout * 2)
         return self
+
+    def wait_healthy(self, timeout: float) -> None:
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/healthz", timeout=5) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                if time.monotonic() > deadline or not self.alive():
+                    raise
+            time.sleep(0.2)
 
 
 class CeleryWorker(ChildProcess):
