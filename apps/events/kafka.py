@@ -34,13 +34,20 @@ def client_config() -> dict:
     }
 
 
+# The publisher adds a flush's records and then flushes (apps.events.publisher): no batch may
+# leave while records are still being added, or one partition's records of a flush could travel
+# in two requests, the first failing and the second not (a room's later event on Kafka before
+# its earlier one). flush() sends every batch at once, so linger only has to outlast the loop.
+PUBLISHER_LINGER_MS = 30_000
+
+
 def producer_config() -> dict:
     return {
         **client_config(),
         "client_id": f"chat-publisher-{os.getpid()}",
         "enable_idempotence": True,
         "acks": "all",
-        "linger_ms": settings.KAFKA_LINGER_MS,
+        "linger_ms": PUBLISHER_LINGER_MS,
         # Small JSON records: compressing them would cost the publisher CPU for little gain.
         "compression_type": None,
         # kafka-python's own metrics are read by nobody here (chat_kafka_* in Prometheus
@@ -50,7 +57,7 @@ def producer_config() -> dict:
         "max_block_ms": settings.KAFKA_MAX_BLOCK_MS,
         "delivery_timeout_ms": max(
             settings.KAFKA_DELIVERY_TIMEOUT_MS,
-            settings.KAFKA_REQUEST_TIMEOUT_MS + settings.KAFKA_LINGER_MS,
+            settings.KAFKA_REQUEST_TIMEOUT_MS + PUBLISHER_LINGER_MS,
         ),
         # Topics are created with the configured partition count (ensure_topics), never by a
         # metadata request with the broker's default count.
@@ -85,6 +92,15 @@ def record_key(room_id: int | None) -> bytes:
 
 def record_headers(event_type: str, event_id: str) -> list[tuple[str, bytes]]:
     return [("event_type", event_type.encode()), ("event_id", event_id.encode())]
+
+
+def partition_for(key: bytes, partitions: list[int]) -> int:
+    """The partition of a key among the topic's sorted partitions: kafka-python's (and Java's)
+    default partitioner, murmur2, so the publisher can count bytes per partition before it
+    sends and a room keeps the partition it always had."""
+    from kafka.partitioner.default import murmur2
+
+    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
 
 
 def ensure_topics(*, wait_seconds: float = 0.0) -> list[str]:

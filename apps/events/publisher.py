@@ -9,8 +9,16 @@ Rules this module relies on:
   its log and are sent oldest first.
 - A row is marked published only after the broker acknowledged it, and only up to a room's
   first failure: the rest of that room waits for the failed row's retry (exponential backoff,
-  no deadline). Rows after a failure that did reach Kafka are sent again later with the same
-  event id (at least once; consumers deduplicate on id).
+  no deadline).
+- A room's later row never reaches Kafka before an earlier one that failed. Each flush sends at
+  most one producer batch per partition (flush_rows: a partition's rows stop at KAFKA_BATCH_SIZE
+  bytes, the rest wait for the next flush, and the producer's linger outlasts the send loop, so
+  no batch leaves half-filled), and the broker appends a batch whole or not at all: within a
+  flush a room's rows all succeed or all fail. The next flush starts after every ack of this
+  one, and a failed room sends nothing until its head's retry. So a retried row is never behind
+  a later row of its room on the topic; it may only repeat (a row that reached Kafka but whose
+  ack was lost is sent again with the same event id: at least once, consumers deduplicate on
+  id).
 """
 
 from __future__ import annotations
@@ -265,8 +273,63 @@ def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS, idle_seconds: flo
     return result
 
 
+# Bytes of a record beyond its key, value and headers (length, attributes, timestamp and offset
+# deltas, the varint lengths: about 20 in Kafka's v2 format), and of a batch beyond its records
+# (its header is 61): generous, so a flush's rows of a partition always fit in one batch.
+RECORD_OVERHEAD = 40
+BATCH_OVERHEAD = 128
+
+
+class Record(NamedTuple):
+    row: Row
+    value: bytes
+    key: bytes
+    headers: list
+    partition: int
+
+    @property
+    def size(self) -> int:
+        return (len(self.value) + len(self.key) + RECORD_OVERHEAD
+                + sum(len(name) + len(data) for name, data in self.headers))
+
+
+def flush_rows(records: list[Record], budget: int) -> list[Record]:
+    """The records of one flush: per partition no more than one batch of `budget` bytes (a
+    record larger than that alone), in the given order; a room stops at its first record that
+    does not fit, and its later records wait for the next flush (rooms share partitions)."""
+    used: dict[int, int] = {}
+    stopped: set = set()
+    chosen = []
+    for record in records:
+        room = record.row.room_id
+        if room in stopped:
+            continue
+        size = record.size
+        filled = used.get(record.partition, 0)
+        if filled and filled + size > budget:
+            stopped.add(room)
+            continue
+        used[record.partition] = filled + size if size <= budget else budget + 1
+        chosen.append(record)
+    return chosen
+
+
+def records_for(rows: list[Row], partitions: list[int]) -> list[Record]:
+    from . import kafka
+
+    records = []
+    for row in rows:
+        key = kafka.record_key(row.room_id)
+        records.append(Record(row, row.value.encode(), key,
+                              kafka.record_headers(row.type, row.pk),
+                              kafka.partition_for(key, partitions)))
+    return records
+
+
 def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
-    """Send rows, wait for the acks, record the outcome. Returns (published, failed, error)."""
+    """Send rows (as many as one batch per partition holds: flush_rows), wait for the acks,
+    record the outcome. Returns (published, failed, error); rows left for the next flush are
+    neither."""
     from . import kafka
 
     topic = settings.KAFKA_EVENTS_TOPIC
@@ -275,12 +338,14 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
     error = ""
     try:
         producer = kafka.get_producer()
-        for row in rows:
-            futures[row.pk] = producer.send(
-                topic,
-                value=row.value.encode(),
-                key=kafka.record_key(row.room_id),
-                headers=kafka.record_headers(row.type, row.pk),
+        partitions = sorted(producer.partitions_for(topic))
+        budget = settings.KAFKA_BATCH_SIZE - BATCH_OVERHEAD
+        chosen = flush_rows(records_for(rows, partitions), budget)
+        rows = [record.row for record in chosen]
+        for record in chosen:
+            futures[record.row.pk] = producer.send(
+                topic, value=record.value, key=record.key, headers=record.headers,
+                partition=record.partition,
             )
         producer.flush(settings.OUTBOX_FLUSH_TIMEOUT_SECONDS)
     except Exception as exc:  # noqa: BLE001 - whatever failed, the rows stay in the outbox
