@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from chatproject.bulk import Json, Statement, insert_rows, pg_insert, run, update_by_pk
 
-from . import catalogue
+from . import catalogue, seqs
 from .catalogue import CATALOGUE
 from .models import Event
 
@@ -65,7 +65,7 @@ def record_events(events: list[Event]) -> None:
 
 
 def fanout_items(events) -> list[tuple]:
-    """What send_events_on_commit / send_events_after_commit take for recorded events."""
+    """What send_events_on_commit takes for recorded events."""
     return [(e.envelope, (), e.envelope_text) for e in events]
 
 
@@ -89,7 +89,7 @@ def _event_rows(events: list[Event]) -> list[tuple]:
 
 def events_statement(events: list[Event]):
     """record_events' INSERT as a PostgreSQL statement (for a pipeline); the caller fans the
-    events out once committed (send_events_after_commit)."""
+    events out once committed (send_events_on_commit)."""
     return pg_insert(Event, EVENT_FIELDS, _event_rows(events))
 
 
@@ -187,18 +187,36 @@ def _durable(type: str):
 
 def allocate_seqs(counts: dict[int, int]) -> dict[int, int]:
     """Hand out `n` consecutive seqs in each room, in one statement that takes (or keeps) the
-    room rows' locks: {room id: n} -> {room id: the first of its n seqs}."""
+    room rows' locks: {room id: n} -> {room id: the first of its n seqs} (apps.events.seqs)."""
     from apps.rooms.models import Room
 
     rows = update_by_pk(Room, "last_seq", counts, add=True, returning="last_seq")
     if len(rows) != len(counts):
         missing = sorted(set(counts) - {row[0] for row in rows})
         raise Room.DoesNotExist(f"room {missing[0]} does not exist")
-    return {room_id: last - counts[room_id] + 1 for room_id, last in rows}
+    return seqs.first_seqs(counts, dict(rows))
 
 
-def send_events_after_commit(items) -> None:
-    """What send_events_on_commit runs once the transaction committed (call it then)."""
+def after_commit(effect) -> None:
+    """The one after-commit helper: run `effect()` once the current transaction commits (on
+    Django's connection, in this thread), or now when no transaction is open (what ran before
+    is committed: autocommit, or a transaction of the send path's asyncio connection that has
+    just committed). Nothing runs for a transaction that rolls back; an effect that raises is
+    logged and does not fail the caller (the durable record is committed already)."""
+    if connection.in_atomic_block:
+        transaction.on_commit(effect, robust=True)
+        return
+    try:
+        effect()
+    except Exception:
+        logger.exception("after-commit effect %r failed", effect)
+
+
+def dispatch_events(items) -> None:
+    """Fan the events out to sockets (in order) and wake the Kafka publisher: the effect that
+    send_events_on_commit runs after commit. `items` are (envelope, target user ids, its JSON
+    text or None); a failure here loses nothing: the rows are committed, sockets fill gaps from
+    the log and the outbox sweep publishes them."""
     from . import fanout, outbox
 
     try:
@@ -210,10 +228,6 @@ def send_events_after_commit(items) -> None:
 
 
 def send_events_on_commit(items) -> None:
-    """After commit: fan the events out to sockets (in order) and wake the Kafka publisher.
-    `items` are (envelope, target user ids, its JSON text or None).
-
-    Nothing is sent for a transaction that rolls back. A failure here loses nothing: the rows
-    are committed, sockets fill gaps from the log and the outbox sweep publishes them.
-    """
-    transaction.on_commit(lambda: send_events_after_commit(items), robust=True)
+    """dispatch_events(items) after commit (after_commit): every path that records events
+    calls this, the asyncio send path too, once its own transaction committed."""
+    after_commit(lambda: dispatch_events(items))

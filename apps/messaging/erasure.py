@@ -22,7 +22,7 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from apps.events.services import actor_event_ids, rename_actor, rename_subject
+from apps.events.services import actor_event_ids, after_commit, rename_actor, rename_subject
 from apps.rooms import services as rooms
 from apps.users.services import ERASED_PREFIX
 from chatproject.errors import forbidden, invalid
@@ -78,7 +78,7 @@ def account_erase(*, user, actor, password=None):
         user.save()
         Token.objects.filter(user_id=user.pk).delete()
         delete_sessions(user.pk)
-        transaction.on_commit(lambda: _after_erase(user.pk), robust=True)
+        after_commit(lambda: _after_erase(user.pk))
     return user
 
 

@@ -156,6 +156,15 @@ def embedded() -> bool:
     return os.environ.get("CHAT_EMBEDDED") == "1"
 
 
+def postgresql_only(reason: str):
+    """A test of what only PostgreSQL has (`reason` says what): skipped in embedded mode
+    (SQLite), where bin/test runs the domain tests again. Tests that need Redis, the broker or
+    a server process are marked `services` instead."""
+    import pytest
+
+    return pytest.mark.skipif(embedded(), reason=f"PostgreSQL only: {reason}")
+
+
 def configure_environment() -> None:
     """Point DATABASE_URL, REDIS_URL and KAFKA_BOOTSTRAP_SERVERS at real services."""
     global _session_broker

@@ -1,0 +1,179 @@
+"""The send plan's PostgreSQL executor: its statements, the hydration of their rows, and the
+batch run on Django's connection (a database thread) or on an asyncio psycopg connection.
+
+A batch is four round trips on either connection: BEGIN; the reads, in one round trip of
+psycopg's pipeline (the locks, memberships, earlier sends, blocks, reply targets and the new
+message ids, drawn from the sequence so the events are built before anything is written); the
+writes, one statement (last_seq, the messages, the events and the plan's extra writes); COMMIT.
+The pipeline sits inside the transaction: BEGIN and COMMIT go outside it, which spares the
+syncs psycopg adds around a transaction that starts or ends inside a pipeline (6 round trips
+on a database thread before, 5 on the asyncio connection; tests/messaging/test_send_pg.py
+counts them). A resend of an earlier batch's message adds one read of the log. The rules, seqs and answers
+are apps.messaging.send_plan's; what a batch does after commit is send_events_on_commit's.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from apps.events.models import Event
+from apps.events.services import events_statement, fanout_items, send_events_on_commit
+from apps.rooms.models import Membership, Room
+from apps.users.models import Block
+from chatproject.bulk import Statement, arun, combine, pg_insert, pg_update, run
+
+from . import send_plan as plan
+from .models import Message
+
+
+def _user_model():
+    return Membership._meta.get_field("user").related_model
+
+
+def _columns(model, alias=None) -> str:
+    """Every concrete column of the model, in field order (what from_db expects)."""
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f'{prefix}"{f.column}"' for f in model._meta.concrete_fields)
+
+
+def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
+    """Lock the rooms (in id order), read the memberships with their users, the earlier sends,
+    the blocks that close direct rooms to their authors and the reply targets, and draw `count`
+    message ids from the sequence (all in one round trip)."""
+    user = _user_model()
+    messages = Message._meta.db_table
+    blocks = Block._meta.db_table
+    return [
+        Statement(f"SELECT {_columns(Room)} FROM {Room._meta.db_table} WHERE id = ANY(%b) "
+                  "ORDER BY id FOR UPDATE", [keys.room_ids], True),
+        Statement(f"SELECT {_columns(Membership, 'm')}, {_columns(user, 'u')} "
+                  f"FROM {Membership._meta.db_table} m JOIN {user._meta.db_table} u "
+                  "ON u.id = m.user_id WHERE m.room_id = ANY(%b) AND m.user_id = ANY(%b)",
+                  [keys.room_ids, keys.author_ids], True),
+        Statement(f"SELECT author_id, client_id, room_id, seq FROM {messages} "
+                  "WHERE author_id = ANY(%b) AND client_id = ANY(%b)",
+                  [keys.author_ids, keys.client_ids], True),
+        Statement("SELECT nextval(pg_get_serial_sequence(%b, 'id')) "
+                  "FROM generate_series(1, %b)", [messages, count], True),
+        # A direct room's key is "<low id>:<high id>" of its two members.
+        Statement(f"SELECT r.id, b.blocked_id FROM {Room._meta.db_table} r JOIN {blocks} b "
+                  "ON r.direct_key = LEAST(b.blocker_id, b.blocked_id)::text || ':' || "
+                  "GREATEST(b.blocker_id, b.blocked_id)::text "
+                  "WHERE r.id = ANY(%b) AND r.kind = 'direct' AND b.blocked_id = ANY(%b)",
+                  [keys.room_ids, keys.author_ids], True),
+    ] + ([Statement(f"SELECT id, CASE WHEN deleted_at IS NULL THEN room_id END FROM {messages} "
+                    "WHERE id = ANY(%b)", [keys.reply_ids], True)] if keys.reply_ids else [])
+
+
+def reads_from_rows(rows) -> plan.Reads:
+    user = _user_model()
+    db = connection.alias
+    locked = {r[0]: Room.from_db(db, None, r) for r in rows[0]}
+    split = len(Membership._meta.concrete_fields)
+    memberships = {}
+    for row in rows[1]:
+        membership = Membership.from_db(db, None, row[:split])
+        membership.user = user.from_db(db, None, row[split:])
+        memberships[(membership.room_id, membership.user_id)] = membership
+    earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
+    replies = dict(rows[5]) if len(rows) > 5 else {}
+    return plan.Reads(locked, memberships, earlier, replies, [row[0] for row in rows[3]],
+                      {tuple(row) for row in rows[4]})
+
+
+def _post_stamps(rows) -> Statement:
+    now, membership_ids = rows
+    return Statement(
+        f"UPDATE {Membership._meta.db_table} SET last_posted_at = %b WHERE id = ANY(%b)",
+        [now, membership_ids])
+
+
+# send_plan.ExtraWrite kind -> its statement (combined with the batch's other writes).
+EXTRA_STATEMENTS = {"post_stamps": _post_stamps}
+
+
+def write_statement(decision: plan.Decision, reads: plan.Reads) -> tuple[dict, Statement]:
+    """The accepted sends' events ({request index: event}) and the one statement that writes
+    them, their messages, the rooms' last_seq and the extra writes (nothing waits for it)."""
+    messages, last = plan.plan_messages(decision, reads)
+    ids = reads.message_ids[: len(messages)]
+    created = plan.created_events(decision, messages, ids)
+    extras = [EXTRA_STATEMENTS[extra.kind](extra.rows)
+              for extra in plan.extra_writes(decision, messages)]
+    return created, combine([
+        *extras,
+        pg_update(Room, "last_seq", last),
+        pg_insert(Message, ["id", *plan.MESSAGE_FIELDS],
+                  [(pk, *plan.message_row(m)) for pk, m in zip(ids, messages)]),
+        events_statement(list(created.values())),
+    ])
+
+
+def logged_statement(wanted) -> Statement:
+    """Read the logged events that resends answer with, by (room id, seq)."""
+    pairs = list(wanted)
+    return Statement(
+        f"SELECT {_columns(Event, 'e')} FROM {Event._meta.db_table} e JOIN "
+        "unnest(%b::bigint[], %b::bigint[]) AS w(room_id, seq) "
+        "ON e.room_id = w.room_id AND e.seq = w.seq",
+        [[room for room, _ in pairs], [seq for _, seq in pairs]], True,
+    )
+
+
+def logged_from_rows(rows) -> dict[tuple[int, int], Event]:
+    events = [Event.from_db(connection.alias, None, row) for row in rows]
+    for event in events:  # from_db does not run the JSON field's converter
+        if isinstance(event.envelope, (str, bytes)):
+            event.envelope = json.loads(event.envelope)
+    return {(e.room_id, e.seq): e for e in events}
+
+
+@contextmanager
+def _pipeline():
+    """psycopg's pipeline mode for the batch, so its statements share round trips. Errors
+    come out as Django's database errors, as from the ORM."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors, connection.connection.pipeline():
+        yield
+
+
+def send_batch(todo: list[plan.Send], results: list) -> None:
+    """Run the batch in one transaction on Django's connection (a database thread); the
+    events are fanned out after commit. Raises IntegrityError when a resend races another
+    transaction (the caller retries)."""
+    with transaction.atomic(), _pipeline():
+        reads = reads_from_rows(run(read_statements(plan.keys(todo), len(todo))))
+        decision = plan.decide(todo, reads, results, timezone.now())
+        created = {}
+        if decision.accepted:
+            created, statement = write_statement(decision, reads)
+            run([statement])
+            send_events_on_commit(fanout_items(created.values()))
+        wanted = plan.wanted(decision.resends)
+        logged = logged_from_rows(run([logged_statement(wanted)])[0]) if wanted else {}
+        plan.answer(decision, created, logged, results)
+
+
+async def asend_batch(conn, todo: list[plan.Send], results: list) -> None:
+    """send_batch on an asyncio psycopg connection, on the event loop: the same statements, so
+    a batch never waits for a database thread to get the GIL back after each round trip. Any
+    database error is left to the caller."""
+    async with conn.transaction(), conn.pipeline():
+        reads = reads_from_rows(await arun(conn, read_statements(plan.keys(todo), len(todo))))
+        decision = plan.decide(todo, reads, results, timezone.now())
+        created = {}
+        if decision.accepted:
+            created, statement = write_statement(decision, reads)
+            await arun(conn, [statement])
+        wanted = plan.wanted(decision.resends)
+        logged = {}
+        if wanted:
+            logged = logged_from_rows((await arun(conn, [logged_statement(wanted)]))[0])
+        plan.answer(decision, created, logged, results)
+    # Committed (outside any transaction of Django's): after_commit runs the fan-out now.
+    if created:
+        send_events_on_commit(fanout_items(created.values()))

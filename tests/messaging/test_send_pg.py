@@ -1,0 +1,82 @@
+"""The PostgreSQL executor of the send plan: round trips per batch, counted on the wire (libpq's
+trace, tests/support/roundtrips.py), on Django's connection and on an asyncio one.
+
+Before the send plan (main at 5e909ee) a batch took 6 round trips on a database thread
+(7 with a resend of an earlier batch) and 5 (6) on the asyncio connection."""
+
+import asyncio
+import uuid
+
+import psycopg
+import pytest
+from django.db import connection
+
+from apps.messaging.services import SendRequest, amessage_send_many, message_send_many
+from apps.rooms import services as rooms
+from tests import factories
+from tests.support.roundtrips import RoundTrips
+from tests.support.services import postgresql_only
+
+pytestmark = [postgresql_only("the PostgreSQL executor's round trips"),
+              pytest.mark.django_db(transaction=True)]
+
+TRIPS = 4  # BEGIN, the reads, the writes, COMMIT
+
+
+@pytest.fixture
+def scene():
+    owner, member = factories.make_user(), factories.make_user()
+    plain = factories.make_room(owner, members=[member])
+    slow = factories.make_room(owner, members=[member])
+    rooms.room_update(room=slow, actor=owner, slow_mode_seconds=60)
+    earlier = factories.send(plain, owner, "earlier")
+    return owner, member, plain, slow, earlier
+
+
+def batch(scene, size=3, *, slow=False, resend=False):
+    owner, member, plain, slow_room, earlier = scene
+    requests = [SendRequest(plain.pk, owner, f"m{i}", uuid.uuid4(),
+                            earlier.envelope["data"]["id"] if i == 0 else None)
+                for i in range(size)]
+    if slow:
+        requests.append(SendRequest(slow_room.pk, member, "slow", uuid.uuid4()))
+    if resend:
+        requests.append(SendRequest(plain.pk, owner, "again", earlier.envelope["data"]["client_id"]))
+    return requests
+
+
+def thread_trips(requests):
+    connection.ensure_connection()
+    with RoundTrips(connection.connection.pgconn) as trips:
+        results = message_send_many(requests)
+    assert not [r for r in results if isinstance(r, Exception)]
+    return trips.count
+
+
+def test_a_batch_on_a_database_thread_takes_four_round_trips_whatever_its_size(scene):
+    message_send_many(batch(scene))  # the first batch on the connection prepares its statements
+    assert thread_trips(batch(scene)) == TRIPS
+    assert thread_trips(batch(scene, size=50)) == TRIPS
+    # The slow-mode stamp is one more write in the same statement: no round trip of its own.
+    assert thread_trips(batch(scene, slow=True)) == TRIPS
+    # Reading the original event of an earlier batch's message is one more.
+    assert thread_trips(batch(scene, resend=True)) == TRIPS + 1
+
+
+def test_a_batch_on_the_asyncio_connection_takes_four_round_trips_whatever_its_size(scene):
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+
+    async def scenario():
+        counts = []
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
+            await amessage_send_many(conn, batch(scene))
+            for requests in (batch(scene), batch(scene, size=50), batch(scene, slow=True),
+                             batch(scene, resend=True)):
+                with RoundTrips(conn.pgconn) as trips:
+                    results = await amessage_send_many(conn, requests)
+                assert not [r for r in results if isinstance(r, Exception)]
+                counts.append(trips.count)
+        return counts
+
+    assert asyncio.run(scenario()) == [TRIPS, TRIPS, TRIPS, TRIPS + 1]
