@@ -6,7 +6,8 @@
 Runs the ceiling (bench/ceiling.py) first, then the chat stack (bench/stack.py), through the
 same generator, and prints one line per step and a summary with chat/ceiling ratios. A step
 holds when delivery p99 <= 100 ms and nothing was lost, refused, left unacked or closed; the
-ladder of a target stops at its first failed step.
+ladder of a target stops at its first failed step. Each step also prints the CPU per delivery
+of every process involved (server, worker, broker, PostgreSQL, Redis: bench/limits.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 from array import array
 
+from bench import limits as bench_limits
 from bench import stats
 from bench.loadgen import Pool, ladder_arguments, split
 from bench.stack import (ROOT, CeilingServer, ChatStack, cpu_seconds, machine, make_room,
@@ -36,7 +38,11 @@ def merge_acked(reports) -> dict[int, list[int]]:
     return merged
 
 
-def run_step(pool, senders, receivers, server_pid, step, rate, duration, drain) -> dict:
+def run_step(pool, senders, receivers, server_pid, step, rate, duration, drain,
+             others=None) -> dict:
+    system = bench_limits.SystemCpu(services=others is not None, server=server_pid,
+                                    **(others or {}))
+    system0 = system.read()
     srv0, cli0, wall0 = cpu_seconds(server_pid), pool.cpu_seconds(), time.monotonic()
     pool.call(receivers, "run", step, 0, 0)
     pool.call(senders, "run", step, rate, duration, timeout=duration + 60)
@@ -45,6 +51,7 @@ def run_step(pool, senders, receivers, server_pid, step, rate, duration, drain) 
     recv_reports = pool.call(receivers, "report", step, acked, drain, timeout=drain + 30)
     wall = time.monotonic() - wall0
     srv_cpu, cli_cpu = cpu_seconds(server_pid) - srv0, pool.cpu_seconds() - cli0
+    system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
     latencies = array("q")
     for report in recv_reports:
         latencies.frombytes(report["delivery_ns"])
@@ -74,6 +81,9 @@ def run_step(pool, senders, receivers, server_pid, step, rate, duration, drain) 
         "close_codes": [r["close_codes"] for r in everything if r["close_codes"]],
         "server_cpu_pct": round(100 * srv_cpu / wall),
         "client_cpu_pct": round(100 * cli_cpu / wall),
+        "cpu_ms_per_delivery": round(sum(system_cpu.values()) * 1000 / deliveries, 4)
+        if deliveries else None,
+        "cpu_per_delivery": bench_limits.per_unit_ms(system_cpu, deliveries),
     }
 
 
@@ -83,11 +93,12 @@ def step_line(name, step) -> str:
     return (f"{name:8} {step['rate']:>6}/s  sent {step['sent']:>6} acked {step['acked']:>6}  "
             f"deliv {step['deliveries_per_s']:>6}/s  p50 {lat['p50_ms']} p99 {lat['p99_ms']} "
             f"max {lat['max_ms']} ms (ack p99 {step['ack_latency']['p99_ms']})  lost {step['lost']}  "
-            f"srv {step['server_cpu_pct']}% cli {step['client_cpu_pct']}%  {verdict}{stats.trouble(step)}")
+            f"srv {step['server_cpu_pct']}% cli {step['client_cpu_pct']}%  {verdict}{stats.trouble(step)}"
+            f"\n         CPU per delivery: {step['cpu_per_delivery']}")
 
 
 def ladder(name, *, host, port, server_pid, sub_specs, send_specs, rates, args,
-           profile_at=None) -> list[dict]:
+           profile_at=None, others=None) -> list[dict]:
     pool = Pool(args.procs + 1)
     senders, receivers = [0], list(range(1, args.procs + 1))
     try:
@@ -102,7 +113,7 @@ def ladder(name, *, host, port, server_pid, sub_specs, send_specs, rates, args,
         print(f"{name:8} {len(sub_specs)} subscribers + {len(send_specs)} senders connected "
               f"in {time.monotonic() - t0:.1f}s", flush=True)
         # Warm-up (not reported): connection pools, caches, first-call imports.
-        run_step(pool, senders, receivers, server_pid, 0, rates[0] / 2, 2, args.drain)
+        run_step(pool, senders, receivers, server_pid, 0, rates[0] / 2, 2, args.drain, others)
         steps = []
         for index, rate in enumerate(rates, start=1):
             profiler = None
@@ -112,7 +123,7 @@ def ladder(name, *, host, port, server_pid, sub_specs, send_specs, rates, args,
                 path = ROOT / "bench" / "profiles" / f"fanout-{name}-{len(sub_specs)}-{rate:g}.txt"
                 profiler = Profiler(server_pid, args.duration, path, wall=args.wall)
             step = run_step(pool, senders, receivers, server_pid, index, rate, args.duration,
-                            args.drain)
+                            args.drain, others)
             if profiler is not None:
                 path = profiler.wait()
                 if path:
@@ -165,9 +176,12 @@ def main(argv=None) -> int:
             room = make_room(users[0][0], [uid for uid, _ in users], "fan-out bench")
             subs = [(token, room, True) for _, token in users[: args.subscribers]]
             sends = [(token, room, False) for _, token in users[args.subscribers:]]
+            others = {"worker": stack.worker.proc.pid if stack.worker else None,
+                      "broker": stack.broker.proc.pid if stack.broker else None}
             results["chat"] = ladder("chat", host="127.0.0.1", port=stack.port,
                                      server_pid=stack.pid, sub_specs=subs, send_specs=sends,
-                                     rates=rates, args=args, profile_at=args.profile)
+                                     rates=rates, args=args, profile_at=args.profile,
+                                     others=others)
     print()
     print(summary(results, args.subscribers))
     print(f"(total {time.monotonic() - started:.0f}s)")

@@ -8,6 +8,11 @@ acked sends per second, ack latency p50/p99 (send to `ack`), delivery latency p9
 deliveries (each message reaches the 4 other members), and Kafka lag p50/p99 (commit `ts` to
 readable on the topic, bench/kafkalag.py). A step holds when ack p99 <= 50 ms with nothing
 refused, unacked or closed; the ladder stops at the first miss.
+
+Before the ladder, the limits of the same run (bench/limits.py): `pgbench -N` at --pg-clients,
+the send path's statements in a raw asyncio psycopg loop, and redis-benchmark PUBLISH; the held
+rate is printed as a ratio to pgbench's tps (issue 18's target: >= 0.5x). Each step prints the
+CPU per acked send of every process involved (server, worker, broker, PostgreSQL, Redis).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import sys
 import time
 from array import array
 
+from bench import limits as bench_limits
 from bench import stats
 from bench.kafkalag import KafkaLag
 from bench.loadgen import Pool, ladder_arguments, split
@@ -36,6 +42,11 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     def worker_cpu():
         return tree_cpu_seconds(worker.proc.pid) if worker else 0.0
 
+    broker = getattr(getattr(stack, "broker", None), "proc", None)
+    system = bench_limits.SystemCpu(server=server_pid,
+                                    worker=worker.proc.pid if worker else None,
+                                    broker=broker.pid if broker else None)
+    system0 = system.read()
     srv0, wrk0, cli0 = cpu_seconds(server_pid), worker_cpu(), pool.cpu_seconds()
     batches0 = stack.batch_figures() if hasattr(stack, "batch_figures") else None
     wall0 = time.monotonic()
@@ -44,6 +55,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     reports = pool.call(list(shares), "report", step, None, args.drain, timeout=args.drain + 30)
     wall = time.monotonic() - wall0
     srv_cpu, wrk_cpu = cpu_seconds(server_pid) - srv0, worker_cpu() - wrk0
+    system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
     batches = None
     if batches0 is not None:
         after = stack.batch_figures()
@@ -84,6 +96,8 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         "worker_cpu_pct": round(100 * wrk_cpu / wall),
         "client_cpu_pct": round(100 * cli_cpu / wall),
         "send_batches": batches,
+        "cpu_ms_per_send": round(sum(system_cpu.values()) * 1000 / acked, 3) if acked else None,
+        "cpu_per_send": bench_limits.per_unit_ms(system_cpu, acked),
     }
 
 
@@ -101,7 +115,8 @@ def step_line(step: dict) -> str:
             f"p50 {kafka['p50_ms']} p99 {kafka['p99_ms']} ms  srv {step['server_cpu_pct']}% "
             f"celery {step['worker_cpu_pct']}% cli {step['client_cpu_pct']}%  "
             f"{'ok' if step_passes(step) else 'MISS'}{stats.trouble(step)}"
-            + batch_note(step.get("send_batches")))
+            + batch_note(step.get("send_batches"))
+            + f"\n        CPU per acked send: {step['cpu_per_send']}")
 
 
 def batch_note(batches) -> str:
@@ -180,6 +195,9 @@ def main(argv=None) -> int:
     parser.add_argument("--procs", type=int, default=2, help="client processes")
     parser.add_argument("--ceiling", action="store_true",
                         help="run the same load against the ceiling server (checks the generator)")
+    parser.add_argument("--pg-clients", type=int, default=4,
+                        help="pgbench clients for the limit (the server's database sessions)")
+    parser.add_argument("--no-limits", action="store_true", help="skip measuring the limits")
     ladder_arguments(parser)
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
@@ -188,6 +206,9 @@ def main(argv=None) -> int:
     print(f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
           f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
           f" UTC, {machine()})", flush=True)
+    limits = None if args.no_limits else bench_limits.header(args.pg_clients)
+    if limits:
+        print(bench_limits.header_line(limits), flush=True)
     if args.ceiling:
         ceiling = CeilingServer().start()
         try:
@@ -209,11 +230,18 @@ def main(argv=None) -> int:
               f"-> {best['acked_per_s']} acked/s, ack p50 {best['ack_latency']['p50_ms']} "
               f"p99 {best['ack_latency']['p99_ms']} ms; Kafka lag p50 {kafka['p50_ms']} "
               f"p99 {kafka['p99_ms']} ms ({best['kafka_count']}/{best['acked']} read)")
+        if limits:
+            print(f"writes: held / pgbench -N tps = {best['acked_per_s']} / "
+                  f"{limits['pgbench_tps']:,.0f} = "
+                  f"{best['acked_per_s'] / limits['pgbench_tps']:.2f}x (target >= 0.5x); "
+                  f"held / raw send statements = "
+                  f"{best['acked_per_s'] / limits['raw_send_rate']:.2f}x; "
+                  f"CPU per acked send {best['cpu_ms_per_send']} ms (target <= 1 ms at 1,000/s)")
     else:
         print("writes: no rate held")
     print(f"(total {time.monotonic() - started:.0f}s)")
     if args.json:
-        args.json.write_text(json.dumps({"steps": steps}, indent=1))
+        args.json.write_text(json.dumps({"limits": limits, "steps": steps}, indent=1))
     return 0
 
 

@@ -5,7 +5,10 @@ Faults, in order, with steady traffic before, between and after them:
   1. SIGKILL of the Celery worker (the outbox publisher), restarted a few seconds later;
   2. a Redis restart (channel layer and Celery broker; a private redis-server, data lost);
   3. the Kafka broker stopped for `broker_outage` seconds, then started again;
-  4. SIGKILL of one server process: its clients reconnect to the other one and resume.
+  4. a PostgreSQL restart (`postgres_down` seconds between a fast stop, which ends every
+     session, and the start): sends answer `unavailable` meanwhile and are resent; the servers
+     and the worker reconnect by themselves;
+  5. SIGKILL of one server process: its clients reconnect to the other one and resume.
 
 The broker is a private Tansu with memory storage, so a restarted broker is empty. The fault is
 a real stop and start (the stronger fault: the publisher's connections break, produce requests
@@ -16,8 +19,8 @@ then thawed at once: otherwise an event the broker had acknowledged but the coll
 yet read would vanish with the broker's memory -- an artifact of the test broker, not a loss by
 the system. After the restart the topic is re-created (a real broker keeps its topics).
 
-Everything runs on private instances: its own PostgreSQL database (created and dropped), its
-own redis-server and broker on spare ports, its own queue, prefixes and topic.
+Everything runs on private instances: its own PostgreSQL cluster (initdb, removed at the end),
+its own redis-server and broker on spare ports, its own queue, prefixes and topic.
 """
 
 from __future__ import annotations
@@ -41,9 +44,8 @@ if str(ROOT) not in sys.path:
 from bench.chaos.clients import ChaosClient  # noqa: E402
 from bench.chaos.collector import Collector  # noqa: E402
 from tests.support.processes import CeleryWorker, ServerProcess  # noqa: E402
-from tests.support.services import PYTHON, Broker, RedisServer  # noqa: E402
+from tests.support.services import PYTHON, Broker, PostgresCluster, RedisServer  # noqa: E402
 
-PG = "postgresql://postgres@127.0.0.1:5432"
 KAFKA_TYPES_SQL = "type NOT IN ('typing', 'presence.changed')"
 SCRUBBED = {"DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "DJANGO_SETTINGS_MODULE",
             "CHANNELS_PREFIX", "CELERY_QUEUE", "CELERY_BROKER_URL", "KAFKA_TOPIC_PREFIX",
@@ -60,6 +62,7 @@ class ChaosConfig:
     broker_outage: float = 30.0
     worker_down: float = 3.0
     redis_down: float = 2.0
+    postgres_down: float = 5.0  # longer than the pool's wait (DATABASE_POOL_TIMEOUT below)
     settle_timeout: float = 90.0
 
 
@@ -67,10 +70,13 @@ def log(message: str) -> None:
     print(f"[chaos {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def psql(sql: str, db: str = "postgres", params=None, fetch=True):
+FAULTS = 5
+
+
+def psql(base: str, sql: str, db: str = "postgres", params=None, fetch=True):
     import psycopg
 
-    with psycopg.connect(f"{PG}/{db}", autocommit=True) as conn:
+    with psycopg.connect(f"{base}/{db}", autocommit=True) as conn:
         cur = conn.execute(sql, params)
         return cur.fetchall() if fetch and cur.description else None
 
@@ -82,6 +88,8 @@ class ChaosRun:
         self.db = self.run_id
         self.redis = RedisServer()
         self.broker = Broker()
+        self.pg = PostgresCluster()
+        self.servers_alive_after_postgres: int | None = None
         self.env: dict = {}
         self.worker: CeleryWorker | None = None
         self.servers: list[ServerProcess] = []
@@ -98,14 +106,19 @@ class ChaosRun:
             raise RuntimeError(f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
         return result.stdout
 
+    def psql(self, sql: str, db: str | None = None, params=None, fetch=True):
+        return psql(f"postgresql://postgres@127.0.0.1:{self.pg.port}", sql, db or self.db,
+                    params, fetch)
+
     def start(self) -> None:
-        psql(f'CREATE DATABASE "{self.db}"', fetch=False)
+        self.pg.start()
+        self.psql(f'CREATE DATABASE "{self.db}"', db="postgres", fetch=False)
         self.redis.start()
         self.broker.start()
         env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
         env.update(
             DJANGO_SETTINGS_MODULE="chatproject.settings",
-            DATABASE_URL=f"{PG}/{self.db}".replace("postgresql://", "postgres://"),
+            DATABASE_URL=f"postgres://postgres@127.0.0.1:{self.pg.port}/{self.db}",
             REDIS_URL=self.redis.url,
             CHANNELS_PREFIX=self.run_id,
             CELERY_QUEUE=self.run_id,
@@ -114,6 +127,9 @@ class ChaosRun:
             ALLOWED_HOSTS="localhost,127.0.0.1",
             PYTHONUNBUFFERED="1",
             DATABASE_POOL_MIN="1",
+            # A send waits this long for a database connection, then answers `unavailable`
+            # (the client resends): shorter than the PostgreSQL outage, so both are seen.
+            DATABASE_POOL_TIMEOUT="2",
             OUTBOX_SWEEP_SECONDS="2",
             OUTBOX_RETRY_MAX_SECONDS="4",
         )
@@ -147,10 +163,7 @@ class ChaosRun:
             self.collector.stop()
         self.broker.stop()
         self.redis.stop()
-        try:
-            psql(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)', fetch=False)
-        except Exception as exc:
-            log(f"could not drop {self.db}: {exc}")
+        self.pg.destroy()
 
     # --- faults -----------------------------------------------------------------------------------
     async def supervise_worker(self) -> None:
@@ -187,9 +200,19 @@ class ChaosRun:
         await asyncio.to_thread(self.redis.start)
         log("Redis back (empty)")
 
+    async def restart_postgres(self) -> None:
+        log("fault: PostgreSQL restart")
+        await asyncio.to_thread(self.pg.stop, "fast")
+        self.faults.append(f"postgres restart {self.config.postgres_down:g}s")
+        await asyncio.sleep(self.config.postgres_down)
+        await asyncio.to_thread(self.pg.start)
+        await asyncio.sleep(1.0)
+        self.servers_alive_after_postgres = sum(server.alive() for server in self.servers)
+        log(f"PostgreSQL back; {self.servers_alive_after_postgres} servers alive")
+
     def published_ids(self) -> set[str]:
-        rows = psql(f"SELECT id::text FROM events_event WHERE published_at IS NOT NULL "
-                    f"AND {KAFKA_TYPES_SQL}", self.db)
+        rows = self.psql(f"SELECT id::text FROM events_event WHERE published_at IS NOT NULL "
+                         f"AND {KAFKA_TYPES_SQL}")
         return {r[0] for r in rows}
 
     async def stop_broker(self) -> None:
@@ -247,7 +270,8 @@ class ChaosRun:
         tasks.append(asyncio.create_task(self.supervise_worker()))
         try:
             await asyncio.sleep(cfg.phase)
-            for fault in (self.kill_worker, self.restart_redis, self.stop_broker, self.kill_server):
+            for fault in (self.kill_worker, self.restart_redis, self.stop_broker,
+                          self.restart_postgres, self.kill_server):
                 await fault()
                 await asyncio.sleep(cfg.phase)
             log("traffic stops; waiting for every pending message to be acknowledged")
@@ -256,7 +280,7 @@ class ChaosRun:
             deadline = time.monotonic() + cfg.settle_timeout
             while any(c.pending for c in clients) and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
-            last = dict(psql("SELECT id, last_seq FROM rooms_room", self.db))
+            last = dict(self.psql("SELECT id, last_seq FROM rooms_room"))
             remaining = max(1.0, deadline - time.monotonic())
             await asyncio.gather(*(c.settle(last[c.room], remaining) for c in clients))
         finally:
@@ -272,28 +296,28 @@ class ChaosRun:
             if not self.worker.alive():
                 self.worker_crashes.append("exited while draining")
                 self.start_worker()
-            pending = psql(f"SELECT count(*) FROM events_event WHERE published_at IS NULL "
-                           f"AND {KAFKA_TYPES_SQL}", self.db)[0][0]
+            pending = self.psql(f"SELECT count(*) FROM events_event WHERE published_at IS NULL "
+                                f"AND {KAFKA_TYPES_SQL}")[0][0]
             if pending == 0:
                 break
             time.sleep(0.5)
-        durable = {r[0] for r in psql(f"SELECT id::text FROM events_event WHERE {KAFKA_TYPES_SQL}",
-                                      self.db)}
+        durable = {r[0] for r in self.psql(
+            f"SELECT id::text FROM events_event WHERE {KAFKA_TYPES_SQL}")}
         self.collector.wait_for(durable, max(5.0, deadline - time.monotonic()))
         time.sleep(1.0)  # late duplicates, if any, are counted too
         return durable
 
     def check(self, clients: list[ChaosClient], durable: set[str]) -> dict:
-        db = self.db
         # 1. Every acknowledged message is in PostgreSQL (message row and its event).
         acked = {cid: env for c in clients for cid, env in c.stats.acked.items()}
-        rows = psql("SELECT m.client_id::text, e.id::text, m.seq, m.room_id FROM messaging_message m "
-                    "JOIN events_event e ON e.room_id = m.room_id AND e.seq = m.seq", db)
+        rows = self.psql("SELECT m.client_id::text, e.id::text, m.seq, m.room_id "
+                         "FROM messaging_message m "
+                         "JOIN events_event e ON e.room_id = m.room_id AND e.seq = m.seq")
         in_db = {r[0]: (r[1], r[2], r[3]) for r in rows}
         lost_acked = [cid for cid, env in acked.items()
                       if in_db.get(cid) != (env["id"], env["seq"], env["room"])]
-        bodies = psql("SELECT body, count(*) FROM messaging_message GROUP BY body "
-                      "HAVING count(*) > 1", db)
+        bodies = self.psql("SELECT body, count(*) FROM messaging_message GROUP BY body "
+                           "HAVING count(*) > 1")
         # 2. Every durable event is on Kafka, once per id after dedupe, in seq order per room.
         records = sorted(self.collector.records, key=lambda r: (r.generation, r.partition, r.offset))
         counts = Counter(r.event_id for r in records)
@@ -315,17 +339,18 @@ class ChaosRun:
             last_seq[r.room] = r.seq
         dup_slots = sum(1 for ids in ids_per_slot.values() if len(ids) > 1)
         # 3. Every client holds its room's full, gapless sequence.
-        last = dict(psql("SELECT id, last_seq FROM rooms_room", db))
+        last = dict(self.psql("SELECT id, last_seq FROM rooms_room"))
         incomplete = [c.index for c in clients if c.stats.seqs != set(range(1, last[c.room] + 1))]
         socket_gaps = sum(c.stats.per_socket_gaps for c in clients)
         socket_dups = sum(c.stats.per_socket_dups for c in clients)
         # Every room log itself is gapless.
-        log_gaps = psql("SELECT r.id FROM rooms_room r WHERE r.last_seq <> (SELECT count(*) FROM "
-                        "events_event e WHERE e.room_id = r.id AND e.seq IS NOT NULL)", db)
+        log_gaps = self.psql("SELECT r.id FROM rooms_room r WHERE r.last_seq <> (SELECT count(*) "
+                             "FROM events_event e WHERE e.room_id = r.id AND e.seq IS NOT NULL)")
         return {
             "faults_injected": len(self.faults),
             "faults": self.faults,
             "worker_crashes": self.worker_crashes,
+            "servers_alive_after_postgres": self.servers_alive_after_postgres,
             "messages_acked": len(acked),
             "events_checked": len(durable),
             "kafka_records_read": len(records),
@@ -355,7 +380,7 @@ def ok(figures: dict) -> bool:
     return all(figures[k] == 0 for k in (
         "lost", "phantom_kafka_events", "duplicated_after_dedupe", "kafka_out_of_order",
         "kafka_bad_key_or_header", "room_log_gaps", "clients_incomplete", "per_socket_gaps",
-        "per_socket_duplicates")) and figures["faults_injected"] == 4 and figures["messages_acked"] > 0
+        "per_socket_duplicates")) and figures["faults_injected"] == FAULTS and figures["messages_acked"] > 0
 
 
 def run_chaos(config: ChaosConfig) -> dict:

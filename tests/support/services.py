@@ -131,6 +131,54 @@ class RedisServer:
         self.proc = None
 
 
+class PostgresCluster:
+    """A private PostgreSQL cluster (initdb) on a spare port, for tests that restart the
+    database: the machine's own server is never stopped. initdb refuses to run as root, so as
+    root the cluster belongs to the `postgres` system user; trust auth on 127.0.0.1 only."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.dir = None
+
+    @property
+    def url(self) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args) -> None:
+        command = list(args)
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       timeout=120)
+
+    def start(self) -> "PostgresCluster":
+        if self.dir is None:
+            self.dir = tempfile.mkdtemp(prefix="chat-pg-")
+            if os.geteuid() == 0:
+                shutil.chown(self.dir, "postgres", "postgres")
+            self._run("initdb", "-D", self.dir, "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                      "--no-sync")
+        self._run("pg_ctl", "-D", self.dir, "-w", "-t", "60", "-l", f"{self.dir}/log",
+                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+                        "-c fsync=off -c max_connections=200", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (`fast`: sessions are ended; `immediate`: as a crash)."""
+        if self.dir is not None:
+            self._run("pg_ctl", "-D", self.dir, "-w", "-t", "60", "-m", mode, "stop")
+
+    def destroy(self) -> None:
+        if self.dir is None:
+            return
+        try:
+            self.stop("immediate")
+        except subprocess.CalledProcessError:
+            pass  # already stopped
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir = None
+
+
 _session_broker: Broker | None = None
 
 
