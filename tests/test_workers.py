@@ -11,6 +11,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from apps.rooms import services as rooms
+from apps.rooms.models import Room
 from chatproject import workers
 from tests import factories
 from tests.messaging.wsclient import WS
@@ -129,21 +130,36 @@ def test_sigterm_closes_every_workers_sockets_with_1012(child_env, user):
                 and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
 
 
-def test_a_killed_worker_is_replaced_and_the_other_keeps_its_sockets(child_env, user, room):
+def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_same_port(child_env, user,
+                                                                            room):
     server = ServerProcess(child_env, workers=2).start()
     try:
         pids = wait_children(server.proc.pid, 2)
         token = factories.make_token(user)
         clients = spread(server.ws_url, token, server.port, pids)
         victim, survivor = pids
+        for client in clients.values():
+            client.subscribe(room.pk, since=0)
+        first = clients[survivor].send_message(room.pk, body="before")
+        clients[victim].wait_seq(room.pk, first["event"]["seq"])
         os.kill(victim, signal.SIGKILL)
         with pytest.raises((ConnectionClosed, OSError)):
             while True:
                 clients[victim].recv(timeout=10)
+        seen = clients[victim].seqs(room.pk)
+        # The survivor keeps its socket and commits while the victim is replaced.
+        for n in range(3):
+            assert clients[survivor].send_message(room.pk, body=f"during {n}")["type"] == "ack"
         replacement = wait_children(server.proc.pid, 1, exclude=(survivor, victim))
         assert set(children(server.proc.pid)) == {survivor, replacement[0]}
-        assert clients[survivor].send_message(room.pk, body="still here")["type"] == "ack"
-        # The replacement accepts on the same port.
+        # The victim's client comes back on the same port (whichever worker takes it) and
+        # resumes from what it had: nothing lost, nothing twice.
+        back = WS(server.ws_url, token=token)
+        back.subscribe(room.pk, since=seen[-1])
+        head = Room.objects.get(pk=room.pk).last_seq
+        back.wait_seq(room.pk, head)
+        assert seen + back.seqs(room.pk) == list(range(1, head + 1))
+        # The replacement accepts on the same port too.
         spread(server.ws_url, token, server.port, [survivor, replacement[0]])
     finally:
         assert server.stop() == 0
