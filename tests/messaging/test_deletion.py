@@ -22,6 +22,7 @@ from apps.messaging.services import SendRequest
 from apps.rooms import services as rooms
 from chatproject.errors import ServiceError
 from tests import factories
+from tests.support.services import postgresql_only
 
 CONTENT = ("message.created", "message.edited")
 
@@ -115,7 +116,7 @@ def test_reply_to_a_deleted_message_is_not_found(room, user):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.services
+@postgresql_only("the asyncio psycopg connection of the send lanes")
 def test_the_asyncio_send_path_answers_deleted_messages_the_same():
     """amessage_send_many (the server's lanes): the resend is redacted, the reply not_found,
     and a message it wrote is found by its message_id and redacted."""
@@ -146,7 +147,7 @@ def test_the_asyncio_send_path_answers_deleted_messages_the_same():
 
 
 @pytest.mark.django_db
-@pytest.mark.services
+@postgresql_only("PostgreSQL's query plan (EXPLAIN) through the event_message index")
 def test_the_redaction_is_one_update_through_the_message_index(room, user):
     """PostgreSQL plans the redaction through event_message, never a scan of the log."""
     message = message_of(factories.send(room, user, "indexed"))

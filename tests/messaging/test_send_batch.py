@@ -16,6 +16,7 @@ from apps.messaging.services import SendRequest, message_send_many
 from apps.rooms import services as rooms
 from chatproject.errors import ServiceError
 from tests import factories
+from tests.support.services import postgresql_only
 
 
 @pytest.mark.django_db
@@ -141,7 +142,7 @@ def test_a_failed_batch_fails_each_of_its_sends_and_the_queue_goes_on():
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.services
+@postgresql_only("the asyncio psycopg connection of the send lanes")
 def test_the_asyncio_connection_path_answers_as_the_thread_path():
     """amessage_send_many (the server's lanes on PostgreSQL) gives the same answers and rows."""
     import psycopg

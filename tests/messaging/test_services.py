@@ -41,7 +41,6 @@ def test_bad_bodies_are_refused_and_nothing_is_written(room, user, body):
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.services
 def test_seq_is_gapless_under_concurrent_sends_from_threads():
     owner = factories.make_user()
     room = factories.make_room(owner)
@@ -182,7 +181,6 @@ def test_resend_after_being_muted_still_returns_the_original(room, user, other_u
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.services
 def test_concurrent_resends_of_one_client_id_create_one_message():
     owner = factories.make_user()
     room = factories.make_room(owner)

@@ -11,6 +11,7 @@ from apps.messaging.services import SendRequest, message_send_many
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, Room
 from tests import factories
+from tests.support.services import postgresql_only
 
 
 def slow_room(owner, *members, seconds=60):
@@ -111,7 +112,7 @@ def test_two_sends_of_one_member_in_one_batch_the_second_refused(user, other_use
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.services
+@postgresql_only("the asyncio psycopg connection of the send lanes")
 def test_the_asyncio_lane_applies_slow_mode_and_blocks_in_its_batch():
     import psycopg
     from django.db import connection
