@@ -57,7 +57,9 @@ def test_a_mention_of_an_offline_member_is_notified_once_even_if_delivered_twice
 
 @pytest.mark.services
 @pytest.mark.django_db
-def test_online_users_the_author_and_non_members_are_not_notified_away_users_are():
+def test_the_author_and_non_members_are_not_notified_online_and_away_members_are():
+    """Online members too: notification.created reaches their sockets, and the email only
+    goes if the room stays unread (apps.notifications.email)."""
     room, author, away, online = mention_room()
     outsider, idle = factories.make_user(), factories.make_user()
     rooms.room_invite(room=room, actor=author, user=idle)
@@ -70,7 +72,8 @@ def test_online_users_the_author_and_non_members_are_not_notified_away_users_are
         handlers.process("g", MentionNotifications(), envelope)
     finally:
         redis_client().delete(*(presence.status_key(uid) for uid in keys))
-    assert set(Notification.objects.values_list("user", flat=True)) == {away.pk, idle.pk}
+    assert set(Notification.objects.values_list("user", flat=True)) == {away.pk, idle.pk,
+                                                                         online.pk}
 
 
 @pytest.mark.django_db
