@@ -240,3 +240,44 @@ def test_rooms_list_carries_unread_mentions_and_level_and_reading_clears_mention
     outsider = factories.api_client(factories.make_user()).get("/api/rooms/").json()
     assert {r["id"]: r["mentions"] for r in outsider["results"]}.get(room.pk) == 0
     assert quiet.pk not in mine()
+
+
+# --- The send path is untouched ------------------------------------------------------------
+
+
+def test_mentions_add_no_statement_to_the_send_path(monkeypatch):
+    """The batched send path runs the same statements whether the bodies mention people or
+    not: the mentions are the worker's, after the commit. (On PostgreSQL the send path runs
+    its statements on psycopg cursors directly, so those are counted too.)"""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    raw = []
+    if connection.vendor == "postgresql":
+        import psycopg
+
+        execute = psycopg.Cursor.execute
+
+        def counted(self, query, *args, **kwargs):
+            raw.append(str(query))
+            return execute(self, query, *args, **kwargs)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+    room, author, others = cast(3)
+    names = " ".join(f"@{u.username}" for u in others)
+
+    def batch(body):
+        requests = [messaging.SendRequest(room, author, f"{body} {i}", factories.uuid.uuid4())
+                    for i in range(20)]
+        raw.clear()
+        with CaptureQueriesContext(connection) as queries:
+            results = messaging.message_send_many(requests)
+        assert all(not isinstance(r, Exception) for r in results)
+        return [q["sql"] for q in queries.captured_queries] + list(raw)
+
+    plain = batch("no mention")
+    mentioning = batch(f"{names} @room @here")
+    assert len(mentioning) == len(plain) > 0
+    assert not any("notification" in sql.lower() for sql in mentioning)
+    assert not Notification.objects.exists()
+    assert len(notified()) == 3
