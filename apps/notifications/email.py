@@ -95,8 +95,8 @@ def message_for(notifications: list[Notification]) -> EmailMessage:
     if count > LISTED:
         lines.append(f"- and {count - LISTED} more")
     lines += ["", f"Read them at {site}/", "",
-              "You get this because the room's notification level is 'all' or 'mentions'; "
-              "set it to 'none' in the room menu to stop them."]
+              ("You get this because the room's notification level is 'all' or 'mentions'; "
+               "set it to 'none' in the room menu to stop them.")]
     return EmailMessage(
         subject=f"{count} unread mention{'s' if count != 1 else ''}",
         body="\n".join(lines),

@@ -22,6 +22,7 @@ Rules (docs/protocol.md, Notifications):
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ from apps.events.models import Event
 
 from . import presence
 from .models import MentionCursor, Notification, RoomLevel
+
+logger = logging.getLogger(__name__)
 
 # @username as Django's username validator allows it ([\w.@+-]); not inside a word or an email.
 MENTION = re.compile(r"(?<![\w.@+-])@([\w.+-]{1,150})")
@@ -73,7 +76,7 @@ class Mentions:
     def __bool__(self):
         return bool(self.keys or self.room or self.here)
 
-    def minus(self, earlier: "Mentions") -> "Mentions":
+    def minus(self, earlier: Mentions) -> Mentions:
         """The mentions this text adds to an earlier version of it."""
         return Mentions(self.keys - earlier.keys, self.room and not earlier.room,
                         self.here and not earlier.here)
@@ -274,10 +277,7 @@ def send_created(notifications) -> None:
     try:
         fanout.dispatch_many(items)
     except Exception:  # noqa: BLE001 - Redis down: the list at /api/notifications/ has them
-        import logging
-
-        logging.getLogger(__name__).warning("notification.created fan-out failed",
-                                            exc_info=True)
+        logger.warning("notification.created fan-out failed", exc_info=True)
 
 
 def created_envelope(notification) -> dict:

@@ -1,7 +1,11 @@
 """Celery tasks of notifications: the mention worker (kicked after commits, and by beat) and
 the unread-notification email (beat)."""
 
+import logging
+
 from celery import shared_task
+
+logger = logging.getLogger(__name__)
 
 
 @shared_task(ignore_result=True)
@@ -23,7 +27,7 @@ def notify_mentions():
         try:
             client.delete(kick_key())
         except Exception:  # noqa: BLE001 - the key expires on its own
-            pass
+            logger.debug("could not clear the notify kick key", exc_info=True)
     process_pending()
 
 

@@ -21,7 +21,6 @@ from tests import factories
 from tests.messaging.wsclient import WS
 from tests.support.services import free_port
 
-
 # --- Live --------------------------------------------------------------------------------------
 
 
@@ -185,9 +184,8 @@ def test_an_smtp_failure_leaves_the_notifications_due(smtp):
     factories.send(room, author, body=f"@{ada.username}")
     mentions.process_pending()
     age(11)
-    with override_settings(EMAIL_PORT=free_port()):  # nobody listens there
-        with pytest.raises(OSError):
-            email_unread_notifications()
+    with override_settings(EMAIL_PORT=free_port()), pytest.raises(OSError):  # nobody listens
+        email_unread_notifications()
     assert Notification.objects.get(user=ada).emailed_at is None
     email_unread_notifications()
     assert len(smtp.messages) == 1

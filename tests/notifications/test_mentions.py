@@ -4,10 +4,10 @@ level, and the mentions count of the rooms list (PROTOCOL §9)."""
 import pytest
 
 from apps.events.models import Event
+from apps.events.outbox import redis_client
 from apps.messaging import services as messaging
 from apps.notifications import mentions, presence
 from apps.notifications.models import MentionCursor, Notification
-from apps.events.outbox import redis_client
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from apps.users.models import Block
@@ -42,7 +42,7 @@ def test_parse_reads_usernames_room_and_here():
 
 
 def test_a_username_mention_notifies_that_member_once_and_moves_the_cursor():
-    room, author, (ada, bob, _) = cast()
+    room, author, (ada, _, _) = cast()
     sent = factories.send(room, author, body=f"hello @{ada.username.upper()}!")
     assert notified() == {ada.pk: "mention"}
     note = Notification.objects.get()
@@ -200,7 +200,7 @@ def test_bad_levels_are_invalid(body):
 
 
 def test_non_members_get_the_rooms_rules():
-    room, author, _ = cast()
+    room, _, _ = cast()
     private, _, _ = cast(kind=Room.Kind.PRIVATE)
     outsider = factories.api_client(factories.make_user())
     public = outsider.patch(f"/api/rooms/{room.pk}/membership/", {"notify": "all"},
