@@ -33,6 +33,7 @@ from django.utils import timezone
 
 from apps.events import catalogue
 from apps.events.models import Event
+from apps.events.services import after_commit
 
 from . import presence
 from .models import MentionCursor, Notification, RoomLevel
@@ -258,7 +259,7 @@ def process_pending() -> Run:
         _move_cursors(heads)
         run.rooms, run.events, run.notifications = len(heads), len(events), len(created)
         if created:
-            transaction.on_commit(lambda: send_created(created), robust=True)
+            after_commit(lambda: send_created(created))
     return run
 
 

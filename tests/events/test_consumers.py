@@ -191,18 +191,20 @@ def test_a_group_of_two_handles_each_event_once_and_survives_a_sigterm(child_env
 
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
-def test_a_user_with_an_open_socket_counts_as_online(server):
+def test_a_user_with_an_open_socket_counts_as_online_for_here(server):
+    """@here reaches the members online now (presence from the server's sockets)."""
     from tests.messaging.wsclient import WS
 
-    room, author, connected, _ = mention_room()
+    room, author, connected, offline = mention_room()
     socket = WS(server.ws_url, token=factories.make_token(connected))
     try:
         socket.hello()
         wait_for(lambda: presence.is_online(connected.pk), timeout=15,
                  message="the server to publish the user's presence")
-        envelope = factories.send(room, author, body=f"@{connected.username}").envelope
+        assert not presence.is_online(offline.pk)
+        envelope = factories.send(room, author, body="@here standup").envelope
         handlers.process("g", MentionNotifications(), envelope)
-        assert not Notification.objects.exists()
+        assert dict(Notification.objects.values_list("user_id", "kind")) == {connected.pk: "here"}
     finally:
         socket.close()
 
