@@ -281,3 +281,39 @@ def test_mentions_add_no_statement_to_the_send_path(monkeypatch):
     assert not any("notification" in sql.lower() for sql in mentioning)
     assert not Notification.objects.exists()
     assert len(notified()) == 3
+
+
+@pytest.mark.services
+def test_a_commit_with_an_at_sign_kicks_the_worker_once_and_others_never():
+    from django.conf import settings
+    from django.test import TestCase
+
+    from apps.notifications.hooks import kick_key
+
+    client = redis_client()
+    queue = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
+             + settings.CELERY_TASK_DEFAULT_QUEUE)
+    task = b"apps.notifications.tasks.notify_mentions"
+    room, author, (ada, _, _) = cast()
+    client.delete(kick_key())
+    before = client.lrange(queue, 0, -1)
+
+    def queued_kicks():
+        return sum(task in entry for entry in client.lrange(queue, 0, -1)) - sum(
+            task in entry for entry in before)
+
+    try:
+        # The sends commit inside the test's transaction: run their after-commit effects.
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            for i in range(5):
+                factories.send(room, author, body=f"plain {i}")
+        assert queued_kicks() == 0
+        with TestCase.captureOnCommitCallbacks(execute=True):
+            for i in range(5):
+                factories.send(room, author, body=f"@{ada.username} {i}")
+        assert queued_kicks() == 1  # debounced: one queued task
+    finally:  # no worker runs here: take back what the test queued (the outbox's kicks too)
+        for entry in client.lrange(queue, 0, -1):
+            if entry not in before:
+                client.lrem(queue, 1, entry)
+        client.delete(kick_key())
