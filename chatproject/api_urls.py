@@ -30,6 +30,8 @@ urlpatterns = [
     path("rooms/<int:room_id>/join/", rooms.RoomJoinApi.as_view(), name="room-join"),
     path("rooms/<int:room_id>/leave/", rooms.RoomLeaveApi.as_view(), name="room-leave"),
     path("rooms/<int:room_id>/invite/", rooms.RoomInviteApi.as_view(), name="room-invite"),
+    path("rooms/<int:room_id>/membership/", notifications.MembershipLevelApi.as_view(),
+         name="room-membership"),
     path("rooms/<int:room_id>/read/", rooms.RoomReadApi.as_view(), name="room-read"),
     path("rooms/<int:room_id>/events/", rooms.RoomEventsApi.as_view(), name="room-events"),
     path("rooms/<int:room_id>/members/", rooms.MembersApi.as_view(), name="room-members"),

@@ -256,7 +256,32 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.messaging.tasks.purge_history",
         "schedule": env_float("RETENTION_SWEEP_SECONDS", 3600.0),
     },
+    "notify-mentions": {
+        "task": "apps.notifications.tasks.notify_mentions",
+        "schedule": env_float("NOTIFY_SWEEP_SECONDS", 10.0),
+    },
+    "notify-email": {
+        "task": "apps.notifications.tasks.email_unread_notifications",
+        "schedule": env_float("NOTIFY_EMAIL_SWEEP_SECONDS", 60.0),
+    },
 }
+# Notifications (apps.notifications): the mention worker's kick debounce, and the email of
+# notifications unread this many minutes (batched per user, once each).
+NOTIFY_KICK_DEBOUNCE_MS = env_int("NOTIFY_KICK_DEBOUNCE_MS", 1000)
+NOTIFY_EMAIL_AFTER_MINUTES = env_float("NOTIFY_EMAIL_AFTER_MINUTES", 10.0)
+NOTIFY_EMAIL_SITE_URL = env("NOTIFY_EMAIL_SITE_URL", "http://localhost:8000")
+
+# --- Email: EMAIL_HOST, EMAIL_PORT, ... (Django's SMTP backend; unset host: console) ----------
+EMAIL_HOST = env("EMAIL_HOST", "")
+EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
+                    else "django.core.mail.backends.console.EmailBackend")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "chat@localhost")
 # Retention (apps.messaging.retention): the site default in days (unset: keep forever; a room's
 # retention_days overrides it), events removed per transaction, and the pause between two.
 RETENTION_DAYS = env_int("RETENTION_DAYS", None)

@@ -19,6 +19,7 @@ ROOM_AND_TARGET = "room+target"  # the room, and the affected user's sockets
 SELF = "self"  # the sockets of the user named in data.user
 SHARED_ROOMS = "shared_rooms"  # every room the user shares
 MODERATORS = "moderators"  # the sockets of the users the service names (target_user_ids)
+NOTIFIED = "notified"  # the notified user's own sockets (target_user_ids), subscribed or not
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,10 @@ CATALOGUE: dict[str, EventSpec] = {
                   kafka=True),
         EventSpec("receipt.updated", seq=False, persisted=True, fanout=SELF, kafka=True),
         EventSpec("report.created", seq=False, persisted=True, fanout=MODERATORS, kafka=True),
+        # Not in the event log: its durable record is the Notification row (listed by
+        # /api/notifications/), so it counts as ephemeral here (no outbox, no Kafka).
+        EventSpec("notification.created", seq=False, persisted=False, fanout=NOTIFIED,
+                  kafka=False),
         EventSpec("typing", seq=False, persisted=False, fanout=ROOM, kafka=False),
         EventSpec("presence.changed", seq=False, persisted=False, fanout=SHARED_ROOMS, kafka=False),
     ]
@@ -202,6 +207,20 @@ def receipt_updated(user, *, last_read_seq: int) -> dict:
 def report_created(report) -> dict:
     """Never the reporter's identity: the event also reaches Kafka and the room's moderators."""
     return {"report": report.as_data()}
+
+
+def notification_created(notification, *, actor: dict | None) -> dict:
+    """A Notification (apps.notifications) as its owner's sockets get it."""
+    return {"notification": {
+        "id": notification.pk,
+        "kind": notification.kind,
+        "room": notification.room_id,
+        "seq": notification.seq,
+        "message": notification.message_id,
+        "actor": actor,
+        "excerpt": notification.excerpt,
+        "created_at": format_ts(notification.created_at),
+    }}
 
 
 def typing(user, *, state: bool) -> dict:

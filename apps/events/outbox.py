@@ -41,40 +41,52 @@ def kick_publisher() -> None:
     """Ask a Celery worker to publish pending outbox rows (at most one queued kick at a time)."""
     if not settings.KAFKA_BOOTSTRAP_SERVERS:
         return
+    from .tasks import publish_outbox
+
+    enqueue_debounced(publish_outbox, kick_key(), settings.OUTBOX_KICK_DEBOUNCE_MS)
+
+
+def enqueue_debounced(task, key: str, debounce_ms: int) -> None:
+    """Enqueue the task unless one is queued already: `SET key 1 NX PX debounce_ms` first
+    (the task clears or renews the key, see the module docstring). Redis down: enqueue anyway;
+    the broker down: log it (the task's periodic sweep does the work later)."""
     client = redis_client()
     if client is not None:
         try:
-            if not client.set(kick_key(), 1, nx=True, px=settings.OUTBOX_KICK_DEBOUNCE_MS):
+            if not client.set(key, 1, nx=True, px=debounce_ms):
                 return  # a kick is queued and has not read the outbox yet
         except Exception:  # noqa: BLE001 - Redis down: enqueue anyway, the broker may be up
-            logger.debug("outbox kick key unavailable", exc_info=True)
+            logger.debug("kick key %s unavailable", key, exc_info=True)
     try:
-        from .tasks import publish_outbox
-
         # No publish retries: a down Celery broker must not hold up the request that committed.
-        publish_outbox.apply_async(retry=False)
-    except Exception:  # noqa: BLE001 - the periodic sweep publishes the rows later
-        logger.warning("could not enqueue the outbox publisher", exc_info=True)
+        task.apply_async(retry=False)
+    except Exception:  # noqa: BLE001 - the periodic sweep does the work later
+        logger.warning("could not enqueue %s", task.name, exc_info=True)
 
 
 _kicker = None
 
 
 def kick_publisher_soon() -> None:
-    """The after-commit kick. In a server process it runs on one background thread, so the
+    """The after-commit kick (see soon)."""
+    soon(kick_publisher)
+
+
+def soon(func) -> None:
+    """Run an after-commit kick. In a server process it runs on one background thread, so the
     request or socket thread that committed does not wait on Redis or the Celery broker;
     elsewhere (workers, commands, tests) it runs inline."""
     global _kicker
     from . import fanout
 
     if fanout.server_loop() is None:
-        kick_publisher()
+        func()
         return
     if _kicker is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _kicker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-kick")
-    _kicker.submit(kick_publisher)
+    _kicker.submit(func)
 
 
 def renew_kick() -> None:

@@ -112,6 +112,16 @@ DATA: dict[str, dict] = {
         "category": {"enum": ["spam", "abuse", "other"]},
         "reason": {"type": "string", "maxLength": 1000},
     })}),
+    "notification.created": _obj({"notification": _obj({
+        "id": _id,
+        "kind": {"enum": ["mention", "room", "here"]},
+        "room": _id,
+        "seq": {"type": "integer", "minimum": 1},
+        "message": _id,
+        "actor": {"anyOf": [_user, {"type": "null"}]},
+        "excerpt": {"type": "string", "maxLength": 200},
+        "created_at": _ts,
+    })}),
     "typing": _obj({"user": _user, "state": {"type": "boolean"}}),
     "presence.changed": _obj({"user": _user, "status": {"enum": ["online", "away", "offline"]}}),
 }
@@ -120,7 +130,8 @@ DATA: dict[str, dict] = {
 def envelope_schema(type: str) -> dict:
     """The full envelope schema of one event type."""
     spec = CATALOGUE[type]
-    room_required = spec.seq or type in ("receipt.updated", "report.created")
+    room_required = spec.seq or type in ("receipt.updated", "report.created",
+                                         "notification.created")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:chat:event:{type}",

@@ -218,6 +218,7 @@ def dispatch_events(items) -> None:
     text or None); a failure here loses nothing: the rows are committed, sockets fill gaps from
     the log and the outbox sweep publishes them."""
     from . import fanout, outbox
+    from .signals import events_committed
 
     try:
         fanout.dispatch_many(items)
@@ -225,6 +226,8 @@ def dispatch_events(items) -> None:
         logger.warning("fan-out failed for %d events", len(items), exc_info=True)
     if any(CATALOGUE[item[0]["type"]].kafka for item in items):
         outbox.kick_publisher_soon()
+    if events_committed.receivers:
+        events_committed.send_robust(sender=Event, items=items)
 
 
 def send_events_on_commit(items) -> None:

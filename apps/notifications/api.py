@@ -7,8 +7,9 @@ from rest_framework import serializers
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
-from apps.rooms.api import LIMIT, int_param, limit_param, next_url
-from apps.rooms.serializers import ErrorSerializer
+from apps.rooms.api import (LIMIT, REFUSED, RoomScopedApi, int_param, limit_param, next_url,
+                            room_data)
+from apps.rooms.serializers import ErrorSerializer, RoomSerializer
 from chatproject.errors import invalid
 
 from . import services
@@ -38,6 +39,10 @@ class NotificationPageSerializer(serializers.Serializer):
     results = NotificationSerializer(many=True)
     next = serializers.CharField(allow_null=True)
     unread = serializers.IntegerField()
+
+
+class LevelSerializer(serializers.Serializer):
+    notify = serializers.ChoiceField(choices=["all", "mentions", "none"])
 
 
 class MarkReadSerializer(serializers.Serializer):
@@ -121,3 +126,22 @@ class NotificationsReadApi(GenericAPIView):
             user=request.user, ids=data.get("ids"), all=data.get("all") is True
         )
         return Response({"marked": marked})
+
+
+class MembershipLevelApi(RoomScopedApi):
+    """Your notification level in the room: {"notify": "all" | "mentions" | "none"}.
+
+    all: mentions notify you, and the web client alerts on every new message; mentions (the
+    default): only @you, @room and @here notify you; none: nothing here notifies you."""
+
+    rate_budget = "read"  # a setting of one's own, like a read receipt
+
+    serializer_class = LevelSerializer
+
+    @extend_schema(request=LevelSerializer, responses={200: RoomSerializer, **REFUSED})
+    def patch(self, request, room_id):
+        data = request.data if isinstance(request.data, dict) else None
+        if data is None or set(data) != {"notify"}:
+            raise invalid('expected {"notify": "all" | "mentions" | "none"}')
+        services.room_level_set(room=self.room, user=request.user, level=data["notify"])
+        return Response(room_data(self.room, request.user))

@@ -21,10 +21,12 @@ class NotificationQuerySet(models.QuerySet):
 
 
 class Notification(models.Model):
-    """Something a user should see later, made by a Kafka consumer (an @mention while away)."""
+    """A mention of a user in a room (apps.notifications.mentions makes them from the log)."""
 
     class Kind(models.TextChoices):
-        MENTION = "mention"
+        MENTION = "mention"  # @username
+        ROOM = "room"  # @room: every member
+        HERE = "here"  # @here: the members online then
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notifications"
@@ -41,6 +43,8 @@ class Notification(models.Model):
     excerpt = models.CharField(max_length=200, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     read_at = models.DateTimeField(null=True, blank=True)
+    # When the unread-notification email listed it (apps.notifications.email): once only.
+    emailed_at = models.DateTimeField(null=True, blank=True)
 
     objects = NotificationQuerySet.as_manager()
 
@@ -52,6 +56,9 @@ class Notification(models.Model):
             models.Index(fields=["user", "read_at"]),
             # A deleted message's notifications (their excerpt is its text) go with it.
             models.Index(fields=["message_id"], name="notification_message"),
+            # The email task's scan: unread and not yet emailed, oldest first.
+            models.Index(fields=["created_at"], name="notification_email_due",
+                         condition=models.Q(read_at__isnull=True, emailed_at__isnull=True)),
         ]
         ordering = ["-pk"]
 
@@ -61,3 +68,41 @@ class Notification(models.Model):
     @property
     def is_read(self) -> bool:
         return self.read_at is not None
+
+
+class RoomLevel(models.Model):
+    """A member's notification level in one room (no row: the default, `mentions`).
+
+    all: mentions notify, and the web client also alerts on every new message;
+    mentions: only mentions notify; none: nothing notifies (not even a mention)."""
+
+    class Level(models.TextChoices):
+        ALL = "all"
+        MENTIONS = "mentions"
+        NONE = "none"
+
+    DEFAULT = Level.MENTIONS
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    room = models.ForeignKey("rooms.Room", on_delete=models.CASCADE, related_name="+")
+    level = models.CharField(max_length=10, choices=Level.choices, default=Level.MENTIONS)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["room", "user"], name="room_level_room_user")
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} in room {self.room_id}: {self.level}"
+
+
+class MentionCursor(models.Model):
+    """Per room, the last seq whose events the mention worker has read (a cursor over the
+    event log: apps.notifications.mentions). A room without a row starts at 0."""
+
+    room = models.OneToOneField("rooms.Room", on_delete=models.CASCADE, primary_key=True,
+                                related_name="+")
+    seq = models.BigIntegerField(default=0)
+
+    def __str__(self):
+        return f"room {self.room_id} read to {self.seq}"

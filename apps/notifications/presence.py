@@ -1,9 +1,9 @@
-"""Is a user online? The one question the notification handler asks about presence.
+"""Is a user online? The one question the notifications ask about presence (@here).
 
 apps.users.presence owns presence; its Redis store keeps each user's last published status
 (online / away / offline) under `{CHANNELS_PREFIX}:presence:<user id>:status` (see
 RedisPresence.status). Its API is async and per event loop, so this synchronous handler reads
-that key directly. `away` is not online: an away user gets the notification. Embedded mode
+that key directly. `away` is not online (@here leaves them out). Embedded mode
 keeps presence in the server's own memory, out of a consumer process's sight: nobody counts
 as online there.
 """
@@ -34,3 +34,19 @@ def is_online(user_id: int) -> bool:
         logger.warning("presence unavailable; treating user %s as offline", user_id)
         return False
     return (value.decode() if isinstance(value, bytes) else value) == ONLINE
+
+
+def online_ids(user_ids) -> set[int]:
+    """The users of these who are online now (one MGET); empty when presence is unknown."""
+    user_ids = list(user_ids)
+    if not settings.REDIS_URL or not user_ids:
+        return set()
+    from apps.events.outbox import redis_client
+
+    try:
+        values = redis_client().mget([status_key(uid) for uid in user_ids])
+    except Exception:  # noqa: BLE001 - unknown presence: @here reaches nobody this time
+        logger.warning("presence unavailable; @here notifies no one")
+        return set()
+    return {uid for uid, value in zip(user_ids, values)
+            if (value.decode() if isinstance(value, bytes) else value) == ONLINE}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from chatproject.errors import invalid, not_found
+from chatproject.errors import forbidden, invalid, not_found
 
 from .models import Notification
 
@@ -36,3 +36,17 @@ def notifications_mark_read(*, user, ids=None, all=False) -> int:
     return (
         Notification.objects.for_user(user).unread().filter(pk__in=ids).update(read_at=timezone.now())
     )
+
+
+def room_level_set(*, room, user, level) -> str:
+    """Set the user's notification level in a room they are an active member of."""
+    from apps.rooms.models import Membership
+
+    from .models import RoomLevel
+
+    if not isinstance(level, str) or level not in RoomLevel.Level.values:
+        raise invalid("notify must be one of: " + ", ".join(RoomLevel.Level.values))
+    if not Membership.objects.active().filter(room=room, user=user).exists():
+        raise forbidden("join the room first")
+    RoomLevel.objects.update_or_create(room=room, user=user, defaults={"level": level})
+    return level

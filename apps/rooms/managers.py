@@ -47,12 +47,15 @@ class RoomQuerySet(models.QuerySet):
         return self.filter(archived_at__isnull=True)
 
     def with_membership_of(self, user):
-        """Annotate the user's role, last_read_seq, muted_until and unread message count.
+        """Annotate the user's role, last_read_seq, muted_until, notification level
+        (`my_notify`, None: the default), unread message count and `mentions`.
 
         `my_role` is None where the user is not an active member (and `unread` is then 0).
-        Unread counts the room's live messages past the read position, not the user's own.
+        Unread counts the room's live messages past the read position, not the user's own;
+        `mentions` the user's unread notifications of the room past it (apps.notifications).
         """
         from apps.messaging.models import Message
+        from apps.notifications.models import Notification, RoomLevel
 
         from .models import Membership
 
@@ -67,12 +70,25 @@ class RoomQuerySet(models.QuerySet):
             .annotate(n=models.Count("pk"))
             .values("n")
         )
+        mentions = (
+            Notification.objects.filter(
+                user=user, room=OuterRef("pk"), read_at__isnull=True,
+                seq__gt=OuterRef("my_last_read_seq"),
+            )
+            .order_by()
+            .values("room")
+            .annotate(n=models.Count("pk"))
+            .values("n")
+        )
+        level = RoomLevel.objects.filter(room=OuterRef("pk"), user=user).values("level")[:1]
         return self.annotate(
             my_role=Subquery(mine.values("role")[:1]),
             my_last_read_seq=Subquery(mine.values("last_read_seq")[:1]),
             my_muted_until=Subquery(mine.values("muted_until")[:1]),
+            my_notify=Subquery(level),
         ).annotate(
-            unread=Coalesce(Subquery(unread, output_field=models.IntegerField()), Value(0))
+            unread=Coalesce(Subquery(unread, output_field=models.IntegerField()), Value(0)),
+            mentions=Coalesce(Subquery(mentions, output_field=models.IntegerField()), Value(0)),
         )
 
 

@@ -13,6 +13,9 @@ class MyMembershipSerializer(serializers.Serializer):
     role = serializers.ChoiceField(choices=Membership.Role.choices)
     last_read_seq = serializers.IntegerField()
     muted_until = serializers.DateTimeField(allow_null=True)
+    notify = serializers.ChoiceField(
+        choices=["all", "mentions", "none"],
+        help_text="Your notification level here (PATCH /api/rooms/{id}/membership/).")
 
 
 class RoomSerializer(serializers.Serializer):
@@ -48,6 +51,10 @@ class RoomSerializer(serializers.Serializer):
     unread = serializers.SerializerMethodField(
         help_text="Live messages by others after the caller's read position (0 for non-members)."
     )
+    mentions = serializers.SerializerMethodField(
+        help_text="The caller's unread notifications (mentions) in the room after their read "
+        "position; reading the room clears them."
+    )
 
     @extend_schema_field(MyMembershipSerializer(allow_null=True))
     def get_membership(self, room):
@@ -60,10 +67,14 @@ class RoomSerializer(serializers.Serializer):
             "muted_until": serializers.DateTimeField().to_representation(room.my_muted_until)
             if room.my_muted_until
             else None,
+            "notify": getattr(room, "my_notify", None) or "mentions",
         }
 
     def get_unread(self, room) -> int:
         return getattr(room, "unread", 0) or 0
+
+    def get_mentions(self, room) -> int:
+        return getattr(room, "mentions", 0) if getattr(room, "my_role", None) else 0
 
 
 class RoomCreateSerializer(serializers.Serializer):

@@ -687,12 +687,21 @@ def mark_read(*, room, user, seq) -> "object | None":
             return None
         membership.last_read_seq = seq
         membership.save(update_fields=["last_read_seq"])
+        _read_notifications(room, user, seq)
         return record_event(
             type="receipt.updated",
             room=room,
             actor=user,
             data=ev.receipt_updated(user, last_read_seq=seq),
         )
+
+
+def _read_notifications(room, user, seq) -> None:
+    """Reading the room reads its notifications up to that seq (the mentions count clears)."""
+    from apps.notifications.models import Notification
+
+    Notification.objects.filter(user=user, room=room, read_at__isnull=True,
+                                seq__lte=seq).update(read_at=timezone.now())
 
 
 def get_room_or_404(room_id, user) -> Room:

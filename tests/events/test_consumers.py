@@ -57,7 +57,9 @@ def test_a_mention_of_an_offline_member_is_notified_once_even_if_delivered_twice
 
 @pytest.mark.services
 @pytest.mark.django_db
-def test_online_users_the_author_and_non_members_are_not_notified_away_users_are():
+def test_the_author_and_non_members_are_not_notified_online_and_away_members_are():
+    """Online members too: notification.created reaches their sockets, and the email only
+    goes if the room stays unread (apps.notifications.email)."""
     room, author, away, online = mention_room()
     outsider, idle = factories.make_user(), factories.make_user()
     rooms.room_invite(room=room, actor=author, user=idle)
@@ -70,7 +72,8 @@ def test_online_users_the_author_and_non_members_are_not_notified_away_users_are
         handlers.process("g", MentionNotifications(), envelope)
     finally:
         redis_client().delete(*(presence.status_key(uid) for uid in keys))
-    assert set(Notification.objects.values_list("user", flat=True)) == {away.pk, idle.pk}
+    assert set(Notification.objects.values_list("user", flat=True)) == {away.pk, idle.pk,
+                                                                         online.pk}
 
 
 @pytest.mark.django_db
@@ -188,18 +191,20 @@ def test_a_group_of_two_handles_each_event_once_and_survives_a_sigterm(child_env
 
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
-def test_a_user_with_an_open_socket_counts_as_online(server):
+def test_a_user_with_an_open_socket_counts_as_online_for_here(server):
+    """@here reaches the members online now (presence from the server's sockets)."""
     from tests.messaging.wsclient import WS
 
-    room, author, connected, _ = mention_room()
+    room, author, connected, offline = mention_room()
     socket = WS(server.ws_url, token=factories.make_token(connected))
     try:
         socket.hello()
         wait_for(lambda: presence.is_online(connected.pk), timeout=15,
                  message="the server to publish the user's presence")
-        envelope = factories.send(room, author, body=f"@{connected.username}").envelope
+        assert not presence.is_online(offline.pk)
+        envelope = factories.send(room, author, body="@here standup").envelope
         handlers.process("g", MentionNotifications(), envelope)
-        assert not Notification.objects.exists()
+        assert dict(Notification.objects.values_list("user_id", "kind")) == {connected.pk: "here"}
     finally:
         socket.close()
 

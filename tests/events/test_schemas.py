@@ -14,6 +14,8 @@ from apps.events.models import Event
 from apps.events.schemas import SCHEMAS
 from apps.messaging import services as messaging
 from apps.moderation import services as moderation
+from apps.notifications import mentions
+from apps.notifications.models import Notification
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from tests import factories
@@ -40,6 +42,8 @@ def every_service_once():
                       reason="calm down")
     rooms.member_mute(room=room, actor=mod, user=member, until=None)
     first = factories.send(room, owner, body="hello @" + member.username)
+    mentions.process_pending()  # the mention worker: notification.created (not in the log)
+    notified = [mentions.created_envelope(n) for n in Notification.objects.all()]
     reply = factories.send(room, mod, body="re", reply_to=first.envelope["data"]["id"])
     message = messaging.get_message_or_404(first.envelope["data"]["id"], owner)
     messaging.message_edit(message=message, actor=owner, body="hello again")
@@ -63,7 +67,7 @@ def every_service_once():
     rooms.room_leave(room=room, user=leaver)
     rooms.room_archive(room=room, actor=owner)
     now = timezone.now()
-    return [
+    return notified + [
         ev.envelope("typing", room_id=room.pk, seq=None, actor=owner,
                     data=ev.typing(owner, state=True), ts=now),
         ev.envelope("presence.changed", room_id=None, seq=None, actor=owner,

@@ -15,7 +15,7 @@ from apps.events.models import ConsumedEvent, Event
 from apps.messaging.models import Message
 from apps.moderation import services as moderation
 from apps.moderation.models import Account
-from apps.notifications.models import Notification
+from apps.notifications.models import MentionCursor, Notification
 from apps.rooms.models import Membership, ModerationAction
 from tests import factories
 
@@ -50,6 +50,7 @@ def objects(db):
         "events.event": Event.objects.first(),
         "events.consumedevent": ConsumedEvent.objects.first(),
         "notifications.notification": Notification.objects.first(),
+        "notifications.mentioncursor": MentionCursor.objects.get_or_create(room=room)[0],
         "moderation.report": report,
         "moderation.account": Account.objects.get(pk=member.pk),
     }

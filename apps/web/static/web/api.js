@@ -85,5 +85,9 @@ export class Api {
   report(messageId, category, reason) { return this.post(`messages/${messageId}/report/`, { category, reason }); }
   openReports() { return this.all("reports/", { status: "open" }); }
   resolveReport(id, action, reason) { return this.post(`reports/${id}/resolve/`, { action, reason }); }
+  /** PROTOCOL §9: {"notify": "all" | "mentions" | "none"}; answers with the room. */
+  setNotify(roomId, notify) { return this.call("PATCH", `rooms/${roomId}/membership/`, { notify }); }
+  notifications(params = {}) { return this.get("notifications/", params); }
+  readNotifications(body) { return this.post("notifications/read/", body); }
   mute(roomId, userId, until) { return this.post(`rooms/${roomId}/members/${userId}/mute/`, { until }); }
 }

@@ -12,6 +12,8 @@ const api = new Api(config.apiRoot);
 const rooms = new Map(); // room id -> RoomState (rooms the user belongs to)
 const presence = new Map(); // user id -> "online" | "away" | "offline"
 const blocked = new Set(); // ids of the users I block: their messages are hidden
+const notes = new Map(); // notification id -> notification (PROTOCOL §9), unread ones at least
+let notesComplete = false; // every unread notification is in `notes` (else counts come from REST)
 let userMenu = null; // {key, user}: the open menu on an author's name
 const REACTIONS = ["👍", "❤️", "😂", "🎉"];
 const PAGE = 50;
@@ -62,6 +64,7 @@ const socket = new ChatSocket(wsUrl, {
   onOpen: () => {
     for (const state of rooms.values()) subscribe(state);
     refreshPresence();
+    loadNotes(); // what was notified while the socket was down
   },
   onEvent: handleEvent,
   onState: (status, delay) => {
@@ -162,12 +165,21 @@ function handleEvent(frame) {
     refreshReports();
     return;
   }
+  if (frame.type === "notification.created") { // to my own sockets, subscribed or not
+    onNotification(frame);
+    return;
+  }
   if (frame.type === "room.created" && !rooms.has(frame.room)) {
     api.room(frame.room).then((info) => { track(info); renderRoomList(); }).catch(() => {});
     return;
   }
   const state = rooms.get(frame.room);
   if (!state) return;
+  if (frame.type === "message.created" && frame.actor?.id !== me.id && notifyLevel(state) === "all"
+    && !blocked.has(frame.actor?.id) && (state.cursor === null || frame.seq > state.cursor)) {
+    desktopNotify(`${frame.actor?.username ?? "Someone"} in ${roomLabel(state)}`, frame.data.body,
+      `room-${state.id}-seq-${frame.seq}`, state);
+  }
   if (state.offer(frame) === "gap") fillGap(state);
   if (state.info.left) {
     forget(state, state.info.banned ? `You were banned from ${state.info.name}.` : null);
@@ -209,6 +221,7 @@ function renderRoomList() {
   const items = [...rooms.values()].sort((a, b) => roomLabel(a).localeCompare(roomLabel(b)));
   list.replaceChildren(...items.map((state) => {
     const unread = current === state ? 0 : state.unread;
+    const mentions = current === state && document.visibilityState === "visible" ? 0 : mentionCount(state);
     const status = state.partner ? presence.get(state.partner.id) : null;
     return el("li", { dataset: { room: state.id } },
       el("button", {
@@ -220,6 +233,7 @@ function renderRoomList() {
           el("span", { class: "visually-hidden" }, status ? `(${status}) ` : ""))
         : el("span", { class: "kind", "aria-hidden": "true" }, state.info.kind === "private" ? "🔒" : "#"),
       el("span", { class: "room-name" }, roomLabel(state)),
+      mentions ? el("span", { class: "badge mentions", "aria-label": `${mentions} ${mentions === 1 ? "mention" : "mentions"}` }, `@${mentions}`) : null,
       unread ? el("span", { class: "badge", "aria-label": `${unread} unread` }, String(unread)) : null));
   }));
 }
@@ -387,6 +401,7 @@ function renderRoom() {
   $("room-actions").hidden = !state;
   $("invite-form").hidden = !state || state.info.kind === "direct" || !state.isModerator;
   $("leave-room").hidden = !state || state.info.kind === "direct";
+  if (state) $("notify-level").value = notifyLevel(state);
   $("composer").hidden = !state;
   editing = null;
   cancelReply();
@@ -532,7 +547,7 @@ function markRead() {
   readSent.set(state.id, seq);
   readInFlight.add(state.id);
   socket.request({ type: "read", room: state.id, seq })
-    .then(() => { if (seq > state.lastReadSeq) state.lastReadSeq = seq; renderRoomList(); })
+    .then(() => { if (seq > state.lastReadSeq) state.lastReadSeq = seq; renderRoomList(); renderNotifications(); })
     .catch(() => readSent.delete(state.id))
     .finally(() => setTimeout(() => { readInFlight.delete(state.id); markRead(); }, 1000));
 }
@@ -855,6 +870,115 @@ async function loadBlocks() {
   } catch { /* nothing hidden until the next load */ }
 }
 
+// --- Notifications (PROTOCOL §9): the list, the per-room level, desktop notifications -------
+
+function notifyLevel(state) {
+  return state.info.membership?.notify ?? "mentions";
+}
+
+function isRead(note) {
+  const state = rooms.get(note.room);
+  return Boolean(note.read) || Boolean(state && note.seq !== null && note.seq <= state.lastReadSeq);
+}
+
+/** Unread mentions of the room past my read position (reading the room clears them). */
+function mentionCount(state) {
+  if (notesComplete) return [...notes.values()].filter((n) => n.room === state.id && !isRead(n)).length;
+  return state.lastReadSeq >= (state.info.last_seq ?? 0) ? 0 : (state.info.mentions ?? 0);
+}
+
+async function loadNotes() {
+  try {
+    const page = await api.notifications({ unread: "true", limit: "200" });
+    for (const note of page.results) notes.set(note.id, note);
+    notesComplete = !page.next;
+  } catch { /* the rooms list's counts stand in */ }
+  renderRoomList();
+  renderNotifications();
+}
+
+function onNotification(frame) {
+  const note = { ...frame.data.notification, read: false };
+  if (notes.has(note.id)) return;
+  notes.set(note.id, note);
+  renderRoomList();
+  renderNotifications();
+  const state = rooms.get(note.room);
+  desktopNotify(`${note.actor?.username ?? "Someone"} mentioned you in ${state ? roomLabel(state) : "a room"}`,
+    note.excerpt, `room-${note.room}-seq-${note.seq}`, state);
+}
+
+/** The browser's Notification API, only while the page is hidden and if the user allowed it. */
+function desktopNotify(title, body, tag, state) {
+  if (!("Notification" in window) || Notification.permission !== "granted") return;
+  if (document.visibilityState !== "hidden") return;
+  try {
+    const shown = new Notification(title, { body: (body || "").slice(0, 200), tag });
+    shown.onclick = () => { window.focus(); if (state) openRoom(state); shown.close(); };
+  } catch { /* some browsers only notify from a service worker */ }
+}
+
+function renderNotifications() {
+  const unread = [...notes.values()].filter((n) => !isRead(n)).length;
+  $("notifications-badge").hidden = !unread;
+  $("notifications-badge").textContent = String(unread);
+  $("notifications-badge").setAttribute("aria-label", `${unread} unread`);
+  $("desktop-notifications").hidden = !("Notification" in window) || Notification.permission !== "default";
+  const latest = [...notes.values()].sort((a, b) => b.id - a.id).slice(0, 30);
+  $("notification-list").replaceChildren(...(latest.length ? latest.map((note) => {
+    const state = rooms.get(note.room);
+    const where = state ? roomLabel(state) : "a room you left";
+    const who = note.actor?.username ?? "Someone";
+    const what = { room: "@room", here: "@here" }[note.kind] ?? "mentioned you";
+    return el("li", { dataset: { notification: note.id } },
+      el("button", {
+        type: "button", class: isRead(note) ? "read" : "unread",
+        onclick: () => { $("notifications-menu").open = false; if (state) openRoom(state); },
+      }, `${who} ${what} in ${where}`, el("span", { class: "excerpt" }, note.excerpt || "")));
+  }) : [el("li", {}, "No notifications.")]));
+}
+
+$("notifications-menu").addEventListener("toggle", async () => {
+  if (!$("notifications-menu").open) return;
+  try { // the latest, read or not
+    for (const note of (await api.notifications({ limit: "30" })).results) notes.set(note.id, note);
+  } catch (error) {
+    showError("sidebar-error", error);
+  }
+  renderNotifications();
+});
+
+$("notifications-read-all").addEventListener("click", async () => {
+  try {
+    await api.readNotifications({ all: true });
+    for (const note of notes.values()) note.read = true;
+  } catch (error) {
+    showError("sidebar-error", error);
+  }
+  renderRoomList();
+  renderNotifications();
+});
+
+$("desktop-notifications").addEventListener("click", async () => {
+  try { await Notification.requestPermission(); } catch { /* dismissed */ }
+  renderNotifications();
+});
+
+$("notify-level").addEventListener("change", async (e) => {
+  const state = current;
+  if (!state) return;
+  const wanted = e.target.value;
+  try {
+    const info = await api.setNotify(state.id, wanted);
+    Object.assign(state.info, info);
+  } catch (error) {
+    showError("room-error", error);
+  }
+  $("notify-level").value = notifyLevel(state);
+});
+
+document.addEventListener("visibilitychange", renderRoomList);
+
 // --- Account menu: download my data, delete my account -------------------------------------
 
 $("download-data").addEventListener("click", () => { $("account-menu").open = false; });
@@ -894,6 +1018,7 @@ $("delete-form").addEventListener("submit", async (e) => {
 
 (async () => {
   await Promise.all([refreshRooms(), loadBlocks()]);
+  loadNotes();
   socket.connect();
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));
   const first = rooms.get(wanted) || (window.innerWidth > 700 ? [...rooms.values()][0] : null);
