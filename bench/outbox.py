@@ -240,14 +240,16 @@ def hold_kicks(seconds: float) -> None:
     """Set the kick key: commits enqueue no publisher task until it expires or is cleared."""
     from django.conf import settings
 
-    from apps.events.outbox import kick_key, redis_client
+    from apps.core.redis import sync_client
+    from apps.events.outbox import kick_key
 
-    redis_client().set(kick_key(), 1, px=int(seconds * 1000))
+    sync_client().set(kick_key(), 1, px=int(seconds * 1000))
     assert settings.KAFKA_BOOTSTRAP_SERVERS
 
 
 def run_backlog(stack, fillers, args) -> dict:
-    from apps.events.outbox import clear_kick, kick_publisher
+    from apps.events.outbox import clear_kick
+    from apps.events.tasks import kick_publisher
 
     hold_kicks(3600)
     fill = fillers.run(0, args.fill_rate, args.backlog / args.fill_rate)

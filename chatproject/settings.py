@@ -50,7 +50,7 @@ SECRET_KEY = env("SECRET_KEY", DEFAULT_SECRET_KEY)
 DEBUG = env_bool("DEBUG", CHAT_ENV != "production")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
-# Proxies in front of the server, each appending to X-Forwarded-For (chatproject.clientaddr):
+# Proxies in front of the server, each appending to X-Forwarded-For (apps.core.clientaddr):
 # 0 trusts no proxy header for the client address. BEHIND_TLS_PROXY (below) decides the scheme.
 NUM_PROXIES = env_int("NUM_PROXIES", 0)
 BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
@@ -82,6 +82,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "apps.core",
     "apps.users",
     "apps.rooms",
     "apps.messaging",
@@ -94,7 +95,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "apps.events.health.HealthCheckMiddleware",
     "apps.events.observability.RequestIdMiddleware",
-    "apps.messaging.api_errors.ApiErrorsMiddleware",
+    "apps.core.api.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "apps.web.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -171,7 +172,7 @@ if DATABASE_URL:
             "max_size": env_int("DATABASE_POOL_MAX", 20),
             "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
         }
-    # The send path's fixed-text statements are prepared per connection (chatproject.bulk).
+    # The send path's fixed-text statements are prepared per connection (apps.core.sql).
     DATABASE_PREPARE_STATEMENTS = env_bool("DATABASE_PREPARE_STATEMENTS", True)
     if env("DATABASE_TEST_NAME"):
         _db["TEST"] = {"NAME": env("DATABASE_TEST_NAME")}
@@ -385,7 +386,7 @@ REST_FRAMEWORK = {
     },
     # Every write takes from the shared per-user buckets (apps.users.ratelimit).
     "DEFAULT_THROTTLE_CLASSES": ["apps.users.throttles.WriteThrottle"],
-    "EXCEPTION_HANDLER": "apps.messaging.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "apps.core.api.exception_handler",
     # DRF's defaults, with its JSON parser bounded and its browsable API under the strict CSP
     # (apps.messaging.api_formats).
     "DEFAULT_PARSER_CLASSES": [
@@ -397,7 +398,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "apps.messaging.api_formats.BrowsableAPIRenderer",
     ],
-    # DRF's own get_ident agrees with chatproject.clientaddr (our throttles call that).
+    # DRF's own get_ident agrees with apps.core.clientaddr (our throttles call that).
     "NUM_PROXIES": NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {

@@ -15,7 +15,7 @@ from apps.events.models import Event
 from apps.messaging.models import Message
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
-from chatproject.errors import ServiceError
+from apps.core.errors import ServiceError
 from tests import factories
 
 MEMBERSHIPS = "/admin/rooms/membership/"

@@ -16,19 +16,11 @@ from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
-from apps.rooms.api import (
-    LIMIT,
-    NOT_FOUND,
-    REFUSED,
-    RoomScopedApi,
-    int_param,
-    limit_param,
-    next_url,
-    validated,
-)
-from apps.rooms.serializers import EnvelopeSerializer, ErrorSerializer
+from apps.core.api import LIMIT, ErrorSerializer, int_param, limit_param, next_url, validated
+from apps.core.errors import invalid
+from apps.rooms.api import NOT_FOUND, REFUSED, RoomScopedApi
+from apps.rooms.serializers import EnvelopeSerializer
 from apps.users.throttles import ExportThrottle
-from chatproject.errors import invalid
 
 from . import export, services
 from .models import Message, Reaction

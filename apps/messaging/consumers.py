@@ -23,7 +23,7 @@ from django.db import DatabaseError
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
 from apps.users import ratelimit, rights, sessions
-from chatproject.errors import AccountDisabled, RateLimited, ServiceError, invalid
+from apps.core.errors import AccountDisabled, RateLimited, ServiceError, invalid
 
 from .realtime import REF_MAX, Connection, RedisUnavailable, db, get_hub, text_frame
 from . import sendqueue

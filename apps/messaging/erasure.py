@@ -25,7 +25,7 @@ from rest_framework.authtoken.models import Token
 from apps.events.services import actor_event_ids, after_commit, rename_actor, rename_subject
 from apps.rooms import services as rooms
 from apps.users.services import ERASED_PREFIX
-from chatproject.errors import forbidden, invalid
+from apps.core.errors import forbidden, invalid
 
 from .models import Message
 from .services import messages_redact

@@ -41,7 +41,7 @@ from apps.events import catalogue, fanout
 from apps.events.observability import FANOUT_LATENCY, WS_EVENTS_DELIVERED, WS_OPEN_SOCKETS
 from apps.events.observability import WS_SUBSCRIPTIONS
 from apps.users import presence, sessions
-from chatproject.batching import PerLoop
+from apps.core.aio import PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def visible_rooms(user_id, room_ids) -> set[int] | None:
 
     from apps.rooms import services as rooms
     from apps.rooms.models import Room
-    from chatproject.errors import ServiceError
+    from apps.core.errors import ServiceError
 
     user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
     if user is None:
@@ -642,7 +642,7 @@ class Hub:
         if old is not None:
             self.drop(old)
         elif len(conn.subs) >= settings.CHAT_MAX_ROOMS_PER_SOCKET:
-            from chatproject.errors import ServiceError
+            from apps.core.errors import ServiceError
 
             raise ServiceError(
                 "too_large",

@@ -34,7 +34,7 @@ from apps.events.models import Event
 from apps.notifications.models import Notification
 from apps.rooms.models import Room
 from apps.rooms.services import lock_room
-from chatproject.errors import ServiceError
+from apps.core.errors import ServiceError
 
 from .models import Message, Reaction
 

@@ -24,7 +24,7 @@ from apps.events.models import Event
 from apps.events.services import events_statement, fanout_items, send_events_on_commit
 from apps.rooms.models import Membership, Room
 from apps.users.models import Block
-from chatproject.bulk import Statement, arun, combine, pg_insert, pg_update, run
+from apps.core.sql import Statement, arun, combine, pg_insert, pg_update, run
 
 from . import send_plan as plan
 from .models import Message

@@ -23,8 +23,8 @@ from apps.events.services import (build_event, events_statement, fanout_items, r
 from apps.notifications.models import Notification
 from apps.rooms import services as rooms
 from apps.rooms.models import ModerationAction, Room
-from chatproject.bulk import Statement, combine, pg_update, run, update_by_pk
-from chatproject.errors import ServiceError, forbidden, invalid, not_found
+from apps.core.sql import Statement, combine, pg_update, run, update_by_pk
+from apps.core.errors import ServiceError, forbidden, invalid, not_found
 
 from . import send_orm, send_pg
 from . import send_plan as plan

@@ -16,12 +16,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.errors import forbidden, invalid
 from apps.events import catalogue as ev
 from apps.events.services import record_event
 from apps.messaging import services as messaging
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction
-from chatproject.errors import forbidden, invalid
 
 from .models import Report
 

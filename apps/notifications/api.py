@@ -7,9 +7,8 @@ from rest_framework import serializers
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
-from apps.rooms.api import LIMIT, int_param, limit_param, next_url
-from apps.rooms.serializers import ErrorSerializer
-from chatproject.errors import invalid
+from apps.core.api import LIMIT, ErrorSerializer, int_param, limit_param, next_url
+from apps.core.errors import invalid
 
 from . import services
 from .models import Notification

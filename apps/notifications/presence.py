@@ -14,6 +14,8 @@ import logging
 
 from django.conf import settings
 
+from apps.core.redis import sync_client
+
 logger = logging.getLogger(__name__)
 
 ONLINE = "online"
@@ -26,10 +28,8 @@ def status_key(user_id: int) -> str:
 def is_online(user_id: int) -> bool:
     if not settings.REDIS_URL:
         return False
-    from apps.events.outbox import redis_client
-
     try:
-        value = redis_client().get(status_key(user_id))
+        value = sync_client().get(status_key(user_id))
     except Exception:  # noqa: BLE001 - unknown presence: notify rather than miss it
         logger.warning("presence unavailable; treating user %s as offline", user_id)
         return False

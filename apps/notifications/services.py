@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from chatproject.errors import invalid, not_found
+from apps.core.errors import invalid, not_found
 
 from .models import Notification
 

@@ -16,7 +16,7 @@ from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
-from chatproject.errors import ServiceError
+from apps.core.errors import ServiceError
 
 from . import services
 from .models import Membership, ModerationAction, Room

@@ -1,8 +1,6 @@
 from django.db import models
-from django.db.models import Exists, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
-
 
 MODERATE_PERMISSION = "rooms.moderate_room"
 
@@ -22,7 +20,7 @@ class RoomQuerySet(models.QuerySet):
             return self.none()
         if is_site_moderator(user):
             return self.all()
-        from .models import Membership
+        from .models import Membership  # models imports this module (model <-> own queryset)
 
         member = Membership.objects.filter(room=OuterRef("pk"), user=user, is_active=True)
         return self.filter(Q(kind="public") | Exists(member))
@@ -33,7 +31,7 @@ class RoomQuerySet(models.QuerySet):
         rooms = self.visible_to(user)
         if not user or not user.is_authenticated or is_site_moderator(user):
             return rooms
-        from .models import Membership
+        from .models import Membership  # models imports this module (model <-> own queryset)
 
         banned = Membership.objects.banned().filter(room=OuterRef("pk"), user=user)
         return rooms.exclude(Exists(banned))
@@ -47,32 +45,18 @@ class RoomQuerySet(models.QuerySet):
         return self.filter(archived_at__isnull=True)
 
     def with_membership_of(self, user):
-        """Annotate the user's role, last_read_seq, muted_until and unread message count.
+        """Annotate the user's role, last_read_seq and muted_until (`my_*`).
 
-        `my_role` is None where the user is not an active member (and `unread` is then 0).
-        Unread counts the room's live messages past the read position, not the user's own.
+        `my_role` is None where the user is not an active member. The unread count is
+        messaging's (`Message.objects.unread_count(user)`, joined in `apps.rooms.api`).
         """
-        from apps.messaging.models import Message
-
-        from .models import Membership
+        from .models import Membership  # models imports this module (model <-> own queryset)
 
         mine = Membership.objects.filter(room=OuterRef("pk"), user=user, is_active=True)
-        unread = (
-            Message.objects.filter(
-                room=OuterRef("pk"), seq__gt=OuterRef("my_last_read_seq"), deleted_at__isnull=True
-            )
-            .exclude(author=user)
-            .order_by()
-            .values("room")
-            .annotate(n=models.Count("pk"))
-            .values("n")
-        )
         return self.annotate(
             my_role=Subquery(mine.values("role")[:1]),
             my_last_read_seq=Subquery(mine.values("last_read_seq")[:1]),
             my_muted_until=Subquery(mine.values("muted_until")[:1]),
-        ).annotate(
-            unread=Coalesce(Subquery(unread, output_field=models.IntegerField()), Value(0))
         )
 
 

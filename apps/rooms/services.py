@@ -13,11 +13,11 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.core.errors import AccountDisabled, RateLimited, forbidden, invalid, not_found
+from apps.core.text import check_text
 from apps.events import catalogue as ev
 from apps.events.services import record_event
 from apps.users.models import Block
-from chatproject.errors import AccountDisabled, RateLimited, forbidden, invalid, not_found
-from chatproject.text import check_text
 
 from .managers import MODERATE_PERMISSION, is_site_moderator  # noqa: F401 (the rules' home)
 from .models import SLOW_MODE_MAX_SECONDS, Membership, ModerationAction, Room

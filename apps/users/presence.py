@@ -20,7 +20,7 @@ import time
 
 from django.conf import settings
 
-from chatproject.batching import PerLoop
+from apps.core.redis import async_client
 
 ONLINE, AWAY, OFFLINE = "online", "away", "offline"
 
@@ -101,27 +101,6 @@ def _prefix() -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _new_client():
-    from redis import asyncio as aioredis
-
-    # A blocking pool: a burst of sockets waits for a connection instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.REDIS_URL, max_connections=50, timeout=10, socket_timeout=5,
-        socket_connect_timeout=5,
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
-_clients = PerLoop(_new_client)
-
-
-def shared_redis():
-    """An asyncio Redis client for REDIS_URL, one per event loop (None in embedded mode)."""
-    if not settings.REDIS_URL:
-        return None
-    return _clients.get()
 
 
 class RedisPresence:
@@ -288,7 +267,7 @@ _stores: dict = {}
 
 def backend():
     """The presence store for this process: Redis when configured, else in-process."""
-    client = shared_redis()
+    client = async_client()
     if client is None:
         return _local
     store = _stores.get(id(client))

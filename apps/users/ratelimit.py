@@ -23,9 +23,8 @@ import time
 
 from django.conf import settings
 
-from chatproject.batching import Batcher, PerLoop
-
-from .presence import shared_redis
+from apps.core.aio import Batcher, PerLoop
+from apps.core.redis import async_client
 
 logger = logging.getLogger(__name__)
 
@@ -169,7 +168,7 @@ async def take(user_id: int, budget: str = "write", scope=None, *, local_on_erro
     request = buckets(user_id, budget, scope)
     if not request:
         return 0.0
-    if shared_redis() is None:
+    if async_client() is None:
         return take_local(request)
     try:
         return await _batchers.get().submit(request)
@@ -181,7 +180,7 @@ async def take(user_id: int, budget: str = "write", scope=None, *, local_on_erro
 
 
 async def _take_many(requests: list[list[Bucket]]) -> list[float]:
-    client = shared_redis()
+    client = async_client()
     script = _scripts.get(id(client))
     if script is None or script.registered_client is not client:
         script = _scripts[id(client)] = client.register_script(_TAKE)

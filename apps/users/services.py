@@ -7,9 +7,9 @@ from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from chatproject.errors import forbidden, invalid, not_found
+from apps.core.errors import forbidden, invalid, not_found
 
-from .models import latin_lookalike, username_key
+from .models import Block, latin_lookalike, username_key
 
 User = get_user_model()
 ERASED_PREFIX = "deleted-user-"  # apps.messaging.erasure renames an erased account so
@@ -65,8 +65,6 @@ def user_signup(*, username, password, email="") -> "User":
 
 def block_create(*, blocker, blocked) -> tuple["Block", bool]:
     """Block someone: (the block, whether it is new). Blocking again changes nothing."""
-    from .models import Block
-
     if blocked is None or not blocked.is_active:
         raise not_found("user not found")
     if blocked.pk == blocker.pk:
@@ -76,8 +74,6 @@ def block_create(*, blocker, blocked) -> tuple["Block", bool]:
 
 def block_delete(*, blocker, blocked_id) -> None:
     """Lift a block (not_found if there was none)."""
-    from .models import Block
-
     deleted, _ = Block.objects.filter(blocker=blocker, blocked_id=blocked_id).delete()
     if not deleted:
         raise not_found("you have not blocked that user")

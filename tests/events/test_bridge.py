@@ -15,7 +15,9 @@ from django.utils import timezone as dj_timezone
 from apps.events import catalogue as ev
 
 from apps.events.models import Event
-from apps.events.outbox import clear_kick, kick_key, kick_publisher, redis_client
+from apps.core.redis import sync_client
+from apps.events.outbox import clear_kick, kick_key
+from apps.events.tasks import kick_publisher
 from apps.events.schemas import SCHEMAS
 from apps.rooms.models import Room
 from tests import factories
@@ -108,11 +110,11 @@ def test_broker_outage_sends_succeed_and_the_sweep_publishes_the_backlog_in_orde
         with override_settings(KAFKA_BOOTSTRAP_SERVERS=[broker.bootstrap]):
             # A kick "queued" but lost: with its key set no send enqueues a task, so only the
             # periodic sweep (beat, every second here) publishes in this test.
-            redis_client().set(kick_key(), 1, px=120_000)
+            sync_client().set(kick_key(), 1, px=120_000)
             owner = factories.make_user()
             rooms = [factories.make_room(owner) for _ in range(3)]
             wait_for(all_published, timeout=30, message="the beat sweep to publish")
-            assert redis_client().exists(kick_key())  # no kick task ran: it was the sweep
+            assert sync_client().exists(kick_key())  # no kick task ran: it was the sweep
 
             kill_broker(broker)
             outage = [factories.send(room, owner, body=f"outage {i}")
@@ -196,7 +198,7 @@ def test_worker_killed_mid_publish_loses_nothing_and_duplicates_share_the_id(chi
 
 @pytest.mark.skipif(not settings.CELERY_BROKER_URL.startswith("redis"), reason="Redis broker only")
 def test_after_commit_kicks_are_debounced_to_one_queued_task():
-    client = redis_client()
+    client = sync_client()
     # The queue's Redis list, under the Celery key prefix of this deployment.
     queue = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
              + settings.CELERY_TASK_DEFAULT_QUEUE)

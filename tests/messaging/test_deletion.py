@@ -20,7 +20,7 @@ from apps.messaging import services
 from apps.messaging.models import Message
 from apps.messaging.services import SendRequest
 from apps.rooms import services as rooms
-from chatproject.errors import ServiceError
+from apps.core.errors import ServiceError
 from tests import factories
 from tests.support.services import postgresql_only
 

@@ -11,10 +11,10 @@ from django.utils import timezone
 
 from apps.events.models import Event
 from apps.messaging.models import Message
-from chatproject.batching import Batcher
+from apps.core.aio import Batcher
 from apps.messaging.services import SendRequest, message_send_many
 from apps.rooms import services as rooms
-from chatproject.errors import ServiceError
+from apps.core.errors import ServiceError
 from tests import factories
 from tests.support.services import postgresql_only
 

@@ -12,7 +12,7 @@ from django.utils import timezone
 from apps.events import seqs
 from apps.messaging import send_plan as plan
 from apps.rooms.models import Membership, Room
-from chatproject.errors import RateLimited, ServiceError
+from apps.core.errors import RateLimited, ServiceError
 
 NOW = timezone.now()
 

@@ -13,7 +13,7 @@ from apps.messaging.models import Message
 from apps.moderation import services as moderation
 from apps.moderation.models import Report
 from apps.rooms.models import Membership, ModerationAction
-from chatproject.errors import ServiceError
+from apps.core.errors import ServiceError
 from tests import factories
 
 pytestmark = pytest.mark.django_db

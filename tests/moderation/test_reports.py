@@ -18,7 +18,7 @@ from apps.moderation.models import Report
 from apps.moderation.tasks import erase_report_bodies
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
-from chatproject.errors import ServiceError
+from apps.core.errors import ServiceError
 from tests import factories
 
 pytestmark = pytest.mark.django_db

@@ -1,6 +1,9 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.events.consumer import GroupConsumer
+from apps.events.handlers import handler_for
+
 
 class Command(BaseCommand):
     help = (
@@ -17,8 +20,6 @@ class Command(BaseCommand):
                                  "(default: KAFKA_CONSUMER_HANDLERS[group])")
 
     def handle(self, *args, group, handler, **options):
-        from apps.events.handlers import handler_for
-
         if not group.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise CommandError("--group may contain letters, digits, '.', '-' and '_' only")
         try:
@@ -29,7 +30,6 @@ class Command(BaseCommand):
             raise CommandError("Kafka is not configured (KAFKA_BOOTSTRAP_SERVERS)")
         from kafka.errors import KafkaError
 
-        from apps.events.consumer import GroupConsumer
         runner = GroupConsumer(group, instance, stdout=self.stdout)
         runner.install_signal_handlers()
         try:

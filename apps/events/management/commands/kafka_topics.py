@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.events.kafka import ensure_topics
+
 
 class Command(BaseCommand):
     help = "Create the Kafka topics the chat publishes to (KAFKA_TOPIC_PREFIX, KAFKA_PARTITIONS)."
@@ -13,8 +15,6 @@ class Command(BaseCommand):
             self.stdout.write("Kafka is not configured (KAFKA_BOOTSTRAP_SERVERS); nothing to do.")
             return
         from kafka.errors import KafkaError
-
-        from apps.events.kafka import ensure_topics
 
         try:
             created = ensure_topics(wait_seconds=wait)
