@@ -37,8 +37,16 @@ import time
 import uuid
 
 from bench import stats
-from bench.stack import (ROOT, ChatStack, machine, make_rooms, make_users,
-                         stop_cleanly_on_sigterm, tree_cpu_seconds, tree_pids)
+from bench.stack import (
+    ROOT,
+    ChatStack,
+    machine,
+    make_rooms,
+    make_users,
+    stop_cleanly_on_sigterm,
+    tree_cpu_seconds,
+    tree_pids,
+)
 
 KAFKA_P99_BOUND_MS = 1000.0
 
@@ -162,8 +170,8 @@ def outbox_counts() -> tuple[int, int]:
     from django.db import connection
     from django.db.models import Count, Q
 
-    from apps.events.publisher import KAFKA_TYPES
     from apps.events.models import Event
+    from apps.events.publisher import KAFKA_TYPES
 
     try:
         counts = Event.objects.filter(type__in=KAFKA_TYPES).aggregate(
@@ -378,13 +386,13 @@ def main(argv=None) -> int:
     print(f"outbox: {args.rooms} rooms, {args.fillers} fillers, "
           + (f"backlog {args.backlog}" if args.backlog else f"rates {args.rates}, "
              f"{args.duration:g}s steps")
-          + f"  ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
+          + f"  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
     fillers = None
     with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set), worker=False) as stack:
         try:
             users = make_users(args.rooms, f"{stack.tag}o")
             rooms = make_rooms([(uid, [uid], f"outbox {i}") for i, (uid, _) in enumerate(users)])
-            pairs = [(room, uid) for room, (uid, _) in zip(rooms, users)]
+            pairs = [(room, uid) for room, (uid, _) in zip(rooms, users, strict=False)]
             fillers = Fillers(pairs, args.fillers, args.batch)
             # The seeding events (room.created, member.joined) are not part of the measure.
             from django.utils import timezone

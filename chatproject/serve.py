@@ -503,9 +503,9 @@ def main(argv=None):
             return workers.supervise(args.bind, args.port, count,
                                      grace=settings.CHAT_SHUTDOWN_GRACE_SECONDS)
     import daphne.server  # noqa: F401  installs the asyncio Twisted reactor first
+    from django.conf import settings
 
     from chatproject.asgi import application
-    from django.conf import settings
 
     tune_gc(settings.CHAT_GC_THRESHOLD)
     server = build_server(args.bind, args.port, application=application, fd=args.fd)

@@ -39,7 +39,8 @@ MESSAGE_REFUSED = {**REFUSED, **MESSAGE_NOT_FOUND}
 
 def with_reactions(messages):
     return messages.select_related("author").prefetch_related(
-        Prefetch("reactions", queryset=Reaction.objects.only("id", "message_id", "user_id", "emoji", "created_at"))
+        Prefetch("reactions", queryset=Reaction.objects.only(
+            "id", "message_id", "user_id", "emoji", "created_at"))
     )
 
 

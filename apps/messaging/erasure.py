@@ -22,10 +22,10 @@ from django.db import transaction
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
+from apps.core.errors import forbidden, invalid
 from apps.events.services import actor_event_ids, after_commit, rename_actor, rename_subject
 from apps.rooms import services as rooms
-from apps.users.services import ERASED_PREFIX
-from apps.core.errors import forbidden, invalid
+from apps.users.services import ERASED_PREFIX, is_site_moderator
 
 from .models import Message
 from .services import messages_redact
@@ -52,7 +52,7 @@ def can_erase(actor, user) -> bool:
         return False
     if actor.is_superuser:
         return True
-    return rooms.is_site_moderator(actor) and not user.is_staff and not user.is_superuser
+    return is_site_moderator(actor) and not user.is_staff and not user.is_superuser
 
 
 def account_erase(*, user, actor, password=None):

@@ -1,7 +1,7 @@
 from django.db import models
 from django.db.models import Case, IntegerField, Value, When
 
-from apps.rooms.managers import is_site_moderator
+from apps.users.services import is_site_moderator
 
 # Open reports first (0), then the handled ones; newest first within each.
 QUEUE_ORDER = (

@@ -2,12 +2,7 @@ from django.db import models
 from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
-MODERATE_PERMISSION = "rooms.moderate_room"
-
-
-def is_site_moderator(user) -> bool:
-    """Staff moderators (the Moderators group, superusers) may moderate every room."""
-    return bool(user and user.is_active and user.is_staff and user.has_perm(MODERATE_PERMISSION))
+from apps.users.services import is_site_moderator
 
 
 class RoomQuerySet(models.QuerySet):

@@ -18,8 +18,8 @@ from apps.core.text import check_text
 from apps.events import catalogue as ev
 from apps.events.services import record_event
 from apps.users.models import Block
+from apps.users.services import is_site_moderator
 
-from .managers import MODERATE_PERMISSION, is_site_moderator  # noqa: F401 (the rules' home)
 from .models import SLOW_MODE_MAX_SECONDS, Membership, ModerationAction, Room
 
 User = get_user_model()
@@ -671,7 +671,7 @@ def member_mute(*, room, actor, user, until=None, reason="") -> Membership:
         return target
 
 
-def mark_read(*, room, user, seq) -> "object | None":
+def mark_read(*, room, user, seq) -> object | None:
     """Move the user's read position forward (never back); returns the receipt event or None."""
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise invalid("seq must be a non-negative integer")

@@ -10,11 +10,11 @@ from rest_framework.response import Response
 
 from apps.core.errors import ServiceError, invalid
 from apps.messaging.erasure import account_erase
-from apps.rooms.services import is_site_moderator
 
 from . import services
 from .models import Block
 from .passwords import hashing_slot
+from .services import is_site_moderator
 from .throttles import SignupThrottle, TokenThrottle
 
 User = get_user_model()

@@ -131,7 +131,7 @@ class RedisPresence:
         for _, keys, args in calls:
             await self.script(keys=keys, args=args, client=pipe)
         out = []
-        for (user_ids, _, _), result in zip(calls, await pipe.execute()):
+        for (user_ids, _, _), result in zip(calls, await pipe.execute(), strict=True):
             for i, user_id in enumerate(user_ids):
                 changed, status, count = result[3 * i:3 * i + 3]
                 status = status.decode() if isinstance(status, bytes) else status
@@ -159,7 +159,7 @@ class RedisPresence:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, future), result in zip(batch, results):
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
         finally:

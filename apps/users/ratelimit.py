@@ -67,7 +67,8 @@ for run = 1, tonumber(ARGV[1]) do
     for i = 1, n do
       local v = redis.call('HMGET', KEYS[k + i - 1], 'tokens', 'ts')
       local cap, rate = caps[i], rates[i]
-      local tokens = math.min(cap, (tonumber(v[1]) or cap) + math.max(0, now - (tonumber(v[2]) or now)) * rate)
+      local tokens = math.min(cap, (tonumber(v[1]) or cap)
+        + math.max(0, now - (tonumber(v[2]) or now)) * rate)
       if tokens < 1 then
         wait = math.max(wait, math.ceil((1 - tokens) / rate * 1000))
       end
@@ -133,7 +134,7 @@ def take_local(request: list[Bucket], *, now: float | None = None) -> float:
 
 
 def _prune(now: float) -> None:
-    for key, (tokens, ts) in list(_local_buckets.items()):
+    for key, (_tokens, ts) in list(_local_buckets.items()):
         if now - ts > 3600:
             del _local_buckets[key]
 

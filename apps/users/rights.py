@@ -64,7 +64,7 @@ async def versions(user_ids) -> dict[int, int]:
     if not settings.REDIS_URL:
         return {u: _local_versions.get(u, 0) for u in user_ids}
     values = await async_client().mget([version_key(u) for u in user_ids])
-    return {u: int(v or 0) for u, v in zip(user_ids, values)}
+    return {u: int(v or 0) for u, v in zip(user_ids, values, strict=True)}
 
 
 def changed(user_ids, *, code: int | None = None, reason: str = "") -> None:

@@ -15,9 +15,9 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 
 from apps.core.errors import ServiceError
 from apps.rooms.models import Membership, Room
-from apps.rooms.services import is_site_moderator
 from apps.users import passwords, presence
 from apps.users import services as users
+from apps.users.services import is_site_moderator
 from apps.users.throttles import SignupThrottle, TokenThrottle
 
 

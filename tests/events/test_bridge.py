@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
@@ -12,13 +12,12 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone as dj_timezone
 
-from apps.events import catalogue as ev
-
-from apps.events.models import Event
 from apps.core.redis import sync_client
+from apps.events import catalogue as ev
+from apps.events.models import Event
 from apps.events.outbox import clear_kick, kick_key
-from apps.events.tasks import kick_publisher
 from apps.events.schemas import SCHEMAS
+from apps.events.tasks import kick_publisher
 from apps.rooms.models import Room
 from tests import factories
 from tests.events.kafka_support import assert_per_room_order, kill_broker, read_topic, wait_for
@@ -91,7 +90,7 @@ def test_burst_reaches_kafka_once_per_event_keyed_by_room_in_seq_order(celery_wo
     lags = sorted(
         rec.timestamp_ms / 1000
         - datetime.strptime(rec.envelope["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
-        .replace(tzinfo=timezone.utc).timestamp()
+        .replace(tzinfo=UTC).timestamp()
         for rec in records
     )
     print(f"commit-to-send latency p50={lags[len(lags) // 2]:.3f}s p99={lags[int(len(lags) * .99)]:.3f}s")

@@ -12,12 +12,12 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from apps.core.redis import sync_client
 from apps.events import handlers, kafka, publisher
 from apps.events.models import ConsumedEvent, Event
 from apps.notifications import presence
 from apps.notifications.handlers import MentionNotifications, mentioned_usernames
 from apps.notifications.models import Notification
-from apps.core.redis import sync_client
 from apps.rooms import services as rooms
 from tests import factories
 from tests.events.kafka_support import wait_for

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from prometheus_client import REGISTRY
 from django.test import override_settings
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from apps.events import kafka, publisher
 from apps.events.models import Event

@@ -11,10 +11,10 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from apps.core.redis import sync_client
 from apps.events import catalogue as ev
 from apps.events import kafka, publisher
 from apps.events.models import Event
-from apps.core.redis import sync_client
 from apps.events.outbox import clear_kick, kick_key
 from tests import factories
 from tests.events.kafka_support import read_topic, wait_for

@@ -5,13 +5,14 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.messaging import services as messaging
 from apps.messaging.models import Message
 from apps.rooms import services
 from apps.rooms.api import seen_by
 from apps.rooms.models import Membership, ModerationAction, Room
-from apps.core.errors import ServiceError
+from apps.users.services import is_site_moderator
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -243,7 +244,7 @@ def test_staff_need_the_moderators_group_to_moderate_other_rooms(room, other_use
     staff = factories.make_user(is_staff=True)
     refused("forbidden", services.member_ban, room=room, actor=staff, user=other_user)
     moderator = factories.make_moderator()
-    assert services.is_site_moderator(moderator) and not moderator.is_superuser
+    assert is_site_moderator(moderator) and not moderator.is_superuser
     services.member_ban(room=room, actor=moderator, user=other_user, reason="site rule")
     assert member_of(room, other_user).is_banned()
 

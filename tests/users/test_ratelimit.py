@@ -8,8 +8,8 @@ import random
 import pytest
 from django.test import override_settings
 
-from apps.users import ratelimit
 from apps.core.redis import async_client
+from apps.users import ratelimit
 
 pytestmark = pytest.mark.services
 

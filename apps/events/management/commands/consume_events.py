@@ -25,7 +25,7 @@ class Command(BaseCommand):
         try:
             instance = handler_for(group, handler)
         except ValueError as exc:
-            raise CommandError(str(exc))
+            raise CommandError(str(exc)) from exc
         if not settings.KAFKA_BOOTSTRAP_SERVERS:
             raise CommandError("Kafka is not configured (KAFKA_BOOTSTRAP_SERVERS)")
         from kafka.errors import KafkaError
@@ -35,4 +35,4 @@ class Command(BaseCommand):
         try:
             runner.run()
         except KafkaError as exc:
-            raise CommandError(f"Kafka error: {exc}")
+            raise CommandError(f"Kafka error: {exc}") from exc

@@ -19,7 +19,9 @@ class Command(BaseCommand):
         try:
             created = ensure_topics(wait_seconds=wait)
         except KafkaError as exc:
-            raise CommandError(f"could not reach Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {exc}")
+            raise CommandError(
+                f"could not reach Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {exc}"
+            ) from exc
         topic = settings.KAFKA_EVENTS_TOPIC
         state = "created" if created else "already exists"
         self.stdout.write(f"Topic {topic} ({settings.KAFKA_PARTITIONS} partitions): {state}.")
