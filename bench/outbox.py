@@ -24,6 +24,8 @@ Kafka with lag p99 <= 1 s and the fillers kept the rate.
 
 --profile: py-spy (bench/profile.py) on every worker process during the drain (backlog) or
 the step at the first rate; collapsed stacks in bench/profiles/outbox-*.txt.
+
+One script of ~400 lines: both modes share the stack, the fillers and the lag reader.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 Every integration reads its own block of variables (see the README's settings table). The
 defaults run on a bare machine: SQLite, the in-memory channel layer and a filesystem Celery
 transport when no services are configured.
+
+One module on purpose (STYLE.md: one env-driven settings module), in one block per integration;
+chatproject/settings_test.py only overrides values.
 """
 
 import os

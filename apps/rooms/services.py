@@ -2,6 +2,12 @@
 
 Each service locks the room row first (`lock_room`), so all writes to one room are serialized
 and the room's seq follows commit order.
+
+Why one module of ~700 lines: the authorization rules (the first section, one per room action)
+and the writes that rely on them are read together, and every entry point (REST, socket,
+admin, the send path) calls them from here. Its sections are the split points: the moderators'
+actions (`member_set_role` to `member_mute`, with `_check_outranks`, `_clean_until`) go to a
+module of their own once the branches that call them (tests, admin, moderation) have landed.
 """
 
 from __future__ import annotations
