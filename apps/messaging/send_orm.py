@@ -12,11 +12,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.sql import insert_rows, update_by_pk
 from apps.events.models import Event
 from apps.events.services import record_events
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, Room
-from apps.core.sql import insert_rows, update_by_pk
 
 from . import send_plan as plan
 from .models import Message

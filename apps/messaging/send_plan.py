@@ -35,13 +35,13 @@ from typing import NamedTuple
 
 from django.conf import settings
 
+from apps.core.errors import ServiceError, invalid, not_found
+from apps.core.text import check_text
 from apps.events import catalogue as ev
 from apps.events import seqs
 from apps.events.models import Event
 from apps.events.services import build_event
 from apps.rooms import services as rooms
-from apps.core.errors import ServiceError, invalid, not_found
-from apps.core.text import check_text
 
 from .models import Message
 

@@ -151,7 +151,7 @@ class PostgresCluster:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        timeout=120)
 
-    def start(self) -> "PostgresCluster":
+    def start(self) -> PostgresCluster:
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="chat-pg-")
             if os.geteuid() == 0:
