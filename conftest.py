@@ -1,2 +1,3 @@
-"""Test environment set-up lives in chatproject/settings_test.py (it must run before Django's
-settings load): local PostgreSQL and Redis, and a private Kafka-compatible broker per session."""
+"""The test environment is set by the pytest plugin tests/support/plugin.py (it must run before
+Django's settings load): local PostgreSQL and Redis, and a private Kafka-compatible broker per
+session. Fixtures live in tests/conftest.py."""

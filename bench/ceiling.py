@@ -73,7 +73,7 @@ async def _handle(frame: dict, socket_id: int, user: dict, joined: set[int], sen
             "type": "message.created",
             "room": room,
             "seq": seq,
-            "ts": dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+            "ts": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
             "actor": user,
             "data": {"id": seq, "body": frame["body"], "reply_to": None,
                      "client_id": frame.get("client_id")},

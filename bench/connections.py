@@ -24,8 +24,16 @@ from pathlib import Path
 
 from bench.loadgen import Pool, split
 from bench.profile import Profiler, top
-from bench.stack import (ROOT, ChatStack, cpu_seconds, machine, make_rooms, make_users,
-                         rss_bytes, stop_cleanly_on_sigterm)
+from bench.stack import (
+    ROOT,
+    ChatStack,
+    cpu_seconds,
+    machine,
+    make_rooms,
+    make_users,
+    rss_bytes,
+    stop_cleanly_on_sigterm,
+)
 
 BASELINE_SOCKETS = 10
 
@@ -51,7 +59,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(f"connections: up to {args.sockets} idle sockets ({args.users} users"
           f"{', subscribed' if args.subscribe else ''}), levels {levels}  "
-          f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
+          f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
     result = {"levels": []}
     # Idle window and clean-up come after the last level: keep time for them.
     args.deadline_at = started + args.deadline - args.idle - 20

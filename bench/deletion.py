@@ -121,7 +121,7 @@ def part_delete(args, log) -> dict:
         send_ns.append(time.perf_counter_ns() - t0)
         targets_empty.append(event.envelope["data"]["id"])
     times = {"big": [], "empty": []}
-    for big_id, empty_id in zip(targets_big, targets_empty):  # interleaved: same load for both
+    for big_id, empty_id in zip(targets_big, targets_empty, strict=False):  # interleaved: same load for both
         for name, pk in (("big", big_id), ("empty", empty_id)):
             message = Message.objects.get(pk=pk)
             t0 = time.perf_counter_ns()
@@ -288,7 +288,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
     extra = dict(item.split("=", 1) for item in args.set)
-    print(f"# bench.deletion {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+    print(f"# bench.deletion {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
           f"{machine()}", flush=True)
     results = {}
     with ChatStack(settings=extra) as stack:

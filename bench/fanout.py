@@ -22,8 +22,16 @@ from array import array
 from bench import limits as bench_limits
 from bench import stats
 from bench.loadgen import Pool, ladder_arguments, split
-from bench.stack import (ROOT, CeilingServer, ChatStack, cpu_seconds, machine, make_room,
-                         make_users, stop_cleanly_on_sigterm)
+from bench.stack import (
+    ROOT,
+    CeilingServer,
+    ChatStack,
+    cpu_seconds,
+    machine,
+    make_room,
+    make_users,
+    stop_cleanly_on_sigterm,
+)
 
 P99_BOUND_MS = 100.0
 DEFAULT_RATES = {50: [10, 25, 50, 100, 200, 400, 600],
@@ -106,7 +114,7 @@ def ladder(name, *, host, port, server_pid, sub_specs, send_specs, rates, args,
     try:
         t0 = time.monotonic()
         commands = {0: ("connect", host, port, send_specs)}
-        for i, part in zip(receivers, split(sub_specs, len(receivers))):
+        for i, part in zip(receivers, split(sub_specs, len(receivers)), strict=False):
             commands[i] = ("connect", host, port, part)
         replies = pool.call_each(commands, timeout=180)
         failed = sum(r["failed"] for r in replies)
@@ -159,7 +167,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(f"fan-out: {args.subscribers} subscribers, {args.senders} senders, rates {rates}, "
           f"{args.duration:g}s steps, {args.procs} receiving processes  "
-          f"({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()})",
+          f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})",
           flush=True)
     results = {}
     if args.only != "chat":

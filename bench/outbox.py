@@ -24,6 +24,8 @@ Kafka with lag p99 <= 1 s and the fillers kept the rate.
 
 --profile: py-spy (bench/profile.py) on every worker process during the drain (backlog) or
 the step at the first rate; collapsed stacks in bench/profiles/outbox-*.txt.
+
+One script of ~400 lines: both modes share the stack, the fillers and the lag reader.
 """
 
 from __future__ import annotations
@@ -37,8 +39,16 @@ import time
 import uuid
 
 from bench import stats
-from bench.stack import (ROOT, ChatStack, machine, make_rooms, make_users,
-                         stop_cleanly_on_sigterm, tree_cpu_seconds, tree_pids)
+from bench.stack import (
+    ROOT,
+    ChatStack,
+    machine,
+    make_rooms,
+    make_users,
+    stop_cleanly_on_sigterm,
+    tree_cpu_seconds,
+    tree_pids,
+)
 
 KAFKA_P99_BOUND_MS = 1000.0
 
@@ -162,8 +172,8 @@ def outbox_counts() -> tuple[int, int]:
     from django.db import connection
     from django.db.models import Count, Q
 
-    from apps.events.publisher import KAFKA_TYPES
     from apps.events.models import Event
+    from apps.events.publisher import KAFKA_TYPES
 
     try:
         counts = Event.objects.filter(type__in=KAFKA_TYPES).aggregate(
@@ -240,14 +250,16 @@ def hold_kicks(seconds: float) -> None:
     """Set the kick key: commits enqueue no publisher task until it expires or is cleared."""
     from django.conf import settings
 
-    from apps.events.outbox import kick_key, redis_client
+    from apps.core.redis import sync_client
+    from apps.events.outbox import kick_key
 
-    redis_client().set(kick_key(), 1, px=int(seconds * 1000))
+    sync_client().set(kick_key(), 1, px=int(seconds * 1000))
     assert settings.KAFKA_BOOTSTRAP_SERVERS
 
 
 def run_backlog(stack, fillers, args) -> dict:
-    from apps.events.outbox import clear_kick, kick_publisher
+    from apps.events.outbox import clear_kick
+    from apps.events.tasks import kick_publisher
 
     hold_kicks(3600)
     fill = fillers.run(0, args.fill_rate, args.backlog / args.fill_rate)
@@ -376,13 +388,13 @@ def main(argv=None) -> int:
     print(f"outbox: {args.rooms} rooms, {args.fillers} fillers, "
           + (f"backlog {args.backlog}" if args.backlog else f"rates {args.rates}, "
              f"{args.duration:g}s steps")
-          + f"  ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
+          + f"  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
     fillers = None
     with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set), worker=False) as stack:
         try:
             users = make_users(args.rooms, f"{stack.tag}o")
             rooms = make_rooms([(uid, [uid], f"outbox {i}") for i, (uid, _) in enumerate(users)])
-            pairs = [(room, uid) for room, (uid, _) in zip(rooms, users)]
+            pairs = [(room, uid) for room, (uid, _) in zip(rooms, users, strict=False)]
             fillers = Fillers(pairs, args.fillers, args.batch)
             # The seeding events (room.created, member.joined) are not part of the measure.
             from django.utils import timezone

@@ -3,7 +3,8 @@
 py-spy (requirements/dev.txt) attaches to the running server process by pid, so the server
 runs unmodified. `Profiler(pid, seconds, path)` records collapsed stacks ("raw" format) into
 `path`, sampling only the thread holding the GIL (where the Python CPU goes), or with
-`wall=True` every thread, idle ones too (where the time goes); `top(path)` ranks functions by own samples and by total samples (inclusive).
+`wall=True` every thread, idle ones too (where the time goes); `top(path)` ranks functions by
+own samples and by total samples (inclusive).
 """
 
 from __future__ import annotations
@@ -117,7 +118,8 @@ def by_app(path: Path, count: int = 15, *, thread: str = "", within: str = "") -
                 continue
             if within and within not in stack:
                 continue
-            ours = [f for f in frames[1:] if f.split(" (", 1)[-1].startswith(("apps/", "chatproject/", "bench/"))]
+            ours = [f for f in frames[1:]
+                    if f.split(" (", 1)[-1].startswith(("apps/", "chatproject/", "bench/"))]
             key = f"{ours[-1] if ours else '(no project frame)'}  ->  {_short(frames[-1])}"
             groups[key] += int(samples)
             total += int(samples)

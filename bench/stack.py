@@ -133,7 +133,7 @@ class ChatStack:
     def topic(self) -> str:
         return f"{self.tag}.events"
 
-    def start(self) -> "ChatStack":
+    def start(self) -> ChatStack:
         started = time.monotonic()
         try:
             self._start()
@@ -169,7 +169,7 @@ class ChatStack:
             self.worker.wait_ready(60)
         self.server = ServerProcess(self.env).start()
 
-    def __enter__(self) -> "ChatStack":
+    def __enter__(self) -> ChatStack:
         return self.start()
 
     def __exit__(self, kind, exc, tb) -> None:

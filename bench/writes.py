@@ -28,8 +28,17 @@ from bench import limits as bench_limits
 from bench import stats
 from bench.kafkalag import KafkaLag
 from bench.loadgen import Pool, ladder_arguments, split
-from bench.stack import (ROOT, CeilingServer, ChatStack, cpu_seconds, machine, make_rooms,
-                         make_users, stop_cleanly_on_sigterm, tree_cpu_seconds)
+from bench.stack import (
+    ROOT,
+    CeilingServer,
+    ChatStack,
+    cpu_seconds,
+    machine,
+    make_rooms,
+    make_users,
+    stop_cleanly_on_sigterm,
+    tree_cpu_seconds,
+)
 
 ACK_P99_BOUND_MS = 50.0
 KAFKA_P99_BOUND_MS = 1000.0
@@ -139,7 +148,7 @@ def run(stack, args, rates, started) -> list[dict]:
             room_ids = make_rooms([(group[0][0], [uid for uid, _ in group], f"writes {r}")
                                    for r, group in enumerate(groups)])
             rooms = [[(token, room, True) for _, token in group]
-                     for room, group in zip(room_ids, groups)]
+                     for room, group in zip(room_ids, groups, strict=False)]
             print(f"seeded {len(users)} users, {len(rooms)} rooms in "
                   f"{time.monotonic() - started:.0f}s", flush=True)
         pool = Pool(args.procs)
@@ -204,7 +213,7 @@ def main(argv=None) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     started = time.monotonic()
     print(f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
-          f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M}"
+          f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
           f" UTC, {machine()})", flush=True)
     limits = None if args.no_limits else bench_limits.header(args.pg_clients)
     if limits:

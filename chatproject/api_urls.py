@@ -3,8 +3,8 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from apps.core.api import api_not_found
 from apps.messaging import api as messaging
-from apps.messaging.api_errors import api_not_found
 from apps.moderation import api as moderation
 from apps.notifications import api as notifications
 from apps.rooms import api as rooms

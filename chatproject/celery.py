@@ -60,6 +60,10 @@ def close_database_pools() -> None:
                 pass
 
 
+# The signal handlers import Django and the apps inside: this module loads with chatproject/
+# (its __init__), before Django's settings and apps are ready.
+
+
 @worker_process_init.connect
 def start_kafka_producer(**kwargs):
     """One producer per worker process, made after the fork (never shared with the parent)."""

@@ -18,7 +18,7 @@ Two small hooks on top of daphne's own server:
   client sending a byte every few seconds (slowloris) held a connection forever. A WebSocket is
   past both deadlines once upgraded, so its lifetime is not touched.
 - No proxy header is given to daphne: `scope["client"]` is the TCP peer and `scope["scheme"]`
-  the socket's; chatproject.clientaddr decides what to believe of X-Forwarded-For and
+  the socket's; apps.core.clientaddr decides what to believe of X-Forwarded-For and
   X-Forwarded-Proto (NUM_PROXIES, BEHIND_TLS_PROXY).
 - Graceful shutdown: on SIGTERM (or SIGINT) the process stops accepting connections, closes every
   WebSocket with 1012 (service restart) so clients reconnect elsewhere and resume with `since`,
@@ -406,7 +406,7 @@ def build_server(host, port, *, application, fd=None):
         endpoints=build_endpoint_description_strings(host=host or "127.0.0.1", port=port or 0),
         signal_handlers=False,
         # No proxy_forwarded_* headers: daphne would take the first, client-written entry of
-        # X-Forwarded-For as the address (see chatproject.clientaddr).
+        # X-Forwarded-For as the address (see apps.core.clientaddr).
         # Frames above CHAT_MAX_FRAME_BYTES get a too_large error and the socket stays open;
         # far bigger ones are refused by the WebSocket layer with close 1009.
         websocket_max_message_size=max(1024 * 1024, 4 * settings.CHAT_MAX_FRAME_BYTES),
@@ -503,9 +503,9 @@ def main(argv=None):
             return workers.supervise(args.bind, args.port, count,
                                      grace=settings.CHAT_SHUTDOWN_GRACE_SECONDS)
     import daphne.server  # noqa: F401  installs the asyncio Twisted reactor first
+    from django.conf import settings
 
     from chatproject.asgi import application
-    from django.conf import settings
 
     tune_gc(settings.CHAT_GC_THRESHOLD)
     server = build_server(args.bind, args.port, application=application, fd=args.fd)

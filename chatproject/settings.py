@@ -3,6 +3,9 @@
 Every integration reads its own block of variables (see the README's settings table). The
 defaults run on a bare machine: SQLite, the in-memory channel layer and a filesystem Celery
 transport when no services are configured.
+
+One module on purpose (STYLE.md: one env-driven settings module), in one block per integration;
+chatproject/settings_test.py only overrides values.
 """
 
 import os
@@ -50,7 +53,7 @@ SECRET_KEY = env("SECRET_KEY", DEFAULT_SECRET_KEY)
 DEBUG = env_bool("DEBUG", CHAT_ENV != "production")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "")
-# Proxies in front of the server, each appending to X-Forwarded-For (chatproject.clientaddr):
+# Proxies in front of the server, each appending to X-Forwarded-For (apps.core.clientaddr):
 # 0 trusts no proxy header for the client address. BEHIND_TLS_PROXY (below) decides the scheme.
 NUM_PROXIES = env_int("NUM_PROXIES", 0)
 BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
@@ -82,6 +85,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "channels",
+    "apps.core",
     "apps.users",
     "apps.rooms",
     "apps.messaging",
@@ -94,7 +98,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "apps.events.health.HealthCheckMiddleware",
     "apps.events.observability.RequestIdMiddleware",
-    "apps.messaging.api_errors.ApiErrorsMiddleware",
+    "apps.core.api.ApiErrorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "apps.web.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -171,7 +175,7 @@ if DATABASE_URL:
             "max_size": env_int("DATABASE_POOL_MAX", 20),
             "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
         }
-    # The send path's fixed-text statements are prepared per connection (chatproject.bulk).
+    # The send path's fixed-text statements are prepared per connection (apps.core.sql).
     DATABASE_PREPARE_STATEMENTS = env_bool("DATABASE_PREPARE_STATEMENTS", True)
     if env("DATABASE_TEST_NAME"):
         _db["TEST"] = {"NAME": env("DATABASE_TEST_NAME")}
@@ -410,7 +414,7 @@ REST_FRAMEWORK = {
     },
     # Every write takes from the shared per-user buckets (apps.users.ratelimit).
     "DEFAULT_THROTTLE_CLASSES": ["apps.users.throttles.WriteThrottle"],
-    "EXCEPTION_HANDLER": "apps.messaging.api_errors.exception_handler",
+    "EXCEPTION_HANDLER": "apps.core.api.exception_handler",
     # DRF's defaults, with its JSON parser bounded and its browsable API under the strict CSP
     # (apps.messaging.api_formats).
     "DEFAULT_PARSER_CLASSES": [
@@ -422,7 +426,7 @@ REST_FRAMEWORK = {
         "rest_framework.renderers.JSONRenderer",
         "apps.messaging.api_formats.BrowsableAPIRenderer",
     ],
-    # DRF's own get_ident agrees with chatproject.clientaddr (our throttles call that).
+    # DRF's own get_ident agrees with apps.core.clientaddr (our throttles call that).
     "NUM_PROXIES": NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {

@@ -17,7 +17,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.utils.http import is_same_domain
 
-from .clientaddr import is_secure_scope
+from apps.core.clientaddr import is_secure_scope
 
 
 def _header(scope, name: bytes) -> str | None:

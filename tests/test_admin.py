@@ -11,11 +11,11 @@ from django.contrib.auth.models import Group, Permission
 from django.db import close_old_connections
 from django.test import Client
 
+from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.messaging.models import Message
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
-from chatproject.errors import ServiceError
 from tests import factories
 
 MEMBERSHIPS = "/admin/rooms/membership/"

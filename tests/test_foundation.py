@@ -5,7 +5,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -100,7 +99,7 @@ def test_metrics_add_up_across_server_processes(child_env):
     env = dict(child_env, PROMETHEUS_MULTIPROC_DIR=metrics_dir)
     servers = [ServerProcess(env).start(), ServerProcess(env).start()]
     try:
-        for server, hits in zip(servers, (3, 4)):
+        for server, hits in zip(servers, (3, 4), strict=True):
             for _ in range(hits):
                 assert _get(server.http_url + "/healthz")[0] == 200
         status, text = _get(servers[0].http_url + "/metrics")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 # Fan-out targets.
 ROOM = "room"  # every socket subscribed to the room
@@ -71,7 +71,7 @@ EPHEMERAL_TYPES = tuple(t for t, s in CATALOGUE.items() if not s.persisted)
 
 def format_ts(dt: datetime) -> str:
     """UTC, ISO 8601 with microseconds and Z."""
-    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def actor_of(user) -> dict | None:

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from . import handlers
+from .kafka import consumer_config, ensure_topics
 from .observability import CONSUMER_HANDLED, CONSUMER_LAG
 
 logger = logging.getLogger(__name__)
@@ -76,8 +77,6 @@ class GroupConsumer:
 
     def run(self) -> None:
         from kafka import ConsumerRebalanceListener, KafkaConsumer
-
-        from .kafka import consumer_config, ensure_topics
 
         runner = self
 

@@ -172,7 +172,7 @@ async def _redis_group_send_many(layer, sends) -> None:
             pipe.zremrangebyscore(key, min=0, max=int(now) - layer.group_expiry)
             pipe.zrange(key, 0, -1)
         replies = await pipe.execute()
-        for group, channels in zip(groups, replies[1::2]):
+        for group, channels in zip(groups, replies[1::2], strict=True):
             members[group] = [channel.decode() for channel in channels]
     # Process channels ("name!suffix") of one process share one Redis key: one message a key.
     per_key: dict[str, tuple[str, list[dict]]] = {}

@@ -12,10 +12,12 @@ from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client import REGISTRY
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
-from chatproject.clientaddr import came_through_a_proxy
+from apps.core.clientaddr import came_through_a_proxy
+
+from .observability import observe_request
+from .outbox import outbox_status
 
 
 @require_GET
@@ -70,8 +72,6 @@ def cached_outbox_status() -> dict:
     """The outbox figure, counted at most once per READYZ_OUTBOX_CACHE_SECONDS per process:
     /readyz is public, and the count is a scan of the unpublished rows."""
     global _outbox_cache
-    from .outbox import outbox_status
-
     now = time.monotonic()
     if _outbox_cache is not None and now - _outbox_cache[0] < settings.READYZ_OUTBOX_CACHE_SECONDS:
         return _outbox_cache[1]
@@ -104,7 +104,7 @@ def readyz(request):
 def metrics_allowed(request) -> bool:
     """A bearer METRICS_TOKEN, or a TCP peer in METRICS_ALLOWED_IPS on a request that came
     straight to the server: behind a proxy the peer is the proxy, whoever the client is, and
-    a forwarding header is never believed here (chatproject.clientaddr)."""
+    a forwarding header is never believed here (apps.core.clientaddr)."""
     token = settings.METRICS_TOKEN
     if token:
         supplied = request.headers.get("Authorization", "")
@@ -147,7 +147,6 @@ class HealthCheckMiddleware:
         route = self.routes.get(request.path_info)
         if route is None:
             return self.get_response(request)
-        from .observability import observe_request
 
         name, view = route
         start = time.perf_counter()

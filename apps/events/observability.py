@@ -16,7 +16,7 @@ from http import HTTPStatus
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from chatproject.errors import CODES
+from apps.core.errors import CODES
 
 from .catalogue import CATALOGUE
 

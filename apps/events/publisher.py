@@ -35,6 +35,7 @@ from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
+from . import kafka
 from .catalogue import CATALOGUE, DURABLE_TYPES
 from .models import Event
 from .observability import KAFKA_PUBLISH_ERRORS, KAFKA_PUBLISH_LATENCY, KAFKA_PUBLISHED
@@ -315,8 +316,6 @@ def flush_rows(records: list[Record], budget: int) -> list[Record]:
 
 
 def records_for(rows: list[Row], partitions: list[int]) -> list[Record]:
-    from . import kafka
-
     records = []
     for row in rows:
         key = kafka.record_key(row.room_id)
@@ -330,8 +329,6 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
     """Send rows (as many as one batch per partition holds: flush_rows), wait for the acks,
     record the outcome. Returns (published, failed, error); rows left for the next flush are
     neither."""
-    from . import kafka
-
     topic = settings.KAFKA_EVENTS_TOPIC
     started = time.perf_counter()
     futures: dict = {}

@@ -8,11 +8,13 @@ import logging
 from django.db import connection, transaction
 from django.utils import timezone
 
-from chatproject.bulk import Json, Statement, insert_rows, pg_insert, run, update_by_pk
+from apps.core.sql import Json, Statement, insert_rows, pg_insert, run, update_by_pk
 
-from . import catalogue, seqs
+from . import catalogue, fanout, seqs
 from .catalogue import CATALOGUE
 from .models import Event
+from .signals import events_committed
+from .tasks import kick_publisher_soon
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +76,10 @@ EVENT_FIELDS = ["id", "type", "room_id", "seq", "actor_id", "ts", "envelope",
 
 
 def _event_rows(events: list[Event]) -> list[tuple]:
-    from .fanout import serialize
-
     rows = []
     for event in events:
         _durable(event.type)
-        event.envelope_text = serialize(event.envelope)
+        event.envelope_text = fanout.serialize(event.envelope)
         event._state.adding = False
         rows.append((event.id, event.type, event.room_id, event.seq, event.actor_id, event.ts,
                      Json(event.envelope_text), 0, "", event.message_id,
@@ -185,11 +185,16 @@ def _durable(type: str):
     return spec
 
 
+def _room_model():
+    """The Room model, taken from the event's foreign key: events is the bottom of the domain
+    and imports no app above it."""
+    return Event._meta.get_field("room").related_model
+
+
 def allocate_seqs(counts: dict[int, int]) -> dict[int, int]:
     """Hand out `n` consecutive seqs in each room, in one statement that takes (or keeps) the
     room rows' locks: {room id: n} -> {room id: the first of its n seqs} (apps.events.seqs)."""
-    from apps.rooms.models import Room
-
+    Room = _room_model()
     rows = update_by_pk(Room, "last_seq", counts, add=True, returning="last_seq")
     if len(rows) != len(counts):
         missing = sorted(set(counts) - {row[0] for row in rows})
@@ -217,15 +222,12 @@ def dispatch_events(items) -> None:
     send_events_on_commit runs after commit. `items` are (envelope, target user ids, its JSON
     text or None); a failure here loses nothing: the rows are committed, sockets fill gaps from
     the log and the outbox sweep publishes them."""
-    from . import fanout, outbox
-    from .signals import events_committed
-
     try:
         fanout.dispatch_many(items)
     except Exception:  # Redis down: sockets recover from the event log
         logger.warning("fan-out failed for %d events", len(items), exc_info=True)
     if any(CATALOGUE[item[0]["type"]].kafka for item in items):
-        outbox.kick_publisher_soon()
+        kick_publisher_soon()
     if events_committed.receivers:
         events_committed.send_robust(sender=Event, items=items)
 

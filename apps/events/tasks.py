@@ -1,11 +1,62 @@
-"""Celery tasks of the Kafka bridge. Their retry policy is the outbox's: a failed row keeps its
-error and a backoff time, and the periodic sweep picks it up again (no deadline)."""
+"""Celery tasks of the Kafka bridge and the after-commit kick that enqueues them.
+
+Their retry policy is the outbox's: a failed row keeps its error and a backoff time, and the
+periodic sweep picks it up again (no deadline). Dependencies run one way: services → tasks →
+outbox (the kick key) / publisher.
+"""
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 from celery import shared_task
+from django.conf import settings
+
+from . import fanout
+from .outbox import claim, clear_kick, kick_key, outbox_status, renew_kick
+from .publisher import IDLE_SECONDS, publish_pending
 
 logger = logging.getLogger(__name__)
+
+
+def enqueue_debounced(task, key: str, debounce_ms: int) -> None:
+    """Enqueue the Celery task unless one is queued already under `key` (outbox.claim; the
+    task clears or renews the key). The broker down: log it, the task's periodic sweep does
+    the work later."""
+    if not claim(key, debounce_ms):
+        return  # a kick is queued and has not read its input yet
+    try:
+        # No publish retries: a down Celery broker must not hold up the request that committed.
+        task.apply_async(retry=False)
+    except Exception:  # noqa: BLE001 - the periodic sweep does the work later
+        logger.warning("could not enqueue %s", task.name, exc_info=True)
+
+
+def kick_publisher() -> None:
+    """Ask a Celery worker to publish pending outbox rows (at most one queued kick at a time)."""
+    if not settings.KAFKA_BOOTSTRAP_SERVERS:
+        return
+    enqueue_debounced(publish_outbox, kick_key(), settings.OUTBOX_KICK_DEBOUNCE_MS)
+
+
+_kicker = None
+
+
+def soon(func) -> None:
+    """Run an after-commit kick. In a server process it runs on one background thread, so the
+    request or socket thread that committed does not wait on Redis or the Celery broker;
+    elsewhere (workers, commands, tests) it runs inline."""
+    global _kicker
+    if fanout.server_loop() is None:
+        func()
+        return
+    if _kicker is None:
+        _kicker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-kick")
+    _kicker.submit(func)
+
+
+def kick_publisher_soon() -> None:
+    """The outbox's after-commit kick (see soon)."""
+    soon(kick_publisher)
 
 
 @shared_task(ignore_result=True)
@@ -17,9 +68,6 @@ def publish_outbox():
     the key is cleared and the outbox read once more: an event committed before the clear
     is in that read, one committed after it enqueues a new kick.
     """
-    from .outbox import clear_kick, kick_publisher, renew_kick
-    from .publisher import IDLE_SECONDS, publish_pending
-
     result = publish_pending(idle_seconds=IDLE_SECONDS, before_last_read=clear_kick,
                              keep_alive=renew_kick)
     if not result.locked or result.more:
@@ -38,9 +86,6 @@ def sweep_outbox():
     It does not wait for a running publisher (that one drains what is there): under steady
     traffic a sweep every few seconds that waited for the drain's lock would hold every
     worker process, and any other task (an account erasure) would queue behind them."""
-    from .outbox import outbox_status
-    from .publisher import publish_pending
-
     result = publish_pending(wait_for_lock=False)
     status = outbox_status()
     if result.published or result.failed:

@@ -7,7 +7,8 @@ message.deleted event and fans it out after commit, like a deletion over the API
 from django.contrib import admin
 from django.utils.text import Truncator
 
-from apps.rooms.admin import ModerationAdmin, ReasonForm
+from apps.rooms.admin import ReasonForm
+from apps.users.admin import ModerationAdmin
 
 from . import services
 from .models import Message

@@ -16,19 +16,11 @@ from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
-from apps.rooms.api import (
-    LIMIT,
-    NOT_FOUND,
-    REFUSED,
-    RoomScopedApi,
-    int_param,
-    limit_param,
-    next_url,
-    validated,
-)
-from apps.rooms.serializers import EnvelopeSerializer, ErrorSerializer
+from apps.core.api import LIMIT, ErrorSerializer, int_param, limit_param, next_url, validated
+from apps.core.errors import invalid
+from apps.rooms.api import NOT_FOUND, REFUSED, RoomScopedApi
+from apps.rooms.serializers import EnvelopeSerializer
 from apps.users.throttles import ExportThrottle
-from chatproject.errors import invalid
 
 from . import export, services
 from .models import Message, Reaction
@@ -47,7 +39,8 @@ MESSAGE_REFUSED = {**REFUSED, **MESSAGE_NOT_FOUND}
 
 def with_reactions(messages):
     return messages.select_related("author").prefetch_related(
-        Prefetch("reactions", queryset=Reaction.objects.only("id", "message_id", "user_id", "emoji", "created_at"))
+        Prefetch("reactions", queryset=Reaction.objects.only(
+            "id", "message_id", "user_id", "emoji", "created_at"))
     )
 
 

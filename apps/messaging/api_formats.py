@@ -10,7 +10,7 @@ from rest_framework import exceptions, parsers, renderers
 class JSONParser(parsers.JSONParser):
     """DRF's JSON parser, with nesting too deep for the decoder (a RecursionError, not a
     ValueError) refused as a parse error instead of escaping as a 500. (The body's size is
-    bounded before any parser runs: apps.messaging.api_errors.ApiErrorsMiddleware.)"""
+    bounded before any parser runs: apps.core.api.ApiErrorsMiddleware.)"""
 
     def parse(self, stream, media_type=None, parser_context=None):
         try:

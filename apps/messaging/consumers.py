@@ -11,22 +11,22 @@ the order it sent them and its acks come back in that order.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from channels.consumer import AsyncConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from apps.core.errors import AccountDisabled, RateLimited, ServiceError, invalid
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
 from apps.users import ratelimit, rights, sessions
-from chatproject.errors import AccountDisabled, RateLimited, ServiceError, invalid
 
-from .realtime import REF_MAX, Connection, RedisUnavailable, db, get_hub, text_frame
 from . import sendqueue
+from .realtime import REF_MAX, Connection, RedisUnavailable, db, get_hub, text_frame
 from .services import SendRequest
 
 logger = logging.getLogger(__name__)
@@ -307,8 +307,9 @@ class ChatConsumer(AsyncConsumer):
     async def on_subscribe(self, frame, ref):
         room_id = _id(frame, "room")
         since = _seq(frame, "since", required=False)
-        # (The frame took from the user's subscribe bucket already: BUDGETS.) A replay waits for the previous one to leave the server: a client that does not
-        # read cannot pile replays up in the server's memory.
+        # (The frame took from the user's subscribe bucket already: BUDGETS.) A replay waits
+        # for the previous one to leave the server: a client that does not read cannot pile
+        # replays up in the server's memory.
         if since is not None and not await self.conn.replay_sent(settings.CHAT_REPLAY_WAIT_SECONDS):
             raise RateLimited("the previous replay on this socket is still unsent; read it first",
                               retry_after=1)
@@ -376,7 +377,7 @@ class ChatConsumer(AsyncConsumer):
         self.hub.typing[key] = (now, state)
         envelope = catalogue.envelope(
             "typing", room_id=room_id, seq=None, actor=self.user,
-            data=catalogue.typing(self.user, state=state), ts=datetime.now(timezone.utc),
+            data=catalogue.typing(self.user, state=state), ts=datetime.now(UTC),
         )
         try:
             await fanout.adispatch(envelope)

@@ -1,4 +1,6 @@
 from django.db import models
+from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 
 
 class MessageQuerySet(models.QuerySet):
@@ -17,11 +19,22 @@ class MessageQuerySet(models.QuerySet):
     def newest_first(self):
         return self.order_by("-seq")
 
-    def visible_to(self, user):
-        """Messages the user may read: in rooms they may see and are not banned from."""
-        from apps.rooms.models import Room
-
-        return self.filter(room__in=Room.objects.readable_by(user))
+    def unread_count(self, user):
+        """The unread count of an outer room row annotated by
+        `Room.objects.with_membership_of(user)`, as an expression: the room's live messages
+        past the user's read position, not their own (0 when there are none, or the user is
+        not a member)."""
+        unread = (
+            self.filter(
+                room=OuterRef("pk"), seq__gt=OuterRef("my_last_read_seq"), deleted_at__isnull=True
+            )
+            .exclude(author=user)
+            .order_by()
+            .values("room")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return Coalesce(Subquery(unread, output_field=IntegerField()), Value(0))
 
 
 class ReactionQuerySet(models.QuerySet):

@@ -29,7 +29,7 @@ import logging
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 from channels.db import database_sync_to_async
@@ -37,11 +37,15 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from apps.core.aio import PerLoop
 from apps.events import catalogue, fanout
-from apps.events.observability import FANOUT_LATENCY, WS_EVENTS_DELIVERED, WS_OPEN_SOCKETS
-from apps.events.observability import WS_SUBSCRIPTIONS
+from apps.events.observability import (
+    FANOUT_LATENCY,
+    WS_EVENTS_DELIVERED,
+    WS_OPEN_SOCKETS,
+    WS_SUBSCRIPTIONS,
+)
 from apps.users import presence, sessions
-from chatproject.batching import PerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +135,9 @@ def visible_rooms(user_id, room_ids) -> set[int] | None:
     """The rooms among `room_ids` the user may follow now; None if the account is disabled."""
     from django.contrib.auth import get_user_model
 
+    from apps.core.errors import ServiceError
     from apps.rooms import services as rooms
     from apps.rooms.models import Room
-    from chatproject.errors import ServiceError
 
     user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
     if user is None:
@@ -430,7 +434,7 @@ class Item:
         self.seq, self.data, self.type, self.revokes = seq, data, type, revokes
 
     @classmethod
-    def from_envelope(cls, envelope: dict) -> "Item":
+    def from_envelope(cls, envelope: dict) -> Item:
         return cls(
             envelope["seq"],
             text_frame(fanout.serialize(envelope).encode()),
@@ -642,7 +646,7 @@ class Hub:
         if old is not None:
             self.drop(old)
         elif len(conn.subs) >= settings.CHAT_MAX_ROOMS_PER_SOCKET:
-            from chatproject.errors import ServiceError
+            from apps.core.errors import ServiceError
 
             raise ServiceError(
                 "too_large",
@@ -705,7 +709,7 @@ class Hub:
             missing = await db(events_after)(room_id, sub.last, sub.stream_from)
             if conn.subs.get(room_id) is not sub:
                 return
-            for seq, envelope in missing:
+            for _seq, envelope in missing:
                 if not self._push(sub, Item.from_envelope(envelope)):
                     return
         while sub.buffer:
@@ -1022,7 +1026,7 @@ class Hub:
         on this process gets no presence events (otherwise n people arriving cost n² frames);
         presence is ephemeral and may be dropped (PROTOCOL §2).
         """
-        ts = datetime.now(timezone.utc)
+        ts = datetime.now(UTC)
         cap = setting("CHAT_PRESENCE_MAX_SUBSCRIBERS", 100)
         for change in message.get("changes", ()):
             user = change["user"]

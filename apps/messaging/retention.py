@@ -30,11 +30,11 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.notifications.models import Notification
 from apps.rooms.models import Room
 from apps.rooms.services import lock_room
-from chatproject.errors import ServiceError
 
 from .models import Message, Reaction
 

@@ -1,5 +1,5 @@
 """The send plan's executor on any other database (SQLite, the embedded mode): the plan's reads
-as ORM queries and its writes as multi-row statements (chatproject.bulk), in one transaction.
+as ORM queries and its writes as multi-row statements (apps.core.sql), in one transaction.
 
 The rules, seqs and answers are apps.messaging.send_plan's, as on PostgreSQL (send_pg); only
 the I/O differs: the message ids come back from the INSERT, so the events are built after it.
@@ -12,11 +12,11 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.sql import insert_rows, update_by_pk
 from apps.events.models import Event
 from apps.events.services import record_events
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, Room
-from chatproject.bulk import insert_rows, update_by_pk
 
 from . import send_plan as plan
 from .models import Message

@@ -20,11 +20,11 @@ from contextlib import contextmanager
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps.core.sql import Statement, arun, combine, pg_insert, pg_update, run
 from apps.events.models import Event
 from apps.events.services import events_statement, fanout_items, send_events_on_commit
 from apps.rooms.models import Membership, Room
 from apps.users.models import Block
-from chatproject.bulk import Statement, arun, combine, pg_insert, pg_update, run
 
 from . import send_plan as plan
 from .models import Message
@@ -108,7 +108,7 @@ def write_statement(decision: plan.Decision, reads: plan.Reads) -> tuple[dict, S
         *extras,
         pg_update(Room, "last_seq", last),
         pg_insert(Message, ["id", *plan.MESSAGE_FIELDS],
-                  [(pk, *plan.message_row(m)) for pk, m in zip(ids, messages)]),
+                  [(pk, *plan.message_row(m)) for pk, m in zip(ids, messages, strict=True)]),
         events_statement(list(created.values())),
     ])
 

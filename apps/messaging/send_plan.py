@@ -35,13 +35,13 @@ from typing import NamedTuple
 
 from django.conf import settings
 
+from apps.core.errors import ServiceError, invalid, not_found
+from apps.core.text import check_text
 from apps.events import catalogue as ev
 from apps.events import seqs
 from apps.events.models import Event
 from apps.events.services import build_event
 from apps.rooms import services as rooms
-from chatproject.errors import ServiceError, invalid, not_found
-from chatproject.text import check_text
 
 from .models import Message
 
@@ -73,7 +73,7 @@ class Send(NamedTuple):
 
 def clean_body(body) -> str:
     """Non-empty, at most CHAT_MESSAGE_MAX_LENGTH characters, no control characters, something
-    visible in it, bidirectional controls balanced (chatproject.text)."""
+    visible in it, bidirectional controls balanced (apps.core.text)."""
     if not isinstance(body, str):
         raise invalid("body must be a string")
     if len(body) > settings.CHAT_MESSAGE_MAX_LENGTH:

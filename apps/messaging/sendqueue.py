@@ -2,10 +2,10 @@
 
 A send waits for a free database thread, never for a timer: when one is free, every send that
 queued meanwhile for the same lane (a share of the rooms) goes into one transaction
-(services.message_send_many, through chatproject.batching.Batcher). At a few sends a second each send runs alone, as before; under
-load, one batch's round trips, lock and commit are shared by tens of sends, so a process
-commits many times more messages per second and a busy room's lock is taken once per batch
-instead of once per message.
+(services.message_send_many, through apps.core.aio.Batcher). At a few sends a second each send
+runs alone, as before; under load, one batch's round trips, lock and commit are shared by tens
+of sends, so a process commits many times more messages per second and a busy room's lock is
+taken once per batch instead of once per message.
 
 Each socket handles its frames one at a time, so a client's sends still commit in the order it
 sent them; sends from different clients to one room commit in batch order, and the room's seq
@@ -22,8 +22,8 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
+from apps.core.aio import Batcher, PerLoop
 from apps.events.observability import SEND_BATCH_SECONDS, SEND_BATCH_SIZE
-from chatproject.batching import Batcher, PerLoop
 
 from .services import SendRequest, amessage_send_many, message_send_many
 

@@ -14,17 +14,24 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from emoji import EMOJI_DATA
 
+from apps.core.errors import ServiceError, forbidden, invalid, not_found
+from apps.core.sql import Statement, combine, pg_update, run, update_by_pk
 from apps.events import catalogue as ev
 from apps.events import seqs
 from apps.events.models import Event
-from apps.events.services import (build_event, events_statement, fanout_items, record_event,
-                                  record_events, redact_message_events, redaction_statement,
-                                  send_events_on_commit)
+from apps.events.services import (
+    build_event,
+    events_statement,
+    fanout_items,
+    record_event,
+    record_events,
+    redact_message_events,
+    redaction_statement,
+    send_events_on_commit,
+)
 from apps.notifications.models import Notification
 from apps.rooms import services as rooms
 from apps.rooms.models import ModerationAction, Room
-from chatproject.bulk import Statement, combine, pg_update, run, update_by_pk
-from chatproject.errors import ServiceError, forbidden, invalid, not_found
 
 from . import send_orm, send_pg
 from . import send_plan as plan

@@ -4,12 +4,13 @@ is purged again on the next run) and the erasure of an account's history."""
 from celery import shared_task
 from django.db import DatabaseError
 
+from .erasure import erase_history
+from .retention import history_purge
+
 
 @shared_task(ignore_result=True)
 def purge_history():
     """Celery beat (retention-purge): remove what is past each room's retention."""
-    from .retention import history_purge
-
     history_purge()
 
 
@@ -17,8 +18,6 @@ def purge_history():
 def erase_account_history(self, user_id: int):
     """Redact an erased account's messages and rename it in the log; retried on a database
     error (every step is idempotent, so a retry or a redelivery only finishes the work)."""
-    from .erasure import erase_history
-
     try:
         erase_history(user_id=user_id)
     except DatabaseError as exc:

@@ -21,11 +21,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import Truncator
 
+from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.messaging.models import Message
-from apps.rooms.admin import BAN_DURATIONS, MUTE_DURATIONS, ModerationAdmin, ReasonForm
-from apps.users.admin import erase_selected
-from chatproject.errors import ServiceError
+from apps.rooms.admin import BAN_DURATIONS, MUTE_DURATIONS, ReasonForm
+from apps.users.admin import ModerationAdmin, erase_selected
 
 from . import services
 from .managers import QUEUE_ORDER

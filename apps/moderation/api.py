@@ -8,11 +8,11 @@ from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
+from apps.core.api import LIMIT, ErrorSerializer, int_param, limit_param, next_url, validated
+from apps.core.errors import invalid, not_found
 from apps.messaging.api import MESSAGE_REFUSED, MessageScopedApi
-from apps.rooms.api import LIMIT, REFUSED, int_param, limit_param, next_url, validated
-from apps.rooms.serializers import ErrorSerializer
+from apps.rooms.api import REFUSED
 from apps.users.api import UserSerializer
-from chatproject.errors import invalid, not_found
 
 from . import services
 from .models import Report

@@ -1,6 +1,8 @@
 from django.db import models
 from django.db.models import Case, IntegerField, Value, When
 
+from apps.users.services import is_site_moderator
+
 # Open reports first (0), then the handled ones; newest first within each.
 QUEUE_ORDER = (
     Case(When(status="open", then=Value(0)), default=Value(1), output_field=IntegerField()).asc(),
@@ -15,8 +17,6 @@ class ReportQuerySet(models.QuerySet):
 
     def moderated_by(self, user):
         """Reports of the rooms the user moderates (every report for a site moderator)."""
-        from apps.rooms.services import is_site_moderator
-
         if not user or not user.is_authenticated:
             return self.none()
         if is_site_moderator(user):

@@ -16,12 +16,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.core.errors import forbidden, invalid
 from apps.events import catalogue as ev
 from apps.events.services import record_event
 from apps.messaging import services as messaging
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction
-from chatproject.errors import forbidden, invalid
+from apps.users.services import is_site_moderator
 
 from .models import Report
 
@@ -151,7 +152,7 @@ def report_bodies_erase(*, now=None) -> int:
 def user_deactivate(*, user, actor, reason="") -> None:
     """Deactivate an account site-wide (site moderators): it can no longer log in, its tokens
     and sessions stop working and its sockets are closed; recorded in the moderation log."""
-    if not rooms.is_site_moderator(actor):
+    if not is_site_moderator(actor):
         raise forbidden("only site moderators may deactivate accounts")
     if user.pk == actor.pk:
         raise forbidden("you cannot deactivate your own account")

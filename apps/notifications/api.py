@@ -7,10 +7,10 @@ from rest_framework import serializers
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
-from apps.rooms.api import (LIMIT, REFUSED, RoomScopedApi, int_param, limit_param, next_url,
-                            room_data)
-from apps.rooms.serializers import ErrorSerializer, RoomSerializer
-from chatproject.errors import invalid
+from apps.core.api import LIMIT, ErrorSerializer, int_param, limit_param, next_url
+from apps.core.errors import invalid
+from apps.rooms.api import REFUSED, RoomScopedApi, room_data
+from apps.rooms.serializers import RoomSerializer
 
 from . import services
 from .models import Notification

@@ -1,5 +1,7 @@
 from django.conf import settings
 from django.db import models
+from django.db.models import Count, IntegerField, OuterRef, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 
@@ -18,6 +20,20 @@ class NotificationQuerySet(models.QuerySet):
 
     def newest_first(self):
         return self.order_by("-pk")
+
+    def unread_mentions_count(self, user):
+        """The `mentions` count of an outer room row annotated by
+        `Room.objects.with_membership_of(user)`, as an expression: the user's unread
+        notifications of the room past their read position (0 when there are none)."""
+        mentions = (
+            self.filter(user=user, room=OuterRef("pk"), read_at__isnull=True,
+                        seq__gt=OuterRef("my_last_read_seq"))
+            .order_by()
+            .values("room")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        return Coalesce(Subquery(mentions, output_field=IntegerField()), Value(0))
 
 
 class Notification(models.Model):
@@ -70,6 +86,12 @@ class Notification(models.Model):
         return self.read_at is not None
 
 
+class RoomLevelQuerySet(models.QuerySet):
+    def level_of(self, user):
+        """The user's level in an outer room row, as an expression (None: the default)."""
+        return Subquery(self.filter(room=OuterRef("pk"), user=user).values("level")[:1])
+
+
 class RoomLevel(models.Model):
     """A member's notification level in one room (no row: the default, `mentions`).
 
@@ -86,6 +108,8 @@ class RoomLevel(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
     room = models.ForeignKey("rooms.Room", on_delete=models.CASCADE, related_name="+")
     level = models.CharField(max_length=10, choices=Level.choices, default=Level.MENTIONS)
+
+    objects = RoomLevelQuerySet.as_manager()
 
     class Meta:
         constraints = [

@@ -14,6 +14,8 @@ import logging
 
 from django.conf import settings
 
+from apps.core.redis import sync_client
+
 logger = logging.getLogger(__name__)
 
 ONLINE = "online"
@@ -26,10 +28,8 @@ def status_key(user_id: int) -> str:
 def is_online(user_id: int) -> bool:
     if not settings.REDIS_URL:
         return False
-    from apps.events.outbox import redis_client
-
     try:
-        value = redis_client().get(status_key(user_id))
+        value = sync_client().get(status_key(user_id))
     except Exception:  # noqa: BLE001 - unknown presence: notify rather than miss it
         logger.warning("presence unavailable; treating user %s as offline", user_id)
         return False
@@ -41,12 +41,10 @@ def online_ids(user_ids) -> set[int]:
     user_ids = list(user_ids)
     if not settings.REDIS_URL or not user_ids:
         return set()
-    from apps.events.outbox import redis_client
-
     try:
-        values = redis_client().mget([status_key(uid) for uid in user_ids])
+        values = sync_client().mget([status_key(uid) for uid in user_ids])
     except Exception:  # noqa: BLE001 - unknown presence: @here reaches nobody this time
         logger.warning("presence unavailable; @here notifies no one")
         return set()
-    return {uid for uid, value in zip(user_ids, values)
+    return {uid for uid, value in zip(user_ids, values, strict=True)
             if (value.decode() if isinstance(value, bytes) else value) == ONLINE}

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 from django.utils import timezone
 
-from chatproject.errors import forbidden, invalid, not_found
+from apps.core.errors import forbidden, invalid, not_found
 
 from .models import Notification
 
 MAX_IDS = 500
+
+
+def on_room_read(sender, room, user, seq, **kwargs) -> None:
+    """Reading a room reads its notifications up to that seq (apps.rooms.signals.room_read,
+    in mark_read's transaction)."""
+    Notification.objects.filter(user=user, room=room, read_at__isnull=True,
+                                seq__lte=seq).update(read_at=timezone.now())
 
 
 def notification_mark_read(*, user, notification_id) -> Notification:

@@ -4,8 +4,20 @@ the unread-notification email (beat)."""
 import logging
 
 from celery import shared_task
+from django.conf import settings
+
+from apps.events.tasks import enqueue_debounced
 
 logger = logging.getLogger(__name__)
+
+
+def kick_key() -> str:
+    return f"{settings.CHANNELS_PREFIX}:notify:kick"
+
+
+def kick() -> None:
+    """Wake the mention worker (at most one queued at a time)."""
+    enqueue_debounced(notify_mentions, kick_key(), settings.NOTIFY_KICK_DEBOUNCE_MS)
 
 
 @shared_task(ignore_result=True)
@@ -15,9 +27,8 @@ def notify_mentions():
     The kick key stays set while this drains (commits meanwhile enqueue nothing); it is
     cleared before one last pass, so an event committed before the clear is in that pass and
     one committed after it enqueues a new task (the outbox publisher's rule)."""
-    from apps.events.outbox import redis_client
+    from apps.core.redis import sync_client as redis_client
 
-    from .hooks import kick_key
     from .mentions import process_pending
 
     while process_pending().more:

@@ -11,17 +11,14 @@ from __future__ import annotations
 from datetime import timedelta
 
 from django import forms
-from django.contrib import admin, messages
-from django.contrib.admin import helpers
-from django.template.response import TemplateResponse
+from django.contrib import admin
 from django.utils import timezone
 
-from chatproject.errors import ServiceError
+from apps.users.admin import ModerationAdmin
 
 from . import services
 from .models import Membership, ModerationAction, Room
 
-FORM_TEMPLATE = "admin/rooms/moderation_form.html"
 BAN_DURATIONS = [
     ("", "Permanent"),
     ("3600", "1 hour"),
@@ -47,66 +44,6 @@ class DurationForm(ReasonForm):
     def until(self):
         seconds = self.cleaned_data.get("duration")
         return timezone.now() + timedelta(seconds=int(seconds)) if seconds else None
-
-
-class ModerationAdmin(admin.ModelAdmin):
-    """Read-only for everyone; actions (services) are the only way to change anything."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_moderate_permission(self, request):
-        return services.is_site_moderator(request.user)
-
-    def default_reason(self, request, verb):
-        return f"{verb} by {request.user.get_username()} in the admin"
-
-    def run_action(self, request, queryset, *, verb, call, form_class=None, form_kwargs=None):
-        """Apply `call(obj, form)` to each selected object; with a form, ask for it first."""
-        form = None
-        if form_class is not None:
-            if "apply" not in request.POST:
-                form = form_class(**(form_kwargs or {}))
-                return self.render_form(request, queryset, verb, form)
-            form = form_class(request.POST, **(form_kwargs or {}))
-            if not form.is_valid():
-                return self.render_form(request, queryset, verb, form)
-        done, failed = 0, []
-        for obj in queryset:
-            if not services.is_site_moderator(request.user):  # re-checked per object
-                failed.append(f"{obj}: only moderators may do this")
-                break
-            try:
-                call(obj, form)
-                done += 1
-            except ServiceError as exc:
-                failed.append(f"{obj}: {exc.message}")
-        if done:
-            self.message_user(request, f"{verb}: {done} done.", messages.SUCCESS)
-        for problem in failed:
-            self.message_user(request, f"{verb} refused for {problem}", messages.ERROR)
-        return None
-
-    def render_form(self, request, queryset, verb, form):
-        context = {
-            **self.admin_site.each_context(request),
-            "title": verb,
-            "form": form,
-            "queryset": queryset,
-            "opts": self.model._meta,
-            "action": request.POST.get("action", ""),
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        }
-        return TemplateResponse(request, FORM_TEMPLATE, context)
-
-    def reason(self, request, form, verb):
-        return (form and form.cleaned_data.get("reason")) or self.default_reason(request, verb)
 
 
 class MembershipInline(admin.TabularInline):

@@ -1,15 +1,8 @@
 from django.db import models
-from django.db.models import Exists, OuterRef, Q, Subquery, Value
-from django.db.models.functions import Coalesce
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.utils import timezone
 
-
-MODERATE_PERMISSION = "rooms.moderate_room"
-
-
-def is_site_moderator(user) -> bool:
-    """Staff moderators (the Moderators group, superusers) may moderate every room."""
-    return bool(user and user.is_active and user.is_staff and user.has_perm(MODERATE_PERMISSION))
+from apps.users.services import is_site_moderator
 
 
 class RoomQuerySet(models.QuerySet):
@@ -22,7 +15,7 @@ class RoomQuerySet(models.QuerySet):
             return self.none()
         if is_site_moderator(user):
             return self.all()
-        from .models import Membership
+        from .models import Membership  # models imports this module (model <-> own queryset)
 
         member = Membership.objects.filter(room=OuterRef("pk"), user=user, is_active=True)
         return self.filter(Q(kind="public") | Exists(member))
@@ -33,7 +26,7 @@ class RoomQuerySet(models.QuerySet):
         rooms = self.visible_to(user)
         if not user or not user.is_authenticated or is_site_moderator(user):
             return rooms
-        from .models import Membership
+        from .models import Membership  # models imports this module (model <-> own queryset)
 
         banned = Membership.objects.banned().filter(room=OuterRef("pk"), user=user)
         return rooms.exclude(Exists(banned))
@@ -47,48 +40,19 @@ class RoomQuerySet(models.QuerySet):
         return self.filter(archived_at__isnull=True)
 
     def with_membership_of(self, user):
-        """Annotate the user's role, last_read_seq, muted_until, notification level
-        (`my_notify`, None: the default), unread message count and `mentions`.
+        """Annotate the user's role, last_read_seq and muted_until (`my_*`).
 
-        `my_role` is None where the user is not an active member (and `unread` is then 0).
-        Unread counts the room's live messages past the read position, not the user's own;
-        `mentions` the user's unread notifications of the room past it (apps.notifications).
+        `my_role` is None where the user is not an active member. The unread count, the
+        mentions count and the notification level are messaging's and notifications' (joined
+        in `apps.rooms.api.seen_by`).
         """
-        from apps.messaging.models import Message
-        from apps.notifications.models import Notification, RoomLevel
-
-        from .models import Membership
+        from .models import Membership  # models imports this module (model <-> own queryset)
 
         mine = Membership.objects.filter(room=OuterRef("pk"), user=user, is_active=True)
-        unread = (
-            Message.objects.filter(
-                room=OuterRef("pk"), seq__gt=OuterRef("my_last_read_seq"), deleted_at__isnull=True
-            )
-            .exclude(author=user)
-            .order_by()
-            .values("room")
-            .annotate(n=models.Count("pk"))
-            .values("n")
-        )
-        mentions = (
-            Notification.objects.filter(
-                user=user, room=OuterRef("pk"), read_at__isnull=True,
-                seq__gt=OuterRef("my_last_read_seq"),
-            )
-            .order_by()
-            .values("room")
-            .annotate(n=models.Count("pk"))
-            .values("n")
-        )
-        level = RoomLevel.objects.filter(room=OuterRef("pk"), user=user).values("level")[:1]
         return self.annotate(
             my_role=Subquery(mine.values("role")[:1]),
             my_last_read_seq=Subquery(mine.values("last_read_seq")[:1]),
             my_muted_until=Subquery(mine.values("muted_until")[:1]),
-            my_notify=Subquery(level),
-        ).annotate(
-            unread=Coalesce(Subquery(unread, output_field=models.IntegerField()), Value(0)),
-            mentions=Coalesce(Subquery(mentions, output_field=models.IntegerField()), Value(0)),
         )
 
 

@@ -4,7 +4,6 @@ from django.utils import timezone
 
 from .managers import MembershipQuerySet, RoomQuerySet
 
-
 SLOW_MODE_MAX_SECONDS = 6 * 3600
 
 

@@ -21,7 +21,7 @@ class MyMembershipSerializer(serializers.Serializer):
 class RoomSerializer(serializers.Serializer):
     """A room as the caller sees it, with their membership (null if not a member) and unread count.
 
-    Expects a queryset annotated by `Room.objects.with_membership_of(user)`.
+    Expects a queryset annotated by `apps.rooms.api.seen_by(rooms, user)`.
     """
 
     id = serializers.IntegerField(read_only=True)
@@ -206,12 +206,3 @@ class RoomPageSerializer(serializers.Serializer):
 class MemberPageSerializer(serializers.Serializer):
     results = MemberSerializer(many=True)
     next = serializers.CharField(allow_null=True)
-
-
-class ErrorSerializer(serializers.Serializer):
-    code = serializers.ChoiceField(
-        choices=["invalid", "unauthenticated", "forbidden", "not_found", "rate_limited",
-                 "too_large", "unavailable"]
-    )
-    detail = serializers.CharField()
-    errors = serializers.DictField(required=False, help_text="Per-field problems.")

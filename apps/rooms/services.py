@@ -2,6 +2,12 @@
 
 Each service locks the room row first (`lock_room`), so all writes to one room are serialized
 and the room's seq follows commit order.
+
+Why one module of ~700 lines: the authorization rules (the first section, one per room action)
+and the writes that rely on them are read together, and every entry point (REST, socket,
+admin, the send path) calls them from here. Its sections are the split points: the moderators'
+actions (`member_set_role` to `member_mute`, with `_check_outranks`, `_clean_until`) go to a
+module of their own once the branches that call them (tests, admin, moderation) have landed.
 """
 
 from __future__ import annotations
@@ -13,14 +19,15 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from apps.core.errors import AccountDisabled, RateLimited, forbidden, invalid, not_found
+from apps.core.text import check_text
 from apps.events import catalogue as ev
 from apps.events.services import record_event
 from apps.users.models import Block
-from chatproject.errors import AccountDisabled, RateLimited, forbidden, invalid, not_found
-from chatproject.text import check_text
+from apps.users.services import is_site_moderator
 
-from .managers import MODERATE_PERMISSION, is_site_moderator  # noqa: F401 (the rules' home)
 from .models import SLOW_MODE_MAX_SECONDS, Membership, ModerationAction, Room
+from .signals import room_read
 
 User = get_user_model()
 ROOM_NAME_MAX = 100
@@ -671,7 +678,7 @@ def member_mute(*, room, actor, user, until=None, reason="") -> Membership:
         return target
 
 
-def mark_read(*, room, user, seq) -> "object | None":
+def mark_read(*, room, user, seq) -> object | None:
     """Move the user's read position forward (never back); returns the receipt event or None."""
     if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
         raise invalid("seq must be a non-negative integer")
@@ -687,21 +694,13 @@ def mark_read(*, room, user, seq) -> "object | None":
             return None
         membership.last_read_seq = seq
         membership.save(update_fields=["last_read_seq"])
-        _read_notifications(room, user, seq)
+        room_read.send(sender=Room, room=room, user=user, seq=seq)
         return record_event(
             type="receipt.updated",
             room=room,
             actor=user,
             data=ev.receipt_updated(user, last_read_seq=seq),
         )
-
-
-def _read_notifications(room, user, seq) -> None:
-    """Reading the room reads its notifications up to that seq (the mentions count clears)."""
-    from apps.notifications.models import Notification
-
-    Notification.objects.filter(user=user, room=room, read_at__isnull=True,
-                                seq__lte=seq).update(read_at=timezone.now())
 
 
 def get_room_or_404(room_id, user) -> Room:

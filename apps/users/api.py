@@ -8,12 +8,13 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.response import Response
 
-from apps.rooms.services import is_site_moderator
-from chatproject.errors import ServiceError, invalid
+from apps.core.errors import ServiceError, invalid
+from apps.messaging.erasure import account_erase
 
 from . import services
 from .models import Block
 from .passwords import hashing_slot
+from .services import is_site_moderator
 from .throttles import SignupThrottle, TokenThrottle
 
 User = get_user_model()
@@ -169,8 +170,6 @@ class MeApi(GenericAPIView):
     def delete(self, request):
         """Deactivate the account at once (sockets closed, tokens and sessions gone) and
         delete every message it wrote in the background; needs the password."""
-        from apps.messaging.erasure import account_erase
-
         password = request.data.get("password") if hasattr(request.data, "get") else None
         account_erase(user=request.user, actor=request.user, password=password)
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from django.conf import settings
 from django.core.cache import cache
 
-from chatproject.errors import ServiceError
+from apps.core.errors import ServiceError
 
 from .throttles import ScopeThrottle
 

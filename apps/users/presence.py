@@ -20,7 +20,7 @@ import time
 
 from django.conf import settings
 
-from chatproject.batching import PerLoop
+from apps.core.redis import async_client
 
 ONLINE, AWAY, OFFLINE = "online", "away", "offline"
 
@@ -103,27 +103,6 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _new_client():
-    from redis import asyncio as aioredis
-
-    # A blocking pool: a burst of sockets waits for a connection instead of failing.
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.REDIS_URL, max_connections=50, timeout=10, socket_timeout=5,
-        socket_connect_timeout=5,
-    )
-    return aioredis.Redis(connection_pool=pool)
-
-
-_clients = PerLoop(_new_client)
-
-
-def shared_redis():
-    """An asyncio Redis client for REDIS_URL, one per event loop (None in embedded mode)."""
-    if not settings.REDIS_URL:
-        return None
-    return _clients.get()
-
-
 class RedisPresence:
     def __init__(self, client):
         self.client = client
@@ -152,7 +131,7 @@ class RedisPresence:
         for _, keys, args in calls:
             await self.script(keys=keys, args=args, client=pipe)
         out = []
-        for (user_ids, _, _), result in zip(calls, await pipe.execute()):
+        for (user_ids, _, _), result in zip(calls, await pipe.execute(), strict=True):
             for i, user_id in enumerate(user_ids):
                 changed, status, count = result[3 * i:3 * i + 3]
                 status = status.decode() if isinstance(status, bytes) else status
@@ -180,7 +159,7 @@ class RedisPresence:
                         if not future.done():
                             future.set_exception(exc)
                     continue
-                for (_, future), result in zip(batch, results):
+                for (_, future), result in zip(batch, results, strict=True):
                     if not future.done():
                         future.set_result(result)
         finally:
@@ -288,7 +267,7 @@ _stores: dict = {}
 
 def backend():
     """The presence store for this process: Redis when configured, else in-process."""
-    client = shared_redis()
+    client = async_client()
     if client is None:
         return _local
     store = _stores.get(id(client))

@@ -23,9 +23,8 @@ import time
 
 from django.conf import settings
 
-from chatproject.batching import Batcher, PerLoop
-
-from .presence import shared_redis
+from apps.core.aio import Batcher, PerLoop
+from apps.core.redis import async_client
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +67,8 @@ for run = 1, tonumber(ARGV[1]) do
     for i = 1, n do
       local v = redis.call('HMGET', KEYS[k + i - 1], 'tokens', 'ts')
       local cap, rate = caps[i], rates[i]
-      local tokens = math.min(cap, (tonumber(v[1]) or cap) + math.max(0, now - (tonumber(v[2]) or now)) * rate)
+      local tokens = math.min(cap, (tonumber(v[1]) or cap)
+        + math.max(0, now - (tonumber(v[2]) or now)) * rate)
       if tokens < 1 then
         wait = math.max(wait, math.ceil((1 - tokens) / rate * 1000))
       end
@@ -134,7 +134,7 @@ def take_local(request: list[Bucket], *, now: float | None = None) -> float:
 
 
 def _prune(now: float) -> None:
-    for key, (tokens, ts) in list(_local_buckets.items()):
+    for key, (_tokens, ts) in list(_local_buckets.items()):
         if now - ts > 3600:
             del _local_buckets[key]
 
@@ -169,7 +169,7 @@ async def take(user_id: int, budget: str = "write", scope=None, *, local_on_erro
     request = buckets(user_id, budget, scope)
     if not request:
         return 0.0
-    if shared_redis() is None:
+    if async_client() is None:
         return take_local(request)
     try:
         return await _batchers.get().submit(request)
@@ -181,7 +181,7 @@ async def take(user_id: int, budget: str = "write", scope=None, *, local_on_erro
 
 
 async def _take_many(requests: list[list[Bucket]]) -> list[float]:
-    client = shared_redis()
+    client = async_client()
     script = _scripts.get(id(client))
     if script is None or script.registered_client is not client:
         script = _scripts[id(client)] = client.register_script(_TAKE)

@@ -28,6 +28,8 @@ from django.contrib.auth.models import Group
 from django.db import transaction
 from django.db.models.signals import m2m_changed, post_save, pre_save
 
+from apps.core.redis import async_client, sync_client
+
 from . import sessions
 
 logger = logging.getLogger(__name__)
@@ -47,10 +49,8 @@ def _incr(user_id: int) -> int | None:
     if not settings.REDIS_URL:
         _local_versions[user_id] = _local_versions.get(user_id, 0) + 1
         return _local_versions[user_id]
-    from apps.events.outbox import redis_client
-
     try:
-        return int(redis_client().incr(version_key(user_id)))
+        return int(sync_client().incr(version_key(user_id)))
     except Exception:
         logger.warning("rights version of user %s not bumped (Redis)", user_id, exc_info=True)
         return None
@@ -63,10 +63,8 @@ async def versions(user_ids) -> dict[int, int]:
         return {}
     if not settings.REDIS_URL:
         return {u: _local_versions.get(u, 0) for u in user_ids}
-    from .presence import shared_redis
-
-    values = await shared_redis().mget([version_key(u) for u in user_ids])
-    return {u: int(v or 0) for u, v in zip(user_ids, values)}
+    values = await async_client().mget([version_key(u) for u in user_ids])
+    return {u: int(v or 0) for u, v in zip(user_ids, values, strict=True)}
 
 
 def changed(user_ids, *, code: int | None = None, reason: str = "") -> None:

@@ -7,11 +7,13 @@ from django.contrib.auth import get_user_model, password_validation
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
-from chatproject.errors import forbidden, invalid, not_found
+from apps.core.errors import forbidden, invalid, not_found
 
-from .models import latin_lookalike, username_key
+from .models import Block, latin_lookalike, username_key
 
 User = get_user_model()
+# Site moderators hold this permission (the Moderators group; superusers hold every one).
+MODERATE_PERMISSION = "rooms.moderate_room"
 ERASED_PREFIX = "deleted-user-"  # apps.messaging.erasure renames an erased account so
 
 
@@ -20,7 +22,7 @@ def key_reserved(username: str) -> bool:
     return username_key(username).startswith(ERASED_PREFIX)
 
 
-def user_signup(*, username, password, email="") -> "User":
+def user_signup(*, username, password, email="") -> User:
     """Create an account when sign-up is open (SIGNUP_ENABLED). The username is NFKC-normalized
     first; no two may share a case-folded form (a unique index); letters in one script only;
     the password passes AUTH_PASSWORD_VALIDATORS."""
@@ -60,13 +62,16 @@ def user_signup(*, username, password, email="") -> "User":
         raise invalid("that username is taken", field="username") from None
 
 
+def is_site_moderator(user) -> bool:
+    """Staff moderators (the Moderators group, superusers) may moderate every room."""
+    return bool(user and user.is_active and user.is_staff and user.has_perm(MODERATE_PERMISSION))
+
+
 # --- Blocking and the direct-message policy (PROTOCOL §7) -------------------------------------
 
 
-def block_create(*, blocker, blocked) -> tuple["Block", bool]:
+def block_create(*, blocker, blocked) -> tuple[Block, bool]:
     """Block someone: (the block, whether it is new). Blocking again changes nothing."""
-    from .models import Block
-
     if blocked is None or not blocked.is_active:
         raise not_found("user not found")
     if blocked.pk == blocker.pk:
@@ -76,14 +81,12 @@ def block_create(*, blocker, blocked) -> tuple["Block", bool]:
 
 def block_delete(*, blocker, blocked_id) -> None:
     """Lift a block (not_found if there was none)."""
-    from .models import Block
-
     deleted, _ = Block.objects.filter(blocker=blocker, blocked_id=blocked_id).delete()
     if not deleted:
         raise not_found("you have not blocked that user")
 
 
-def user_set_dm_policy(*, user, dm_policy) -> "User":
+def user_set_dm_policy(*, user, dm_policy) -> User:
     """Who may open a direct room with the user: anyone, people in their rooms, nobody."""
     if dm_policy not in User.DmPolicy.values:
         raise invalid("dm_policy must be 'anyone', 'shared_rooms' or 'nobody'")

@@ -21,6 +21,8 @@ from channels.layers import get_channel_layer
 from django.contrib.auth.signals import user_logged_out
 from django.dispatch import receiver
 
+from apps.events.fanout import user_group
+
 logger = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
@@ -75,7 +77,6 @@ def notify_user(user_id: int, **fields) -> None:
     layer = get_channel_layer()
     if layer is None:
         return
-    from apps.events.fanout import user_group
 
     group = user_group(user_id)
     try:

@@ -10,8 +10,8 @@ from rest_framework.permissions import SAFE_METHODS
 from rest_framework.settings import api_settings
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 
-from chatproject.clientaddr import client_address
-from chatproject.errors import RateLimited
+from apps.core.clientaddr import client_address
+from apps.core.errors import RateLimited
 
 from . import ratelimit
 

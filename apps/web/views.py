@@ -13,11 +13,12 @@ from django.shortcuts import redirect, render
 from django.utils.decorators import method_decorator
 from django.views.decorators.csrf import ensure_csrf_cookie
 
-from apps.rooms.services import is_site_moderator
-from apps.users import passwords
+from apps.core.errors import ServiceError
+from apps.rooms.models import Membership, Room
+from apps.users import passwords, presence
 from apps.users import services as users
+from apps.users.services import is_site_moderator
 from apps.users.throttles import SignupThrottle, TokenThrottle
-from chatproject.errors import ServiceError
 
 
 @login_required
@@ -142,8 +143,6 @@ PRESENCE_MAX_USERS = 100
 
 
 def _people_sharing_a_room(user, user_ids) -> list[int]:
-    from apps.rooms.models import Membership, Room
-
     return list(
         Membership.objects.active()
         .filter(user_id__in=user_ids, room__in=Room.objects.joined_by(user))
@@ -158,8 +157,6 @@ async def presence_page(request):
     The socket only reports changes (presence.changed); this gives the page its starting point.
     Anyone else is left out, as the socket would never report them either.
     """
-    from apps.users import presence
-
     user = await request.auser()
     if not user.is_authenticated:
         return JsonResponse({"code": "unauthenticated", "detail": "log in first"}, status=401)

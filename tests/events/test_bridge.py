@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from django.conf import settings
@@ -12,11 +12,12 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone as dj_timezone
 
+from apps.core.redis import sync_client
 from apps.events import catalogue as ev
-
 from apps.events.models import Event
-from apps.events.outbox import clear_kick, kick_key, kick_publisher, redis_client
+from apps.events.outbox import clear_kick, kick_key
 from apps.events.schemas import SCHEMAS
+from apps.events.tasks import kick_publisher
 from apps.rooms.models import Room
 from tests import factories
 from tests.events.kafka_support import assert_per_room_order, kill_broker, read_topic, wait_for
@@ -89,7 +90,7 @@ def test_burst_reaches_kafka_once_per_event_keyed_by_room_in_seq_order(celery_wo
     lags = sorted(
         rec.timestamp_ms / 1000
         - datetime.strptime(rec.envelope["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
-        .replace(tzinfo=timezone.utc).timestamp()
+        .replace(tzinfo=UTC).timestamp()
         for rec in records
     )
     print(f"commit-to-send latency p50={lags[len(lags) // 2]:.3f}s p99={lags[int(len(lags) * .99)]:.3f}s")
@@ -108,11 +109,11 @@ def test_broker_outage_sends_succeed_and_the_sweep_publishes_the_backlog_in_orde
         with override_settings(KAFKA_BOOTSTRAP_SERVERS=[broker.bootstrap]):
             # A kick "queued" but lost: with its key set no send enqueues a task, so only the
             # periodic sweep (beat, every second here) publishes in this test.
-            redis_client().set(kick_key(), 1, px=120_000)
+            sync_client().set(kick_key(), 1, px=120_000)
             owner = factories.make_user()
             rooms = [factories.make_room(owner) for _ in range(3)]
             wait_for(all_published, timeout=30, message="the beat sweep to publish")
-            assert redis_client().exists(kick_key())  # no kick task ran: it was the sweep
+            assert sync_client().exists(kick_key())  # no kick task ran: it was the sweep
 
             kill_broker(broker)
             outage = [factories.send(room, owner, body=f"outage {i}")
@@ -196,7 +197,7 @@ def test_worker_killed_mid_publish_loses_nothing_and_duplicates_share_the_id(chi
 
 @pytest.mark.skipif(not settings.CELERY_BROKER_URL.startswith("redis"), reason="Redis broker only")
 def test_after_commit_kicks_are_debounced_to_one_queued_task():
-    client = redis_client()
+    client = sync_client()
     # The queue's Redis list, under the Celery key prefix of this deployment.
     queue = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
              + settings.CELERY_TASK_DEFAULT_QUEUE)

@@ -12,12 +12,12 @@ from django.conf import settings
 from django.core.management import CommandError, call_command
 from django.test import override_settings
 
+from apps.core.redis import sync_client
 from apps.events import handlers, kafka, publisher
 from apps.events.models import ConsumedEvent, Event
 from apps.notifications import presence
 from apps.notifications.handlers import MentionNotifications, mentioned_usernames
 from apps.notifications.models import Notification
-from apps.events.outbox import redis_client
 from apps.rooms import services as rooms
 from tests import factories
 from tests.events.kafka_support import wait_for
@@ -65,13 +65,13 @@ def test_the_author_and_non_members_are_not_notified_online_and_away_members_are
     rooms.room_invite(room=room, actor=author, user=idle)
     keys = {online.pk: "online", idle.pk: "away"}  # as apps.users.presence publishes them
     for uid, status in keys.items():
-        redis_client().set(presence.status_key(uid), status, ex=60)
+        sync_client().set(presence.status_key(uid), status, ex=60)
     try:
         body = " ".join(f"@{u.username}" for u in (online, author, outsider, away, idle))
         envelope = factories.send(room, author, body=body).envelope
         handlers.process("g", MentionNotifications(), envelope)
     finally:
-        redis_client().delete(*(presence.status_key(uid) for uid in keys))
+        sync_client().delete(*(presence.status_key(uid) for uid in keys))
     assert set(Notification.objects.values_list("user", flat=True)) == {away.pk, idle.pk,
                                                                          online.pk}
 

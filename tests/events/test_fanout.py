@@ -2,7 +2,7 @@
 
 import asyncio
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from channels_redis.core import RedisChannelLayer
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.services
 
 def envelope(type, room, seq, data):
     return ev.envelope(type, room_id=room, seq=seq, actor={"id": 1, "username": "ada"},
-                       data=data, ts=datetime.now(timezone.utc))
+                       data=data, ts=datetime.now(UTC))
 
 
 def test_many_events_go_out_as_one_ordered_message_per_process_channel():

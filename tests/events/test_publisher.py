@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from prometheus_client import REGISTRY
 from django.test import override_settings
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from apps.events import kafka, publisher
 from apps.events.models import Event
@@ -161,9 +161,10 @@ def test_only_one_publisher_at_a_time_the_other_waits_then_gives_up():
 def test_a_draining_kick_keeps_its_debounce_key_until_its_last_read():
     """Commits during a long drain queue no new task: the key is renewed until the drainer
     clears it for its last read (then a commit queues the next kick)."""
-    from apps.events.outbox import clear_kick, kick_key, redis_client, renew_kick
+    from apps.core.redis import sync_client
+    from apps.events.outbox import clear_kick, kick_key, renew_kick
 
-    client = redis_client()
+    client = sync_client()
     make_traffic(rooms=1, per_room=3)
     ttls, cleared = [], []
 

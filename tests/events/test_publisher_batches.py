@@ -11,10 +11,11 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
+from apps.core.redis import sync_client
 from apps.events import catalogue as ev
 from apps.events import kafka, publisher
 from apps.events.models import Event
-from apps.events.outbox import clear_kick, kick_key, redis_client
+from apps.events.outbox import clear_kick, kick_key
 from tests import factories
 from tests.events.kafka_support import read_topic, wait_for
 from tests.support.processes import CeleryWorker
@@ -134,7 +135,7 @@ def test_a_steady_stream_of_commits_is_published_by_a_few_tasks(child_env):
         room = factories.make_room(owner)
         wait_for(lambda: not Event.objects.unpublished().exists(), message="the room's events")
         # That task lingers, then clears the key and reads once more: let it end.
-        wait_for(lambda: not redis_client().exists(kick_key()), message="the task to end")
+        wait_for(lambda: not sync_client().exists(kick_key()), message="the task to end")
         time.sleep(0.5)
         before = publisher_tasks(worker)
         for n in range(20):  # ~25 commits a second, each one kicking

@@ -1,6 +1,7 @@
 """Attacks on the WebSocket and REST surfaces, driven against real server processes.
 
-Each test names the attack and asserts what the attacker (and everyone else) sees.
+Each test names the attack and asserts what the attacker (and everyone else) sees. One module
+of independent attack scenarios on the shared server fixtures; each test stands alone.
 """
 
 from __future__ import annotations

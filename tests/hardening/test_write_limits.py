@@ -51,7 +51,7 @@ def test_rest_edits_and_websocket_sends_share_one_bucket_across_two_processes(st
         # 15 tokens were left; the slow refill (0.05/s) may add one during the burst.
         assert 15 <= passed <= 15 + int(elapsed * 0.05) + 1, (passed, elapsed)
         assert statuses[:15] == [200] * 15 and set(statuses[passed:]) == {429}
-        for status, headers, body in answers[passed:]:
+        for _status, headers, body in answers[passed:]:
             assert body["code"] == "rate_limited" and body["retry_after"] > 0
             assert int(headers["Retry-After"]) >= 1
         assert Event.objects.filter(room=room, type="message.edited").count() == passed

@@ -177,7 +177,7 @@ def test_lone_surrogates_in_any_string_field_are_invalid_and_the_socket_stays_op
         return replies, pong, ack
 
     replies, pong, ack = run(scenario())
-    for (text, ref), reply in zip(bad, replies):
+    for (text, ref), reply in zip(bad, replies, strict=True):
         assert reply["type"] == "error" and reply["code"] == "invalid", (text, reply)
         assert reply["ref"] == ref, (text, reply)
     assert pong["type"] == "pong"

@@ -3,7 +3,8 @@
 Every frame -- malformed JSON, wrong types, missing and extra fields, huge and deeply nested
 values, invalid UTF-8, binary frames, unknown types, ids of rooms and messages that do not exist
 or are not the caller's -- must get a contract error or a valid reply; the socket must survive
-(except where the WebSocket protocol itself requires a close: invalid UTF-8 in a text frame); an error must leave the database untouched; the server must log no unhandled exception.
+(except where the WebSocket protocol itself requires a close: invalid UTF-8 in a text frame);
+an error must leave the database untouched; the server must log no unhandled exception.
 
 The example count is bounded: HARDENING_FUZZ_EXAMPLES (default 150).
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import uuid
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -6,10 +6,9 @@ it followed, a deactivated account's sockets close with 4403, a password change 
 from __future__ import annotations
 
 import time
-
-import pytest
 from importlib import import_module
 
+import pytest
 from django.apps import apps
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient

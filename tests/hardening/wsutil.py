@@ -27,7 +27,7 @@ class Socket:
 
     @classmethod
     async def open(cls, server, *, token=None, cookie=None, origin="default", query="",
-                   expect_hello=True, headers=None, path=None) -> "Socket":
+                   expect_hello=True, headers=None, path=None) -> Socket:
         extra = dict(headers or {})
         if token:
             extra["Authorization"] = f"Token {token}"
@@ -82,7 +82,7 @@ class Socket:
         while True:
             try:
                 got.append(await self.recv(quiet))
-            except (asyncio.TimeoutError, TimeoutError):
+            except TimeoutError:
                 return got
 
     async def ping(self, timeout: float = 10.0) -> tuple[dict, list[dict]]:

@@ -335,7 +335,7 @@ def test_rate_limit_then_4429_for_flooding(tight, user, room):
     assert all(a["type"] == "ack" for a in acks)
     limited = client.send_message(room.pk, body="too many")
     assert limited["type"] == "error" and limited["code"] == "rate_limited"
-    for i in range(5):
+    for _ in range(5):
         client.send(type="message.send", room=room.pk, body="flood",
                     client_id=str(uuid.uuid4()))
     assert client.wait_closed() == 4429

@@ -13,6 +13,7 @@ import pytest
 from django.apps import apps as django_apps
 from django.db import connection
 
+from apps.core.errors import ServiceError
 from apps.events import kafka, publisher
 from apps.events.models import Event
 from apps.events.schemas import SCHEMAS
@@ -20,7 +21,6 @@ from apps.messaging import services
 from apps.messaging.models import Message
 from apps.messaging.services import SendRequest
 from apps.rooms import services as rooms
-from chatproject.errors import ServiceError
 from tests import factories
 from tests.support.services import postgresql_only
 

@@ -59,7 +59,8 @@ async def _presence_scenario(store, u, v):
 
 @pytest.mark.services
 def test_presence_rule_in_redis_is_the_local_rule():
-    from apps.users.presence import RedisPresence, shared_redis
+    from apps.core.redis import async_client
+    from apps.users.presence import RedisPresence
 
     u, v = (uuid.uuid4().int % 10**12 * 1000 + 10**15 for _ in range(2))
     local = asyncio.run(_presence_scenario(LocalPresence(), u, v))
@@ -71,7 +72,7 @@ def test_presence_rule_in_redis_is_the_local_rule():
     ]
 
     async def in_redis():
-        client = shared_redis()
+        client = async_client()
         try:
             return await _presence_scenario(RedisPresence(client), u, v)
         finally:

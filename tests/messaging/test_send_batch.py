@@ -9,12 +9,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.utils import timezone
 
+from apps.core.aio import Batcher
+from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.messaging.models import Message
-from chatproject.batching import Batcher
 from apps.messaging.services import SendRequest, message_send_many
 from apps.rooms import services as rooms
-from chatproject.errors import ServiceError
 from tests import factories
 from tests.support.services import postgresql_only
 

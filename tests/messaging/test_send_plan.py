@@ -9,10 +9,10 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from apps.core.errors import RateLimited, ServiceError
 from apps.events import seqs
 from apps.messaging import send_plan as plan
 from apps.rooms.models import Membership, Room
-from chatproject.errors import RateLimited, ServiceError
 
 NOW = timezone.now()
 

@@ -4,10 +4,10 @@ import uuid
 import pytest
 from django.db import close_old_connections
 
+from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.messaging import services
 from apps.messaging.models import Message
-from chatproject.errors import ServiceError
 from tests import factories
 
 

@@ -7,13 +7,13 @@ from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.test import Client
 from django.utils import timezone
 
+from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.messaging import services as messaging
 from apps.messaging.models import Message
 from apps.moderation import services as moderation
 from apps.moderation.models import Report
 from apps.rooms.models import Membership, ModerationAction
-from chatproject.errors import ServiceError
 from tests import factories
 
 pytestmark = pytest.mark.django_db

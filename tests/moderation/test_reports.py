@@ -10,6 +10,7 @@ from channels.layers import get_channel_layer
 from django.test import override_settings
 from django.utils import timezone
 
+from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.messaging import services as messaging
 from apps.messaging.models import Message
@@ -18,7 +19,6 @@ from apps.moderation.models import Report
 from apps.moderation.tasks import erase_report_bodies
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
-from chatproject.errors import ServiceError
 from tests import factories
 
 pytestmark = pytest.mark.django_db
@@ -124,7 +124,7 @@ def test_report_created_is_fanned_out_to_each_moderators_own_group(cast):
             while True:
                 message = await asyncio.wait_for(layer.receive(channel), 2)
                 got += message["events"] if message["type"] == "chat.events" else [message]
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return got
 
     received = async_to_sync(receive_all)()

@@ -3,8 +3,8 @@ level, and the mentions count of the rooms list (PROTOCOL §9)."""
 
 import pytest
 
+from apps.core.redis import sync_client
 from apps.events.models import Event
-from apps.events.outbox import redis_client
 from apps.messaging import services as messaging
 from apps.notifications import mentions, presence
 from apps.notifications.models import MentionCursor, Notification
@@ -86,12 +86,12 @@ def test_here_notifies_the_members_online_now():
     room, author, (online, away, offline) = cast()
     keys = {online.pk: "online", away.pk: "away", author.pk: "online"}
     for uid, status in keys.items():  # as apps.users.presence publishes them
-        redis_client().set(presence.status_key(uid), status, ex=60)
+        sync_client().set(presence.status_key(uid), status, ex=60)
     try:
         factories.send(room, author, body=f"@here, and @{offline.username}")
         assert notified() == {online.pk: "here", offline.pk: "mention"}
     finally:
-        redis_client().delete(*(presence.status_key(uid) for uid in keys))
+        sync_client().delete(*(presence.status_key(uid) for uid in keys))
 
 
 def test_mentions_of_people_who_may_not_read_the_room_notify_no_one():
@@ -288,9 +288,9 @@ def test_a_commit_with_an_at_sign_kicks_the_worker_once_and_others_never():
     from django.conf import settings
     from django.test import TestCase
 
-    from apps.notifications.hooks import kick_key
+    from apps.notifications.tasks import kick_key
 
-    client = redis_client()
+    client = sync_client()
     queue = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
              + settings.CELERY_TASK_DEFAULT_QUEUE)
     task = b"apps.notifications.tasks.notify_mentions"

@@ -64,7 +64,7 @@ class Broker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         env = dict(os.environ)
         env.update(
             LISTENER_URL=f"tcp://127.0.0.1:{self.port}",
@@ -110,7 +110,7 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> "RedisServer":
+    def start(self) -> RedisServer:
         binary = shutil.which("redis-server")
         if not binary:
             raise RuntimeError("redis-server is not installed")
@@ -151,7 +151,7 @@ class PostgresCluster:
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                        timeout=120)
 
-    def start(self) -> "PostgresCluster":
+    def start(self) -> PostgresCluster:
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="chat-pg-")
             if os.geteuid() == 0:

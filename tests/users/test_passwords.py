@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
-from apps.users.management.commands.demo_setup import DEMO_USERS
+from apps.rooms.management.commands.demo_setup import DEMO_USERS
 
 pytestmark = pytest.mark.django_db
 _addresses = (f"10.8.{i // 250}.{i % 250 + 1}" for i in itertools.count())

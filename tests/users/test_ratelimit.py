@@ -8,8 +8,8 @@ import random
 import pytest
 from django.test import override_settings
 
+from apps.core.redis import async_client
 from apps.users import ratelimit
-from apps.users.presence import shared_redis
 
 pytestmark = pytest.mark.services
 
@@ -38,7 +38,7 @@ def test_concurrent_takes_are_batched_and_each_bucket_counts_exactly():
             results = await asyncio.gather(*takes)
         finally:
             batcher.run_batch = real
-        client = shared_redis()
+        client = async_client()
         await client.delete(*(f"{ratelimit.settings.CHANNELS_PREFIX}:ratelimit:{u}" for u in users))
         return results
 

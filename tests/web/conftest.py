@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import pytest
-
 from playwright.sync_api import expect
 
 from tests import factories
@@ -92,10 +91,10 @@ def login(page, server, username, password=PASSWORD):
     try:
         page.wait_for_url(server.http_url + "/")
         wait_connected(page)
-    except Exception:
+    except Exception as exc:
         screenshot(page, f"login-failed-{username}")
         raise AssertionError(f"login failed at {page.url}: {page.inner_text('body')[:500]}\n"
-                             + server.output()[-3000:])
+                             + server.output()[-3000:]) from exc
 
 
 def admin_login(page, server, username, next_path, password=PASSWORD):

@@ -1,4 +1,8 @@
-"""The web client in headless Chromium against a real daphne server (PROTOCOL §3, §4)."""
+"""The web client in headless Chromium against a real daphne server (PROTOCOL §3, §4).
+
+Long because every browser scenario shares one costly set-up (a server, Chromium, logged-in
+pages); the scenarios are independent tests.
+"""
 
 import json
 import re

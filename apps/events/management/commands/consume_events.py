@@ -1,6 +1,9 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.events.consumer import GroupConsumer
+from apps.events.handlers import handler_for
+
 
 class Command(BaseCommand):
     help = (
@@ -17,22 +20,19 @@ class Command(BaseCommand):
                                  "(default: KAFKA_CONSUMER_HANDLERS[group])")
 
     def handle(self, *args, group, handler, **options):
-        from apps.events.handlers import handler_for
-
         if not group.replace("-", "").replace("_", "").replace(".", "").isalnum():
             raise CommandError("--group may contain letters, digits, '.', '-' and '_' only")
         try:
             instance = handler_for(group, handler)
         except ValueError as exc:
-            raise CommandError(str(exc))
+            raise CommandError(str(exc)) from exc
         if not settings.KAFKA_BOOTSTRAP_SERVERS:
             raise CommandError("Kafka is not configured (KAFKA_BOOTSTRAP_SERVERS)")
         from kafka.errors import KafkaError
 
-        from apps.events.consumer import GroupConsumer
         runner = GroupConsumer(group, instance, stdout=self.stdout)
         runner.install_signal_handlers()
         try:
             runner.run()
         except KafkaError as exc:
-            raise CommandError(f"Kafka error: {exc}")
+            raise CommandError(f"Kafka error: {exc}") from exc

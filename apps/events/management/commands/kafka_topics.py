@@ -1,6 +1,8 @@
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from apps.events.kafka import ensure_topics
+
 
 class Command(BaseCommand):
     help = "Create the Kafka topics the chat publishes to (KAFKA_TOPIC_PREFIX, KAFKA_PARTITIONS)."
@@ -14,12 +16,12 @@ class Command(BaseCommand):
             return
         from kafka.errors import KafkaError
 
-        from apps.events.kafka import ensure_topics
-
         try:
             created = ensure_topics(wait_seconds=wait)
         except KafkaError as exc:
-            raise CommandError(f"could not reach Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {exc}")
+            raise CommandError(
+                f"could not reach Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {exc}"
+            ) from exc
         topic = settings.KAFKA_EVENTS_TOPIC
         state = "created" if created else "already exists"
         self.stdout.write(f"Topic {topic} ({settings.KAFKA_PARTITIONS} partitions): {state}.")

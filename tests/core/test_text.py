@@ -1,9 +1,9 @@
-"""chatproject/text.py: what counts as blank, and how bidirectional controls may be used."""
+"""apps/core/text.py: what counts as blank, and how bidirectional controls may be used."""
 
 import pytest
 
-from chatproject.errors import ServiceError
-from chatproject.text import BIDI_MAX, check_text
+from apps.core.errors import ServiceError
+from apps.core.text import BIDI_MAX, check_text
 
 
 def refusal(value, **kwargs) -> str | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from chatproject.errors import invalid
+from apps.core.errors import invalid
 
 BIDI_MAX = 8  # embedding/override/isolate controls in one text (four nested or side-by-side pairs)
 

@@ -66,7 +66,7 @@ def run(statements: list[Statement]) -> list:
         cursor.execute(statement.sql, statement.params, prepare=prepare)
         cursors.append(cursor)
     try:
-        return [c.fetchall() if s.fetch else None for c, s in zip(cursors, statements)]
+        return [c.fetchall() if s.fetch else None for c, s in zip(cursors, statements, strict=True)]
     finally:
         for cursor in cursors:
             cursor.close()
@@ -81,7 +81,7 @@ async def arun(conn, statements: list[Statement]) -> list:
         await cursor.execute(statement.sql, statement.params, prepare=prepare)
         cursors.append(cursor)
     try:
-        return [await c.fetchall() if s.fetch else None for c, s in zip(cursors, statements)]
+        return [await c.fetchall() if s.fetch else None for c, s in zip(cursors, statements, strict=True)]
     finally:
         for cursor in cursors:
             await cursor.close()

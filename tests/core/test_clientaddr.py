@@ -1,10 +1,10 @@
-"""chatproject.clientaddr and chatproject.wsguard's Origin rule, as pure functions of settings
+"""apps.core.clientaddr and chatproject.wsguard's Origin rule, as pure functions of settings
 and headers (the attacks on real servers are in tests/hardening/test_http_attacks.py)."""
 
 import pytest
 from django.test import override_settings
 
-from chatproject.clientaddr import forwarded_client, is_secure_scope
+from apps.core.clientaddr import forwarded_client, is_secure_scope
 from chatproject.wsguard import origin_allowed
 
 

@@ -1,4 +1,5 @@
-"""REST errors as JSON with a stable `code` (the contract's codes) and a human `detail`.
+"""What every REST interface shares: query-parameter helpers, the error body's schema, and
+REST errors as JSON with a stable `code` (the contract's codes) and a human `detail`.
 
 DRF's errors go through `exception_handler`; what Django answers by itself under /api/ (its
 400, 403, 404 and 500 pages, the debug pages, a CSRF failure, a body over
@@ -9,11 +10,66 @@ from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiParameter
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from chatproject.errors import ServiceError
+from .errors import CODES, ServiceError, invalid
+
+LIMIT = OpenApiParameter("limit", int, description="Page size")
+
+
+# --- Query parameters and request bodies ---------------------------------------------------------
+
+
+def int_param(request, name, *, default=None, minimum=0, maximum=None) -> int | None:
+    """An integer query parameter, or a clear `invalid` error."""
+    raw = request.query_params.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"{name} must be an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise invalid(f"{name} must be {bound}")
+    return value
+
+
+def limit_param(request, page) -> int:
+    """`limit` within `page` = (default, maximum)."""
+    return int_param(request, "limit", default=page[0], minimum=1, maximum=page[1])
+
+
+def next_url(request, **params) -> str:
+    """This request's absolute URL with `params` replaced (the next page's link)."""
+    url = request.build_absolute_uri()
+    for key, value in params.items():
+        url = replace_query_param(url, key, value)
+    return url
+
+
+def bool_param(request, name) -> bool:
+    return request.query_params.get(name, "").lower() in ("1", "true", "yes")
+
+
+def validated(serializer_class, request, *, partial=False) -> dict:
+    """The request body validated by `serializer_class` (DRF's 400 otherwise)."""
+    form = serializer_class(data=request.data, partial=partial)
+    form.is_valid(raise_exception=True)
+    return form.validated_data
+
+
+class ErrorSerializer(serializers.Serializer):
+    code = serializers.ChoiceField(choices=list(CODES))
+    detail = serializers.CharField()
+    errors = serializers.DictField(required=False, help_text="Per-field problems.")
+
+
+# --- Errors ---------------------------------------------------------------------------------------
 
 _CODE_BY_STATUS = {
     400: "invalid",
