@@ -2,7 +2,7 @@
 
 The consumer authenticates, parses each frame, checks it, calls a domain service in the
 database thread pool and answers. Room events reach the socket through the process's hub
-(apps.messaging.realtime), not through a channel-layer channel per socket.
+(apps.messaging.hub), not through a channel-layer channel per socket.
 
 Frames are handled one at a time per socket, in arrival order, so a client's actions commit in
 the order it sent them and its acks come back in that order.
@@ -11,8 +11,8 @@ the order it sent them and its acks come back in that order.
 from __future__ import annotations
 
 import json
-import math
 import logging
+import math
 import time
 from datetime import datetime, timezone
 
@@ -20,14 +20,18 @@ from channels.consumer import AsyncConsumer
 from django.conf import settings
 from django.db import DatabaseError
 
+from apps.core.wsframe import text_frame
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
 from apps.users import ratelimit, rights, sessions
 from chatproject.errors import AccountDisabled, RateLimited, ServiceError, invalid
 
-from .realtime import REF_MAX, Connection, RedisUnavailable, db, get_hub, text_frame
 from . import sendqueue
+from .connection import Connection
+from .dbpool import db
+from .hub import RedisUnavailable, get_hub
 from .services import SendRequest
+from .wire import REF_MAX, encodable, frame_id, frame_seq
 
 logger = logging.getLogger(__name__)
 
@@ -88,38 +92,6 @@ def _check_typing(user_id, room_id):
     user = _user(user_id)
     room = get_room_or_404(room_id, user)
     check_post_policy(room, user, check_can_post(room, user))
-
-
-# --- Frame fields -----------------------------------------------------------------------------
-
-
-def _id(frame, name, *, required=True):
-    value = frame.get(name)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value > 2**62:
-        raise invalid(f"{name} must be a positive integer id")
-    return value
-
-
-def _seq(frame, name, *, required=True):
-    value = frame.get(name)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 2**62:
-        raise invalid(f"{name} must be a non-negative integer")
-    return value
-
-
-def _encodable(value) -> bool:
-    """False if a string in `value` holds a lone surrogate: JSON escapes can spell one
-    ("\\ud800"), text no UTF-8 can carry; refused before it reaches a reply, the database or
-    another socket."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 class ChatConsumer(AsyncConsumer):
@@ -227,11 +199,11 @@ class ChatConsumer(AsyncConsumer):
             escaped = "\\u" in text  # only escapes can spell a lone surrogate
             ref = frame.get("ref")
             if ref is not None and (
-                not isinstance(ref, str) or len(ref) > REF_MAX or (escaped and not _encodable(ref))
+                not isinstance(ref, str) or len(ref) > REF_MAX or (escaped and not encodable(ref))
             ):
                 ref = None
                 raise invalid(f"ref must be a string of at most {REF_MAX} characters (valid Unicode)")
-            if escaped and not _encodable(frame):
+            if escaped and not encodable(frame):
                 raise invalid("the frame's strings must be valid Unicode (no lone surrogates)")
             kind = frame.get("type")
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
@@ -305,8 +277,8 @@ class ChatConsumer(AsyncConsumer):
         self.conn.ping(frame.get("status"), ref)
 
     async def on_subscribe(self, frame, ref):
-        room_id = _id(frame, "room")
-        since = _seq(frame, "since", required=False)
+        room_id = frame_id(frame, "room")
+        since = frame_seq(frame, "since", required=False)
         # (The frame took from the user's subscribe bucket already: BUDGETS.) A replay waits for the previous one to leave the server: a client that does not
         # read cannot pile replays up in the server's memory.
         if since is not None and not await self.conn.replay_sent(settings.CHAT_REPLAY_WAIT_SECONDS):
@@ -315,13 +287,13 @@ class ChatConsumer(AsyncConsumer):
         await self.hub.subscribe(self.conn, self.user, room_id, since, ref)
 
     async def on_unsubscribe(self, frame, ref):
-        room_id = _id(frame, "room")
+        room_id = frame_id(frame, "room")
         self.hub.unsubscribe(self.conn, room_id)
         self.conn.write_json({"type": "unsubscribed", "ref": ref, "room": room_id})
 
     async def on_send(self, frame, ref):
-        room_id = _id(frame, "room")
-        reply_to = _id(frame, "reply_to", required=False)
+        room_id = frame_id(frame, "room")
+        reply_to = frame_id(frame, "reply_to", required=False)
         # The hot path: the socket's user as authenticated at connect (the batch reads the
         # membership joined with the user, refusing a deactivated account), committed with
         # whatever other sends this process has queued (apps.messaging.sendqueue).
@@ -332,26 +304,28 @@ class ChatConsumer(AsyncConsumer):
 
     async def on_message_edit(self, frame, ref):
         envelope = await db(_do_message)(
-            "message.edit", self.conn.user_id, _id(frame, "message"), body=frame.get("body")
+            "message.edit", self.conn.user_id, frame_id(frame, "message"), body=frame.get("body")
         )
         await self.ack(ref, envelope)
 
     async def on_message_delete(self, frame, ref):
-        envelope = await db(_do_message)("message.delete", self.conn.user_id, _id(frame, "message"))
+        envelope = await db(_do_message)("message.delete", self.conn.user_id,
+                                         frame_id(frame, "message"))
         await self.ack(ref, envelope)
 
     async def on_reaction(self, frame, ref):
         envelope = await db(_do_message)(
-            frame["type"], self.conn.user_id, _id(frame, "message"), emoji=frame.get("emoji")
+            frame["type"], self.conn.user_id, frame_id(frame, "message"), emoji=frame.get("emoji")
         )
         await self.ack(ref, envelope)
 
     async def on_read(self, frame, ref):
-        envelope = await db(_do_read)(self.conn.user_id, _id(frame, "room"), _seq(frame, "seq"))
+        envelope = await db(_do_read)(self.conn.user_id, frame_id(frame, "room"),
+                                      frame_seq(frame, "seq"))
         await self.ack(ref, envelope)
 
     async def on_typing(self, frame, ref):
-        room_id = _id(frame, "room")
+        room_id = frame_id(frame, "room")
         state = frame.get("state")
         if not isinstance(state, bool):
             raise invalid("state must be true or false")
@@ -363,7 +337,7 @@ class ChatConsumer(AsyncConsumer):
         if last is not None:
             last_time, last_state = last
             if state == last_state and (
-                not state or now - last_time < getattr(settings, "CHAT_TYPING_THROTTLE_SECONDS", 3.0)
+                not state or now - last_time < settings.CHAT_TYPING_THROTTLE_SECONDS
             ):
                 return  # throttled: the room already knows
         elif not state:
