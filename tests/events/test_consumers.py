@@ -14,10 +14,10 @@ from django.test import override_settings
 
 from apps.events import handlers, kafka, publisher
 from apps.events.models import ConsumedEvent, Event
+from apps.events.outbox import redis_client
 from apps.notifications import presence
 from apps.notifications.handlers import MentionNotifications, mentioned_usernames
 from apps.notifications.models import Notification
-from apps.events.outbox import redis_client
 from apps.rooms import services as rooms
 from tests import factories
 from tests.events.kafka_support import wait_for
@@ -193,7 +193,7 @@ def test_a_group_of_two_handles_each_event_once_and_survives_a_sigterm(child_env
 @pytest.mark.django_db(transaction=True)
 def test_a_user_with_an_open_socket_counts_as_online_for_here(server):
     """@here reaches the members online now (presence from the server's sockets)."""
-    from tests.messaging.wsclient import WS
+    from tests.support.wsclient import WS
 
     room, author, connected, offline = mention_room()
     socket = WS(server.ws_url, token=factories.make_token(connected))

@@ -6,18 +6,17 @@ it followed, a deactivated account's sockets close with 4403, a password change 
 from __future__ import annotations
 
 import time
-
-import pytest
 from importlib import import_module
 
+import pytest
 from django.apps import apps
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from apps.rooms.models import Room
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.support.processes import ServerProcess
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
