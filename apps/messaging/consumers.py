@@ -18,19 +18,20 @@ from datetime import datetime, timezone
 
 from channels.consumer import AsyncConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError
 
 from apps.core.wsframe import text_frame
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
+from apps.rooms import services as rooms
 from apps.users import ratelimit, rights, sessions
 from chatproject.errors import AccountDisabled, RateLimited, ServiceError, invalid
 
-from . import sendqueue
+from . import sendqueue, services
 from .connection import Connection
 from .dbpool import db
 from .hub import RedisUnavailable, get_hub
-from .services import SendRequest
 from .wire import REF_MAX, encodable, frame_id, frame_seq
 
 logger = logging.getLogger(__name__)
@@ -54,8 +55,6 @@ BUDGETS = {
 
 
 def _user(user_id):
-    from django.contrib.auth import get_user_model
-
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None or not user.is_active:
         raise AccountDisabled()
@@ -63,8 +62,6 @@ def _user(user_id):
 
 
 def _do_message(action, user_id, message_id, **kwargs):
-    from . import services
-
     user = _user(user_id)
     message = services.get_message_or_404(message_id, user)
     if action == "message.edit":
@@ -79,19 +76,15 @@ def _do_message(action, user_id, message_id, **kwargs):
 
 
 def _do_read(user_id, room_id, seq):
-    from apps.rooms.services import get_room_or_404, mark_read
-
     user = _user(user_id)
-    event = mark_read(room=get_room_or_404(room_id, user), user=user, seq=seq)
+    event = rooms.mark_read(room=rooms.get_room_or_404(room_id, user), user=user, seq=seq)
     return None if event is None else event.envelope
 
 
 def _check_typing(user_id, room_id):
-    from apps.rooms.services import check_can_post, check_post_policy, get_room_or_404
-
     user = _user(user_id)
-    room = get_room_or_404(room_id, user)
-    check_post_policy(room, user, check_can_post(room, user))
+    room = rooms.get_room_or_404(room_id, user)
+    rooms.check_post_policy(room, user, rooms.check_can_post(room, user))
 
 
 class ChatConsumer(AsyncConsumer):
@@ -279,8 +272,9 @@ class ChatConsumer(AsyncConsumer):
     async def on_subscribe(self, frame, ref):
         room_id = frame_id(frame, "room")
         since = frame_seq(frame, "since", required=False)
-        # (The frame took from the user's subscribe bucket already: BUDGETS.) A replay waits for the previous one to leave the server: a client that does not
-        # read cannot pile replays up in the server's memory.
+        # (The frame took from the user's subscribe bucket already: BUDGETS.) A replay waits
+        # for the previous one to leave the server: a client that does not read cannot pile
+        # replays up in the server's memory.
         if since is not None and not await self.conn.replay_sent(settings.CHAT_REPLAY_WAIT_SECONDS):
             raise RateLimited("the previous replay on this socket is still unsent; read it first",
                               retry_after=1)
@@ -298,7 +292,8 @@ class ChatConsumer(AsyncConsumer):
         # membership joined with the user, refusing a deactivated account), committed with
         # whatever other sends this process has queued (apps.messaging.sendqueue).
         event = await sendqueue.send(
-            SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"), reply_to)
+            services.SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"),
+                                 reply_to)
         )
         await self.ack(ref, event.envelope, getattr(event, "envelope_text", None))
 
