@@ -55,6 +55,9 @@ SIGNATURES = {
     ("twisted.internet.tcp", "Connection", "resumeProducing"): ["self"],
     ("twisted.internet.tcp", "Connection", "getHandle"): ["self"],
     ("twisted.internet.tcp", "Connection", "write"): ["self", "bytes"],
+    # A worker (chatproject.workers) listens on the supervisor's socket.
+    ("twisted.internet.posixbase", "PosixReactorBase", "adoptStreamPort"): [
+        "self", "fileDescriptor", "addressFamily", "factory"],
 }
 
 # Class attributes read, with their values.
@@ -76,6 +79,7 @@ INSTANCE_ATTRIBUTES = {
         "self.application_queue", "self.last_ping =", "self.socket_opened =", "self.muted"],
     ("daphne.server", "Server"): [
         "self.http_factory =", "self.ws_factory =", "self.abort_start =", "self.connections",
+        "self.endpoints =",
         "self.application_close_timeout =", "self.ping_interval =", "self.websocket_timeout ="],
     ("twisted.internet.abstract", "FileDescriptor"): [
         "self.dataBuffer", "self.offset", "self._tempDataLen", "self.connected",
