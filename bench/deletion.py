@@ -162,7 +162,7 @@ class Sender(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self):
-        from tests.messaging.wsclient import WS
+        from tests.support.wsclient import WS
 
         ws = WS(self.url, token=self.token)
         try:

@@ -34,6 +34,8 @@ import socket
 import sys
 import time
 
+from apps.core.wsframe import frame_payload
+
 logger = logging.getLogger("chatproject.serve")
 
 
@@ -53,7 +55,7 @@ class SocketExtension:
 
     def write(self, frame: bytes) -> bool:
         """Send one complete WebSocket frame, built once for all sockets (see
-        apps.messaging.realtime.text_frame): autobahn's per-message path costs tens of
+        apps.core.wsframe.text_frame): autobahn's per-message path costs tens of
         microseconds per socket. Every frame counts in backlog(), replies and replays too."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
@@ -63,8 +65,6 @@ class SocketExtension:
         if protocol._perMessageCompress is None and protocol.send_state == protocol.SEND_STATE_GROUND:
             self.send_now(protocol.transport, frame)
         else:  # compression negotiated: let autobahn frame it
-            from apps.messaging.realtime import frame_payload
-
             protocol.sendMessage(frame_payload(frame), False)
         return True
 
@@ -210,9 +210,9 @@ def build_server(host, port, *, application, fd=None):
     OPEN = WebSocketProtocol.STATE_OPEN
     # Frames received and not yet handled by the app, per socket: at this many the socket is
     # no longer read (TCP backpressure) until the app has taken half of them.
-    inbound_limit = max(1, getattr(settings, "CHAT_INBOUND_QUEUE_LIMIT", 64))
+    inbound_limit = max(1, settings.CHAT_INBOUND_QUEUE_LIMIT)
     # Kernel send buffer per WebSocket (0: the kernel's autotuning, up to tcp_wmem's maximum).
-    sndbuf = getattr(settings, "CHAT_SOCKET_SEND_BUFFER", 0)
+    sndbuf = settings.CHAT_SOCKET_SEND_BUFFER
 
     class ChatWebSocketProtocol(WebSocketProtocol):
         chat_socket = None  # the SocketExtension, once the application exists
@@ -423,7 +423,8 @@ def graceful_shutdown(server, grace: float):
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.internet import reactor
 
-    from apps.messaging import realtime
+    from apps.messaging import hub
+    from apps.messaging.connection import CLOSE_RESTART
 
     if getattr(server, "stopping", False):
         return
@@ -432,13 +433,13 @@ def graceful_shutdown(server, grace: float):
     logger.info("SIGTERM: closing %d connections", len(server.connections))
     for port in getattr(server, "ports", []):
         port.stopListening()
-    asyncio.ensure_future(realtime.shutdown(realtime.CLOSE_RESTART))
+    asyncio.ensure_future(hub.shutdown(CLOSE_RESTART))
 
     def backstop():
         # Sockets the hub does not know yet (still authenticating) are closed here.
         for protocol in list(server.connections):
             if isinstance(protocol, WebSocketProtocol) and protocol.state == protocol.STATE_OPEN:
-                protocol.sendCloseFrame(code=realtime.CLOSE_RESTART, isReply=False)
+                protocol.sendCloseFrame(code=CLOSE_RESTART, isReply=False)
 
     def check():
         busy = [

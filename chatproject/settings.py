@@ -375,7 +375,7 @@ CHAT_SHUTDOWN_GRACE_SECONDS = env_float("CHAT_SHUTDOWN_GRACE_SECONDS", 5.0)
 # response on a kept-alive connection), and the body from the headers; then 408 and close.
 CHAT_HTTP_HEADER_TIMEOUT_SECONDS = env_float("CHAT_HTTP_HEADER_TIMEOUT_SECONDS", 10.0)
 CHAT_HTTP_BODY_TIMEOUT_SECONDS = env_float("CHAT_HTTP_BODY_TIMEOUT_SECONDS", 30.0)
-# Real-time (apps.messaging.realtime): a socket whose unsent backlog passes
+# Real-time (apps.messaging.connection): a socket whose unsent backlog passes
 # CHAT_SEND_QUEUE_LIMIT frames or CHAT_SEND_BUFFER_BYTES is dropped (close 1013) and resumes.
 CHAT_SEND_BUFFER_BYTES = env_int("CHAT_SEND_BUFFER_BYTES", 8 * 1024 * 1024)
 CHAT_SOCKET_SEND_BUFFER = env_int("CHAT_SOCKET_SEND_BUFFER", 0)  # SO_SNDBUF; 0: kernel autotuning

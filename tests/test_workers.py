@@ -14,9 +14,9 @@ from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from chatproject import workers
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.support.processes import ServerProcess
 from tests.support.services import PYTHON, ROOT
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 

@@ -2,9 +2,11 @@
 
 The envelope is serialized once here. The text crosses the channel layer once per server
 process that has a stake in a group (each process joins `room.<id>` / `user.<id>` with one
-process channel), and that process hands it to its local sockets (apps.messaging.realtime).
+process channel), and that process hands it to its local sockets (apps.messaging.hub).
 Each group gets its own copy of the message, tagged with `via`, so a process in both the room
 group and the banned user's group can tell the room's ordered stream from the direct copy.
+
+Routing only: what crosses Redis beyond the channel layer's API is in apps.events.layer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from .catalogue import CATALOGUE, CREATOR, ROOM, ROOM_AND_TARGET, SELF, SHARED_ROOMS
+from .layer import group_send_many
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +117,8 @@ def _report(future):
 async def adispatch_many(items) -> None:
     """adispatch for many (envelope, target user ids[, JSON text]) items, in order.
 
-    With channels-redis, a group commit's events cost two round trips in all: one pipeline
-    reads every group's members, one script queues, per process channel, a single
-    `chat.events` message holding that process's share in order (group_send costs four round
-    trips per group and event). Other layers get one group_send per group and event.
+    With channels-redis, a group commit's events cost two round trips in all (apps.events.layer);
+    other layers get one group_send per group and event.
     """
     layer = get_channel_layer()
     if layer is None:
@@ -126,107 +127,7 @@ async def adispatch_many(items) -> None:
     for envelope, target_user_ids, *text in items:
         message, groups = message_for(envelope, target_user_ids, *text)
         sends += [(group, {**message, "via": group}) for group in groups]
-    if len(sends) > 1 and is_redis_layer(layer):
-        await _redis_group_send_many(layer, sends)
-        return
-    for group, message in sends:
-        await layer.group_send(group, message)
-
-
-def is_redis_layer(layer) -> bool:
-    try:
-        from channels_redis.core import RedisChannelLayer
-    except ImportError:
-        return False
-    return isinstance(layer, RedisChannelLayer)
-
-
-# KEYS: channel keys; ARGV: one message per key, then each key's capacity, then now, expiry.
-_QUEUE_MANY = """
-local n = #KEYS
-local now, expiry = ARGV[2 * n + 1], ARGV[2 * n + 2]
-local full = 0
-for i = 1, n do
-  if redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') < tonumber(ARGV[n + i]) then
-    redis.call('ZADD', KEYS[i], now, ARGV[i])
-    redis.call('EXPIRE', KEYS[i], expiry)
-  else
-    full = full + 1
-  end
-end
-return full
-"""
-_queue_scripts: dict = {}
-
-
-async def _redis_group_send_many(layer, sends) -> None:
-    """group_send for many (group, message) pairs: see adispatch_many. Like group_send, a
-    channel over capacity drops its message (the receiving process fills the gap from the
-    event log) and the expiry rules are channels-redis's own."""
-    now = time.time()
-    members: dict[str, list[str]] = {}
-    for index, groups in _by_host(layer, dict.fromkeys(group for group, _ in sends)).items():
-        pipe = layer.connection(index).pipeline(transaction=False)
-        for group in groups:
-            key = layer._group_key(group)
-            pipe.zremrangebyscore(key, min=0, max=int(now) - layer.group_expiry)
-            pipe.zrange(key, 0, -1)
-        replies = await pipe.execute()
-        for group, channels in zip(groups, replies[1::2], strict=True):
-            members[group] = [channel.decode() for channel in channels]
-    # Process channels ("name!suffix") of one process share one Redis key: one message a key.
-    per_key: dict[str, tuple[str, list[dict]]] = {}
-    for group, message in sends:
-        for channel in members.get(group, ()):
-            key = layer.prefix + layer.non_local_name(channel)
-            per_key.setdefault(key, (channel, []))[1].append(message)
-    queued: dict[int, tuple[list, list, list]] = {}
-    for key, (channel, messages) in per_key.items():
-        message = messages[0] if len(messages) == 1 else {"type": "chat.events",
-                                                          "events": messages}
-        if "!" in channel:
-            message = {**message, "__asgi_channel__": channel}
-        keys, payloads, capacities = queued.setdefault(layer.consistent_hash(channel),
-                                                       ([], [], []))
-        keys.append(key)
-        payloads.append(layer.serialize(message))
-        capacities.append(layer.get_capacity(channel))
-    for index, (keys, payloads, capacities) in queued.items():
-        connection = layer.connection(index)
-        script = _queue_scripts.get(id(connection))
-        if script is None or script.registered_client is not connection:
-            script = _queue_scripts[id(connection)] = connection.register_script(_QUEUE_MANY)
-        full = await script(keys=keys, args=[*payloads, *capacities, now, int(layer.expiry)])
-        if full:
-            logger.info("%d of %d process channels over capacity; they fill from the log",
-                        full, len(keys))
-
-
-def _by_host(layer, groups) -> dict[int, list[str]]:
-    """The groups by the index of the Redis host that holds them (channels-redis's sharding)."""
-    by_index: dict[int, list[str]] = {}
-    for group in groups:
-        by_index.setdefault(layer.consistent_hash(group), []).append(group)
-    return by_index
-
-
-async def group_add_many(layer, groups: list[str], channel: str) -> None:
-    """group_add of one channel to many groups. With channels-redis: one pipeline per Redis
-    host (the same ZADD and EXPIRE as group_add), instead of two round trips per group, so a
-    process re-joining its thousand groups does not hold up its event loop."""
-    if not is_redis_layer(layer):
-        await asyncio.gather(*(layer.group_add(group, channel) for group in groups))
-        return
-    now = time.time()
-    for group in groups:
-        assert layer.require_valid_group_name(group), "Group name not valid"
-    for index, members in _by_host(layer, groups).items():
-        pipe = layer.connection(index).pipeline(transaction=False)
-        for group in members:
-            key = layer._group_key(group)
-            pipe.zadd(key, {channel: now})
-            pipe.expire(key, layer.group_expiry)
-        await pipe.execute()
+    await group_send_many(layer, sends)
 
 
 def dispatch_many(items) -> None:

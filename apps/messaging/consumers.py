@@ -2,7 +2,7 @@
 
 The consumer authenticates, parses each frame, checks it, calls a domain service in the
 database thread pool and answers. Room events reach the socket through the process's hub
-(apps.messaging.realtime), not through a channel-layer channel per socket.
+(apps.messaging.hub), not through a channel-layer channel per socket.
 
 Frames are handled one at a time per socket, in arrival order, so a client's actions commit in
 the order it sent them and its acks come back in that order.
@@ -18,16 +18,21 @@ from datetime import UTC, datetime
 
 from channels.consumer import AsyncConsumer
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError
 
 from apps.core.errors import AccountDisabled, RateLimited, ServiceError, invalid
+from apps.core.wsframe import text_frame
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
+from apps.rooms import services as rooms
 from apps.users import ratelimit, rights, sessions
 
-from . import sendqueue
-from .realtime import REF_MAX, Connection, RedisUnavailable, db, get_hub, text_frame
-from .services import SendRequest
+from . import sendqueue, services
+from .connection import Connection
+from .dbpool import db
+from .hub import RedisUnavailable, get_hub
+from .wire import REF_MAX, encodable, frame_id, frame_seq
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +55,6 @@ BUDGETS = {
 
 
 def _user(user_id):
-    from django.contrib.auth import get_user_model
-
     user = get_user_model().objects.filter(pk=user_id).first()
     if user is None or not user.is_active:
         raise AccountDisabled()
@@ -59,8 +62,6 @@ def _user(user_id):
 
 
 def _do_message(action, user_id, message_id, **kwargs):
-    from . import services
-
     user = _user(user_id)
     message = services.get_message_or_404(message_id, user)
     if action == "message.edit":
@@ -75,51 +76,15 @@ def _do_message(action, user_id, message_id, **kwargs):
 
 
 def _do_read(user_id, room_id, seq):
-    from apps.rooms.services import get_room_or_404, mark_read
-
     user = _user(user_id)
-    event = mark_read(room=get_room_or_404(room_id, user), user=user, seq=seq)
+    event = rooms.mark_read(room=rooms.get_room_or_404(room_id, user), user=user, seq=seq)
     return None if event is None else event.envelope
 
 
 def _check_typing(user_id, room_id):
-    from apps.rooms.services import check_can_post, check_post_policy, get_room_or_404
-
     user = _user(user_id)
-    room = get_room_or_404(room_id, user)
-    check_post_policy(room, user, check_can_post(room, user))
-
-
-# --- Frame fields -----------------------------------------------------------------------------
-
-
-def _id(frame, name, *, required=True):
-    value = frame.get(name)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value > 2**62:
-        raise invalid(f"{name} must be a positive integer id")
-    return value
-
-
-def _seq(frame, name, *, required=True):
-    value = frame.get(name)
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value > 2**62:
-        raise invalid(f"{name} must be a non-negative integer")
-    return value
-
-
-def _encodable(value) -> bool:
-    """False if a string in `value` holds a lone surrogate: JSON escapes can spell one
-    ("\\ud800"), text no UTF-8 can carry; refused before it reaches a reply, the database or
-    another socket."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+    room = rooms.get_room_or_404(room_id, user)
+    rooms.check_post_policy(room, user, rooms.check_can_post(room, user))
 
 
 class ChatConsumer(AsyncConsumer):
@@ -227,11 +192,11 @@ class ChatConsumer(AsyncConsumer):
             escaped = "\\u" in text  # only escapes can spell a lone surrogate
             ref = frame.get("ref")
             if ref is not None and (
-                not isinstance(ref, str) or len(ref) > REF_MAX or (escaped and not _encodable(ref))
+                not isinstance(ref, str) or len(ref) > REF_MAX or (escaped and not encodable(ref))
             ):
                 ref = None
                 raise invalid(f"ref must be a string of at most {REF_MAX} characters (valid Unicode)")
-            if escaped and not _encodable(frame):
+            if escaped and not encodable(frame):
                 raise invalid("the frame's strings must be valid Unicode (no lone surrogates)")
             kind = frame.get("type")
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
@@ -305,8 +270,8 @@ class ChatConsumer(AsyncConsumer):
         self.conn.ping(frame.get("status"), ref)
 
     async def on_subscribe(self, frame, ref):
-        room_id = _id(frame, "room")
-        since = _seq(frame, "since", required=False)
+        room_id = frame_id(frame, "room")
+        since = frame_seq(frame, "since", required=False)
         # (The frame took from the user's subscribe bucket already: BUDGETS.) A replay waits
         # for the previous one to leave the server: a client that does not read cannot pile
         # replays up in the server's memory.
@@ -316,43 +281,46 @@ class ChatConsumer(AsyncConsumer):
         await self.hub.subscribe(self.conn, self.user, room_id, since, ref)
 
     async def on_unsubscribe(self, frame, ref):
-        room_id = _id(frame, "room")
+        room_id = frame_id(frame, "room")
         self.hub.unsubscribe(self.conn, room_id)
         self.conn.write_json({"type": "unsubscribed", "ref": ref, "room": room_id})
 
     async def on_send(self, frame, ref):
-        room_id = _id(frame, "room")
-        reply_to = _id(frame, "reply_to", required=False)
+        room_id = frame_id(frame, "room")
+        reply_to = frame_id(frame, "reply_to", required=False)
         # The hot path: the socket's user as authenticated at connect (the batch reads the
         # membership joined with the user, refusing a deactivated account), committed with
         # whatever other sends this process has queued (apps.messaging.sendqueue).
         event = await sendqueue.send(
-            SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"), reply_to)
+            services.SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"),
+                                 reply_to)
         )
         await self.ack(ref, event.envelope, getattr(event, "envelope_text", None))
 
     async def on_message_edit(self, frame, ref):
         envelope = await db(_do_message)(
-            "message.edit", self.conn.user_id, _id(frame, "message"), body=frame.get("body")
+            "message.edit", self.conn.user_id, frame_id(frame, "message"), body=frame.get("body")
         )
         await self.ack(ref, envelope)
 
     async def on_message_delete(self, frame, ref):
-        envelope = await db(_do_message)("message.delete", self.conn.user_id, _id(frame, "message"))
+        envelope = await db(_do_message)("message.delete", self.conn.user_id,
+                                         frame_id(frame, "message"))
         await self.ack(ref, envelope)
 
     async def on_reaction(self, frame, ref):
         envelope = await db(_do_message)(
-            frame["type"], self.conn.user_id, _id(frame, "message"), emoji=frame.get("emoji")
+            frame["type"], self.conn.user_id, frame_id(frame, "message"), emoji=frame.get("emoji")
         )
         await self.ack(ref, envelope)
 
     async def on_read(self, frame, ref):
-        envelope = await db(_do_read)(self.conn.user_id, _id(frame, "room"), _seq(frame, "seq"))
+        envelope = await db(_do_read)(self.conn.user_id, frame_id(frame, "room"),
+                                      frame_seq(frame, "seq"))
         await self.ack(ref, envelope)
 
     async def on_typing(self, frame, ref):
-        room_id = _id(frame, "room")
+        room_id = frame_id(frame, "room")
         state = frame.get("state")
         if not isinstance(state, bool):
             raise invalid("state must be true or false")
@@ -364,7 +332,7 @@ class ChatConsumer(AsyncConsumer):
         if last is not None:
             last_time, last_state = last
             if state == last_state and (
-                not state or now - last_time < getattr(settings, "CHAT_TYPING_THROTTLE_SECONDS", 3.0)
+                not state or now - last_time < settings.CHAT_TYPING_THROTTLE_SECONDS
             ):
                 return  # throttled: the room already knows
         elif not state:

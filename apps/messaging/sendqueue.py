@@ -25,6 +25,7 @@ from django.db import connections
 from apps.core.aio import Batcher, PerLoop
 from apps.events.observability import SEND_BATCH_SECONDS, SEND_BATCH_SIZE
 
+from .dbpool import db
 from .services import SendRequest, amessage_send_many, message_send_many
 
 logger = logging.getLogger(__name__)
@@ -50,8 +51,6 @@ class Lane:
         self.batcher = Batcher(self.run, max_batch=max_batch, observe=_observe)
 
     async def run(self, requests):
-        from .realtime import db
-
         if use_async_connection():
             if permissions_unread(requests):
                 await db(load_permissions)(requests)
@@ -102,12 +101,12 @@ def load_permissions(requests) -> None:
 
 def use_async_connection() -> bool:
     return (connections["default"].vendor == "postgresql"
-            and getattr(settings, "CHAT_SEND_ASYNC_DB", True))
+            and settings.CHAT_SEND_ASYNC_DB)
 
 
 def _new_lanes() -> list[Lane]:
-    lanes = max(1, getattr(settings, "CHAT_SEND_BATCH_CONCURRENCY", 1))
-    return [Lane(getattr(settings, "CHAT_SEND_BATCH_MAX", 200)) for _ in range(lanes)]
+    lanes = max(1, settings.CHAT_SEND_BATCH_CONCURRENCY)
+    return [Lane(settings.CHAT_SEND_BATCH_MAX) for _ in range(lanes)]
 
 
 _lanes = PerLoop(_new_lanes)

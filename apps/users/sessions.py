@@ -2,8 +2,9 @@
 
 The logout (an HTTP request on any process) sends `chat.logout` to the user's group through the
 channel layer; each process's hub closes its own sockets that authenticated with that session
-(error `unauthenticated`, close 4401). Sockets of the user's other sessions and token sockets stay
-open. Only a SHA-256 of the session key crosses Redis, never the key itself.
+(error `unauthenticated`, close 4401; apps.messaging.access). Sockets of the user's other
+sessions and token sockets stay open. Only a SHA-256 of the session key crosses Redis, never
+the key itself.
 
 The same message, without `session`, carries a change of the user's rights (apps.users.rights):
 with `code` it closes all the user's sockets with that code (4401 password changed, 4403
@@ -45,25 +46,9 @@ def remember(conn, scope) -> None:
         _session_of[conn] = session_hash(key)
 
 
-def close_session_sockets(hub, message: dict) -> int:
-    """Hub handler of `chat.logout`: close this process's sockets of that session (of every
-    session and token, with `all`; or, for a rights change, see the module docstring)."""
-    user_id = message.get("user")
-    if "session" not in message and not message.get("all"):
-        if message.get("version") is not None:
-            hub.rights_changed(user_id, message["version"], closing=bool(message.get("code")))
-        if not message.get("code"):
-            return 0
-    code = message.get("code") or CLOSE_UNAUTHENTICATED
-    error = "unauthenticated" if code == CLOSE_UNAUTHENTICATED else "forbidden"
-    text = message.get("reason") or "the session was logged out"
-    closed = 0
-    for conn in list(hub.users.get(user_id, ())):
-        if "session" not in message or _session_of.get(conn) == message.get("session"):
-            conn.write_json({"type": "error", "ref": None, "code": error, "message": text})
-            hub.loop.create_task(conn.close(code))
-            closed += 1
-    return closed
+def session_of(conn) -> str | None:
+    """The hash of the session a socket authenticated with (None for token sockets)."""
+    return _session_of.get(conn)
 
 
 def close_user_sockets(user_id: int, *, reason: str) -> None:

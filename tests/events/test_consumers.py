@@ -193,7 +193,7 @@ def test_a_group_of_two_handles_each_event_once_and_survives_a_sigterm(child_env
 @pytest.mark.django_db(transaction=True)
 def test_a_user_with_an_open_socket_counts_as_online_for_here(server):
     """@here reaches the members online now (presence from the server's sockets)."""
-    from tests.messaging.wsclient import WS
+    from tests.support.wsclient import WS
 
     room, author, connected, offline = mention_room()
     socket = WS(server.ws_url, token=factories.make_token(connected))

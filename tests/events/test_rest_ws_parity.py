@@ -12,7 +12,7 @@ from apps.events.schemas import SCHEMAS
 from apps.rooms import services as rooms
 from tests import factories
 from tests.events.kafka_support import read_topic, wait_for
-from tests.messaging.wsclient import WS
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.services, pytest.mark.django_db(transaction=True)]
 

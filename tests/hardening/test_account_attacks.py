@@ -24,8 +24,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from tests import factories
-
-from .wsutil import Socket, assert_clean_log, run
+from tests.support.processes import assert_clean_log
+from tests.support.wsclient import Socket, run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 

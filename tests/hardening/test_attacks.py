@@ -24,8 +24,8 @@ from apps.messaging.models import Message
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from tests import factories
-
-from .wsutil import Socket, assert_clean_log, handshake_status, run, session_cookie
+from tests.support.processes import assert_clean_log
+from tests.support.wsclient import Socket, handshake_status, run, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 

@@ -16,9 +16,9 @@ import pytest
 from django.conf import settings
 
 from tests import factories
+from tests.support.processes import assert_clean_log
+from tests.support.wsclient import Socket, handshake_status, run, session_cookie
 from tests.test_foundation import PRODUCTION_ENV
-
-from .wsutil import Socket, assert_clean_log, handshake_status, run, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 

@@ -16,9 +16,9 @@ from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
 from apps.rooms import services as rooms
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.support.processes import ServerProcess
 from tests.support.services import RedisServer
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 

@@ -19,8 +19,8 @@ from apps.events.models import Event
 from apps.messaging.models import Message, Reaction
 from apps.rooms.models import Room
 from tests import factories
-
-from .wsutil import Socket, assert_clean_log, run
+from tests.support.processes import assert_clean_log
+from tests.support.wsclient import Socket, run
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 

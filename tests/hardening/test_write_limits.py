@@ -12,7 +12,7 @@ import pytest
 from apps.events.models import Event
 from apps.rooms import services as rooms
 from tests import factories
-from tests.messaging.wsclient import WS
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 

@@ -11,8 +11,7 @@ import pytest
 
 from apps.messaging import services as messaging
 from tests import factories
-
-from .rawws import RawSocket, client_frame
+from tests.support.rawws import RawSocket, client_frame
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
@@ -141,8 +140,8 @@ def test_a_replay_the_client_does_not_read_ends_the_socket(start_server, user):
 def test_lone_surrogates_in_any_string_field_are_invalid_and_the_socket_stays_open(
         start_server, user):
     from apps.messaging.models import Message
-
-    from .wsutil import Socket, assert_clean_log, run
+    from tests.support.processes import assert_clean_log
+    from tests.support.wsclient import Socket, run
 
     room = factories.make_room(user)
     message_id = factories.send(room, user, "hello").envelope["data"]["id"]

@@ -24,8 +24,8 @@ from apps.events.models import Event
 from apps.messaging.models import Message, Reaction
 from apps.rooms.models import Room
 from tests import factories
-
-from .wsutil import Socket, assert_clean_log, new_ref
+from tests.support.processes import assert_clean_log
+from tests.support.wsclient import Socket, new_ref
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 

@@ -15,8 +15,8 @@ from rest_framework.test import APIClient
 
 from apps.rooms.models import Room
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.support.processes import ServerProcess
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 

@@ -1,8 +1,8 @@
 import pytest
 
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.support.processes import ServerProcess
+from tests.support.wsclient import WS
 
 
 @pytest.fixture

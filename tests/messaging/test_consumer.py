@@ -12,8 +12,8 @@ from apps.messaging.models import Message
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.support.processes import ServerProcess, subprocess_env
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 

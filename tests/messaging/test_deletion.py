@@ -180,7 +180,7 @@ def _admin_pages(client, room, messages, *, events=True) -> str:
 def test_after_a_delete_by_any_path_the_text_is_in_no_read_path(server):
     """Author (WebSocket), room moderator and site moderator (REST), the admin action: then
     REST events and messages, a WebSocket replay from 0, the admin pages and the table."""
-    from tests.messaging.wsclient import WS
+    from tests.support.wsclient import WS
     from tests.test_admin import apply, logged_in
 
     owner, author = factories.make_user(), factories.make_user()

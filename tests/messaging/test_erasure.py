@@ -153,8 +153,8 @@ def test_a_moderator_erases_members_but_not_staff_in_the_admin():
 def test_an_erased_user_who_wrote_in_three_rooms_is_gone_from_every_room(child_env):
     """DELETE /api/me/: the socket closes 4401 at once, the worker redacts every message in
     batches (message.deleted, reason erased, in each room), the name leaves every envelope."""
-    from tests.messaging.wsclient import WS
     from tests.support.processes import CeleryWorker, ServerProcess
+    from tests.support.wsclient import WS
 
     name = "erasable-ada"
     user, other, made = history_in_three_rooms(name)

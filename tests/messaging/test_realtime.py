@@ -12,8 +12,8 @@ from websockets.exceptions import ConnectionClosed
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.support.processes import ServerProcess
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 

@@ -152,7 +152,7 @@ def test_the_asyncio_lane_applies_slow_mode_and_blocks_in_its_batch():
 @pytest.mark.services
 def test_slow_mode_and_blocks_over_the_websocket(server):
     from apps.users.services import block_create
-    from tests.messaging.wsclient import WS
+    from tests.support.wsclient import WS
 
     owner, member, peer = (factories.make_user() for _ in range(3))
     site_moderator = factories.make_moderator()

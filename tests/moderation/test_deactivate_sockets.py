@@ -6,7 +6,7 @@ import pytest
 
 from apps.moderation import services as moderation
 from tests import factories
-from tests.messaging.wsclient import WS
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 

@@ -18,8 +18,8 @@ from apps.notifications.tasks import email_unread_notifications
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.support.services import free_port
+from tests.support.wsclient import WS
 
 # --- Live --------------------------------------------------------------------------------------
 

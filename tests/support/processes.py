@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import tempfile
@@ -161,3 +162,33 @@ class CeleryWorker(ChildProcess):
                 raise RuntimeError("celery worker exited:\n" + self.output()[-3000:])
             time.sleep(0.1)
         raise TimeoutError("celery worker not ready:\n" + self.output()[-3000:])
+
+
+# --- What a server logged --------------------------------------------------------------------
+
+RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ([A-Z]+) ")
+
+
+def unhandled_errors(output: str) -> list[str]:
+    """Error records, and tracebacks not attached to a WARNING/INFO record, in a server log.
+
+    A handled failure logs a WARNING with its traceback (Redis busy, say); an unhandled one
+    shows as an ERROR/CRITICAL record ("Exception inside application", logger.exception) or
+    as a bare traceback.
+    """
+    found, level = [], None
+    for line in output.splitlines():
+        match = RECORD.match(line)
+        if match:
+            level = match.group(1)
+            if level in ("ERROR", "CRITICAL"):
+                found.append(line)
+        elif line.startswith("Traceback") and level not in ("WARNING", "INFO", "DEBUG"):
+            found.append(line)
+    return found
+
+
+def assert_clean_log(proc) -> None:
+    """The server logged no unhandled exception."""
+    output = proc.output()
+    assert not unhandled_errors(output), output[-4000:]

@@ -1,0 +1,94 @@
+"""The process's group commit for `message.send` frames (apps.messaging.sendqueue): lanes by
+room, one transaction in flight per lane, each send answered on its own."""
+
+import asyncio
+import uuid
+from types import SimpleNamespace
+
+import pytest
+
+from apps.core.errors import ServiceError
+from apps.messaging import sendqueue
+from apps.messaging.models import Message
+from apps.messaging.services import SendRequest
+from tests import factories
+
+
+async def _close_lanes():
+    for lane in sendqueue._lanes.get():
+        await lane.reset()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_sends_commit_in_submission_order_and_refusals_answer_alone():
+    owner, outsider = factories.make_user(), factories.make_user()
+    writers = [factories.make_user() for _ in range(5)]
+    room = factories.make_room(owner, members=writers)
+    before = room.last_seq
+
+    async def scenario():
+        try:
+            requests = [SendRequest(room.pk, w, f"w{i}", uuid.uuid4())
+                        for i, w in enumerate(writers)]
+            requests.insert(2, SendRequest(room.pk, outsider, "not a member", uuid.uuid4()))
+            return await asyncio.gather(*(sendqueue.send(r) for r in requests),
+                                        return_exceptions=True)
+        finally:
+            await _close_lanes()
+
+    results = asyncio.run(scenario())
+    refused = results.pop(2)
+    assert isinstance(refused, ServiceError) and refused.code == "forbidden"
+    assert [e.seq for e in results] == list(range(before + 1, before + 6))
+    bodies = Message.objects.filter(room=room).order_by("seq").values_list("body", flat=True)
+    assert list(bodies) == [f"w{i}" for i in range(5)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_resend_with_the_same_client_id_returns_the_first_event(settings):
+    settings.CHAT_SEND_BATCH_CONCURRENCY = 2
+    owner = factories.make_user()
+    room = factories.make_room(owner)
+    client_id = uuid.uuid4()
+
+    async def scenario():
+        try:
+            first = await sendqueue.send(SendRequest(room.pk, owner, "once", client_id))
+            again = await sendqueue.send(SendRequest(room.pk, owner, "once", client_id))
+            return first, again, len(sendqueue._lanes.get())
+        finally:
+            await _close_lanes()
+
+    first, again, lanes = asyncio.run(scenario())
+    assert lanes == 2
+    assert again.pk == first.pk and Message.objects.filter(room=room).count() == 1
+
+
+def test_rooms_are_spread_over_the_lanes_by_id(settings):
+    settings.CHAT_SEND_BATCH_CONCURRENCY = 3
+    seen = []
+
+    async def scenario():
+        lanes = sendqueue._lanes.get()
+        for lane in lanes:
+            async def submit(request, lane=lane):
+                seen.append((request.room, lanes.index(lane)))
+            lane.batcher = SimpleNamespace(submit=submit)
+        for room_id in (3, 4, 5, 9):
+            await sendqueue.send(SendRequest(room_id, None, "", None))
+
+    asyncio.run(scenario())
+    assert seen == [(3, 0), (4, 1), (5, 2), (9, 0)]
+
+
+def test_only_staff_whose_permissions_were_never_read_need_a_database_thread():
+    def author(**fields):
+        return SimpleNamespace(**{"is_staff": False, "is_superuser": False, **fields})
+
+    loaded = author(is_staff=True, _perm_cache=set())
+    assert not sendqueue.permissions_unread([SendRequest(1, author(), "", None)])
+    assert not sendqueue.permissions_unread([SendRequest(1, loaded, "", None)])
+    assert not sendqueue.permissions_unread(
+        [SendRequest(1, author(is_staff=True, is_superuser=True), "", None)])
+    assert sendqueue.permissions_unread(
+        [SendRequest(1, loaded, "", None), SendRequest(1, author(is_staff=True), "", None)])
