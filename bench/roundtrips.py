@@ -44,6 +44,7 @@ import time
 from collections import Counter
 
 import bench.stack as stack_module
+from bench import stats
 from bench.loadgen import Pool, split
 from bench.stack import (
     ChatStack,
@@ -353,7 +354,11 @@ def line(name: str, f: dict, extra: str = "") -> str:
 
 
 def details(f: dict) -> str:
-    out = ["    statements per action:"]
+    out = []
+    if "ack" in f:  # wall-clock, so load-dependent (through the proxies: a little slower)
+        out.append(f"    ack latency (frame to ack, one at a time): p50 {f['ack']['p50_ms']} "
+                   f"p99 {f['ack']['p99_ms']} max {f['ack']['max_ms']} ms")
+    out.append("    statements per action:")
     out += [f"      {n:6}  {sql}" for sql, n in f["top_sql"] if n >= 0.05]
     out.append("    redis commands per action: " + ", ".join(
         f"{cmd} {n}" for cmd, n in f["top_redis"] if n >= 0.05))
@@ -370,10 +375,16 @@ async def serial(port: int, token: str, room: int, count: int, proxies, stack, i
     ws = await connect("127.0.0.1", port, token=token, on_text=inbox)
     await inbox.expect(lambda m: m.get("type") == "hello")
 
+    latencies: list[int] = []
+
     async def act(frame: dict, ref: str) -> dict:
         frame["ref"] = ref
+        t0 = time.perf_counter_ns()
         ws.send_text(json.dumps(frame).encode())
-        return await inbox.expect(lambda m: m.get("ref") == ref and m.get("type") in ("ack", "error"))
+        reply = await inbox.expect(lambda m: m.get("ref") == ref
+                                   and m.get("type") in ("ack", "error"))
+        latencies.append(time.perf_counter_ns() - t0)
+        return reply
 
     async def sends(n, tag):
         ids = []
@@ -390,16 +401,18 @@ async def serial(port: int, token: str, room: int, count: int, proxies, stack, i
     await asyncio.sleep(idle_seconds)
     idle.stop()
     window = Window(proxies, stack).start()
+    latencies.clear()
     ids = await sends(count, "s")
     window.stop()
-    send = per_action(window, idle, count)
+    send = dict(per_action(window, idle, count), ack=stats.latency_summary(latencies))
     window = Window(proxies, stack).start()
+    latencies.clear()
     for i, pk in enumerate(ids):
         reply = await act({"type": "message.delete", "message": pk}, f"d{i}")
         if reply["type"] != "ack":
             raise RuntimeError(f"delete refused: {reply}")
     window.stop()
-    delete = per_action(window, idle, count)
+    delete = dict(per_action(window, idle, count), ack=stats.latency_summary(latencies))
     ws.close()
     return idle, send, delete
 
