@@ -261,7 +261,18 @@ class Proxies:
             asyncio.run_coroutine_threadsafe(proxy.start(), self.loop).result(10)
 
     def stop(self):
+        async def shut():
+            for proxy in (self.pg, self.redis):
+                proxy.server.close()
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
 
 
 # --- The stack, its server behind the proxies ----------------------------------------------------------
