@@ -36,7 +36,13 @@ import time
 import uuid
 
 from bench import stats
-from bench.stack import ChatStack, machine, make_users, stop_cleanly_on_sigterm
+from bench.stack import (
+    ChatStack,
+    cpu_seconds,
+    machine,
+    make_users,
+    stop_cleanly_on_sigterm,
+)
 
 DELETE_P99_BOUND_MS = 10.0
 ERASE_BOUND_S = 120.0
@@ -82,6 +88,14 @@ def seed_history(room_id: int, author_id: int, username: str, count: int, *, tag
         cursor.execute("ANALYZE events_event")
 
 
+def own_backend_pid() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
 def users_by_id(ids):
     from django.contrib.auth import get_user_model
 
@@ -121,20 +135,32 @@ def part_delete(args, log) -> dict:
         send_ns.append(time.perf_counter_ns() - t0)
         targets_empty.append(event.envelope["data"]["id"])
     times = {"big": [], "empty": []}
-    for big_id, empty_id in zip(targets_big, targets_empty, strict=False):  # interleaved: same load for both
+    cpu = {"big": [0, 0.0], "empty": [0, 0.0]}  # this thread's CPU ns, the backend's CPU s
+    backend = own_backend_pid()
+    # interleaved: the same load for both
+    for big_id, empty_id in zip(targets_big, targets_empty, strict=True):
         for name, pk in (("big", big_id), ("empty", empty_id)):
             message = Message.objects.get(pk=pk)
+            c0, b0 = time.thread_time_ns(), cpu_seconds(backend)
             t0 = time.perf_counter_ns()
             services.message_delete(message=message, actor=user)
             times[name].append(time.perf_counter_ns() - t0)
+            cpu[name][0] += time.thread_time_ns() - c0
+            cpu[name][1] += cpu_seconds(backend) - b0
     figures = {name: stats.latency_summary(values) for name, values in times.items()}
     figures["send_empty"] = stats.latency_summary(send_ns)
     events = {name: count_events(room.pk) for name, room in (("big", big), ("empty", empty))}
     for name in ("big", "empty"):
         f = figures[name]
         verdict = "ok" if f["p99_ms"] <= DELETE_P99_BOUND_MS else "MISS"
+        per = max(1, f["count"])
+        figures[name]["cpu_ms"] = {"client": round(cpu[name][0] / per / 1e6, 2),
+                                   "database": round(cpu[name][1] / per * 1000, 2)}
         log(f"delete   {name:5} log {events[name]:>9,} events  n {f['count']:4}  "
-            f"p50 {f['p50_ms']} p99 {f['p99_ms']} max {f['max_ms']} ms  {verdict}")
+            f"p50 {f['p50_ms']} p99 {f['p99_ms']} max {f['max_ms']} ms  {verdict}  "
+            f"(CPU ms per delete: this process {figures[name]['cpu_ms']['client']}, "
+            f"its database backend {figures[name]['cpu_ms']['database']}; round trips: "
+            "python -m bench.roundtrips)")
     f = figures["send_empty"]
     log(f"limit    send in the empty room (same run)  n {f['count']:4}  p50 {f['p50_ms']} "
         f"p99 {f['p99_ms']} max {f['max_ms']} ms")

@@ -268,7 +268,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.notifications.tasks.email_unread_notifications",
         "schedule": env_float("NOTIFY_EMAIL_SWEEP_SECONDS", 60.0),
     },
+    "erasure-sweep": {
+        "task": "apps.messaging.tasks.resume_erasures",
+        "schedule": env_float("ERASURE_SWEEP_SECONDS", 300.0),
+    },
 }
+# Erasures (apps.messaging.erasure) still unfinished this long after the request are queued
+# again by the erasure sweep (also its period).
+ERASURE_SWEEP_SECONDS = env_float("ERASURE_SWEEP_SECONDS", 300.0)
 # Notifications (apps.notifications): the mention worker's kick debounce, and the email of
 # notifications unread this many minutes (batched per user, once each).
 NOTIFY_KICK_DEBOUNCE_MS = env_int("NOTIFY_KICK_DEBOUNCE_MS", 1000)

@@ -117,14 +117,21 @@ def redact_message_events(message_ids) -> None:
         )
 
 
-def redaction_statement(message_ids: list[int]) -> Statement:
+def redaction_statement(message_ids: list[int], rename=None) -> Statement:
     """PostgreSQL: redact_message_events' UPDATE as a statement (to combine with the other
-    writes of a deletion into one round trip)."""
+    writes of a deletion into one round trip). `rename` (user id, username): also write that
+    name as the `actor` of the rows that user caused (an erasure: each row is rewritten once,
+    not once here and again by rename_actor)."""
+    redacted = "jsonb_set(envelope, '{data}', (envelope -> 'data') || %b::jsonb)"
+    params = [json.dumps(catalogue.REDACTED)]
+    if rename is not None:
+        redacted = ("CASE WHEN actor_id = %b::bigint THEN jsonb_set(" + redacted
+                    + ", '{actor,username}', to_jsonb(%b::text)) ELSE " + redacted + " END")
+        params = [rename[0], *params, rename[1], *params]
     return Statement(
-        f"UPDATE {connection.ops.quote_name(Event._meta.db_table)} SET envelope = "
-        "jsonb_set(envelope, '{data}', (envelope -> 'data') || %b::jsonb) "
+        f"UPDATE {connection.ops.quote_name(Event._meta.db_table)} SET envelope = {redacted} "
         "WHERE message_id = ANY(%b::bigint[]) AND type = ANY(%b::text[])",
-        [json.dumps(catalogue.REDACTED), list(message_ids), list(catalogue.CONTENT_TYPES)],
+        [*params, list(message_ids), list(catalogue.CONTENT_TYPES)],
     )
 
 

@@ -8,17 +8,21 @@ every message the user wrote in short batches, each its own transaction that loc
 and records one `message.deleted` (reason "erased") per message, so the rooms stay writable and
 their seqs gapless; then it writes the new name over every stored envelope that spelled the old
 one (`actor`, `data.user`). Every step skips what is already done, so running it again is
-harmless.
+harmless. A beat job (tasks.resume_erasures, every ERASURE_SWEEP_SECONDS) queues the task
+again for an erased account that still has unredacted messages: an erasure requested while the
+broker was down, or whose task gave up, completes.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.db import transaction
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
@@ -118,7 +122,7 @@ def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
         if not pending:
             break
         for room_id, ids in _batches(pending, batch_size):
-            counts["messages"] += _redact_batch(room_id, ids)
+            counts["messages"] += _redact_batch(room_id, ids, user_id)
             counts["batches"] += 1
     name = erased_username(user_id)
     if user.username != name:
@@ -136,6 +140,16 @@ def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
     return counts
 
 
+def unfinished_erasures(*, older_than: float = 0.0, limit: int = 100) -> list[int]:
+    """Ids of erased accounts (erased more than `older_than` seconds ago) that still wrote a
+    message not redacted: erasures whose task never ran or did not finish."""
+    live = Message.objects.filter(author_id=OuterRef("pk"), deleted_at__isnull=True)
+    before = timezone.now() - timedelta(seconds=older_than)
+    return list(User.objects.filter(erased_at__isnull=False, erased_at__lte=before,
+                                    is_active=False)
+                .filter(Exists(live)).order_by("erased_at").values_list("pk", flat=True)[:limit])
+
+
 def _batches(pending, size):
     """(room id, up to `size` message ids of that room), in order."""
     batch, room = [], None
@@ -149,13 +163,14 @@ def _batches(pending, size):
         yield room, batch
 
 
-def _redact_batch(room_id: int, ids: list[int]) -> int:
-    """One short transaction: lock the room, redact its messages still live among `ids`."""
+def _redact_batch(room_id: int, ids: list[int], user_id: int) -> int:
+    """One short transaction: lock the room, redact its messages still live among `ids` (and
+    rename the author in the rows it rewrites: the rename pass then skips them)."""
     with transaction.atomic():
         room = rooms.lock_room(room_id)
         live = list(Message.objects.filter(pk__in=ids, deleted_at__isnull=True)
                     .order_by("pk").values_list("pk", flat=True))
         if live:
             messages_redact(room=room, message_ids=live, actor=None, by_moderator=False,
-                            reason=ERASED_REASON)
+                            reason=ERASED_REASON, rename=(user_id, erased_username(user_id)))
         return len(live)

@@ -15,7 +15,15 @@ from django.utils import timezone
 from emoji import EMOJI_DATA
 
 from apps.core.errors import ServiceError, forbidden, invalid, not_found
-from apps.core.sql import Statement, combine, pg_update, run, update_by_pk
+from apps.core.sql import (
+    Statement,
+    combine,
+    pg_insert,
+    pg_update,
+    prepare_statements,
+    run,
+    update_by_pk,
+)
 from apps.events import catalogue as ev
 from apps.events import seqs
 from apps.events.models import Event
@@ -31,7 +39,7 @@ from apps.events.services import (
 )
 from apps.notifications.models import Notification
 from apps.rooms import services as rooms
-from apps.rooms.models import ModerationAction, Room
+from apps.rooms.models import Membership, ModerationAction, Room
 
 from . import send_orm, send_pg
 from . import send_plan as plan
@@ -149,41 +157,91 @@ def message_delete(*, message, actor, reason="") -> Event:
     """Delete a message: the author their own, moderators any (recorded in the audit trail).
 
     Redacts it in the same transaction: the row's body is cleared and every stored event that
-    carried its content is rewritten to the redacted form (PROTOCOL §6)."""
+    carried its content is rewritten to the redacted form (PROTOCOL §6). On PostgreSQL that is
+    three round trips: the lock and the reads (with BEGIN), every write, COMMIT."""
     reason = (reason or "").strip()[:500]
     with transaction.atomic():
-        room = rooms.lock_room(message.room_id)
-        message = Message.objects.get(pk=message.pk)
-        rooms.check_can_read(room, actor)
+        room, message, membership = _lock_for_delete(message, actor)
+        rooms.check_can_read(room, actor, membership=membership)
         if message.is_deleted:
             raise invalid("the message is already deleted")
         rooms.check_not_archived(room)
         by_moderator = message.author_id != actor.pk
-        if by_moderator and not rooms.can_moderate(room, actor):
+        if by_moderator and not rooms.can_moderate(room, actor, membership):
             raise forbidden("only the author or a moderator can delete a message")
+        audit = [ModerationAction(
+            room=room, actor=actor, target_user_id=message.author_id,
+            target_message_id=message.pk, action=ModerationAction.Action.DELETE_MESSAGE,
+            reason=reason,
+        )] if by_moderator else []
         event = messages_redact(room=room, message_ids=[message.pk], actor=actor,
-                                by_moderator=by_moderator, reason=reason)[0]
+                                by_moderator=by_moderator, reason=reason, audit=audit)[0]
         message.body, message.deleted_at = "", event.ts
-        if by_moderator:
-            ModerationAction.objects.create(
-                room=room,
-                actor=actor,
-                target_user_id=message.author_id,
-                target_message_id=message.pk,
-                action=ModerationAction.Action.DELETE_MESSAGE,
-                reason=reason,
-            )
         return event
 
 
-def messages_redact(*, room, message_ids, actor, by_moderator, reason) -> list[Event]:
+def _lock_for_delete(message, actor) -> tuple[Room, Message, Membership | None]:
+    """The message's room locked, and the message and the actor's membership read afresh
+    under that lock. On PostgreSQL one round trip (a pipeline, with the transaction's BEGIN):
+    the reads run after the lock is granted, so they see every change committed before it."""
+    if connection.vendor != "postgresql":
+        room = rooms.lock_room(message.room_id)
+        found = Message.objects.filter(pk=message.pk).first()
+        membership = None if found is None else rooms.get_membership(room, actor)
+    else:
+        room_rows, message_rows, membership_rows = _pipelined([
+            _select(Room, "id = %b FOR UPDATE", [message.room_id]),
+            _select(Message, "id = %b", [message.pk]),
+            _select(Membership, "room_id = %b AND user_id = %b", [message.room_id, actor.pk]),
+        ])
+        room = Room.from_db(connection.alias, None, room_rows[0]) if room_rows else None
+        found = Message.from_db(connection.alias, None, message_rows[0]) if message_rows else None
+        membership = (Membership.from_db(connection.alias, None, membership_rows[0])
+                      if membership_rows else None)
+    if room is None:
+        raise not_found("room not found")
+    if found is None:
+        raise not_found("message not found")
+    return room, found, membership
+
+
+def _pipelined(statements: list[Statement]) -> list[list]:
+    """PostgreSQL: the statements' rows, in one round trip with whatever psycopg queued before
+    them (the BEGIN of the transaction): sent in a pipeline, read once it is synced."""
+    import psycopg
+
+    connection.ensure_connection()
+    conn = connection.connection
+    cursors = [psycopg.Cursor(conn) for _ in statements]
+    try:
+        with conn.pipeline():
+            for cursor, statement in zip(cursors, statements, strict=True):
+                cursor.execute(statement.sql, statement.params, prepare=prepare_statements())
+        return [cursor.fetchall() for cursor in cursors]
+    finally:
+        for cursor in cursors:
+            cursor.close()
+
+
+def _select(model, where: str, params: list) -> Statement:
+    """SELECT every concrete column of the model's rows (Model.from_db's order)."""
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in model._meta.concrete_fields)
+    return Statement(f"SELECT {columns} FROM {quote(model._meta.db_table)} WHERE {where}",
+                     params, True)
+
+
+def messages_redact(*, room, message_ids, actor, by_moderator, reason,
+                    audit=(), rename=None) -> list[Event]:
     """Delete and redact messages of one room: one message.deleted each, the rows' bodies
     cleared and their content events redacted, in one statement on PostgreSQL whatever their
     number.
 
     Holds the room row lock (the caller's lock_room read `room.last_seq` under it): the new
     events' seqs follow it. The @mention notifications quote the text, so they go too (the
-    Kafka consumer also drops them on message.deleted; this makes it so from the commit on)."""
+    Kafka consumer also drops them on message.deleted; this makes it so from the commit on).
+    `audit`: unsaved ModerationActions written with the rest; `rename`: see
+    redaction_statement (PostgreSQL; elsewhere rename_actor does it)."""
     ids = list(message_ids)
     now = timezone.now()
     deleted_by = actor.pk if actor is not None else None
@@ -200,19 +258,33 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason) -> list[E
             Statement(f"UPDATE {Message._meta.db_table} SET body = '', deleted_at = %b, "
                       "deleted_by_id = %b::bigint WHERE id = ANY(%b::bigint[])",
                       [now, deleted_by, ids]),
-            redaction_statement(ids),
+            redaction_statement(ids, rename),
             Statement(f"DELETE FROM {Notification._meta.db_table} "
                       "WHERE message_id = ANY(%b::bigint[])", [ids]),
+            *([_audit_statement(audit, now)] if audit else []),
             events_statement(events),
         ])])
         send_events_on_commit(fanout_items(events))
         return events
+    ModerationAction.objects.bulk_create(audit)
     Message.objects.filter(pk__in=ids).update(body="", deleted_at=now, deleted_by_id=deleted_by)
     redact_message_events(ids)
     Notification.objects.filter(message_id__in=ids).delete()
     update_by_pk(Room, "last_seq", {room.pk: room.last_seq})
     record_events(events)
     return events
+
+
+AUDIT_FIELDS = ["room_id", "actor_id", "target_user_id", "target_message_id", "action", "reason",
+                "details", "created_at"]
+
+
+def _audit_statement(actions, now) -> Statement:
+    """PostgreSQL: the INSERT of unsaved ModerationActions (to combine with other writes)."""
+    for action in actions:
+        action.created_at = now
+    return pg_insert(ModerationAction, AUDIT_FIELDS,
+                     [tuple(getattr(a, name) for name in AUDIT_FIELDS) for a in actions])
 
 
 def reaction_add(*, message, user, emoji) -> Event:

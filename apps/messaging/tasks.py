@@ -1,5 +1,6 @@
 """Celery tasks of messaging: retention (its retry policy is the schedule: a room that failed
-is purged again on the next run) and the erasure of an account's history."""
+is purged again on the next run), the erasure of an account's history, and the sweep that
+finishes erasures whose task was never queued (the broker was down) or gave up."""
 
 from celery import shared_task
 from django.db import DatabaseError
@@ -22,3 +23,16 @@ def erase_account_history(self, user_id: int):
         erase_history(user_id=user_id)
     except DatabaseError as exc:
         raise self.retry(exc=exc, countdown=5) from exc
+
+
+@shared_task(ignore_result=True)
+def resume_erasures():
+    """Celery beat (erasure-sweep): queue the erasure again for every erased account whose
+    history still holds a message not redacted, erased at least ERASURE_SWEEP_SECONDS ago (an
+    erasure requested while the broker was down completes; a running one is left alone)."""
+    from django.conf import settings
+
+    from .erasure import unfinished_erasures
+
+    for user_id in unfinished_erasures(older_than=settings.ERASURE_SWEEP_SECONDS):
+        erase_account_history.delay(user_id)

@@ -74,13 +74,19 @@ def check_can_view(room, user) -> None:
         raise not_found("room not found")
 
 
-def check_can_read(room, user, *, missing="room not found") -> Membership | None:
+_UNREAD = object()
+
+
+def check_can_read(room, user, *, missing="room not found",
+                   membership=_UNREAD) -> Membership | None:
     """Read the room's messages, events, members and reactions: the view rule, and no ban.
 
     A user banned from a public room gets `forbidden`; from a private room (where a ban ends
-    the membership) `not_found` with the `missing` text, like any outsider.
+    the membership) `not_found` with the `missing` text, like any outsider. `membership`: the
+    user's row (or None) if the caller read it already.
     """
-    membership = get_membership(room, user)
+    if membership is _UNREAD:
+        membership = get_membership(room, user)
     if not room_visible(room, user, membership):
         raise not_found(missing)
     if membership is not None and membership.is_banned() and not is_site_moderator(user):
@@ -88,8 +94,9 @@ def check_can_read(room, user, *, missing="room not found") -> Membership | None
     return membership
 
 
-def can_moderate(room, user) -> bool:
-    membership = get_membership(room, user)
+def can_moderate(room, user, membership=_UNREAD) -> bool:
+    if membership is _UNREAD:
+        membership = get_membership(room, user)
     return bool(membership and membership.is_moderator) or is_site_moderator(user)
 
 

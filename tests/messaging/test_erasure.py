@@ -231,3 +231,48 @@ def test_the_erasure_service_in_one_process_on_every_database():
     assert counts["messages"] == 12 and counts["batches"] == 3 and counts["renamed"] > 0
     assert_erased(user.pk, name, made, messages_before, events_before)
     assert erasure.erase_history(user_id=user.pk)["renamed"] == 0
+
+
+@pytest.mark.django_db
+def test_an_erasure_whose_task_never_ran_is_found_by_the_sweep():
+    """No task queued (here: the transaction's on_commit never runs, as with the broker down):
+    the account is listed as unfinished once ERASURE_SWEEP_SECONDS have passed, until done."""
+    name = "erasable-edsger"
+    user, _other, made = history_in_three_rooms(name)
+    messages_before, events_before = Message.objects.count(), Event.objects.count()
+    erasure.account_erase(user=user, actor=user, password=PASSWORD)
+    assert erasure.unfinished_erasures(older_than=3600) == []  # too recent: its task may run
+    assert erasure.unfinished_erasures() == [user.pk]
+    erasure.erase_history(user_id=user.pk)
+    assert erasure.unfinished_erasures() == []
+    assert_erased(user.pk, name, made, messages_before, events_before)
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_an_erasure_requested_while_the_broker_was_down_is_finished_by_the_sweep(
+        celery_worker, monkeypatch, settings):
+    """The task could not be queued at the request (the broker refused it); the beat job
+    resume_erasures queues it again and the worker finishes the erasure."""
+    from kombu.exceptions import OperationalError
+
+    from apps.messaging import tasks
+
+    name = "erasable-hedy"
+    user, _other, made = history_in_three_rooms(name)
+    messages_before, events_before = Message.objects.count(), Event.objects.count()
+
+    def broker_down(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(tasks.erase_account_history, "delay", broker_down)
+    erasure.account_erase(user=user, actor=user, password=PASSWORD)  # on_commit: robust
+    monkeypatch.undo()
+    assert Message.objects.filter(author=user, deleted_at__isnull=True).count() == 12
+    settings.ERASURE_SWEEP_SECONDS = 0
+    tasks.resume_erasures()
+    wait_for(lambda: not Message.objects.filter(author=user, deleted_at__isnull=True)
+             .exists() and envelopes_naming(name) == 0, timeout=60,
+             message="the erasure queued by the sweep")
+    assert_erased(user.pk, name, made, messages_before, events_before)
+    assert erasure.unfinished_erasures() == []
