@@ -5,6 +5,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from apps.core.api import api_not_found
 from apps.messaging import api as messaging
+from apps.messaging import api_threads as threads
 from apps.moderation import api as moderation
 from apps.notifications import api as notifications
 from apps.rooms import api as rooms
@@ -49,6 +50,12 @@ urlpatterns = [
     path("rooms/<int:room_id>/messages/", messaging.RoomMessagesApi.as_view(),
          name="room-messages"),
     path("messages/<int:message_id>/", messaging.MessageDetailApi.as_view(), name="message"),
+    path("messages/<int:message_id>/thread/", threads.ThreadApi.as_view(), name="message-thread"),
+    path("messages/<int:message_id>/thread/read/", threads.ThreadReadApi.as_view(),
+         name="message-thread-read"),
+    path("messages/<int:message_id>/follow/", threads.FollowApi.as_view(), name="message-follow"),
+    path("threads/", threads.ThreadsApi.as_view(), name="threads"),
+    path("search/", threads.SearchApi.as_view(), name="search"),
     path("messages/<int:message_id>/reactions/", messaging.MessageReactionsApi.as_view(),
          name="message-reactions"),
     path("messages/<int:message_id>/report/", moderation.MessageReportApi.as_view(),

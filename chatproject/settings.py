@@ -336,6 +336,12 @@ OUTBOX_KICK_DEBOUNCE_MS = env_int("OUTBOX_KICK_DEBOUNCE_MS", 1000)
 # --- Chat behaviour and limits --------------------------------------------------------------------
 SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)
 CHAT_MESSAGE_MAX_LENGTH = 4000
+# Message search (apps.messaging.search). The PostgreSQL text search configuration of the
+# index: 'simple' (lower-cased words, no stemming, no stop words) suits a chat in any language;
+# 'english' stems. Read when the index is created (migration 0007): changing it means
+# rebuilding the column (docs/operations.md).
+SEARCH_CONFIG = env("SEARCH_CONFIG", "simple")
+SEARCH_QUERY_MAX_LENGTH = env_int("SEARCH_QUERY_MAX_LENGTH", 500)
 # Messages an erasure redacts per transaction (one room locked, one message.deleted each).
 ERASURE_BATCH_SIZE = env_int("ERASURE_BATCH_SIZE", 500)
 CHAT_REPLAY_LIMIT = env_int("CHAT_REPLAY_LIMIT", 500)

@@ -61,6 +61,7 @@ CATALOGUE: dict[str, EventSpec] = {
                   kafka=False),
         EventSpec("typing", seq=False, persisted=False, fanout=ROOM, kafka=False),
         EventSpec("presence.changed", seq=False, persisted=False, fanout=SHARED_ROOMS, kafka=False),
+        EventSpec("thread.updated", seq=False, persisted=False, fanout=ROOM, kafka=False),
     ]
 }
 
@@ -111,7 +112,7 @@ def message_created(message) -> dict:
         "body": message.body,
         "reply_to": message.reply_to_id,
         "client_id": str(message.client_id),
-        "thread": None,  # reply threading (PROTOCOL §8) is not built yet
+        "thread": message.thread_id,
         "attachments": [],
         "redacted": False,
     }
@@ -148,6 +149,10 @@ def subject_of(data: dict) -> int | None:
     """The id of the user named in data.user (the indexed Event.subject_id), or None."""
     user = data.get("user")
     return user.get("id") if isinstance(user, dict) else None
+
+
+def thread_updated(root_id: int, *, reply_count: int, last_reply_seq: int | None) -> dict:
+    return {"root": root_id, "reply_count": reply_count, "last_reply_seq": last_reply_seq}
 
 
 def reaction_added(*, message_id: int, emoji: str) -> dict:

@@ -123,6 +123,9 @@ DATA: dict[str, dict] = {
         "created_at": _ts,
     })}),
     "typing": _obj({"user": _user, "state": {"type": "boolean"}}),
+    "thread.updated": _obj({"root": _id, "reply_count": {"type": "integer", "minimum": 0},
+                            "last_reply_seq": {"anyOf": [{"type": "integer", "minimum": 1},
+                                                         {"type": "null"}]}}),
     "presence.changed": _obj({"user": _user, "status": {"enum": ["online", "away", "offline"]}}),
 }
 
@@ -131,7 +134,7 @@ def envelope_schema(type: str) -> dict:
     """The full envelope schema of one event type."""
     spec = CATALOGUE[type]
     room_required = spec.seq or type in ("receipt.updated", "report.created",
-                                         "notification.created")
+                                         "notification.created", "thread.updated")
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:chat:event:{type}",

@@ -15,6 +15,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework import status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
+from rest_framework.utils.urls import remove_query_param
 
 from apps.core.api import LIMIT, ErrorSerializer, int_param, limit_param, next_url, validated
 from apps.core.errors import invalid
@@ -52,6 +53,8 @@ class RoomMessagesApi(RoomScopedApi):
     @extend_schema(
         parameters=[
             OpenApiParameter("before", int, description="Cursor: messages with seq < before"),
+            OpenApiParameter("around", int, description="The messages around this seq (a "
+                             "search hit): limit/2 older ones, it and the newer ones"),
             LIMIT,
         ],
         responses={200: MessagePageSerializer, **NOT_FOUND},
@@ -59,6 +62,11 @@ class RoomMessagesApi(RoomScopedApi):
     def get(self, request, room_id):
         limit = limit_param(request, MESSAGES_PAGE)
         before = int_param(request, "before", default=None, minimum=1)
+        around = int_param(request, "around", default=None, minimum=1, maximum=2**63 - 1)
+        if around is not None:
+            if before is not None:
+                raise invalid("give either before or around")
+            return self.around(request, around, limit)
         messages = Message.objects.in_room(self.room).before(before).newest_first()
         page = list(with_reactions(messages)[: limit + 1])
         more = len(page) > limit
@@ -69,6 +77,21 @@ class RoomMessagesApi(RoomScopedApi):
                 "next": next_url(request, before=page[-1].seq, limit=limit) if more else None,
             }
         )
+
+    def around(self, request, seq, limit):
+        """Newest first like every page: the newer half (seq itself included) and the older
+        half; `next` pages on back from the oldest, as from a `before` page."""
+        older_count = limit // 2
+        room = Message.objects.in_room(self.room)
+        newer = list(with_reactions(room.filter(seq__gte=seq).order_by("seq"))[: limit - older_count])
+        older = list(with_reactions(room.before(seq).newest_first())[: older_count + 1])
+        more = len(older) > older_count
+        page = newer[::-1] + older[:older_count]
+        return Response({
+            "results": MessageSerializer(page, many=True, context={"user": request.user}).data,
+            "next": (remove_query_param(next_url(request, before=page[-1].seq, limit=limit),
+                                        "around") if more else None),
+        })
 
     @extend_schema(
         request=MessageSendSerializer,

@@ -2,6 +2,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from apps.rooms.models import Room
@@ -20,6 +21,15 @@ class Message(models.Model):
     reply_to = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
     )
+    # Threads (PROTOCOL §8): a reply's `thread` is its root (replies to replies join the
+    # root's thread); a root's reply_count and last_reply_seq count its live replies, kept
+    # under the room lock by every send and deletion (apps.messaging.threads).
+    thread = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="thread_replies",
+        db_index=False,
+    )
+    reply_count = models.PositiveIntegerField(default=0, db_default=0)
+    last_reply_seq = models.BigIntegerField(null=True, blank=True)
     # Sending again with the same (author, client_id) returns the original message.
     client_id = models.UUIDField(default=uuid.uuid4)
     # The seq of the message.created event that recorded it.
@@ -38,6 +48,7 @@ class Message(models.Model):
             models.UniqueConstraint(fields=["author", "client_id"], name="message_author_client_id"),
             models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq"),
         ]
+        indexes = [models.Index(fields=["thread", "seq"], name="message_thread_seq")]
 
     def __str__(self):
         return f"#{self.pk} in {self.room_id} by {self.author_id}"
@@ -59,3 +70,23 @@ class Reaction(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["message", "user", "emoji"], name="reaction_unique")
         ]
+
+
+class ThreadFollow(models.Model):
+    """A user following a thread (its root message), with their read position in it.
+
+    Made for the root's author and every replier when they reply; `following` false keeps
+    an explicit unfollow (a later reply of theirs follows again; another's does not)."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    root = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="follows")
+    following = models.BooleanField(default=True, db_default=True)
+    # The seq of the last reply the user has read (0: none).
+    last_read_seq = models.BigIntegerField(default=0, db_default=0)
+    created_at = models.DateTimeField(default=timezone.now, db_default=Now())
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "root"], name="thread_follow_user_root"),
+        ]
+        indexes = [models.Index(fields=["user", "following"], name="thread_follow_user")]

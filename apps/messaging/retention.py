@@ -36,7 +36,7 @@ from apps.notifications.models import Notification
 from apps.rooms.models import Room
 from apps.rooms.services import lock_room
 
-from .models import Message, Reaction
+from .models import Message, Reaction, ThreadFollow
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +148,11 @@ def _delete_messages(room_id: int, start: int, stop: int) -> int:
     Message.objects.filter(
         reply_to__room_id=room_id, reply_to__seq__gte=start, reply_to__seq__lt=stop
     ).exclude(**held).update(reply_to=None)  # replies that stay lose the link
+    # Threads go with their roots (a root's seq is below its replies'): follows, and links.
+    ThreadFollow.objects.filter(root__in=Message.objects.filter(**held)).delete()
+    Message.objects.filter(
+        thread__room_id=room_id, thread__seq__gte=start, thread__seq__lt=stop
+    ).exclude(**held).update(thread=None)
     with connection.cursor() as cursor:
         cursor.execute(
             f"DELETE FROM {Message._meta.db_table} WHERE room_id = %s AND seq >= %s AND seq < %s",

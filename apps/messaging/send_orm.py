@@ -14,11 +14,12 @@ from django.utils import timezone
 
 from apps.core.sql import insert_rows, update_by_pk
 from apps.events.models import Event
-from apps.events.services import record_events
+from apps.events.services import record_events, send_events_on_commit
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, Room
 
 from . import send_plan as plan
+from . import threads
 from .models import Message
 
 
@@ -33,14 +34,10 @@ def read(keys: plan.Keys) -> plan.Reads:
             author_id__in=keys.author_ids, client_id__in=keys.client_ids
         ).values_list("author_id", "client_id", "room_id", "seq")
     }
-    reply_rooms = (
-        {pk: None if deleted_at else room_id for pk, room_id, deleted_at in
-         Message.objects.filter(pk__in=keys.reply_ids).values_list("id", "room_id", "deleted_at")}
-        if keys.reply_ids else {}
-    )
+    reply_rooms, reply_roots = threads.reply_targets(keys.reply_ids)
     return plan.Reads(locked, rooms.post_memberships(locked, keys.author_ids), earlier,
                       reply_rooms, None,
-                      rooms.blocked_senders(locked.values(), set(keys.author_ids)))
+                      rooms.blocked_senders(locked.values(), set(keys.author_ids)), reply_roots)
 
 
 def _post_stamps(rows) -> None:
@@ -49,7 +46,7 @@ def _post_stamps(rows) -> None:
 
 
 # send_plan.ExtraWrite kind -> its writer.
-EXTRA_WRITES = {"post_stamps": _post_stamps}
+EXTRA_WRITES = {"post_stamps": _post_stamps, "threads": threads.write}
 
 
 def write(decision: plan.Decision, reads: plan.Reads) -> dict:
@@ -61,8 +58,10 @@ def write(decision: plan.Decision, reads: plan.Reads) -> dict:
                       returning="id")
     created = plan.created_events(decision, messages, ids)
     record_events(list(created.values()))
-    for extra in plan.extra_writes(decision, messages):
+    for extra in plan.extra_writes(decision, messages, reads):
         EXTRA_WRITES[extra.kind](extra.rows)
+        if extra.fanout:
+            send_events_on_commit(list(extra.fanout))
     return created
 
 

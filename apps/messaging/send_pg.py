@@ -27,6 +27,7 @@ from apps.rooms.models import Membership, Room
 from apps.users.models import Block
 
 from . import send_plan as plan
+from . import threads
 from .models import Message
 
 
@@ -65,8 +66,7 @@ def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
                   "GREATEST(b.blocker_id, b.blocked_id)::text "
                   "WHERE r.id = ANY(%b) AND r.kind = 'direct' AND b.blocked_id = ANY(%b)",
                   [keys.room_ids, keys.author_ids], True),
-    ] + ([Statement(f"SELECT id, CASE WHEN deleted_at IS NULL THEN room_id END FROM {messages} "
-                    "WHERE id = ANY(%b)", [keys.reply_ids], True)] if keys.reply_ids else [])
+    ] + ([threads.reply_targets_statement(keys.reply_ids)] if keys.reply_ids else [])
 
 
 def reads_from_rows(rows) -> plan.Reads:
@@ -80,9 +80,9 @@ def reads_from_rows(rows) -> plan.Reads:
         membership.user = user.from_db(db, None, row[split:])
         memberships[(membership.room_id, membership.user_id)] = membership
     earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
-    replies = dict(rows[5]) if len(rows) > 5 else {}
+    replies, roots = threads.reply_targets_from_rows(rows[5]) if len(rows) > 5 else ({}, {})
     return plan.Reads(locked, memberships, earlier, replies, [row[0] for row in rows[3]],
-                      {tuple(row) for row in rows[4]})
+                      {tuple(row) for row in rows[4]}, roots)
 
 
 def _post_stamps(rows) -> Statement:
@@ -92,25 +92,32 @@ def _post_stamps(rows) -> Statement:
         [now, membership_ids])
 
 
-# send_plan.ExtraWrite kind -> its statement (combined with the batch's other writes).
-EXTRA_STATEMENTS = {"post_stamps": _post_stamps}
+# send_plan.ExtraWrite kind -> its statement, or statements (combined with the batch's other
+# writes).
+EXTRA_STATEMENTS = {"post_stamps": _post_stamps, "threads": threads.pg_statements}
 
 
-def write_statement(decision: plan.Decision, reads: plan.Reads) -> tuple[dict, Statement]:
-    """The accepted sends' events ({request index: event}) and the one statement that writes
-    them, their messages, the rooms' last_seq and the extra writes (nothing waits for it)."""
+def write_statement(decision: plan.Decision,
+                    reads: plan.Reads) -> tuple[dict, Statement, list]:
+    """The accepted sends' events ({request index: event}), the one statement that writes
+    them, their messages, the rooms' last_seq and the extra writes (nothing waits for it),
+    and the fan-out items for after the commit (the events, then the extra writes')."""
     messages, last = plan.plan_messages(decision, reads)
     ids = reads.message_ids[: len(messages)]
     created = plan.created_events(decision, messages, ids)
-    extras = [EXTRA_STATEMENTS[extra.kind](extra.rows)
-              for extra in plan.extra_writes(decision, messages)]
-    return created, combine([
+    extras, later = [], []
+    for extra in plan.extra_writes(decision, messages, reads):
+        written = EXTRA_STATEMENTS[extra.kind](extra.rows)
+        extras += written if isinstance(written, list) else [written]
+        later += extra.fanout
+    statement = combine([
         *extras,
         pg_update(Room, "last_seq", last),
         pg_insert(Message, ["id", *plan.MESSAGE_FIELDS],
                   [(pk, *plan.message_row(m)) for pk, m in zip(ids, messages, strict=True)]),
-        events_statement(list(created.values())),
+        events_statement(list(created.values())),  # serializes the envelopes: then fan-out
     ])
+    return created, fanout_items(created.values()) + later, statement
 
 
 def logged_statement(wanted) -> Statement:
@@ -150,9 +157,9 @@ def send_batch(todo: list[plan.Send], results: list) -> None:
         decision = plan.decide(todo, reads, results, timezone.now())
         created = {}
         if decision.accepted:
-            created, statement = write_statement(decision, reads)
+            created, fanout, statement = write_statement(decision, reads)
             run([statement])
-            send_events_on_commit(fanout_items(created.values()))
+            send_events_on_commit(fanout)
         wanted = plan.wanted(decision.resends)
         logged = logged_from_rows(run([logged_statement(wanted)])[0]) if wanted else {}
         plan.answer(decision, created, logged, results)
@@ -165,9 +172,9 @@ async def asend_batch(conn, todo: list[plan.Send], results: list) -> None:
     async with conn.transaction(), conn.pipeline():
         reads = reads_from_rows(await arun(conn, read_statements(plan.keys(todo), len(todo))))
         decision = plan.decide(todo, reads, results, timezone.now())
-        created = {}
+        created, fanout = {}, []
         if decision.accepted:
-            created, statement = write_statement(decision, reads)
+            created, fanout, statement = write_statement(decision, reads)
             await arun(conn, [statement])
         wanted = plan.wanted(decision.resends)
         logged = {}
@@ -176,4 +183,4 @@ async def asend_batch(conn, todo: list[plan.Send], results: list) -> None:
         plan.answer(decision, created, logged, results)
     # Committed (outside any transaction of Django's): after_commit runs the fan-out now.
     if created:
-        send_events_on_commit(fanout_items(created.values()))
+        send_events_on_commit(fanout)

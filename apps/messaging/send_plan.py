@@ -43,10 +43,12 @@ from apps.events.models import Event
 from apps.events.services import build_event
 from apps.rooms import services as rooms
 
+from . import threads
 from .models import Message
 
 # The columns of a new message row (send_pg and send_orm insert these; PostgreSQL adds "id").
-MESSAGE_FIELDS = ["room_id", "author_id", "body", "client_id", "reply_to_id", "seq", "created_at"]
+MESSAGE_FIELDS = ["room_id", "author_id", "body", "client_id", "reply_to_id", "thread_id", "seq",
+                  "created_at"]
 
 
 class SendRequest(NamedTuple):
@@ -141,6 +143,7 @@ class Reads(NamedTuple):
     reply_rooms: dict  # reply_to message id -> its room id (None: deleted)
     message_ids: list | None  # ids drawn for the new messages (PostgreSQL), else None
     blocked: set  # (direct room id, author id) where the room's other member blocked the author
+    reply_roots: dict  # reply_to message id -> its thread's root (threads.Root)
 
 
 class Decision(NamedTuple):
@@ -206,7 +209,8 @@ def plan_messages(decision: Decision, reads: Reads) -> tuple[list[Message], dict
                                [send.room_id for send in decision.accepted])
     messages = [
         Message(room=locked[send.room_id], author=send.author, body=send.body,
-                client_id=send.client_id, reply_to_id=send.reply_to, seq=seq,
+                client_id=send.client_id, reply_to_id=send.reply_to,
+                thread_id=threads.thread_of(send.reply_to, reads.reply_roots), seq=seq,
                 created_at=decision.now)
         for send, seq in zip(decision.accepted, seq_of, strict=True)
     ]
@@ -234,26 +238,39 @@ def created_events(decision: Decision, messages: list[Message], ids) -> dict[int
 
 class ExtraWrite(NamedTuple):
     """A per-batch write beyond the messages, events and last_seqs: `kind` names the writer in
-    each executor (send_pg.EXTRA_STATEMENTS, send_orm.EXTRA_WRITES), `rows` is its input."""
+    each executor (send_pg.EXTRA_STATEMENTS, send_orm.EXTRA_WRITES), `rows` is its input;
+    `fanout`: ephemeral events for the room's sockets once the batch committed, after its
+    message.created events (fan-out items as send_events_on_commit takes them)."""
 
     kind: str
     rows: object
+    fanout: tuple = ()
 
 
-def post_stamps(decision: Decision, messages: list[Message]) -> ExtraWrite | None:
+def post_stamps(decision: Decision, messages: list[Message], reads: Reads) -> ExtraWrite | None:
     """Slow mode: the memberships whose last_posted_at the batch sets to its `now`."""
     if not decision.stamped:  # slow-mode rooms only: no extra write for the others
         return None
     return ExtraWrite("post_stamps", (decision.now, list(decision.stamped)))
 
 
+def thread_updates(decision: Decision, messages: list[Message], reads: Reads) -> ExtraWrite | None:
+    """Threads: the roots' new counts and the follows the batch's replies make, and the
+    thread.updated events (apps.messaging.threads). None when the batch has no reply."""
+    thread_plan = threads.plan(messages, reads.reply_roots)
+    if not thread_plan.counts:
+        return None
+    return ExtraWrite("threads", thread_plan, thread_plan.fanout_items())
+
+
 # The planners of the per-batch extra writes, in the order they are written (see the module
-# docstring: the extension point for what a send also writes).
-EXTRA_PLANNERS = [post_stamps]
+# docstring: the extension point for what a send also writes). Each takes the decision, the
+# new messages (with their seqs) and the reads.
+EXTRA_PLANNERS = [post_stamps, thread_updates]
 
 
-def extra_writes(decision: Decision, messages: list[Message]) -> list[ExtraWrite]:
-    found = (planner(decision, messages) for planner in EXTRA_PLANNERS)
+def extra_writes(decision: Decision, messages: list[Message], reads: Reads) -> list[ExtraWrite]:
+    found = (planner(decision, messages, reads) for planner in EXTRA_PLANNERS)
     return [extra for extra in found if extra is not None]
 
 

@@ -33,6 +33,10 @@ class MessageSerializer(serializers.Serializer):
     author = UserSerializer()
     body = serializers.SerializerMethodField()
     reply_to = serializers.IntegerField(source="reply_to_id", allow_null=True)
+    thread = serializers.IntegerField(source="thread_id", allow_null=True,
+                                      help_text="The thread's root message id (replies only).")
+    reply_count = serializers.IntegerField(help_text="Live replies in the thread it roots.")
+    last_reply_seq = serializers.IntegerField(allow_null=True)
     client_id = serializers.UUIDField()
     created_at = serializers.DateTimeField()
     edited_at = serializers.DateTimeField(allow_null=True)

@@ -41,7 +41,7 @@ from apps.notifications.models import Notification
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
 
-from . import send_orm, send_pg
+from . import send_orm, send_pg, threads
 from . import send_plan as plan
 from .models import Message, Reaction
 from .send_plan import SendRequest, clean_body, clean_client_id  # noqa: F401 (their home)
@@ -253,7 +253,7 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason,
         for seq, pk in zip(seq_of, ids, strict=True)
     ]
     if connection.vendor == "postgresql":  # every write in one statement: one round trip
-        run([combine([
+        writes = combine([
             pg_update(Room, "last_seq", {room.pk: room.last_seq}),
             Statement(f"UPDATE {Message._meta.db_table} SET body = '', deleted_at = %b, "
                       "deleted_by_id = %b::bigint WHERE id = ANY(%b::bigint[])",
@@ -263,8 +263,12 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason,
                       "WHERE message_id = ANY(%b::bigint[])", [ids]),
             *([_audit_statement(audit, now)] if audit else []),
             events_statement(events),
-        ])])
-        send_events_on_commit(fanout_items(events))
+        ])
+        # The threads' recount reads the deletion: pipelined after it, in the same round trip.
+        connection.ensure_connection()
+        with connection.wrap_database_errors, connection.connection.pipeline():
+            recounted = run([writes, threads.recount_statement(ids)])[1]
+        send_events_on_commit(fanout_items(events) + threads.recount_items(recounted, actor))
         return events
     ModerationAction.objects.bulk_create(audit)
     Message.objects.filter(pk__in=ids).update(body="", deleted_at=now, deleted_by_id=deleted_by)
@@ -272,6 +276,7 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason,
     Notification.objects.filter(message_id__in=ids).delete()
     update_by_pk(Room, "last_seq", {room.pk: room.last_seq})
     record_events(events)
+    send_events_on_commit(threads.recount_items(threads.recount(ids), actor))
     return events
 
 

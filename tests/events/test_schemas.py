@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from unittest import mock
 
 import jsonschema
 import pytest
@@ -12,6 +13,7 @@ from apps.events import catalogue as ev
 from apps.events.catalogue import CATALOGUE, EPHEMERAL_TYPES
 from apps.events.models import Event
 from apps.events.schemas import SCHEMAS
+from apps.messaging import send_orm, send_pg
 from apps.messaging import services as messaging
 from apps.moderation import services as moderation
 from apps.notifications import mentions
@@ -44,7 +46,16 @@ def every_service_once():
     first = factories.send(room, owner, body="hello @" + member.username)
     mentions.process_pending()  # the mention worker: notification.created (not in the log)
     notified = [mentions.created_envelope(n) for n in Notification.objects.all()]
-    reply = factories.send(room, mod, body="re", reply_to=first.envelope["data"]["id"])
+    fanned = []  # thread.updated: the send path fans it out, never stores it
+    real = send_pg.send_events_on_commit
+
+    def spy(items):
+        fanned.extend(items)
+        real(items)
+
+    with mock.patch.object(send_orm, "send_events_on_commit", spy), \
+            mock.patch.object(send_pg, "send_events_on_commit", spy):
+        reply = factories.send(room, mod, body="re", reply_to=first.envelope["data"]["id"])
     message = messaging.get_message_or_404(first.envelope["data"]["id"], owner)
     messaging.message_edit(message=message, actor=owner, body="hello again")
     moderation.report_create(message=message, reporter=member, category="spam", reason="ads")
@@ -72,7 +83,7 @@ def every_service_once():
                     data=ev.typing(owner, state=True), ts=now),
         ev.envelope("presence.changed", room_id=None, seq=None, actor=owner,
                     data=ev.presence_changed(owner, status="away"), ts=now),
-    ]
+    ] + [item[0] for item in fanned if item[0]["type"] == "thread.updated"]
 
 
 def test_every_event_type_produced_by_the_services_matches_its_schema():

@@ -16,6 +16,7 @@ from apps.messaging.models import Message
 from apps.messaging.services import SendRequest, message_send_many
 from apps.rooms import services as rooms
 from tests import factories
+from tests.messaging.asyncsend import async_send_many
 from tests.support.services import postgresql_only
 
 
@@ -145,11 +146,6 @@ def test_a_failed_batch_fails_each_of_its_sends_and_the_queue_goes_on():
 @postgresql_only("the asyncio psycopg connection of the send lanes")
 def test_the_asyncio_connection_path_answers_as_the_thread_path():
     """amessage_send_many (the server's lanes on PostgreSQL) gives the same answers and rows."""
-    import psycopg
-    from django.db import connection
-
-    from apps.messaging.services import amessage_send_many
-
     owner, member, outsider = (factories.make_user() for _ in range(3))
     room = factories.make_room(owner, members=[member])
     earlier = factories.send(room, owner, "earlier")
@@ -163,13 +159,7 @@ def test_the_asyncio_connection_path_answers_as_the_thread_path():
         SendRequest(room.pk, owner, "reply", uuid.uuid4(), earlier.envelope["data"]["id"]),
     ]
 
-    async def scenario():
-        params = connection.get_connection_params()
-        params.pop("cursor_factory", None)
-        async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
-            return await amessage_send_many(conn, requests)
-
-    results = asyncio.run(scenario())
+    results = async_send_many(requests)
     assert [type(r).__name__ for r in results] == ["Event", "Event", "Event", "ServiceError",
                                                    "Event", "Event"]
     assert [results[i].seq for i in (0, 1, 5)] == [earlier.seq + 1, earlier.seq + 2,

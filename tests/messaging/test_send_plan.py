@@ -35,7 +35,8 @@ class Batch:
     def __init__(self, rooms, memberships=(), earlier=None, reply_rooms=None, blocked=()):
         self.reads = plan.Reads({r.pk: r for r in rooms},
                                 {(m.room_id, m.user_id): m for m in memberships},
-                                dict(earlier or {}), dict(reply_rooms or {}), None, set(blocked))
+                                dict(earlier or {}), dict(reply_rooms or {}), None, set(blocked),
+                                {})
 
     def decide(self, *requests):
         results, todo = plan.clean(list(requests))
@@ -175,15 +176,16 @@ def test_slow_mode_refuses_a_second_send_in_the_batch_and_one_too_soon_after_the
     assert decision.stamped == [1] and decision.now == NOW
     assert batch.reads.memberships[(1, 1)].last_posted_at == NOW
     messages, _ = plan.plan_messages(decision, batch.reads)
-    assert plan.extra_writes(decision, messages) == [
+    assert plan.extra_writes(decision, messages, batch.reads) == [
         plan.ExtraWrite("post_stamps", (NOW, [1]))]
 
 
 def test_a_batch_without_slow_mode_plans_no_extra_write():
     alice = user(1)
     a = room(1)
-    decision, _ = Batch([a], [member(1, a, alice)]).decide(send(1, alice))
-    assert decision.stamped == [] and plan.extra_writes(decision, []) == []
+    batch = Batch([a], [member(1, a, alice)])
+    decision, _ = batch.decide(send(1, alice))
+    assert decision.stamped == [] and plan.extra_writes(decision, [], batch.reads) == []
 
 
 def test_reply_to_must_be_a_live_message_of_the_same_room():

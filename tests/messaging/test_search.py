@@ -1,0 +1,195 @@
+"""Message search (PROTOCOL §8) and `around=`, on the database the run uses: PostgreSQL full-text
+search with the services, SQLite FTS5 with CHAT_EMBEDDED=1 (run the file both ways)."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from apps.messaging import search, services
+from apps.messaging.models import Message
+from apps.rooms import services as rooms
+from apps.rooms.models import Room
+from tests import factories
+
+pytestmark = pytest.mark.django_db
+
+
+def find(client, **params):
+    response = client.get("/api/search/", params)
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def bodies(page):
+    return [hit["message"]["body"] for hit in page["results"]]
+
+
+@pytest.fixture
+def as_user(user):
+    return factories.api_client(user)
+
+
+def test_words_match_newest_first_with_the_hit_shape_and_highlight(room, user, as_user):
+    factories.send(room, user, "the deploy went fine")
+    factories.send(room, user, "lunch at noon")
+    last = factories.send(room, user, "Deploy <b>again</b> tomorrow & later")
+    page = find(as_user, q="deploy")
+    assert bodies(page) == ["Deploy <b>again</b> tomorrow & later", "the deploy went fine"]
+    hit = page["results"][0]
+    assert hit["room"] == room.pk and hit["seq"] == last.seq
+    assert hit["message"]["id"] == last.envelope["data"]["id"]
+    assert set(hit["message"]) >= {"id", "room", "seq", "author", "body", "thread", "reply_count"}
+    # The body is escaped; only the match is marked up. (PostgreSQL's parser drops what looks
+    # like an HTML tag from the fragment; SQLite's keeps it, escaped.)
+    assert "<mark>Deploy</mark>" in hit["highlight"] and "&amp;" in hit["highlight"]
+    assert "<b>" not in hit["highlight"] and "again" in hit["highlight"]
+    assert page["next"] is None
+
+
+def test_all_words_must_match_phrases_or_and_exclusion(room, user, as_user):
+    for body in ["red apple pie", "apple red wine", "green apple", "blue sky", "red sky"]:
+        factories.send(room, user, body)
+    assert set(bodies(find(as_user, q="red apple"))) == {"red apple pie", "apple red wine"}
+    assert bodies(find(as_user, q='"red apple"')) == ["red apple pie"]
+    assert set(bodies(find(as_user, q="green or blue"))) == {"green apple", "blue sky"}
+    assert set(bodies(find(as_user, q="green apple or red sky"))) == {"green apple", "red sky"}
+    assert set(bodies(find(as_user, q="apple -red"))) == {"green apple"}
+    assert bodies(find(as_user, q="nothing-like-this")) == []
+    assert bodies(find(as_user, q='"unclosed phrase')) == []
+    assert bodies(find(as_user, q="!!! ---")) == []  # no word: nothing, not an error
+
+
+def test_filters_room_author_and_the_cursor(user, other_user, as_user):
+    a = factories.make_room(user)
+    b = factories.make_room(user)
+    rooms.room_join(room=a, user=other_user)
+    factories.send(a, user, "budget one")
+    factories.send(a, other_user, "budget two")
+    factories.send(b, user, "budget three")
+    assert bodies(find(as_user, q="budget", room=a.pk)) == ["budget two", "budget one"]
+    assert bodies(find(as_user, q="budget", author=other_user.pk)) == ["budget two"]
+    assert bodies(find(as_user, q="budget", author=other_user.username)) == ["budget two"]
+    assert bodies(find(as_user, q="budget", author="nobody-by-that-name")) == []
+    first = find(as_user, q="budget", limit=2)
+    assert bodies(first) == ["budget three", "budget two"] and first["next"]
+    second = as_user.get(first["next"]).json()
+    assert bodies(second) == ["budget one"] and second["next"] is None
+
+
+def test_private_rooms_are_never_found_by_outsiders(user, other_user):
+    private = factories.make_room(user, kind=Room.Kind.PRIVATE)
+    public = factories.make_room(user)
+    factories.send(private, user, "secret plan")
+    factories.send(public, user, "public plan")
+    outsider = factories.api_client(other_user)
+    assert bodies(find(outsider, q="plan")) == ["public plan"]
+    assert bodies(find(outsider, q="secret")) == []
+    assert bodies(find(outsider, q="plan", room=private.pk)) == []
+    assert bodies(find(factories.api_client(user), q="plan")) == ["public plan", "secret plan"]
+    # A site moderator reads every room, so finds it too.
+    assert bodies(find(factories.api_client(factories.make_moderator()), q="secret")) == [
+        "secret plan"]
+
+
+def test_a_banned_user_and_a_former_member_find_nothing_there(user, other_user):
+    private = factories.make_room(user, kind=Room.Kind.PRIVATE, members=[other_user])
+    public = factories.make_room(user)
+    rooms.room_join(room=public, user=other_user)
+    factories.send(private, user, "quarterly numbers")
+    factories.send(public, user, "quarterly party")
+    client = factories.api_client(other_user)
+    assert len(find(client, q="quarterly")["results"]) == 2
+    rooms.member_ban(room=public, actor=user, user=other_user, reason="spam")
+    assert bodies(find(client, q="quarterly")) == ["quarterly numbers"]
+    rooms.room_leave(room=private, user=other_user)
+    assert bodies(find(client, q="quarterly")) == []
+
+
+def test_deleted_and_edited_text_is_gone_from_the_index(room, user, as_user, other_user):
+    rooms.room_join(room=room, user=other_user)
+    gone = factories.send(room, other_user, "embarrassing typo here")
+    edited = factories.send(room, user, "original wording")
+    message = Message.objects.get(pk=gone.envelope["data"]["id"])
+    services.message_delete(message=message, actor=user)  # a moderator's (owner's) deletion
+    services.message_edit(message=Message.objects.get(pk=edited.envelope["data"]["id"]),
+                          actor=user, body="better phrasing")
+    assert bodies(find(as_user, q="embarrassing")) == []
+    assert bodies(find(as_user, q="original")) == []
+    assert bodies(find(as_user, q="phrasing")) == ["better phrasing"]
+    # Not only filtered out: the index itself holds no trace of the deleted text.
+    assert index_matches("embarrassing") == 0 and index_matches("original") == 0
+    assert index_matches("phrasing") == 1
+
+
+def index_matches(word) -> int:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"SELECT count(*) FROM {Message._meta.db_table} "
+                           "WHERE search_vector @@ to_tsquery('simple', %s)", [word])
+        else:
+            cursor.execute(f"SELECT count(*) FROM {search.FTS_TABLE} "
+                           f"WHERE {search.FTS_TABLE} MATCH %s", [f'"{word}"'])
+        return cursor.fetchone()[0]
+
+
+def test_retention_expired_text_is_not_found(room, user, as_user):
+    old = factories.send(room, user, "ancient history")
+    factories.send(room, user, "recent history")
+    Room.objects.filter(pk=room.pk).update(history_start=old.seq + 1)  # purged up to here
+    assert bodies(find(as_user, q="history")) == ["recent history"]
+
+
+def test_the_retention_purge_removes_index_entries(room, user, as_user):
+    from apps.events.models import Event
+    from apps.messaging.retention import room_purge_history
+
+    factories.send(room, user, "purged words")
+    old = timezone.now() - timedelta(days=30)
+    Event.objects.filter(room=room).update(ts=old, published_at=old)
+    Room.objects.filter(pk=room.pk).update(retention_days=1)
+    assert index_matches("purged") == 1
+    room_purge_history(room_id=room.pk)
+    assert not Message.objects.filter(room=room).exists()
+    assert index_matches("purged") == 0
+
+
+@pytest.mark.parametrize("params", [
+    {}, {"q": ""}, {"q": "   "}, {"q": "x" * 501}, {"q": "nul\x00byte"}, {"q": "a", "before": "x"},
+    {"q": "a", "before": "0"}, {"q": "a", "room": "abc"}, {"q": "a", "limit": "1000"},
+    {"q": "a", "author": "bad\x00"}, {"q": "a", "before": str(2**70)},
+])
+def test_bad_input_is_400_invalid(as_user, params):
+    response = as_user.get("/api/search/", params)
+    assert response.status_code == 400, response.content
+    assert response.json()["code"] == "invalid"
+
+
+def test_search_needs_authentication():
+    assert factories.api_client().get("/api/search/", {"q": "x"}).status_code in (401, 403)
+
+
+def test_around_returns_the_window_newest_first(room, user, as_user):
+    seqs = [factories.send(room, user, f"message {i}").seq for i in range(20)]
+    hit = seqs[10]
+    page = as_user.get(f"/api/rooms/{room.pk}/messages/", {"around": hit, "limit": 6}).json()
+    got = [m["seq"] for m in page["results"]]
+    assert got == [seqs[12], seqs[11], seqs[10], seqs[9], seqs[8], seqs[7]]
+    older = as_user.get(page["next"]).json()
+    assert [m["seq"] for m in older["results"]] == seqs[1:7][::-1]
+    # Near the ends the window is just shorter.
+    newest = as_user.get(f"/api/rooms/{room.pk}/messages/", {"around": seqs[-1], "limit": 6})
+    assert [m["seq"] for m in newest.json()["results"]] == seqs[-4:][::-1]
+    bad = as_user.get(f"/api/rooms/{room.pk}/messages/", {"around": hit, "before": hit})
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid"
+    assert as_user.get(f"/api/rooms/{room.pk}/messages/",
+                       {"around": "x"}).json()["code"] == "invalid"
+
+
+def test_fts5_expression_quotes_every_word():
+    assert search.fts5_expression('a "b c" or d -e') == '(("a" AND "b c")) OR (("d") NOT "e")'
+    assert search.fts5_expression('NEAR( AND "x') == '("NEAR" AND "AND" AND "x")'
+    assert search.fts5_expression("-only") is None
+    assert search.fts5_expression("or or") is None
+    assert search.highlight_html("<\x02x\x03>") == "&lt;<mark>x</mark>&gt;"
