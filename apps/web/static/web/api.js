@@ -72,6 +72,18 @@ export class Api {
     if (before !== null && before !== undefined) params.before = String(before);
     return this.get(`rooms/${id}/messages/`, params);
   }
+  around(id, seq, limit = 50) {
+    return this.get(`rooms/${id}/messages/`, { around: String(seq), limit: String(limit) });
+  }
+  search(q, before) {
+    const params = { q, limit: "20" };
+    if (before) params.before = String(before);
+    return this.get("search/", params);
+  }
+  thread(rootId) { return this.get(`messages/${rootId}/thread/`, { limit: "200" }); }
+  threadRead(rootId) { return this.post(`messages/${rootId}/thread/read/`, {}); }
+  follow(rootId, on) { return this.call(on ? "POST" : "DELETE", `messages/${rootId}/follow/`); }
+  threads() { return this.get("threads/", { limit: "100" }); }
   events(id, since, limit = 200) {
     return this.get(`rooms/${id}/events/`, { since: String(since), limit: String(limit) });
   }

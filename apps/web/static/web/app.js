@@ -4,7 +4,7 @@
 
 import { Api, ApiError } from "./api.js";
 import { ChatSocket, ServerError } from "./socket.js";
-import { RoomState } from "./timeline.js";
+import { RoomState, normalizeMessage } from "./timeline.js";
 
 const config = JSON.parse(document.getElementById("chat-config").textContent);
 const me = { id: config.user.id, username: config.user.username };
@@ -181,6 +181,7 @@ function handleEvent(frame) {
       `room-${state.id}-seq-${frame.seq}`, state);
   }
   if (state.offer(frame) === "gap") fillGap(state);
+  threadEvent(state, frame);
   if (state.info.left) {
     forget(state, state.info.banned ? `You were banned from ${state.info.name}.` : null);
     return;
@@ -292,6 +293,7 @@ function renderMessage(state, msg) {
   const actions = [];
   if (!msg.deleted && msg.status === "sent") {
     actions.push(el("button", { type: "button", dataset: { action: "reply" }, onclick: () => startReply(msg) }, "Reply"));
+    actions.push(el("button", { type: "button", dataset: { action: "thread" }, onclick: () => openThread(state, msg.thread ?? msg.id) }, "Reply in thread"));
     for (const emoji of REACTIONS) {
       actions.push(el("button", {
         type: "button", class: "react", dataset: { action: `react-${emoji}` },
@@ -332,6 +334,12 @@ function renderMessage(state, msg) {
           : `${replied.author.username}: ${replied.deleted ? "deleted message" : replied.body.slice(0, 80)}`)
       : null,
     body,
+    msg.replyCount > 0 && msg.id !== null
+      ? el("button", {
+        type: "button", class: `thread-link${threadUnread.get(msg.id) ? " unread" : ""}`, dataset: { action: "open-thread" },
+        onclick: () => openThread(state, msg.id),
+      }, `${msg.replyCount} ${msg.replyCount === 1 ? "reply" : "replies"}${threadUnread.get(msg.id) ? ` (${threadUnread.get(msg.id)} new)` : ""}`)
+      : null,
     reportForm,
     msg.reactions.size
       ? el("div", { class: "reactions", "aria-label": "Reactions" }, [...msg.reactions].map(([emoji, r]) =>
@@ -362,7 +370,9 @@ function renderTimeline() {
   const focusKey = focused ? focused.id : null;
   const focusAction = document.activeElement?.dataset?.action;
   const existing = new Map([...list.children].map((node) => [node.id, node]));
-  const wanted = state.sorted();
+  // After a jump to an old message the newer ones stay out until "Show the latest messages".
+  const wanted = state.windowTop === null ? state.sorted()
+    : state.sorted().filter((msg) => msg.seq !== null && msg.seq <= state.windowTop);
   const nodes = wanted.map((msg, i) => {
     // A run of messages by one author within five minutes shows its name once.
     const prev = wanted[i - 1];
@@ -370,7 +380,7 @@ function renderTimeline() {
       && Date.parse(msg.ts) - Date.parse(prev.ts) < 5 * 60 * 1000);
     const signature = JSON.stringify([msg.body, msg.deleted, msg.status, msg.editedAt, msg.error, [...msg.reactions],
       editing === messageKey(msg), reporting === messageKey(msg), state.isModerator, continued, blocked.has(msg.author.id),
-      userMenu && userMenu.key === messageKey(msg),
+      userMenu && userMenu.key === messageKey(msg), msg.replyCount, threadUnread.get(msg.id) || 0,
       msg.replyTo !== null && state.messages.get(msg.replyTo)?.body]);
     const old = existing.get(messageKey(msg));
     if (old && old.dataset.signature === signature) return old;
@@ -382,8 +392,9 @@ function renderTimeline() {
   list.replaceChildren(...nodes);
   if (focusKey && focusAction) document.querySelector(`#${CSS.escape(focusKey)} [data-action="${focusAction}"]`)?.focus();
   $("load-older").hidden = !state.historyLoaded || state.historyComplete;
+  $("show-latest").hidden = state.windowTop === null;
   $("typing").textContent = typingText(state);
-  if (nearBottom) timeline.scrollTop = timeline.scrollHeight;
+  if (nearBottom && state.windowTop === null) timeline.scrollTop = timeline.scrollHeight;
 }
 
 function typingText(state) {
@@ -653,6 +664,13 @@ document.querySelector(".skip-link").addEventListener("click", (e) => {
   else $("composer-input").focus();
 });
 $("load-older").addEventListener("click", loadOlder);
+$("show-latest").addEventListener("click", async () => {
+  const state = current;
+  if (!state) return;
+  state.resetHistory();
+  await loadHistory(state);
+  $("timeline").scrollTop = $("timeline").scrollHeight;
+});
 $("back-to-rooms").addEventListener("click", () => { current = null; renderRoom(); });
 $("timeline").addEventListener("scroll", () => {
   if ($("timeline").scrollTop === 0 && current?.historyLoaded && !current.historyComplete && socket.ready) loadOlder();
@@ -1014,10 +1032,246 @@ $("delete-form").addEventListener("submit", async (e) => {
   setTimeout(() => $("logout-form").submit(), 1500);
 });
 
+// --- Search (GET /api/search/) and jumping to a hit -----------------------------------------
+
+let searchNext = null;
+
+/** A highlight from the server: escaped text with <mark> elements only. Built as nodes. */
+function highlightNodes(html) {
+  const unescape = (text) => text.replace(/&(lt|gt|quot|#x27|#39|amp);/g, (_, name) =>
+    ({ lt: "<", gt: ">", quot: '"', "#x27": "'", "#39": "'", amp: "&" })[name]);
+  return html.split(/(<mark>.*?<\/mark>)/s).filter(Boolean).map((part) =>
+    part.startsWith("<mark>") ? el("mark", {}, unescape(part.slice(6, -7))) : document.createTextNode(unescape(part)));
+}
+
+function showPanel(id) {
+  for (const panel of ["search-panel", "thread-panel"]) $(panel).hidden = panel !== id;
+  $("layout").classList.toggle("with-panel", Boolean(id));
+}
+
+async function runSearch(url) {
+  const q = $("search-input").value.trim();
+  if (!q) return;
+  showPanel("search-panel");
+  $("search-status").textContent = "Searching…";
+  if (!url) $("search-results").replaceChildren();
+  try {
+    const page = url ? await api.call("GET", url) : await api.search(q);
+    const next = page.next ? new URL(page.next, location.href) : null;
+    searchNext = next ? next.pathname + next.search : null;
+    $("search-results").append(...page.results.map((hit) => {
+      const state = rooms.get(hit.room);
+      return el("li", { class: "search-hit", dataset: { room: hit.room, seq: hit.seq } },
+        el("button", { type: "button", onclick: () => jumpTo(hit.room, hit.seq) },
+          el("span", { class: "where" }, `${state ? roomLabel(state) : `room ${hit.room}`} · ${hit.message.author.username} · ${formatTime(hit.message.created_at)}`),
+          el("span", { class: "snippet" }, highlightNodes(hit.highlight))));
+    }));
+    const count = $("search-results").children.length;
+    $("search-status").textContent = count ? `${count}${searchNext ? "+" : ""} ${count === 1 ? "message" : "messages"}` : "No messages found.";
+    $("search-more").hidden = !searchNext;
+  } catch (error) {
+    $("search-status").textContent = error.message;
+  }
+}
+
+$("search-form").addEventListener("submit", (e) => { e.preventDefault(); runSearch(null); });
+$("search-more").addEventListener("click", () => { if (searchNext) runSearch(searchNext); });
+$("search-close").addEventListener("click", () => showPanel(null));
+
+/** Open the room with the history around `seq` (GET .../messages/?around=), the hit marked. */
+async function jumpTo(roomId, seq) {
+  const state = rooms.get(roomId);
+  if (!state) {
+    $("search-status").textContent = "Join that room to open it.";
+    return;
+  }
+  current = state;
+  document.title = `${roomLabel(state)} · Chat`;
+  renderRoom();
+  await Promise.race([state.subscribedOnce, new Promise((resolve) => setTimeout(resolve, 4000))]);
+  let page;
+  try {
+    page = await api.around(state.id, seq, PAGE);
+  } catch (error) {
+    showError("room-error", error);
+    return;
+  }
+  state.resetHistory();
+  state.mergeHistory(page.results);
+  state.historyLoaded = true;
+  state.historyComplete = !page.next;
+  const newer = page.results.filter((m) => m.seq >= seq);
+  // The window's newer half came back full: there may be more after it.
+  state.windowTop = newer.length < PAGE - Math.floor(PAGE / 2) ? null : Math.max(...newer.map((m) => m.seq));
+  renderTimeline();
+  const node = $("messages").querySelector(`li[data-seq="${seq}"]`);
+  if (node) {
+    node.classList.add("jumped");
+    node.scrollIntoView({ block: "center" });
+    node.setAttribute("tabindex", "-1");
+    node.focus({ preventScroll: true });
+    setTimeout(() => node.classList.remove("jumped"), 6000);
+  }
+}
+
+// --- Threads (GET /api/messages/{id}/thread/, /api/threads/, thread.updated) ---------------
+
+const threadUnread = new Map(); // root id -> unread replies in a followed thread
+let thread = null; // the open thread: {state, rootId, root, replies: Map id -> msg, following}
+let threadsTimer = null;
+
+function renderThreadMessage(msg) {
+  return el("li", { class: "msg", dataset: { id: msg.id ?? "", seq: msg.seq ?? "" } },
+    el("div", { class: "meta" }, el("span", { class: "author" }, msg.author.username), " ",
+      el("time", { datetime: msg.ts || "" }, formatTime(msg.ts))),
+    el("p", { class: "body" }, msg.deleted ? "Message deleted" : msg.body));
+}
+
+function renderThread() {
+  if (!thread) return;
+  const root = thread.state.messages.get(thread.rootId) || thread.root;
+  $("thread-title").textContent = `Thread in ${roomLabel(thread.state)}`;
+  $("thread-root").replaceChildren(renderThreadMessage(root));
+  const count = root.replyCount;
+  $("thread-count").textContent = `${count} ${count === 1 ? "reply" : "replies"}`;
+  const replies = [...thread.replies.values()].sort((a, b) => a.seq - b.seq);
+  $("thread-replies").replaceChildren(...replies.map(renderThreadMessage));
+  $("thread-follow").textContent = thread.following ? "Following" : "Follow";
+  $("thread-follow").setAttribute("aria-pressed", thread.following ? "true" : "false");
+}
+
+async function openThread(state, rootId) {
+  let page;
+  try {
+    page = await api.thread(rootId);
+  } catch (error) {
+    showError("room-error", error);
+    return;
+  }
+  const root = normalizeMessage(page.root, me);
+  const known = state.messages.get(root.id);
+  if (known) Object.assign(known, { replyCount: root.replyCount, lastReplySeq: root.lastReplySeq });
+  thread = { state, rootId: root.id, root, replies: new Map(), following: false };
+  for (const raw of page.results) thread.replies.set(raw.id, normalizeMessage(raw, me));
+  showPanel("thread-panel");
+  renderThread();
+  markThreadRead();
+  $("thread-input").focus();
+}
+
+async function markThreadRead() {
+  if (!thread) return;
+  try {
+    const state = await api.threadRead(thread.rootId);
+    if (thread && thread.rootId === state.root) thread.following = state.following;
+    threadUnread.set(state.root, state.unread);
+    renderThread();
+    renderThreadList();
+    scheduleRender(thread.state);
+  } catch { /* counts catch up with the next refresh */ }
+}
+
+/** From handleEvent: replies to the open thread appear in it; counts refresh the list. */
+function threadEvent(state, frame) {
+  if (frame.type === "thread.updated") {
+    clearTimeout(threadsTimer);
+    threadsTimer = setTimeout(refreshThreads, 300);
+    if (thread && thread.rootId === frame.data.root) {
+      thread.root.replyCount = frame.data.reply_count;
+      renderThread();
+    }
+    return;
+  }
+  if (!thread || thread.state !== state) return;
+  if (frame.type === "message.created" && frame.data.thread === thread.rootId) {
+    const msg = state.messages.get(frame.data.id);
+    if (msg) thread.replies.set(msg.id, msg);
+    renderThread();
+    if (frame.actor?.id !== me.id && document.visibilityState === "visible") markThreadRead();
+  } else if (frame.type === "message.deleted" || frame.type === "message.edited") {
+    renderThread();
+  }
+}
+
+async function refreshThreads() {
+  let page;
+  try {
+    page = await api.threads();
+  } catch {
+    return;
+  }
+  threadUnread.clear();
+  for (const t of page.results) threadUnread.set(t.root.id, t.unread);
+  renderThreadList(page.results);
+  for (const state of rooms.values()) scheduleRender(state);
+}
+
+let threadRows = [];
+
+function renderThreadList(list = threadRows) {
+  threadRows = list;
+  const unreadThreads = list.filter((t) => (threadUnread.get(t.root.id) ?? t.unread) > 0).length;
+  $("threads-badge").hidden = !unreadThreads;
+  $("threads-badge").textContent = String(unreadThreads);
+  $("threads-badge").setAttribute("aria-label", `${unreadThreads} threads with new replies`);
+  $("thread-list").replaceChildren(...(list.length ? list.map((t) => {
+    const state = rooms.get(t.room);
+    const unread = threadUnread.get(t.root.id) ?? t.unread;
+    return el("li", { class: unread ? "unread" : "", dataset: { root: t.root.id } },
+      el("button", { type: "button", onclick: () => state && openThread(state, t.root.id) },
+        el("span", { class: "room-name" }, `${t.root.deleted ? "Deleted message" : t.root.body.slice(0, 60)}`),
+        unread ? el("span", { class: "badge", "aria-label": `${unread} new replies` }, String(unread)) : null));
+  }) : [el("li", {}, "No threads yet.")]));
+}
+
+$("thread-close").addEventListener("click", () => { thread = null; showPanel(null); });
+$("thread-follow").addEventListener("click", async () => {
+  if (!thread) return;
+  try {
+    const state = await api.follow(thread.rootId, !thread.following);
+    thread.following = state.following;
+    renderThread();
+    refreshThreads();
+  } catch (error) {
+    showError("thread-error", error);
+  }
+});
+
+$("thread-composer").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const body = $("thread-input").value;
+  if (!thread || !body.trim()) return;
+  const { state, rootId } = thread;
+  $("thread-send").disabled = true;
+  try {
+    const reply = await socket.request({ type: "message.send", room: state.id, body, client_id: uuid(), reply_to: rootId });
+    $("thread-input").value = "";
+    handleAck(state, reply.event);
+    if (thread && thread.rootId === rootId) {
+      thread.following = true;
+      const msg = state.messages.get(reply.event.data.id)
+        || normalizeMessage({ ...reply.event.data, seq: reply.event.seq, author: reply.event.actor, created_at: reply.event.ts }, me);
+      thread.replies.set(msg.id, msg);
+      renderThread();
+    }
+  } catch (error) {
+    showError("thread-error", error instanceof ServerError ? error : new Error("Not sent: try again."));
+  } finally {
+    $("thread-send").disabled = false;
+  }
+});
+
+$("thread-input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    $("thread-composer").requestSubmit();
+  }
+});
+
 // --- Start --------------------------------------------------------------------------------
 
 (async () => {
-  await Promise.all([refreshRooms(), loadBlocks()]);
+  await Promise.all([refreshRooms(), loadBlocks(), refreshThreads()]);
   loadNotes();
   socket.connect();
   const wanted = Number(new URLSearchParams(location.hash.slice(1)).get("room"));

@@ -14,6 +14,9 @@ export function normalizeMessage(raw, me) {
     author: { id: raw.author.id, username: raw.author.username },
     body: raw.body ?? "",
     replyTo: raw.reply_to ?? null,
+    thread: raw.thread ?? null, // the thread's root id (replies only)
+    replyCount: raw.reply_count ?? 0,
+    lastReplySeq: raw.last_reply_seq ?? null,
     clientId: raw.client_id ?? null,
     ts: raw.created_at ?? null,
     editedAt: raw.edited_at ?? null,
@@ -48,6 +51,7 @@ export class RoomState {
     this.pending = new Map(); // client_id -> local message not yet acknowledged
     this.buffer = new Map(); // seq -> event waiting for the hole before it
     this.oldestSeq = null; // scroll-back cursor (lowest message seq loaded from REST)
+    this.windowTop = null; // after a jump to an old message: the newest seq shown (null: live end)
     this.historyLoaded = false;
     this.historyComplete = false;
     this.lastReadSeq = info.membership?.last_read_seq ?? 0;
@@ -125,6 +129,15 @@ export class RoomState {
     }
   }
 
+  /** Forget the loaded history (a jump loads a window elsewhere in it); pending sends stay. */
+  resetHistory() {
+    this.messages.clear();
+    this.oldestSeq = null;
+    this.windowTop = null;
+    this.historyLoaded = false;
+    this.historyComplete = false;
+  }
+
   sorted() {
     const sent = [...this.messages.values()].sort((a, b) => a.seq - b.seq);
     return sent.concat([...this.pending.values()]);
@@ -133,6 +146,7 @@ export class RoomState {
   addPending(clientId, body, replyTo) {
     const msg = {
       id: null, seq: null, author: this.me, body, replyTo, clientId, ts: new Date().toISOString(),
+      thread: null, replyCount: 0, lastReplySeq: null,
       editedAt: null, deleted: false, byModerator: false, reactions: new Map(), status: "pending",
     };
     this.pending.set(clientId, msg);
@@ -149,7 +163,7 @@ export class RoomState {
   insertCreated(event) {
     const d = event.data;
     const msg = normalizeMessage({
-      id: d.id, seq: event.seq, author: event.actor, body: d.body, reply_to: d.reply_to,
+      id: d.id, seq: event.seq, author: event.actor, body: d.body, reply_to: d.reply_to, thread: d.thread,
       client_id: d.client_id, created_at: event.ts,
       // A redacted event (its message was deleted later): a tombstone until message.deleted.
       deleted: Boolean(d.redacted),
@@ -232,6 +246,12 @@ export class RoomState {
       if (!d.user || d.user.id === this.me.id) return;
       if (d.state) this.typing.set(d.user.id, { username: d.user.username, until: Date.now() + 6000 });
       else this.typing.delete(d.user.id);
+    } else if (event.type === "thread.updated") {
+      const root = this.messages.get(d.root);
+      if (root) {
+        root.replyCount = d.reply_count;
+        root.lastReplySeq = d.last_reply_seq;
+      }
     } else if (event.type === "receipt.updated") {
       if (d.user?.id === this.me.id && d.last_read_seq > this.lastReadSeq) {
         this.lastReadSeq = d.last_read_seq;
