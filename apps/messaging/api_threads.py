@@ -19,6 +19,7 @@ from .api import MESSAGE_NOT_FOUND, MessageScopedApi, with_reactions
 from .models import Message, ThreadFollow
 from .serializers import MessageSerializer
 
+MAX_ID = 2**63 - 1  # ids, seqs and cursors are bigint: larger is `invalid`, not a database error
 SEARCH_PAGE = (20, 100)
 THREAD_PAGE = (50, 200)
 THREADS_PAGE = (50, 200)
@@ -43,7 +44,7 @@ def author_param(request) -> int | None:
     if raw == "":
         return None
     if raw.isdigit():
-        return int_param(request, "author", minimum=1)
+        return int_param(request, "author", minimum=1, maximum=MAX_ID)
     if len(raw) > 150 or "\x00" in raw:
         raise invalid("author must be a user id or a username")
     user = get_user_model().objects.filter(username__iexact=raw).only("pk").first()
@@ -71,9 +72,9 @@ class SearchApi(GenericAPIView):
         limit = limit_param(request, SEARCH_PAGE)
         page = search.search_messages(
             request.user, request.query_params.get("q", ""),
-            room_id=int_param(request, "room", minimum=1),
+            room_id=int_param(request, "room", minimum=1, maximum=MAX_ID),
             author_id=author_param(request),
-            before=int_param(request, "before", minimum=1, maximum=2**63 - 1),
+            before=int_param(request, "before", minimum=1, maximum=MAX_ID),
             limit=limit, prepare=with_reactions,
         )
         messages = MessageSerializer(page.messages, many=True, context={"user": request.user}).data
@@ -109,7 +110,7 @@ class ThreadApi(MessageScopedApi):
     )
     def get(self, request, message_id):
         limit = limit_param(request, THREAD_PAGE)
-        after = int_param(request, "after", default=0, maximum=2**63 - 1)
+        after = int_param(request, "after", default=0, maximum=MAX_ID)
         root = with_reactions(Message.objects.filter(pk=root_of(self.message).pk)).get()
         replies = Message.objects.filter(thread_id=root.pk, seq__gt=after).order_by("seq")
         page = list(with_reactions(replies)[: limit + 1])
@@ -166,7 +167,7 @@ class FollowApi(MessageScopedApi):
 
 
 class ThreadReadSerializer(serializers.Serializer):
-    seq = serializers.IntegerField(required=False, min_value=0, max_value=2**63 - 1,
+    seq = serializers.IntegerField(required=False, min_value=0, max_value=MAX_ID,
                                    help_text="Read up to this reply (default: the newest).")
 
 
@@ -218,7 +219,7 @@ class ThreadsApi(GenericAPIView):
     def get(self, request):
         user = request.user
         limit = limit_param(request, THREADS_PAGE)
-        before = int_param(request, "before", minimum=1, maximum=2**63 - 1)
+        before = int_param(request, "before", minimum=1, maximum=MAX_ID)
         latest = Message.objects.filter(thread=OuterRef("root")).order_by("-seq").values("pk")[:1]
         unread = (Message.objects.filter(thread=OuterRef("root"), deleted_at__isnull=True,
                                          seq__gt=OuterRef("last_read_seq"))

@@ -159,6 +159,7 @@ def test_the_retention_purge_removes_index_entries(room, user, as_user):
     {}, {"q": ""}, {"q": "   "}, {"q": "x" * 501}, {"q": "nul\x00byte"}, {"q": "a", "before": "x"},
     {"q": "a", "before": "0"}, {"q": "a", "room": "abc"}, {"q": "a", "limit": "1000"},
     {"q": "a", "author": "bad\x00"}, {"q": "a", "before": str(2**70)},
+    {"q": "a", "room": str(2**70)}, {"q": "a", "author": str(2**70)},
 ])
 def test_bad_input_is_400_invalid(as_user, params):
     response = as_user.get("/api/search/", params)
