@@ -73,7 +73,7 @@ def test_two_users_chat_live(server, open_page):
 
     # Reply and reaction from bob.
     composer(b).fill("")
-    message(b, "hi bob").get_by_role("button", name="Reply").click()
+    message(b, "hi bob").get_by_role("button", name="Reply", exact=True).click()
     expect(b.locator("#reply-text")).to_contain_text("Replying to alice")
     composer(b).fill("hello alice")
     b.get_by_role("button", name="Send").click()
