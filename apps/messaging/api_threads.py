@@ -80,7 +80,7 @@ class SearchApi(GenericAPIView):
         messages = MessageSerializer(page.messages, many=True, context={"user": request.user}).data
         return Response({
             "results": [{"room": m.room_id, "seq": m.seq, "message": data,
-                         "highlight": m.highlight} for m, data in zip(page.messages, messages)],
+                         "highlight": m.highlight} for m, data in zip(page.messages, messages, strict=True)],
             "next": (next_url(request, before=page.messages[-1].pk, limit=limit)
                      if page.more else None),
         })
