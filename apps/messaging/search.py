@@ -4,7 +4,7 @@ Both index only what a message shows: a deletion (and so every redaction: the au
 a moderator's, an erasure's) blanks the body, which empties the PostgreSQL generated column
 in the same UPDATE and rewrites the FTS5 row in the same transaction (its trigger); the
 retention purge deletes rows, and their index entries with them. The query applies the one
-read rule (`Message.objects.visible_to`: `Room.objects.readable_by`) and skips deleted
+read rule (`Room.objects.readable_by`) and skips deleted
 messages and those below their room's history_start (past retention, not yet purged).
 
 Query syntax is PostgreSQL's `websearch_to_tsquery` on both: words (all must match),
@@ -30,6 +30,7 @@ from django.db.models.expressions import RawSQL
 
 from apps.core.errors import invalid
 from apps.core.text import check_text
+from apps.rooms.models import Room
 
 from .models import Message
 
@@ -178,8 +179,9 @@ def search_messages(user, q: str, *, room_id=None, author_id=None, before=None,
     """The caller's readable, live messages matching q, newest first (by id), `before` a
     message id (the cursor). `prepare` adds what the caller needs (select/prefetch)."""
     q = clean_query(q)
-    messages = Message.objects.visible_to(user).filter(
-        deleted_at__isnull=True, seq__gte=F("room__history_start"))
+    messages = Message.objects.filter(
+        room__in=Room.objects.readable_by(user), deleted_at__isnull=True,
+        seq__gte=F("room__history_start"))
     if room_id is not None:
         messages = messages.filter(room_id=room_id)
     if author_id is not None:
