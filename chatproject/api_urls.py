@@ -3,6 +3,7 @@
 from django.urls import path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
+from apps.attachments import api as attachments
 from apps.core.api import api_not_found
 from apps.messaging import api as messaging
 from apps.messaging import api_threads as threads
@@ -68,6 +69,13 @@ urlpatterns = [
          name="notifications-read"),
     path("notifications/<int:notification_id>/read/", notifications.NotificationReadApi.as_view(),
          name="notification-read"),
+    # Attachments (PROTOCOL §8); apps.attachments.services.path spells the download paths.
+    path("uploads/", attachments.UploadsApi.as_view(), name="uploads"),
+    path("uploads/<uuid:upload_id>/", attachments.UploadDetailApi.as_view(), name="upload"),
+    path("uploads/<uuid:upload_id>/file/", attachments.UploadDownloadApi.as_view(),
+         name="upload-file"),
+    path("uploads/<uuid:upload_id>/thumbnail/", attachments.UploadThumbnailApi.as_view(),
+         name="upload-thumbnail"),
     # Last: any other path under /api/ ending in a slash gets the contract's JSON 404.
     re_path(r"^.*/$", api_not_found),
 ]

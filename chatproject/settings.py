@@ -93,6 +93,7 @@ INSTALLED_APPS = [
     "apps.web",
     "apps.notifications",
     "apps.moderation",
+    "apps.attachments",
 ]
 
 MIDDLEWARE = [
@@ -272,6 +273,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "apps.messaging.tasks.resume_erasures",
         "schedule": env_float("ERASURE_SWEEP_SECONDS", 300.0),
     },
+    "uploads-unused-purge": {
+        "task": "apps.attachments.tasks.purge_unused_uploads",
+        "schedule": env_float("UPLOAD_PURGE_SWEEP_SECONDS", 3600.0),
+    },
 }
 # Erasures (apps.messaging.erasure) still unfinished this long after the request are queued
 # again by the erasure sweep (also its period).
@@ -359,6 +364,9 @@ RATE_LIMIT_INVITE = env_int("RATE_LIMIT_INVITE", 20)
 RATE_LIMIT_INVITE_PER_SECOND = env_float("RATE_LIMIT_INVITE_PER_SECOND", 1 / 6)
 RATE_LIMIT_REPORT = env_int("RATE_LIMIT_REPORT", 5)
 RATE_LIMIT_REPORT_PER_SECOND = env_float("RATE_LIMIT_REPORT_PER_SECOND", 1 / 60)
+# Uploads (POST /api/uploads/): a bucket of their own besides the write bucket.
+RATE_LIMIT_UPLOAD = env_int("RATE_LIMIT_UPLOAD", 20)
+RATE_LIMIT_UPLOAD_PER_SECOND = env_float("RATE_LIMIT_UPLOAD_PER_SECOND", 1 / 6)
 # Read receipts: their own, generous bucket (they never take from the write bucket).
 RATE_LIMIT_READ = env_int("RATE_LIMIT_READ", 60)
 RATE_LIMIT_READ_PER_SECOND = env_float("RATE_LIMIT_READ_PER_SECOND", 10.0)
@@ -507,3 +515,49 @@ SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 # BEHIND_TLS_PROXY's X-Forwarded-Proto, else the socket).
 CHAT_WS_REQUIRE_TLS = env_bool("CHAT_WS_REQUIRE_TLS", CHAT_ENV == "production")
 SESSION_COOKIE_HTTPONLY = True
+
+# --- Attachments (apps.attachments): UPLOAD_*, UPLOAD_S3_* ---------------------------------------
+# Files are kept through Django's storage API, storage alias "uploads": the filesystem under
+# UPLOAD_ROOT (default CHAT_VAR_DIR/uploads, never served by a public path) or, with
+# UPLOAD_S3_BUCKET set, S3-compatible object storage (django-storages, boto3). Downloads go
+# through the authorized view (GET /api/uploads/{id}/file/); with S3 it answers a presigned URL.
+UPLOAD_MAX_BYTES = env_int("UPLOAD_MAX_BYTES", 10 * 1024 * 1024)
+# Content types accepted, as sniffed from the bytes (apps.attachments.sniff); others are 415.
+UPLOAD_ALLOWED_TYPES = env_list(
+    "UPLOAD_ALLOWED_TYPES",
+    "image/png,image/jpeg,image/gif,image/webp,application/pdf,text/plain,application/zip,"
+    "audio/mpeg,audio/ogg,video/mp4,video/webm",
+)
+UPLOAD_MAX_PIXELS = env_int("UPLOAD_MAX_PIXELS", 25_000_000)  # larger images are refused
+UPLOAD_MAX_PER_MESSAGE = env_int("UPLOAD_MAX_PER_MESSAGE", 10)
+UPLOAD_THUMBNAIL_SIZE = env_int("UPLOAD_THUMBNAIL_SIZE", 320)  # the longer side, in pixels
+UPLOAD_URL_MAX_AGE = env_int("UPLOAD_URL_MAX_AGE", 3600)  # signed links, seconds
+UPLOAD_UNUSED_HOURS = env_float("UPLOAD_UNUSED_HOURS", 24.0)  # then an unsent upload is purged
+UPLOAD_ROOT = env("UPLOAD_ROOT", str(VAR_DIR / "uploads"))
+UPLOAD_S3_BUCKET = env("UPLOAD_S3_BUCKET")
+UPLOAD_S3_ENDPOINT_URL = env("UPLOAD_S3_ENDPOINT_URL")  # e.g. MinIO, Ceph; unset: AWS
+UPLOAD_S3_REGION = env("UPLOAD_S3_REGION", "us-east-1")
+UPLOAD_S3_ACCESS_KEY_ID = env("UPLOAD_S3_ACCESS_KEY_ID")
+UPLOAD_S3_SECRET_ACCESS_KEY = env("UPLOAD_S3_SECRET_ACCESS_KEY")
+STORAGES["uploads"] = (
+    {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": UPLOAD_S3_BUCKET,
+            "endpoint_url": UPLOAD_S3_ENDPOINT_URL,
+            "region_name": UPLOAD_S3_REGION,
+            "access_key": UPLOAD_S3_ACCESS_KEY_ID,
+            "secret_key": UPLOAD_S3_SECRET_ACCESS_KEY,
+            "default_acl": None,  # the bucket's (private): objects are never public
+            "querystring_auth": True,
+            "querystring_expire": UPLOAD_URL_MAX_AGE,
+            "file_overwrite": False,
+            "addressing_style": "path" if UPLOAD_S3_ENDPOINT_URL else None,
+        },
+    }
+    if UPLOAD_S3_BUCKET
+    else {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": UPLOAD_ROOT, "base_url": "/api/uploads/"},
+    }
+)

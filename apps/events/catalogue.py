@@ -106,14 +106,15 @@ def envelope(
 # --- One builder per event type: each returns the event's `data` -------------------------------
 
 
-def message_created(message) -> dict:
+def message_created(message, *, attachments=()) -> dict:
+    """`attachments`: the attached files (apps.attachments.services.event_data), in order."""
     return {
         "id": message.pk,
         "body": message.body,
         "reply_to": message.reply_to_id,
         "client_id": str(message.client_id),
         "thread": message.thread_id,
-        "attachments": [],
+        "attachments": list(attachments),
         "redacted": False,
     }
 

@@ -51,6 +51,23 @@ def _content(properties: dict, required=None) -> dict:
     }
 
 
+# An attached file (apps.attachments.services.event_data): the paths are the authorized
+# download view's (the reader's session or token decides), thumbnail_url null until made.
+_attachment = _obj(
+    {
+        "id": {"type": "string", "format": "uuid"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 255},
+        "size": {"type": "integer", "minimum": 1},
+        "content_type": {"type": "string", "minLength": 1},
+        "width": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+        "height": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+        "url": {"type": "string", "pattern": "^/api/uploads/[0-9a-f-]{36}/file/$"},
+        "thumbnail_url": {"anyOf": [
+            {"type": "string", "pattern": "^/api/uploads/[0-9a-f-]{36}/thumbnail/$"},
+            {"type": "null"}]},
+    }
+)
+
 _room = _obj(
     {
         "id": _id,
@@ -66,17 +83,24 @@ _room = _obj(
 )
 
 DATA: dict[str, dict] = {
-    "message.created": _content(
-        {
-            "id": _id,
-            "body": _body,
-            "reply_to": {"anyOf": [_id, {"type": "null"}]},
-            "client_id": {"type": "string", "format": "uuid"},
-            "thread": {"anyOf": [_id, {"type": "null"}]},
-            "attachments": {"type": "array"},
-            "redacted": {"type": "boolean"},
-        }
-    ),
+    "message.created": {
+        **_content(
+            {
+                "id": _id,
+                # Empty only for a message of files alone (the anyOf below).
+                "body": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                "reply_to": {"anyOf": [_id, {"type": "null"}]},
+                "client_id": {"type": "string", "format": "uuid"},
+                "thread": {"anyOf": [_id, {"type": "null"}]},
+                "attachments": {"type": "array", "items": _attachment},
+                "redacted": {"type": "boolean"},
+            }
+        ),
+        "anyOf": [
+            {"properties": {"body": {"minLength": 1}}},
+            {"properties": {"attachments": {"minItems": 1}}},
+        ],
+    },
     # A redacted edit also carries `attachments: []` (the redacted form of PROTOCOL §6).
     "message.edited": _content(
         {"id": _id, "body": _body, "edited_at": _ts, "redacted": {"type": "boolean"},

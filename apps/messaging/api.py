@@ -41,7 +41,8 @@ MESSAGE_REFUSED = {**REFUSED, **MESSAGE_NOT_FOUND}
 def with_reactions(messages):
     return messages.select_related("author").prefetch_related(
         Prefetch("reactions", queryset=Reaction.objects.only(
-            "id", "message_id", "user_id", "emoji", "created_at"))
+            "id", "message_id", "user_id", "emoji", "created_at")),
+        "attachments",
     )
 
 
@@ -113,6 +114,7 @@ class RoomMessagesApi(RoomScopedApi):
             body=data["body"],
             client_id=client_id,
             reply_to=data.get("reply_to"),
+            attachments=data.get("attachments"),
         )
         code = status.HTTP_200_OK if resend else status.HTTP_201_CREATED
         return Response(event.envelope, status=code)

@@ -293,7 +293,7 @@ class ChatConsumer(AsyncConsumer):
         # whatever other sends this process has queued (apps.messaging.sendqueue).
         event = await sendqueue.send(
             services.SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"),
-                                 reply_to)
+                                 reply_to, frame.get("attachments"))
         )
         await self.ack(ref, event.envelope, getattr(event, "envelope_text", None))
 

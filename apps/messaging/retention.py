@@ -30,6 +30,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from apps.attachments.services import remove_for_seqs as remove_attachments
 from apps.core.errors import ServiceError
 from apps.events.models import Event
 from apps.notifications.models import Notification
@@ -140,11 +141,13 @@ def room_purge_batch(*, room_id: int, now: datetime, batch_size: int) -> PurgeRe
 
 
 def _delete_messages(room_id: int, start: int, stop: int) -> int:
-    """Delete the room's messages with start <= seq < stop, their reactions, and the reply_to
-    links to them, in three statements (the ORM's delete would select the rows first and
-    cascade by lists of ids)."""
+    """Delete the room's messages with start <= seq < stop, their reactions and attachments, and
+    the reply_to links to them, in a few statements (the ORM's delete would select the rows
+    first and cascade by lists of ids)."""
     held = {"room_id": room_id, "seq__gte": start, "seq__lt": stop}
     Reaction.objects.filter(message__in=Message.objects.filter(**held)).delete()
+    # Their files: the rows now, the files from storage once this commits.
+    remove_attachments(room_id=room_id, start=start, stop=stop)
     Message.objects.filter(
         reply_to__room_id=room_id, reply_to__seq__gte=start, reply_to__seq__lt=stop
     ).exclude(**held).update(reply_to=None)  # replies that stay lose the link

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from apps.attachments import send as attachments
 from apps.core.sql import insert_rows, update_by_pk
 from apps.events.models import Event
 from apps.events.services import record_events, send_events_on_commit
@@ -37,7 +38,8 @@ def read(keys: plan.Keys) -> plan.Reads:
     reply_rooms, reply_roots = threads.reply_targets(keys.reply_ids)
     return plan.Reads(locked, rooms.post_memberships(locked, keys.author_ids), earlier,
                       reply_rooms, None,
-                      rooms.blocked_senders(locked.values(), set(keys.author_ids)), reply_roots)
+                      rooms.blocked_senders(locked.values(), set(keys.author_ids)), reply_roots,
+                      attachments.read(keys.upload_ids))
 
 
 def _post_stamps(rows) -> None:
@@ -46,7 +48,8 @@ def _post_stamps(rows) -> None:
 
 
 # send_plan.ExtraWrite kind -> its writer.
-EXTRA_WRITES = {"post_stamps": _post_stamps, "threads": threads.write}
+EXTRA_WRITES = {"post_stamps": _post_stamps, "threads": threads.write,
+                "attachment_links": attachments.link}
 
 
 def write(decision: plan.Decision, reads: plan.Reads) -> dict:
@@ -56,7 +59,7 @@ def write(decision: plan.Decision, reads: plan.Reads) -> dict:
     update_by_pk(Room, "last_seq", last)
     ids = insert_rows(Message, plan.MESSAGE_FIELDS, [plan.message_row(m) for m in messages],
                       returning="id")
-    created = plan.created_events(decision, messages, ids)
+    created = plan.created_events(decision, messages, ids, reads.uploads)
     record_events(list(created.values()))
     for extra in plan.extra_writes(decision, messages, reads):
         EXTRA_WRITES[extra.kind](extra.rows)

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps.attachments import send as attachments
 from apps.core.sql import Statement, arun, combine, pg_insert, pg_update, run
 from apps.events.models import Event
 from apps.events.services import events_statement, fanout_items, send_events_on_commit
@@ -66,10 +67,11 @@ def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
                   "GREATEST(b.blocker_id, b.blocked_id)::text "
                   "WHERE r.id = ANY(%b) AND r.kind = 'direct' AND b.blocked_id = ANY(%b)",
                   [keys.room_ids, keys.author_ids], True),
-    ] + ([threads.reply_targets_statement(keys.reply_ids)] if keys.reply_ids else [])
+    ] + ([threads.reply_targets_statement(keys.reply_ids)] if keys.reply_ids else []) + (
+        [attachments.read_statement(keys.upload_ids)] if keys.upload_ids else [])
 
 
-def reads_from_rows(rows) -> plan.Reads:
+def reads_from_rows(rows, keys: plan.Keys) -> plan.Reads:
     user = _user_model()
     db = connection.alias
     locked = {r[0]: Room.from_db(db, None, r) for r in rows[0]}
@@ -80,9 +82,10 @@ def reads_from_rows(rows) -> plan.Reads:
         membership.user = user.from_db(db, None, row[split:])
         memberships[(membership.room_id, membership.user_id)] = membership
     earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
-    replies, roots = threads.reply_targets_from_rows(rows[5]) if len(rows) > 5 else ({}, {})
+    replies, roots = threads.reply_targets_from_rows(rows[5]) if keys.reply_ids else ({}, {})
+    uploads = attachments.from_rows(rows[-1]) if keys.upload_ids else {}
     return plan.Reads(locked, memberships, earlier, replies, [row[0] for row in rows[3]],
-                      {tuple(row) for row in rows[4]}, roots)
+                      {tuple(row) for row in rows[4]}, roots, uploads)
 
 
 def _post_stamps(rows) -> Statement:
@@ -94,7 +97,9 @@ def _post_stamps(rows) -> Statement:
 
 # send_plan.ExtraWrite kind -> its statement, or statements (combined with the batch's other
 # writes).
-EXTRA_STATEMENTS = {"post_stamps": _post_stamps, "threads": threads.pg_statements}
+EXTRA_STATEMENTS = {"post_stamps": _post_stamps, "threads": threads.pg_statements,
+                    # (the uploads' foreign key to the new messages is checked at commit)
+                    "attachment_links": attachments.link_statement}
 
 
 def write_statement(decision: plan.Decision,
@@ -104,7 +109,7 @@ def write_statement(decision: plan.Decision,
     and the fan-out items for after the commit (the events, then the extra writes')."""
     messages, last = plan.plan_messages(decision, reads)
     ids = reads.message_ids[: len(messages)]
-    created = plan.created_events(decision, messages, ids)
+    created = plan.created_events(decision, messages, ids, reads.uploads)
     extras, later = [], []
     for extra in plan.extra_writes(decision, messages, reads):
         written = EXTRA_STATEMENTS[extra.kind](extra.rows)
@@ -153,7 +158,8 @@ def send_batch(todo: list[plan.Send], results: list) -> None:
     events are fanned out after commit. Raises IntegrityError when a resend races another
     transaction (the caller retries)."""
     with transaction.atomic(), _pipeline():
-        reads = reads_from_rows(run(read_statements(plan.keys(todo), len(todo))))
+        keys = plan.keys(todo)
+        reads = reads_from_rows(run(read_statements(keys, len(todo))), keys)
         decision = plan.decide(todo, reads, results, timezone.now())
         created = {}
         if decision.accepted:
@@ -170,7 +176,8 @@ async def asend_batch(conn, todo: list[plan.Send], results: list) -> None:
     a batch never waits for a database thread to get the GIL back after each round trip. Any
     database error is left to the caller."""
     async with conn.transaction(), conn.pipeline():
-        reads = reads_from_rows(await arun(conn, read_statements(plan.keys(todo), len(todo))))
+        keys = plan.keys(todo)
+        reads = reads_from_rows(await arun(conn, read_statements(keys, len(todo))), keys)
         decision = plan.decide(todo, reads, results, timezone.now())
         created, fanout = {}, []
         if decision.accepted:

@@ -31,10 +31,13 @@ first one. An extension that must read something first adds a field to `Reads`, 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import NamedTuple
 
 from django.conf import settings
 
+from apps.attachments import send as attachments
 from apps.core.errors import ServiceError, invalid, not_found
 from apps.core.text import check_text
 from apps.events import catalogue as ev
@@ -60,6 +63,7 @@ class SendRequest(NamedTuple):
     body: object
     client_id: object
     reply_to: object = None
+    attachments: object = None  # upload ids (apps.attachments.send)
 
 
 class Send(NamedTuple):
@@ -71,6 +75,7 @@ class Send(NamedTuple):
     body: str
     client_id: uuid.UUID
     reply_to: object
+    attachments: tuple = ()  # upload ids, cleaned
 
 
 def clean_body(body) -> str:
@@ -108,9 +113,11 @@ def clean(requests) -> tuple[list, list[Send]]:
     todo = []
     for index, request in enumerate(requests):
         try:
-            todo.append(Send(index, room_id_of(request.room), request.author,
-                             clean_body(request.body), clean_client_id(request.client_id),
-                             request.reply_to))
+            files = attachments.clean(request.attachments)
+            # A message may be files alone (an empty body).
+            body = "" if files and request.body == "" else clean_body(request.body)
+            todo.append(Send(index, room_id_of(request.room), request.author, body,
+                             clean_client_id(request.client_id), request.reply_to, files))
         except ServiceError as exc:
             results[index] = exc
     return results, todo
@@ -123,6 +130,7 @@ class Keys(NamedTuple):
     author_ids: list
     client_ids: list
     reply_ids: list  # the reply_to values that can be message ids
+    upload_ids: list  # the attachments listed (sorted: they are locked)
 
 
 def keys(todo: list[Send]) -> Keys:
@@ -131,6 +139,7 @@ def keys(todo: list[Send]) -> Keys:
         sorted({send.author.pk for send in todo}),
         list({send.client_id for send in todo}),
         sorted({s.reply_to for s in todo if type(s.reply_to) is int and 0 < s.reply_to < 2**63}),
+        sorted({upload_id for send in todo for upload_id in send.attachments}),
     )
 
 
@@ -144,6 +153,8 @@ class Reads(NamedTuple):
     message_ids: list | None  # ids drawn for the new messages (PostgreSQL), else None
     blocked: set  # (direct room id, author id) where the room's other member blocked the author
     reply_roots: dict  # reply_to message id -> its thread's root (threads.Root)
+    # The listed attachments by upload id, locked (apps.attachments.send); read-only.
+    uploads: Mapping = MappingProxyType({})
 
 
 class Decision(NamedTuple):
@@ -165,6 +176,7 @@ def decide(todo: list[Send], reads: Reads, results: list, now) -> Decision:
     first_send: dict[tuple, Send] = {}
     resends: dict[int, tuple[int, int] | Send] = {}
     stamped: list[int] = []
+    claimed: set = set()  # uploads taken by earlier sends of the batch
     for send in todo:
         key = (send.author.pk, send.client_id)
         if key in reads.earlier or key in first_send:
@@ -174,6 +186,8 @@ def decide(todo: list[Send], reads: Reads, results: list, now) -> Decision:
         membership = reads.memberships.get((send.room_id, send.author.pk))
         try:
             check_send(send, room, membership, reads, now)
+            if send.attachments:  # the last check: it claims the uploads
+                attachments.check(send.attachments, send.author.pk, reads.uploads, claimed)
         except ServiceError as exc:
             results[send.index] = exc
             continue
@@ -223,15 +237,19 @@ def message_row(message: Message) -> tuple:
     return tuple(getattr(message, field) for field in MESSAGE_FIELDS)
 
 
-def created_events(decision: Decision, messages: list[Message], ids) -> dict[int, Event]:
-    """The messages, given their ids, and their message.created events: {request index: event}."""
+def created_events(decision: Decision, messages: list[Message], ids,
+                   uploads: Mapping = MappingProxyType({})) -> dict[int, Event]:
+    """The messages, given their ids, and their message.created events: {request index: event}.
+    `uploads`: Reads.uploads, for the events' attachments."""
     for message, pk in zip(messages, ids, strict=True):
         message.pk = pk
         message._state.adding = False
     return {
-        send.index: build_event("message.created", room=message.room, seq=message.seq,
-                                actor=message.author, data=ev.message_created(message),
-                                ts=message.created_at)
+        send.index: build_event(
+            "message.created", room=message.room, seq=message.seq, actor=message.author,
+            data=ev.message_created(message,
+                                    attachments=attachments.data(send.attachments, uploads)),
+            ts=message.created_at)
         for send, message in zip(decision.accepted, messages, strict=True)
     }
 
@@ -263,10 +281,21 @@ def thread_updates(decision: Decision, messages: list[Message], reads: Reads) ->
     return ExtraWrite("threads", thread_plan, thread_plan.fanout_items())
 
 
+def attachment_links(decision: Decision, messages: list[Message],
+                     reads: Reads) -> ExtraWrite | None:
+    """The uploads the accepted sends attach: (upload id, message id, position) rows (the
+    messages have their ids: created_events ran)."""
+    if not any(send.attachments for send in decision.accepted):
+        return None  # no extra write for a batch without files
+    rows = attachments.links((send.attachments, message.pk)
+                             for send, message in zip(decision.accepted, messages, strict=True))
+    return ExtraWrite("attachment_links", rows) if rows else None
+
+
 # The planners of the per-batch extra writes, in the order they are written (see the module
 # docstring: the extension point for what a send also writes). Each takes the decision, the
 # new messages (with their seqs) and the reads.
-EXTRA_PLANNERS = [post_stamps, thread_updates]
+EXTRA_PLANNERS = [post_stamps, thread_updates, attachment_links]
 
 
 def extra_writes(decision: Decision, messages: list[Message], reads: Reads) -> list[ExtraWrite]:

@@ -3,6 +3,8 @@
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from apps.attachments.api import UploadSerializer
+from apps.attachments.services import payload as attachment_payload
 from apps.users.api import UserSerializer
 
 
@@ -42,10 +44,20 @@ class MessageSerializer(serializers.Serializer):
     edited_at = serializers.DateTimeField(allow_null=True)
     deleted = serializers.BooleanField(source="is_deleted")
     reactions = serializers.SerializerMethodField()
+    attachments = serializers.SerializerMethodField()
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_body(self, message):
         return None if message.is_deleted else message.body
+
+    @extend_schema_field(UploadSerializer(many=True))
+    def get_attachments(self, message):
+        """Signed links for the caller (expects `attachments` prefetched); none once deleted."""
+        if message.is_deleted:
+            return []
+        user = self.context.get("user")
+        uploads = sorted(message.attachments.all(), key=lambda u: u.position)
+        return [attachment_payload(upload, user) for upload in uploads]
 
     @extend_schema_field(ReactionSummarySerializer(many=True))
     def get_reactions(self, message):
@@ -72,6 +84,10 @@ class MessageSendSerializer(serializers.Serializer):
         help_text="Idempotency key chosen by the client: sending again returns the original.",
     )
     reply_to = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    attachments = serializers.ListField(
+        child=serializers.UUIDField(), required=False, max_length=50,
+        help_text="Ids of the caller's uploads not sent yet (POST /api/uploads/).",
+    )
 
 
 class MessageEditSerializer(serializers.Serializer):

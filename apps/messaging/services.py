@@ -14,6 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from emoji import EMOJI_DATA
 
+from apps.attachments.services import remove_after_commit as remove_attachments_after_commit
 from apps.core.errors import ServiceError, forbidden, invalid, not_found
 from apps.core.sql import (
     Statement,
@@ -82,9 +83,10 @@ def _sent_before(author, client_id) -> Message | None:
     return Message.objects.filter(author=author, client_id=client_id).only("room_id", "seq").first()
 
 
-def message_send(*, room, author, body, client_id, reply_to=None) -> Event:
+def message_send(*, room, author, body, client_id, reply_to=None, attachments=None) -> Event:
     """Post a message; idempotent on (author, client_id): a resend returns the original event."""
-    result = message_send_many([SendRequest(room, author, body, client_id, reply_to)])[0]
+    result = message_send_many(
+        [SendRequest(room, author, body, client_id, reply_to, attachments)])[0]
     if isinstance(result, Exception):
         raise result
     return result
@@ -245,6 +247,7 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason,
     ids = list(message_ids)
     now = timezone.now()
     deleted_by = actor.pk if actor is not None else None
+    remove_attachments_after_commit(ids)  # their files, from storage (PROTOCOL §6)
     seq_of, last = seqs.assign({room.pk: room.last_seq}, [room.pk] * len(ids))
     room.last_seq = last.get(room.pk, room.last_seq)
     events = [

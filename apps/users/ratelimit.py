@@ -3,8 +3,8 @@
 Every write, REST (apps.users.throttles.WriteThrottle) or WebSocket (the consumer), takes one
 token from the user's `write` bucket (CHAT_RATE_LIMIT_MESSAGES tokens, refilled at
 CHAT_RATE_LIMIT_PER_SECOND). Some writes also take from a smaller bucket of their own, so a
-user cannot spend the whole write budget on them: room creation, direct-room opening, invites
-and reports (RATE_LIMIT_* settings). Read receipts take from a `read` bucket only (cheap and
+user cannot spend the whole write budget on them: room creation, direct-room opening, invites,
+reports and uploads (RATE_LIMIT_* settings). Read receipts take from a `read` bucket only (cheap and
 frequent, as in Zulip: they never starve sends), and typing frames from a small bucket per user
 and room. A take either takes from every bucket it names or from none.
 
@@ -39,6 +39,8 @@ BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
                ("RATE_LIMIT_INVITE", "RATE_LIMIT_INVITE_PER_SECOND")),
     "report": (("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
                ("RATE_LIMIT_REPORT", "RATE_LIMIT_REPORT_PER_SECOND")),
+    "upload": (("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
+               ("RATE_LIMIT_UPLOAD", "RATE_LIMIT_UPLOAD_PER_SECOND")),
     "read": (("RATE_LIMIT_READ", "RATE_LIMIT_READ_PER_SECOND"),),
     "typing": (("CHAT_TYPING_RATE_LIMIT", "CHAT_TYPING_RATE_LIMIT_PER_SECOND"),),
     # `subscribe` frames (each may start a replay): their own bucket, not the write budget.

@@ -24,6 +24,7 @@ def configure_run() -> None:
     os.environ.setdefault("KAFKA_TOPIC_PREFIX", f"chattest{run_id}")
     os.environ.setdefault("DATABASE_TEST_NAME", f"test_chat_{run_id}")
     os.environ.setdefault("SQLITE_PATH", f"/tmp/chat-test-{run_id}.sqlite3")
+    os.environ.setdefault("UPLOAD_ROOT", f"/tmp/chat-test-uploads-{run_id}")
 
 
 @pytest.hookimpl(wrapper=True)

@@ -1,0 +1,31 @@
+"""Celery tasks of attachments: thumbnails (the message never waits for them) and the purge of
+uploads never sent."""
+
+from celery import shared_task
+from django.db import DatabaseError
+
+
+@shared_task(bind=True, ignore_result=True, max_retries=5, acks_late=True)
+def make_thumbnail(self, upload_id: str):
+    """Make an image upload's thumbnail; retried on a database or storage error (making it
+    again is harmless: a finished one is skipped). A file Pillow cannot render keeps none."""
+    from .thumbnails import make
+
+    try:
+        make(upload_id)
+    except (DatabaseError, OSError) as exc:
+        if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
+            # Pillow's "cannot identify image" and friends are OSErrors: no retry for those.
+            from PIL import UnidentifiedImageError
+
+            if isinstance(exc, UnidentifiedImageError):
+                return
+        raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
+
+
+@shared_task(ignore_result=True)
+def purge_unused_uploads():
+    """Celery beat (uploads-unused-purge): uploads never sent within UPLOAD_UNUSED_HOURS."""
+    from .services import purge_unused
+
+    purge_unused()
