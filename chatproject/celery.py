@@ -16,6 +16,17 @@ app.autodiscover_tasks()
 
 
 @worker_init.connect
+def make_filesystem_queue_folders(sender=None, **kwargs):
+    """Embedded mode's filesystem transport needs its folders before the worker starts."""
+    from django.conf import settings
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem"):
+        options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+        for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+            os.makedirs(options[key], exist_ok=True)
+
+
+@worker_init.connect
 def keep_database_pool_between_tasks(sender=None, **kwargs):
     """Tasks return their connections to Django's pool instead of closing the pool.
 

@@ -8,9 +8,28 @@ sign-up, the admin, the browsable API, the API docs, Django's error pages).
 
 from __future__ import annotations
 
-# 'self' in connect-src covers the same-origin WebSocket.
+from urllib.parse import urlsplit
+
+from django.conf import settings
+
+
+def upload_image_origins() -> str:
+    """Where attached images load from besides our own origin: with S3 storage the download
+    view redirects to a presigned URL of the endpoint (or AWS's), so img-src names it."""
+    if not getattr(settings, "UPLOAD_S3_BUCKET", None):
+        return ""
+    endpoint = getattr(settings, "UPLOAD_S3_ENDPOINT_URL", None)
+    if endpoint:
+        parts = urlsplit(endpoint)
+        return f" {parts.scheme}://{parts.netloc}"
+    return " https://*.amazonaws.com"
+
+
+# 'self' in connect-src covers the same-origin WebSocket. img-src: blob: for the previews of
+# files about to be uploaded (apps/web/static/web/attachments.js).
 STRICT_CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "default-src 'self'; script-src 'self'; style-src 'self'; "
+    f"img-src 'self' data: blob:{upload_image_origins()}; "
     "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
     "frame-ancestors 'none'; form-action 'self'"
 )

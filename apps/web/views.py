@@ -36,6 +36,7 @@ def chat_page(request):
         "apiRoot": "/api/",
         "heartbeat": settings.CHAT_HEARTBEAT_SECONDS,
         "maxLength": settings.CHAT_MESSAGE_MAX_LENGTH,
+        "uploadMaxBytes": settings.UPLOAD_MAX_BYTES,
         "retentionDays": settings.RETENTION_DAYS or None,  # the site default (null: forever)
     }
     # Text goes in as text (textContent), and even so nothing but the app's own files may run:

@@ -3,6 +3,7 @@
 // Everything the server sends is inserted with textContent (see `el`), never as HTML.
 
 import { Api, ApiError } from "./api.js";
+import { filesOf, PendingFiles, renderFiles, renderPending, ThumbnailWatch } from "./attachments.js";
 import { ChatSocket, ServerError } from "./socket.js";
 import { RoomState, normalizeMessage } from "./timeline.js";
 
@@ -334,6 +335,7 @@ function renderMessage(state, msg) {
           : `${replied.author.username}: ${replied.deleted ? "deleted message" : replied.body.slice(0, 80)}`)
       : null,
     body,
+    msg.deleted ? null : renderFiles(msg.attachments, el, { openImage, watch: (file) => thumbnails.watch(file) }),
     msg.replyCount > 0 && msg.id !== null
       ? el("button", {
         type: "button", class: `thread-link${threadUnread.get(msg.id) ? " unread" : ""}`, dataset: { action: "open-thread" },
@@ -676,6 +678,66 @@ $("timeline").addEventListener("scroll", () => {
   if ($("timeline").scrollTop === 0 && current?.historyLoaded && !current.historyComplete && socket.ready) loadOlder();
 });
 
+// --- Attachments (apps/web/static/web/attachments.js) ------------------------------------------
+
+const pendingFiles = new PendingFiles({
+  apiRoot: config.apiRoot,
+  maxBytes: config.uploadMaxBytes,
+  onChange: (error) => {
+    $("pending-files").replaceChildren(...renderPending(pendingFiles, el));
+    $("pending-files").hidden = pendingFiles.items.length === 0;
+    if (error) showError("attach-error", new Error(error));
+  },
+});
+const thumbnails = new ThumbnailWatch(api, () => { if (current) scheduleRender(current); });
+
+function attach(files) {
+  if (!files.length || !current) return;
+  const refused = pendingFiles.add(files);
+  if (refused.length) showError("attach-error", new Error(refused.join(" ")));
+}
+
+function openImage(file) {
+  const viewer = $("image-viewer");
+  $("image-viewer-img").src = file.url;
+  $("image-viewer-img").alt = file.name;
+  $("image-viewer-title").textContent = file.name;
+  $("image-viewer-download").href = file.url;
+  viewer.showModal();
+}
+
+$("image-viewer-close").addEventListener("click", () => $("image-viewer").close());
+$("image-viewer").addEventListener("close", () => $("image-viewer-img").removeAttribute("src"));
+$("attach-button").addEventListener("click", () => $("attach-input").click());
+$("attach-input").addEventListener("change", (e) => {
+  attach([...e.target.files]);
+  e.target.value = "";
+});
+$("composer-input").addEventListener("paste", (e) => {
+  const files = filesOf(e.clipboardData);
+  if (files.length) {
+    e.preventDefault();
+    attach(files);
+  }
+});
+for (const target of [$("composer"), $("timeline")]) {
+  target.addEventListener("dragover", (e) => {
+    if ([...(e.dataTransfer?.types || [])].includes("Files")) {
+      e.preventDefault();
+      $("composer").classList.add("drop-target");
+    }
+  });
+  target.addEventListener("dragleave", () => $("composer").classList.remove("drop-target"));
+  target.addEventListener("drop", (e) => {
+    $("composer").classList.remove("drop-target");
+    const files = filesOf(e.dataTransfer);
+    if (files.length) {
+      e.preventDefault();
+      attach(files);
+    }
+  });
+}
+
 // --- Messages -----------------------------------------------------------------------------
 
 async function send(state, msg) {
@@ -684,6 +746,7 @@ async function send(state, msg) {
   scheduleRender(state);
   const frame = { type: "message.send", room: state.id, body: msg.body, client_id: msg.clientId };
   if (msg.replyTo !== null) frame.reply_to = msg.replyTo;
+  if (msg.attachments.length) frame.attachments = msg.attachments.map((f) => f.id);
   try {
     const reply = await socket.request(frame);
     state.confirm(reply.event);
@@ -701,8 +764,11 @@ $("composer").addEventListener("submit", (e) => {
   const state = current;
   const input = $("composer-input");
   const body = input.value;
-  if (!state || !body.trim() || $("send-button").disabled) return;
-  const msg = state.addPending(uuid(), body, replyTo ? replyTo.id : null);
+  if (!state || $("send-button").disabled) return;
+  if (pendingFiles.busy) { showError("attach-error", new Error("Wait for the uploads to finish.")); return; }
+  const files = pendingFiles.ready.length ? pendingFiles.take() : [];
+  if (!body.trim() && !files.length) return;
+  const msg = state.addPending(uuid(), body.trim() ? body : "", replyTo ? replyTo.id : null, files);
   input.value = "";
   cancelReply();
   stopTyping();

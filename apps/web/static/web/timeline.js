@@ -23,9 +23,10 @@ export function normalizeMessage(raw, me) {
     deleted: Boolean(raw.deleted),
     byModerator: Boolean(raw.by_moderator),
     reactions: new Map(), // emoji -> {count, me}
+    attachments: raw.attachments || [], // files (PROTOCOL §8)
     status: "sent",
   };
-  if (msg.deleted) msg.body = "";
+  if (msg.deleted) { msg.body = ""; msg.attachments = []; }
   for (const r of raw.reactions || []) msg.reactions.set(r.emoji, { count: r.count, me: Boolean(r.me) });
   return msg;
 }
@@ -143,11 +144,12 @@ export class RoomState {
     return sent.concat([...this.pending.values()]);
   }
 
-  addPending(clientId, body, replyTo) {
+  addPending(clientId, body, replyTo, attachments = []) {
     const msg = {
       id: null, seq: null, author: this.me, body, replyTo, clientId, ts: new Date().toISOString(),
       thread: null, replyCount: 0, lastReplySeq: null,
       editedAt: null, deleted: false, byModerator: false, reactions: new Map(), status: "pending",
+      attachments,
     };
     this.pending.set(clientId, msg);
     return msg;
@@ -164,7 +166,7 @@ export class RoomState {
     const d = event.data;
     const msg = normalizeMessage({
       id: d.id, seq: event.seq, author: event.actor, body: d.body, reply_to: d.reply_to, thread: d.thread,
-      client_id: d.client_id, created_at: event.ts,
+      client_id: d.client_id, created_at: event.ts, attachments: d.attachments,
       // A redacted event (its message was deleted later): a tombstone until message.deleted.
       deleted: Boolean(d.redacted),
     }, this.me);
@@ -225,13 +227,14 @@ export class RoomState {
   applyToMessage(msg, event) {
     const d = event.data;
     if (event.type === "message.edited") {
-      if (d.redacted) msg.deleted = true;
+      if (d.redacted) { msg.deleted = true; msg.attachments = []; }
       msg.body = d.body ?? "";
       msg.editedAt = d.edited_at;
     } else if (event.type === "message.deleted") {
       msg.deleted = true;
       msg.byModerator = Boolean(d.by_moderator);
       msg.body = "";
+      msg.attachments = [];
       msg.reactions.clear();
     } else if (event.type === "reaction.added") {
       changeReaction(msg, d.emoji, event.actor, this.me, +1);
