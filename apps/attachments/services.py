@@ -3,9 +3,9 @@
 A file lives in the `uploads` storage (Django's storage API: the filesystem under UPLOAD_ROOT,
 or S3-compatible object storage) under a random key; its row (Upload) names it. The row is
 attached to a message by the send that lists it (apps.attachments.send, in the send's
-transaction). From the message's redaction on, its files are refused by the download view
-(the message is deleted), and right after the commit they are removed from storage with their
-rows. Uploads never sent are purged after UPLOAD_UNUSED_HOURS (a beat job).
+transaction). The message's redaction deletes the rows in its transaction and the files from
+storage right after its commit. Uploads never sent are purged after UPLOAD_UNUSED_HOURS (a
+beat job).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from apps.core.errors import ServiceError, forbidden, invalid, not_found
+from apps.core.sql import Statement
 from apps.rooms import services as rooms
 
 from . import files, sniff
@@ -197,17 +198,31 @@ def presigned_url(name: str, *, content_type: str, disposition: str) -> str | No
 
 
 def remove_for_messages(message_ids) -> int:
-    """Remove the uploads of these (deleted) messages: rows now, files after the commit.
-
-    Called right after a redaction committed (the download view already refuses them: their
-    message is deleted), or inside retention's transaction before its messages go."""
+    """A redaction (SQLite; PostgreSQL uses delete_statement): remove the uploads of these
+    messages in the redacting transaction, their files from storage after its commit."""
     ids = list(message_ids)
     if not ids:
         return 0
-    with transaction.atomic():
-        doomed = list(Upload.objects.select_for_update().of_messages(ids)
-                      .values_list("pk", "file", "thumbnail"))
-        return _remove(doomed)
+    doomed = list(Upload.objects.select_for_update().of_messages(ids)
+                  .values_list("pk", "file", "thumbnail"))
+    return _remove(doomed)
+
+
+def delete_statement(message_ids: list[int]) -> Statement:
+    """PostgreSQL: a redaction's DELETE of its messages' uploads, returning their storage
+    names (the last statement of the redaction's one combined statement)."""
+    return Statement(
+        f"DELETE FROM {Upload._meta.db_table} WHERE message_id = ANY(%b::bigint[]) "
+        "RETURNING file, thumbnail",
+        [list(message_ids)], True,
+    )
+
+
+def delete_files_on_commit(rows) -> None:
+    """Remove these (file, thumbnail) storage names once the transaction commits."""
+    names = [name for row in rows for name in row if name]
+    if names:
+        transaction.on_commit(lambda: delete_files(names), robust=True)
 
 
 def remove_for_seqs(*, room_id: int, start: int, stop: int) -> int:
@@ -221,26 +236,11 @@ def remove_for_seqs(*, room_id: int, start: int, stop: int) -> int:
     return _remove(doomed)
 
 
-def remove_after_commit(message_ids) -> None:
-    """On commit of a redaction: remove its messages' files (see remove_for_messages)."""
-    ids = list(message_ids)
-    transaction.on_commit(lambda: _remove_logged(ids), robust=True)
-
-
-def _remove_logged(ids) -> None:
-    try:
-        remove_for_messages(ids)
-    except Exception:  # the purge job sweeps what is left (uploads of deleted messages)
-        logger.warning("removing the files of %d deleted messages failed", len(ids),
-                       exc_info=True)
-
-
 def _remove(doomed) -> int:
     if not doomed:
         return 0
     Upload.objects.filter(pk__in=[pk for pk, _, _ in doomed]).delete()
-    names = [name for _, file, thumb in doomed for name in (file, thumb) if name]
-    transaction.on_commit(lambda: delete_files(names), robust=True)
+    delete_files_on_commit([(file, thumb) for _, file, thumb in doomed])
     return len(doomed)
 
 

@@ -41,15 +41,16 @@ class Statement(NamedTuple):
 
 
 def combine(statements: list[Statement]) -> Statement:
-    """Several writes that read nothing back as one statement (data-modifying WITH clauses):
-    one execute, and one pass of psycopg's pipeline, instead of one each."""
+    """Several writes as one statement (data-modifying WITH clauses): one execute, and one
+    pass of psycopg's pipeline, instead of one each. Only the last may read rows back (its
+    RETURNING is the statement's)."""
     if len(statements) == 1:
         return statements[0]
-    assert not any(s.fetch for s in statements), "only statements that return nothing"
     *first, last = statements
+    assert not any(s.fetch for s in first), "only the last statement may return rows"
     clauses = ", ".join(f"w{i} AS ({s.sql})" for i, s in enumerate(first))
     return Statement(f"WITH {clauses} {last.sql}",
-                     [p for s in statements for p in s.params], False)
+                     [p for s in statements for p in s.params], last.fetch)
 
 
 def run(statements: list[Statement]) -> list:

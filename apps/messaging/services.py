@@ -14,7 +14,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 from emoji import EMOJI_DATA
 
-from apps.attachments.services import remove_after_commit as remove_attachments_after_commit
+from apps.attachments import services as attachment_files
 from apps.core.errors import ServiceError, forbidden, invalid, not_found
 from apps.core.sql import (
     Statement,
@@ -247,7 +247,6 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason,
     ids = list(message_ids)
     now = timezone.now()
     deleted_by = actor.pk if actor is not None else None
-    remove_attachments_after_commit(ids)  # their files, from storage (PROTOCOL §6)
     seq_of, last = seqs.assign({room.pk: room.last_seq}, [room.pk] * len(ids))
     room.last_seq = last.get(room.pk, room.last_seq)
     events = [
@@ -266,17 +265,21 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason,
                       "WHERE message_id = ANY(%b::bigint[])", [ids]),
             *([_audit_statement(audit, now)] if audit else []),
             events_statement(events),
+            # Last: its RETURNING names the files, removed from storage after the commit.
+            attachment_files.delete_statement(ids),
         ])
         # The threads' recount reads the deletion: pipelined after it, in the same round trip.
         connection.ensure_connection()
         with connection.wrap_database_errors, connection.connection.pipeline():
-            recounted = run([writes, threads.recount_statement(ids)])[1]
+            files, recounted = run([writes, threads.recount_statement(ids)])
+        attachment_files.delete_files_on_commit(files)
         send_events_on_commit(fanout_items(events) + threads.recount_items(recounted, actor))
         return events
     ModerationAction.objects.bulk_create(audit)
     Message.objects.filter(pk__in=ids).update(body="", deleted_at=now, deleted_by_id=deleted_by)
     redact_message_events(ids)
     Notification.objects.filter(message_id__in=ids).delete()
+    attachment_files.remove_for_messages(ids)  # the rows now, the files after the commit
     update_by_pk(Room, "last_seq", {room.pk: room.last_seq})
     record_events(events)
     send_events_on_commit(threads.recount_items(threads.recount(ids), actor))

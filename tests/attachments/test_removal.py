@@ -4,6 +4,7 @@ uploads never sent are purged after UPLOAD_UNUSED_HOURS."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -63,14 +64,25 @@ def test_the_authors_delete_removes_file_and_thumbnail_from_storage(
     assert client.get(f"/api/messages/{message.pk}/").json()["attachments"] == []
 
 
-def test_files_are_refused_from_the_redactions_commit_before_storage_is_cleaned(
+def test_the_rows_go_in_the_redacting_transaction_and_the_files_only_after_its_commit(
         client, user, room, uploaded, django_capture_on_commit_callbacks):
     message, upload = sent_with_file(room, user, uploaded)
-    messaging.message_delete(message=message, actor=user)  # the after-commit hook not run
-    assert stored(upload.file)
+    with django_capture_on_commit_callbacks(execute=False) as hooks:
+        messaging.message_delete(message=message, actor=user)
+    assert not Upload.objects.filter(pk=upload.pk).exists()
+    assert stored(upload.file)  # a rollback would have needed it
     assert client.get(f"/api/uploads/{upload.pk}/file/").status_code == 404
     assert client.get(f"/api/uploads/{upload.pk}/thumbnail/").status_code == 404
-    # The purge job sweeps what a crash between commit and clean-up would leave.
+    for hook in hooks:
+        hook()
+    assert_gone(upload)
+
+
+def test_the_purge_also_sweeps_files_left_on_a_deleted_message(
+        user, room, uploaded, django_capture_on_commit_callbacks):
+    message, upload = sent_with_file(room, user, uploaded)
+    Message.objects.filter(pk=message.pk).update(deleted_at=timezone.now())  # not redacted
+    assert factories.api_client(user).get(f"/api/uploads/{upload.pk}/file/").status_code == 404
     with django_capture_on_commit_callbacks(execute=True):
         assert attachments.purge_unused() == 1
     assert_gone(upload)
@@ -165,5 +177,5 @@ def test_a_thumbnail_finished_after_the_deletion_is_removed(user, room, uploaded
     messaging.message_delete(message=message, actor=user)
     name = attachments.storage().save(f"{message.pk}-late.jpg", ContentFile(b"late"))
     with django_capture_on_commit_callbacks(execute=True):
-        assert attachments.thumbnail_saved(Upload.objects.get(pk=body["id"]).pk, name, None) is False
+        assert attachments.thumbnail_saved(uuid.UUID(body["id"]), name, None) is False
     assert not stored(name)
