@@ -9,17 +9,15 @@ from django.db import DatabaseError
 def make_thumbnail(self, upload_id: str):
     """Make an image upload's thumbnail; retried on a database or storage error (making it
     again is harmless: a finished one is skipped). A file Pillow cannot render keeps none."""
+    from PIL import UnidentifiedImageError
+
     from .thumbnails import make
 
     try:
         make(upload_id)
-    except (DatabaseError, OSError) as exc:
-        if isinstance(exc, OSError) and not isinstance(exc, (ConnectionError, TimeoutError)):
-            # Pillow's "cannot identify image" and friends are OSErrors: no retry for those.
-            from PIL import UnidentifiedImageError
-
-            if isinstance(exc, UnidentifiedImageError):
-                return
+    except UnidentifiedImageError:  # checked at upload, so not expected: no retry for it
+        return
+    except (DatabaseError, OSError) as exc:  # the database, or the storage (S3, a disk)
         raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
 
 

@@ -455,6 +455,7 @@ function updateComposer() {
   const wait = Math.ceil(((current.slowUntil || 0) - Date.now()) / 1000);
   const closed = Boolean(info.archived) || readOnly;
   $("composer-input").disabled = closed;
+  $("attach-button").disabled = closed;
   $("send-button").disabled = closed || wait > 0;
   $("composer").classList.toggle("read-only", readOnly);
   $("composer-input").placeholder = info.archived ? "This room is archived."
@@ -692,7 +693,7 @@ const pendingFiles = new PendingFiles({
 const thumbnails = new ThumbnailWatch(api, () => { if (current) scheduleRender(current); });
 
 function attach(files) {
-  if (!files.length || !current) return;
+  if (!files.length || !current || $("attach-button").disabled) return;
   const refused = pendingFiles.add(files);
   if (refused.length) showError("attach-error", new Error(refused.join(" ")));
 }
