@@ -1,10 +1,13 @@
 """Attachments in the send path (message.send, REST send; single and batched, both databases).
 
-Small functions, inputs to statements or rows, each called from one place of
-apps.messaging.services: the send reads the listed uploads with the batch's other reads
-(locked: two sends cannot take one upload), checks each send's list under the room locks
-(`check`), and links them to the new messages with the batch's writes (`link_statement` on
-PostgreSQL, `link` elsewhere), so an attachment is linked in the send's own transaction.
+Small functions, inputs to statements or rows, each called from one place of the send plan
+(apps.messaging.send_plan and its executors send_pg, send_orm): the batch reads the listed
+uploads with its other reads (locked: two sends cannot take one upload; `read_statement`
+shares the reads' round trip on PostgreSQL, `read` elsewhere), the plan checks each send's
+list under the room locks (`check`) and puts them in message.created (`data`), and the
+`attachment_links` extra write links them to the new messages with the batch's writes
+(`link_statement`, combined into its one write statement; `link` elsewhere), so an attachment
+is linked in the send's own transaction at no extra round trip.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 from apps.core.errors import ServiceError, forbidden, invalid, not_found
 from apps.core.sql import Statement
+from apps.events.services import after_commit
 from apps.rooms import services as rooms
 
 from . import files, sniff
@@ -90,7 +91,7 @@ def upload_create(*, owner, uploaded_file) -> Upload:
         with transaction.atomic():
             upload.save(force_insert=True)
             if upload.is_image:
-                transaction.on_commit(lambda: _queue_thumbnail(upload.pk), robust=True)
+                after_commit(lambda: _queue_thumbnail(upload.pk))
     except BaseException:
         storage().delete(upload.file)
         raise
@@ -222,7 +223,7 @@ def delete_files_on_commit(rows) -> None:
     """Remove these (file, thumbnail) storage names once the transaction commits."""
     names = [name for row in rows for name in row if name]
     if names:
-        transaction.on_commit(lambda: delete_files(names), robust=True)
+        after_commit(lambda: delete_files(names))
 
 
 def remove_for_seqs(*, room_id: int, start: int, stop: int) -> int:
@@ -279,7 +280,7 @@ def thumbnail_saved(upload_id, name: str, size: tuple[int, int] | None) -> bool:
         with transaction.atomic():
             upload = Upload.objects.select_for_update().filter(pk=upload_id).first()
             if upload is None or (upload.message_id and upload.message.deleted_at):
-                transaction.on_commit(lambda: delete_files([name]), robust=True)
+                after_commit(lambda: delete_files([name]))
                 return False
             upload.thumbnail = name
             fields = ["thumbnail"]
