@@ -127,7 +127,7 @@ def test_retention_removes_the_files_of_the_messages_it_purges(user, room, uploa
     cutoff_seq = Event.objects.filter(room=room).order_by("-seq").first().seq
     old = timezone.now() - timedelta(days=3)
     Event.objects.filter(room=room, seq__lte=cutoff_seq).update(ts=old, published_at=old)
-    recent_message, recent_upload = sent_with_file(room, user, uploaded)
+    _, recent_upload = sent_with_file(room, user, uploaded)
 
     with django_capture_on_commit_callbacks(execute=True):
         result = history_purge()

@@ -13,6 +13,8 @@ from playwright.sync_api import expect
 from apps.attachments.models import Upload
 from tests import factories
 
+from tests.support.processes import ServerProcess
+
 from .conftest import in_thread, make_user, screenshot
 from .test_browser import composer, open_room
 
@@ -92,19 +94,27 @@ def lambda_re(fragment):
     return re.compile(fragment if fragment.startswith("^") else ".*" + fragment + ".*")
 
 
-def test_a_file_over_the_limit_is_refused_with_a_clear_message(server, open_page):
+@pytest.fixture
+def small_limit_server(child_env):
+    """A server whose upload limit is 200 KiB (the page is told the same limit)."""
+    proc = ServerProcess(dict(child_env, UPLOAD_MAX_BYTES=str(200 * 1024))).start()
+    yield proc
+    proc.stop()
+
+
+def test_a_file_over_the_limit_is_refused_with_a_clear_message(small_limit_server, open_page):
     def setup():
         carol = make_user("carol")
         factories.make_room(carol, name="Files")
         return carol
 
     carol = in_thread(setup)
-    page = open_page(server, carol)
+    page = open_page(small_limit_server, carol)
     open_room(page, "Files")
-    big = b"\0" * (10 * 1024 * 1024 + 1)
     page.locator("#attach-input").set_input_files(
-        files=[{"name": "huge.bin", "mimeType": "application/octet-stream", "buffer": big}])
+        files=[{"name": "huge.bin", "mimeType": "application/octet-stream",
+                "buffer": b"\0" * (300 * 1024)}])
     expect(page.locator("#attach-error")).to_have_text(
-        "huge.bin is 10.0 MiB: files can be at most 10 MiB.")
+        "huge.bin is 300 KiB: files can be at most 200 KiB.")
     expect(page.locator("#pending-files .pending-file")).to_have_count(0)
     assert in_thread(lambda: Upload.objects.count()) == 0
