@@ -12,7 +12,6 @@ from playwright.sync_api import expect
 
 from apps.attachments.models import Upload
 from tests import factories
-
 from tests.support.processes import ServerProcess
 
 from .conftest import in_thread, make_user, screenshot
