@@ -1,3 +1,5 @@
+import shutil
+
 import pytest
 
 from tests import factories
@@ -35,6 +37,17 @@ def _close_the_pool_before_the_test_database_is_dropped(django_db_setup, django_
         close_pool = getattr(connection, "close_pool", None)
         if close_pool is not None:
             close_pool()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_the_runs_uploads():
+    """The files uploaded during the run live under its own UPLOAD_ROOT
+    (chatproject/settings_test.py): removed when it ends."""
+    yield
+    from django.conf import settings
+
+    if "chat-test-uploads-" in str(settings.UPLOAD_ROOT):
+        shutil.rmtree(settings.UPLOAD_ROOT, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
