@@ -288,11 +288,12 @@ def test_a_signed_link_works_without_credentials_only_while_its_reader_may_read(
 def test_an_expired_link_is_refused(user, room, uploaded):
     image = uploaded()
     factories.send(room, user, "pic", attachments=[image["id"]])
-    with override_settings(UPLOAD_URL_MAX_AGE=1):
+    # Signatures stamp whole seconds: a 3 s link is good for at least 2 s, gone after 4.
+    with override_settings(UPLOAD_URL_MAX_AGE=3):
         link = factories.api_client(user).get(f"/api/uploads/{image['id']}/").json()["url"]
         anonymous = factories.api_client()
         assert anonymous.get(link).status_code == 200
-        time.sleep(2.1)
+        time.sleep(4.1)
         response = anonymous.get(link)
     assert response.status_code == 403
     assert response.json()["code"] == "forbidden"
