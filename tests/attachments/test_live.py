@@ -14,7 +14,7 @@ from apps.attachments.models import Upload
 from apps.rooms.models import Room
 from tests import factories
 from tests.attachments.conftest import jpeg, png
-from tests.messaging.wsclient import WS
+from tests.support.wsclient import WS
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
