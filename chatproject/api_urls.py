@@ -5,12 +5,14 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 
 from apps.attachments import api as attachments
 from apps.core.api import api_not_found
+from apps.integrations import api as integrations
 from apps.messaging import api as messaging
 from apps.messaging import api_threads as threads
 from apps.moderation import api as moderation
 from apps.notifications import api as notifications
 from apps.rooms import api as rooms
 from apps.users import api as users
+from apps.users import tokens_api
 
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
@@ -76,6 +78,20 @@ urlpatterns = [
          name="upload-file"),
     path("uploads/<uuid:upload_id>/thumbnail/", attachments.UploadThumbnailApi.as_view(),
          name="upload-thumbnail"),
+    # Integrations (PROTOCOL §10): tokens, bots, webhooks.
+    path("tokens/", tokens_api.TokensApi.as_view(), name="tokens"),
+    path("tokens/<int:token_id>/", tokens_api.TokenDetailApi.as_view(), name="token"),
+    path("bots/", tokens_api.BotsApi.as_view(), name="bots"),
+    path("bots/<int:bot_id>/", tokens_api.BotDetailApi.as_view(), name="bot"),
+    path("rooms/<int:room_id>/webhooks/", integrations.RoomWebhooksApi.as_view(),
+         name="room-webhooks"),
+    path("rooms/<int:room_id>/webhooks/<int:hook_id>/",
+         integrations.RoomWebhookDetailApi.as_view(), name="room-webhook"),
+    path("hooks/<str:key>/", integrations.IncomingHookApi.as_view(), name="incoming-hook"),
+    path("webhooks/", integrations.WebhooksApi.as_view(), name="webhooks"),
+    path("webhooks/<int:webhook_id>/", integrations.WebhookDetailApi.as_view(), name="webhook"),
+    path("webhooks/<int:webhook_id>/replay/", integrations.WebhookReplayApi.as_view(),
+         name="webhook-replay"),
     # Last: any other path under /api/ ending in a slash gets the contract's JSON 404.
     re_path(r"^.*/$", api_not_found),
 ]

@@ -94,6 +94,7 @@ INSTALLED_APPS = [
     "apps.notifications",
     "apps.moderation",
     "apps.attachments",
+    "apps.integrations",
 ]
 
 MIDDLEWARE = [
@@ -420,11 +421,27 @@ CHAT_REDIS_CONCURRENCY = env_int("CHAT_REDIS_CONCURRENCY", 32)  # Redis calls in
 # Rooms followed by more sockets than this on a process get no presence.changed (n² frames).
 CHAT_PRESENCE_MAX_SUBSCRIBERS = env_int("CHAT_PRESENCE_MAX_SUBSCRIBERS", 100)
 
+# --- Integrations: tokens, bots, webhooks (PROTOCOL §10; apps.users.tokens, apps.integrations) ---
+TOKEN_LAST_USED_SECONDS = env_float("TOKEN_LAST_USED_SECONDS", 60.0)  # last_used_at precision
+# Outgoing webhook targets: host names (`hooks.example.com`, `.example.com` for a domain and its
+# subdomains), IP addresses or networks (`10.1.0.0/16`); `*` any host whose addresses are all
+# public. Private, loopback, link-local and other non-public addresses are refused unless
+# their host name or address is listed here explicitly (checked after DNS resolution).
+WEBHOOK_ALLOWED_HOSTS = env_list("WEBHOOK_ALLOWED_HOSTS", "*")
+WEBHOOK_TIMEOUT_SECONDS = env_float("WEBHOOK_TIMEOUT_SECONDS", 10.0)  # connect + answer
+WEBHOOK_CONCURRENCY = env_int("WEBHOOK_CONCURRENCY", 2)  # deliveries in flight per endpoint
+WEBHOOK_BATCH_EVENTS = env_int("WEBHOOK_BATCH_EVENTS", 500)  # events per POST at most
+WEBHOOK_POLL_SECONDS = env_float("WEBHOOK_POLL_SECONDS", 0.1)  # the worker reads the log so often
+WEBHOOK_RETRY_BASE_SECONDS = env_float("WEBHOOK_RETRY_BASE_SECONDS", 1.0)
+WEBHOOK_RETRY_MAX_SECONDS = env_float("WEBHOOK_RETRY_MAX_SECONDS", 300.0)
+WEBHOOK_MAX_PER_USER = env_int("WEBHOOK_MAX_PER_USER", 20)
+
 # --- REST --------------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.TokenAuthentication",
+        # DRF's authtoken keys and the scoped API tokens (apps.users.tokens).
+        "apps.users.tokens.TokenAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -76,7 +76,12 @@ def format_ts(dt: datetime) -> str:
 
 
 def actor_of(user) -> dict | None:
-    return None if user is None else {"id": user.pk, "username": user.username}
+    """The envelope's `actor`; bot accounts carry `"bot": true` (PROTOCOL §10)."""
+    if user is None:
+        return None
+    if getattr(user, "is_bot", False):
+        return {"id": user.pk, "username": user.username, "bot": True}
+    return {"id": user.pk, "username": user.username}
 
 
 def envelope(

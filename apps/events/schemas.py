@@ -20,6 +20,14 @@ _user = {
     "required": ["id", "username"],
     "additionalProperties": False,
 }
+# `actor`: a user, with `bot: true` for bot accounts (omitted when false).
+_actor = {
+    "type": "object",
+    "properties": {"id": _id, "username": {"type": "string", "minLength": 1},
+                   "bot": {"type": "boolean"}},
+    "required": ["id", "username"],
+    "additionalProperties": False,
+}
 _role = {"enum": ["owner", "moderator", "member"]}
 _reason = {"anyOf": [{"type": "string", "minLength": 1, "maxLength": 500}, {"type": "null"}]}
 _emoji = {"type": "string", "minLength": 1, "maxLength": 32}
@@ -170,7 +178,7 @@ def envelope_schema(type: str) -> dict:
             "room": _id if room_required else {"anyOf": [_id, {"type": "null"}]},
             "seq": {"type": "integer", "minimum": 1} if spec.seq else {"type": "null"},
             "ts": _ts,
-            "actor": {"anyOf": [_user, {"type": "null"}]},
+            "actor": {"anyOf": [_actor, {"type": "null"}]},
             "data": DATA[type],
         },
         "required": ["id", "type", "room", "seq", "ts", "actor", "data"],

@@ -22,9 +22,18 @@ class AccessWatch:
 
     def close_sessions(self, message: dict) -> int:
         """`chat.logout`: close this process's sockets of that session (of every session and
-        token, with `all`); without either, a rights change (see apps.users.sessions)."""
+        token, with `all`; of one API token, with `token`); without any, a rights change (see
+        apps.users.sessions)."""
         hub = self.hub
         user_id = message.get("user")
+        if "token" in message:  # an API token was revoked (apps.users.tokens): its sockets
+            conns = [c for c in hub.users.get(user_id, ())
+                     if sessions.token_of(c) == message["token"]]
+            for conn in conns:
+                conn.write_json({"type": "error", "ref": None, "code": "unauthenticated",
+                                 "message": message.get("reason") or "the token was revoked"})
+                hub.loop.create_task(conn.close(sessions.CLOSE_UNAUTHENTICATED))
+            return len(conns)
         if "session" not in message and not message.get("all"):
             if message.get("version") is not None:
                 self.rights_changed(user_id, message["version"], closing=bool(message.get("code")))

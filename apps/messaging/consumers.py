@@ -49,6 +49,8 @@ BUDGETS = {
     "read": "read",
     "subscribe": "subscribe",
 }
+# What a socket opened with a `read` API token may send (apps.users.tokens); else `forbidden`.
+READ_ONLY_FRAMES = frozenset({"ping", "subscribe", "unsubscribe"})
 
 
 # --- Service calls (run in the database thread pool) -----------------------------------------
@@ -107,6 +109,8 @@ class ChatConsumer(AsyncConsumer):
             await self._until_disconnect(receive)
             return
         self.user = user
+        token = scope.get("api_token")
+        self.read_only = token is not None and not token.can_write
         ext = (scope.get("extensions") or {}).get("chat.socket")
         self.hub = get_hub()
         self.conn = conn = Connection(user_id=user.pk, username=user.username, send=send, ext=ext)
@@ -202,6 +206,8 @@ class ChatConsumer(AsyncConsumer):
             handler = self.handlers.get(kind) if isinstance(kind, str) else None
             if handler is None:
                 raise invalid(f"unknown frame type {kind!r}")
+            if self.read_only and kind not in READ_ONLY_FRAMES:
+                raise ServiceError("forbidden", "this token is read-only (scope `read`)")
             if kind != "ping":
                 self.conn.last_active = time.monotonic()
                 if self.hub.versions.get(self.conn.user_id, 0) > self.conn.version:

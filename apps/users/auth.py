@@ -8,13 +8,11 @@ from django.contrib.auth.models import AnonymousUser
 
 @database_sync_to_async
 def user_for_token(key: str):
-    from rest_framework.authtoken.models import Token
+    """(user or AnonymousUser, the ApiToken or None for a DRF authtoken key)."""
+    from .tokens import user_for_key
 
-    try:
-        token = Token.objects.select_related("user").get(key=key)
-    except (Token.DoesNotExist, ValueError):
-        return AnonymousUser()
-    return token.user if token.user.is_active else AnonymousUser()
+    user, token = user_for_key(key)
+    return (user or AnonymousUser()), token
 
 
 def token_from_headers(headers) -> str | None:
@@ -37,7 +35,7 @@ class TokenAuthMiddleware(BaseMiddleware):
         if user is None or not getattr(user, "is_authenticated", False):
             key = token_from_headers(scope.get("headers", []))
             if key:
-                scope["user"] = await user_for_token(key)
+                scope["user"], scope["api_token"] = await user_for_token(key)
                 scope["auth_method"] = "token"
         else:
             scope["auth_method"] = "session"

@@ -78,6 +78,11 @@ class User(AbstractUser):
     # Set when the account was erased (apps.messaging.erasure); it is then inactive and
     # named deleted-user-<id>.
     erased_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # Bot accounts (PROTOCOL §10): no password, act through tokens, `actor.bot` on their
+    # events. `bot_owner` is who created it (null for a room's webhook bot of a deleted owner).
+    is_bot = models.BooleanField(default=False, editable=False)
+    bot_owner = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                                  related_name="bots", editable=False)
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
@@ -99,6 +104,8 @@ class User(AbstractUser):
 
     def actor(self) -> dict:
         """The user as an envelope `actor` / `user` object."""
+        if self.is_bot:
+            return {"id": self.pk, "username": self.username, "bot": True}
         return {"id": self.pk, "username": self.username}
 
 
@@ -123,3 +130,35 @@ class Block(models.Model):
 
     def __str__(self):
         return f"{self.blocker} blocks {self.blocked}"
+
+
+class ApiToken(models.Model):
+    """A named, scoped, expiring API token (PROTOCOL §10). Only a SHA-256 of its secret is
+    stored; `key_id` (in clear in the token itself) finds the row (apps.users.tokens)."""
+
+    READ, WRITE = "read", "write"
+    SCOPES = (READ, WRITE)
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                             related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_id = models.CharField(max_length=16, unique=True, editable=False)
+    digest = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["user", "created_at"])]
+
+    def __str__(self):
+        return f"{self.user} / {self.name}"
+
+    @property
+    def can_write(self) -> bool:
+        return self.WRITE in self.scopes
+
+    def expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())

@@ -22,12 +22,9 @@ def key_reserved(username: str) -> bool:
     return username_key(username).startswith(ERASED_PREFIX)
 
 
-def user_signup(*, username, password, email="") -> User:
-    """Create an account when sign-up is open (SIGNUP_ENABLED). The username is NFKC-normalized
-    first; no two may share a case-folded form (a unique index); letters in one script only;
-    the password passes AUTH_PASSWORD_VALIDATORS."""
-    if not settings.SIGNUP_ENABLED:
-        raise forbidden("sign-up is disabled on this server")
+def clean_username(username) -> str:
+    """A username fit for a new account (NFKC-normalized), or `invalid`: one script, the
+    allowed characters, not reserved, not taken (case-folded), not a look-alike of a taken one."""
     if not isinstance(username, str) or not username.strip():
         raise invalid("username must be a non-empty string", field="username")
     username = User.normalize_username(username.strip())
@@ -43,18 +40,28 @@ def user_signup(*, username, password, email="") -> User:
                       field="username") from None
     if key_reserved(username):
         raise invalid("that username is reserved", field="username")
-    if not isinstance(password, str):
-        raise invalid("password must be a string", field="password")
-    try:
-        password_validation.validate_password(password, User(username=username, email=email or ""))
-    except ValidationError as exc:
-        raise invalid("password: " + " ".join(exc.messages), field="password") from None
     key = username_key(username)
     if User.objects.filter(username_key=key).exists():
         raise invalid("that username is taken", field="username")
     lookalike = latin_lookalike(key)
     if lookalike is not None and User.objects.filter(username_key=lookalike).exists():
         raise invalid("that username looks like an existing one", field="username")
+    return username
+
+
+def user_signup(*, username, password, email="") -> User:
+    """Create an account when sign-up is open (SIGNUP_ENABLED). The username is NFKC-normalized
+    first; no two may share a case-folded form (a unique index); letters in one script only;
+    the password passes AUTH_PASSWORD_VALIDATORS."""
+    if not settings.SIGNUP_ENABLED:
+        raise forbidden("sign-up is disabled on this server")
+    username = clean_username(username)
+    if not isinstance(password, str):
+        raise invalid("password must be a string", field="password")
+    try:
+        password_validation.validate_password(password, User(username=username, email=email or ""))
+    except ValidationError as exc:
+        raise invalid("password: " + " ".join(exc.messages), field="password") from None
     try:
         with transaction.atomic():
             return User.objects.create_user(username=username, password=password, email=email or "")

@@ -1,0 +1,283 @@
+"""Outgoing webhook delivery: durable cursors over the room event log (PROTOCOL §10).
+
+A worker (`python manage.py deliver_webhooks`) reads the log itself — no Kafka — every
+WEBHOOK_POLL_SECONDS:
+
+1. `plan()` (one database round trip of two statements): the cursors that are behind their
+   room's head, not waiting for a retry and not in flight, and the log events after them. For
+   each webhook, those rooms' events go into batches of at most WEBHOOK_BATCH_EVENTS, one per
+   free slot of the webhook's WEBHOOK_CONCURRENCY; a room is in at most one batch at a time,
+   so its events go out in seq order and a later batch of the room waits for the earlier one.
+2. Each batch is POSTed as `{"events": [...]}` (the log's envelopes as they are now: redacted
+   events go out redacted) to the address the SSRF guard checked (apps.integrations.ssrf),
+   signed `X-Chat-Signature: sha256=<HMAC-SHA256 of the body>`, with `X-Chat-Delivery` (a new
+   id per attempt) and a timeout. The worker never waits for a delivery to plan the next: a
+   slow or dead endpoint holds its own slots, nobody else's.
+3. A 2xx moves each room's cursor to the batch's last seq of that room (at least once: a crash
+   between the answer and the update delivers the batch again; receivers deduplicate on the
+   event id). Anything else leaves the cursors and sets their `next_attempt_at` with
+   exponential backoff (WEBHOOK_RETRY_BASE_SECONDS doubling, capped at
+   WEBHOOK_RETRY_MAX_SECONDS, retried forever) and `last_error`.
+
+Which rooms a webhook follows (its list, or every room its owner may read, checked again every
+few seconds) is re-read by `refresh()`, which also creates the cursors of newly followed rooms:
+at seq 0 for a room created after the webhook, else at the room's head. Several workers split
+the webhooks between them with `--shard I --shards N` (webhook id modulo N); run one process
+per shard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import F, Q, TextField
+from django.db.models.functions import Cast, Mod
+from django.utils import timezone
+
+from apps.events.models import Event
+
+from . import http, ssrf
+from .models import OutgoingWebhook, WebhookCursor
+from .services import target_rooms
+
+logger = logging.getLogger(__name__)
+REFRESH_SECONDS = 2.0
+ERROR_MAX = 500
+
+
+@dataclass
+class Item:
+    """One room's part of a batch: move cursor `cursor_id` (if still at `generation`) to `upto`."""
+
+    cursor_id: int
+    room_id: int
+    generation: int
+    attempts: int
+    upto: int
+
+
+@dataclass
+class Batch:
+    webhook_id: int
+    url: str
+    secret: str
+    items: list[Item]
+    events: list[str] = field(default_factory=list)  # envelope JSON texts, in order
+
+    def body(self) -> bytes:
+        return ('{"events":[' + ",".join(self.events) + "]}").encode()
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before retry number `attempts` (1, 2, ...): doubling, capped, ±10% jitter."""
+    base, cap = settings.WEBHOOK_RETRY_BASE_SECONDS, settings.WEBHOOK_RETRY_MAX_SECONDS
+    delay = min(cap, base * 2 ** min(attempts - 1, 30))
+    return delay * random.uniform(0.9, 1.1)
+
+
+class Deliverer:
+    def __init__(self, *, shard: int = 0, shards: int = 1):
+        self.shard, self.shards = shard, shards
+        self.busy: dict[int, int] = {}  # webhook id -> batches in flight
+        self.inflight: set[int] = set()  # cursor ids in a batch in flight
+        self.followed: dict[int, set[int]] = {}  # webhook id -> the rooms it follows
+        self.hooks: dict[int, OutgoingWebhook] = {}
+        self.refreshed = 0.0
+        self.tasks: set[asyncio.Task] = set()
+        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhooks-db")
+        self.delivered = 0  # batches answered 2xx (tests, the benchmark)
+        self.failed = 0
+
+    # --- database side (the pool's threads) ----------------------------------------------------
+
+    async def db(self, func, *args):
+        def call():
+            close_old_connections()
+            try:
+                return func(*args)
+            finally:
+                close_old_connections()
+
+        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+
+    def refresh(self) -> None:
+        """Re-read the active webhooks, the rooms each follows, and create missing cursors."""
+        hooks = OutgoingWebhook.objects.filter(is_active=True).select_related("owner")
+        if self.shards > 1:
+            hooks = hooks.annotate(shard=Mod("pk", self.shards)).filter(shard=self.shard)
+        self.hooks = {h.pk: h for h in hooks}
+        followed = {}
+        for hook in self.hooks.values():
+            if not hook.owner.is_active:
+                followed[hook.pk] = set()
+                continue
+            rooms = dict(target_rooms(hook).values_list("pk", "created_at"))
+            followed[hook.pk] = set(rooms)
+            have = set(WebhookCursor.objects.filter(webhook=hook).values_list("room_id", flat=True))
+            missing = set(rooms) - have
+            if missing:
+                heads = dict(target_rooms(hook).filter(pk__in=missing).values_list("pk", "last_seq"))
+                WebhookCursor.objects.bulk_create(
+                    [WebhookCursor(webhook=hook, room_id=pk,
+                                   seq=0 if rooms[pk] >= hook.created_at else heads[pk])
+                     for pk in missing if pk in heads],
+                    ignore_conflicts=True)
+        self.followed = followed
+
+    def plan(self, free: dict[int, int], inflight: set[int]) -> list[Batch]:
+        """Batches for the webhooks with free slots (`free`: webhook id -> slots)."""
+        if not free:
+            return []
+        now = timezone.now()
+        due = (
+            WebhookCursor.objects.filter(webhook_id__in=list(free), seq__lt=F("room__last_seq"))
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .order_by("webhook_id", "room_id")
+            .values_list("pk", "webhook_id", "room_id", "seq", "generation", "attempts",
+                         "room__last_seq")
+        )
+        limit = settings.WEBHOOK_BATCH_EVENTS
+        wanted: dict[int, list] = {}
+        for pk, hook_id, room_id, seq, generation, attempts, head in due:
+            if pk in inflight or room_id not in self.followed.get(hook_id, ()):
+                continue
+            wanted.setdefault(hook_id, []).append(
+                (pk, room_id, seq, generation, attempts, min(head, seq + limit)))
+        if not wanted:
+            return []
+        # The log events of every wanted range, in one statement: per room, from the lowest
+        # cursor that wants it to the highest seq any of them will take.
+        ranges: dict[int, list[int]] = {}
+        for rows in wanted.values():
+            for _, room_id, seq, _, _, upto in rows:
+                lo, hi = ranges.get(room_id, (seq, upto))
+                ranges[room_id] = [min(lo, seq), max(hi, upto)]
+        where = Q()
+        for room_id, (lo, hi) in ranges.items():
+            where |= Q(room_id=room_id, seq__gt=lo, seq__lte=hi)
+        log: dict[int, list[tuple[int, str, str]]] = {}
+        rows = (Event.objects.filter(where).order_by("room_id", "seq")
+                .annotate(text=Cast("envelope", TextField()))
+                .values_list("room_id", "seq", "type", "text"))
+        for room_id, seq, type, text in rows:
+            log.setdefault(room_id, []).append((seq, type, text))
+        batches = []
+        for hook_id, rows in wanted.items():
+            hook = self.hooks[hook_id]
+            types = set(hook.types) if hook.types is not None else None
+            batch = None
+            for pk, room_id, seq, generation, attempts, upto in rows:
+                events = [text for s, type, text in log.get(room_id, ())
+                          if seq < s <= upto and (types is None or type in types)]
+                if batch is None or len(batch.events) + len(events) > limit and batch.items:
+                    if len(batches_of(batches, hook_id)) >= free[hook_id]:
+                        break
+                    batch = Batch(hook_id, hook.url, hook.secret, [])
+                    batches.append(batch)
+                batch.items.append(Item(pk, room_id, generation, attempts, upto))
+                batch.events.extend(events)
+        return batches
+
+    def delivered_ok(self, batch: Batch) -> None:
+        now = timezone.now()
+        for item in batch.items:
+            WebhookCursor.objects.filter(
+                pk=item.cursor_id, generation=item.generation, seq__lt=item.upto
+            ).update(seq=item.upto, attempts=0, next_attempt_at=None, last_error="",
+                     delivered_at=now)
+
+    def delivery_failed(self, batch: Batch, error: str) -> None:
+        now = timezone.now()
+        for item in batch.items:
+            attempts = item.attempts + 1
+            WebhookCursor.objects.filter(pk=item.cursor_id, generation=item.generation).update(
+                attempts=attempts, last_error=error[:ERROR_MAX],
+                next_attempt_at=now + timedelta(seconds=backoff(attempts)))
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def step(self) -> int:
+        """One planning round: start the batches it finds; how many it started."""
+        if time.monotonic() - self.refreshed >= REFRESH_SECONDS:
+            await self.db(self.refresh)
+            self.refreshed = time.monotonic()
+        free = {pk: settings.WEBHOOK_CONCURRENCY - self.busy.get(pk, 0) for pk in self.hooks}
+        free = {pk: n for pk, n in free.items() if n > 0}
+        batches = await self.db(self.plan, free, set(self.inflight))
+        for batch in batches:
+            self.busy[batch.webhook_id] = self.busy.get(batch.webhook_id, 0) + 1
+            self.inflight.update(item.cursor_id for item in batch.items)
+            task = asyncio.get_running_loop().create_task(self.deliver(batch))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        return len(batches)
+
+    async def deliver(self, batch: Batch) -> None:
+        try:
+            error = None
+            if batch.events:
+                error = await self.post(batch)
+            if error is None:
+                await self.db(self.delivered_ok, batch)
+                self.delivered += 1
+            else:
+                logger.info("webhook %s: delivery failed: %s", batch.webhook_id, error)
+                await self.db(self.delivery_failed, batch, error)
+                self.failed += 1
+        except Exception:
+            logger.exception("webhook %s: delivery broke", batch.webhook_id)
+        finally:
+            self.busy[batch.webhook_id] -= 1
+            self.inflight.difference_update(item.cursor_id for item in batch.items)
+
+    async def post(self, batch: Batch) -> str | None:
+        """None on a 2xx, else what went wrong (for last_error)."""
+        body = batch.body()
+        try:
+            target = await ssrf.aresolve(batch.url)
+            status = await http.post(target, body, {
+                "X-Chat-Signature": sign(batch.secret, body),
+                "X-Chat-Delivery": str(uuid.uuid4()),
+            }, timeout=settings.WEBHOOK_TIMEOUT_SECONDS)
+        except ssrf.Refused as exc:
+            return f"refused: {exc.message}"
+        except http.DeliveryFailed as exc:
+            return str(exc)
+        if 200 <= status < 300:
+            return None
+        return f"HTTP {status}" + (" (redirects are not followed)" if 300 <= status < 400 else "")
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Plan and deliver until `stop` is set; then let the batches in flight finish."""
+        stop = stop or asyncio.Event()
+        while not stop.is_set():
+            try:
+                await self.step()
+            except Exception:
+                logger.exception("webhook planning failed; trying again")
+            try:
+                await asyncio.wait_for(stop.wait(), settings.WEBHOOK_POLL_SECONDS)
+            except TimeoutError:
+                pass
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=settings.WEBHOOK_TIMEOUT_SECONDS + 1)
+        self.pool.shutdown(wait=False)
+
+
+def batches_of(batches: list[Batch], hook_id: int) -> list[Batch]:
+    return [b for b in batches if b.webhook_id == hook_id]
