@@ -115,12 +115,20 @@ class Deliverer:
 
         return await asyncio.get_running_loop().run_in_executor(self.pool, call)
 
-    def refresh(self) -> None:
-        """Re-read the active webhooks, the rooms each follows, and create missing cursors."""
-        hooks = OutgoingWebhook.objects.filter(is_active=True).select_related("owner")
+    def _mine(self):
+        hooks = OutgoingWebhook.objects.filter(is_active=True)
         if self.shards > 1:
             hooks = hooks.annotate(shard=Mod("pk", self.shards)).filter(shard=self.shard)
-        self.hooks = {h.pk: h for h in hooks}
+        return hooks
+
+    def changed(self) -> bool:
+        """A webhook was added or removed since the last refresh (one small query a round,
+        so a new webhook starts at once, not at the next periodic refresh)."""
+        return set(self._mine().values_list("pk", flat=True)) != set(self.hooks)
+
+    def refresh(self) -> None:
+        """Re-read the active webhooks, the rooms each follows, and create missing cursors."""
+        self.hooks = {h.pk: h for h in self._mine().select_related("owner")}
         followed = {}
         for hook in self.hooks.values():
             if not hook.owner.is_active:
@@ -213,7 +221,7 @@ class Deliverer:
 
     async def step(self) -> int:
         """One planning round: start the batches it finds; how many it started."""
-        if time.monotonic() - self.refreshed >= REFRESH_SECONDS:
+        if time.monotonic() - self.refreshed >= REFRESH_SECONDS or await self.db(self.changed):
             await self.db(self.refresh)
             self.refreshed = time.monotonic()
         free = {pk: settings.WEBHOOK_CONCURRENCY - self.busy.get(pk, 0) for pk in self.hooks}

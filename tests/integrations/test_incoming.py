@@ -12,7 +12,7 @@ from apps.messaging.models import Message
 from apps.rooms.models import Membership
 from tests import factories
 
-pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]  # no Redis needed: embedded mode too
 
 
 def _hook(room, user):

@@ -15,7 +15,7 @@ from tests import factories
 
 from .support import BlackHole, Receiver, Worker, signature_ok
 
-pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True)]  # no Redis needed: embedded mode too
 SECRET = "a-webhook-secret-of-some-length"
 
 
