@@ -12,4 +12,5 @@ urlpatterns = [
     path("logout/", views.LogoutPage.as_view(), name="logout"),
     path("signup/", views.signup_page, name="signup"),
     path("presence/", views.presence_page, name="presence"),
+    path("tokens/", views.tokens_page, name="tokens"),
 ]

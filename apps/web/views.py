@@ -44,6 +44,14 @@ def chat_page(request):
     return render(request, "web/chat.html", {"config": config})
 
 
+@login_required
+@ensure_csrf_cookie
+def tokens_page(request):
+    """The API token page: list, create (the secret shown once), revoke (apps/web/static/web/
+    tokens.js over /api/tokens/)."""
+    return render(request, "web/tokens.html")
+
+
 def password_form(throttle_class, template: str, refusal: str):
     """For a view whose POST checks or sets a password (log-in, sign-up, the admin's log-in):
     the API twin's throttle first, then one of the address's hashing slots around the view
