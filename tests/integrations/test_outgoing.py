@@ -3,6 +3,7 @@ retry after a 500, replay, redaction, a dead endpoint not delaying a live one, t
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -115,7 +116,7 @@ def test_a_500_is_retried_with_backoff_and_later_events_wait(webhook_settings, r
     factories.send(room, owner, "second")
     receiver.wait(lambda r: len(r.ok_events()) >= 2, timeout=20)
     times = [r["at"] for r in receiver.requests]
-    gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert gaps[1] > gaps[0] * 1.3, gaps  # exponential backoff: each wait longer
     events = receiver.ok_events()
     assert [e["data"]["body"] for e in events] == ["first", "second"]

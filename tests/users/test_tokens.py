@@ -13,8 +13,8 @@ from rest_framework.test import APIClient
 
 from apps.users.models import ApiToken
 from tests import factories
-from tests.messaging.wsclient import WS
 from tests.hardening.test_ws_rights import two_servers  # noqa: F401 (a fixture)
+from tests.messaging.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
@@ -120,7 +120,7 @@ def test_revoking_is_per_owner_and_the_old_login_token_keeps_working():
     assert _client(login.json()["token"]).get("/api/me/").json()["id"] == user.pk
 
 
-def test_revoking_a_token_closes_its_sockets_with_4401_on_every_process(two_servers):
+def test_revoking_a_token_closes_its_sockets_with_4401_on_every_process(two_servers):  # noqa: F811
     a, b = two_servers
     user = factories.make_user()
     room = factories.make_room(user)
