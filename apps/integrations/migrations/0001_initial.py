@@ -36,7 +36,7 @@ class Migration(migrations.Migration):
             name='OutgoingWebhook',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('url', models.URLField(max_length=2000)),
+                ('url', models.CharField(max_length=2000)),
                 ('secret', models.CharField(max_length=200)),
                 ('rooms', models.JSONField(blank=True, null=True)),
                 ('types', models.JSONField(blank=True, null=True)),
