@@ -99,12 +99,13 @@ class ChatStack:
     """The production stack on private names: database, broker, topic, worker, one server."""
 
     def __init__(self, *, settings: dict | None = None, worker: bool = True,
-                 log=print):
+                 log=print, kafka: bool = True, server: bool = True):
         tag = f"bench{os.getpid()}"
         self.tag = tag
         self.db_name = tag
         self.log = log
         self.worker_wanted = worker
+        self.kafka_wanted, self.server_wanted = kafka, server  # bench/webhooks.py needs neither
         self.broker: Broker | None = None
         self.worker: CeleryWorker | None = None
         self.server: ServerProcess | None = None
@@ -124,6 +125,8 @@ class ChatStack:
             PYTHONPATH=str(ROOT),
         )
         self.env.update(BENCH_SETTINGS)
+        if not kafka:
+            self.env["KAFKA_BOOTSTRAP_SERVERS"] = ""  # publishing off
         self.env.update(settings or {})
         self.extra = dict(settings or {})
         if self.env.get("BENCH_SWITCH_INTERVAL"):  # experiment: see bench/tuning/sitecustomize.py
@@ -141,8 +144,9 @@ class ChatStack:
             self.stop()
             raise
         self.log(f"stack up in {time.monotonic() - started:.1f}s "
-                 f"(db {self.db_name}, broker {self.env['KAFKA_BOOTSTRAP_SERVERS']}, "
-                 f"server :{self.server.port} pid {self.server.proc.pid})"
+                 f"(db {self.db_name}, broker {self.env.get('KAFKA_BOOTSTRAP_SERVERS', 'none')}, "
+                 + (f"server :{self.server.port} pid {self.server.proc.pid})" if self.server
+                    else "no server)")
                  + (f" experiment settings {self.extra}" if self.extra else ""))
         return self
 
@@ -152,13 +156,15 @@ class ChatStack:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.db_name}"')
         self.db_created = True
-        self.broker = Broker().start()
-        self.env["KAFKA_BOOTSTRAP_SERVERS"] = self.broker.bootstrap
+        if self.kafka_wanted:
+            self.broker = Broker().start()
+            self.env["KAFKA_BOOTSTRAP_SERVERS"] = self.broker.bootstrap
         manage = [PYTHON, str(ROOT / "manage.py")]
         subprocess.run(manage + ["migrate", "--noinput", "-v", "0"], env=self.env, cwd=ROOT,
                        check=True)
-        subprocess.run(manage + ["kafka_topics", "--wait", "20"], env=self.env, cwd=ROOT,
-                       check=True, stdout=subprocess.DEVNULL)
+        if self.kafka_wanted:
+            subprocess.run(manage + ["kafka_topics", "--wait", "20"], env=self.env, cwd=ROOT,
+                           check=True, stdout=subprocess.DEVNULL)
         # This process makes the users and rooms through the services, on the same database.
         os.environ.update(self.env)
         import django
@@ -167,7 +173,8 @@ class ChatStack:
         if self.worker_wanted:
             self.worker = CeleryWorker(self.env, beat=True, concurrency=2).start()
             self.worker.wait_ready(60)
-        self.server = ServerProcess(self.env).start()
+        if self.server_wanted:
+            self.server = ServerProcess(self.env).start()
 
     def __enter__(self) -> ChatStack:
         return self.start()

@@ -3,7 +3,7 @@
 A worker (`python manage.py deliver_webhooks`) reads the log itself — no Kafka — every
 WEBHOOK_POLL_SECONDS:
 
-1. `plan()` (one database round trip of two statements): the cursors that are behind their
+1. `plan()` (two statements): the cursors that are behind their
    room's head, not waiting for a retry and not in flight, and the log events after them. For
    each webhook, those rooms' events go into batches of at most WEBHOOK_BATCH_EVENTS, one per
    free slot of the webhook's WEBHOOK_CONCURRENCY; a room is in at most one batch at a time,
@@ -41,7 +41,8 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import F, Q, TextField
+from django.db.models import (BigIntegerField, Case, DateTimeField, F, Q, TextField, Value,
+                              When)
 from django.db.models.functions import Cast, Mod
 from django.utils import timezone
 
@@ -52,7 +53,8 @@ from .models import OutgoingWebhook, WebhookCursor
 from .services import target_rooms
 
 logger = logging.getLogger(__name__)
-REFRESH_SECONDS = 2.0
+REFRESH_SECONDS = 2.0  # rooms followed, owners' rights
+CHANGED_SECONDS = 0.25  # webhooks added or removed
 ERROR_MAX = 500
 
 
@@ -97,9 +99,13 @@ class Deliverer:
         self.inflight: set[int] = set()  # cursor ids in a batch in flight
         self.followed: dict[int, set[int]] = {}  # webhook id -> the rooms it follows
         self.hooks: dict[int, OutgoingWebhook] = {}
-        self.refreshed = 0.0
+        self.refreshed = self.checked = 0.0
         self.tasks: set[asyncio.Task] = set()
         self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhooks-db")
+        # cursor id -> (generation, seq) delivered by this process: the next batch of a room
+        # is planned from it at once, while the cursor's UPDATE is still on its way.
+        self.known: dict[int, tuple[int, int]] = {}
+        self.wake: asyncio.Event | None = None
         self.delivered = 0  # batches answered 2xx (tests, the benchmark)
         self.failed = 0
 
@@ -122,8 +128,8 @@ class Deliverer:
         return hooks
 
     def changed(self) -> bool:
-        """A webhook was added or removed since the last refresh (one small query a round,
-        so a new webhook starts at once, not at the next periodic refresh)."""
+        """A webhook was added or removed since the last refresh (one small query every
+        CHANGED_SECONDS, so a new webhook starts at once, not at the next periodic refresh)."""
         return set(self._mine().values_list("pk", flat=True)) != set(self.hooks)
 
     def refresh(self) -> None:
@@ -147,8 +153,11 @@ class Deliverer:
                     ignore_conflicts=True)
         self.followed = followed
 
-    def plan(self, free: dict[int, int], inflight: set[int]) -> list[Batch]:
-        """Batches for the webhooks with free slots (`free`: webhook id -> slots)."""
+    def plan(self, free: dict[int, int], inflight: set[int],
+             known: dict[int, tuple[int, int]] | None = None) -> list[Batch]:
+        """Batches for the webhooks with free slots (`free`: webhook id -> slots); `known`:
+        cursors this process moved further than the database may show yet."""
+        known = known or {}
         if not free:
             return []
         now = timezone.now()
@@ -164,6 +173,10 @@ class Deliverer:
         for pk, hook_id, room_id, seq, generation, attempts, head in due:
             if pk in inflight or room_id not in self.followed.get(hook_id, ()):
                 continue
+            if pk in known and known[pk][0] == generation:
+                seq = max(seq, known[pk][1])
+                if seq >= head:
+                    continue
             wanted.setdefault(hook_id, []).append(
                 (pk, room_id, seq, generation, attempts, min(head, seq + limit)))
         if not wanted:
@@ -202,31 +215,46 @@ class Deliverer:
         return batches
 
     def delivered_ok(self, batch: Batch) -> None:
-        now = timezone.now()
-        for item in batch.items:
-            WebhookCursor.objects.filter(
-                pk=item.cursor_id, generation=item.generation, seq__lt=item.upto
-            ).update(seq=item.upto, attempts=0, next_attempt_at=None, last_error="",
-                     delivered_at=now)
+        """Move the batch's cursors to its end, in one statement (a batch may hold a hundred
+        rooms); a cursor replayed meanwhile (another generation) or already past is left."""
+        items = batch.items
+        where = Q()
+        for item in items:
+            where |= Q(pk=item.cursor_id, generation=item.generation, seq__lt=item.upto)
+        WebhookCursor.objects.filter(where).update(
+            seq=Case(*[When(pk=item.cursor_id, then=Value(item.upto)) for item in items],
+                     output_field=BigIntegerField()),
+            attempts=0, next_attempt_at=None, last_error="", delivered_at=timezone.now())
 
     def delivery_failed(self, batch: Batch, error: str) -> None:
+        """Count the failure on the batch's cursors and set their next attempt (one statement)."""
         now = timezone.now()
-        for item in batch.items:
-            attempts = item.attempts + 1
-            WebhookCursor.objects.filter(pk=item.cursor_id, generation=item.generation).update(
-                attempts=attempts, last_error=error[:ERROR_MAX],
-                next_attempt_at=now + timedelta(seconds=backoff(attempts)))
+        items = batch.items
+        where = Q()
+        for item in items:
+            where |= Q(pk=item.cursor_id, generation=item.generation)
+        WebhookCursor.objects.filter(where).update(
+            attempts=F("attempts") + 1, last_error=error[:ERROR_MAX],
+            next_attempt_at=Case(
+                *[When(pk=item.cursor_id,
+                       then=Value(now + timedelta(seconds=backoff(item.attempts + 1))))
+                  for item in items],
+                output_field=DateTimeField()))
 
     # --- the loop ---------------------------------------------------------------------------
 
     async def step(self) -> int:
         """One planning round: start the batches it finds; how many it started."""
-        if time.monotonic() - self.refreshed >= REFRESH_SECONDS or await self.db(self.changed):
+        now = time.monotonic()
+        if now - self.refreshed >= REFRESH_SECONDS or (
+            now - self.checked >= CHANGED_SECONDS and await self.db(self.changed)
+        ):
             await self.db(self.refresh)
             self.refreshed = time.monotonic()
+        self.checked = now
         free = {pk: settings.WEBHOOK_CONCURRENCY - self.busy.get(pk, 0) for pk in self.hooks}
         free = {pk: n for pk, n in free.items() if n > 0}
-        batches = await self.db(self.plan, free, set(self.inflight))
+        batches = await self.db(self.plan, free, set(self.inflight), dict(self.known))
         for batch in batches:
             self.busy[batch.webhook_id] = self.busy.get(batch.webhook_id, 0) + 1
             self.inflight.update(item.cursor_id for item in batch.items)
@@ -236,22 +264,35 @@ class Deliverer:
         return len(batches)
 
     async def deliver(self, batch: Batch) -> None:
+        released = False
+
+        def release():
+            nonlocal released
+            if not released:
+                released = True
+                self.busy[batch.webhook_id] -= 1
+                self.inflight.difference_update(item.cursor_id for item in batch.items)
+                if self.wake is not None:
+                    self.wake.set()  # plan the rooms' next batch now, not at the next tick
+
         try:
             error = None
             if batch.events:
                 error = await self.post(batch)
             if error is None:
+                for item in batch.items:
+                    self.known[item.cursor_id] = (item.generation, item.upto)
+                release()  # the next batch may go while the cursors' UPDATE is written
                 await self.db(self.delivered_ok, batch)
                 self.delivered += 1
             else:
                 logger.info("webhook %s: delivery failed: %s", batch.webhook_id, error)
-                await self.db(self.delivery_failed, batch, error)
+                await self.db(self.delivery_failed, batch, error)  # before its next attempt
                 self.failed += 1
         except Exception:
             logger.exception("webhook %s: delivery broke", batch.webhook_id)
         finally:
-            self.busy[batch.webhook_id] -= 1
-            self.inflight.difference_update(item.cursor_id for item in batch.items)
+            release()
 
     async def post(self, batch: Batch) -> str | None:
         """None on a 2xx, else what went wrong (for last_error)."""
@@ -273,15 +314,19 @@ class Deliverer:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Plan and deliver until `stop` is set; then let the batches in flight finish."""
         stop = stop or asyncio.Event()
+        self.wake = asyncio.Event()
         while not stop.is_set():
+            self.wake.clear()
             try:
                 await self.step()
             except Exception:
                 logger.exception("webhook planning failed; trying again")
-            try:
-                await asyncio.wait_for(stop.wait(), settings.WEBHOOK_POLL_SECONDS)
-            except TimeoutError:
-                pass
+            # Until the poll interval passes, a delivery ends (its rooms may go on) or stop.
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
+            await asyncio.wait(waits, timeout=settings.WEBHOOK_POLL_SECONDS,
+                               return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=settings.WEBHOOK_TIMEOUT_SECONDS + 1)
         self.pool.shutdown(wait=False)

@@ -1,0 +1,328 @@
+"""Outgoing webhook benchmark: 1,000 events/s across 100 rooms delivered to 10 receivers.
+
+    .venv/bin/python -m bench.webhooks                 # 1000 ev/s, 20 s a phase
+    .venv/bin/python -m bench.webhooks --rate 500 --duration 10
+
+Its own PostgreSQL database (bench/stack.py, no Kafka, no server process: deliveries read the
+log), one owner of `--rooms` public rooms, `--receivers` outgoing webhooks each following every
+room, each POSTing to its own receiver (asyncio HTTP servers in one child process, which check
+every signature and each room's seq order and note commit-to-receipt lag per event). Events are
+real: `--fillers` processes commit messages through the send service (message_send_many,
+`--batch` per transaction, as the server's group commit), round-robin over the rooms. The
+worker is the production command, `python manage.py deliver_webhooks`, in its own process.
+
+Phases, `--duration` s of writes each:
+
+1. ceiling — no webhooks delivering: a bare log poller in this process (one statement for the
+   rooms' heads and one for the new rows every WEBHOOK_POLL_SECONDS, no HTTP) measures the lag
+   floor of any delivery that polls the log at that interval on this machine under this load;
+2. live — every receiver answers 200: lag p50/p99/max per receiver and overall;
+3. one dead — receiver 0 accepts connections and never answers (the worker times out after
+   WEBHOOK_TIMEOUT_SECONDS and backs off): the other receivers' lag, beside phase 2's.
+
+Passes when phase 2's p99 <= 1 s, nothing is lost, out of order or badly signed, and phase
+3's p99 of the live receivers <= 1 s. Also prints the worker's CPU seconds per 1,000 events
+delivered per receiver (from /proc: a count that does not depend on the machine's load) and
+POSTs per event.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import json
+import multiprocessing
+import os
+import sys
+import threading
+import time
+
+from bench import stats
+from bench.stack import (ROOT, ChatStack, cpu_seconds, machine, make_users,
+                         stop_cleanly_on_sigterm)
+
+SECRET = "bench-webhook-secret-0123456789"
+P99_BOUND_MS = 1000.0
+
+
+def _ts(text: str) -> float:
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=dt.timezone.utc).timestamp()
+
+
+# --- Receivers (a child process) ----------------------------------------------------------------
+
+def receivers_main(conn, count: int) -> None:
+    """`count` HTTP receivers on spare ports. Commands: ("reset",), ("dead", i), ("report",)."""
+    state = {"dead": set(), "data": None}
+
+    def fresh():
+        return [{"lags": [], "posts": 0, "bad_sig": 0, "disorder": 0, "events": 0, "dups": 0,
+                 "last": {}, "seen": set()} for _ in range(count)]
+
+    state["data"] = fresh()
+
+    async def handle(index, reader, writer):
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            headers = {}
+            for line in head.decode("latin-1").split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await reader.readexactly(int(headers.get("content-length", 0)))
+            if index in state["dead"]:
+                await reader.read()  # hung: never answers (until the worker gives up)
+                return
+            now = time.time()
+            d = state["data"][index]
+            d["posts"] += 1
+            expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(headers.get("x-chat-signature", ""), expected):
+                d["bad_sig"] += 1
+            for event in json.loads(body)["events"]:
+                if event["id"] in d["seen"]:
+                    d["dups"] += 1
+                    continue
+                d["seen"].add(event["id"])
+                d["events"] += 1
+                last = d["last"].get(event["room"])
+                if last is not None and event["seq"] <= last:
+                    d["disorder"] += 1
+                d["last"][event["room"]] = event["seq"]
+                d["lags"].append(now - _ts(event["ts"]))
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main():
+        servers, ports = [], []
+        for index in range(count):
+            server = await asyncio.start_server(
+                lambda r, w, i=index: handle(i, r, w), "127.0.0.1", 0, backlog=512)
+            servers.append(server)
+            ports.append(server.sockets[0].getsockname()[1])
+        conn.send({"ports": ports})
+        loop = asyncio.get_running_loop()
+        while True:
+            command = await loop.run_in_executor(None, conn.recv)
+            if command[0] == "quit":
+                return
+            if command[0] == "reset":
+                state["data"] = fresh()
+                conn.send("ok")
+            elif command[0] == "dead":
+                state["dead"].add(command[1])
+                conn.send("ok")
+            elif command[0] == "report":
+                conn.send([{k: v for k, v in d.items() if k not in ("seen", "last")}
+                           for d in state["data"]])
+
+    asyncio.run(main())
+
+
+class Receivers:
+    def __init__(self, count: int):
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=receivers_main, args=(child, count), daemon=True)
+        self.proc.start()
+        if not self.conn.poll(60):
+            raise TimeoutError("receivers did not start")
+        self.ports = self.conn.recv()["ports"]
+
+    def call(self, *command):
+        self.conn.send(command)
+        if command[0] != "quit":
+            return self.conn.recv()
+
+    def close(self):
+        try:
+            self.call("quit")
+        except (OSError, EOFError):
+            pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+# --- The ceiling: a bare log poller -----------------------------------------------------------
+
+class BarePoller(threading.Thread):
+    """Reads new room-log rows every `interval` (heads, then the rows after the last seen seq
+    of each changed room), noting commit-to-read lag: the floor of log polling, no HTTP."""
+
+    def __init__(self, room_ids, interval):
+        super().__init__(daemon=True)
+        self.room_ids, self.interval = room_ids, interval
+        self.stop_flag = threading.Event()
+        self.lags: list[float] = []
+
+    def run(self):
+        from django.db import connection
+
+        from apps.rooms.models import Room
+
+        seen = dict(Room.objects.filter(pk__in=self.room_ids).values_list("pk", "last_seq"))
+        while not self.stop_flag.is_set():
+            heads = dict(Room.objects.filter(pk__in=self.room_ids).values_list("pk", "last_seq"))
+            changed = {r: (seen[r], h) for r, h in heads.items() if h > seen[r]}
+            if changed:
+                with connection.cursor() as cursor:
+                    where = " OR ".join(["(room_id = %s AND seq > %s AND seq <= %s)"] * len(changed))
+                    params = [x for r, (lo, hi) in changed.items() for x in (r, lo, hi)]
+                    cursor.execute(f"SELECT ts FROM events_event WHERE {where}", params)
+                    now = time.time()
+                    self.lags += [now - ts.timestamp() for (ts,) in cursor.fetchall()]
+                seen.update({r: h for r, (_, h) in changed.items()})
+            self.stop_flag.wait(self.interval)
+        connection.close()
+
+
+# --- Phases -----------------------------------------------------------------------------------
+
+def summary(lags_s: list[float]) -> dict:
+    return stats.latency_summary(int(x * 1e9) for x in lags_s)
+
+
+def drained(hook_ids, timeout) -> bool:
+    from django.db.models import F
+
+    from apps.integrations.models import WebhookCursor
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        behind = WebhookCursor.objects.filter(webhook_id__in=hook_ids,
+                                              seq__lt=F("room__last_seq")).count()
+        if not behind:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def fmt(s: dict) -> str:
+    return f"p50 {s['p50_ms']} ms  p99 {s['p99_ms']} ms  max {s['max_ms']} ms  (n={s['count']})"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=1000.0, help="events (messages) per s")
+    parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument("--receivers", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of writes a phase")
+    parser.add_argument("--fillers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=20, help="sends per transaction")
+    parser.add_argument("--json", help="write every figure to this file")
+    args = parser.parse_args(argv)
+    stop_cleanly_on_sigterm()
+    from bench.outbox import Fillers
+
+    print(f"# webhooks bench — {machine()} — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# {args.rate:g} events/s across {args.rooms} rooms to {args.receivers} receivers, "
+          f"{args.duration:g} s a phase (the machine is shared: figures drift with its load)")
+    results = {"args": vars(args), "machine": machine()}
+    settings = {"WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
+    receivers = fillers = worker = None
+    with ChatStack(settings=settings, worker=False, kafka=False, server=False) as stack:
+        try:
+            from django.conf import settings as django_settings
+            from django.contrib.auth import get_user_model
+
+            from apps.integrations import services as hooks
+            from apps.rooms import services as rooms
+
+            owner = get_user_model().objects.get(pk=make_users(1, "owner")[0][0])
+            room_ids = [rooms.room_create(creator=owner, name=f"room {i}").pk
+                        for i in range(args.rooms)]
+            fillers = Fillers([(r, owner.pk) for r in room_ids], args.fillers, args.batch)
+            fillers.run(0, 200, 1.0)  # warm up the send path
+
+            # 1. The ceiling.
+            poller = BarePoller(room_ids, django_settings.WEBHOOK_POLL_SECONDS)
+            poller.start()
+            sent = fillers.run(1, args.rate, args.duration)
+            time.sleep(0.5)
+            poller.stop_flag.set()
+            poller.join(5)
+            ceiling = summary(poller.lags)
+            results["ceiling"] = {"lag": ceiling, "writes": sent}
+            print(f"ceiling  bare log poller: {fmt(ceiling)}; committed "
+                  f"{sent['sent'] / sent['seconds']:.0f} ev/s, errors {sent['errors']}")
+
+            # 2. Live receivers.
+            receivers = Receivers(args.receivers)
+            hook_ids = [hooks.webhook_create(owner=owner, url=f"http://127.0.0.1:{p}/hook",
+                                             secret=SECRET).pk for p in receivers.ports]
+            import subprocess
+
+            from tests.support.services import PYTHON
+
+            worker = subprocess.Popen([PYTHON, str(ROOT / "manage.py"), "deliver_webhooks"],
+                                      env=stack.env, cwd=ROOT, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL, text=True)
+            worker.stdout.readline()  # "delivering webhooks ...": Django is up
+            fillers.run(0, 100, 1.0)  # one warm-up delivery to every receiver
+            if not drained(hook_ids, 120):
+                raise RuntimeError("the worker did not deliver the warm-up events")
+            for phase, dead in (("live", None), ("one dead", 0)):
+                if dead is not None:
+                    receivers.call("dead", dead)
+                receivers.call("reset")
+                cpu0 = cpu_seconds(worker.pid)
+                sent = fillers.run(2 if dead is None else 3, args.rate, args.duration)
+                live_ids = [h for i, h in enumerate(hook_ids) if i != dead]
+                ok = drained(live_ids, 60)
+                cpu = cpu_seconds(worker.pid) - cpu0
+                report = receivers.call("report")
+                live = [r for i, r in enumerate(report) if i != dead]
+                overall = summary([x for r in live for x in r["lags"]])
+                per = [summary(r["lags"]) for r in live]
+                events = sum(r["events"] for r in live)
+                posts = sum(r["posts"] for r in live)
+                faults = {k: sum(r[k] for r in live) for k in ("bad_sig", "disorder", "dups")}
+                missing = sent["sent"] * len(live) - events
+                results[phase] = {"lag": overall, "per_receiver": per, "posts": posts,
+                                  "events": events, "missing": missing, "drained": ok,
+                                  "worker_cpu_s": round(cpu, 2), "writes": sent, **faults}
+                print(f"{phase:8} {len(live)} receivers: {fmt(overall)}; committed "
+                      f"{sent['sent'] / sent['seconds']:.0f} ev/s")
+                print(f"         per receiver p99 ms: {[p['p99_ms'] for p in per]}")
+                print(f"         {posts} POSTs for {events} events ({posts / max(events, 1):.3f} "
+                      f"per event); missing {missing}, out of order {faults['disorder']}, "
+                      f"bad signatures {faults['bad_sig']}, redelivered {faults['dups']}; "
+                      f"worker CPU {cpu:.2f} s = {1000 * cpu / max(events, 1):.3f} s per 1,000 "
+                      f"events delivered; drained {ok}")
+                if dead is not None:
+                    print(f"         dead receiver got {report[dead]['posts']} answered POSTs "
+                          f"(it answers none)")
+            verdict = (results["live"]["lag"]["p99_ms"] <= P99_BOUND_MS
+                       and results["one dead"]["lag"]["p99_ms"] <= P99_BOUND_MS
+                       and all(results[p]["missing"] == 0 and results[p]["disorder"] == 0
+                               and results[p]["bad_sig"] == 0 for p in ("live", "one dead")))
+            results["pass"] = verdict
+            print(f"verdict: {'PASS' if verdict else 'MISS'} (p99 <= {P99_BOUND_MS:g} ms, "
+                  f"nothing lost, out of order or badly signed); load now {machine()}")
+        finally:
+            if worker is not None:
+                worker.terminate()
+                try:
+                    worker.wait(15)
+                except Exception:
+                    worker.kill()
+            if fillers is not None:
+                fillers.close()
+            if receivers is not None:
+                receivers.close()
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2, default=str)
+    return 0 if results.get("pass") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
