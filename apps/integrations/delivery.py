@@ -164,12 +164,16 @@ class Deliverer:
         due = (
             WebhookCursor.objects.filter(webhook_id__in=list(free), seq__lt=F("room__last_seq"))
             .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-            .order_by("webhook_id", "room_id")
+            # Longest undelivered first: under a backlog no room waits behind the others.
+            .order_by("webhook_id", F("delivered_at").asc(nulls_first=True), "room_id")
             .values_list("pk", "webhook_id", "room_id", "seq", "generation", "attempts",
                          "room__last_seq")
         )
         limit = settings.WEBHOOK_BATCH_EVENTS
         wanted: dict[int, list] = {}
+        # Events each webhook may still take this round (its free slots' batches): what is
+        # read from the log stays bounded however far behind a webhook is.
+        budget = {hook_id: slots * limit for hook_id, slots in free.items()}
         for pk, hook_id, room_id, seq, generation, attempts, head in due:
             if pk in inflight or room_id not in self.followed.get(hook_id, ()):
                 continue
@@ -177,8 +181,12 @@ class Deliverer:
                 seq = max(seq, known[pk][1])
                 if seq >= head:
                     continue
+            take = min(head - seq, limit, budget[hook_id])
+            if take <= 0:
+                continue
+            budget[hook_id] -= take
             wanted.setdefault(hook_id, []).append(
-                (pk, room_id, seq, generation, attempts, min(head, seq + limit)))
+                (pk, room_id, seq, generation, attempts, seq + take))
         if not wanted:
             return []
         # The log events of every wanted range, in one statement: per room, from the lowest
