@@ -218,6 +218,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fillers", type=int, default=2)
     parser.add_argument("--batch", type=int, default=20, help="sends per transaction")
     parser.add_argument("--json", help="write every figure to this file")
+    parser.add_argument("--profile", help="cProfile the worker into this file")
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
     from bench.outbox import Fillers
@@ -262,7 +263,9 @@ def main(argv=None) -> int:
 
             from tests.support.services import PYTHON
 
-            worker = subprocess.Popen([PYTHON, str(ROOT / "manage.py"), "deliver_webhooks"],
+            profile = (["-m", "cProfile", "-o", args.profile] if args.profile else [])
+            worker = subprocess.Popen([PYTHON, *profile, str(ROOT / "manage.py"),
+                                       "deliver_webhooks"],
                                       env=stack.env, cwd=ROOT, stdout=subprocess.PIPE,
                                       stderr=subprocess.DEVNULL, text=True)
             worker.stdout.readline()  # "delivering webhooks ...": Django is up

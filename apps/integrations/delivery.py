@@ -101,7 +101,10 @@ class Deliverer:
         self.hooks: dict[int, OutgoingWebhook] = {}
         self.refreshed = self.checked = 0.0
         self.tasks: set[asyncio.Task] = set()
-        self.pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhooks-db")
+        # Planning has a thread of its own, so it never queues behind the cursor UPDATEs of
+        # finished deliveries (on a slow database those piled up ahead of the next plan).
+        self.planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhooks-plan")
+        self.pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="webhooks-db")
         # cursor id -> (generation, seq) delivered by this process: the next batch of a room
         # is planned from it at once, while the cursor's UPDATE is still on its way.
         self.known: dict[int, tuple[int, int]] = {}
@@ -111,7 +114,7 @@ class Deliverer:
 
     # --- database side (the pool's threads) ----------------------------------------------------
 
-    async def db(self, func, *args):
+    async def db(self, func, *args, pool=None):
         def call():
             close_old_connections()
             try:
@@ -119,7 +122,7 @@ class Deliverer:
             finally:
                 close_old_connections()
 
-        return await asyncio.get_running_loop().run_in_executor(self.pool, call)
+        return await asyncio.get_running_loop().run_in_executor(pool or self.pool, call)
 
     def _mine(self):
         hooks = OutgoingWebhook.objects.filter(is_active=True)
@@ -255,14 +258,16 @@ class Deliverer:
         """One planning round: start the batches it finds; how many it started."""
         now = time.monotonic()
         if now - self.refreshed >= REFRESH_SECONDS or (
-            now - self.checked >= CHANGED_SECONDS and await self.db(self.changed)
+            now - self.checked >= CHANGED_SECONDS and await self.db(self.changed,
+                                                                     pool=self.planner)
         ):
-            await self.db(self.refresh)
+            await self.db(self.refresh, pool=self.planner)
             self.refreshed = time.monotonic()
         self.checked = now
         free = {pk: settings.WEBHOOK_CONCURRENCY - self.busy.get(pk, 0) for pk in self.hooks}
         free = {pk: n for pk, n in free.items() if n > 0}
-        batches = await self.db(self.plan, free, set(self.inflight), dict(self.known))
+        batches = await self.db(self.plan, free, set(self.inflight), dict(self.known),
+                                pool=self.planner)
         for batch in batches:
             self.busy[batch.webhook_id] = self.busy.get(batch.webhook_id, 0) + 1
             self.inflight.update(item.cursor_id for item in batch.items)
@@ -338,6 +343,7 @@ class Deliverer:
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=settings.WEBHOOK_TIMEOUT_SECONDS + 1)
         self.pool.shutdown(wait=False)
+        self.planner.shutdown(wait=False)
 
 
 def batches_of(batches: list[Batch], hook_id: int) -> list[Batch]:
