@@ -150,7 +150,7 @@ DATA: dict[str, dict] = {
         "room": _id,
         "seq": {"type": "integer", "minimum": 1},
         "message": _id,
-        "actor": {"anyOf": [_user, {"type": "null"}]},
+        "actor": {"anyOf": [_actor, {"type": "null"}]},  # a bot mentioning: bot: true
         "excerpt": {"type": "string", "maxLength": 200},
         "created_at": _ts,
     })}),
