@@ -35,14 +35,20 @@ import hashlib
 import hmac
 import json
 import multiprocessing
-import os
+import subprocess
 import sys
 import threading
 import time
 
 from bench import stats
-from bench.stack import (ROOT, ChatStack, cpu_seconds, machine, make_users,
-                         stop_cleanly_on_sigterm)
+from bench.stack import (
+    ROOT,
+    ChatStack,
+    cpu_seconds,
+    machine,
+    make_users,
+    stop_cleanly_on_sigterm,
+)
 
 SECRET = "bench-webhook-secret-0123456789"
 P99_BOUND_MS = 1000.0
@@ -50,7 +56,7 @@ P99_BOUND_MS = 1000.0
 
 def _ts(text: str) -> float:
     return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=dt.timezone.utc).timestamp()
+        tzinfo=dt.UTC).timestamp()
 
 
 # --- Receivers (a child process) ----------------------------------------------------------------
@@ -223,7 +229,7 @@ def main(argv=None) -> int:
     stop_cleanly_on_sigterm()
     from bench.outbox import Fillers
 
-    print(f"# webhooks bench — {machine()} — {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# webhooks bench — {machine()} — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
     print(f"# {args.rate:g} events/s across {args.rooms} rooms to {args.receivers} receivers, "
           f"{args.duration:g} s a phase (the machine is shared: figures drift with its load)")
     results = {"args": vars(args), "machine": machine()}
@@ -259,8 +265,6 @@ def main(argv=None) -> int:
             receivers = Receivers(args.receivers)
             hook_ids = [hooks.webhook_create(owner=owner, url=f"http://127.0.0.1:{p}/hook",
                                              secret=SECRET).pk for p in receivers.ports]
-            import subprocess
-
             from tests.support.services import PYTHON
 
             profile = (["-m", "cProfile", "-o", args.profile] if args.profile else [])
@@ -315,7 +319,7 @@ def main(argv=None) -> int:
                 worker.terminate()
                 try:
                     worker.wait(15)
-                except Exception:
+                except subprocess.TimeoutExpired:
                     worker.kill()
             if fillers is not None:
                 fillers.close()
