@@ -6,9 +6,9 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
+from apps.core.errors import forbidden, not_found
 from apps.rooms import services as rooms
 from apps.rooms.api import RoomScopedApi
-from apps.core.errors import forbidden, not_found
 
 from . import services
 from .models import IncomingWebhook, OutgoingWebhook

@@ -41,8 +41,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections
-from django.db.models import (BigIntegerField, Case, DateTimeField, F, Q, TextField, Value,
-                              When)
+from django.db.models import BigIntegerField, Case, DateTimeField, F, Q, TextField, Value, When
 from django.db.models.functions import Cast, Mod
 from django.utils import timezone
 

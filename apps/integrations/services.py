@@ -13,13 +13,13 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
+from apps.core.errors import RateLimited, ServiceError, forbidden, invalid, not_found
 from apps.events.catalogue import CATALOGUE
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from apps.users import ratelimit
 from apps.users.services import clean_username
 from apps.users.tokens import digest
-from apps.core.errors import RateLimited, ServiceError, forbidden, invalid, not_found
 
 from . import ssrf
 from .models import IncomingWebhook, OutgoingWebhook, WebhookCursor

@@ -13,7 +13,7 @@ from apps.events.models import Event
 from apps.events.schemas import SCHEMAS
 from apps.users.models import ApiToken, User
 from tests import factories
-from tests.messaging.wsclient import WS
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 

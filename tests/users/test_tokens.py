@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 from apps.users.models import ApiToken
 from tests import factories
 from tests.hardening.test_ws_rights import two_servers  # noqa: F401 (a fixture)
-from tests.messaging.wsclient import WS
+from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
