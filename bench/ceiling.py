@@ -44,11 +44,20 @@ async def app(scope, receive, send):
             kind = event["type"]
             if kind == "websocket.connect":
                 await send({"type": "websocket.accept"})
-                await send({"type": "websocket.send", "text": _dumps(
-                    {"type": "hello", "user": user, "heartbeat": 30})})
+                await send(
+                    {
+                        "type": "websocket.send",
+                        "text": _dumps({"type": "hello", "user": user, "heartbeat": 30}),
+                    }
+                )
             elif kind == "websocket.receive":
-                await _handle(json.loads(event.get("text") or event.get("bytes")), socket_id,
-                              user, joined, send)
+                await _handle(
+                    json.loads(event.get("text") or event.get("bytes")),
+                    socket_id,
+                    user,
+                    joined,
+                    send,
+                )
             elif kind == "websocket.disconnect":
                 return
     finally:
@@ -63,8 +72,12 @@ async def _handle(frame: dict, socket_id: int, user: dict, joined: set[int], sen
         room = int(frame["room"])
         _rooms.setdefault(room, {})[socket_id] = send
         joined.add(room)
-        reply = {"type": "subscribed", "room": room, "last_seq": _seq.get(room, 0),
-                 "truncated": False}
+        reply = {
+            "type": "subscribed",
+            "room": room,
+            "last_seq": _seq.get(room, 0),
+            "truncated": False,
+        }
     elif kind == "message.send":
         room = int(frame["room"])
         seq = _seq[room] = _seq.get(room, 0) + 1
@@ -75,8 +88,12 @@ async def _handle(frame: dict, socket_id: int, user: dict, joined: set[int], sen
             "seq": seq,
             "ts": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
             "actor": user,
-            "data": {"id": seq, "body": frame["body"], "reply_to": None,
-                     "client_id": frame.get("client_id")},
+            "data": {
+                "id": seq,
+                "body": frame["body"],
+                "reply_to": None,
+                "client_id": frame.get("client_id"),
+            },
         }
         ack = {"type": "ack", "event": envelope}
         if ref is not None:

@@ -42,24 +42,39 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sockets", type=int, default=10000)
     parser.add_argument("--levels", default="1000,2500,5000,7500,10000")
-    parser.add_argument("--users", type=int, default=1000,
-                        help="users owning the sockets (sockets/users each; limit 20 per user)")
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=1000,
+        help="users owning the sockets (sockets/users each; limit 20 per user)",
+    )
     parser.add_argument("--subscribe", action="store_true", help="each socket subscribes a room")
     parser.add_argument("--idle", type=float, default=20.0, help="idle CPU window (s)")
     parser.add_argument("--procs", type=int, default=2, help="client processes")
-    parser.add_argument("--deadline", type=float, default=170.0,
-                        help="stop opening sockets this many seconds after the start")
-    parser.add_argument("--profile", action="store_true",
-                        help="py-spy the server while the top level connects and while idle")
+    parser.add_argument(
+        "--deadline",
+        type=float,
+        default=170.0,
+        help="stop opening sockets this many seconds after the start",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the server while the top level connects and while idle",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
-    levels = sorted({int(x) for x in args.levels.split(",") if int(x) <= args.sockets}
-                    | {args.sockets})
+    levels = sorted(
+        {int(x) for x in args.levels.split(",") if int(x) <= args.sockets} | {args.sockets}
+    )
     started = time.monotonic()
-    print(f"connections: up to {args.sockets} idle sockets ({args.users} users"
-          f"{', subscribed' if args.subscribe else ''}), levels {levels}  "
-          f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
+    print(
+        f"connections: up to {args.sockets} idle sockets ({args.users} users"
+        f"{', subscribed' if args.subscribe else ''}), levels {levels}  "
+        f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})",
+        flush=True,
+    )
     result = {"levels": []}
     # Idle window and clean-up come after the last level: keep time for them.
     args.deadline_at = started + args.deadline - args.idle - 20
@@ -79,17 +94,23 @@ def measure(stack, args, levels, result) -> None:
         rooms = [0]
         if args.subscribe:
             rooms = make_rooms([(users[r][0], [], f"idle {r}") for r in range(100)])
-        specs = [(users[i % len(users)][1], rooms[i % len(rooms)], args.subscribe)
-                 for i in range(args.sockets)]
+        specs = [
+            (users[i % len(users)][1], rooms[i % len(rooms)], args.subscribe)
+            for i in range(args.sockets)
+        ]
         pool = Pool(args.procs)
         pid = stack.pid
 
         def open_sockets(batch):
             """Open a batch; returns (sockets opened, seconds taken)."""
             t0 = time.monotonic()
-            replies = pool.call_each({i: ("connect", "127.0.0.1", stack.port, part, deadline)
-                                      for i, part in enumerate(split(batch, args.procs))},
-                                     timeout=600)
+            replies = pool.call_each(
+                {
+                    i: ("connect", "127.0.0.1", stack.port, part, deadline)
+                    for i, part in enumerate(split(batch, args.procs))
+                },
+                timeout=600,
+            )
             failed = sum(r["failed"] for r in replies)
             if failed:
                 raise RuntimeError(f"{failed} sockets failed: {[r['errors'] for r in replies]}")
@@ -111,18 +132,28 @@ def measure(stack, args, levels, result) -> None:
             time.sleep(2)
             rss = rss_bytes(pid)
             per = (rss - base_rss) / (held - BASELINE_SOCKETS)
-            entry = {"sockets": held, "rss_mib": round(rss / 2**20, 1),
-                     "kib_per_socket": round(per / 1024, 1),
-                     "connects_per_s": round(opened / took) if took else None}
+            entry = {
+                "sockets": held,
+                "rss_mib": round(rss / 2**20, 1),
+                "kib_per_socket": round(per / 1024, 1),
+                "connects_per_s": round(opened / took) if took else None,
+            }
             result["levels"].append(entry)
-            print(f"{held:>6} sockets  RSS {entry['rss_mib']} MiB  {entry['kib_per_socket']} KiB"
-                  f"/socket  (opened {opened} at {entry['connects_per_s']}/s)", flush=True)
+            print(
+                f"{held:>6} sockets  RSS {entry['rss_mib']} MiB  {entry['kib_per_socket']} KiB"
+                f"/socket  (opened {opened} at {entry['connects_per_s']}/s)",
+                flush=True,
+            )
             if held < level:
-                print(f"deadline: stopped opening sockets at {held} (--deadline {args.deadline:g}s)")
+                print(
+                    f"deadline: stopped opening sockets at {held} (--deadline {args.deadline:g}s)"
+                )
                 break
         profiler = None
         if args.profile:
-            profiler = Profiler(pid, args.idle, ROOT / "bench" / "profiles" / "connections-idle.txt")
+            profiler = Profiler(
+                pid, args.idle, ROOT / "bench" / "profiles" / "connections-idle.txt"
+            )
         cpu0, t0 = cpu_seconds(pid), time.monotonic()
         time.sleep(args.idle)
         if profiler is not None and profiler.wait(60):
@@ -133,12 +164,18 @@ def measure(stack, args, levels, result) -> None:
         codes = [r["close_codes"] for r in pings if r["close_codes"]]
         if codes:
             print(f"closed by the server during the run: close codes {codes}")
-        result.update(idle_cpu_pct=round(idle, 2), open_after_idle=still, sockets=held,
-                      rss_mib=result["levels"][-1]["rss_mib"],
-                      kib_per_socket=result["levels"][-1]["kib_per_socket"])
-        print(f"\nconnections: {held} idle sockets, {still} still open after {args.idle:g}s idle; "
-              f"server RSS {result['rss_mib']} MiB = {result['kib_per_socket']} KiB/socket; "
-              f"idle CPU {result['idle_cpu_pct']}% of a core")
+        result.update(
+            idle_cpu_pct=round(idle, 2),
+            open_after_idle=still,
+            sockets=held,
+            rss_mib=result["levels"][-1]["rss_mib"],
+            kib_per_socket=result["levels"][-1]["kib_per_socket"],
+        )
+        print(
+            f"\nconnections: {held} idle sockets, {still} still open after {args.idle:g}s idle; "
+            f"server RSS {result['rss_mib']} MiB = {result['kib_per_socket']} KiB/socket; "
+            f"idle CPU {result['idle_cpu_pct']}% of a core"
+        )
     finally:
         if pool:
             pool.close()

@@ -51,6 +51,7 @@ SEND_P99_BOUND_MS = 100.0
 
 # --- Seeding in SQL -------------------------------------------------------------------------------
 
+
 def seed_history(room_id: int, author_id: int, username: str, count: int, *, tag: str) -> None:
     """`count` messages by the author in the room, with their message.created events (already
     published), appended after the room's last seq, in one INSERT ... SELECT each."""
@@ -71,7 +72,7 @@ def seed_history(room_id: int, author_id: int, username: str, count: int, *, tag
             "SELECT m.eid, 'message.created', m.room_id, m.seq, m.author_id, m.created_at, "
             "jsonb_build_object('id', m.eid, 'type', 'message.created', 'room', m.room_id, "
             "  'seq', m.seq, 'ts', to_char(m.created_at AT TIME ZONE 'UTC', "
-            "  'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), "
+            '  \'YYYY-MM-DD"T"HH24:MI:SS.US"Z"\'), '
             "  'actor', jsonb_build_object('id', m.author_id, 'username', %s::text), "
             "  'data', jsonb_build_object('id', m.id, 'body', m.body, 'reply_to', null, "
             "    'client_id', m.client_id, 'thread', null, 'attachments', '[]'::jsonb, "
@@ -81,8 +82,9 @@ def seed_history(room_id: int, author_id: int, username: str, count: int, *, tag
             "      WHERE room_id = %s AND seq BETWEEN %s AND %s) m",
             [username, room_id, first, first + count - 1],
         )
-        cursor.execute("UPDATE rooms_room SET last_seq = %s WHERE id = %s",
-                       [first + count - 1, room_id])
+        cursor.execute(
+            "UPDATE rooms_room SET last_seq = %s WHERE id = %s", [first + count - 1, room_id]
+        )
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE messaging_message")
         cursor.execute("ANALYZE events_event")
@@ -110,11 +112,12 @@ def new_room(owner, name, members=()):
 
 # --- Part 1: one delete, big log vs empty log -----------------------------------------------------
 
+
 def part_delete(args, log) -> dict:
     from apps.messaging import services
     from apps.messaging.models import Message
 
-    (uid, _token), = make_users(1, "deleter")
+    ((uid, _token),) = make_users(1, "deleter")
     user = users_by_id([uid])[uid]
     big = new_room(user, "big log")
     empty = new_room(user, "empty log")
@@ -122,16 +125,17 @@ def part_delete(args, log) -> dict:
     step = 250_000
     for done in range(0, args.log_events, step):
         seed_history(big.pk, uid, user.username, min(step, args.log_events - done), tag="old")
-    log(f"seeded {args.log_events:,} events in room {big.pk} in "
-        f"{time.monotonic() - started:.1f}s")
-    targets_big = list(Message.objects.filter(room=big).order_by("?")
-                       .values_list("pk", flat=True)[:args.deletes])
+    log(f"seeded {args.log_events:,} events in room {big.pk} in {time.monotonic() - started:.1f}s")
+    targets_big = list(
+        Message.objects.filter(room=big).order_by("?").values_list("pk", flat=True)[: args.deletes]
+    )
     # The empty room's messages are sent through the service (the limit beside the figure).
     send_ns, targets_empty = [], []
     for n in range(args.deletes):
         t0 = time.perf_counter_ns()
-        event = services.message_send(room=empty, author=user, body=f"to delete {n}",
-                                      client_id=uuid.uuid4())
+        event = services.message_send(
+            room=empty, author=user, body=f"to delete {n}", client_id=uuid.uuid4()
+        )
         send_ns.append(time.perf_counter_ns() - t0)
         targets_empty.append(event.envelope["data"]["id"])
     times = {"big": [], "empty": []}
@@ -154,16 +158,22 @@ def part_delete(args, log) -> dict:
         f = figures[name]
         verdict = "ok" if f["p99_ms"] <= DELETE_P99_BOUND_MS else "MISS"
         per = max(1, f["count"])
-        figures[name]["cpu_ms"] = {"client": round(cpu[name][0] / per / 1e6, 2),
-                                   "database": round(cpu[name][1] / per * 1000, 2)}
-        log(f"delete   {name:5} log {events[name]:>9,} events  n {f['count']:4}  "
+        figures[name]["cpu_ms"] = {
+            "client": round(cpu[name][0] / per / 1e6, 2),
+            "database": round(cpu[name][1] / per * 1000, 2),
+        }
+        log(
+            f"delete   {name:5} log {events[name]:>9,} events  n {f['count']:4}  "
             f"p50 {f['p50_ms']} p99 {f['p99_ms']} max {f['max_ms']} ms  {verdict}  "
             f"(CPU ms per delete: this process {figures[name]['cpu_ms']['client']}, "
             f"its database backend {figures[name]['cpu_ms']['database']}; round trips: "
-            "python -m bench.roundtrips)")
+            "python -m bench.roundtrips)"
+        )
     f = figures["send_empty"]
-    log(f"limit    send in the empty room (same run)  n {f['count']:4}  p50 {f['p50_ms']} "
-        f"p99 {f['p99_ms']} max {f['max_ms']} ms")
+    log(
+        f"limit    send in the empty room (same run)  n {f['count']:4}  p50 {f['p50_ms']} "
+        f"p99 {f['p99_ms']} max {f['max_ms']} ms"
+    )
     ratio = figures["big"]["p99_ms"] / max(figures["empty"]["p99_ms"], 0.001)
     log(f"delete p99 big/empty {ratio:.2f}x (target: the same; p99 <= {DELETE_P99_BOUND_MS} ms)")
     return {"figures": figures, "events": events, "ratio_p99": round(ratio, 2)}
@@ -176,6 +186,7 @@ def count_events(room_id: int) -> int:
 
 
 # --- Part 2: erasure of a large account while others send -----------------------------------------
+
 
 class Sender(threading.Thread):
     """One WebSocket client sending `rate` messages/s to a room and timing each ack."""
@@ -230,10 +241,14 @@ def part_erase(args, stack, log) -> dict:
     for room in rooms:
         seed_history(room.pk, eid, erased.username, per_room, tag="erase me")
     total = per_room * args.erase_rooms
-    log(f"seeded {total:,} messages of {erased.username} in {len(rooms)} rooms in "
-        f"{time.monotonic() - started:.1f}s")
-    senders = [Sender(stack.server.ws_url, otoken, rooms[0].pk, args.send_rate),
-               Sender(stack.server.ws_url, otoken, quiet.pk, args.send_rate)]
+    log(
+        f"seeded {total:,} messages of {erased.username} in {len(rooms)} rooms in "
+        f"{time.monotonic() - started:.1f}s"
+    )
+    senders = [
+        Sender(stack.server.ws_url, otoken, rooms[0].pk, args.send_rate),
+        Sender(stack.server.ws_url, otoken, quiet.pk, args.send_rate),
+    ]
     for sender in senders:
         sender.start()
     admin = superuser()
@@ -246,8 +261,10 @@ def part_erase(args, stack, log) -> dict:
     done_at = None
     while time.monotonic() - t_start < args.erase_timeout:
         left = Message.objects.filter(author_id=eid, deleted_at__isnull=True).count()
-        if left == 0 and not Event.objects.filter(actor_id=eid,
-                                                  envelope__actor__username=name).exists():
+        if (
+            left == 0
+            and not Event.objects.filter(actor_id=eid, envelope__actor__username=name).exists()
+        ):
             done_at = time.monotonic()
             break
         time.sleep(1.0)
@@ -258,8 +275,9 @@ def part_erase(args, stack, log) -> dict:
     for sender in senders:
         sender.join(10)
     seconds = t_end - t_start
-    erased_rows = Event.objects.filter(type="message.deleted", room__in=rooms,
-                                       envelope__data__reason="erased")
+    erased_rows = Event.objects.filter(
+        type="message.deleted", room__in=rooms, envelope__data__reason="erased"
+    )
     deleted = erased_rows.count()
     # When the worker's task began: the first batch's commit (its events' ts), on the wall
     # clock; the time before it is the task waiting for a free worker process.
@@ -267,26 +285,35 @@ def part_erase(args, stack, log) -> dict:
     waited = None
     if first is not None:
         waited = max(0.0, first.timestamp() - (wall_start + 0.0))
-    result = {"messages": total, "rooms": len(rooms), "seconds": round(seconds, 1),
-              "done": done_at is not None, "message_deleted_events": deleted,
-              "unusable_after_s": round(unusable_s, 3),
-              "queued_s": None if waited is None else round(waited, 1),
-              "batch_size": int(stack.env.get("ERASURE_BATCH_SIZE", 500))}
+    result = {
+        "messages": total,
+        "rooms": len(rooms),
+        "seconds": round(seconds, 1),
+        "done": done_at is not None,
+        "message_deleted_events": deleted,
+        "unusable_after_s": round(unusable_s, 3),
+        "queued_s": None if waited is None else round(waited, 1),
+        "batch_size": int(stack.env.get("ERASURE_BATCH_SIZE", 500)),
+    }
     verdict = "ok" if done_at is not None and seconds <= ERASE_BOUND_S else "MISS"
-    log(f"erase    {total:,} messages in {len(rooms)} rooms: "
+    log(
+        f"erase    {total:,} messages in {len(rooms)} rooms: "
         f"{'done' if done_at else 'NOT done'} in {seconds:.1f}s "
         f"(the task waited {waited if waited is None else round(waited, 1)}s for a worker "
         f"process, then worked {seconds - (waited or 0):.1f}s) "
         f"({deleted:,} message.deleted reason erased; account unusable after "
-        f"{unusable_s * 1000:.0f} ms)  {verdict}")
+        f"{unusable_s * 1000:.0f} ms)  {verdict}"
+    )
     for label, sender in (("a room it wrote in", senders[0]), ("another room", senders[1])):
         before = sender.between(t_start - args.baseline, t_start)
         during = sender.between(t_start, t_end)
         ok = during["p99_ms"] is not None and during["p99_ms"] <= SEND_P99_BOUND_MS
-        log(f"send     {label:18} during: n {during['count']:5} p50 {during['p50_ms']} "
+        log(
+            f"send     {label:18} during: n {during['count']:5} p50 {during['p50_ms']} "
             f"p99 {during['p99_ms']} max {during['max_ms']} ms  |  limit (before, same run): "
             f"p50 {before['p50_ms']} p99 {before['p99_ms']} ms  errors "
-            f"{len(sender.errors)}  {'ok' if ok and not sender.errors else 'MISS'}")
+            f"{len(sender.errors)}  {'ok' if ok and not sender.errors else 'MISS'}"
+        )
         result[label] = {"during": during, "before": before, "errors": sender.errors[:5]}
     return result
 
@@ -314,8 +341,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
     extra = dict(item.split("=", 1) for item in args.set)
-    print(f"# bench.deletion {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
-          f"{machine()}", flush=True)
+    print(f"# bench.deletion {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()}", flush=True)
     results = {}
     with ChatStack(settings=extra) as stack:
         if args.only in (None, "delete"):

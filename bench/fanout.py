@@ -34,10 +34,12 @@ from bench.stack import (
 )
 
 P99_BOUND_MS = 100.0
-DEFAULT_RATES = {50: [10, 25, 50, 100, 200, 400, 600],
-                 500: [2, 5, 10, 20, 40, 80],
-                 # The big room (issue 18): 10 msg/s is 50,000 deliveries/s.
-                 5000: [1, 2, 5, 10, 20]}
+DEFAULT_RATES = {
+    50: [10, 25, 50, 100, 200, 400, 600],
+    500: [2, 5, 10, 20, 40, 80],
+    # The big room (issue 18): 10 msg/s is 50,000 deliveries/s.
+    5000: [1, 2, 5, 10, 20],
+}
 
 
 def merge_acked(reports) -> dict[int, list[int]]:
@@ -48,10 +50,12 @@ def merge_acked(reports) -> dict[int, list[int]]:
     return merged
 
 
-def run_step(pool, senders, receivers, server_pid, step, rate, duration, drain,
-             others=None) -> dict:
-    system = bench_limits.SystemCpu(services=others is not None, server=server_pid,
-                                    **(others or {}))
+def run_step(
+    pool, senders, receivers, server_pid, step, rate, duration, drain, others=None
+) -> dict:
+    system = bench_limits.SystemCpu(
+        services=others is not None, server=server_pid, **(others or {})
+    )
     system0 = system.read()
     srv0, cli0, wall0 = cpu_seconds(server_pid), pool.cpu_seconds(), time.monotonic()
     pool.call(receivers, "run", step, 0, 0)
@@ -92,7 +96,8 @@ def run_step(pool, senders, receivers, server_pid, step, rate, duration, drain,
         "server_cpu_pct": round(100 * srv_cpu / wall),
         "client_cpu_pct": round(100 * cli_cpu / wall),
         "cpu_ms_per_delivery": round(sum(system_cpu.values()) * 1000 / deliveries, 4)
-        if deliveries else None,
+        if deliveries
+        else None,
         "cpu_per_delivery": bench_limits.per_unit_ms(system_cpu, deliveries),
     }
 
@@ -100,15 +105,28 @@ def run_step(pool, senders, receivers, server_pid, step, rate, duration, drain,
 def step_line(name, step) -> str:
     lat = step["latency"]
     verdict = "ok" if stats.step_passes(step, p99_ms=P99_BOUND_MS) else "MISS"
-    return (f"{name:8} {step['rate']:>6}/s  sent {step['sent']:>6} acked {step['acked']:>6}  "
-            f"deliv {step['deliveries_per_s']:>6}/s  p50 {lat['p50_ms']} p99 {lat['p99_ms']} "
-            f"max {lat['max_ms']} ms (ack p99 {step['ack_latency']['p99_ms']})  lost {step['lost']}  "
-            f"srv {step['server_cpu_pct']}% cli {step['client_cpu_pct']}%  {verdict}{stats.trouble(step)}"
-            f"\n         CPU per delivery: {step['cpu_per_delivery']}")
+    return (
+        f"{name:8} {step['rate']:>6}/s  sent {step['sent']:>6} acked {step['acked']:>6}  "
+        f"deliv {step['deliveries_per_s']:>6}/s  p50 {lat['p50_ms']} p99 {lat['p99_ms']} "
+        f"max {lat['max_ms']} ms (ack p99 {step['ack_latency']['p99_ms']})  lost {step['lost']}  "
+        f"srv {step['server_cpu_pct']}% cli {step['client_cpu_pct']}%  {verdict}{stats.trouble(step)}"
+        f"\n         CPU per delivery: {step['cpu_per_delivery']}"
+    )
 
 
-def ladder(name, *, host, port, server_pid, sub_specs, send_specs, rates, args,
-           profile_at=None, others=None) -> list[dict]:
+def ladder(
+    name,
+    *,
+    host,
+    port,
+    server_pid,
+    sub_specs,
+    send_specs,
+    rates,
+    args,
+    profile_at=None,
+    others=None,
+) -> list[dict]:
     pool = Pool(args.procs + 1)
     senders, receivers = [0], list(range(1, args.procs + 1))
     try:
@@ -120,8 +138,11 @@ def ladder(name, *, host, port, server_pid, sub_specs, send_specs, rates, args,
         failed = sum(r["failed"] for r in replies)
         if failed:
             raise RuntimeError(f"{name}: {failed} sockets failed to connect: {replies}")
-        print(f"{name:8} {len(sub_specs)} subscribers + {len(send_specs)} senders connected "
-              f"in {time.monotonic() - t0:.1f}s", flush=True)
+        print(
+            f"{name:8} {len(sub_specs)} subscribers + {len(send_specs)} senders connected "
+            f"in {time.monotonic() - t0:.1f}s",
+            flush=True,
+        )
         # Warm-up (not reported): connection pools, caches, first-call imports.
         run_step(pool, senders, receivers, server_pid, 0, rates[0] / 2, 2, args.drain, others)
         steps = []
@@ -132,8 +153,9 @@ def ladder(name, *, host, port, server_pid, sub_specs, send_specs, rates, args,
 
                 path = ROOT / "bench" / "profiles" / f"fanout-{name}-{len(sub_specs)}-{rate:g}.txt"
                 profiler = Profiler(server_pid, args.duration, path, wall=args.wall)
-            step = run_step(pool, senders, receivers, server_pid, index, rate, args.duration,
-                            args.drain, others)
+            step = run_step(
+                pool, senders, receivers, server_pid, index, rate, args.duration, args.drain, others
+            )
             if profiler is not None:
                 path = profiler.wait()
                 if path:
@@ -162,22 +184,35 @@ def main(argv=None) -> int:
     ladder_arguments(parser)
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
-    rates = ([float(r) for r in args.rates.split(",")] if args.rates
-             else DEFAULT_RATES.get(args.subscribers, DEFAULT_RATES[500]))
+    rates = (
+        [float(r) for r in args.rates.split(",")]
+        if args.rates
+        else DEFAULT_RATES.get(args.subscribers, DEFAULT_RATES[500])
+    )
     started = time.monotonic()
-    print(f"fan-out: {args.subscribers} subscribers, {args.senders} senders, rates {rates}, "
-          f"{args.duration:g}s steps, {args.procs} receiving processes  "
-          f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})",
-          flush=True)
+    print(
+        f"fan-out: {args.subscribers} subscribers, {args.senders} senders, rates {rates}, "
+        f"{args.duration:g}s steps, {args.procs} receiving processes  "
+        f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})",
+        flush=True,
+    )
     results = {}
     if args.only != "chat":
         ceiling = CeilingServer().start()
         try:
             subs = [(None, 1, True)] * args.subscribers
             sends = [(None, 1, False)] * args.senders
-            results["ceiling"] = ladder("ceiling", host="127.0.0.1", port=ceiling.port,
-                                        server_pid=ceiling.pid, sub_specs=subs, send_specs=sends,
-                                        rates=rates, args=args, profile_at=args.profile)
+            results["ceiling"] = ladder(
+                "ceiling",
+                host="127.0.0.1",
+                port=ceiling.port,
+                server_pid=ceiling.pid,
+                sub_specs=subs,
+                send_specs=sends,
+                rates=rates,
+                args=args,
+                profile_at=args.profile,
+            )
         finally:
             ceiling.stop()
     if args.only != "ceiling":
@@ -185,31 +220,46 @@ def main(argv=None) -> int:
             users = make_users(args.subscribers + args.senders, f"{stack.tag}u")
             room = make_room(users[0][0], [uid for uid, _ in users], "fan-out bench")
             subs = [(token, room, True) for _, token in users[: args.subscribers]]
-            sends = [(token, room, False) for _, token in users[args.subscribers:]]
-            others = {"worker": stack.worker.proc.pid if stack.worker else None,
-                      "broker": stack.broker.proc.pid if stack.broker else None}
-            results["chat"] = ladder("chat", host="127.0.0.1", port=stack.port,
-                                     server_pid=stack.pid, sub_specs=subs, send_specs=sends,
-                                     rates=rates, args=args, profile_at=args.profile,
-                                     others=others)
+            sends = [(token, room, False) for _, token in users[args.subscribers :]]
+            others = {
+                "worker": stack.worker.proc.pid if stack.worker else None,
+                "broker": stack.broker.proc.pid if stack.broker else None,
+            }
+            results["chat"] = ladder(
+                "chat",
+                host="127.0.0.1",
+                port=stack.port,
+                server_pid=stack.pid,
+                sub_specs=subs,
+                send_specs=sends,
+                rates=rates,
+                args=args,
+                profile_at=args.profile,
+                others=others,
+            )
     print()
     print(summary(results, args.subscribers))
     print(f"(total {time.monotonic() - started:.0f}s)")
     if args.json:
-        args.json.write_text(json.dumps({"subscribers": args.subscribers, "results": results},
-                                        indent=1))
+        args.json.write_text(
+            json.dumps({"subscribers": args.subscribers, "results": results}, indent=1)
+        )
     return 0
 
 
 def summary(results: dict, subscribers: int) -> str:
     held = {name: stats.highest_held(steps, p99_ms=P99_BOUND_MS) for name, steps in results.items()}
-    lines = [f"fan-out {subscribers} subscribers: highest rate held (p99 <= {P99_BOUND_MS:g} ms, "
-             "nothing lost)"]
+    lines = [
+        f"fan-out {subscribers} subscribers: highest rate held (p99 <= {P99_BOUND_MS:g} ms, "
+        "nothing lost)"
+    ]
     for name in ("chat", "ceiling"):
         if name in held:
             rate = held[name]
-            lines.append(f"  {name:8} {rate if rate is not None else 'none':>6} msg/s"
-                         + (f"  = {rate * subscribers:,.0f} deliveries/s" if rate else ""))
+            lines.append(
+                f"  {name:8} {rate if rate is not None else 'none':>6} msg/s"
+                + (f"  = {rate * subscribers:,.0f} deliveries/s" if rate else "")
+            )
     if "chat" in held and "ceiling" in held:
         lines.append(f"  chat/ceiling: {stats.ratio(held['chat'], held['ceiling'])}")
         ceiling = {s["rate"]: s for s in results["ceiling"]}
@@ -222,7 +272,8 @@ def summary(results: dict, subscribers: int) -> str:
                     f"{other['latency']['p99_ms']} ms"
                     f"  ({stats.ratio(step['latency']['p99_ms'], other['latency']['p99_ms'])})"
                     f"     {step['deliveries_per_s']} / {other['deliveries_per_s']}"
-                    f"  ({stats.ratio(step['deliveries_per_s'], other['deliveries_per_s'])})")
+                    f"  ({stats.ratio(step['deliveries_per_s'], other['deliveries_per_s'])})"
+                )
     return "\n".join(lines)
 
 

@@ -23,8 +23,9 @@ BODY = re.compile(r"^bench (\d+) (\d+) ")
 def watcher_main(conn, bootstrap: str, topic: str) -> None:
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                             group_id=None, fetch_max_wait_ms=50)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, fetch_max_wait_ms=50
+    )
     deadline = time.monotonic() + 30
     partitions = None
     while not partitions and time.monotonic() < deadline:
@@ -58,7 +59,8 @@ def watcher_main(conn, bootstrap: str, topic: str) -> None:
                     ts = dt.datetime.fromisoformat(envelope["ts"].replace("Z", "+00:00"))
                     with lock:
                         seen.setdefault(int(match[1]), {}).setdefault(
-                            envelope["id"], (now - ts.timestamp()) * 1000)
+                            envelope["id"], (now - ts.timestamp()) * 1000
+                        )
 
     thread = threading.Thread(target=poll, daemon=True)
     thread.start()

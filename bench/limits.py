@@ -33,8 +33,11 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _pg_parts(url: str) -> dict:
-    match = re.match(r"postgres(?:ql)?://(?P<user>[^@/:]+)?@?(?P<host>[^:/]+):?(?P<port>\d+)?/"
-                     r"(?P<db>[^?]+)", url)
+    match = re.match(
+        r"postgres(?:ql)?://(?P<user>[^@/:]+)?@?(?P<host>[^:/]+):?(?P<port>\d+)?/"
+        r"(?P<db>[^?]+)",
+        url,
+    )
     if not match:
         raise ValueError(f"not a PostgreSQL URL: {url}")
     parts = match.groupdict()
@@ -60,12 +63,30 @@ def pgbench_tps(clients: int, seconds: float = 10.0, url: str = PG_ADMIN) -> flo
     _admin(f'CREATE DATABASE "{db}"', url)
     common = ["-h", parts["host"], "-p", parts["port"], "-U", parts["user"]]
     try:
-        subprocess.run([binary, "-i", "-q", "-s", "10", *common, db], check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [binary, "-i", "-q", "-s", "10", *common, db],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         done = subprocess.run(
-            [binary, "-N", "-c", str(clients), "-j", str(min(clients, os.cpu_count() or 1)),
-             "-T", str(int(seconds)), *common, db],
-            check=True, capture_output=True, text=True, timeout=seconds + 120)
+            [
+                binary,
+                "-N",
+                "-c",
+                str(clients),
+                "-j",
+                str(min(clients, os.cpu_count() or 1)),
+                "-T",
+                str(int(seconds)),
+                *common,
+                db,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=seconds + 120,
+        )
         match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", done.stdout)
         if not match:
             raise RuntimeError(f"unexpected pgbench output:\n{done.stdout[-1000:]}")
@@ -97,28 +118,36 @@ async def _raw_lane(url, room_ids, batch, deadline, counts):
             for room in room_ids:
                 async with conn.transaction(), conn.pipeline():
                     cur = await conn.execute(
-                        "SELECT last_seq FROM room WHERE id = %s FOR UPDATE", [room])
+                        "SELECT last_seq FROM room WHERE id = %s FOR UPDATE", [room]
+                    )
                     (seq,) = await cur.fetchone()
-                    rows = [(room, 1, "hello " + "x" * 60, uuid.uuid4(), seq + i + 1)
-                            for i in range(batch)]
+                    rows = [
+                        (room, 1, "hello " + "x" * 60, uuid.uuid4(), seq + i + 1)
+                        for i in range(batch)
+                    ]
                     ids = await conn.cursor().executemany(
                         "INSERT INTO message (room_id, author_id, body, client_id, seq) "
-                        "VALUES (%s, %s, %s, %s, %s)", rows)
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        rows,
+                    )
                     del ids
                     await conn.cursor().executemany(
                         "INSERT INTO event (id, room_id, seq, type, envelope, ts) "
                         "VALUES (%s, %s, %s, 'message.created', %s, now())",
-                        [(uuid.uuid4(), room, s, envelope) for (_, _, _, _, s) in rows])
+                        [(uuid.uuid4(), room, s, envelope) for (_, _, _, _, s) in rows],
+                    )
                     await conn.execute(
                         "UPDATE room SET last_seq = %s, last_activity = now() WHERE id = %s",
-                        [seq + batch, room])
+                        [seq + batch, room],
+                    )
                 counts[0] += batch
                 if time.monotonic() >= deadline:
                     break
 
 
-def raw_send_rate(*, lanes: int = 1, rooms: int = 100, batch: int = 10, seconds: float = 5.0,
-                  url: str = PG_ADMIN) -> float:
+def raw_send_rate(
+    *, lanes: int = 1, rooms: int = 100, batch: int = 10, seconds: float = 5.0, url: str = PG_ADMIN
+) -> float:
     """Sends per second the database allows with the send path's statements, `batch` sends per
     transaction, `lanes` connections at once, rooms spread over the lanes."""
     db = f"rawsend_{os.getpid()}_{secrets.token_hex(2)}"
@@ -135,8 +164,9 @@ def raw_send_rate(*, lanes: int = 1, rooms: int = 100, batch: int = 10, seconds:
         async def run():
             deadline = time.monotonic() + seconds
             shares = [list(range(1 + i, rooms + 1, lanes)) for i in range(lanes)]
-            await asyncio.gather(*(_raw_lane(target, share, batch, deadline, counts)
-                                   for share in shares))
+            await asyncio.gather(
+                *(_raw_lane(target, share, batch, deadline, counts) for share in shares)
+            )
 
         started = time.monotonic()
         asyncio.run(run())
@@ -151,9 +181,24 @@ def redis_publish_rate(port: int = 6379, requests: int = 50000, clients: int = 4
     if not binary:
         raise RuntimeError("redis-benchmark is not installed (Debian: redis-tools)")
     done = subprocess.run(
-        [binary, "-p", str(port), "-q", "-n", str(requests), "-c", str(clients),
-         "PUBLISH", f"bench-limits-{os.getpid()}", "x" * 200],
-        check=True, capture_output=True, text=True, timeout=120)
+        [
+            binary,
+            "-p",
+            str(port),
+            "-q",
+            "-n",
+            str(requests),
+            "-c",
+            str(clients),
+            "PUBLISH",
+            f"bench-limits-{os.getpid()}",
+            "x" * 200,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     match = re.search(r"([\d.]+) requests per second", done.stdout)
     if not match:
         raise RuntimeError(f"unexpected redis-benchmark output: {done.stdout[-500:]}")
@@ -161,6 +206,7 @@ def redis_publish_rate(port: int = 6379, requests: int = 50000, clients: int = 4
 
 
 # --- CPU of every process involved ------------------------------------------------------------
+
 
 def _cpu(pid: int, children: bool = False) -> float:
     """utime + stime of a process (with `children`: plus its reaped children's)."""
@@ -206,11 +252,14 @@ def pids_named(name: str) -> list[int]:
                 text = handle.read()
         except OSError:
             continue
-        comm = text[text.index("(") + 1:text.rindex(")")]
+        comm = text[text.index("(") + 1 : text.rindex(")")]
         ppid = int(text.rsplit(")", 1)[1].split()[1])
         found[int(entry)] = (comm, ppid)
-    return [pid for pid, (comm, ppid) in found.items()
-            if comm == name and found.get(ppid, ("",))[0] != name]
+    return [
+        pid
+        for pid, (comm, ppid) in found.items()
+        if comm == name and found.get(ppid, ("",))[0] != name
+    ]
 
 
 class SystemCpu:
@@ -225,10 +274,12 @@ class SystemCpu:
         self.roots = {role: pid for role, pid in roots.items() if pid}
         if not services:  # the ceiling server uses neither PostgreSQL nor Redis
             return
-        self.roots.update({f"postgres{'' if i == 0 else i}": pid
-                           for i, pid in enumerate(pids_named("postgres"))})
-        self.roots.update({f"redis{'' if i == 0 else i}": pid
-                           for i, pid in enumerate(pids_named("redis-server"))})
+        self.roots.update(
+            {f"postgres{'' if i == 0 else i}": pid for i, pid in enumerate(pids_named("postgres"))}
+        )
+        self.roots.update(
+            {f"redis{'' if i == 0 else i}": pid for i, pid in enumerate(pids_named("redis-server"))}
+        )
 
     def read(self) -> dict[str, float]:
         return {role: tree_cpu(pid) for role, pid in self.roots.items()}
@@ -243,9 +294,11 @@ def per_unit_ms(delta: dict[str, float], units: int) -> str:
     if units <= 0:
         return "n/a"
     total = sum(delta.values())
-    parts = ", ".join(f"{role} {seconds * 1000 / units:.2f}"
-                      for role, seconds in sorted(delta.items(), key=lambda kv: -kv[1])
-                      if seconds > 0)
+    parts = ", ".join(
+        f"{role} {seconds * 1000 / units:.2f}"
+        for role, seconds in sorted(delta.items(), key=lambda kv: -kv[1])
+        if seconds > 0
+    )
     return f"total {total * 1000 / units:.2f} ms ({parts})"
 
 
@@ -259,10 +312,12 @@ def header(clients: int, seconds: float = 10.0) -> dict:
 
 
 def header_line(figures: dict) -> str:
-    return (f"limits (same run): pgbench -N -c {figures['pgbench_clients']} "
-            f"{figures['pgbench_tps']:,.0f} tps; raw send statements (1 lane, 10 per txn) "
-            f"{figures['raw_send_rate']:,.0f} sends/s; redis-benchmark PUBLISH "
-            f"{figures['redis_publish_rate']:,.0f}/s")
+    return (
+        f"limits (same run): pgbench -N -c {figures['pgbench_clients']} "
+        f"{figures['pgbench_tps']:,.0f} tps; raw send statements (1 lane, 10 per txn) "
+        f"{figures['raw_send_rate']:,.0f} sends/s; redis-benchmark PUBLISH "
+        f"{figures['redis_publish_rate']:,.0f}/s"
+    )
 
 
 def main(argv=None) -> int:
@@ -270,8 +325,10 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="pgbench clients")
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
-    print(f"# bench.limits {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
-          f"{os.cpu_count()} cores, load {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    print(
+        f"# bench.limits {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
+        f"{os.cpu_count()} cores, load {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     print(header_line(header(args.clients, args.seconds)))
     return 0
 

@@ -152,8 +152,12 @@ class Worker:
         if self.pinger is None:
             self.pinger = asyncio.get_running_loop().create_task(self._ping_forever())
         results = await asyncio.gather(*(one(*spec) for spec in specs))
-        return {"connected": sum(s is not None for s in results), "skipped": skipped,
-                "failed": sum(s is None for s in results) - skipped, "errors": dict(errors)}
+        return {
+            "connected": sum(s is not None for s in results),
+            "skipped": skipped,
+            "failed": sum(s is None for s in results) - skipped,
+            "errors": dict(errors),
+        }
 
     async def run(self, step, rate, duration):
         self.step = step
@@ -218,8 +222,7 @@ class Worker:
             "stale": self.stale,
             "lost": missing(),
             "closed": sum(1 for s in self.socks if not s.ws.is_open),
-            "close_codes": dict(Counter(s.ws.close_code for s in self.socks
-                                        if not s.ws.is_open)),
+            "close_codes": dict(Counter(s.ws.close_code for s in self.socks if not s.ws.is_open)),
             "delivery_ns": self.delivery_ns.tobytes(),
             "ack_ns": self.ack_ns.tobytes(),
             "first_send": self.first_send,
@@ -233,9 +236,10 @@ class Worker:
         for _ in range(count):
             for sock in self.socks:
                 sock.ws.send_text(b'{"type":"ping"}')
-        return {"open": sum(1 for s in self.socks if s.ws.is_open),
-                "close_codes": dict(Counter(s.ws.close_code for s in self.socks
-                                            if not s.ws.is_open))}
+        return {
+            "open": sum(1 for s in self.socks if s.ws.is_open),
+            "close_codes": dict(Counter(s.ws.close_code for s in self.socks if not s.ws.is_open)),
+        }
 
     async def _ping_forever(self):
         """Keep every socket alive as the web client does: a `ping` each heartbeat / 2,
@@ -351,11 +355,23 @@ def ladder_arguments(parser) -> None:
     from pathlib import Path
 
     parser.add_argument("--full", action="store_true", help="do not stop at the first miss")
-    parser.add_argument("--profile", type=float, metavar="RATE",
-                        help="py-spy the server during the step at this rate")
-    parser.add_argument("--wall", action="store_true",
-                        help="profile every thread, waiting included (default: GIL holder)")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        metavar="RATE",
+        help="py-spy the server during the step at this rate",
+    )
+    parser.add_argument(
+        "--wall",
+        action="store_true",
+        help="profile every thread, waiting included (default: GIL holder)",
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra server environment for an experiment (e.g. CHAT_DB_THREADS=4,"
-                             " BENCH_SWITCH_INTERVAL=0.0005); recorded with the results")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra server environment for an experiment (e.g. CHAT_DB_THREADS=4,"
+        " BENCH_SWITCH_INTERVAL=0.0005); recorded with the results",
+    )

@@ -55,6 +55,7 @@ KAFKA_P99_BOUND_MS = 1000.0
 
 # --- Filler processes ---------------------------------------------------------------------------
 
+
 def filler_main(conn, pairs: list[tuple[int, int]], batch: int) -> None:
     """Commit messages through the send service into (room id, author id) pairs, round-robin,
     `batch` sends per transaction (message_send_many, as the server's group commit does).
@@ -100,8 +101,9 @@ def filler_main(conn, pairs: list[tuple[int, int]], batch: int) -> None:
             requests = []
             for i in range(first, min(count, first + batch)):
                 room, author = targets[i % len(targets)]
-                requests.append((room, author, f"bench {step} {n} {time.monotonic_ns()}",
-                                 uuid.uuid4()))
+                requests.append(
+                    (room, author, f"bench {step} {n} {time.monotonic_ns()}", uuid.uuid4())
+                )
                 n += stride
             try:
                 failed = send_many(requests)
@@ -111,8 +113,15 @@ def filler_main(conn, pairs: list[tuple[int, int]], batch: int) -> None:
             sent += len(requests) - failed
         usage = resource.getrusage(resource.RUSAGE_SELF)
         cpu = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)
-        conn.send({"sent": sent, "errors": errors, "cpu": cpu, "behind": behind,
-                   "seconds": time.monotonic() - start})
+        conn.send(
+            {
+                "sent": sent,
+                "errors": errors,
+                "cpu": cpu,
+                "behind": behind,
+                "seconds": time.monotonic() - start,
+            }
+        )
 
 
 class Fillers:
@@ -125,8 +134,9 @@ class Fillers:
         self.conns, self.procs = [], []
         for index in range(count):
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=filler_main, args=(child, pairs[index::count], batch),
-                               daemon=True)
+            proc = ctx.Process(
+                target=filler_main, args=(child, pairs[index::count], batch), daemon=True
+            )
             proc.start()
             self.conns.append(parent)
             self.procs.append(proc)
@@ -167,6 +177,7 @@ class Fillers:
 
 # --- Measuring ----------------------------------------------------------------------------------
 
+
 def outbox_counts() -> tuple[int, int]:
     """(pending, published) Kafka-bound rows, read the way the publisher reads them."""
     from django.db import connection
@@ -202,8 +213,10 @@ class WorkerProfile:
         from bench.profile import Profiler
 
         self.path = ROOT / "bench" / "profiles" / f"{name}.txt"
-        self.parts = [Profiler(pid, seconds, self.path.with_suffix(f".{pid}.txt"), wall=wall)
-                      for pid in tree_pids(worker_pid)]
+        self.parts = [
+            Profiler(pid, seconds, self.path.with_suffix(f".{pid}.txt"), wall=wall)
+            for pid in tree_pids(worker_pid)
+        ]
 
     def finish(self, count: int = 15) -> str:
         from bench.profile import by_app, top
@@ -213,8 +226,7 @@ class WorkerProfile:
                 if part.wait(60) is not None:
                     merged.write(part.path.read_text())
                     part.path.unlink()
-        return (top(self.path, count) + "\n\n"
-                + by_app(self.path, count, within="publish_pending"))
+        return top(self.path, count) + "\n\n" + by_app(self.path, count, within="publish_pending")
 
 
 def machine_busy() -> tuple[int, int]:
@@ -264,13 +276,15 @@ def run_backlog(stack, fillers, args) -> dict:
     hold_kicks(3600)
     fill = fillers.run(0, args.fill_rate, args.backlog / args.fill_rate)
     pending, _ = outbox_counts()
-    print(f"backlog: {fill['sent']} messages committed in {fill['seconds']:.1f}s "
-          f"({fill['errors']} errors); {pending} Kafka-bound rows pending", flush=True)
+    print(
+        f"backlog: {fill['sent']} messages committed in {fill['seconds']:.1f}s "
+        f"({fill['errors']} errors); {pending} Kafka-bound rows pending",
+        flush=True,
+    )
     worker = start_worker(stack)
     profile = None
     if args.profile:
-        profile = WorkerProfile(worker.proc.pid, args.profile_seconds, "outbox-backlog",
-                                args.wall)
+        profile = WorkerProfile(worker.proc.pid, args.profile_seconds, "outbox-backlog", args.wall)
     cpu0, t0, tasks0 = tree_cpu_seconds(worker.proc.pid), time.monotonic(), tasks_received(worker)
     busy0 = machine_busy()
     clear_kick()
@@ -279,7 +293,9 @@ def run_backlog(stack, fillers, args) -> dict:
     cpu = tree_cpu_seconds(worker.proc.pid) - cpu0
     wall = time.monotonic() - t0
     result = {
-        "mode": "backlog", "events": pending, "drained": seconds is not None,
+        "mode": "backlog",
+        "events": pending,
+        "drained": seconds is not None,
         "seconds": round(wall, 2),
         "events_per_s": round(pending / wall) if seconds is not None else None,
         "worker_cpu_s": round(cpu, 2),
@@ -288,11 +304,14 @@ def run_backlog(stack, fillers, args) -> dict:
         "tasks": tasks_received(worker) - tasks0,
         "machine_cpu_pct": busy_pct(busy0, machine_busy()),
     }
-    print(f"drained {pending} events in {wall:.2f}s = {result['events_per_s']}/s; worker CPU "
-          f"{cpu:.2f}s = {result['worker_cpu_ms_per_event']} ms/event "
-          f"({result['worker_cpu_pct']}% of a core); {result['tasks']} tasks; machine "
-          f"{result['machine_cpu_pct']}% (of 200)"
-          + ("" if seconds is not None else f"  NOT DRAINED after {args.timeout:g}s"), flush=True)
+    print(
+        f"drained {pending} events in {wall:.2f}s = {result['events_per_s']}/s; worker CPU "
+        f"{cpu:.2f}s = {result['worker_cpu_ms_per_event']} ms/event "
+        f"({result['worker_cpu_pct']}% of a core); {result['tasks']} tasks; machine "
+        f"{result['machine_cpu_pct']}% (of 200)"
+        + ("" if seconds is not None else f"  NOT DRAINED after {args.timeout:g}s"),
+        flush=True,
+    )
     if profile:
         print(profile.finish())
         result["profile"] = str(profile.path.relative_to(ROOT))
@@ -311,8 +330,9 @@ def run_rates(stack, fillers, args, rates) -> list[dict]:
         for index, rate in enumerate(rates, start=1):
             profile = None
             if args.profile and index == 1:
-                profile = WorkerProfile(worker.proc.pid, args.duration,
-                                        f"outbox-{rate:g}", args.wall)
+                profile = WorkerProfile(
+                    worker.proc.pid, args.duration, f"outbox-{rate:g}", args.wall
+                )
             _, published0 = outbox_counts()
             cpu0, t0 = tree_cpu_seconds(worker.proc.pid), time.monotonic()
             tasks0, busy0 = tasks_received(worker), machine_busy()
@@ -325,29 +345,41 @@ def run_rates(stack, fillers, args, rates) -> list[dict]:
             kafka = watcher.report(index, fill["sent"], args.kafka_wait)
             lag = stats.latency_summary(int(ms * 1e6) for ms in kafka["lag_ms"])
             step = {
-                "rate": rate, "committed": fill["sent"], "errors": fill["errors"],
+                "rate": rate,
+                "committed": fill["sent"],
+                "errors": fill["errors"],
                 "committed_per_s": round(fill["sent"] / fill["seconds"]),
                 "filler_behind_s": round(fill["behind_s"], 3),
                 "filler_cpu_pct": round(100 * fill["cpu"] / fill["seconds"]),
-                "published": published, "published_per_s": round(published / wall),
+                "published": published,
+                "published_per_s": round(published / wall),
                 "drained_after_s": None if drain is None else round(drain, 2),
                 "worker_cpu_ms_per_event": round(1000 * cpu / published, 3) if published else None,
                 "worker_cpu_pct": round(100 * cpu / wall),
                 "tasks": tasks_received(worker) - tasks0,
                 "machine_cpu_pct": busy_pct(busy0, machine_busy()),
-                "kafka_count": kafka["count"], "kafka_lag": lag,
+                "kafka_count": kafka["count"],
+                "kafka_lag": lag,
             }
-            held = (drain is not None and not fill["errors"] and kafka["count"] >= fill["sent"]
-                    and lag["p99_ms"] is not None and lag["p99_ms"] <= KAFKA_P99_BOUND_MS
-                    and fill["behind_s"] < 1.0)
+            held = (
+                drain is not None
+                and not fill["errors"]
+                and kafka["count"] >= fill["sent"]
+                and lag["p99_ms"] is not None
+                and lag["p99_ms"] <= KAFKA_P99_BOUND_MS
+                and fill["behind_s"] < 1.0
+            )
             step["held"] = held
-            print(f"{rate:>6g}/s  committed {fill['sent']:>6} = {step['committed_per_s']:>5}/s "
-                  f"(behind {step['filler_behind_s']}s, fillers {step['filler_cpu_pct']}%)  "
-                  f"published {published} = {step['published_per_s']}/s  worker "
-                  f"{step['worker_cpu_ms_per_event']} ms/event {step['worker_cpu_pct']}% "
-                  f"{step['tasks']} tasks  machine {step['machine_cpu_pct']}%  "
-                  f"kafka {kafka['count']}/{fill['sent']} p50 {lag['p50_ms']} "
-                  f"p99 {lag['p99_ms']} ms  {'ok' if held else 'MISS'}", flush=True)
+            print(
+                f"{rate:>6g}/s  committed {fill['sent']:>6} = {step['committed_per_s']:>5}/s "
+                f"(behind {step['filler_behind_s']}s, fillers {step['filler_cpu_pct']}%)  "
+                f"published {published} = {step['published_per_s']}/s  worker "
+                f"{step['worker_cpu_ms_per_event']} ms/event {step['worker_cpu_pct']}% "
+                f"{step['tasks']} tasks  machine {step['machine_cpu_pct']}%  "
+                f"kafka {kafka['count']}/{fill['sent']} p50 {lag['p50_ms']} "
+                f"p99 {lag['p99_ms']} ms  {'ok' if held else 'MISS'}",
+                flush=True,
+            )
             if profile:
                 print(profile.finish())
                 step["profile"] = str(profile.path.relative_to(ROOT))
@@ -366,29 +398,52 @@ def main(argv=None) -> int:
     mode.add_argument("--rates", help="comma-separated commit rates (msg/s) for steady steps")
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--fillers", type=int, default=2, help="committing processes")
-    parser.add_argument("--batch", type=int, default=1,
-                        help="sends per transaction (the server's group commit under load)")
-    parser.add_argument("--fill-rate", type=float, default=2000.0,
-                        help="backlog: commit rate while filling (the worker is stopped)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="sends per transaction (the server's group commit under load)",
+    )
+    parser.add_argument(
+        "--fill-rate",
+        type=float,
+        default=2000.0,
+        help="backlog: commit rate while filling (the worker is stopped)",
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per step")
     parser.add_argument("--timeout", type=float, default=120.0, help="max wait for the drain")
     parser.add_argument("--kafka-wait", type=float, default=15.0)
     parser.add_argument("--full", action="store_true", help="do not stop at the first miss")
     parser.add_argument("--profile", action="store_true", help="py-spy the worker (see above)")
-    parser.add_argument("--wall", action="store_true",
-                        help="profile every thread, waiting included (default: GIL holder)")
-    parser.add_argument("--profile-seconds", type=float, default=10.0,
-                        help="backlog: how long to profile the drain")
+    parser.add_argument(
+        "--wall",
+        action="store_true",
+        help="profile every thread, waiting included (default: GIL holder)",
+    )
+    parser.add_argument(
+        "--profile-seconds", type=float, default=10.0, help="backlog: how long to profile the drain"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="extra environment for the stack (an experiment; printed)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the stack (an experiment; printed)",
+    )
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
     started = time.monotonic()
-    print(f"outbox: {args.rooms} rooms, {args.fillers} fillers, "
-          + (f"backlog {args.backlog}" if args.backlog else f"rates {args.rates}, "
-             f"{args.duration:g}s steps")
-          + f"  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})", flush=True)
+    print(
+        f"outbox: {args.rooms} rooms, {args.fillers} fillers, "
+        + (
+            f"backlog {args.backlog}"
+            if args.backlog
+            else f"rates {args.rates}, {args.duration:g}s steps"
+        )
+        + f"  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})",
+        flush=True,
+    )
     fillers = None
     with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set), worker=False) as stack:
         try:
@@ -406,8 +461,7 @@ def main(argv=None) -> int:
             if args.backlog:
                 results = [run_backlog(stack, fillers, args)]
             else:
-                results = run_rates(stack, fillers, args,
-                                    [float(r) for r in args.rates.split(",")])
+                results = run_rates(stack, fillers, args, [float(r) for r in args.rates.split(",")])
         finally:
             if fillers:
                 fillers.close()

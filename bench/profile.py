@@ -22,8 +22,9 @@ def py_spy() -> str | None:
 
 
 class Profiler:
-    def __init__(self, pid: int, seconds: float, path: Path, *, rate: int = 200,
-                 wall: bool = False):
+    def __init__(
+        self, pid: int, seconds: float, path: Path, *, rate: int = 200, wall: bool = False
+    ):
         self.path = Path(path)
         self.proc = None
         binary = py_spy()
@@ -32,11 +33,25 @@ class Profiler:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [binary, "record", "--pid", str(pid), "--duration", str(max(1, int(seconds))),
-             "--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(self.path)]
+            [
+                binary,
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(max(1, int(seconds))),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--nonblocking",
+                "--output",
+                str(self.path),
+            ]
             # wall: every thread, waiting included (where the time goes, not the CPU)
             + (["--idle", "--threads"] if wall else ["--gil"]),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
 
     def wait(self, timeout: float = 30.0) -> Path | None:
@@ -118,15 +133,23 @@ def by_app(path: Path, count: int = 15, *, thread: str = "", within: str = "") -
                 continue
             if within and within not in stack:
                 continue
-            ours = [f for f in frames[1:]
-                    if f.split(" (", 1)[-1].startswith(("apps/", "chatproject/", "bench/"))]
+            ours = [
+                f
+                for f in frames[1:]
+                if f.split(" (", 1)[-1].startswith(("apps/", "chatproject/", "bench/"))
+            ]
             key = f"{ours[-1] if ours else '(no project frame)'}  ->  {_short(frames[-1])}"
             groups[key] += int(samples)
             total += int(samples)
     if not total:
         return "(no samples)"
-    lines = [f"{total} samples" + (f" in threads '{thread}'" if thread else "")
-             + (f" through {within}" if within else ""), "", "%      project frame  ->  leaf"]
+    lines = [
+        f"{total} samples"
+        + (f" in threads '{thread}'" if thread else "")
+        + (f" through {within}" if within else ""),
+        "",
+        "%      project frame  ->  leaf",
+    ]
     lines += [f"{100 * n / total:5.1f}  {key}" for key, n in groups.most_common(count)]
     return "\n".join(lines)
 

@@ -61,6 +61,7 @@ SSL_REQUEST, GSSENC_REQUEST = 80877103, 80877104
 
 # --- Counting proxies -------------------------------------------------------------------------------
 
+
 class Counts:
     """What the proxies saw (updated on the proxy thread, read with snapshot())."""
 
@@ -191,8 +192,10 @@ class CountingProxy:
             parser = PgClientParser() if self.kind == "pg" else RedisClientParser()
             if first:
                 upstream_writer.write(first)
-            await asyncio.gather(self._client_to_server(reader, upstream_writer, parser, state),
-                                 self._server_to_client(up_reader, writer, state))
+            await asyncio.gather(
+                self._client_to_server(reader, upstream_writer, parser, state),
+                self._server_to_client(up_reader, writer, state),
+            )
         except (ConnectionError, asyncio.IncompleteReadError, OSError):
             pass
         finally:
@@ -277,6 +280,7 @@ class Proxies:
 
 # --- The stack, its server behind the proxies ----------------------------------------------------------
 
+
 def proxied_stack(proxies: Proxies, settings: dict) -> ChatStack:
     """A ChatStack whose server process (only) reaches PostgreSQL and Redis through the
     proxies; the worker, migrations and this process connect directly."""
@@ -284,10 +288,13 @@ def proxied_stack(proxies: Proxies, settings: dict) -> ChatStack:
 
     def server_process(env, *args, **kwargs):
         db = env["DATABASE_URL"].rsplit("/", 1)[1]
-        env = dict(env,
-                   DATABASE_URL=f"postgres://postgres@127.0.0.1:{proxies.pg.listen_port}/{db}",
-                   REDIS_URL=env["REDIS_URL"].replace(
-                       "127.0.0.1:6379", f"127.0.0.1:{proxies.redis.listen_port}"))
+        env = dict(
+            env,
+            DATABASE_URL=f"postgres://postgres@127.0.0.1:{proxies.pg.listen_port}/{db}",
+            REDIS_URL=env["REDIS_URL"].replace(
+                "127.0.0.1:6379", f"127.0.0.1:{proxies.redis.listen_port}"
+            ),
+        )
         return original(env, *args, **kwargs)
 
     stack_module.ServerProcess = server_process
@@ -300,8 +307,12 @@ def backend_cpu_seconds(db_name: str) -> float:
     import psycopg
 
     with psycopg.connect(stack_module.PG_ADMIN_URL, autocommit=True) as conn:
-        pids = [row[0] for row in conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = %s", [db_name])]
+        pids = [
+            row[0]
+            for row in conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", [db_name]
+            )
+        ]
     total = 0.0
     for pid in pids:
         try:
@@ -319,9 +330,11 @@ class Window:
 
     def cpu(self) -> tuple[float, float, float]:
         worker = self.stack.worker
-        return (cpu_seconds(self.stack.pid),
-                tree_cpu_seconds(worker.proc.pid) if worker is not None else 0.0,
-                backend_cpu_seconds(self.stack.db_name))
+        return (
+            cpu_seconds(self.stack.pid),
+            tree_cpu_seconds(worker.proc.pid) if worker is not None else 0.0,
+            backend_cpu_seconds(self.stack.db_name),
+        )
 
     def start(self):
         self.t0, self.cpu0 = time.monotonic(), self.cpu()
@@ -345,39 +358,51 @@ def per_action(active: Window, idle: Window, actions: int) -> dict:
     def net(a, b):
         return max(0.0, a - b * scale) / actions
 
-    figures = {name: round(net(active.figures[name], idle.figures[name]), 2)
-               for name in ("pg_rt", "pg_sync", "pg_req", "redis_rt", "redis_req")}
+    figures = {
+        name: round(net(active.figures[name], idle.figures[name]), 2)
+        for name in ("pg_rt", "pg_sync", "pg_req", "redis_rt", "redis_req")
+    }
     for index, name in enumerate(("cpu_ms", "worker_cpu_ms", "db_cpu_ms")):
         figures[name] = round(1000 * net(active.cpus[index], idle.cpus[index]), 2)
-    figures["top_sql"] = [(sql, round(net(n, idle.statements[sql]), 2))
-                          for sql, n in active.statements.most_common(12)]
-    figures["top_redis"] = [(cmd, round(net(n, idle.commands[cmd]), 2))
-                            for cmd, n in active.commands.most_common(12)]
+    figures["top_sql"] = [
+        (sql, round(net(n, idle.statements[sql]), 2))
+        for sql, n in active.statements.most_common(12)
+    ]
+    figures["top_redis"] = [
+        (cmd, round(net(n, idle.commands[cmd]), 2)) for cmd, n in active.commands.most_common(12)
+    ]
     figures["actions"] = actions
     return figures
 
 
 def line(name: str, f: dict, extra: str = "") -> str:
-    return (f"{name:14} n {f['actions']:5}  pg round trips {f['pg_rt']:5} (syncs "
-            f"{f['pg_sync']:5})  statements {f['pg_req']:5}  "
-            f"redis round trips {f['redis_rt']:6}  commands {f['redis_req']:6}  "
-            f"CPU ms: server {f['cpu_ms']:6} worker {f['worker_cpu_ms']:6} "
-            f"database {f['db_cpu_ms']:6}{extra}")
+    return (
+        f"{name:14} n {f['actions']:5}  pg round trips {f['pg_rt']:5} (syncs "
+        f"{f['pg_sync']:5})  statements {f['pg_req']:5}  "
+        f"redis round trips {f['redis_rt']:6}  commands {f['redis_req']:6}  "
+        f"CPU ms: server {f['cpu_ms']:6} worker {f['worker_cpu_ms']:6} "
+        f"database {f['db_cpu_ms']:6}{extra}"
+    )
 
 
 def details(f: dict) -> str:
     out = []
     if "ack" in f:  # wall-clock, so load-dependent (through the proxies: a little slower)
-        out.append(f"    ack latency (frame to ack, one at a time): p50 {f['ack']['p50_ms']} "
-                   f"p99 {f['ack']['p99_ms']} max {f['ack']['max_ms']} ms")
+        out.append(
+            f"    ack latency (frame to ack, one at a time): p50 {f['ack']['p50_ms']} "
+            f"p99 {f['ack']['p99_ms']} max {f['ack']['max_ms']} ms"
+        )
     out.append("    statements per action:")
     out += [f"      {n:6}  {sql}" for sql, n in f["top_sql"] if n >= 0.05]
-    out.append("    redis commands per action: " + ", ".join(
-        f"{cmd} {n}" for cmd, n in f["top_redis"] if n >= 0.05))
+    out.append(
+        "    redis commands per action: "
+        + ", ".join(f"{cmd} {n}" for cmd, n in f["top_redis"] if n >= 0.05)
+    )
     return "\n".join(out)
 
 
 # --- The serial socket ----------------------------------------------------------------------------------
+
 
 async def serial(port: int, token: str, room: int, count: int, proxies, stack, idle_seconds):
     """One socket: an idle window, `count` sends one at a time, `count` deletes one at a time."""
@@ -393,16 +418,24 @@ async def serial(port: int, token: str, room: int, count: int, proxies, stack, i
         frame["ref"] = ref
         t0 = time.perf_counter_ns()
         ws.send_text(json.dumps(frame).encode())
-        reply = await inbox.expect(lambda m: m.get("ref") == ref
-                                   and m.get("type") in ("ack", "error"))
+        reply = await inbox.expect(
+            lambda m: m.get("ref") == ref and m.get("type") in ("ack", "error")
+        )
         latencies.append(time.perf_counter_ns() - t0)
         return reply
 
     async def sends(n, tag):
         ids = []
         for i in range(n):
-            reply = await act({"type": "message.send", "room": room, "client_id": _uuid(),
-                               "body": f"bench {tag} {i}"}, f"{tag}{i}")
+            reply = await act(
+                {
+                    "type": "message.send",
+                    "room": room,
+                    "client_id": _uuid(),
+                    "body": f"bench {tag} {i}",
+                },
+                f"{tag}{i}",
+            )
             if reply["type"] != "ack":
                 raise RuntimeError(f"send refused: {reply}")
             ids.append(reply["event"]["data"]["id"])
@@ -444,12 +477,18 @@ def main(argv=None) -> int:
     parser.add_argument("--idle", type=float, default=6.0, help="idle window seconds")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", help="write the figures to this file")
-    parser.add_argument("--profile", metavar="PATH",
-                        help="py-spy the server (GIL samples) during the open-loop step into PATH")
+    parser.add_argument(
+        "--profile",
+        metavar="PATH",
+        help="py-spy the server (GIL samples) during the open-loop step into PATH",
+    )
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
-    print(f"# bench.roundtrips {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
-          f"{machine()}; {args.subscribers} subscribers", flush=True)
+    print(
+        f"# bench.roundtrips {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, "
+        f"{machine()}; {args.subscribers} subscribers",
+        flush=True,
+    )
     proxies = Proxies()
     results = {}
     try:
@@ -457,7 +496,7 @@ def main(argv=None) -> int:
             users = make_users(args.subscribers + 11, f"{stack.tag}u")
             room = make_room(users[0][0], [uid for uid, _ in users], "round trips")
             subs = [(token, room, True) for _, token in users[: args.subscribers]]
-            senders = [(token, room, False) for _, token in users[args.subscribers:-1]]
+            senders = [(token, room, False) for _, token in users[args.subscribers : -1]]
             pool = Pool(3)
             try:
                 commands = {0: ("connect", "127.0.0.1", stack.port, senders)}
@@ -467,8 +506,9 @@ def main(argv=None) -> int:
                 if sum(r["failed"] for r in replies):
                     raise RuntimeError(f"sockets failed to connect: {replies}")
                 pool.call([1, 2], "run", 1, 0, 0)
-                idle, send, delete = asyncio.run(serial(
-                    stack.port, users[-1][1], room, args.sends, proxies, stack, args.idle))
+                idle, send, delete = asyncio.run(
+                    serial(stack.port, users[-1][1], room, args.sends, proxies, stack, args.idle)
+                )
                 results["serial_send"], results["serial_delete"] = send, delete
                 print(line("serial send", send))
                 print(details(send))
@@ -484,16 +524,22 @@ def main(argv=None) -> int:
                     window = Window(proxies, stack).start()
                     pool.call([1, 2], "run", 2, 0, 0)
                     pool.call([0], "run", 2, args.rate, args.duration, timeout=args.duration + 60)
-                    acked = sum(len(ids) for r in pool.call([0], "report", 2, None, 10, timeout=40)
-                                for ids in r["acked"].values())
+                    acked = sum(
+                        len(ids)
+                        for r in pool.call([0], "report", 2, None, 10, timeout=40)
+                        for ids in r["acked"].values()
+                    )
                     window.stop()
                     batches1 = stack.batch_figures()
                     batches = batches1["batches"] - batches0["batches"]
                     sends_in = batches1["sends"] - batches0["sends"]
                     rate = per_action(window, idle, max(1, acked))
-                    per_batch = (f"  ({batches:.0f} batches, {sends_in / batches:.2f} sends each: "
-                                 f"pg round trips per batch {rate['pg_rt'] * acked / batches:.2f})"
-                                 if batches else "")
+                    per_batch = (
+                        f"  ({batches:.0f} batches, {sends_in / batches:.2f} sends each: "
+                        f"pg round trips per batch {rate['pg_rt'] * acked / batches:.2f})"
+                        if batches
+                        else ""
+                    )
                     results["rate_send"] = dict(rate, batches=batches, rate=args.rate)
                     print(line(f"rate send {args.rate:g}/s", rate, per_batch))
                     print(details(rate), flush=True)

@@ -34,8 +34,28 @@ from bench.stack import PG_ADMIN_URL, ROOT, machine, stop_cleanly_on_sigterm
 from tests.support.services import PYTHON
 
 P95_BOUND_MS = 50.0
-COMMON = ["the", "and", "to", "we", "is", "it", "for", "on", "this", "that", "with", "ok",
-          "deploy", "meeting", "today", "tomorrow", "please", "thanks", "review", "build"]
+COMMON = [
+    "the",
+    "and",
+    "to",
+    "we",
+    "is",
+    "it",
+    "for",
+    "on",
+    "this",
+    "that",
+    "with",
+    "ok",
+    "deploy",
+    "meeting",
+    "today",
+    "tomorrow",
+    "please",
+    "thanks",
+    "review",
+    "build",
+]
 PLANTED = "quarterly budget review"
 
 QUERIES = [
@@ -59,17 +79,25 @@ def seed(args) -> tuple[list, list]:
 
     User = get_user_model()
     users = User.objects.bulk_create(
-        [User(username=f"s{i}", username_key=f"s{i}") for i in range(args.users)])
+        [User(username=f"s{i}", username_key=f"s{i}") for i in range(args.users)]
+    )
     rooms = Room.objects.bulk_create(
-        [Room(name=f"room {i}", kind="private" if i % 5 == 0 else "public",
-              created_by=users[i % len(users)]) for i in range(args.rooms)])
+        [
+            Room(
+                name=f"room {i}",
+                kind="private" if i % 5 == 0 else "public",
+                created_by=users[i % len(users)],
+            )
+            for i in range(args.rooms)
+        ]
+    )
     rng = random.Random(7)
     memberships = {(users[0].pk, r.pk) for r in rng.sample(rooms, args.memberships)}
     for user in users[2:]:
         memberships.update((user.pk, r.pk) for r in rng.sample(rooms, 5))
     Membership.objects.bulk_create(
-        [Membership(user_id=u, room_id=r, role="member") for u, r in memberships],
-        batch_size=5000)
+        [Membership(user_id=u, room_id=r, role="member") for u, r in memberships], batch_size=5000
+    )
     words = COMMON + [f"w{i:04d}" for i in range(5000)]
     room_ids = [r.pk for r in rooms]
     author_ids = [u.pk for u in users]
@@ -89,18 +117,33 @@ def seed(args) -> tuple[list, list]:
             "gen_random_uuid(), 1 + g / %s, now() - (%s - g) * interval '1 second', 0 "
             "FROM generate_series(0, %s - 1) g, "
             "(SELECT %s::bigint[] AS rooms, %s::bigint[] AS authors, %s::text[] AS words) v",
-            [len(room_ids), len(author_ids), PLANTED, len(words), len(room_ids), args.messages,
-             args.messages, room_ids, author_ids, words])
-        cursor.execute("UPDATE rooms_room r SET last_seq = m.top FROM (SELECT room_id, "
-                       "max(seq) AS top FROM messaging_message GROUP BY room_id) m "
-                       "WHERE r.id = m.room_id")
+            [
+                len(room_ids),
+                len(author_ids),
+                PLANTED,
+                len(words),
+                len(room_ids),
+                args.messages,
+                args.messages,
+                room_ids,
+                author_ids,
+                words,
+            ],
+        )
+        cursor.execute(
+            "UPDATE rooms_room r SET last_seq = m.top FROM (SELECT room_id, "
+            "max(seq) AS top FROM messaging_message GROUP BY room_id) m "
+            "WHERE r.id = m.room_id"
+        )
         inserted = time.monotonic()
         cursor.execute(f"CREATE INDEX {PG_INDEX} ON messaging_message USING gin (search_vector)")
         indexed = time.monotonic()
         cursor.execute("ANALYZE")
-    print(f"seeded {args.messages:,} messages in {args.rooms:,} rooms: insert "
-          f"{inserted - started:.0f} s (tsvector computed by the generated column), GIN index "
-          f"{indexed - inserted:.0f} s")
+    print(
+        f"seeded {args.messages:,} messages in {args.rooms:,} rooms: insert "
+        f"{inserted - started:.0f} s (tsvector computed by the generated column), GIN index "
+        f"{indexed - inserted:.0f} s"
+    )
     return users[0], users[1]
 
 
@@ -112,8 +155,11 @@ def timed(fn, runs) -> dict:
         fn()
         values.append(time.perf_counter_ns() - started)
     values.sort()
-    return {"p50_ms": stats.percentile(values, 0.50) / 1e6,
-            "p95_ms": stats.percentile(values, 0.95) / 1e6, "max_ms": values[-1] / 1e6}
+    return {
+        "p50_ms": stats.percentile(values, 0.50) / 1e6,
+        "p95_ms": stats.percentile(values, 0.95) / 1e6,
+        "max_ms": values[-1] / 1e6,
+    }
 
 
 def run(args) -> None:
@@ -136,29 +182,40 @@ def run(args) -> None:
         by_pk()
     limit = timed(by_pk, args.runs * 4)
     print(f"\n{machine()}")
-    print(f"limit: SELECT one message by pk (ORM): p50 {limit['p50_ms']:.2f} ms, "
-          f"p95 {limit['p95_ms']:.2f} ms\n")
+    print(
+        f"limit: SELECT one message by pk (ORM): p50 {limit['p50_ms']:.2f} ms, "
+        f"p95 {limit['p95_ms']:.2f} ms\n"
+    )
     limit_db = db_times(by_pk_sql(low, high, rng), args.runs)
-    print(f"limit in the database (EXPLAIN ANALYZE, planning + execution): p50 "
-          f"{limit_db['p50_ms']:.2f} ms, p95 {limit_db['p95_ms']:.2f} ms\n")
-    print(f"{'query':26} {'q':26} {'who':9} {'hits':>5} {'p50 ms':>8} {'p95 ms':>8} "
-          f"{'max ms':>8}  vs pk p95  {'db p50':>7} {'db p95':>7}")
+    print(
+        f"limit in the database (EXPLAIN ANALYZE, planning + execution): p50 "
+        f"{limit_db['p50_ms']:.2f} ms, p95 {limit_db['p95_ms']:.2f} ms\n"
+    )
+    print(
+        f"{'query':26} {'q':26} {'who':9} {'hits':>5} {'p50 ms':>8} {'p95 ms':>8} "
+        f"{'max ms':>8}  vs pk p95  {'db p50':>7} {'db p95':>7}"
+    )
     worst = 0.0
     for label, q in QUERIES:
         for who, user in (("member", member), ("outsider", outsider)):
             hits = len(search.search_messages(user, q, prepare=with_reactions).messages)
-            figures = timed(lambda u=user, q=q: search.search_messages(
-                u, q, prepare=with_reactions), args.runs)
+            figures = timed(
+                lambda u=user, q=q: search.search_messages(u, q, prepare=with_reactions), args.runs
+            )
             worst = max(worst, figures["p95_ms"])
             db = db_times(lambda u=user, q=q: first_sql(search, u, q, with_reactions), args.runs)
-            print(f"{label:26} {q:26} {who:9} {hits:>5} {figures['p50_ms']:>8.2f} "
-                  f"{figures['p95_ms']:>8.2f} {figures['max_ms']:>8.2f}  "
-                  f"{figures['p95_ms'] / max(limit['p95_ms'], 1e-6):>8.0f}x  {db['p50_ms']:>7.2f} "
-                  f"{db['p95_ms']:>7.2f}")
-    for _, q in (QUERIES if args.explain_all else QUERIES[:1]):
+            print(
+                f"{label:26} {q:26} {who:9} {hits:>5} {figures['p50_ms']:>8.2f} "
+                f"{figures['p95_ms']:>8.2f} {figures['max_ms']:>8.2f}  "
+                f"{figures['p95_ms'] / max(limit['p95_ms'], 1e-6):>8.0f}x  {db['p50_ms']:>7.2f} "
+                f"{db['p95_ms']:>7.2f}"
+            )
+    for _, q in QUERIES if args.explain_all else QUERIES[:1]:
         explain(search, member, q, with_reactions)
-    print(f"\nworst p95 {worst:.1f} ms: target <= {P95_BOUND_MS:.0f} ms "
-          f"{'MET' if worst <= P95_BOUND_MS else 'NOT MET'}; {machine()}")
+    print(
+        f"\nworst p95 {worst:.1f} ms: target <= {P95_BOUND_MS:.0f} ms "
+        f"{'MET' if worst <= P95_BOUND_MS else 'NOT MET'}; {machine()}"
+    )
 
 
 def first_sql(search, user, q, prepare) -> str:
@@ -188,8 +245,10 @@ def db_times(make_sql, runs) -> dict:
             plan = plan[0] if isinstance(plan, list) else json.loads(plan)[0]
             values.append((plan["Planning Time"] + plan["Execution Time"]) * 1e6)
     values.sort()
-    return {"p50_ms": stats.percentile(values, 0.50) / 1e6,
-            "p95_ms": stats.percentile(values, 0.95) / 1e6}
+    return {
+        "p50_ms": stats.percentile(values, 0.50) / 1e6,
+        "p95_ms": stats.percentile(values, 0.95) / 1e6,
+    }
 
 
 def explain(search, user, q, prepare) -> None:
@@ -200,7 +259,9 @@ def explain(search, user, q, prepare) -> None:
     with CaptureQueriesContext(connection) as queries:
         search.search_messages(user, q, prepare=prepare)
     with connection.cursor() as cursor:
-        cursor.execute("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + queries.captured_queries[0]["sql"])
+        cursor.execute(
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + queries.captured_queries[0]["sql"]
+        )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     print(f"\nplan of {q!r} for the member ({len(queries.captured_queries)} statements):\n{plan}")
 
@@ -210,8 +271,9 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--rooms", type=int, default=1000)
     parser.add_argument("--users", type=int, default=200)
-    parser.add_argument("--memberships", type=int, default=100,
-                        help="rooms the measured member belongs to")
+    parser.add_argument(
+        "--memberships", type=int, default=100, help="rooms the measured member belongs to"
+    )
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--explain-all", action="store_true", help="print every query's plan")
     args = parser.parse_args()
@@ -219,14 +281,23 @@ def main() -> None:
     import psycopg
 
     name = f"benchsearch{os.getpid()}"
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatproject.settings", DEBUG="false",
-               DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{name}",
-               SECRET_KEY="bench-search-not-secret", CHAT_EMBEDDED="0")
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="chatproject.settings",
+        DEBUG="false",
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{name}",
+        SECRET_KEY="bench-search-not-secret",
+        CHAT_EMBEDDED="0",
+    )
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        subprocess.run([PYTHON, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"],
-                       env=env, cwd=ROOT, check=True)
+        subprocess.run(
+            [PYTHON, str(ROOT / "manage.py"), "migrate", "--noinput", "-v", "0"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
         os.environ.update(env)
         import django
 

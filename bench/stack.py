@@ -82,8 +82,10 @@ class CeilingServer(ChildProcess):
     def __init__(self, port: int | None = None):
         self.port = port or free_port()
         env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-        super().__init__([PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-                          "bench.ceiling:app"], env)
+        super().__init__(
+            [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port), "bench.ceiling:app"],
+            env,
+        )
 
     def start(self, timeout: float = 30.0):
         super().start()
@@ -98,8 +100,15 @@ class CeilingServer(ChildProcess):
 class ChatStack:
     """The production stack on private names: database, broker, topic, worker, one server."""
 
-    def __init__(self, *, settings: dict | None = None, worker: bool = True,
-                 log=print, kafka: bool = True, server: bool = True):
+    def __init__(
+        self,
+        *,
+        settings: dict | None = None,
+        worker: bool = True,
+        log=print,
+        kafka: bool = True,
+        server: bool = True,
+    ):
         tag = f"bench{os.getpid()}"
         self.tag = tag
         self.db_name = tag
@@ -143,11 +152,16 @@ class ChatStack:
         except BaseException:
             self.stop()
             raise
-        self.log(f"stack up in {time.monotonic() - started:.1f}s "
-                 f"(db {self.db_name}, broker {self.env.get('KAFKA_BOOTSTRAP_SERVERS', 'none')}, "
-                 + (f"server :{self.server.port} pid {self.server.proc.pid})" if self.server
-                    else "no server)")
-                 + (f" experiment settings {self.extra}" if self.extra else ""))
+        self.log(
+            f"stack up in {time.monotonic() - started:.1f}s "
+            f"(db {self.db_name}, broker {self.env.get('KAFKA_BOOTSTRAP_SERVERS', 'none')}, "
+            + (
+                f"server :{self.server.port} pid {self.server.proc.pid})"
+                if self.server
+                else "no server)"
+            )
+            + (f" experiment settings {self.extra}" if self.extra else "")
+        )
         return self
 
     def _start(self) -> None:
@@ -160,11 +174,17 @@ class ChatStack:
             self.broker = Broker().start()
             self.env["KAFKA_BOOTSTRAP_SERVERS"] = self.broker.bootstrap
         manage = [PYTHON, str(ROOT / "manage.py")]
-        subprocess.run(manage + ["migrate", "--noinput", "-v", "0"], env=self.env, cwd=ROOT,
-                       check=True)
+        subprocess.run(
+            manage + ["migrate", "--noinput", "-v", "0"], env=self.env, cwd=ROOT, check=True
+        )
         if self.kafka_wanted:
-            subprocess.run(manage + ["kafka_topics", "--wait", "20"], env=self.env, cwd=ROOT,
-                           check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                manage + ["kafka_topics", "--wait", "20"],
+                env=self.env,
+                cwd=ROOT,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
         # This process makes the users and rooms through the services, on the same database.
         os.environ.update(self.env)
         import django
@@ -193,8 +213,11 @@ class ChatStack:
         import urllib.request
 
         figures = {"batches": 0.0, "sends": 0.0, "seconds": 0.0}
-        names = {"chat_send_batch_size_count": "batches", "chat_send_batch_size_sum": "sends",
-                 "chat_send_batch_seconds_sum": "seconds"}
+        names = {
+            "chat_send_batch_size_count": "batches",
+            "chat_send_batch_size_sum": "sends",
+            "chat_send_batch_seconds_sum": "seconds",
+        }
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as r:
                 for line in r.read().decode().splitlines():
@@ -250,6 +273,7 @@ class ChatStack:
 
 # --- Seeding through the services ------------------------------------------------------------
 
+
 def make_users(count: int, prefix: str) -> list[tuple[int, str]]:
     """count users with tokens: [(user id, token key)]. Bulk rows: users are not under test."""
     from django.contrib.auth import get_user_model
@@ -261,8 +285,15 @@ def make_users(count: int, prefix: str) -> list[tuple[int, str]]:
     User = get_user_model()
     password = make_password(secrets.token_urlsafe(12))
     users = User.objects.bulk_create(  # bulk_create skips save(): the key is set here
-        [User(username=f"{prefix}{i}", username_key=username_key(f"{prefix}{i}"),
-              password=password) for i in range(count)], batch_size=1000
+        [
+            User(
+                username=f"{prefix}{i}",
+                username_key=username_key(f"{prefix}{i}"),
+                password=password,
+            )
+            for i in range(count)
+        ],
+        batch_size=1000,
     )
     tokens = Token.objects.bulk_create(
         [Token(user=user, key=Token.generate_key()) for user in users], batch_size=1000
@@ -279,8 +310,9 @@ def make_room(owner_id: int, member_ids: list[int], name: str) -> int:
 
     try:
         owner = get_user_model().objects.get(pk=owner_id)
-        room = rooms.room_create(creator=owner, name=name,
-                                 member_ids=[m for m in member_ids if m != owner_id])
+        room = rooms.room_create(
+            creator=owner, name=name, member_ids=[m for m in member_ids if m != owner_id]
+        )
         return room.pk
     finally:
         connection.close()  # seeding threads return their pooled connection

@@ -19,8 +19,10 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float | None:
 def latency_summary(values_ns: Iterable[int]) -> dict:
     """p50/p99/max in milliseconds of latencies given in nanoseconds."""
     ordered = sorted(values_ns)
+
     def ms(value):
         return None if value is None else round(value / 1e6, 2)
+
     return {
         "count": len(ordered),
         "p50_ms": ms(percentile(ordered, 0.50)),
@@ -80,5 +82,7 @@ def trouble(step: dict) -> str:
     """What went wrong in a step besides latency (refusals, closes, missing acks), or ""."""
     if not (step["errors"] or step["closed"] or step["unacked"]):
         return ""
-    return (f" errors={step['error_codes']} closed={step['closed']} {step['close_codes']}"
-            f" unacked={step['unacked']}")
+    return (
+        f" errors={step['error_codes']} closed={step['closed']} {step['close_codes']}"
+        f" unacked={step['unacked']}"
+    )

@@ -55,19 +55,30 @@ P99_BOUND_MS = 1000.0
 
 
 def _ts(text: str) -> float:
-    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(
-        tzinfo=dt.UTC).timestamp()
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
 
 
 # --- Receivers (a child process) ----------------------------------------------------------------
+
 
 def receivers_main(conn, count: int) -> None:
     """`count` HTTP receivers on spare ports. Commands: ("reset",), ("dead", i), ("report",)."""
     state = {"dead": set(), "data": None}
 
     def fresh():
-        return [{"lags": [], "posts": 0, "bad_sig": 0, "disorder": 0, "events": 0, "dups": 0,
-                 "last": {}, "seen": set()} for _ in range(count)]
+        return [
+            {
+                "lags": [],
+                "posts": 0,
+                "bad_sig": 0,
+                "disorder": 0,
+                "events": 0,
+                "dups": 0,
+                "last": {},
+                "seen": set(),
+            }
+            for _ in range(count)
+        ]
 
     state["data"] = fresh()
 
@@ -110,7 +121,8 @@ def receivers_main(conn, count: int) -> None:
         servers, ports = [], []
         for index in range(count):
             server = await asyncio.start_server(
-                lambda r, w, i=index: handle(i, r, w), "127.0.0.1", 0, backlog=512)
+                lambda r, w, i=index: handle(i, r, w), "127.0.0.1", 0, backlog=512
+            )
             servers.append(server)
             ports.append(server.sockets[0].getsockname()[1])
         conn.send({"ports": ports})
@@ -126,8 +138,12 @@ def receivers_main(conn, count: int) -> None:
                 state["dead"].add(command[1])
                 conn.send("ok")
             elif command[0] == "report":
-                conn.send([{k: v for k, v in d.items() if k not in ("seen", "last")}
-                           for d in state["data"]])
+                conn.send(
+                    [
+                        {k: v for k, v in d.items() if k not in ("seen", "last")}
+                        for d in state["data"]
+                    ]
+                )
 
     asyncio.run(main())
 
@@ -159,6 +175,7 @@ class Receivers:
 
 # --- The ceiling: a bare log poller -----------------------------------------------------------
 
+
 class BarePoller(threading.Thread):
     """Reads new room-log rows every `interval` (heads, then the rows after the last seen seq
     of each changed room), noting commit-to-read lag: the floor of log polling, no HTTP."""
@@ -180,7 +197,9 @@ class BarePoller(threading.Thread):
             changed = {r: (seen[r], h) for r, h in heads.items() if h > seen[r]}
             if changed:
                 with connection.cursor() as cursor:
-                    where = " OR ".join(["(room_id = %s AND seq > %s AND seq <= %s)"] * len(changed))
+                    where = " OR ".join(
+                        ["(room_id = %s AND seq > %s AND seq <= %s)"] * len(changed)
+                    )
                     params = [x for r, (lo, hi) in changed.items() for x in (r, lo, hi)]
                     cursor.execute(f"SELECT ts FROM events_event WHERE {where}", params)
                     now = time.time()
@@ -191,6 +210,7 @@ class BarePoller(threading.Thread):
 
 
 # --- Phases -----------------------------------------------------------------------------------
+
 
 def summary(lags_s: list[float]) -> dict:
     return stats.latency_summary(int(x * 1e9) for x in lags_s)
@@ -203,8 +223,9 @@ def drained(hook_ids, timeout) -> bool:
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        behind = WebhookCursor.objects.filter(webhook_id__in=hook_ids,
-                                              seq__lt=F("room__last_seq")).count()
+        behind = WebhookCursor.objects.filter(
+            webhook_id__in=hook_ids, seq__lt=F("room__last_seq")
+        ).count()
         if not behind:
             return True
         time.sleep(0.2)
@@ -230,8 +251,10 @@ def main(argv=None) -> int:
     from bench.outbox import Fillers
 
     print(f"# webhooks bench — {machine()} — {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC")
-    print(f"# {args.rate:g} events/s across {args.rooms} rooms to {args.receivers} receivers, "
-          f"{args.duration:g} s a phase (the machine is shared: figures drift with its load)")
+    print(
+        f"# {args.rate:g} events/s across {args.rooms} rooms to {args.receivers} receivers, "
+        f"{args.duration:g} s a phase (the machine is shared: figures drift with its load)"
+    )
     results = {"args": vars(args), "machine": machine()}
     settings = {"WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
     receivers = fillers = worker = None
@@ -244,8 +267,9 @@ def main(argv=None) -> int:
             from apps.rooms import services as rooms
 
             owner = get_user_model().objects.get(pk=make_users(1, "owner")[0][0])
-            room_ids = [rooms.room_create(creator=owner, name=f"room {i}").pk
-                        for i in range(args.rooms)]
+            room_ids = [
+                rooms.room_create(creator=owner, name=f"room {i}").pk for i in range(args.rooms)
+            ]
             fillers = Fillers([(r, owner.pk) for r in room_ids], args.fillers, args.batch)
             fillers.run(0, 200, 1.0)  # warm up the send path
 
@@ -258,20 +282,30 @@ def main(argv=None) -> int:
             poller.join(5)
             ceiling = summary(poller.lags)
             results["ceiling"] = {"lag": ceiling, "writes": sent}
-            print(f"ceiling  bare log poller: {fmt(ceiling)}; committed "
-                  f"{sent['sent'] / sent['seconds']:.0f} ev/s, errors {sent['errors']}")
+            print(
+                f"ceiling  bare log poller: {fmt(ceiling)}; committed "
+                f"{sent['sent'] / sent['seconds']:.0f} ev/s, errors {sent['errors']}"
+            )
 
             # 2. Live receivers.
             receivers = Receivers(args.receivers)
-            hook_ids = [hooks.webhook_create(owner=owner, url=f"http://127.0.0.1:{p}/hook",
-                                             secret=SECRET).pk for p in receivers.ports]
+            hook_ids = [
+                hooks.webhook_create(
+                    owner=owner, url=f"http://127.0.0.1:{p}/hook", secret=SECRET
+                ).pk
+                for p in receivers.ports
+            ]
             from tests.support.services import PYTHON
 
-            profile = (["-m", "cProfile", "-o", args.profile] if args.profile else [])
-            worker = subprocess.Popen([PYTHON, *profile, str(ROOT / "manage.py"),
-                                       "deliver_webhooks"],
-                                      env=stack.env, cwd=ROOT, stdout=subprocess.PIPE,
-                                      stderr=subprocess.DEVNULL, text=True)
+            profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            worker = subprocess.Popen(
+                [PYTHON, *profile, str(ROOT / "manage.py"), "deliver_webhooks"],
+                env=stack.env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
             worker.stdout.readline()  # "delivering webhooks ...": Django is up
             fillers.run(0, 100, 1.0)  # one warm-up delivery to every receiver
             if not drained(hook_ids, 120):
@@ -293,27 +327,49 @@ def main(argv=None) -> int:
                 posts = sum(r["posts"] for r in live)
                 faults = {k: sum(r[k] for r in live) for k in ("bad_sig", "disorder", "dups")}
                 missing = sent["sent"] * len(live) - events
-                results[phase] = {"lag": overall, "per_receiver": per, "posts": posts,
-                                  "events": events, "missing": missing, "drained": ok,
-                                  "worker_cpu_s": round(cpu, 2), "writes": sent, **faults}
-                print(f"{phase:8} {len(live)} receivers: {fmt(overall)}; committed "
-                      f"{sent['sent'] / sent['seconds']:.0f} ev/s")
+                results[phase] = {
+                    "lag": overall,
+                    "per_receiver": per,
+                    "posts": posts,
+                    "events": events,
+                    "missing": missing,
+                    "drained": ok,
+                    "worker_cpu_s": round(cpu, 2),
+                    "writes": sent,
+                    **faults,
+                }
+                print(
+                    f"{phase:8} {len(live)} receivers: {fmt(overall)}; committed "
+                    f"{sent['sent'] / sent['seconds']:.0f} ev/s"
+                )
                 print(f"         per receiver p99 ms: {[p['p99_ms'] for p in per]}")
-                print(f"         {posts} POSTs for {events} events ({posts / max(events, 1):.3f} "
-                      f"per event); missing {missing}, out of order {faults['disorder']}, "
-                      f"bad signatures {faults['bad_sig']}, redelivered {faults['dups']}; "
-                      f"worker CPU {cpu:.2f} s = {1000 * cpu / max(events, 1):.3f} s per 1,000 "
-                      f"events delivered; drained {ok}")
+                print(
+                    f"         {posts} POSTs for {events} events ({posts / max(events, 1):.3f} "
+                    f"per event); missing {missing}, out of order {faults['disorder']}, "
+                    f"bad signatures {faults['bad_sig']}, redelivered {faults['dups']}; "
+                    f"worker CPU {cpu:.2f} s = {1000 * cpu / max(events, 1):.3f} s per 1,000 "
+                    f"events delivered; drained {ok}"
+                )
                 if dead is not None:
-                    print(f"         dead receiver got {report[dead]['posts']} answered POSTs "
-                          f"(it answers none)")
-            verdict = (results["live"]["lag"]["p99_ms"] <= P99_BOUND_MS
-                       and results["one dead"]["lag"]["p99_ms"] <= P99_BOUND_MS
-                       and all(results[p]["missing"] == 0 and results[p]["disorder"] == 0
-                               and results[p]["bad_sig"] == 0 for p in ("live", "one dead")))
+                    print(
+                        f"         dead receiver got {report[dead]['posts']} answered POSTs "
+                        f"(it answers none)"
+                    )
+            verdict = (
+                results["live"]["lag"]["p99_ms"] <= P99_BOUND_MS
+                and results["one dead"]["lag"]["p99_ms"] <= P99_BOUND_MS
+                and all(
+                    results[p]["missing"] == 0
+                    and results[p]["disorder"] == 0
+                    and results[p]["bad_sig"] == 0
+                    for p in ("live", "one dead")
+                )
+            )
             results["pass"] = verdict
-            print(f"verdict: {'PASS' if verdict else 'MISS'} (p99 <= {P99_BOUND_MS:g} ms, "
-                  f"nothing lost, out of order or badly signed); load now {machine()}")
+            print(
+                f"verdict: {'PASS' if verdict else 'MISS'} (p99 <= {P99_BOUND_MS:g} ms, "
+                f"nothing lost, out of order or badly signed); load now {machine()}"
+            )
         finally:
             if worker is not None:
                 worker.terminate()

@@ -52,15 +52,19 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         return tree_cpu_seconds(worker.proc.pid) if worker else 0.0
 
     broker = getattr(getattr(stack, "broker", None), "proc", None)
-    system = bench_limits.SystemCpu(server=server_pid,
-                                    worker=worker.proc.pid if worker else None,
-                                    broker=broker.pid if broker else None)
+    system = bench_limits.SystemCpu(
+        server=server_pid,
+        worker=worker.proc.pid if worker else None,
+        broker=broker.pid if broker else None,
+    )
     system0 = system.read()
     srv0, wrk0, cli0 = cpu_seconds(server_pid), worker_cpu(), pool.cpu_seconds()
     batches0 = stack.batch_figures() if hasattr(stack, "batch_figures") else None
     wall0 = time.monotonic()
-    pool.call_each({i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
-                   timeout=args.duration + 60)
+    pool.call_each(
+        {i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
+        timeout=args.duration + 60,
+    )
     reports = pool.call(list(shares), "report", step, None, args.drain, timeout=args.drain + 30)
     wall = time.monotonic() - wall0
     srv_cpu, wrk_cpu = cpu_seconds(server_pid) - srv0, worker_cpu() - wrk0
@@ -69,11 +73,13 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     if batches0 is not None:
         after = stack.batch_figures()
         count = after["batches"] - batches0["batches"]
-        batches = {"batches": int(count),
-                   "mean_size": round((after["sends"] - batches0["sends"]) / count, 1)
-                   if count else 0,
-                   "mean_ms": round(1000 * (after["seconds"] - batches0["seconds"]) / count, 1)
-                   if count else 0}
+        batches = {
+            "batches": int(count),
+            "mean_size": round((after["sends"] - batches0["sends"]) / count, 1) if count else 0,
+            "mean_ms": round(1000 * (after["seconds"] - batches0["seconds"]) / count, 1)
+            if count
+            else 0,
+        }
     cli_cpu = pool.cpu_seconds() - cli0
     acked = sum(len(ids) for r in reports for ids in r["acked"].values())
     kafka = watcher.report(step, acked, args.kafka_wait) if watcher else {"count": 0, "lag_ms": []}
@@ -111,28 +117,34 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
 
 
 def step_passes(step: dict) -> bool:
-    return (step["ack_latency"]["count"] > 0
-            and step["ack_latency"]["p99_ms"] <= ACK_P99_BOUND_MS
-            and not (step["errors"] or step["unacked"] or step["closed"]))
+    return (
+        step["ack_latency"]["count"] > 0
+        and step["ack_latency"]["p99_ms"] <= ACK_P99_BOUND_MS
+        and not (step["errors"] or step["unacked"] or step["closed"])
+    )
 
 
 def step_line(step: dict) -> str:
     ack, lat, kafka = step["ack_latency"], step["latency"], step["kafka_lag"]
-    return (f"{step['rate']:>6}/s  acked {step['acked']:>6} = {step['acked_per_s']:>5}/s  "
-            f"ack p50 {ack['p50_ms']} p99 {ack['p99_ms']} ms  deliv p99 {lat['p99_ms']} ms "
-            f"lost {step['lost']}  kafka {step['kafka_count']}/{step['acked']} "
-            f"p50 {kafka['p50_ms']} p99 {kafka['p99_ms']} ms  srv {step['server_cpu_pct']}% "
-            f"celery {step['worker_cpu_pct']}% cli {step['client_cpu_pct']}%  "
-            f"{'ok' if step_passes(step) else 'MISS'}{stats.trouble(step)}"
-            + batch_note(step.get("send_batches"))
-            + f"\n        CPU per acked send: {step['cpu_per_send']}")
+    return (
+        f"{step['rate']:>6}/s  acked {step['acked']:>6} = {step['acked_per_s']:>5}/s  "
+        f"ack p50 {ack['p50_ms']} p99 {ack['p99_ms']} ms  deliv p99 {lat['p99_ms']} ms "
+        f"lost {step['lost']}  kafka {step['kafka_count']}/{step['acked']} "
+        f"p50 {kafka['p50_ms']} p99 {kafka['p99_ms']} ms  srv {step['server_cpu_pct']}% "
+        f"celery {step['worker_cpu_pct']}% cli {step['client_cpu_pct']}%  "
+        f"{'ok' if step_passes(step) else 'MISS'}{stats.trouble(step)}"
+        + batch_note(step.get("send_batches"))
+        + f"\n        CPU per acked send: {step['cpu_per_send']}"
+    )
 
 
 def batch_note(batches) -> str:
     if not batches:
         return ""
-    return (f"  [{batches['batches']} batches, {batches['mean_size']} sends, "
-            f"{batches['mean_ms']} ms each]")
+    return (
+        f"  [{batches['batches']} batches, {batches['mean_size']} sends, "
+        f"{batches['mean_ms']} ms each]"
+    )
 
 
 def run(stack, args, rates, started) -> list[dict]:
@@ -144,19 +156,32 @@ def run(stack, args, rates, started) -> list[dict]:
             rooms = [[(None, r + 1, True)] * args.members for r in range(args.rooms)]
         else:
             users = make_users(args.rooms * args.members, f"{stack.tag}w")
-            groups = [users[r * args.members:(r + 1) * args.members] for r in range(args.rooms)]
-            room_ids = make_rooms([(group[0][0], [uid for uid, _ in group], f"writes {r}")
-                                   for r, group in enumerate(groups)])
-            rooms = [[(token, room, True) for _, token in group]
-                     for room, group in zip(room_ids, groups, strict=False)]
-            print(f"seeded {len(users)} users, {len(rooms)} rooms in "
-                  f"{time.monotonic() - started:.0f}s", flush=True)
+            groups = [users[r * args.members : (r + 1) * args.members] for r in range(args.rooms)]
+            room_ids = make_rooms(
+                [
+                    (group[0][0], [uid for uid, _ in group], f"writes {r}")
+                    for r, group in enumerate(groups)
+                ]
+            )
+            rooms = [
+                [(token, room, True) for _, token in group]
+                for room, group in zip(room_ids, groups, strict=False)
+            ]
+            print(
+                f"seeded {len(users)} users, {len(rooms)} rooms in "
+                f"{time.monotonic() - started:.0f}s",
+                flush=True,
+            )
         pool = Pool(args.procs)
         parts = split(rooms, args.procs)  # whole rooms per process: loss is counted locally
         t0 = time.monotonic()
-        replies = pool.call_each({i: ("connect", "127.0.0.1", stack.port,
-                                      [spec for room in part for spec in room])
-                                  for i, part in enumerate(parts)}, timeout=180)
+        replies = pool.call_each(
+            {
+                i: ("connect", "127.0.0.1", stack.port, [spec for room in part for spec in room])
+                for i, part in enumerate(parts)
+            },
+            timeout=180,
+        )
         if any(r["failed"] for r in replies):
             raise RuntimeError(f"sockets failed to connect: {replies}")
         total = args.rooms * args.members
@@ -164,8 +189,15 @@ def run(stack, args, rates, started) -> list[dict]:
         print(f"{total} sockets connected in {time.monotonic() - t0:.1f}s", flush=True)
         if not args.ceiling:
             watcher = KafkaLag(stack.env["KAFKA_BOOTSTRAP_SERVERS"], stack.topic)
-        run_step(pool, shares, stack, watcher, 0, rates[0] / 2, argparse.Namespace(
-            duration=2, drain=args.drain, kafka_wait=5))  # warm-up, not reported
+        run_step(
+            pool,
+            shares,
+            stack,
+            watcher,
+            0,
+            rates[0] / 2,
+            argparse.Namespace(duration=2, drain=args.drain, kafka_wait=5),
+        )  # warm-up, not reported
         for index, rate in enumerate(rates, start=1):
             profiler = None
             if args.profile == rate:
@@ -195,26 +227,38 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--members", type=int, default=5)
-    parser.add_argument("--rates", default="25,50,100,250,500,1000",
-                        help="comma-separated total send rates (msg/s)")
+    parser.add_argument(
+        "--rates", default="25,50,100,250,500,1000", help="comma-separated total send rates (msg/s)"
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per step")
     parser.add_argument("--drain", type=float, default=10.0, help="max wait for acks/deliveries")
-    parser.add_argument("--kafka-wait", type=float, default=15.0,
-                        help="max wait for a step's events on Kafka")
+    parser.add_argument(
+        "--kafka-wait", type=float, default=15.0, help="max wait for a step's events on Kafka"
+    )
     parser.add_argument("--procs", type=int, default=2, help="client processes")
-    parser.add_argument("--ceiling", action="store_true",
-                        help="run the same load against the ceiling server (checks the generator)")
-    parser.add_argument("--pg-clients", type=int, default=4,
-                        help="pgbench clients for the limit (the server's database sessions)")
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="run the same load against the ceiling server (checks the generator)",
+    )
+    parser.add_argument(
+        "--pg-clients",
+        type=int,
+        default=4,
+        help="pgbench clients for the limit (the server's database sessions)",
+    )
     parser.add_argument("--no-limits", action="store_true", help="skip measuring the limits")
     ladder_arguments(parser)
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
     rates = [float(r) for r in args.rates.split(",")]
     started = time.monotonic()
-    print(f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
-          f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
-          f" UTC, {machine()})", flush=True)
+    print(
+        f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
+        f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
+        f" UTC, {machine()})",
+        flush=True,
+    )
     limits = None if args.no_limits else bench_limits.header(args.pg_clients)
     if limits:
         print(bench_limits.header_line(limits), flush=True)
@@ -235,17 +279,21 @@ def main(argv=None) -> int:
     print()
     if best:
         kafka = best["kafka_lag"]
-        print(f"writes: highest rate held (ack p99 <= {ACK_P99_BOUND_MS:g} ms): {best['rate']:g}/s "
-              f"-> {best['acked_per_s']} acked/s, ack p50 {best['ack_latency']['p50_ms']} "
-              f"p99 {best['ack_latency']['p99_ms']} ms; Kafka lag p50 {kafka['p50_ms']} "
-              f"p99 {kafka['p99_ms']} ms ({best['kafka_count']}/{best['acked']} read)")
+        print(
+            f"writes: highest rate held (ack p99 <= {ACK_P99_BOUND_MS:g} ms): {best['rate']:g}/s "
+            f"-> {best['acked_per_s']} acked/s, ack p50 {best['ack_latency']['p50_ms']} "
+            f"p99 {best['ack_latency']['p99_ms']} ms; Kafka lag p50 {kafka['p50_ms']} "
+            f"p99 {kafka['p99_ms']} ms ({best['kafka_count']}/{best['acked']} read)"
+        )
         if limits:
-            print(f"writes: held / pgbench -N tps = {best['acked_per_s']} / "
-                  f"{limits['pgbench_tps']:,.0f} = "
-                  f"{best['acked_per_s'] / limits['pgbench_tps']:.2f}x (target >= 0.5x); "
-                  f"held / raw send statements = "
-                  f"{best['acked_per_s'] / limits['raw_send_rate']:.2f}x; "
-                  f"CPU per acked send {best['cpu_ms_per_send']} ms (target <= 1 ms at 1,000/s)")
+            print(
+                f"writes: held / pgbench -N tps = {best['acked_per_s']} / "
+                f"{limits['pgbench_tps']:,.0f} = "
+                f"{best['acked_per_s'] / limits['pgbench_tps']:.2f}x (target >= 0.5x); "
+                f"held / raw send statements = "
+                f"{best['acked_per_s'] / limits['raw_send_rate']:.2f}x; "
+                f"CPU per acked send {best['cpu_ms_per_send']} ms (target <= 1 ms at 1,000/s)"
+            )
     else:
         print("writes: no rate held")
     print(f"(total {time.monotonic() - started:.0f}s)")

@@ -17,6 +17,7 @@ import struct
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pure-Python fallback: XOR through big integers (still C speed)
+
     def apply_mask(data: bytes, mask: bytes) -> bytes:
         if not data:
             return b""
@@ -145,8 +146,15 @@ class WebSocket(asyncio.Protocol):
         return self.upgraded and not self.closed.done()
 
 
-async def connect(host: str, port: int, *, path: str = "/ws/", token: str | None = None,
-                  on_text=None, timeout: float = 20.0) -> WebSocket:
+async def connect(
+    host: str,
+    port: int,
+    *,
+    path: str = "/ws/",
+    token: str | None = None,
+    on_text=None,
+    timeout: float = 20.0,
+) -> WebSocket:
     """Open a socket and finish the handshake (Origin and `Authorization: Token` headers)."""
     loop = asyncio.get_running_loop()
     transport, ws = await asyncio.wait_for(

@@ -62,7 +62,10 @@ class SocketExtension:
             return False
         self.frames = self.frames + 1 if self.unsent_bytes() else 1
         self.written += len(frame)
-        if protocol._perMessageCompress is None and protocol.send_state == protocol.SEND_STATE_GROUND:
+        if (
+            protocol._perMessageCompress is None
+            and protocol.send_state == protocol.SEND_STATE_GROUND
+        ):
             self.send_now(protocol.transport, frame)
         else:  # compression negotiated: let autobahn frame it
             protocol.sendMessage(frame_payload(frame), False)
@@ -271,7 +274,12 @@ def build_server(host, port, *, application, fd=None):
             """Offer a text frame to the app's on_text, if it has one and nothing from this
             socket is queued for it (frames are answered in arrival order)."""
             ext = self.chat_socket
-            if ext is None or ext.on_text is None or self.muted or not self.application_queue.empty():
+            if (
+                ext is None
+                or ext.on_text is None
+                or self.muted
+                or not self.application_queue.empty()
+            ):
                 return False
             self.last_ping = time.time()  # what daphne's onMessage records (auto-ping)
             return ext.on_text(payload)
@@ -360,8 +368,12 @@ def build_server(host, port, *, application, fd=None):
             instance = details.get("application_instance")
             if disconnected and time.time() - disconnected > self.application_close_timeout:
                 if instance is not None and not instance.done():
-                    logger.warning("application instance %r for connection %r took too long to "
-                                   "shut down and was cancelled", instance, protocol)
+                    logger.warning(
+                        "application instance %r for connection %r took too long to "
+                        "shut down and was cancelled",
+                        instance,
+                        protocol,
+                    )
                     instance.cancel()
             if instance is not None and instance.done():
                 try:
@@ -371,8 +383,7 @@ def build_server(host, port, *, application, fd=None):
                 if isinstance(exception, KeyboardInterrupt):
                     self.stop()
                 elif exception is not None:
-                    logger.error("Exception inside application: %s", exception,
-                                 exc_info=exception)
+                    logger.error("Exception inside application: %s", exception, exc_info=exception)
                     if not disconnected:
                         protocol.handle_exception(exception)
                 del details["application_instance"]
@@ -443,7 +454,8 @@ def graceful_shutdown(server, grace: float):
 
     def check():
         busy = [
-            p for p, details in server.connections.items()
+            p
+            for p, details in server.connections.items()
             if "disconnected" not in details
             and (isinstance(p, WebSocketProtocol) or details.get("application_instance"))
         ]
@@ -483,9 +495,10 @@ def main(argv=None):
     parser.add_argument("--bind", default=os.environ.get("BIND", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
     parser.add_argument(
-        "--workers", default=None,
+        "--workers",
+        default=None,
         help="server processes on the port (default: CHAT_WORKERS, else one per core; "
-             "1 with the in-memory channel layer)",
+        "1 with the in-memory channel layer)",
     )
     parser.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a worker's
     args = parser.parse_args(argv)
@@ -501,8 +514,9 @@ def main(argv=None):
             from django.conf import settings
 
             logging.basicConfig(level=logging.INFO)
-            return workers.supervise(args.bind, args.port, count,
-                                     grace=settings.CHAT_SHUTDOWN_GRACE_SECONDS)
+            return workers.supervise(
+                args.bind, args.port, count, grace=settings.CHAT_SHUTDOWN_GRACE_SECONDS
+            )
     import daphne.server  # noqa: F401  installs the asyncio Twisted reactor first
     from django.conf import settings
 

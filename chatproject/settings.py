@@ -61,7 +61,9 @@ BEHIND_TLS_PROXY = env_bool("BEHIND_TLS_PROXY")
 if CHAT_ENV == "production":
     _problems = []
     if SECRET_KEY == DEFAULT_SECRET_KEY or len(SECRET_KEY) < 50:
-        _problems.append("SECRET_KEY is unset, the development default, or shorter than 50 characters")
+        _problems.append(
+            "SECRET_KEY is unset, the development default, or shorter than 50 characters"
+        )
     if DEBUG:
         _problems.append("DEBUG is on")
     if _problems:
@@ -158,8 +160,10 @@ LOGIN_REDIRECT_URL = "/"
 PASSWORD_MIN_LENGTH = env_int("PASSWORD_MIN_LENGTH", 10)
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
-     "OPTIONS": {"min_length": PASSWORD_MIN_LENGTH}},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": PASSWORD_MIN_LENGTH},
+    },
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
@@ -219,10 +223,13 @@ else:
 
 CACHES = {
     "default": (
-        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL,
-         "KEY_PREFIX": CHANNELS_PREFIX,
-         # A hung Redis must not hang requests: throttles fall back to a local count.
-         "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2}}
+        {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": CHANNELS_PREFIX,
+            # A hung Redis must not hang requests: throttles fall back to a local count.
+            "OPTIONS": {"socket_timeout": 2, "socket_connect_timeout": 2},
+        }
         if REDIS_URL
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}
     )
@@ -290,8 +297,12 @@ NOTIFY_EMAIL_SITE_URL = env("NOTIFY_EMAIL_SITE_URL", "http://localhost:8000")
 
 # --- Email: EMAIL_HOST, EMAIL_PORT, ... (Django's SMTP backend; unset host: console) ----------
 EMAIL_HOST = env("EMAIL_HOST", "")
-EMAIL_BACKEND = env("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend" if EMAIL_HOST
-                    else "django.core.mail.backends.console.EmailBackend")
+EMAIL_BACKEND = env(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.smtp.EmailBackend"
+    if EMAIL_HOST
+    else "django.core.mail.backends.console.EmailBackend",
+)
 EMAIL_PORT = env_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", "")
@@ -303,8 +314,10 @@ DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", "chat@localhost")
 # retention_days overrides it), events removed per transaction, and the pause between two.
 RETENTION_DAYS = env_int("RETENTION_DAYS", None)
 if RETENTION_DAYS is not None and RETENTION_DAYS < 1:  # 0 or less would purge everything
-    sys.stderr.write("Refusing to start: RETENTION_DAYS must be at least 1 (unset keeps "
-                     f"everything), not {RETENTION_DAYS}.\n")
+    sys.stderr.write(
+        "Refusing to start: RETENTION_DAYS must be at least 1 (unset keeps "
+        f"everything), not {RETENTION_DAYS}.\n"
+    )
     sys.exit(2)
 RETENTION_BATCH_SIZE = env_int("RETENTION_BATCH_SIZE", 500)
 RETENTION_BATCH_PAUSE_SECONDS = env_float("RETENTION_BATCH_PAUSE_SECONDS", 0.05)

@@ -113,7 +113,8 @@ class Supervisor:
         env = dict(self.env, CHAT_WORKER_INDEX=str(child.index))
         child.proc = subprocess.Popen(
             [sys.executable, "-m", "chatproject.serve", "--fd", str(fd), *self.argv],
-            env=env, pass_fds=(fd,),
+            env=env,
+            pass_fds=(fd,),
         )
         child.started = time.monotonic()
         logger.info("worker %d started (pid %d)", child.index, child.proc.pid)
@@ -157,8 +158,13 @@ class Supervisor:
                     child.young_deaths = child.young_deaths + 1 if lived < STARTUP_SECONDS else 0
                     delay = min(MAX_BACKOFF_SECONDS, 2 ** max(0, child.young_deaths - 1))
                     child.restart_at = now + delay
-                    logger.error("worker %d exited (code %s after %.1f s); restarting it in %d s",
-                                 child.index, code, lived, delay)
+                    logger.error(
+                        "worker %d exited (code %s after %.1f s); restarting it in %d s",
+                        child.index,
+                        code,
+                        lived,
+                        delay,
+                    )
                 if child.proc is None and not self.stopping and now >= child.restart_at:
                     self.start(child)
             if first_round:

@@ -47,7 +47,9 @@ def origin_allowed(scope) -> bool:
     except ValueError:
         return False
     return any(
-        is_same_domain(parsed.netloc, entry.split("://", 1)[1][1:])  # "*.example.com" → ".example.com"
+        is_same_domain(
+            parsed.netloc, entry.split("://", 1)[1][1:]
+        )  # "*.example.com" → ".example.com"
         for entry in trusted
         if "://*" in entry and entry.split("://", 1)[0] == parsed.scheme
     )

@@ -26,7 +26,9 @@ def make_token(user) -> str:
 def make_room(owner=None, *, name=None, kind=Room.Kind.PUBLIC, members=()):
     owner = owner or make_user()
     room = rooms.room_create(
-        creator=owner, name=name or f"room {next(_counter)}", kind=kind,
+        creator=owner,
+        name=name or f"room {next(_counter)}",
+        kind=kind,
         member_ids=[m.pk for m in members],
     )
     return room

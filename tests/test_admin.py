@@ -115,8 +115,9 @@ def test_mute_unmute_roles_and_unban(moderator, room, member):
     assert unbanned.type == "member.unbanned"
     assert unbanned.envelope["data"]["reason"] == "appeal accepted"
     assert ModerationAction.objects.get(action="unban").reason == "appeal accepted"
-    assert list(ModerationAction.objects.order_by("created_at").values_list("action", flat=True)) == [
-        "mute", "unmute", "role", "role", "ban", "unban"]
+    assert list(
+        ModerationAction.objects.order_by("created_at").values_list("action", flat=True)
+    ) == ["mute", "unmute", "role", "role", "ban", "unban"]
 
 
 @pytest.mark.django_db
@@ -139,7 +140,9 @@ def test_message_search_filter_and_delete_action(moderator, room, user, other_us
     found = client.get(MESSAGES, {"q": "rude"})
     assert b"something rude here" in found.content and b"a friendly note" not in found.content
     by_author = client.get(MESSAGES, {"author__id__exact": other_user.pk})
-    assert b"something rude here" in by_author.content and b"a friendly note" not in by_author.content
+    assert (
+        b"something rude here" in by_author.content and b"a friendly note" not in by_author.content
+    )
     assert b"a friendly note" in client.get(MESSAGES, {"room__id__exact": room.pk}).content
     message = Message.objects.get(pk=rude.envelope["data"]["id"])
     apply(client, MESSAGES, "delete_messages", [message], reason="insults")
@@ -164,8 +167,9 @@ def test_staff_who_are_not_moderators_are_refused(room, user, member):
     staff = factories.make_user(is_staff=True)
     assert logged_in(staff).get(MEMBERSHIPS).status_code == 403
     # Even with read access (and owning the room), staff outside the group have no actions.
-    staff.user_permissions.add(*Permission.objects.filter(codename__in=[
-        "view_membership", "view_message", "view_room"]))
+    staff.user_permissions.add(
+        *Permission.objects.filter(codename__in=["view_membership", "view_message", "view_room"])
+    )
     rooms.room_invite(room=room, actor=user, user=staff)
     rooms.member_set_role(room=room, actor=user, user=staff, role="moderator")
     client = logged_in(staff)
@@ -221,5 +225,8 @@ def test_a_message_deleted_in_the_admin_disappears_live_from_clients():
 
     received = json.loads(async_to_sync(listen)()["text"])
     assert received["type"] == "message.deleted"
-    assert received["data"] == {"id": message.pk, "by_moderator": True,
-                                "reason": f"Delete by {moderator.username} in the admin"}
+    assert received["data"] == {
+        "id": message.pk,
+        "by_moderator": True,
+        "reason": f"Delete by {moderator.username} in the admin",
+    }

@@ -30,7 +30,11 @@ def _manage(*args, env_overrides=None, timeout=120):
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(env_overrides or {})
     return subprocess.run(
-        [PYTHON, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+        [PYTHON, "manage.py", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -105,7 +109,8 @@ def test_metrics_add_up_across_server_processes(child_env):
         status, text = _get(servers[0].http_url + "/metrics")
         assert status == 200
         line = next(
-            line for line in text.splitlines()
+            line
+            for line in text.splitlines()
             if line.startswith("chat_http_requests_total{") and 'view="healthz"' in line
         )
         assert float(line.rsplit(" ", 1)[1]) == 7.0
@@ -117,8 +122,13 @@ def test_metrics_add_up_across_server_processes(child_env):
 def test_json_log_lines_carry_ids_and_never_secrets():
     formatter = JsonFormatter()
     record = logging.LogRecord(
-        "chat", logging.INFO, __file__, 1,
-        "login with password=hunter2 and Authorization: Token abcdef0123456789", None, None,
+        "chat",
+        logging.INFO,
+        __file__,
+        1,
+        "login with password=hunter2 and Authorization: Token abcdef0123456789",
+        None,
+        None,
     )
     record.request_id = "req-1"
     record.connection_id = "conn-9"
@@ -162,15 +172,31 @@ def test_run_command_serves_on_embedded_defaults_and_stops_cleanly(tmp_path):
     """The README's run command with no services configured: SQLite, in-memory layer."""
     port, kafka_port = free_port(), free_port()
     env = {
-        k: v for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "DJANGO_SETTINGS_MODULE",
-                     "CHANNELS_PREFIX", "CELERY_QUEUE", "KAFKA_TOPIC_PREFIX", "DATABASE_TEST_NAME",
-                     "SQLITE_PATH", "PROMETHEUS_MULTIPROC_DIR"}
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DATABASE_URL",
+            "REDIS_URL",
+            "KAFKA_BOOTSTRAP_SERVERS",
+            "DJANGO_SETTINGS_MODULE",
+            "CHANNELS_PREFIX",
+            "CELERY_QUEUE",
+            "KAFKA_TOPIC_PREFIX",
+            "DATABASE_TEST_NAME",
+            "SQLITE_PATH",
+            "PROMETHEUS_MULTIPROC_DIR",
+        }
     }
     env.update(PORT=str(port), KAFKA_PORT=str(kafka_port), CHAT_VAR_DIR=str(tmp_path))
     proc = subprocess.Popen(
-        ["bash", "bin/run"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, start_new_session=True,
+        ["bash", "bin/run"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
     )
     try:
         wait_port("127.0.0.1", port, timeout=120, proc=proc)
@@ -198,7 +224,8 @@ def test_run_command_serves_on_embedded_defaults_and_stops_cleanly(tmp_path):
     # Nothing it started is left behind.
     leftovers = subprocess.run(
         ["pgrep", "-f", f"--port {port}|127.0.0.1:{kafka_port}|{tmp_path}"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     ).stdout.split()
     assert leftovers == [], leftovers
 

@@ -7,7 +7,7 @@ import subprocess
 
 from tests.support.services import PYTHON, ROOT
 
-SCRIPT = r'''
+SCRIPT = r"""
 import asyncio, json, time
 import daphne.server  # noqa: F401  installs the asyncio reactor
 import django
@@ -83,19 +83,29 @@ check()
 out["after_walk"] = {p.name: state(p) for p in (ended, failed)}
 out["connections"] = len(server.connections)
 print(json.dumps(out))
-'''
+"""
 
 
 def test_only_connections_with_news_are_checked_with_daphnes_rules():
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatproject.settings")
-    result = subprocess.run([PYTHON, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [PYTHON, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    assert out["first"] == {"ended": "reaped", "failed": "reaped", "closed": "removed",
-                            "slow": "running", "idle0": "running"}
-    assert out["later"] == {"ended": "reaped", "failed": "reaped", "closed": "removed",
-                            "slow": "removed"}
+    assert out["first"] == {
+        "ended": "reaped",
+        "failed": "reaped",
+        "closed": "removed",
+        "slow": "running",
+        "idle0": "running",
+    }
+    assert out["later"] == {
+        "ended": "reaped",
+        "failed": "reaped",
+        "closed": "removed",
+        "slow": "removed",
+    }
     assert out["errors"] == ["ValueError('boom')"]
     assert out["looked_at"] == ["closed", "ended", "failed", "slow"]  # never the 200 idle ones
     assert out["after_walk"] == {"ended": "removed", "failed": "reaped"}

@@ -55,8 +55,10 @@ def server_inode(server_port: int, client_port: int) -> str | None:
         for line in handle:
             fields = line.split()
             local, remote, inode = fields[1], fields[2], fields[9]
-            if int(local.split(":")[1], 16) == server_port and \
-                    int(remote.split(":")[1], 16) == client_port:
+            if (
+                int(local.split(":")[1], 16) == server_port
+                and int(remote.split(":")[1], 16) == client_port
+            ):
                 return inode
     return None
 
@@ -126,12 +128,14 @@ def test_sigterm_closes_every_workers_sockets_with_1012(child_env, user):
     assert [client.wait_closed() for client in clients.values()] == [1012, 1012]
     assert server.proc.wait(30) == 0
     assert time.monotonic() - started < 15
-    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")
-                and open(f"/proc/{pid}/stat").read().split()[2] != "Z"]
+    assert not [
+        pid
+        for pid in pids
+        if os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split()[2] != "Z"
+    ]
 
 
-def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_same_port(child_env, user,
-                                                                            room):
+def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_same_port(child_env, user, room):
     server = ServerProcess(child_env, workers=2).start()
     try:
         pids = wait_children(server.proc.pid, 2)
@@ -166,8 +170,14 @@ def test_a_killed_worker_is_replaced_and_its_clients_resume_on_the_same_port(chi
 
 
 def run_serve(args, env, timeout=60) -> subprocess.CompletedProcess:
-    return subprocess.run([PYTHON, "-m", "chatproject.serve", *args], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [PYTHON, "-m", "chatproject.serve", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_several_workers_are_refused_on_the_in_memory_layer(child_env):

@@ -34,8 +34,9 @@ class UploadSerializer(serializers.Serializer):
     size = serializers.IntegerField()
     content_type = serializers.CharField(help_text="Sniffed from the file's bytes.")
     url = serializers.CharField(help_text="A signed link, valid for UPLOAD_URL_MAX_AGE seconds.")
-    thumbnail_url = serializers.CharField(allow_null=True,
-                                          help_text="Images: null until the worker made it.")
+    thumbnail_url = serializers.CharField(
+        allow_null=True, help_text="Images: null until the worker made it."
+    )
     width = serializers.IntegerField(allow_null=True)
     height = serializers.IntegerField(allow_null=True)
 
@@ -54,11 +55,15 @@ class UploadsApi(GenericAPIView):
 
     @extend_schema(
         request={"multipart/form-data": UploadFileSerializer},
-        responses={201: UploadSerializer, 400: ErrorSerializer,
-                   413: OpenApiResponse(ErrorSerializer, description="Over UPLOAD_MAX_BYTES"),
-                   415: OpenApiResponse(ErrorSerializer,
-                                        description="A type not accepted (code `invalid`)"),
-                   429: ErrorSerializer},
+        responses={
+            201: UploadSerializer,
+            400: ErrorSerializer,
+            413: OpenApiResponse(ErrorSerializer, description="Over UPLOAD_MAX_BYTES"),
+            415: OpenApiResponse(
+                ErrorSerializer, description="A type not accepted (code `invalid`)"
+            ),
+            429: ErrorSerializer,
+        },
     )
     def post(self, request):
         try:
@@ -66,8 +71,7 @@ class UploadsApi(GenericAPIView):
         except ValueError:
             length = 0
         services.check_size(max(0, length - MULTIPART_SLACK))  # before reading the body
-        upload = services.upload_create(owner=request.user,
-                                        uploaded_file=request.FILES.get("file"))
+        upload = services.upload_create(owner=request.user, uploaded_file=request.FILES.get("file"))
         return Response(services.payload(upload, request.user), status=status.HTTP_201_CREATED)
 
 
@@ -95,9 +99,13 @@ class UploadDownloadApi(GenericAPIView):
 
     @extend_schema(
         parameters=[OpenApiParameter("sig", str, description="A signed link's token")],
-        responses={(200, "application/octet-stream"): OpenApiResponse(str),
-                   302: OpenApiResponse(description="S3: the presigned URL"),
-                   401: ErrorSerializer, 403: ErrorSerializer, 404: ErrorSerializer},
+        responses={
+            (200, "application/octet-stream"): OpenApiResponse(str),
+            302: OpenApiResponse(description="S3: the presigned URL"),
+            401: ErrorSerializer,
+            403: ErrorSerializer,
+            404: ErrorSerializer,
+        },
     )
     def get(self, request, upload_id):
         token = request.query_params.get("sig")
@@ -118,8 +126,7 @@ class UploadDownloadApi(GenericAPIView):
             name, content_type, inline = upload.file, upload.content_type, upload.is_image
             filename = upload.name
         disposition = content_disposition_header(not inline, filename)
-        presigned = services.presigned_url(name, content_type=content_type,
-                                           disposition=disposition)
+        presigned = services.presigned_url(name, content_type=content_type, disposition=disposition)
         if presigned is not None:
             response = HttpResponseRedirect(presigned)
         else:

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 NAME_MAX = 120
 # Pillow's format name for each image type we accept: a PNG must decode as a PNG.
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/gif": "GIF", "image/webp": "WEBP"}
-_UNSAFE = set('<>:"/\\|?*;%\'`$&{}[]=')
+_UNSAFE = set("<>:\"/\\|?*;%'`$&{}[]=")
 
 
 def clean_name(name) -> str:
@@ -57,8 +57,14 @@ def image_size(fileobj, content_type: str) -> tuple[int, int]:
             image.load()  # verify() checks structure; this decodes the pixels
     except BadImage:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            EOFError) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+        EOFError,
+    ) as exc:
         raise BadImage("the file is not a valid image") from exc
     finally:
         fileobj.seek(0)

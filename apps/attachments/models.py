@@ -19,12 +19,16 @@ class UploadQuerySet(models.QuerySet):
 class Upload(models.Model):
     # A random id: the file's key in storage and in URLs is never guessable from another's.
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT,
-                              related_name="+")
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     # Set by the send that attaches it (in the send's transaction); null: not sent yet. A
     # string reference: this app sits below messaging and imports none of its modules.
-    message = models.ForeignKey("messaging.Message", null=True, blank=True,
-                                on_delete=models.CASCADE, related_name="attachments")
+    message = models.ForeignKey(
+        "messaging.Message",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="attachments",
+    )
     position = models.PositiveSmallIntegerField(default=0)  # order within the message
     name = models.CharField(max_length=255)  # sanitized (apps.attachments.files)
     size = models.BigIntegerField()
@@ -40,8 +44,11 @@ class Upload(models.Model):
     class Meta:
         indexes = [
             models.Index(fields=["message", "position"], name="upload_message"),
-            models.Index(fields=["created_at"], name="upload_unused",
-                         condition=models.Q(message__isnull=True)),
+            models.Index(
+                fields=["created_at"],
+                name="upload_unused",
+                condition=models.Q(message__isnull=True),
+            ),
         ]
 
     def __str__(self):

@@ -33,8 +33,10 @@ def clean(value) -> tuple[uuid.UUID, ...]:
     if not isinstance(value, (list, tuple)):
         raise invalid("attachments must be a list of upload ids", field="attachments")
     if len(value) > settings.UPLOAD_MAX_PER_MESSAGE:
-        raise invalid(f"at most {settings.UPLOAD_MAX_PER_MESSAGE} attachments per message",
-                      field="attachments")
+        raise invalid(
+            f"at most {settings.UPLOAD_MAX_PER_MESSAGE} attachments per message",
+            field="attachments",
+        )
     ids = []
     for item in value:
         if isinstance(item, uuid.UUID):
@@ -43,8 +45,7 @@ def clean(value) -> tuple[uuid.UUID, ...]:
         try:
             ids.append(uuid.UUID(item if isinstance(item, str) and len(item) <= 64 else ""))
         except ValueError:
-            raise invalid("attachments must be a list of upload ids",
-                          field="attachments") from None
+            raise invalid("attachments must be a list of upload ids", field="attachments") from None
     if len(set(ids)) != len(ids):
         raise invalid("an upload is listed twice in attachments", field="attachments")
     return tuple(ids)
@@ -55,7 +56,8 @@ def read_statement(upload_ids: list) -> Statement:
     return Statement(
         f"SELECT {', '.join(_COLUMNS)} FROM {Upload._meta.db_table} "
         "WHERE id = ANY(%b::uuid[]) ORDER BY id FOR UPDATE",
-        [list(upload_ids)], True,
+        [list(upload_ids)],
+        True,
     )
 
 
@@ -79,8 +81,7 @@ def check(upload_ids, author_id: int, uploads: dict, claimed: set) -> None:
         if upload is None or upload.owner_id != author_id:
             raise invalid(f"attachments: no upload {upload_id} of yours", field="attachments")
         if upload.message_id is not None or upload_id in claimed:
-            raise invalid(f"attachments: upload {upload_id} is already sent",
-                          field="attachments")
+            raise invalid(f"attachments: upload {upload_id} is already sent", field="attachments")
     claimed.update(upload_ids)
 
 
@@ -91,9 +92,11 @@ def data(upload_ids, uploads: dict) -> list[dict]:
 
 def links(sends_and_ids) -> list[tuple]:
     """(upload id, message id, position) for each (attachment ids, message id)."""
-    return [(upload_id, message_id, position)
-            for upload_ids, message_id in sends_and_ids
-            for position, upload_id in enumerate(upload_ids)]
+    return [
+        (upload_id, message_id, position)
+        for upload_ids, message_id in sends_and_ids
+        for position, upload_id in enumerate(upload_ids)
+    ]
 
 
 def link_statement(rows: list[tuple]) -> Statement:

@@ -55,8 +55,9 @@ def storage():
 
 def check_size(size: int) -> None:
     if size > settings.UPLOAD_MAX_BYTES:
-        raise ServiceError("too_large",
-                           f"the file is larger than the {_mib(settings.UPLOAD_MAX_BYTES)} limit")
+        raise ServiceError(
+            "too_large", f"the file is larger than the {_mib(settings.UPLOAD_MAX_BYTES)} limit"
+        )
 
 
 def _mib(n: int) -> str:
@@ -82,9 +83,14 @@ def upload_create(*, owner, uploaded_file) -> Upload:
             width, height = files.image_size(uploaded_file, content_type)
         except files.BadImage as exc:
             raise UnsupportedType(str(exc)) from None
-    upload = Upload(owner=owner, name=files.clean_name(uploaded_file.name),
-                    size=uploaded_file.size, content_type=content_type, width=width,
-                    height=height)
+    upload = Upload(
+        owner=owner,
+        name=files.clean_name(uploaded_file.name),
+        size=uploaded_file.size,
+        content_type=content_type,
+        width=width,
+        height=height,
+    )
     uploaded_file.seek(0)
     upload.file = storage().save(f"{upload.pk.hex}/file", uploaded_file)
     try:
@@ -147,8 +153,9 @@ def signed_url(upload_id, user, kind: str = FILE) -> str:
 def user_of_link(upload_id, kind: str, token: str):
     """The user a signed link was made for; forbidden when it expired or does not match."""
     try:
-        user_id, signed_kind = signing.loads(token, salt=f"{_SALT}:{upload_id}",
-                                             max_age=settings.UPLOAD_URL_MAX_AGE)
+        user_id, signed_kind = signing.loads(
+            token, salt=f"{_SALT}:{upload_id}", max_age=settings.UPLOAD_URL_MAX_AGE
+        )
     except signing.SignatureExpired:
         raise forbidden("this link has expired; reload the message for a new one") from None
     except (signing.BadSignature, ValueError, TypeError):
@@ -189,10 +196,14 @@ def presigned_url(name: str, *, content_type: str, disposition: str) -> str | No
     backend = storage()
     if not hasattr(backend, "bucket_name"):
         return None
-    return backend.url(name, parameters={
-        "ResponseContentType": content_type,
-        "ResponseContentDisposition": disposition,
-    }, expire=min(300, settings.UPLOAD_URL_MAX_AGE))
+    return backend.url(
+        name,
+        parameters={
+            "ResponseContentType": content_type,
+            "ResponseContentDisposition": disposition,
+        },
+        expire=min(300, settings.UPLOAD_URL_MAX_AGE),
+    )
 
 
 # --- Removing -----------------------------------------------------------------------------------
@@ -204,8 +215,9 @@ def remove_for_messages(message_ids) -> int:
     ids = list(message_ids)
     if not ids:
         return 0
-    doomed = list(Upload.objects.select_for_update().of_messages(ids)
-                  .values_list("pk", "file", "thumbnail"))
+    doomed = list(
+        Upload.objects.select_for_update().of_messages(ids).values_list("pk", "file", "thumbnail")
+    )
     return _remove(doomed)
 
 
@@ -215,7 +227,8 @@ def delete_statement(message_ids: list[int]) -> Statement:
     return Statement(
         f"DELETE FROM {Upload._meta.db_table} WHERE message_id = ANY(%b::bigint[]) "
         "RETURNING file, thumbnail",
-        [list(message_ids)], True,
+        [list(message_ids)],
+        True,
     )
 
 
@@ -265,8 +278,10 @@ def purge_unused(*, now=None, batch_size: int = 500) -> int:
             unused = Upload.objects.unused_before(cutoff)
             orphaned = Upload.objects.filter(message__deleted_at__isnull=False)
             doomed = list(
-                (unused | orphaned).select_for_update(skip_locked=True, of=("self",))
-                .order_by("created_at").values_list("pk", "file", "thumbnail")[:batch_size]
+                (unused | orphaned)
+                .select_for_update(skip_locked=True, of=("self",))
+                .order_by("created_at")
+                .values_list("pk", "file", "thumbnail")[:batch_size]
             )
             total += _remove(doomed)
         if len(doomed) < batch_size:

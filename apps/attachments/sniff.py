@@ -41,7 +41,7 @@ _MARKUP = (b"<!doctype", b"<html", b"<script", b"<svg", b"<?xml", b"<body", b"<i
 def sniff(head: bytes) -> str:
     """The type of a file that starts with `head` (at least its first HEAD_BYTES bytes)."""
     for magics, content_type in SIGNATURES:
-        if all(head[offset:offset + len(magic)] == magic for offset, magic in magics):
+        if all(head[offset : offset + len(magic)] == magic for offset, magic in magics):
             return content_type
     if _is_text(head):
         start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
@@ -61,7 +61,5 @@ def _is_text(head: bytes) -> bool:
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 3:
             return False
-        text = head[:exc.start].decode("utf-8")
-    return not any(
-        unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f" for ch in text
-    )
+        text = head[: exc.start].decode("utf-8")
+    return not any(unicodedata.category(ch) == "Cc" and ch not in "\t\n\r\f" for ch in text)

@@ -18,7 +18,7 @@ def make_thumbnail(self, upload_id: str):
     except UnidentifiedImageError:  # checked at upload, so not expected: no retry for it
         return
     except (DatabaseError, OSError) as exc:  # the database, or the storage (S3, a disk)
-        raise self.retry(exc=exc, countdown=2 ** self.request.retries) from exc
+        raise self.retry(exc=exc, countdown=2**self.request.retries) from exc
 
 
 @shared_task(ignore_result=True)

@@ -140,8 +140,9 @@ class ApiErrorsMiddleware:
         if "%00" in request.META.get("QUERY_STRING", ""):
             if api:
                 return _api_error("invalid", "the query string holds a NUL character", 400)
-            return HttpResponseBadRequest("NUL character in the query string",
-                                          content_type="text/plain")
+            return HttpResponseBadRequest(
+                "NUL character in the query string", content_type="text/plain"
+            )
         if api and self.too_large(request):
             return _api_error("too_large", "the request body is too large", 413)
         if api and request.method not in ("GET", "HEAD") and not request.path_info.endswith("/"):
@@ -156,8 +157,9 @@ class ApiErrorsMiddleware:
             and not response.get("Content-Type", "").startswith("application/json")
         ):
             detail = getattr(response, "reason_phrase", "") or "error"
-            replaced = _api_error(code_for_status(response.status_code), detail.lower(),
-                                  response.status_code)
+            replaced = _api_error(
+                code_for_status(response.status_code), detail.lower(), response.status_code
+            )
             for header, value in response.items():  # security headers, Allow, Retry-After...
                 if header.lower() not in ("content-type", "content-length"):
                     replaced[header] = value

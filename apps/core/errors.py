@@ -1,7 +1,14 @@
 """The one error type services raise; every interface maps it to the contract's error codes."""
 
-CODES = ("invalid", "unauthenticated", "forbidden", "not_found", "rate_limited", "too_large",
-         "unavailable")
+CODES = (
+    "invalid",
+    "unauthenticated",
+    "forbidden",
+    "not_found",
+    "rate_limited",
+    "too_large",
+    "unavailable",
+)
 
 
 class ServiceError(Exception):

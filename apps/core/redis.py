@@ -18,7 +18,10 @@ def _new_async_client():
     from redis import asyncio as aioredis
 
     pool = aioredis.BlockingConnectionPool.from_url(
-        settings.REDIS_URL, max_connections=50, timeout=10, socket_timeout=5,
+        settings.REDIS_URL,
+        max_connections=50,
+        timeout=10,
+        socket_timeout=5,
         socket_connect_timeout=5,
     )
     return aioredis.Redis(connection_pool=pool)

@@ -49,8 +49,9 @@ def combine(statements: list[Statement]) -> Statement:
     *first, last = statements
     assert not any(s.fetch for s in first), "only the last statement may return rows"
     clauses = ", ".join(f"w{i} AS ({s.sql})" for i, s in enumerate(first))
-    return Statement(f"WITH {clauses} {last.sql}",
-                     [p for s in statements for p in s.params], last.fetch)
+    return Statement(
+        f"WITH {clauses} {last.sql}", [p for s in statements for p in s.params], last.fetch
+    )
 
 
 def run(statements: list[Statement]) -> list:
@@ -82,7 +83,10 @@ async def arun(conn, statements: list[Statement]) -> list:
         await cursor.execute(statement.sql, statement.params, prepare=prepare)
         cursors.append(cursor)
     try:
-        return [await c.fetchall() if s.fetch else None for c, s in zip(cursors, statements, strict=True)]
+        return [
+            await c.fetchall() if s.fetch else None
+            for c, s in zip(cursors, statements, strict=True)
+        ]
     finally:
         for cursor in cursors:
             await cursor.close()
@@ -98,8 +102,9 @@ def pg_insert(model, fields: list[str], rows: list[tuple], *, returning: str | N
     for index, field in enumerate(columns):
         values = [row[index] for row in rows]
         if isinstance(field, models.JSONField):
-            values = [v if isinstance(v, Json) else json.dumps(v, cls=field.encoder)
-                      for v in values]
+            values = [
+                v if isinstance(v, Json) else json.dumps(v, cls=field.encoder) for v in values
+            ]
             arrays.append(("text", [str(v) for v in values]))
             selects.append(f"c{index}::jsonb")
         else:
@@ -117,20 +122,26 @@ def pg_insert(model, fields: list[str], rows: list[tuple], *, returning: str | N
     )
 
 
-def pg_update(model, column: str, values: dict[int, int], *, add: bool = False,
-              returning: str | None = None):
+def pg_update(
+    model, column: str, values: dict[int, int], *, add: bool = False, returning: str | None = None
+):
     """PostgreSQL `column = value` (or `column + value`) for each {pk: integer}."""
     meta = model._meta
     quote = connection.ops.quote_name
-    table, col, pk = (quote(meta.db_table), quote(meta.get_field(column).column),
-                      quote(meta.pk.column))
+    table, col, pk = (
+        quote(meta.db_table),
+        quote(meta.get_field(column).column),
+        quote(meta.pk.column),
+    )
     ids = list(values)
-    tail = (f" RETURNING {table}.{pk}, {table}.{quote(meta.get_field(returning).column)}"
-            if returning else "")
+    tail = (
+        f" RETURNING {table}.{pk}, {table}.{quote(meta.get_field(returning).column)}"
+        if returning
+        else ""
+    )
     return Statement(
         f"UPDATE {table} SET {col} = {f'{table}.{col} + ' if add else ''}v.value "
-        f"FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, value) WHERE {table}.{pk} = v.id"
-        + tail,
+        f"FROM unnest(%b::bigint[], %b::bigint[]) AS v(id, value) WHERE {table}.{pk} = v.id" + tail,
         [ids, [values[i] for i in ids]],
         bool(returning),
     )
@@ -149,8 +160,10 @@ def insert_rows(model, fields: list[str], rows: list[tuple], *, returning: str |
     quote = connection.ops.quote_name
     prep = [_preparer(field) for field in columns]
     placeholder = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    sql = (f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "
-           f"VALUES {', '.join([placeholder] * len(rows))}")
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "
+        f"VALUES {', '.join([placeholder] * len(rows))}"
+    )
     if returning:
         sql += f" RETURNING {quote(meta.get_field(returning).column)}"
     params = [p(value) for row in rows for p, value in zip(prep, row, strict=True)]
@@ -159,8 +172,9 @@ def insert_rows(model, fields: list[str], rows: list[tuple], *, returning: str |
         return [row[0] for row in cursor.fetchall()] if returning else []
 
 
-def update_by_pk(model, column: str, values: dict[int, int], *, add: bool = False,
-                 returning: str | None = None):
+def update_by_pk(
+    model, column: str, values: dict[int, int], *, add: bool = False, returning: str | None = None
+):
     """`column = value` (or `column + value` with `add`) for each {pk: integer} in one
     statement; with `returning`, the (pk, returning) rows. Without it nothing is read back,
     so in a pipeline it does not wait for the server."""
@@ -168,8 +182,11 @@ def update_by_pk(model, column: str, values: dict[int, int], *, add: bool = Fals
         return run([pg_update(model, column, values, add=add, returning=returning)])[0]
     meta = model._meta
     quote = connection.ops.quote_name
-    table, col, pk = (quote(meta.db_table), quote(meta.get_field(column).column),
-                      quote(meta.pk.column))
+    table, col, pk = (
+        quote(meta.db_table),
+        quote(meta.get_field(column).column),
+        quote(meta.pk.column),
+    )
     ids = list(values)
     cases = " ".join(["WHEN %s THEN %s"] * len(ids))
     tail = f" RETURNING {pk}, {quote(meta.get_field(returning).column)}" if returning else ""
@@ -184,14 +201,19 @@ def update_by_pk(model, column: str, values: dict[int, int], *, add: bool = Fals
 
 def _preparer(field):
     if isinstance(field, models.JSONField):
+
         def prepare_json(value):
             if isinstance(value, Json):
                 return str(value)
             return field.get_db_prep_save(value, connection)
 
         return prepare_json
-    if isinstance(field, (models.BigIntegerField, models.IntegerField, models.TextField,
-                          models.CharField)) and not field.is_relation:
+    if (
+        isinstance(
+            field, (models.BigIntegerField, models.IntegerField, models.TextField, models.CharField)
+        )
+        and not field.is_relation
+    ):
         return lambda value: value
     if connection.vendor == "postgresql" and isinstance(
         field, (models.ForeignKey, models.UUIDField, models.DateTimeField)

@@ -34,8 +34,11 @@ _BIDI = re.compile("[\u202a-\u202e\u2066-\u2069]")
 def _blank_class() -> str:
     """A regex class of every character that shows nothing: whitespace, Cc, Cf, Zs/Zl/Zp and
     _BLANK_GLYPHS. (Format characters live in planes 0, 1 and 14 only.)"""
-    codes = [c for c in (*range(0x20000), *range(0xE0000, 0xE1000))
-             if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zs", "Zl", "Zp")]
+    codes = [
+        c
+        for c in (*range(0x20000), *range(0xE0000, 0xE1000))
+        if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+    ]
     codes += [ord(c) for c in _BLANK_GLYPHS]
     for low, high in _BLANK_RANGES:
         codes += range(low, high + 1)
@@ -80,5 +83,7 @@ def _check_bidi(value: str, field: str) -> None:
             open_.append(char)  # a close with nothing to close: unbalanced
             break
     if open_:
-        raise invalid(f"{field} has unbalanced bidirectional controls "
-                      "(every embedding, override or isolate must be closed, in order)")
+        raise invalid(
+            f"{field} has unbalanced bidirectional controls "
+            "(every embedding, override or isolate must be closed, in order)"
+        )

@@ -20,4 +20,4 @@ def text_frame(payload: bytes) -> bytes:
 def frame_payload(frame: bytes) -> bytes:
     """The payload of a frame made by text_frame."""
     size = frame[1]
-    return frame[2 + (2 if size == 126 else 8 if size == 127 else 0):]
+    return frame[2 + (2 if size == 126 else 8 if size == 127 else 0) :]

@@ -45,8 +45,11 @@ class RoomFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         rooms = (
-            Event.objects.unpublished().exclude(room__isnull=True)
-            .order_by("room_id").values_list("room_id", flat=True).distinct()[:20]
+            Event.objects.unpublished()
+            .exclude(room__isnull=True)
+            .order_by("room_id")
+            .values_list("room_id", flat=True)
+            .distinct()[:20]
         )
         return [(str(r), f"#{r}") for r in rooms]
 
@@ -62,16 +65,35 @@ class RoomFilter(admin.SimpleListFilter):
 
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
-    list_display = ("ts", "type", "room_link", "seq", "actor", "published", "publish_attempts",
-                    "short_error")
+    list_display = (
+        "ts",
+        "type",
+        "room_link",
+        "seq",
+        "actor",
+        "published",
+        "publish_attempts",
+        "short_error",
+    )
     list_filter = (PublishStateFilter, "type", RoomFilter)
     search_fields = ("=id",)
     list_select_related = ("actor",)
     ordering = ("-ts",)
     show_full_result_count = False
     change_list_template = "admin/events/event/change_list.html"
-    fields = ("id", "type", "room", "seq", "actor", "ts", "published_at", "publish_attempts",
-              "next_attempt_at", "last_error", "pretty_envelope")
+    fields = (
+        "id",
+        "type",
+        "room",
+        "seq",
+        "actor",
+        "ts",
+        "published_at",
+        "publish_attempts",
+        "next_attempt_at",
+        "last_error",
+        "pretty_envelope",
+    )
     readonly_fields = fields
 
     def has_add_permission(self, request):
@@ -85,7 +107,9 @@ class EventAdmin(admin.ModelAdmin):
 
     @admin.display(description="room", ordering="room_id")
     def room_link(self, obj):
-        return "-" if obj.room_id is None else format_html('<a href="?room={0}">#{0}</a>', obj.room_id)
+        return (
+            "-" if obj.room_id is None else format_html('<a href="?room={0}">#{0}</a>', obj.room_id)
+        )
 
     @admin.display(boolean=True, description="published", ordering="published_at")
     def published(self, obj):

@@ -51,14 +51,12 @@ CATALOGUE: dict[str, EventSpec] = {
         EventSpec("member.role_changed", seq=True, persisted=True, fanout=ROOM, kafka=True),
         EventSpec("member.banned", seq=True, persisted=True, fanout=ROOM_AND_TARGET, kafka=True),
         EventSpec("member.muted", seq=True, persisted=True, fanout=ROOM, kafka=True),
-        EventSpec("member.unbanned", seq=True, persisted=True, fanout=ROOM_AND_TARGET,
-                  kafka=True),
+        EventSpec("member.unbanned", seq=True, persisted=True, fanout=ROOM_AND_TARGET, kafka=True),
         EventSpec("receipt.updated", seq=False, persisted=True, fanout=SELF, kafka=True),
         EventSpec("report.created", seq=False, persisted=True, fanout=MODERATORS, kafka=True),
         # Not in the event log: its durable record is the Notification row (listed by
         # /api/notifications/), so it counts as ephemeral here (no outbox, no Kafka).
-        EventSpec("notification.created", seq=False, persisted=False, fanout=NOTIFIED,
-                  kafka=False),
+        EventSpec("notification.created", seq=False, persisted=False, fanout=NOTIFIED, kafka=False),
         EventSpec("typing", seq=False, persisted=False, fanout=ROOM, kafka=False),
         EventSpec("presence.changed", seq=False, persisted=False, fanout=SHARED_ROOMS, kafka=False),
         EventSpec("thread.updated", seq=False, persisted=False, fanout=ROOM, kafka=False),
@@ -125,14 +123,21 @@ def message_created(message, *, attachments=()) -> dict:
 
 
 def message_edited(message) -> dict:
-    return {"id": message.pk, "body": message.body, "edited_at": format_ts(message.edited_at),
-            "redacted": False}
+    return {
+        "id": message.pk,
+        "body": message.body,
+        "edited_at": format_ts(message.edited_at),
+        "redacted": False,
+    }
 
 
 def message_deleted(message, *, by_moderator: bool, reason: str | None = None) -> dict:
     """`message`: the Message, or its id."""
-    return {"id": getattr(message, "pk", message), "by_moderator": by_moderator,
-            "reason": reason or None}
+    return {
+        "id": getattr(message, "pk", message),
+        "by_moderator": by_moderator,
+        "reason": reason or None,
+    }
 
 
 # What a deletion writes over the `data` of every event that carried the message's content
@@ -141,8 +146,13 @@ REDACTED = {"body": None, "attachments": [], "redacted": True}
 # The event types that carry a message's content, and so are redacted with it.
 CONTENT_TYPES = ("message.created", "message.edited")
 # The types whose rows name a message (Event.message_id): data.id or data.message.
-MESSAGE_ID_KEYS = {"message.created": "id", "message.edited": "id", "message.deleted": "id",
-                   "reaction.added": "message", "reaction.removed": "message"}
+MESSAGE_ID_KEYS = {
+    "message.created": "id",
+    "message.edited": "id",
+    "message.deleted": "id",
+    "reaction.added": "message",
+    "reaction.removed": "message",
+}
 
 
 def message_id_of(type: str, data: dict) -> int | None:
@@ -203,8 +213,11 @@ def member_banned(user, *, reason: str, until: datetime | None) -> dict:
 
 
 def member_muted(user, *, until: datetime | None, reason: str | None = None) -> dict:
-    return {"user": actor_of(user), "until": format_ts(until) if until else None,
-            "reason": _reason(reason)}
+    return {
+        "user": actor_of(user),
+        "until": format_ts(until) if until else None,
+        "reason": _reason(reason),
+    }
 
 
 def member_unbanned(user, *, reason: str | None = None) -> dict:
@@ -222,16 +235,18 @@ def report_created(report) -> dict:
 
 def notification_created(notification, *, actor: dict | None) -> dict:
     """A Notification (apps.notifications) as its owner's sockets get it."""
-    return {"notification": {
-        "id": notification.pk,
-        "kind": notification.kind,
-        "room": notification.room_id,
-        "seq": notification.seq,
-        "message": notification.message_id,
-        "actor": actor,
-        "excerpt": notification.excerpt,
-        "created_at": format_ts(notification.created_at),
-    }}
+    return {
+        "notification": {
+            "id": notification.pk,
+            "kind": notification.kind,
+            "room": notification.room_id,
+            "seq": notification.seq,
+            "message": notification.message_id,
+            "actor": actor,
+            "excerpt": notification.excerpt,
+            "created_at": format_ts(notification.created_at),
+        }
+    }
 
 
 def typing(user, *, state: bool) -> dict:

@@ -107,8 +107,9 @@ class GroupConsumer:
             self.commit()
             self.consumer.close()  # leaves the group: its partitions move on without a timeout
             self.say(
-                "left the group (handled {handled}, duplicates {duplicate}, ignored {ignored})"
-                .format(**self.counts)
+                "left the group (handled {handled}, duplicates {duplicate}, ignored {ignored})".format(
+                    **self.counts
+                )
             )
 
     def handle_partition(self, tp, records) -> None:
@@ -152,7 +153,9 @@ class GroupConsumer:
             self.retry_at[tp_key] = time.monotonic() + delay
             logger.exception(
                 "handler failed on event %s (attempt %d); retrying in %.1fs",
-                envelope.get("id"), failures, delay,
+                envelope.get("id"),
+                failures,
+                delay,
             )
             CONSUMER_HANDLED.labels(self.group, "error").inc()
             close_old_connections()

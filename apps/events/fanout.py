@@ -163,6 +163,10 @@ async def apresence(changes: list[dict]) -> None:
         return
     await layer.group_send(
         PRESENCE_GROUP,
-        {"type": "chat.presence", "via": PRESENCE_GROUP, "changes": changes,
-         "sent_at": time.time()},
+        {
+            "type": "chat.presence",
+            "via": PRESENCE_GROUP,
+            "changes": changes,
+            "sent_at": time.time(),
+        },
     )

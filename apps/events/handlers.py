@@ -38,8 +38,10 @@ def handler_for(group: str, path: str | None = None) -> Handler:
     path = path or settings.KAFKA_CONSUMER_HANDLERS.get(group)
     if not path:
         known = ", ".join(sorted(settings.KAFKA_CONSUMER_HANDLERS)) or "none"
-        raise ValueError(f"no handler for group {group!r} (configured groups: {known}); "
-                         "pass --handler dotted.path.Class")
+        raise ValueError(
+            f"no handler for group {group!r} (configured groups: {known}); "
+            "pass --handler dotted.path.Class"
+        )
     try:
         cls = import_string(path)
     except ImportError as exc:

@@ -31,8 +31,11 @@ def check_database() -> dict:
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
-        return {"ok": True, "backend": settings.DATABASE_BACKEND,
-                "embedded": settings.DATABASE_BACKEND == "sqlite"}
+        return {
+            "ok": True,
+            "backend": settings.DATABASE_BACKEND,
+            "embedded": settings.DATABASE_BACKEND == "sqlite",
+        }
     except Exception as exc:  # noqa: BLE001 - any failure means "down"
         return {"ok": False, "backend": settings.DATABASE_BACKEND, "error": type(exc).__name__}
 
@@ -43,7 +46,9 @@ def check_redis() -> dict:
     import redis
 
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        client = redis.Redis.from_url(
+            settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1
+        )
         client.ping()
         client.close()
         return {"ok": True, "backend": "redis", "embedded": False}
@@ -84,8 +89,12 @@ def cached_outbox_status() -> dict:
 
 
 def readiness() -> dict:
-    return {"database": check_database(), "redis": check_redis(), "kafka": check_kafka(),
-            "outbox": cached_outbox_status()}
+    return {
+        "database": check_database(),
+        "redis": check_redis(),
+        "kafka": check_kafka(),
+        "outbox": cached_outbox_status(),
+    }
 
 
 @require_GET

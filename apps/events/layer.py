@@ -115,8 +115,7 @@ async def group_send_many(layer, sends) -> None:
             per_key.setdefault(channel_key(layer, channel), (channel, []))[1].append(message)
     queued: dict[int, tuple[list, list, list]] = {}
     for key, (channel, messages) in per_key.items():
-        message = messages[0] if len(messages) == 1 else {"type": "chat.events",
-                                                          "events": messages}
+        message = messages[0] if len(messages) == 1 else {"type": "chat.events", "events": messages}
         if "!" in channel:
             message = {**message, "__asgi_channel__": channel}
         # The host of the key, as group_send picks it (the channel's non-local name).
@@ -131,11 +130,13 @@ async def group_send_many(layer, sends) -> None:
         script = _queue_scripts.get(id(connection))
         if script is None or script.registered_client is not connection:
             script = _queue_scripts[id(connection)] = connection.register_script(QUEUE_MANY_LUA)
-        full = await script(keys=keys,
-                            args=[*payloads, *capacities, now, expiry, int(now) - expiry])
+        full = await script(
+            keys=keys, args=[*payloads, *capacities, now, expiry, int(now) - expiry]
+        )
         if full:
-            logger.info("%d of %d process channels over capacity; they fill from the log",
-                        full, len(keys))
+            logger.info(
+                "%d of %d process channels over capacity; they fill from the log", full, len(keys)
+            )
 
 
 async def group_add_many(layer, groups: list[str], channel: str) -> None:

@@ -55,16 +55,19 @@ class Event(models.Model):
             models.Index(fields=["type", "ts"]),
             models.Index(fields=["message_id"], name="event_message"),
             # Partial: the send path's rows (no data.user) add nothing to it.
-            models.Index(fields=["subject_id"], name="event_subject",
-                         condition=Q(subject_id__isnull=False)),
+            models.Index(
+                fields=["subject_id"], name="event_subject", condition=Q(subject_id__isnull=False)
+            ),
             # The publisher reads the outbox in this order (apps.events.publisher.next_batch);
             # partial, so it only holds the unpublished rows however long the log grows.
             models.Index(
-                fields=["room", "seq", "ts", "id"], name="event_outbox_order",
+                fields=["room", "seq", "ts", "id"],
+                name="event_outbox_order",
                 condition=Q(published_at__isnull=True),
             ),
             models.Index(
-                fields=["next_attempt_at"], name="event_outbox_retry",
+                fields=["next_attempt_at"],
+                name="event_outbox_retry",
                 condition=Q(published_at__isnull=True, next_attempt_at__isnull=False),
             ),
         ]

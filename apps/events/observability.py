@@ -21,12 +21,16 @@ from apps.core.errors import CODES
 from .catalogue import CATALOGUE
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
-connection_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("connection_id", default="-")
+connection_id_var: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "connection_id", default="-"
+)
 
 # Never let a secret reach a log line, whatever a caller formats into it.
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?\s*(?:token|bearer)\s+)[A-Za-z0-9._\-]+"),
-    re.compile(r"(?i)((?:password|token|secret|sessionid|csrftoken)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"),
+    re.compile(
+        r"(?i)((?:password|token|secret|sessionid|csrftoken)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;&]+"
+    ),
 ]
 
 
@@ -96,10 +100,12 @@ class Bounded:
         self.bounds = bounds
 
     def labels(self, *values):
-        return self.metric.labels(*[
-            bound(value) if callable(bound) else (value if value in bound else OTHER)
-            for value, bound in zip(values, self.bounds, strict=True)
-        ])
+        return self.metric.labels(
+            *[
+                bound(value) if callable(bound) else (value if value in bound else OTHER)
+                for value, bound in zip(values, self.bounds, strict=True)
+            ]
+        )
 
     def __getattr__(self, name):
         return getattr(self.metric, name)
@@ -113,14 +119,19 @@ def view_label(request, default="unmatched") -> str:
 
 HTTP_REQUESTS = Bounded(
     Counter("chat_http_requests_total", "HTTP requests", ["method", "view", "status"]),
-    HTTP_METHODS, any_value, status_label,
+    HTTP_METHODS,
+    any_value,
+    status_label,
 )
 HTTP_LATENCY = Bounded(
     Histogram(
-        "chat_http_request_seconds", "HTTP request latency", ["method", "view"],
+        "chat_http_request_seconds",
+        "HTTP request latency",
+        ["method", "view"],
         buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     ),
-    HTTP_METHODS, any_value,
+    HTTP_METHODS,
+    any_value,
 )
 
 
@@ -143,26 +154,31 @@ WS_ERRORS = Bounded(
     Counter("chat_ws_errors_total", "Error frames sent, by code", ["code"]), ERROR_CODES
 )
 FANOUT_LATENCY = Histogram(
-    "chat_fanout_latency_seconds", "From event commit time to hand-off to a local socket",
+    "chat_fanout_latency_seconds",
+    "From event commit time to hand-off to a local socket",
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 SEND_BATCH_SIZE = Histogram(
-    "chat_send_batch_size", "WebSocket sends committed in one transaction (group commit)",
+    "chat_send_batch_size",
+    "WebSocket sends committed in one transaction (group commit)",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200),
 )
 SEND_BATCH_SECONDS = Histogram(
-    "chat_send_batch_seconds", "Time of one group-commit transaction, thread hop included",
+    "chat_send_batch_seconds",
+    "Time of one group-commit transaction, thread hop included",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
 OUTBOX_PENDING = Gauge(
     "chat_outbox_pending", "Unpublished outbox rows (last sweep)", multiprocess_mode="max"
 )
 OUTBOX_LAG = Gauge(
-    "chat_outbox_lag_seconds", "Age of the oldest unpublished event (last sweep)",
+    "chat_outbox_lag_seconds",
+    "Age of the oldest unpublished event (last sweep)",
     multiprocess_mode="max",
 )
 KAFKA_PUBLISH_LATENCY = Histogram(
-    "chat_kafka_publish_seconds", "Time for a batch to be acknowledged by Kafka",
+    "chat_kafka_publish_seconds",
+    "Time for a batch to be acknowledged by Kafka",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 KAFKA_PUBLISHED = Bounded(
@@ -171,16 +187,20 @@ KAFKA_PUBLISHED = Bounded(
 KAFKA_PUBLISH_ERRORS = Counter("chat_kafka_publish_errors_total", "Failed publish attempts")
 CONSUMER_LAG = Bounded(
     Gauge(
-        "chat_kafka_consumer_lag", "Messages behind the end of the partition",
-        ["group", "partition"], multiprocess_mode="max",
+        "chat_kafka_consumer_lag",
+        "Messages behind the end of the partition",
+        ["group", "partition"],
+        multiprocess_mode="max",
     ),
-    any_value, any_value,
+    any_value,
+    any_value,
 )
 CONSUMER_HANDLED = Bounded(
     Counter(
         "chat_kafka_consumer_handled_total", "Events handled by consume_events", ["group", "result"]
     ),
-    any_value, CONSUMER_RESULTS,
+    any_value,
+    CONSUMER_RESULTS,
 )
 
 

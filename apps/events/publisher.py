@@ -98,7 +98,8 @@ class Row(NamedTuple):
 # and serialized again here.
 _TABLE = Event._meta.db_table
 _TYPE_FILTER = (
-    "" if set(KAFKA_TYPES) == set(DURABLE_TYPES)  # every row goes to Kafka: no filter needed
+    ""
+    if set(KAFKA_TYPES) == set(DURABLE_TYPES)  # every row goes to Kafka: no filter needed
     else f"AND e.type IN ({', '.join(repr(t) for t in KAFKA_TYPES)})"
 )
 _NEXT_BATCH_SQL = f"""
@@ -120,8 +121,10 @@ _NEXT_BATCH_SQL = f"""
 def next_batch(limit: int) -> list[Row]:
     """The next rows to send, oldest first per room, skipping rooms whose head is backing off."""
     postgres = connection.vendor == "postgresql"
-    sql = _NEXT_BATCH_SQL.format(id="p.id::text" if postgres else "p.id",
-                                 envelope="p.envelope::text" if postgres else "p.envelope")
+    sql = _NEXT_BATCH_SQL.format(
+        id="p.id::text" if postgres else "p.id",
+        envelope="p.envelope::text" if postgres else "p.envelope",
+    )
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
         cursor.execute(sql, [now, limit])
@@ -168,8 +171,9 @@ def publisher_lock(*, wait: bool = True):
         try:
             _wait_for_lock(timeout_ms)
         except OperationalError:
-            logger.info("outbox publisher lock busy for %sms; leaving the rows to its holder",
-                        timeout_ms)
+            logger.info(
+                "outbox publisher lock busy for %sms; leaving the rows to its holder", timeout_ms
+            )
             yield False
             return
     try:
@@ -219,9 +223,14 @@ def file_lock(*, wait: bool = True):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS, idle_seconds: float = 0.0,
-                    before_last_read=None, wait_for_lock: bool = True,
-                    keep_alive=None) -> DrainResult:
+def publish_pending(
+    *,
+    max_seconds: float = MAX_DRAIN_SECONDS,
+    idle_seconds: float = 0.0,
+    before_last_read=None,
+    wait_for_lock: bool = True,
+    keep_alive=None,
+) -> DrainResult:
     """Publish every pending outbox row (until empty, a failure, or max_seconds).
 
     With idle_seconds, an empty outbox is polled that long before the drain ends. Then
@@ -242,8 +251,11 @@ def publish_pending(*, max_seconds: float = MAX_DRAIN_SECONDS, idle_seconds: flo
         idle_since = None
         alive_at = 0.0
         while True:
-            if keep_alive is not None and before_last_read is not None \
-                    and time.monotonic() - alive_at >= KEEP_ALIVE_SECONDS:
+            if (
+                keep_alive is not None
+                and before_last_read is not None
+                and time.monotonic() - alive_at >= KEEP_ALIVE_SECONDS
+            ):
                 keep_alive()
                 alive_at = time.monotonic()
             rows = next_batch(settings.OUTBOX_BATCH_SIZE)
@@ -290,8 +302,12 @@ class Record(NamedTuple):
 
     @property
     def size(self) -> int:
-        return (len(self.value) + len(self.key) + RECORD_OVERHEAD
-                + sum(len(name) + len(data) for name, data in self.headers))
+        return (
+            len(self.value)
+            + len(self.key)
+            + RECORD_OVERHEAD
+            + sum(len(name) + len(data) for name, data in self.headers)
+        )
 
 
 def flush_rows(records: list[Record], budget: int) -> list[Record]:
@@ -319,9 +335,15 @@ def records_for(rows: list[Row], partitions: list[int]) -> list[Record]:
     records = []
     for row in rows:
         key = kafka.record_key(row.room_id)
-        records.append(Record(row, row.value.encode(), key,
-                              kafka.record_headers(row.type, row.pk),
-                              kafka.partition_for(key, partitions)))
+        records.append(
+            Record(
+                row,
+                row.value.encode(),
+                key,
+                kafka.record_headers(row.type, row.pk),
+                kafka.partition_for(key, partitions),
+            )
+        )
     return records
 
 
@@ -341,7 +363,10 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
         rows = [record.row for record in chosen]
         for record in chosen:
             futures[record.row.pk] = producer.send(
-                topic, value=record.value, key=record.key, headers=record.headers,
+                topic,
+                value=record.value,
+                key=record.key,
+                headers=record.headers,
                 partition=record.partition,
             )
         producer.flush(settings.OUTBOX_FLUSH_TIMEOUT_SECONDS)
@@ -393,4 +418,3 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
             "outbox: %d published, %d rooms held back (%s)", len(acked), len(failed_heads), error
         )
     return len(acked), len(rows) - len(acked), error
-

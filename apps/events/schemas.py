@@ -23,8 +23,11 @@ _user = {
 # `actor`: a user, with `bot: true` for bot accounts (omitted when false).
 _actor = {
     "type": "object",
-    "properties": {"id": _id, "username": {"type": "string", "minLength": 1},
-                   "bot": {"type": "boolean"}},
+    "properties": {
+        "id": _id,
+        "username": {"type": "string", "minLength": 1},
+        "bot": {"type": "boolean"},
+    },
     "required": ["id", "username"],
     "additionalProperties": False,
 }
@@ -52,9 +55,14 @@ def _content(properties: dict, required=None) -> dict:
         **_obj(properties, required),
         "oneOf": [
             {"properties": {"body": {"type": "string"}, "redacted": {"const": False}}},
-            {"properties": {"body": {"type": "null"}, "attachments": {"maxItems": 0},
-                            "redacted": {"const": True}},
-             "required": ["attachments"]},
+            {
+                "properties": {
+                    "body": {"type": "null"},
+                    "attachments": {"maxItems": 0},
+                    "redacted": {"const": True},
+                },
+                "required": ["attachments"],
+            },
         ],
     }
 
@@ -70,9 +78,12 @@ _attachment = _obj(
         "width": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
         "height": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
         "url": {"type": "string", "pattern": "^/api/uploads/[0-9a-f-]{36}/file/$"},
-        "thumbnail_url": {"anyOf": [
-            {"type": "string", "pattern": "^/api/uploads/[0-9a-f-]{36}/thumbnail/$"},
-            {"type": "null"}]},
+        "thumbnail_url": {
+            "anyOf": [
+                {"type": "string", "pattern": "^/api/uploads/[0-9a-f-]{36}/thumbnail/$"},
+                {"type": "null"},
+            ]
+        },
     }
 )
 
@@ -111,20 +122,32 @@ DATA: dict[str, dict] = {
     },
     # A redacted edit also carries `attachments: []` (the redacted form of PROTOCOL §6).
     "message.edited": _content(
-        {"id": _id, "body": _body, "edited_at": _ts, "redacted": {"type": "boolean"},
-         "attachments": {"type": "array"}},
+        {
+            "id": _id,
+            "body": _body,
+            "edited_at": _ts,
+            "redacted": {"type": "boolean"},
+            "attachments": {"type": "array"},
+        },
         required=["id", "body", "edited_at", "redacted"],
     ),
-    "message.deleted": _obj({"id": _id, "by_moderator": {"type": "boolean"},
-                             "reason": {"anyOf": [{"type": "string"}, {"type": "null"}]}}),
+    "message.deleted": _obj(
+        {
+            "id": _id,
+            "by_moderator": {"type": "boolean"},
+            "reason": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+        }
+    ),
     "reaction.added": _obj({"message": _id, "emoji": _emoji}),
     "reaction.removed": _obj({"message": _id, "emoji": _emoji}),
     "room.created": _room,
     # Only the fields that changed, at least one.
     "room.updated": {
         **_obj(
-            {name: _room["properties"][name]
-             for name in ("name", "topic", "slow_mode_seconds", "post_policy", "retention_days")},
+            {
+                name: _room["properties"][name]
+                for name in ("name", "topic", "slow_mode_seconds", "post_policy", "retention_days")
+            },
             required=[],
         ),
         "minProperties": 1,
@@ -137,27 +160,43 @@ DATA: dict[str, dict] = {
     "member.muted": _obj({"user": _user, "until": _ts_or_null, "reason": _reason}),
     "member.unbanned": _obj({"user": _user, "reason": _reason}),
     "receipt.updated": _obj({"user": _user, "last_read_seq": {"type": "integer", "minimum": 0}}),
-    "report.created": _obj({"report": _obj({
-        "id": _id,
-        "message": _id,
-        "room": _id,
-        "category": {"enum": ["spam", "abuse", "other"]},
-        "reason": {"type": "string", "maxLength": 1000},
-    })}),
-    "notification.created": _obj({"notification": _obj({
-        "id": _id,
-        "kind": {"enum": ["mention", "room", "here"]},
-        "room": _id,
-        "seq": {"type": "integer", "minimum": 1},
-        "message": _id,
-        "actor": {"anyOf": [_actor, {"type": "null"}]},  # a bot mentioning: bot: true
-        "excerpt": {"type": "string", "maxLength": 200},
-        "created_at": _ts,
-    })}),
+    "report.created": _obj(
+        {
+            "report": _obj(
+                {
+                    "id": _id,
+                    "message": _id,
+                    "room": _id,
+                    "category": {"enum": ["spam", "abuse", "other"]},
+                    "reason": {"type": "string", "maxLength": 1000},
+                }
+            )
+        }
+    ),
+    "notification.created": _obj(
+        {
+            "notification": _obj(
+                {
+                    "id": _id,
+                    "kind": {"enum": ["mention", "room", "here"]},
+                    "room": _id,
+                    "seq": {"type": "integer", "minimum": 1},
+                    "message": _id,
+                    "actor": {"anyOf": [_actor, {"type": "null"}]},  # a bot mentioning: bot: true
+                    "excerpt": {"type": "string", "maxLength": 200},
+                    "created_at": _ts,
+                }
+            )
+        }
+    ),
     "typing": _obj({"user": _user, "state": {"type": "boolean"}}),
-    "thread.updated": _obj({"root": _id, "reply_count": {"type": "integer", "minimum": 0},
-                            "last_reply_seq": {"anyOf": [{"type": "integer", "minimum": 1},
-                                                         {"type": "null"}]}}),
+    "thread.updated": _obj(
+        {
+            "root": _id,
+            "reply_count": {"type": "integer", "minimum": 0},
+            "last_reply_seq": {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+        }
+    ),
     "presence.changed": _obj({"user": _user, "status": {"enum": ["online", "away", "offline"]}}),
 }
 
@@ -165,8 +204,12 @@ DATA: dict[str, dict] = {
 def envelope_schema(type: str) -> dict:
     """The full envelope schema of one event type."""
     spec = CATALOGUE[type]
-    room_required = spec.seq or type in ("receipt.updated", "report.created",
-                                         "notification.created", "thread.updated")
+    room_required = spec.seq or type in (
+        "receipt.updated",
+        "report.created",
+        "notification.created",
+        "thread.updated",
+    )
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"urn:chat:event:{type}",

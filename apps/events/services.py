@@ -40,9 +40,15 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
 
 def build_event(type: str, *, room, seq, actor, data: dict, ts) -> Event:
     """An unsaved Event with its envelope (for record_events)."""
-    event = Event(type=type, room=room, seq=seq, actor=actor, ts=ts,
-                  message_id=catalogue.message_id_of(type, data),
-                  subject_id=catalogue.subject_of(data))
+    event = Event(
+        type=type,
+        room=room,
+        seq=seq,
+        actor=actor,
+        ts=ts,
+        message_id=catalogue.message_id_of(type, data),
+        subject_id=catalogue.subject_of(data),
+    )
     event.envelope = catalogue.envelope(
         type,
         room_id=room.pk if room is not None else None,
@@ -71,8 +77,19 @@ def fanout_items(events) -> list[tuple]:
     return [(e.envelope, (), e.envelope_text) for e in events]
 
 
-EVENT_FIELDS = ["id", "type", "room_id", "seq", "actor_id", "ts", "envelope",
-                "publish_attempts", "last_error", "message_id", "subject_id"]
+EVENT_FIELDS = [
+    "id",
+    "type",
+    "room_id",
+    "seq",
+    "actor_id",
+    "ts",
+    "envelope",
+    "publish_attempts",
+    "last_error",
+    "message_id",
+    "subject_id",
+]
 
 
 def _event_rows(events: list[Event]) -> list[tuple]:
@@ -81,9 +98,21 @@ def _event_rows(events: list[Event]) -> list[tuple]:
         _durable(event.type)
         event.envelope_text = fanout.serialize(event.envelope)
         event._state.adding = False
-        rows.append((event.id, event.type, event.room_id, event.seq, event.actor_id, event.ts,
-                     Json(event.envelope_text), 0, "", event.message_id,
-                     event.subject_id))
+        rows.append(
+            (
+                event.id,
+                event.type,
+                event.room_id,
+                event.seq,
+                event.actor_id,
+                event.ts,
+                Json(event.envelope_text),
+                0,
+                "",
+                event.message_id,
+                event.subject_id,
+            )
+        )
     return rows
 
 
@@ -125,8 +154,13 @@ def redaction_statement(message_ids: list[int], rename=None) -> Statement:
     redacted = "jsonb_set(envelope, '{data}', (envelope -> 'data') || %b::jsonb)"
     params = [json.dumps(catalogue.REDACTED)]
     if rename is not None:
-        redacted = ("CASE WHEN actor_id = %b::bigint THEN jsonb_set(" + redacted
-                    + ", '{actor,username}', to_jsonb(%b::text)) ELSE " + redacted + " END")
+        redacted = (
+            "CASE WHEN actor_id = %b::bigint THEN jsonb_set("
+            + redacted
+            + ", '{actor,username}', to_jsonb(%b::text)) ELSE "
+            + redacted
+            + " END"
+        )
         params = [rename[0], *params, rename[1], *params]
     return Statement(
         f"UPDATE {connection.ops.quote_name(Event._meta.db_table)} SET envelope = {redacted} "

@@ -68,8 +68,9 @@ def publish_outbox():
     the key is cleared and the outbox read once more: an event committed before the clear
     is in that read, one committed after it enqueues a new kick.
     """
-    result = publish_pending(idle_seconds=IDLE_SECONDS, before_last_read=clear_kick,
-                             keep_alive=renew_kick)
+    result = publish_pending(
+        idle_seconds=IDLE_SECONDS, before_last_read=clear_kick, keep_alive=renew_kick
+    )
     if not result.locked or result.more:
         # Locked out: the holder may have finished its last read before our events.
         # Stopped for time: let other tasks on this worker run, then go on.
@@ -91,6 +92,8 @@ def sweep_outbox():
     if result.published or result.failed:
         logger.info(
             "outbox sweep: published %d, held back %d, pending %d, lag %.1fs",
-            result.published, result.failed, status["pending"],
+            result.published,
+            result.failed,
+            status["pending"],
             status["oldest_pending_age_seconds"],
         )

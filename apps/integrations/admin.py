@@ -8,16 +8,25 @@ from .models import IncomingWebhook, OutgoingWebhook, WebhookCursor
 
 class CursorInline(admin.TabularInline):
     model = WebhookCursor
-    fields = ("room", "seq", "head", "lag", "attempts", "next_attempt_at", "last_error",
-              "delivered_at")
+    fields = (
+        "room",
+        "seq",
+        "head",
+        "lag",
+        "attempts",
+        "next_attempt_at",
+        "last_error",
+        "delivered_at",
+    )
     readonly_fields = fields
     extra = 0
     can_delete = False
     show_change_link = False
 
     def get_queryset(self, request):
-        return super().get_queryset(request).select_related("room").annotate(
-            head=F("room__last_seq"))
+        return (
+            super().get_queryset(request).select_related("room").annotate(head=F("room__last_seq"))
+        )
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -33,8 +42,16 @@ class CursorInline(admin.TabularInline):
 
 @admin.register(OutgoingWebhook)
 class OutgoingWebhookAdmin(admin.ModelAdmin):
-    list_display = ("id", "owner", "url", "is_active", "rooms_followed", "total_lag", "failing",
-                    "created_at")
+    list_display = (
+        "id",
+        "owner",
+        "url",
+        "is_active",
+        "rooms_followed",
+        "total_lag",
+        "failing",
+        "created_at",
+    )
     list_filter = ("is_active",)
     search_fields = ("owner__username", "url")
     list_select_related = ("owner",)
@@ -49,8 +66,9 @@ class OutgoingWebhookAdmin(admin.ModelAdmin):
 
     @admin.display(description="lag (events)")
     def total_lag(self, obj):
-        return sum(max(0, head - seq) for seq, head in
-                   obj.cursors.values_list("seq", "room__last_seq"))
+        return sum(
+            max(0, head - seq) for seq, head in obj.cursors.values_list("seq", "room__last_seq")
+        )
 
     @admin.display(description="last error")
     def failing(self, obj):

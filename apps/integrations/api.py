@@ -60,10 +60,13 @@ class RoomWebhooksApi(RoomScopedApi):
     def post(self, request, room_id):
         form = IncomingCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        hook, key = services.incoming_create(room=self.room, actor=request.user,
-                                             name=form.validated_data["name"])
-        return Response({**IncomingSerializer(hook).data, "url": hook_url(request, key)},
-                        status=status.HTTP_201_CREATED)
+        hook, key = services.incoming_create(
+            room=self.room, actor=request.user, name=form.validated_data["name"]
+        )
+        return Response(
+            {**IncomingSerializer(hook).data, "url": hook_url(request, key)},
+            status=status.HTTP_201_CREATED,
+        )
 
 
 class RoomWebhookDetailApi(RoomScopedApi):
@@ -94,11 +97,14 @@ class IncomingHookApi(GenericAPIView):
         form = IncomingPostSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         event, created = services.incoming_post(
-            hook=hook, body=form.validated_data["body"],
+            hook=hook,
+            body=form.validated_data["body"],
             client_id=form.validated_data.get("client_id"),
-            idempotency_key=request.headers.get("Idempotency-Key"))
-        return Response(event.envelope,
-                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+            idempotency_key=request.headers.get("Idempotency-Key"),
+        )
+        return Response(
+            event.envelope, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request, key):
@@ -132,10 +138,18 @@ class OutgoingDetailSerializer(OutgoingSerializer):
 class OutgoingCreateSerializer(serializers.Serializer):
     url = serializers.CharField(max_length=2000)
     secret = serializers.CharField(max_length=services.SECRET_MAX, trim_whitespace=False)
-    rooms = serializers.ListField(child=serializers.IntegerField(), required=False,
-                                  allow_null=True, help_text="Omitted: every room you may read")
-    types = serializers.ListField(child=serializers.CharField(), required=False,
-                                  allow_null=True, help_text="Omitted: every room-log type")
+    rooms = serializers.ListField(
+        child=serializers.IntegerField(),
+        required=False,
+        allow_null=True,
+        help_text="Omitted: every room you may read",
+    )
+    types = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        allow_null=True,
+        help_text="Omitted: every room-log type",
+    )
 
 
 class ReplaySerializer(serializers.Serializer):
@@ -144,8 +158,11 @@ class ReplaySerializer(serializers.Serializer):
 
 
 def _own_hook(request, webhook_id) -> OutgoingWebhook:
-    hook = OutgoingWebhook.objects.select_related("owner").filter(
-        pk=webhook_id, owner=request.user).first()
+    hook = (
+        OutgoingWebhook.objects.select_related("owner")
+        .filter(pk=webhook_id, owner=request.user)
+        .first()
+    )
     if hook is None:
         raise not_found("webhook not found")
     return hook
@@ -181,9 +198,12 @@ class WebhookDetailApi(GenericAPIView):
 
     def get(self, request, webhook_id):
         hook = _own_hook(request, webhook_id)
-        return Response({**OutgoingSerializer(hook).data,
-                         "cursors": CursorSerializer(services.webhook_status(hook),
-                                                     many=True).data})
+        return Response(
+            {
+                **OutgoingSerializer(hook).data,
+                "cursors": CursorSerializer(services.webhook_status(hook), many=True).data,
+            }
+        )
 
     @extend_schema(request=None, responses={204: None})
     def delete(self, request, webhook_id):
@@ -202,8 +222,10 @@ class WebhookReplayApi(GenericAPIView):
         hook = _own_hook(request, webhook_id)
         form = ReplaySerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        services.webhook_replay(hook=hook, room_id=form.validated_data["room"],
-                                since=form.validated_data["since"])
-        row = next(r for r in services.webhook_status(hook)
-                   if r["room"] == form.validated_data["room"])
+        services.webhook_replay(
+            hook=hook, room_id=form.validated_data["room"], since=form.validated_data["since"]
+        )
+        row = next(
+            r for r in services.webhook_status(hook) if r["room"] == form.validated_data["room"]
+        )
         return Response(CursorSerializer(row).data)

@@ -147,16 +147,29 @@ class Deliverer:
             have = set(WebhookCursor.objects.filter(webhook=hook).values_list("room_id", flat=True))
             missing = set(rooms) - have
             if missing:
-                heads = dict(target_rooms(hook).filter(pk__in=missing).values_list("pk", "last_seq"))
+                heads = dict(
+                    target_rooms(hook).filter(pk__in=missing).values_list("pk", "last_seq")
+                )
                 WebhookCursor.objects.bulk_create(
-                    [WebhookCursor(webhook=hook, room_id=pk,
-                                   seq=0 if rooms[pk] >= hook.created_at else heads[pk])
-                     for pk in missing if pk in heads],
-                    ignore_conflicts=True)
+                    [
+                        WebhookCursor(
+                            webhook=hook,
+                            room_id=pk,
+                            seq=0 if rooms[pk] >= hook.created_at else heads[pk],
+                        )
+                        for pk in missing
+                        if pk in heads
+                    ],
+                    ignore_conflicts=True,
+                )
         self.followed = followed
 
-    def plan(self, free: dict[int, int], inflight: set[int],
-             known: dict[int, tuple[int, int]] | None = None) -> list[Batch]:
+    def plan(
+        self,
+        free: dict[int, int],
+        inflight: set[int],
+        known: dict[int, tuple[int, int]] | None = None,
+    ) -> list[Batch]:
         """Batches for the webhooks with free slots (`free`: webhook id -> slots); `known`:
         cursors this process moved further than the database may show yet."""
         known = known or {}
@@ -168,8 +181,9 @@ class Deliverer:
             .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
             # Longest undelivered first: under a backlog no room waits behind the others.
             .order_by("webhook_id", F("delivered_at").asc(nulls_first=True), "room_id")
-            .values_list("pk", "webhook_id", "room_id", "seq", "generation", "attempts",
-                         "room__last_seq")
+            .values_list(
+                "pk", "webhook_id", "room_id", "seq", "generation", "attempts", "room__last_seq"
+            )
         )
         limit = settings.WEBHOOK_BATCH_EVENTS
         wanted: dict[int, list] = {}
@@ -188,7 +202,8 @@ class Deliverer:
                 continue
             budget[hook_id] -= take
             wanted.setdefault(hook_id, []).append(
-                (pk, room_id, seq, generation, attempts, seq + take))
+                (pk, room_id, seq, generation, attempts, seq + take)
+            )
         if not wanted:
             return []
         # The log events of every wanted range, in one statement: per room, from the lowest
@@ -202,9 +217,12 @@ class Deliverer:
         for room_id, (lo, hi) in ranges.items():
             where |= Q(room_id=room_id, seq__gt=lo, seq__lte=hi)
         log: dict[int, list[tuple[int, str, str]]] = {}
-        rows = (Event.objects.filter(where).order_by("room_id", "seq")
-                .annotate(text=Cast("envelope", TextField()))
-                .values_list("room_id", "seq", "type", "text"))
+        rows = (
+            Event.objects.filter(where)
+            .order_by("room_id", "seq")
+            .annotate(text=Cast("envelope", TextField()))
+            .values_list("room_id", "seq", "type", "text")
+        )
         for room_id, seq, type, text in rows:
             log.setdefault(room_id, []).append((seq, type, text))
         batches = []
@@ -213,8 +231,11 @@ class Deliverer:
             types = set(hook.types) if hook.types is not None else None
             batch = None
             for pk, room_id, seq, generation, attempts, upto in rows:
-                events = [text for s, type, text in log.get(room_id, ())
-                          if seq < s <= upto and (types is None or type in types)]
+                events = [
+                    text
+                    for s, type, text in log.get(room_id, ())
+                    if seq < s <= upto and (types is None or type in types)
+                ]
                 if batch is None or len(batch.events) + len(events) > limit and batch.items:
                     if len(batches_of(batches, hook_id)) >= free[hook_id]:
                         break
@@ -232,9 +253,15 @@ class Deliverer:
         for item in items:
             where |= Q(pk=item.cursor_id, generation=item.generation, seq__lt=item.upto)
         WebhookCursor.objects.filter(where).update(
-            seq=Case(*[When(pk=item.cursor_id, then=Value(item.upto)) for item in items],
-                     output_field=BigIntegerField()),
-            attempts=0, next_attempt_at=None, last_error="", delivered_at=timezone.now())
+            seq=Case(
+                *[When(pk=item.cursor_id, then=Value(item.upto)) for item in items],
+                output_field=BigIntegerField(),
+            ),
+            attempts=0,
+            next_attempt_at=None,
+            last_error="",
+            delivered_at=timezone.now(),
+        )
 
     def delivery_failed(self, batch: Batch, error: str) -> None:
         """Count the failure on the batch's cursors and set their next attempt (one statement)."""
@@ -244,12 +271,19 @@ class Deliverer:
         for item in items:
             where |= Q(pk=item.cursor_id, generation=item.generation)
         WebhookCursor.objects.filter(where).update(
-            attempts=F("attempts") + 1, last_error=error[:ERROR_MAX],
+            attempts=F("attempts") + 1,
+            last_error=error[:ERROR_MAX],
             next_attempt_at=Case(
-                *[When(pk=item.cursor_id,
-                       then=Value(now + timedelta(seconds=backoff(item.attempts + 1))))
-                  for item in items],
-                output_field=DateTimeField()))
+                *[
+                    When(
+                        pk=item.cursor_id,
+                        then=Value(now + timedelta(seconds=backoff(item.attempts + 1))),
+                    )
+                    for item in items
+                ],
+                output_field=DateTimeField(),
+            ),
+        )
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -257,16 +291,16 @@ class Deliverer:
         """One planning round: start the batches it finds; how many it started."""
         now = time.monotonic()
         if now - self.refreshed >= REFRESH_SECONDS or (
-            now - self.checked >= CHANGED_SECONDS and await self.db(self.changed,
-                                                                     pool=self.planner)
+            now - self.checked >= CHANGED_SECONDS and await self.db(self.changed, pool=self.planner)
         ):
             await self.db(self.refresh, pool=self.planner)
             self.refreshed = time.monotonic()
         self.checked = now
         free = {pk: settings.WEBHOOK_CONCURRENCY - self.busy.get(pk, 0) for pk in self.hooks}
         free = {pk: n for pk, n in free.items() if n > 0}
-        batches = await self.db(self.plan, free, set(self.inflight), dict(self.known),
-                                pool=self.planner)
+        batches = await self.db(
+            self.plan, free, set(self.inflight), dict(self.known), pool=self.planner
+        )
         for batch in batches:
             self.busy[batch.webhook_id] = self.busy.get(batch.webhook_id, 0) + 1
             self.inflight.update(item.cursor_id for item in batch.items)
@@ -311,10 +345,15 @@ class Deliverer:
         body = batch.body()
         try:
             target = await ssrf.aresolve(batch.url)
-            status = await http.post(target, body, {
-                "X-Chat-Signature": sign(batch.secret, body),
-                "X-Chat-Delivery": str(uuid.uuid4()),
-            }, timeout=settings.WEBHOOK_TIMEOUT_SECONDS)
+            status = await http.post(
+                target,
+                body,
+                {
+                    "X-Chat-Signature": sign(batch.secret, body),
+                    "X-Chat-Delivery": str(uuid.uuid4()),
+                },
+                timeout=settings.WEBHOOK_TIMEOUT_SECONDS,
+            )
         except ssrf.Refused as exc:
             return f"refused: {exc.message}"
         except http.DeliveryFailed as exc:
@@ -335,8 +374,9 @@ class Deliverer:
                 logger.exception("webhook planning failed; trying again")
             # Until the poll interval passes, a delivery ends (its rooms may go on) or stop.
             waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.wake.wait())]
-            await asyncio.wait(waits, timeout=settings.WEBHOOK_POLL_SECONDS,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waits, timeout=settings.WEBHOOK_POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
             for waiter in waits:
                 waiter.cancel()
         if self.tasks:

@@ -49,14 +49,20 @@ async def post(target: Target, body: bytes, headers: dict[str, str], *, timeout:
 async def _post(target: Target, body: bytes, headers: dict[str, str]) -> int:
     tls = target.scheme == "https"
     reader, writer = await asyncio.open_connection(
-        target.address, target.port,
+        target.address,
+        target.port,
         ssl=_tls_context() if tls else None,
         server_hostname=target.host if tls else None,
     )
     try:
-        lines = [f"POST {target.path} HTTP/1.1", f"Host: {_host_header(target)}",
-                 "Content-Type: application/json", f"Content-Length: {len(body)}",
-                 "Connection: close", "User-Agent: chat-webhooks/1"]
+        lines = [
+            f"POST {target.path} HTTP/1.1",
+            f"Host: {_host_header(target)}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(body)}",
+            "Connection: close",
+            "User-Agent: chat-webhooks/1",
+        ]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()

@@ -11,8 +11,9 @@ class IncomingWebhook(models.Model):
 
     room = models.ForeignKey("rooms.Room", on_delete=models.CASCADE, related_name="webhooks")
     bot = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True,
-                                   on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     name = models.CharField(max_length=100, blank=True, default="")
     key_id = models.CharField(max_length=16, unique=True, editable=False)
     digest = models.CharField(max_length=64, editable=False)
@@ -29,8 +30,9 @@ class OutgoingWebhook(models.Model):
     """Events of `rooms` (None: every room the owner may read) and `types` (None: every durable
     type) POSTed to `url`, signed with `secret` (kept in clear: the server signs with it)."""
 
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                              related_name="webhooks")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks"
+    )
     url = models.CharField(max_length=2000)  # checked by apps.integrations.ssrf
     secret = models.CharField(max_length=200)
     rooms = models.JSONField(null=True, blank=True)
@@ -60,8 +62,9 @@ class WebhookCursor(models.Model):
     delivered_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["webhook", "room"],
-                                               name="webhook_cursor_unique")]
+        constraints = [
+            models.UniqueConstraint(fields=["webhook", "room"], name="webhook_cursor_unique")
+        ]
         ordering = ["webhook", "room"]
 
     def __str__(self):

@@ -76,9 +76,14 @@ def incoming_create(*, room, actor, name="") -> tuple[IncomingWebhook, str]:
         if membership is None or not membership.is_active:
             rooms.room_invite(room=room, actor=actor, user=bot)
         key_id, secret = secrets.token_hex(KEY_ID_LENGTH // 2), secrets.token_urlsafe(32)
-        hook = IncomingWebhook.objects.create(room=room, bot=bot, created_by=actor,
-                                              name=name.strip(), key_id=key_id,
-                                              digest=digest(secret))
+        hook = IncomingWebhook.objects.create(
+            room=room,
+            bot=bot,
+            created_by=actor,
+            name=name.strip(),
+            key_id=key_id,
+            digest=digest(secret),
+        )
     return hook, key_id + secret
 
 
@@ -86,8 +91,11 @@ def incoming_for_key(key) -> IncomingWebhook:
     """The webhook of a URL key, or not_found (constant-time compare of the secret)."""
     if not isinstance(key, str) or len(key) <= KEY_ID_LENGTH or len(key) > 100:
         raise not_found("no such webhook")
-    hook = (IncomingWebhook.objects.select_related("room", "bot")
-            .filter(key_id=key[:KEY_ID_LENGTH]).first())
+    hook = (
+        IncomingWebhook.objects.select_related("room", "bot")
+        .filter(key_id=key[:KEY_ID_LENGTH])
+        .first()
+    )
     if hook is None or not hmac.compare_digest(hook.digest, digest(key[KEY_ID_LENGTH:])):
         raise not_found("no such webhook")
     return hook
@@ -118,8 +126,9 @@ def incoming_post(*, hook, body, client_id=None, idempotency_key=None):
     if not resend:
         wait = ratelimit.take_sync(hook.bot.pk, "write")
         if wait:
-            raise RateLimited("too many posts to this webhook; slow down",
-                              retry_after=math.ceil(wait))
+            raise RateLimited(
+                "too many posts to this webhook; slow down", retry_after=math.ceil(wait)
+            )
     event = messaging.message_send(room=hook.room, author=hook.bot, body=body, client_id=wanted)
     return event, not resend
 
@@ -140,13 +149,16 @@ def incoming_delete_by_moderator(*, room, actor, hook_id) -> None:
 def _clean_rooms(owner, room_ids) -> list[int] | None:
     if room_ids is None:
         return None
-    if not isinstance(room_ids, list) or not room_ids or any(
-        isinstance(i, bool) or not isinstance(i, int) or not 0 < i < 2**63 for i in room_ids
+    if (
+        not isinstance(room_ids, list)
+        or not room_ids
+        or any(isinstance(i, bool) or not isinstance(i, int) or not 0 < i < 2**63 for i in room_ids)
     ):
         raise invalid("rooms must be a non-empty list of room ids (or omitted)", field="rooms")
     room_ids = sorted(set(room_ids))
-    readable = set(Room.objects.readable_by(owner).filter(pk__in=room_ids)
-                   .values_list("pk", flat=True))
+    readable = set(
+        Room.objects.readable_by(owner).filter(pk__in=room_ids).values_list("pk", flat=True)
+    )
     if readable != set(room_ids):
         raise not_found(f"room {min(set(room_ids) - readable)} not found")
     return room_ids
@@ -155,18 +167,23 @@ def _clean_rooms(owner, room_ids) -> list[int] | None:
 def _clean_types(types) -> list[str] | None:
     if types is None:
         return None
-    if not isinstance(types, list) or not types or any(
-        not isinstance(t, str) or t not in LOG_TYPES for t in types
+    if (
+        not isinstance(types, list)
+        or not types
+        or any(not isinstance(t, str) or t not in LOG_TYPES for t in types)
     ):
-        raise invalid("types must be a non-empty list of room-log event types: "
-                      + ", ".join(LOG_TYPES), field="types")
+        raise invalid(
+            "types must be a non-empty list of room-log event types: " + ", ".join(LOG_TYPES),
+            field="types",
+        )
     return sorted(set(types))
 
 
 def _clean_secret(secret) -> str:
     if not isinstance(secret, str) or not SECRET_MIN <= len(secret) <= SECRET_MAX:
-        raise invalid(f"secret must be a string of {SECRET_MIN} to {SECRET_MAX} characters",
-                      field="secret")
+        raise invalid(
+            f"secret must be a string of {SECRET_MIN} to {SECRET_MAX} characters", field="secret"
+        )
     return secret
 
 
@@ -179,11 +196,13 @@ def webhook_create(*, owner, url, secret, rooms=None, types=None) -> OutgoingWeb
     if OutgoingWebhook.objects.filter(owner=owner).count() >= settings.WEBHOOK_MAX_PER_USER:
         raise forbidden(f"at most {settings.WEBHOOK_MAX_PER_USER} webhooks per account")
     with transaction.atomic():
-        hook = OutgoingWebhook.objects.create(owner=owner, url=url.strip(), secret=secret,
-                                              rooms=room_ids, types=types)
+        hook = OutgoingWebhook.objects.create(
+            owner=owner, url=url.strip(), secret=secret, rooms=room_ids, types=types
+        )
         heads = target_rooms(hook).values_list("pk", "last_seq")
         WebhookCursor.objects.bulk_create(
-            [WebhookCursor(webhook=hook, room_id=pk, seq=seq) for pk, seq in heads])
+            [WebhookCursor(webhook=hook, room_id=pk, seq=seq) for pk, seq in heads]
+        )
     return hook
 
 
@@ -208,11 +227,14 @@ def webhook_replay(*, hook, room_id, since) -> WebhookCursor:
     if since > room.last_seq:
         raise invalid(f"since is past the room's last seq ({room.last_seq})", field="since")
     with transaction.atomic():
-        cursor, _ = WebhookCursor.objects.select_for_update().get_or_create(
-            webhook=hook, room=room)
+        cursor, _ = WebhookCursor.objects.select_for_update().get_or_create(webhook=hook, room=room)
         WebhookCursor.objects.filter(pk=cursor.pk).update(
-            seq=since, generation=F("generation") + 1, attempts=0, next_attempt_at=None,
-            last_error="")
+            seq=since,
+            generation=F("generation") + 1,
+            attempts=0,
+            next_attempt_at=None,
+            last_error="",
+        )
     cursor.refresh_from_db()
     return cursor
 
@@ -222,14 +244,27 @@ def webhook_status(hook) -> list[dict]:
     heads = dict(target_rooms(hook).values_list("pk", "last_seq"))
     rows = []
     for cursor in WebhookCursor.objects.filter(webhook=hook, room_id__in=heads):
-        rows.append({
-            "room": cursor.room_id, "cursor": cursor.seq,
-            "lag": max(0, heads.pop(cursor.room_id) - cursor.seq),
-            "last_error": cursor.last_error or None, "attempts": cursor.attempts,
-            "next_attempt_at": cursor.next_attempt_at, "delivered_at": cursor.delivered_at,
-        })
+        rows.append(
+            {
+                "room": cursor.room_id,
+                "cursor": cursor.seq,
+                "lag": max(0, heads.pop(cursor.room_id) - cursor.seq),
+                "last_error": cursor.last_error or None,
+                "attempts": cursor.attempts,
+                "next_attempt_at": cursor.next_attempt_at,
+                "delivered_at": cursor.delivered_at,
+            }
+        )
     for room_id in heads:  # followed, not yet seen by a worker
-        rows.append({"room": room_id, "cursor": None, "lag": None, "last_error": None,
-                     "attempts": 0, "next_attempt_at": None, "delivered_at": None})
+        rows.append(
+            {
+                "room": room_id,
+                "cursor": None,
+                "lag": None,
+                "last_error": None,
+                "attempts": 0,
+                "next_attempt_at": None,
+                "delivered_at": None,
+            }
+        )
     return sorted(rows, key=lambda r: r["room"])
-

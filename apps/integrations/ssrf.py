@@ -89,8 +89,10 @@ def check_address(host: str, address: str) -> None:
     if _listed(host, ip):
         return
     if not _public(ip):
-        raise Refused(f"{host} resolves to {ip}, a private, loopback or link-local address "
-                      "(not in WEBHOOK_ALLOWED_HOSTS)")
+        raise Refused(
+            f"{host} resolves to {ip}, a private, loopback or link-local address "
+            "(not in WEBHOOK_ALLOWED_HOSTS)"
+        )
     if "*" not in settings.WEBHOOK_ALLOWED_HOSTS:
         raise Refused(f"{host} is not in WEBHOOK_ALLOWED_HOSTS")
 

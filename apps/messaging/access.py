@@ -27,11 +27,18 @@ class AccessWatch:
         hub = self.hub
         user_id = message.get("user")
         if "token" in message:  # an API token was revoked (apps.users.tokens): its sockets
-            conns = [c for c in hub.users.get(user_id, ())
-                     if sessions.token_of(c) == message["token"]]
+            conns = [
+                c for c in hub.users.get(user_id, ()) if sessions.token_of(c) == message["token"]
+            ]
             for conn in conns:
-                conn.write_json({"type": "error", "ref": None, "code": "unauthenticated",
-                                 "message": message.get("reason") or "the token was revoked"})
+                conn.write_json(
+                    {
+                        "type": "error",
+                        "ref": None,
+                        "code": "unauthenticated",
+                        "message": message.get("reason") or "the token was revoked",
+                    }
+                )
                 hub.loop.create_task(conn.close(sessions.CLOSE_UNAUTHENTICATED))
             return len(conns)
         if "session" not in message and not message.get("all"):
@@ -74,15 +81,27 @@ class AccessWatch:
             return
         for conn in conns:
             if visible is None:  # deactivated or deleted meanwhile
-                conn.write_json({"type": "error", "ref": None, "code": "forbidden",
-                                 "message": "the account was deactivated"})
+                conn.write_json(
+                    {
+                        "type": "error",
+                        "ref": None,
+                        "code": "forbidden",
+                        "message": "the account was deactivated",
+                    }
+                )
                 await conn.close(sessions.CLOSE_FORBIDDEN)
                 continue
             for room_id, sub in list(conn.subs.items()):
                 if room_id not in visible:
                     hub.drop(sub)
-                    conn.write_json({"type": "unsubscribed", "ref": None, "room": room_id,
-                                     "reason": "forbidden"})
+                    conn.write_json(
+                        {
+                            "type": "unsubscribed",
+                            "ref": None,
+                            "room": room_id,
+                            "reason": "forbidden",
+                        }
+                    )
 
     async def check_versions(self):
         """Catch rights changes whose channel-layer message this process missed."""

@@ -31,7 +31,16 @@ class DeletedFilter(admin.SimpleListFilter):
 
 @admin.register(Message)
 class MessageAdmin(ModerationAdmin):
-    list_display = ("id", "room", "author", "excerpt", "seq", "created_at", "edited_at", "deleted_at")
+    list_display = (
+        "id",
+        "room",
+        "author",
+        "excerpt",
+        "seq",
+        "created_at",
+        "edited_at",
+        "deleted_at",
+    )
     list_filter = (
         DeletedFilter,
         ("room", admin.RelatedOnlyFieldListFilter),
@@ -50,7 +59,10 @@ class MessageAdmin(ModerationAdmin):
     def delete_messages(self, request, queryset):
         verb = "Delete"
         return self.run_action(
-            request, queryset.select_related("room"), verb=verb, form_class=ReasonForm,
+            request,
+            queryset.select_related("room"),
+            verb=verb,
+            form_class=ReasonForm,
             call=lambda message, form: services.message_delete(
                 message=message, actor=request.user, reason=self.reason(request, form, verb)
             ),

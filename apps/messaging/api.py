@@ -34,14 +34,18 @@ from .serializers import (
 )
 
 MESSAGES_PAGE = (50, 200)
-MESSAGE_NOT_FOUND = {404: OpenApiResponse(ErrorSerializer, description="No such message, or not visible")}
+MESSAGE_NOT_FOUND = {
+    404: OpenApiResponse(ErrorSerializer, description="No such message, or not visible")
+}
 MESSAGE_REFUSED = {**REFUSED, **MESSAGE_NOT_FOUND}
 
 
 def with_reactions(messages):
     return messages.select_related("author").prefetch_related(
-        Prefetch("reactions", queryset=Reaction.objects.only(
-            "id", "message_id", "user_id", "emoji", "created_at")),
+        Prefetch(
+            "reactions",
+            queryset=Reaction.objects.only("id", "message_id", "user_id", "emoji", "created_at"),
+        ),
         "attachments",
     )
 
@@ -54,8 +58,12 @@ class RoomMessagesApi(RoomScopedApi):
     @extend_schema(
         parameters=[
             OpenApiParameter("before", int, description="Cursor: messages with seq < before"),
-            OpenApiParameter("around", int, description="The messages around this seq (a "
-                             "search hit): limit/2 older ones, it and the newer ones"),
+            OpenApiParameter(
+                "around",
+                int,
+                description="The messages around this seq (a "
+                "search hit): limit/2 older ones, it and the newer ones",
+            ),
             LIMIT,
         ],
         responses={200: MessagePageSerializer, **NOT_FOUND},
@@ -84,15 +92,24 @@ class RoomMessagesApi(RoomScopedApi):
         half; `next` pages on back from the oldest, as from a `before` page."""
         older_count = limit // 2
         room = Message.objects.in_room(self.room)
-        newer = list(with_reactions(room.filter(seq__gte=seq).order_by("seq"))[: limit - older_count])
+        newer = list(
+            with_reactions(room.filter(seq__gte=seq).order_by("seq"))[: limit - older_count]
+        )
         older = list(with_reactions(room.before(seq).newest_first())[: older_count + 1])
         more = len(older) > older_count
         page = newer[::-1] + older[:older_count]
-        return Response({
-            "results": MessageSerializer(page, many=True, context={"user": request.user}).data,
-            "next": (remove_query_param(next_url(request, before=page[-1].seq, limit=limit),
-                                        "around") if more else None),
-        })
+        return Response(
+            {
+                "results": MessageSerializer(page, many=True, context={"user": request.user}).data,
+                "next": (
+                    remove_query_param(
+                        next_url(request, before=page[-1].seq, limit=limit), "around"
+                    )
+                    if more
+                    else None
+                ),
+            }
+        )
 
     @extend_schema(
         request=MessageSendSerializer,
@@ -142,8 +159,11 @@ class MessageDetailApi(MessageScopedApi):
 
     @extend_schema(
         request=MessageEditSerializer,
-        responses={200: OpenApiResponse(EnvelopeSerializer, description="message.edited"),
-                   413: ErrorSerializer, **MESSAGE_REFUSED},
+        responses={
+            200: OpenApiResponse(EnvelopeSerializer, description="message.edited"),
+            413: ErrorSerializer,
+            **MESSAGE_REFUSED,
+        },
     )
     def patch(self, request, message_id):
         body = validated(MessageEditSerializer, request)["body"]
@@ -153,8 +173,10 @@ class MessageDetailApi(MessageScopedApi):
     @extend_schema(
         parameters=[OpenApiParameter("reason", str, description="Moderators: why (audit trail)")],
         request=None,
-        responses={200: OpenApiResponse(EnvelopeSerializer, description="message.deleted"),
-                   **MESSAGE_REFUSED},
+        responses={
+            200: OpenApiResponse(EnvelopeSerializer, description="message.deleted"),
+            **MESSAGE_REFUSED,
+        },
     )
     def delete(self, request, message_id):
         reason = request.query_params.get("reason", "")[:500]
@@ -169,8 +191,10 @@ class MessageReactionsApi(MessageScopedApi):
 
     @extend_schema(
         request=EmojiSerializer,
-        responses={201: OpenApiResponse(EnvelopeSerializer, description="reaction.added"),
-                   **MESSAGE_REFUSED},
+        responses={
+            201: OpenApiResponse(EnvelopeSerializer, description="reaction.added"),
+            **MESSAGE_REFUSED,
+        },
     )
     def post(self, request, message_id):
         emoji = validated(EmojiSerializer, request)["emoji"]
@@ -180,8 +204,10 @@ class MessageReactionsApi(MessageScopedApi):
     @extend_schema(
         parameters=[OpenApiParameter("emoji", str, description="Instead of a body")],
         request=EmojiSerializer,
-        responses={200: OpenApiResponse(EnvelopeSerializer, description="reaction.removed"),
-                   **MESSAGE_REFUSED},
+        responses={
+            200: OpenApiResponse(EnvelopeSerializer, description="reaction.removed"),
+            **MESSAGE_REFUSED,
+        },
     )
     def delete(self, request, message_id):
         emoji = request.query_params.get("emoji")
@@ -202,8 +228,11 @@ class MeExportApi(GenericAPIView):
     throttle_classes = [ExportThrottle]
 
     @extend_schema(
-        responses={(200, export.CONTENT_TYPE): OpenApiResponse(
-            str, description="JSON Lines: one object a line, each with a `kind`")},
+        responses={
+            (200, export.CONTENT_TYPE): OpenApiResponse(
+                str, description="JSON Lines: one object a line, each with a `kind`"
+            )
+        },
     )
     def get(self, request):
         user = request.user

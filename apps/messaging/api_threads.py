@@ -30,7 +30,8 @@ class SearchHitSerializer(serializers.Serializer):
     seq = serializers.IntegerField()
     message = MessageSerializer()
     highlight = serializers.CharField(
-        help_text="The matching part of the body, HTML-escaped, matches in <mark>…</mark>.")
+        help_text="The matching part of the body, HTML-escaped, matches in <mark>…</mark>."
+    )
 
 
 class SearchPageSerializer(serializers.Serializer):
@@ -60,7 +61,7 @@ class SearchApi(GenericAPIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("q", str, required=True, description="Words, \"phrases\", or, -word"),
+            OpenApiParameter("q", str, required=True, description='Words, "phrases", or, -word'),
             OpenApiParameter("room", int, description="Only this room"),
             OpenApiParameter("author", str, description="Only this author (id or username)"),
             OpenApiParameter("before", int, description="Cursor: messages with a smaller id"),
@@ -71,19 +72,28 @@ class SearchApi(GenericAPIView):
     def get(self, request):
         limit = limit_param(request, SEARCH_PAGE)
         page = search.search_messages(
-            request.user, request.query_params.get("q", ""),
+            request.user,
+            request.query_params.get("q", ""),
             room_id=int_param(request, "room", minimum=1, maximum=MAX_ID),
             author_id=author_param(request),
             before=int_param(request, "before", minimum=1, maximum=MAX_ID),
-            limit=limit, prepare=with_reactions,
+            limit=limit,
+            prepare=with_reactions,
         )
         messages = MessageSerializer(page.messages, many=True, context={"user": request.user}).data
-        return Response({
-            "results": [{"room": m.room_id, "seq": m.seq, "message": data,
-                         "highlight": m.highlight} for m, data in zip(page.messages, messages, strict=True)],
-            "next": (next_url(request, before=page.messages[-1].pk, limit=limit)
-                     if page.more else None),
-        })
+        return Response(
+            {
+                "results": [
+                    {"room": m.room_id, "seq": m.seq, "message": data, "highlight": m.highlight}
+                    for m, data in zip(page.messages, messages, strict=True)
+                ],
+                "next": (
+                    next_url(request, before=page.messages[-1].pk, limit=limit)
+                    if page.more
+                    else None
+                ),
+            }
+        )
 
 
 class ThreadPageSerializer(serializers.Serializer):
@@ -104,8 +114,10 @@ class ThreadApi(MessageScopedApi):
     serializer_class = ThreadPageSerializer
 
     @extend_schema(
-        parameters=[OpenApiParameter("after", int, description="Cursor: replies with seq > after"),
-                    LIMIT],
+        parameters=[
+            OpenApiParameter("after", int, description="Cursor: replies with seq > after"),
+            LIMIT,
+        ],
         responses={200: ThreadPageSerializer, 400: ErrorSerializer, **MESSAGE_NOT_FOUND},
     )
     def get(self, request, message_id):
@@ -116,11 +128,13 @@ class ThreadApi(MessageScopedApi):
         page = list(with_reactions(replies)[: limit + 1])
         more, page = len(page) > limit, page[:limit]
         context = {"user": request.user}
-        return Response({
-            "root": MessageSerializer(root, context=context).data,
-            "results": MessageSerializer(page, many=True, context=context).data,
-            "next": next_url(request, after=page[-1].seq, limit=limit) if more else None,
-        })
+        return Response(
+            {
+                "root": MessageSerializer(root, context=context).data,
+                "results": MessageSerializer(page, many=True, context=context).data,
+                "next": next_url(request, after=page[-1].seq, limit=limit) if more else None,
+            }
+        )
 
 
 class FollowSerializer(serializers.Serializer):
@@ -133,13 +147,20 @@ class FollowSerializer(serializers.Serializer):
 def follow_state(root, user) -> dict:
     follow = ThreadFollow.objects.filter(root=root, user=user).first()
     last_read = follow.last_read_seq if follow else 0
-    return {"root": root.pk, "following": bool(follow and follow.following),
-            "last_read_seq": last_read, "unread": unread_replies(root.pk, user, last_read)}
+    return {
+        "root": root.pk,
+        "following": bool(follow and follow.following),
+        "last_read_seq": last_read,
+        "unread": unread_replies(root.pk, user, last_read),
+    }
 
 
 def unread_replies(root_id, user, last_read_seq) -> int:
-    return (Message.objects.filter(thread_id=root_id, seq__gt=last_read_seq,
-                                   deleted_at__isnull=True).exclude(author=user).count())
+    return (
+        Message.objects.filter(thread_id=root_id, seq__gt=last_read_seq, deleted_at__isnull=True)
+        .exclude(author=user)
+        .count()
+    )
 
 
 class FollowApi(MessageScopedApi):
@@ -152,7 +173,8 @@ class FollowApi(MessageScopedApi):
     def post(self, request, message_id):
         root = root_of(self.message)
         follow, created = ThreadFollow.objects.get_or_create(
-            root=root, user=request.user, defaults={"last_read_seq": root.last_reply_seq or 0})
+            root=root, user=request.user, defaults={"last_read_seq": root.last_reply_seq or 0}
+        )
         if not created and not follow.following:
             follow.following = True
             follow.save(update_fields=["following"])
@@ -161,14 +183,19 @@ class FollowApi(MessageScopedApi):
     @extend_schema(request=None, responses={200: FollowSerializer, **MESSAGE_NOT_FOUND})
     def delete(self, request, message_id):
         root = root_of(self.message)
-        ThreadFollow.objects.update_or_create(root=root, user=request.user,
-                                              defaults={"following": False})
+        ThreadFollow.objects.update_or_create(
+            root=root, user=request.user, defaults={"following": False}
+        )
         return Response(follow_state(root, request.user))
 
 
 class ThreadReadSerializer(serializers.Serializer):
-    seq = serializers.IntegerField(required=False, min_value=0, max_value=MAX_ID,
-                                   help_text="Read up to this reply (default: the newest).")
+    seq = serializers.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=MAX_ID,
+        help_text="Read up to this reply (default: the newest).",
+    )
 
 
 class ThreadReadApi(MessageScopedApi):
@@ -177,8 +204,10 @@ class ThreadReadApi(MessageScopedApi):
     rate_budget = "read"
     serializer_class = ThreadReadSerializer
 
-    @extend_schema(request=ThreadReadSerializer,
-                   responses={200: FollowSerializer, 400: ErrorSerializer, **MESSAGE_NOT_FOUND})
+    @extend_schema(
+        request=ThreadReadSerializer,
+        responses={200: FollowSerializer, 400: ErrorSerializer, **MESSAGE_NOT_FOUND},
+    )
     def post(self, request, message_id):
         root = root_of(self.message)
         seq = validated(ThreadReadSerializer, request).get("seq")
@@ -212,8 +241,10 @@ class ThreadsApi(GenericAPIView):
     serializer_class = ThreadsPageSerializer
 
     @extend_schema(
-        parameters=[OpenApiParameter("before", int, description="Cursor (the `next` link's)"),
-                    LIMIT],
+        parameters=[
+            OpenApiParameter("before", int, description="Cursor (the `next` link's)"),
+            LIMIT,
+        ],
         responses={200: ThreadsPageSerializer, 400: ErrorSerializer},
     )
     def get(self, request):
@@ -221,31 +252,44 @@ class ThreadsApi(GenericAPIView):
         limit = limit_param(request, THREADS_PAGE)
         before = int_param(request, "before", minimum=1, maximum=MAX_ID)
         latest = Message.objects.filter(thread=OuterRef("root")).order_by("-seq").values("pk")[:1]
-        unread = (Message.objects.filter(thread=OuterRef("root"), deleted_at__isnull=True,
-                                         seq__gt=OuterRef("last_read_seq"))
-                  .exclude(author=user).order_by().values("thread")
-                  .annotate(n=Count("pk")).values("n"))
-        follows = (ThreadFollow.objects.filter(user=user, following=True,
-                                               root__room__in=Room.objects.readable_by(user))
-                   .annotate(latest=Coalesce(Subquery(latest), "root_id"),
-                             unread=Coalesce(Subquery(unread, output_field=IntegerField()),
-                                             Value(0))))
+        unread = (
+            Message.objects.filter(
+                thread=OuterRef("root"), deleted_at__isnull=True, seq__gt=OuterRef("last_read_seq")
+            )
+            .exclude(author=user)
+            .order_by()
+            .values("thread")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        follows = ThreadFollow.objects.filter(
+            user=user, following=True, root__room__in=Room.objects.readable_by(user)
+        ).annotate(
+            latest=Coalesce(Subquery(latest), "root_id"),
+            unread=Coalesce(Subquery(unread, output_field=IntegerField()), Value(0)),
+        )
         if before is not None:
             follows = follows.filter(latest__lt=before)
         page = list(follows.order_by("-latest")[: limit + 1])
         more, page = len(page) > limit, page[:limit]
-        roots = {m.pk: m for m in with_reactions(Message.objects.filter(
-            pk__in=[f.root_id for f in page]))}
+        roots = {
+            m.pk: m
+            for m in with_reactions(Message.objects.filter(pk__in=[f.root_id for f in page]))
+        }
         context = {"user": user}
-        return Response({
-            "results": [{
-                "root": MessageSerializer(roots[f.root_id], context=context).data,
-                "room": roots[f.root_id].room_id,
-                "reply_count": roots[f.root_id].reply_count,
-                "last_reply_seq": roots[f.root_id].last_reply_seq,
-                "last_read_seq": f.last_read_seq,
-                "unread": f.unread,
-            } for f in page],
-            "next": next_url(request, before=page[-1].latest, limit=limit) if more else None,
-        })
-
+        return Response(
+            {
+                "results": [
+                    {
+                        "root": MessageSerializer(roots[f.root_id], context=context).data,
+                        "room": roots[f.root_id].room_id,
+                        "reply_count": roots[f.root_id].reply_count,
+                        "last_reply_seq": roots[f.root_id].last_reply_seq,
+                        "last_read_seq": f.last_read_seq,
+                        "unread": f.unread,
+                    }
+                    for f in page
+                ],
+                "next": next_url(request, before=page[-1].latest, limit=limit) if more else None,
+            }
+        )

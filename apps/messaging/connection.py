@@ -35,9 +35,23 @@ class Connection:
     """One open socket, as the hub sees it."""
 
     __slots__ = (
-        "id", "user_id", "username", "send", "ext", "subs", "last_seen", "last_active",
-        "status_hint", "closing", "queue", "writer", "waiting", "queued", "replay_end",
-        "version", "__weakref__",
+        "id",
+        "user_id",
+        "username",
+        "send",
+        "ext",
+        "subs",
+        "last_seen",
+        "last_active",
+        "status_hint",
+        "closing",
+        "queue",
+        "writer",
+        "waiting",
+        "queued",
+        "replay_end",
+        "version",
+        "__weakref__",
     )
 
     def __init__(self, *, user_id, username, send, ext):
@@ -84,7 +98,10 @@ class Connection:
         the consumer as usual, which answers a ping with the same `ping()`.
         """
         if (
-            not self.waiting or self.closing or len(payload) > 512 or b'"ping"' not in payload
+            not self.waiting
+            or self.closing
+            or len(payload) > 512
+            or b'"ping"' not in payload
             or b"\\u" in payload  # escapes (a lone surrogate?): the consumer checks them
         ):
             return False
@@ -158,8 +175,10 @@ class Connection:
         """The socket owes half its allowed backlog (frames or bytes): a replay waits."""
         if self.ext is not None:
             frames, size = self.ext.backlog()
-            return (frames * 2 > settings.CHAT_SEND_QUEUE_LIMIT
-                    or size * 2 > settings.CHAT_SEND_BUFFER_BYTES)
+            return (
+                frames * 2 > settings.CHAT_SEND_QUEUE_LIMIT
+                or size * 2 > settings.CHAT_SEND_BUFFER_BYTES
+            )
         return self.queue is not None and self.queue.qsize() * 2 > settings.CHAT_SEND_QUEUE_LIMIT
 
     async def drained(self, patience: float) -> bool:

@@ -140,11 +140,13 @@ class ChatConsumer(AsyncConsumer):
                 logger.warning("rights version unavailable", exc_info=True)
                 conn.version = 0
             self.hub.versions[user.pk] = max(self.hub.versions.get(user.pk, 0), conn.version)
-            conn.write_json({
-                "type": "hello",
-                "user": {"id": user.pk, "username": user.username},
-                "heartbeat": settings.CHAT_HEARTBEAT_SECONDS,
-            })
+            conn.write_json(
+                {
+                    "type": "hello",
+                    "user": {"id": user.pk, "username": user.username},
+                    "heartbeat": settings.CHAT_HEARTBEAT_SECONDS,
+                }
+            )
             while True:
                 conn.waiting = True  # pings may be answered by the server meanwhile (ping_now)
                 message = await receive()
@@ -159,8 +161,12 @@ class ChatConsumer(AsyncConsumer):
 
     async def _refuse(self, code, text, close_code):
         WS_ERRORS.labels(code).inc()
-        await self.base_send({"type": "websocket.send", "text": json.dumps(
-            {"type": "error", "ref": None, "code": code, "message": text})})
+        await self.base_send(
+            {
+                "type": "websocket.send",
+                "text": json.dumps({"type": "error", "ref": None, "code": code, "message": text}),
+            }
+        )
         ext = (self.scope.get("extensions") or {}).get("chat.socket")
         if ext is not None:  # any valid code (daphne's ASGI close takes only 1000, 3000-4999)
             ext.close(close_code)
@@ -176,8 +182,9 @@ class ChatConsumer(AsyncConsumer):
 
     def error(self, ref, code, message, extra=None):
         WS_ERRORS.labels(code).inc()
-        self.conn.write_json({"type": "error", "ref": ref, "code": code, "message": message,
-                              **(extra or {})})
+        self.conn.write_json(
+            {"type": "error", "ref": ref, "code": code, "message": message, **(extra or {})}
+        )
 
     async def frame(self, text, data):
         ref = None
@@ -199,7 +206,9 @@ class ChatConsumer(AsyncConsumer):
                 not isinstance(ref, str) or len(ref) > REF_MAX or (escaped and not encodable(ref))
             ):
                 ref = None
-                raise invalid(f"ref must be a string of at most {REF_MAX} characters (valid Unicode)")
+                raise invalid(
+                    f"ref must be a string of at most {REF_MAX} characters (valid Unicode)"
+                )
             if escaped and not encodable(frame):
                 raise invalid("the frame's strings must be valid Unicode (no lone surrogates)")
             kind = frame.get("type")
@@ -243,7 +252,8 @@ class ChatConsumer(AsyncConsumer):
         user_id = self.conn.user_id
         try:
             return await self.hub.redis_call(
-                ratelimit.take(user_id, budget, scope, local_on_error=False))
+                ratelimit.take(user_id, budget, scope, local_on_error=False)
+            )
         except RedisUnavailable:  # Redis failed a moment ago: do not wait for it again
             pass
         except Exception:
@@ -259,8 +269,12 @@ class ChatConsumer(AsyncConsumer):
             return 0.0
         self.strikes += 1
         if self.strikes >= settings.CHAT_RATE_LIMIT_STRIKES:
-            self.error(None, "rate_limited", "flooding; closing the socket",
-                       {"retry_after": max(1, math.ceil(wait))})
+            self.error(
+                None,
+                "rate_limited",
+                "flooding; closing the socket",
+                {"retry_after": max(1, math.ceil(wait))},
+            )
             await self.conn.close(CLOSE_FLOODING)
         return wait
 
@@ -282,8 +296,9 @@ class ChatConsumer(AsyncConsumer):
         # for the previous one to leave the server: a client that does not read cannot pile
         # replays up in the server's memory.
         if since is not None and not await self.conn.replay_sent(settings.CHAT_REPLAY_WAIT_SECONDS):
-            raise RateLimited("the previous replay on this socket is still unsent; read it first",
-                              retry_after=1)
+            raise RateLimited(
+                "the previous replay on this socket is still unsent; read it first", retry_after=1
+            )
         await self.hub.subscribe(self.conn, self.user, room_id, since, ref)
 
     async def on_unsubscribe(self, frame, ref):
@@ -298,8 +313,14 @@ class ChatConsumer(AsyncConsumer):
         # membership joined with the user, refusing a deactivated account), committed with
         # whatever other sends this process has queued (apps.messaging.sendqueue).
         event = await sendqueue.send(
-            services.SendRequest(room_id, self.user, frame.get("body"), frame.get("client_id"),
-                                 reply_to, frame.get("attachments"))
+            services.SendRequest(
+                room_id,
+                self.user,
+                frame.get("body"),
+                frame.get("client_id"),
+                reply_to,
+                frame.get("attachments"),
+            )
         )
         await self.ack(ref, event.envelope, getattr(event, "envelope_text", None))
 
@@ -310,8 +331,9 @@ class ChatConsumer(AsyncConsumer):
         await self.ack(ref, envelope)
 
     async def on_message_delete(self, frame, ref):
-        envelope = await db(_do_message)("message.delete", self.conn.user_id,
-                                         frame_id(frame, "message"))
+        envelope = await db(_do_message)(
+            "message.delete", self.conn.user_id, frame_id(frame, "message")
+        )
         await self.ack(ref, envelope)
 
     async def on_reaction(self, frame, ref):
@@ -321,8 +343,9 @@ class ChatConsumer(AsyncConsumer):
         await self.ack(ref, envelope)
 
     async def on_read(self, frame, ref):
-        envelope = await db(_do_read)(self.conn.user_id, frame_id(frame, "room"),
-                                      frame_seq(frame, "seq"))
+        envelope = await db(_do_read)(
+            self.conn.user_id, frame_id(frame, "room"), frame_seq(frame, "seq")
+        )
         await self.ack(ref, envelope)
 
     async def on_typing(self, frame, ref):
@@ -350,8 +373,12 @@ class ChatConsumer(AsyncConsumer):
         await db(_check_typing)(self.conn.user_id, room_id)
         self.hub.typing[key] = (now, state)
         envelope = catalogue.envelope(
-            "typing", room_id=room_id, seq=None, actor=self.user,
-            data=catalogue.typing(self.user, state=state), ts=datetime.now(UTC),
+            "typing",
+            room_id=room_id,
+            seq=None,
+            actor=self.user,
+            data=catalogue.typing(self.user, state=state),
+            ts=datetime.now(UTC),
         )
         try:
             await fanout.adispatch(envelope)

@@ -15,6 +15,7 @@ def db(func):
     calls from many sockets run in parallel, each thread on its own pooled connection)."""
     global _executor
     if _executor is None:
-        _executor = ThreadPoolExecutor(max_workers=settings.CHAT_DB_THREADS,
-                                       thread_name_prefix="chat-db")
+        _executor = ThreadPoolExecutor(
+            max_workers=settings.CHAT_DB_THREADS, thread_name_prefix="chat-db"
+        )
     return database_sync_to_async(func, thread_sensitive=False, executor=_executor)

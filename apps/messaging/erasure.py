@@ -117,7 +117,8 @@ def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
     while True:
         pending = list(
             Message.objects.filter(author_id=user_id, deleted_at__isnull=True)
-            .order_by("room_id", "pk").values_list("room_id", "pk")[:PASS_SIZE]
+            .order_by("room_id", "pk")
+            .values_list("room_id", "pk")[:PASS_SIZE]
         )
         if not pending:
             break
@@ -132,8 +133,9 @@ def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
     chunk = batch_size * RENAME_CHUNK
     for start in range(0, len(ids), chunk):
         with transaction.atomic():
-            counts["renamed"] += rename_actor(user_id=user_id, username=name,
-                                              event_ids=ids[start:start + chunk])
+            counts["renamed"] += rename_actor(
+                user_id=user_id, username=name, event_ids=ids[start : start + chunk]
+            )
     with transaction.atomic():
         counts["renamed"] += rename_subject(user_id=user_id, username=name)
     logger.info("erased account %s: %s", user_id, counts)
@@ -145,9 +147,12 @@ def unfinished_erasures(*, older_than: float = 0.0, limit: int = 100) -> list[in
     message not redacted: erasures whose task never ran or did not finish."""
     live = Message.objects.filter(author_id=OuterRef("pk"), deleted_at__isnull=True)
     before = timezone.now() - timedelta(seconds=older_than)
-    return list(User.objects.filter(erased_at__isnull=False, erased_at__lte=before,
-                                    is_active=False)
-                .filter(Exists(live)).order_by("erased_at").values_list("pk", flat=True)[:limit])
+    return list(
+        User.objects.filter(erased_at__isnull=False, erased_at__lte=before, is_active=False)
+        .filter(Exists(live))
+        .order_by("erased_at")
+        .values_list("pk", flat=True)[:limit]
+    )
 
 
 def _batches(pending, size):
@@ -168,9 +173,18 @@ def _redact_batch(room_id: int, ids: list[int], user_id: int) -> int:
     rename the author in the rows it rewrites: the rename pass then skips them)."""
     with transaction.atomic():
         room = rooms.lock_room(room_id)
-        live = list(Message.objects.filter(pk__in=ids, deleted_at__isnull=True)
-                    .order_by("pk").values_list("pk", flat=True))
+        live = list(
+            Message.objects.filter(pk__in=ids, deleted_at__isnull=True)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
         if live:
-            messages_redact(room=room, message_ids=live, actor=None, by_moderator=False,
-                            reason=ERASED_REASON, rename=(user_id, erased_username(user_id)))
+            messages_redact(
+                room=room,
+                message_ids=live,
+                actor=None,
+                by_moderator=False,
+                reason=ERASED_REASON,
+                rename=(user_id, erased_username(user_id)),
+            )
         return len(live)

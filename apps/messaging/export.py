@@ -50,53 +50,108 @@ def account_line(user) -> dict:
 
 
 def membership_lines(user) -> Iterator[dict]:
-    rows = Membership.objects.filter(user=user).order_by("pk").values_list(
-        "room_id", "room__name", "role", "is_active", "joined_at", "last_read_seq",
-        "muted_until", "banned_at", "banned_until",
+    rows = (
+        Membership.objects.filter(user=user)
+        .order_by("pk")
+        .values_list(
+            "room_id",
+            "room__name",
+            "role",
+            "is_active",
+            "joined_at",
+            "last_read_seq",
+            "muted_until",
+            "banned_at",
+            "banned_until",
+        )
     )
-    for (room, name, role, active, joined, read, muted, banned, banned_until) in rows.iterator(
+    for room, name, role, active, joined, read, muted, banned, banned_until in rows.iterator(
         chunk_size=CHUNK_ROWS
     ):
         yield {
-            "kind": "membership", "room": room, "room_name": name, "role": role,
-            "active": active, "joined_at": _ts(joined), "last_read_seq": read,
-            "muted_until": _ts(muted), "banned_at": _ts(banned), "banned_until": _ts(banned_until),
+            "kind": "membership",
+            "room": room,
+            "room_name": name,
+            "role": role,
+            "active": active,
+            "joined_at": _ts(joined),
+            "last_read_seq": read,
+            "muted_until": _ts(muted),
+            "banned_at": _ts(banned),
+            "banned_until": _ts(banned_until),
         }
 
 
 def message_lines(user) -> Iterator[dict]:
-    rows = Message.objects.filter(author=user).order_by("pk").values_list(
-        "pk", "room_id", "seq", "body", "reply_to_id", "client_id", "created_at", "edited_at",
-        "deleted_at",
+    rows = (
+        Message.objects.filter(author=user)
+        .order_by("pk")
+        .values_list(
+            "pk",
+            "room_id",
+            "seq",
+            "body",
+            "reply_to_id",
+            "client_id",
+            "created_at",
+            "edited_at",
+            "deleted_at",
+        )
     )
-    for (pk, room, seq, body, reply_to, client_id, created, edited, deleted) in rows.iterator(
+    for pk, room, seq, body, reply_to, client_id, created, edited, deleted in rows.iterator(
         chunk_size=CHUNK_ROWS
     ):
         yield {
-            "kind": "message", "id": pk, "room": room, "seq": seq,
+            "kind": "message",
+            "id": pk,
+            "room": room,
+            "seq": seq,
             "body": None if deleted is not None else body,
-            "reply_to": reply_to, "client_id": str(client_id), "ts": _ts(created),
-            "edited_at": _ts(edited), "deleted": deleted is not None,
+            "reply_to": reply_to,
+            "client_id": str(client_id),
+            "ts": _ts(created),
+            "edited_at": _ts(edited),
+            "deleted": deleted is not None,
         }
 
 
 def reaction_lines(user) -> Iterator[dict]:
-    rows = Reaction.objects.filter(user=user).order_by("pk").values_list(
-        "message_id", "message__room_id", "emoji", "created_at"
+    rows = (
+        Reaction.objects.filter(user=user)
+        .order_by("pk")
+        .values_list("message_id", "message__room_id", "emoji", "created_at")
     )
     for message, room, emoji, created in rows.iterator(chunk_size=CHUNK_ROWS):
-        yield {"kind": "reaction", "message": message, "room": room, "emoji": emoji,
-               "ts": _ts(created)}
+        yield {
+            "kind": "reaction",
+            "message": message,
+            "room": room,
+            "emoji": emoji,
+            "ts": _ts(created),
+        }
 
 
 def notification_lines(user) -> Iterator[dict]:
     # No excerpt: it is the text of someone else's message.
-    rows = Notification.objects.filter(user=user).order_by("pk").values_list(
-        "pk", "kind", "room_id", "seq", "message_id", "actor_id", "created_at", "read_at"
+    rows = (
+        Notification.objects.filter(user=user)
+        .order_by("pk")
+        .values_list(
+            "pk", "kind", "room_id", "seq", "message_id", "actor_id", "created_at", "read_at"
+        )
     )
     for pk, kind, room, seq, message, actor, created, read in rows.iterator(chunk_size=CHUNK_ROWS):
-        yield {"kind": "notification", "id": pk, "type": kind, "room": room, "seq": seq,
-               "message": message, "actor": actor, "ts": _ts(created), "read_at": _ts(read)}
+        yield {
+            "kind": "notification",
+            "id": pk,
+            "type": kind,
+            "room": room,
+            "seq": seq,
+            "message": message,
+            "actor": actor,
+            "ts": _ts(created),
+            "read_at": _ts(read),
+        }
 
 
 def block_lines(user) -> Iterator[dict]:
@@ -109,8 +164,7 @@ def block_lines(user) -> Iterator[dict]:
 def export_lines(user) -> Iterator[str]:
     """Every line of the user's export, in pieces of about WRITE_CHARS (whole lines)."""
     yield _line(account_line(user))
-    for lines in (membership_lines, message_lines, reaction_lines, notification_lines,
-                  block_lines):
+    for lines in (membership_lines, message_lines, reaction_lines, notification_lines, block_lines):
         piece, size = [], 0
         for obj in lines(user):
             piece.append(line := _line(obj))
@@ -133,4 +187,3 @@ async def aexport_lines(user) -> AsyncIterator[str]:
             yield chunk
     finally:
         await sync_to_async(chunks.close, thread_sensitive=True)()
-

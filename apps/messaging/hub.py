@@ -87,7 +87,8 @@ class Hub:
                     self.channel = await self.layer.new_channel("realtime")
                     # Redis down at start: the reader joins again once it is back.
                     await self._quietly(
-                        self.redis_call(self.group("group_add", fanout.PRESENCE_GROUP)))
+                        self.redis_call(self.group("group_add", fanout.PRESENCE_GROUP))
+                    )
                     self.tasks.append(self.loop.create_task(reader.run(self)))
                 self.tasks.append(self.loop.create_task(maintenance.run(self)))
                 self.started.set_result(True)
@@ -104,8 +105,9 @@ class Hub:
         once never shows as offline.
         """
         self.shutting_down = True
-        await asyncio.gather(*(c.close(code) for c in list(self.connections)),
-                             return_exceptions=True)
+        await asyncio.gather(
+            *(c.close(code) for c in list(self.connections)), return_exceptions=True
+        )
 
     async def redis_call(self, awaitable):
         """Await a Redis call on a socket's path, bounded by REDIS_TIMEOUT; skipped (raising
@@ -128,14 +130,23 @@ class Hub:
         await self.start()
         limit = settings.CHAT_MAX_SOCKETS_PER_USER
         try:
-            changed, status, count = await self.redis_call(presence.backend().connect(
-                conn.user_id, conn.id, conn.status(time.monotonic()), presence_ttl(), limit,
-            ))
+            changed, status, count = await self.redis_call(
+                presence.backend().connect(
+                    conn.user_id,
+                    conn.id,
+                    conn.status(time.monotonic()),
+                    presence_ttl(),
+                    limit,
+                )
+            )
         except Exception:
             # Presence (Redis) is down: serve the socket anyway, with this process's count as
             # the socket limit; the next presence refresh registers it once Redis is back.
-            logger.warning("presence unavailable; accepting socket %s on the local count",
-                           conn.id, exc_info=True)
+            logger.warning(
+                "presence unavailable; accepting socket %s on the local count",
+                conn.id,
+                exc_info=True,
+            )
             if len(self.users.get(conn.user_id, ())) >= limit:
                 return False
             changed, status = 0, None
@@ -148,7 +159,8 @@ class Hub:
             sockets = self.users[conn.user_id] = set()
             if self.layer is not None:  # joined again by the reader after a Redis outage
                 await self._quietly(
-                    self.redis_call(self.group("group_add", fanout.user_group(conn.user_id))))
+                    self.redis_call(self.group("group_add", fanout.user_group(conn.user_id)))
+                )
         sockets.add(conn)
         if changed == 1:
             await self.presence.publish(conn.user_id, conn.username, status)
@@ -172,7 +184,8 @@ class Hub:
                 self.versions.pop(conn.user_id, None)
                 if self.layer is not None and not self.shutting_down:
                     await self._quietly(
-                        self.group("group_discard", fanout.user_group(conn.user_id)))
+                        self.group("group_discard", fanout.user_group(conn.user_id))
+                    )
         if not self.shutting_down:
             try:
                 status = await presence.backend().disconnect(conn.user_id, conn.id)
@@ -195,8 +208,11 @@ class Hub:
             except Exception:
                 # Redis is down: the stream is served from the event log (check_gaps) until
                 # the reader, seeing the outage, joins every group again.
-                logger.warning("could not join room %s's group; following it from the log",
-                               room_id, exc_info=True)
+                logger.warning(
+                    "could not join room %s's group; following it from the log",
+                    room_id,
+                    exc_info=True,
+                )
             except BaseException as exc:
                 stream.joined.set_exception(exc)
                 stream.joined.exception()  # mark retrieved
@@ -225,8 +241,9 @@ class Hub:
         conn.subs[room_id] = sub
         WS_SUBSCRIPTIONS.inc()
         try:
-            rows, head, history_start = await db(replay)(user, room_id, since,
-                                                         replays.first_chunk())
+            rows, head, history_start = await db(replay)(
+                user, room_id, since, replays.first_chunk()
+            )
         except BaseException:
             self.drop(sub)
             raise
@@ -239,8 +256,17 @@ class Hub:
             return
         sent, last, truncated = written
         last_seq = last if truncated else head
-        conn.write_json({"type": "subscribed", "ref": ref, "room": room_id, "last_seq": last_seq,
-                         "truncated": truncated, "head": head, "history_start": history_start})
+        conn.write_json(
+            {
+                "type": "subscribed",
+                "ref": ref,
+                "room": room_id,
+                "last_seq": last_seq,
+                "truncated": truncated,
+                "head": head,
+                "history_start": history_start,
+            }
+        )
         if sent:
             conn.replay_end = conn.position()
         sub.last = head
@@ -282,8 +308,9 @@ class Hub:
     def revoke(self, sub: Subscription, item: Item) -> None:
         """The subscription's user lost the room with `item` (banned, left, kicked)."""
         self.drop(sub)
-        sub.conn.write_json({"type": "unsubscribed", "ref": None, "room": sub.room_id,
-                             "reason": item.reason})
+        sub.conn.write_json(
+            {"type": "unsubscribed", "ref": None, "room": sub.room_id, "reason": item.reason}
+        )
 
     async def _leave_room(self, room_id):
         if room_id not in self.rooms:  # not followed again in the meantime
@@ -335,8 +362,12 @@ class Hub:
         step = None if bounds is None else stream.skip_to(bounds[1])
         if step is None:
             return False
-        logger.info("room %s: seqs %s..%s were purged by retention; skipping",
-                    stream.room_id, before + 1, stream.head)
+        logger.info(
+            "room %s: seqs %s..%s were purged by retention; skipping",
+            stream.room_id,
+            before + 1,
+            stream.head,
+        )
         self.apply(stream, step)
         return True
 

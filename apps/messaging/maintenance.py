@@ -75,6 +75,7 @@ async def check_gaps(hub):
             continue
         lost = stream.lost(db_last)
         if lost is not None:
-            logger.info("room %s: events up to %s missed by the channel layer; filling",
-                        room_id, lost)
+            logger.info(
+                "room %s: events up to %s missed by the channel layer; filling", room_id, lost
+            )
             hub.schedule_fill(stream, target=lost, grace=0)

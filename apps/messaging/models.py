@@ -25,7 +25,11 @@ class Message(models.Model):
     # root's thread); a root's reply_count and last_reply_seq count its live replies, kept
     # under the room lock by every send and deletion (apps.messaging.threads).
     thread = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="thread_replies",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="thread_replies",
         db_index=False,
     )
     reply_count = models.PositiveIntegerField(default=0, db_default=0)
@@ -45,7 +49,9 @@ class Message(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["author", "client_id"], name="message_author_client_id"),
+            models.UniqueConstraint(
+                fields=["author", "client_id"], name="message_author_client_id"
+            ),
             models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq"),
         ]
         indexes = [models.Index(fields=["thread", "seq"], name="message_thread_seq")]

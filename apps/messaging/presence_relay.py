@@ -59,14 +59,18 @@ class PresenceRelay:
                 missing = [u for u, (name, _) in batch.items() if name is None]
                 names = await db(usernames)(missing) if missing else {}
                 rooms = await db(shared_room_ids)(list(batch))
-                await fanout.apresence([
-                    {"user": {"id": u, "username": name or names.get(u, "")}, "status": status,
-                     "rooms": rooms.get(u, [])}
-                    for u, (name, status) in batch.items()
-                ])
+                await fanout.apresence(
+                    [
+                        {
+                            "user": {"id": u, "username": name or names.get(u, "")},
+                            "status": status,
+                            "rooms": rooms.get(u, []),
+                        }
+                        for u, (name, status) in batch.items()
+                    ]
+                )
             except Exception:
-                logger.warning("presence: could not publish %d changes", len(batch),
-                               exc_info=True)
+                logger.warning("presence: could not publish %d changes", len(batch), exc_info=True)
 
     def deliver(self, message: dict):
         """Presence changes heard from any process, to local subscribers of the rooms each
@@ -85,11 +89,17 @@ class PresenceRelay:
                 if stream is None or not stream.subs or len(stream.subs) > cap:
                     continue
                 envelope = catalogue.envelope(
-                    "presence.changed", room_id=room_id, seq=None, actor=user, data=data,
-                    ts=ts, id=uuid.uuid5(base, str(room_id)),
+                    "presence.changed",
+                    room_id=room_id,
+                    seq=None,
+                    actor=user,
+                    data=data,
+                    ts=ts,
+                    id=uuid.uuid5(base, str(room_id)),
                 )
-                stream.broadcast(text_frame(fanout.serialize(envelope).encode()),
-                                 "presence.changed")
+                stream.broadcast(
+                    text_frame(fanout.serialize(envelope).encode()), "presence.changed"
+                )
 
     async def refresh(self, now: float):
         """Refresh the presence entries of this process's sockets (each heartbeat) and
@@ -99,8 +109,9 @@ class PresenceRelay:
             return
         store = presence.backend()
         away_after = settings.CHAT_AWAY_SECONDS
-        entries = [(c.user_id, c.id, c.status(now, away_after))
-                   for c in hub.connections if not c.closing]
+        entries = [
+            (c.user_id, c.id, c.status(now, away_after)) for c in hub.connections if not c.closing
+        ]
         changes = list(await store.refresh(entries, ttl()))
         changes += await store.sweep()
         for user_id, status in changes:

@@ -81,8 +81,9 @@ def handle(hub, message: dict):
         if seq is None:  # ephemeral (typing): no order, may be dropped
             stream.broadcast(text_frame(message["text"].encode()), message["event_type"])
             return
-        item = Item(seq, text_frame(message["text"].encode()), message["event_type"],
-                    message.get("revokes"))
+        item = Item(
+            seq, text_frame(message["text"].encode()), message["event_type"], message.get("revokes")
+        )
         hub.apply(stream, stream.on_seq(item))
     elif via.startswith("user."):
         data = None

@@ -56,7 +56,9 @@ def retention_cutoffs(now: datetime) -> list[tuple[Q, datetime]]:
     policies = []
     days_in_use = (
         Room.objects.filter(retention_days__isnull=False)
-        .order_by().values_list("retention_days", flat=True).distinct()
+        .order_by()
+        .values_list("retention_days", flat=True)
+        .distinct()
     )
     for days in days_in_use:
         policies.append((Q(retention_days=days), now - timedelta(days=days)))
@@ -81,7 +83,10 @@ def rooms_due(now: datetime) -> list[int]:
         due.update(
             Event.objects.filter(
                 type="receipt.updated", ts__lt=cutoff, room__in=Room.objects.filter(rooms)
-            ).order_by().values_list("room_id", flat=True).distinct()
+            )
+            .order_by()
+            .values_list("room_id", flat=True)
+            .distinct()
         )
     return sorted(due)
 
@@ -108,7 +113,8 @@ def room_purge_batch(*, room_id: int, now: datetime, batch_size: int) -> PurgeRe
         start = room.history_start
         rows = list(
             Event.objects.filter(room_id=room.pk, seq__gte=start)
-            .order_by("seq").values_list("seq", "ts")[:batch_size]
+            .order_by("seq")
+            .values_list("seq", "ts")[:batch_size]
         )
         stop = start
         for seq, ts in rows:
@@ -117,8 +123,11 @@ def room_purge_batch(*, room_id: int, now: datetime, batch_size: int) -> PurgeRe
             stop = seq + 1
         if _publishing():
             first_unpublished = (
-                Event.objects.unpublished().filter(room_id=room.pk, seq__gte=start)
-                .order_by("seq").values_list("seq", flat=True).first()
+                Event.objects.unpublished()
+                .filter(room_id=room.pk, seq__gte=start)
+                .order_by("seq")
+                .values_list("seq", flat=True)
+                .first()
             )
             if first_unpublished is not None:
                 stop = min(stop, first_unpublished)
@@ -129,9 +138,7 @@ def room_purge_batch(*, room_id: int, now: datetime, batch_size: int) -> PurgeRe
             result.events = _deleted(Event.objects.filter(**held), Event)
             room.history_start = stop
             room.save(update_fields=["history_start"])
-        receipts = Event.objects.filter(
-            type="receipt.updated", room_id=room.pk, ts__lt=cutoff
-        )
+        receipts = Event.objects.filter(type="receipt.updated", room_id=room.pk, ts__lt=cutoff)
         if _publishing():
             receipts = receipts.filter(published_at__isnull=False)
         receipt_ids = list(receipts.order_by("ts").values_list("pk", flat=True)[:batch_size])
@@ -170,8 +177,9 @@ def _deleted(queryset, model) -> int:
     return per_model.get(model._meta.label, 0)
 
 
-def room_purge_history(*, room_id: int, now: datetime | None = None,
-                       batch_size: int | None = None) -> PurgeResult:
+def room_purge_history(
+    *, room_id: int, now: datetime | None = None, batch_size: int | None = None
+) -> PurgeResult:
     """Purge everything past the room's retention, batch by batch (each its own transaction)."""
     now = now or timezone.now()
     batch_size = batch_size or settings.RETENTION_BATCH_SIZE
@@ -204,6 +212,11 @@ def history_purge(*, now: datetime | None = None, batch_size: int | None = None)
         total.messages += result.messages
         total.receipts += result.receipts
     if total.events or total.receipts:
-        logger.info("retention: %d rooms, %d events, %d messages, %d receipts purged",
-                    total.rooms, total.events, total.messages, total.receipts)
+        logger.info(
+            "retention: %d rooms, %d events, %d messages, %d receipts purged",
+            total.rooms,
+            total.events,
+            total.messages,
+            total.receipts,
+        )
     return total

@@ -62,14 +62,17 @@ def create_index(conn) -> None:
                 raise ValueError(f"SEARCH_CONFIG {config!r}: no such text search configuration")
             cursor.execute(
                 f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS search_vector tsvector "
-                f"GENERATED ALWAYS AS (to_tsvector('{config}'::regconfig, body)) STORED")
-            cursor.execute(f"CREATE INDEX IF NOT EXISTS {PG_INDEX} ON {table} "
-                           "USING gin (search_vector)")
+                f"GENERATED ALWAYS AS (to_tsvector('{config}'::regconfig, body)) STORED"
+            )
+            cursor.execute(
+                f"CREATE INDEX IF NOT EXISTS {PG_INDEX} ON {table} USING gin (search_vector)"
+            )
         elif conn.vendor == "sqlite":
             cursor.execute(
                 f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5(body, "
                 f"content='{table}', content_rowid='id', "
-                "tokenize='unicode61 remove_diacritics 2')")
+                "tokenize='unicode61 remove_diacritics 2')"
+            )
     if conn.vendor == "sqlite":
         ensure_sqlite_index(conn)
 
@@ -87,14 +90,14 @@ def drop_index(conn) -> None:
 
 _SQLITE_TRIGGERS = {
     f"{FTS_TABLE}_ai": "AFTER INSERT ON {t} BEGIN "
-                       f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.id, new.body); END",
+    f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.id, new.body); END",
     f"{FTS_TABLE}_ad": "AFTER DELETE ON {t} BEGIN "
-                       f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, body) "
-                       "VALUES ('delete', old.id, old.body); END",
+    f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, body) "
+    "VALUES ('delete', old.id, old.body); END",
     f"{FTS_TABLE}_au": "AFTER UPDATE OF body ON {t} BEGIN "
-                       f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, body) "
-                       "VALUES ('delete', old.id, old.body); "
-                       f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.id, new.body); END",
+    f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, body) "
+    "VALUES ('delete', old.id, old.body); "
+    f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.id, new.body); END",
 }
 
 
@@ -103,8 +106,11 @@ def ensure_sqlite_index(conn) -> bool:
     was (Django's SQLite schema editor rebuilds a table to alter it, dropping its triggers).
     Nothing before the FTS5 table exists. Whether the index was rebuilt."""
     with conn.cursor() as cursor:
-        cursor.execute("SELECT type, name FROM sqlite_master WHERE name = %s OR "
-                       "(type = 'trigger' AND name LIKE %s)", [FTS_TABLE, f"{FTS_TABLE}_%"])
+        cursor.execute(
+            "SELECT type, name FROM sqlite_master WHERE name = %s OR "
+            "(type = 'trigger' AND name LIKE %s)",
+            [FTS_TABLE, f"{FTS_TABLE}_%"],
+        )
         found = {name for _, name in cursor.fetchall()}
         if FTS_TABLE not in found:
             return False
@@ -155,12 +161,14 @@ def fts5_expression(q: str) -> str | None:
             branches[-1][1 if negate else 0].append('"' + " ".join(words) + '"')
     alternatives = [
         "(" + " AND ".join(included) + ")" + "".join(f" NOT {term}" for term in excluded)
-        for included, excluded in branches if included
+        for included, excluded in branches
+        if included
     ]
     if not alternatives:
         return None
-    return alternatives[0] if len(alternatives) == 1 else " OR ".join(
-        f"({a})" for a in alternatives)
+    return (
+        alternatives[0] if len(alternatives) == 1 else " OR ".join(f"({a})" for a in alternatives)
+    )
 
 
 def highlight_html(marked: str) -> str:
@@ -174,14 +182,24 @@ class Page(NamedTuple):
     more: bool
 
 
-def search_messages(user, q: str, *, room_id=None, author_id=None, before=None,
-                    limit: int = 20, prepare=lambda queryset: queryset) -> Page:
+def search_messages(
+    user,
+    q: str,
+    *,
+    room_id=None,
+    author_id=None,
+    before=None,
+    limit: int = 20,
+    prepare=lambda queryset: queryset,
+) -> Page:
     """The caller's readable, live messages matching q, newest first (by id), `before` a
     message id (the cursor). `prepare` adds what the caller needs (select/prefetch)."""
     q = clean_query(q)
     messages = Message.objects.filter(
-        room__in=Room.objects.readable_by(user), deleted_at__isnull=True,
-        seq__gte=F("room__history_start"))
+        room__in=Room.objects.readable_by(user),
+        deleted_at__isnull=True,
+        seq__gte=F("room__history_start"),
+    )
     if room_id is not None:
         messages = messages.filter(room_id=room_id)
     if author_id is not None:
@@ -192,21 +210,28 @@ def search_messages(user, q: str, *, room_id=None, author_id=None, before=None,
     if connection.vendor == "postgresql":
         config = search_config()
         query = "websearch_to_tsquery(%s::regconfig, %s)"
-        messages = messages.filter(RawSQL(
-            f"{table}.search_vector @@ {query}", [config, q], output_field=BooleanField()
-        )).annotate(highlight=RawSQL(
-            f"ts_headline(%s::regconfig, {table}.body, {query}, %s)",
-            [config, config, q, (f"StartSel={MARK_START}, StopSel={MARK_STOP}, "
-                                 "MaxWords=35, MinWords=15")],
-            output_field=TextField(),
-        ))
+        messages = messages.filter(
+            RawSQL(f"{table}.search_vector @@ {query}", [config, q], output_field=BooleanField())
+        ).annotate(
+            highlight=RawSQL(
+                f"ts_headline(%s::regconfig, {table}.body, {query}, %s)",
+                [
+                    config,
+                    config,
+                    q,
+                    (f"StartSel={MARK_START}, StopSel={MARK_STOP}, MaxWords=35, MinWords=15"),
+                ],
+                output_field=TextField(),
+            )
+        )
         page = list(prepare(messages.order_by("-pk"))[: limit + 1])
     else:
         expression = fts5_expression(q)
         if expression is None:
             return Page([], False)
-        messages = messages.filter(pk__in=RawSQL(
-            f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s", [expression]))
+        messages = messages.filter(
+            pk__in=RawSQL(f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s", [expression])
+        )
         page = list(prepare(messages.order_by("-pk"))[: limit + 1])
         _sqlite_highlights(page[:limit], expression)
     more, page = len(page) > limit, page[:limit]
@@ -223,7 +248,8 @@ def _sqlite_highlights(messages, expression: str) -> None:
         cursor.execute(
             f"SELECT rowid, snippet({FTS_TABLE}, 0, char(2), char(3), '…', 32) FROM {FTS_TABLE} "
             f"WHERE {FTS_TABLE} MATCH %s AND rowid IN ({', '.join(['%s'] * len(ids))})",
-            [expression, *ids])
+            [expression, *ids],
+        )
         found = dict(cursor.fetchall())
     for message in messages:
         message.highlight = found.get(message.pk, message.body)

@@ -36,10 +36,16 @@ def read(keys: plan.Keys) -> plan.Reads:
         ).values_list("author_id", "client_id", "room_id", "seq")
     }
     reply_rooms, reply_roots = threads.reply_targets(keys.reply_ids)
-    return plan.Reads(locked, rooms.post_memberships(locked, keys.author_ids), earlier,
-                      reply_rooms, None,
-                      rooms.blocked_senders(locked.values(), set(keys.author_ids)), reply_roots,
-                      attachments.read(keys.upload_ids))
+    return plan.Reads(
+        locked,
+        rooms.post_memberships(locked, keys.author_ids),
+        earlier,
+        reply_rooms,
+        None,
+        rooms.blocked_senders(locked.values(), set(keys.author_ids)),
+        reply_roots,
+        attachments.read(keys.upload_ids),
+    )
 
 
 def _post_stamps(rows) -> None:
@@ -48,8 +54,11 @@ def _post_stamps(rows) -> None:
 
 
 # send_plan.ExtraWrite kind -> its writer.
-EXTRA_WRITES = {"post_stamps": _post_stamps, "threads": threads.write,
-                "attachment_links": attachments.link}
+EXTRA_WRITES = {
+    "post_stamps": _post_stamps,
+    "threads": threads.write,
+    "attachment_links": attachments.link,
+}
 
 
 def write(decision: plan.Decision, reads: plan.Reads) -> dict:
@@ -57,8 +66,9 @@ def write(decision: plan.Decision, reads: plan.Reads) -> dict:
     writes; {request index: event} (fanned out after commit by record_events)."""
     messages, last = plan.plan_messages(decision, reads)
     update_by_pk(Room, "last_seq", last)
-    ids = insert_rows(Message, plan.MESSAGE_FIELDS, [plan.message_row(m) for m in messages],
-                      returning="id")
+    ids = insert_rows(
+        Message, plan.MESSAGE_FIELDS, [plan.message_row(m) for m in messages], returning="id"
+    )
     created = plan.created_events(decision, messages, ids, reads.uploads)
     record_events(list(created.values()))
     for extra in plan.extra_writes(decision, messages, reads):

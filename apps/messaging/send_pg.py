@@ -49,26 +49,45 @@ def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
     user = _user_model()
     messages = Message._meta.db_table
     blocks = Block._meta.db_table
-    return [
-        Statement(f"SELECT {_columns(Room)} FROM {Room._meta.db_table} WHERE id = ANY(%b) "
-                  "ORDER BY id FOR UPDATE", [keys.room_ids], True),
-        Statement(f"SELECT {_columns(Membership, 'm')}, {_columns(user, 'u')} "
-                  f"FROM {Membership._meta.db_table} m JOIN {user._meta.db_table} u "
-                  "ON u.id = m.user_id WHERE m.room_id = ANY(%b) AND m.user_id = ANY(%b)",
-                  [keys.room_ids, keys.author_ids], True),
-        Statement(f"SELECT author_id, client_id, room_id, seq FROM {messages} "
-                  "WHERE author_id = ANY(%b) AND client_id = ANY(%b)",
-                  [keys.author_ids, keys.client_ids], True),
-        Statement("SELECT nextval(pg_get_serial_sequence(%b, 'id')) "
-                  "FROM generate_series(1, %b)", [messages, count], True),
-        # A direct room's key is "<low id>:<high id>" of its two members.
-        Statement(f"SELECT r.id, b.blocked_id FROM {Room._meta.db_table} r JOIN {blocks} b "
-                  "ON r.direct_key = LEAST(b.blocker_id, b.blocked_id)::text || ':' || "
-                  "GREATEST(b.blocker_id, b.blocked_id)::text "
-                  "WHERE r.id = ANY(%b) AND r.kind = 'direct' AND b.blocked_id = ANY(%b)",
-                  [keys.room_ids, keys.author_ids], True),
-    ] + ([threads.reply_targets_statement(keys.reply_ids)] if keys.reply_ids else []) + (
-        [attachments.read_statement(keys.upload_ids)] if keys.upload_ids else [])
+    return (
+        [
+            Statement(
+                f"SELECT {_columns(Room)} FROM {Room._meta.db_table} WHERE id = ANY(%b) "
+                "ORDER BY id FOR UPDATE",
+                [keys.room_ids],
+                True,
+            ),
+            Statement(
+                f"SELECT {_columns(Membership, 'm')}, {_columns(user, 'u')} "
+                f"FROM {Membership._meta.db_table} m JOIN {user._meta.db_table} u "
+                "ON u.id = m.user_id WHERE m.room_id = ANY(%b) AND m.user_id = ANY(%b)",
+                [keys.room_ids, keys.author_ids],
+                True,
+            ),
+            Statement(
+                f"SELECT author_id, client_id, room_id, seq FROM {messages} "
+                "WHERE author_id = ANY(%b) AND client_id = ANY(%b)",
+                [keys.author_ids, keys.client_ids],
+                True,
+            ),
+            Statement(
+                "SELECT nextval(pg_get_serial_sequence(%b, 'id')) FROM generate_series(1, %b)",
+                [messages, count],
+                True,
+            ),
+            # A direct room's key is "<low id>:<high id>" of its two members.
+            Statement(
+                f"SELECT r.id, b.blocked_id FROM {Room._meta.db_table} r JOIN {blocks} b "
+                "ON r.direct_key = LEAST(b.blocker_id, b.blocked_id)::text || ':' || "
+                "GREATEST(b.blocker_id, b.blocked_id)::text "
+                "WHERE r.id = ANY(%b) AND r.kind = 'direct' AND b.blocked_id = ANY(%b)",
+                [keys.room_ids, keys.author_ids],
+                True,
+            ),
+        ]
+        + ([threads.reply_targets_statement(keys.reply_ids)] if keys.reply_ids else [])
+        + ([attachments.read_statement(keys.upload_ids)] if keys.upload_ids else [])
+    )
 
 
 def reads_from_rows(rows, keys: plan.Keys) -> plan.Reads:
@@ -84,26 +103,37 @@ def reads_from_rows(rows, keys: plan.Keys) -> plan.Reads:
     earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
     replies, roots = threads.reply_targets_from_rows(rows[5]) if keys.reply_ids else ({}, {})
     uploads = attachments.from_rows(rows[-1]) if keys.upload_ids else {}
-    return plan.Reads(locked, memberships, earlier, replies, [row[0] for row in rows[3]],
-                      {tuple(row) for row in rows[4]}, roots, uploads)
+    return plan.Reads(
+        locked,
+        memberships,
+        earlier,
+        replies,
+        [row[0] for row in rows[3]],
+        {tuple(row) for row in rows[4]},
+        roots,
+        uploads,
+    )
 
 
 def _post_stamps(rows) -> Statement:
     now, membership_ids = rows
     return Statement(
         f"UPDATE {Membership._meta.db_table} SET last_posted_at = %b WHERE id = ANY(%b)",
-        [now, membership_ids])
+        [now, membership_ids],
+    )
 
 
 # send_plan.ExtraWrite kind -> its statement, or statements (combined with the batch's other
 # writes).
-EXTRA_STATEMENTS = {"post_stamps": _post_stamps, "threads": threads.pg_statements,
-                    # (the uploads' foreign key to the new messages is checked at commit)
-                    "attachment_links": attachments.link_statement}
+EXTRA_STATEMENTS = {
+    "post_stamps": _post_stamps,
+    "threads": threads.pg_statements,
+    # (the uploads' foreign key to the new messages is checked at commit)
+    "attachment_links": attachments.link_statement,
+}
 
 
-def write_statement(decision: plan.Decision,
-                    reads: plan.Reads) -> tuple[dict, Statement, list]:
+def write_statement(decision: plan.Decision, reads: plan.Reads) -> tuple[dict, Statement, list]:
     """The accepted sends' events ({request index: event}), the one statement that writes
     them, their messages, the rooms' last_seq and the extra writes (nothing waits for it),
     and the fan-out items for after the commit (the events, then the extra writes')."""
@@ -115,13 +145,18 @@ def write_statement(decision: plan.Decision,
         written = EXTRA_STATEMENTS[extra.kind](extra.rows)
         extras += written if isinstance(written, list) else [written]
         later += extra.fanout
-    statement = combine([
-        *extras,
-        pg_update(Room, "last_seq", last),
-        pg_insert(Message, ["id", *plan.MESSAGE_FIELDS],
-                  [(pk, *plan.message_row(m)) for pk, m in zip(ids, messages, strict=True)]),
-        events_statement(list(created.values())),  # serializes the envelopes: then fan-out
-    ])
+    statement = combine(
+        [
+            *extras,
+            pg_update(Room, "last_seq", last),
+            pg_insert(
+                Message,
+                ["id", *plan.MESSAGE_FIELDS],
+                [(pk, *plan.message_row(m)) for pk, m in zip(ids, messages, strict=True)],
+            ),
+            events_statement(list(created.values())),  # serializes the envelopes: then fan-out
+        ]
+    )
     return created, fanout_items(created.values()) + later, statement
 
 
@@ -132,7 +167,8 @@ def logged_statement(wanted) -> Statement:
         f"SELECT {_columns(Event, 'e')} FROM {Event._meta.db_table} e JOIN "
         "unnest(%b::bigint[], %b::bigint[]) AS w(room_id, seq) "
         "ON e.room_id = w.room_id AND e.seq = w.seq",
-        [[room for room, _ in pairs], [seq for _, seq in pairs]], True,
+        [[room for room, _ in pairs], [seq for _, seq in pairs]],
+        True,
     )
 
 

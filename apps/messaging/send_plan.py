@@ -50,8 +50,16 @@ from . import threads
 from .models import Message
 
 # The columns of a new message row (send_pg and send_orm insert these; PostgreSQL adds "id").
-MESSAGE_FIELDS = ["room_id", "author_id", "body", "client_id", "reply_to_id", "thread_id", "seq",
-                  "created_at"]
+MESSAGE_FIELDS = [
+    "room_id",
+    "author_id",
+    "body",
+    "client_id",
+    "reply_to_id",
+    "thread_id",
+    "seq",
+    "created_at",
+]
 
 
 class SendRequest(NamedTuple):
@@ -116,8 +124,17 @@ def clean(requests) -> tuple[list, list[Send]]:
             files = attachments.clean(request.attachments)
             # A message may be files alone (an empty body).
             body = "" if files and request.body == "" else clean_body(request.body)
-            todo.append(Send(index, room_id_of(request.room), request.author, body,
-                             clean_client_id(request.client_id), request.reply_to, files))
+            todo.append(
+                Send(
+                    index,
+                    room_id_of(request.room),
+                    request.author,
+                    body,
+                    clean_client_id(request.client_id),
+                    request.reply_to,
+                    files,
+                )
+            )
         except ServiceError as exc:
             results[index] = exc
     return results, todo
@@ -203,8 +220,9 @@ def check_send(send: Send, room, membership, reads: Reads, now) -> None:
     """The rules for one send, on what was read (raises the ServiceError that refuses it)."""
     if room is None:
         raise not_found("room not found")
-    rooms.check_can_send(room, send.author, membership, now=now,
-                         blocked=(room.pk, send.author.pk) in reads.blocked)
+    rooms.check_can_send(
+        room, send.author, membership, now=now, blocked=(room.pk, send.author.pk) in reads.blocked
+    )
     if send.reply_to is not None:
         if isinstance(send.reply_to, bool) or not isinstance(send.reply_to, int):
             raise invalid("reply_to must be a message id")
@@ -219,13 +237,21 @@ def plan_messages(decision: Decision, reads: Reads) -> tuple[list[Message], dict
     """The accepted sends' unsaved messages with their seqs (the seq rule, after each locked
     room's last_seq), and {room id: its new last_seq} (also set on the locked Room objects)."""
     locked = reads.rooms
-    seq_of, last = seqs.assign({pk: room.last_seq for pk, room in locked.items()},
-                               [send.room_id for send in decision.accepted])
+    seq_of, last = seqs.assign(
+        {pk: room.last_seq for pk, room in locked.items()},
+        [send.room_id for send in decision.accepted],
+    )
     messages = [
-        Message(room=locked[send.room_id], author=send.author, body=send.body,
-                client_id=send.client_id, reply_to_id=send.reply_to,
-                thread_id=threads.thread_of(send.reply_to, reads.reply_roots), seq=seq,
-                created_at=decision.now)
+        Message(
+            room=locked[send.room_id],
+            author=send.author,
+            body=send.body,
+            client_id=send.client_id,
+            reply_to_id=send.reply_to,
+            thread_id=threads.thread_of(send.reply_to, reads.reply_roots),
+            seq=seq,
+            created_at=decision.now,
+        )
         for send, seq in zip(decision.accepted, seq_of, strict=True)
     ]
     for room_id, seq in last.items():
@@ -237,8 +263,9 @@ def message_row(message: Message) -> tuple:
     return tuple(getattr(message, field) for field in MESSAGE_FIELDS)
 
 
-def created_events(decision: Decision, messages: list[Message], ids,
-                   uploads: Mapping = MappingProxyType({})) -> dict[int, Event]:
+def created_events(
+    decision: Decision, messages: list[Message], ids, uploads: Mapping = MappingProxyType({})
+) -> dict[int, Event]:
     """The messages, given their ids, and their message.created events: {request index: event}.
     `uploads`: Reads.uploads, for the events' attachments."""
     for message, pk in zip(messages, ids, strict=True):
@@ -246,10 +273,15 @@ def created_events(decision: Decision, messages: list[Message], ids,
         message._state.adding = False
     return {
         send.index: build_event(
-            "message.created", room=message.room, seq=message.seq, actor=message.author,
-            data=ev.message_created(message,
-                                    attachments=attachments.data(send.attachments, uploads)),
-            ts=message.created_at)
+            "message.created",
+            room=message.room,
+            seq=message.seq,
+            actor=message.author,
+            data=ev.message_created(
+                message, attachments=attachments.data(send.attachments, uploads)
+            ),
+            ts=message.created_at,
+        )
         for send, message in zip(decision.accepted, messages, strict=True)
     }
 
@@ -281,14 +313,17 @@ def thread_updates(decision: Decision, messages: list[Message], reads: Reads) ->
     return ExtraWrite("threads", thread_plan, thread_plan.fanout_items())
 
 
-def attachment_links(decision: Decision, messages: list[Message],
-                     reads: Reads) -> ExtraWrite | None:
+def attachment_links(
+    decision: Decision, messages: list[Message], reads: Reads
+) -> ExtraWrite | None:
     """The uploads the accepted sends attach: (upload id, message id, position) rows (the
     messages have their ids: created_events ran)."""
     if not any(send.attachments for send in decision.accepted):
         return None  # no extra write for a batch without files
-    rows = attachments.links((send.attachments, message.pk)
-                             for send, message in zip(decision.accepted, messages, strict=True))
+    rows = attachments.links(
+        (send.attachments, message.pk)
+        for send, message in zip(decision.accepted, messages, strict=True)
+    )
     return ExtraWrite("attachment_links", rows) if rows else None
 
 

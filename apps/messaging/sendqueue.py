@@ -58,8 +58,10 @@ class Lane:
                 conn = await self.connection()
                 return await amessage_send_many(conn, requests)
             except psycopg.Error:
-                logger.info("send batch on the asyncio connection failed; using the thread pool",
-                            exc_info=True)
+                logger.info(
+                    "send batch on the asyncio connection failed; using the thread pool",
+                    exc_info=True,
+                )
                 await self.reset()
         return await db(message_send_many)(requests)
 
@@ -85,7 +87,8 @@ def permissions_unread(requests) -> bool:
     (site moderators are exempt from slow mode, see any room), and reading them is an ORM
     query, which the event loop must not run."""
     return any(
-        getattr(r.author, "is_staff", False) and not getattr(r.author, "is_superuser", False)
+        getattr(r.author, "is_staff", False)
+        and not getattr(r.author, "is_superuser", False)
         and not hasattr(r.author, "_perm_cache")
         for r in requests
     )
@@ -100,8 +103,7 @@ def load_permissions(requests) -> None:
 
 
 def use_async_connection() -> bool:
-    return (connections["default"].vendor == "postgresql"
-            and settings.CHAT_SEND_ASYNC_DB)
+    return connections["default"].vendor == "postgresql" and settings.CHAT_SEND_ASYNC_DB
 
 
 def _new_lanes() -> list[Lane]:

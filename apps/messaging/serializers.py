@@ -35,8 +35,11 @@ class MessageSerializer(serializers.Serializer):
     author = UserSerializer()
     body = serializers.SerializerMethodField()
     reply_to = serializers.IntegerField(source="reply_to_id", allow_null=True)
-    thread = serializers.IntegerField(source="thread_id", allow_null=True,
-                                      help_text="The thread's root message id (replies only).")
+    thread = serializers.IntegerField(
+        source="thread_id",
+        allow_null=True,
+        help_text="The thread's root message id (replies only).",
+    )
     reply_count = serializers.IntegerField(help_text="Live replies in the thread it roots.")
     last_reply_seq = serializers.IntegerField(allow_null=True)
     client_id = serializers.UUIDField()
@@ -66,7 +69,9 @@ class MessageSerializer(serializers.Serializer):
         me = getattr(self.context.get("user"), "pk", None)
         summary: dict[str, dict] = {}
         for reaction in sorted(message.reactions.all(), key=lambda r: (r.created_at, r.pk)):
-            entry = summary.setdefault(reaction.emoji, {"emoji": reaction.emoji, "count": 0, "me": False})
+            entry = summary.setdefault(
+                reaction.emoji, {"emoji": reaction.emoji, "count": 0, "me": False}
+            )
             entry["count"] += 1
             entry["me"] = entry["me"] or reaction.user_id == me
         return list(summary.values())
@@ -74,7 +79,9 @@ class MessageSerializer(serializers.Serializer):
 
 class MessagePageSerializer(serializers.Serializer):
     results = MessageSerializer(many=True)
-    next = serializers.CharField(allow_null=True, help_text="URL of the next (older) page, or null.")
+    next = serializers.CharField(
+        allow_null=True, help_text="URL of the next (older) page, or null."
+    )
 
 
 class MessageSendSerializer(serializers.Serializer):
@@ -85,7 +92,9 @@ class MessageSendSerializer(serializers.Serializer):
     )
     reply_to = serializers.IntegerField(required=False, allow_null=True, min_value=1)
     attachments = serializers.ListField(
-        child=serializers.UUIDField(), required=False, max_length=50,
+        child=serializers.UUIDField(),
+        required=False,
+        max_length=50,
         help_text="Ids of the caller's uploads not sent yet (POST /api/uploads/).",
     )
 

@@ -85,8 +85,9 @@ def _sent_before(author, client_id) -> Message | None:
 
 def message_send(*, room, author, body, client_id, reply_to=None, attachments=None) -> Event:
     """Post a message; idempotent on (author, client_id): a resend returns the original event."""
-    result = message_send_many(
-        [SendRequest(room, author, body, client_id, reply_to, attachments)])[0]
+    result = message_send_many([SendRequest(room, author, body, client_id, reply_to, attachments)])[
+        0
+    ]
     if isinstance(result, Exception):
         raise result
     return result
@@ -171,13 +172,28 @@ def message_delete(*, message, actor, reason="") -> Event:
         by_moderator = message.author_id != actor.pk
         if by_moderator and not rooms.can_moderate(room, actor, membership):
             raise forbidden("only the author or a moderator can delete a message")
-        audit = [ModerationAction(
-            room=room, actor=actor, target_user_id=message.author_id,
-            target_message_id=message.pk, action=ModerationAction.Action.DELETE_MESSAGE,
+        audit = (
+            [
+                ModerationAction(
+                    room=room,
+                    actor=actor,
+                    target_user_id=message.author_id,
+                    target_message_id=message.pk,
+                    action=ModerationAction.Action.DELETE_MESSAGE,
+                    reason=reason,
+                )
+            ]
+            if by_moderator
+            else []
+        )
+        event = messages_redact(
+            room=room,
+            message_ids=[message.pk],
+            actor=actor,
+            by_moderator=by_moderator,
             reason=reason,
-        )] if by_moderator else []
-        event = messages_redact(room=room, message_ids=[message.pk], actor=actor,
-                                by_moderator=by_moderator, reason=reason, audit=audit)[0]
+            audit=audit,
+        )[0]
         message.body, message.deleted_at = "", event.ts
         return event
 
@@ -191,15 +207,20 @@ def _lock_for_delete(message, actor) -> tuple[Room, Message, Membership | None]:
         found = Message.objects.filter(pk=message.pk).first()
         membership = None if found is None else rooms.get_membership(room, actor)
     else:
-        room_rows, message_rows, membership_rows = _pipelined([
-            _select(Room, "id = %b FOR UPDATE", [message.room_id]),
-            _select(Message, "id = %b", [message.pk]),
-            _select(Membership, "room_id = %b AND user_id = %b", [message.room_id, actor.pk]),
-        ])
+        room_rows, message_rows, membership_rows = _pipelined(
+            [
+                _select(Room, "id = %b FOR UPDATE", [message.room_id]),
+                _select(Message, "id = %b", [message.pk]),
+                _select(Membership, "room_id = %b AND user_id = %b", [message.room_id, actor.pk]),
+            ]
+        )
         room = Room.from_db(connection.alias, None, room_rows[0]) if room_rows else None
         found = Message.from_db(connection.alias, None, message_rows[0]) if message_rows else None
-        membership = (Membership.from_db(connection.alias, None, membership_rows[0])
-                      if membership_rows else None)
+        membership = (
+            Membership.from_db(connection.alias, None, membership_rows[0])
+            if membership_rows
+            else None
+        )
     if room is None:
         raise not_found("room not found")
     if found is None:
@@ -229,12 +250,14 @@ def _select(model, where: str, params: list) -> Statement:
     """SELECT every concrete column of the model's rows (Model.from_db's order)."""
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in model._meta.concrete_fields)
-    return Statement(f"SELECT {columns} FROM {quote(model._meta.db_table)} WHERE {where}",
-                     params, True)
+    return Statement(
+        f"SELECT {columns} FROM {quote(model._meta.db_table)} WHERE {where}", params, True
+    )
 
 
-def messages_redact(*, room, message_ids, actor, by_moderator, reason,
-                    audit=(), rename=None) -> list[Event]:
+def messages_redact(
+    *, room, message_ids, actor, by_moderator, reason, audit=(), rename=None
+) -> list[Event]:
     """Delete and redact messages of one room: one message.deleted each, the rows' bodies
     cleared and their content events redacted, in one statement on PostgreSQL whatever their
     number.
@@ -250,24 +273,37 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason,
     seq_of, last = seqs.assign({room.pk: room.last_seq}, [room.pk] * len(ids))
     room.last_seq = last.get(room.pk, room.last_seq)
     events = [
-        build_event("message.deleted", room=room, seq=seq, actor=actor, ts=now,
-                    data=ev.message_deleted(pk, by_moderator=by_moderator, reason=reason))
+        build_event(
+            "message.deleted",
+            room=room,
+            seq=seq,
+            actor=actor,
+            ts=now,
+            data=ev.message_deleted(pk, by_moderator=by_moderator, reason=reason),
+        )
         for seq, pk in zip(seq_of, ids, strict=True)
     ]
     if connection.vendor == "postgresql":  # every write in one statement: one round trip
-        writes = combine([
-            pg_update(Room, "last_seq", {room.pk: room.last_seq}),
-            Statement(f"UPDATE {Message._meta.db_table} SET body = '', deleted_at = %b, "
-                      "deleted_by_id = %b::bigint WHERE id = ANY(%b::bigint[])",
-                      [now, deleted_by, ids]),
-            redaction_statement(ids, rename),
-            Statement(f"DELETE FROM {Notification._meta.db_table} "
-                      "WHERE message_id = ANY(%b::bigint[])", [ids]),
-            *([_audit_statement(audit, now)] if audit else []),
-            events_statement(events),
-            # Last: its RETURNING names the files, removed from storage after the commit.
-            attachment_files.delete_statement(ids),
-        ])
+        writes = combine(
+            [
+                pg_update(Room, "last_seq", {room.pk: room.last_seq}),
+                Statement(
+                    f"UPDATE {Message._meta.db_table} SET body = '', deleted_at = %b, "
+                    "deleted_by_id = %b::bigint WHERE id = ANY(%b::bigint[])",
+                    [now, deleted_by, ids],
+                ),
+                redaction_statement(ids, rename),
+                Statement(
+                    f"DELETE FROM {Notification._meta.db_table} "
+                    "WHERE message_id = ANY(%b::bigint[])",
+                    [ids],
+                ),
+                *([_audit_statement(audit, now)] if audit else []),
+                events_statement(events),
+                # Last: its RETURNING names the files, removed from storage after the commit.
+                attachment_files.delete_statement(ids),
+            ]
+        )
         # The threads' recount reads the deletion: pipelined after it, in the same round trip.
         connection.ensure_connection()
         with connection.wrap_database_errors, connection.connection.pipeline():
@@ -286,16 +322,27 @@ def messages_redact(*, room, message_ids, actor, by_moderator, reason,
     return events
 
 
-AUDIT_FIELDS = ["room_id", "actor_id", "target_user_id", "target_message_id", "action", "reason",
-                "details", "created_at"]
+AUDIT_FIELDS = [
+    "room_id",
+    "actor_id",
+    "target_user_id",
+    "target_message_id",
+    "action",
+    "reason",
+    "details",
+    "created_at",
+]
 
 
 def _audit_statement(actions, now) -> Statement:
     """PostgreSQL: the INSERT of unsaved ModerationActions (to combine with other writes)."""
     for action in actions:
         action.created_at = now
-    return pg_insert(ModerationAction, AUDIT_FIELDS,
-                     [tuple(getattr(a, name) for name in AUDIT_FIELDS) for a in actions])
+    return pg_insert(
+        ModerationAction,
+        AUDIT_FIELDS,
+        [tuple(getattr(a, name) for name in AUDIT_FIELDS) for a in actions],
+    )
 
 
 def reaction_add(*, message, user, emoji) -> Event:

@@ -32,8 +32,12 @@ class Item:
 
     @classmethod
     def from_envelope(cls, envelope: dict) -> Item:
-        return cls(envelope["seq"], text_frame(serialize(envelope).encode()), envelope["type"],
-                   revoked_user(envelope))
+        return cls(
+            envelope["seq"],
+            text_frame(serialize(envelope).encode()),
+            envelope["type"],
+            revoked_user(envelope),
+        )
 
     @property
     def reason(self) -> str:

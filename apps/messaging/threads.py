@@ -48,18 +48,24 @@ class ThreadPlan(NamedTuple):
     def fanout_items(self) -> list[tuple]:
         """thread.updated for every root the batch replied to (after its message.created)."""
         now = timezone.now()
-        return [(updated_envelope(room_id, root, count, last, actor=actor, ts=now), (), None)
-                for root, (count, last, room_id, actor) in self.counts.items()]
+        return [
+            (updated_envelope(room_id, root, count, last, actor=actor, ts=now), (), None)
+            for root, (count, last, room_id, actor) in self.counts.items()
+        ]
 
 
 EMPTY = ThreadPlan({}, {}, [])
 
 
 def updated_envelope(room_id, root_id, reply_count, last_reply_seq, *, actor, ts=None) -> dict:
-    return ev.envelope("thread.updated", room_id=room_id, seq=None, actor=actor,
-                       data=ev.thread_updated(root_id, reply_count=reply_count,
-                                              last_reply_seq=last_reply_seq),
-                       ts=ts or timezone.now())
+    return ev.envelope(
+        "thread.updated",
+        room_id=room_id,
+        seq=None,
+        actor=actor,
+        data=ev.thread_updated(root_id, reply_count=reply_count, last_reply_seq=last_reply_seq),
+        ts=ts or timezone.now(),
+    )
 
 
 # --- Send path ------------------------------------------------------------------------------
@@ -72,7 +78,10 @@ def reply_targets_statement(reply_ids: list[int]) -> Statement:
     return Statement(
         f"SELECT t.id, CASE WHEN t.deleted_at IS NULL THEN t.room_id END, r.id, r.author_id, "
         f"r.reply_count, r.last_reply_seq FROM {m} t JOIN {m} r ON r.id = COALESCE(t.thread_id, "
-        "t.id) WHERE t.id = ANY(%b)", [reply_ids], True)
+        "t.id) WHERE t.id = ANY(%b)",
+        [reply_ids],
+        True,
+    )
 
 
 def reply_targets_from_rows(rows) -> tuple[dict, dict]:
@@ -84,13 +93,21 @@ def reply_targets(reply_ids: list[int]) -> tuple[dict, dict]:
     """reply_targets_statement through the ORM (SQLite)."""
     if not reply_ids:
         return {}, {}
-    targets = list(Message.objects.filter(pk__in=reply_ids)
-                   .values_list("id", "room_id", "deleted_at", "thread_id"))
-    roots = {pk: Root(pk, *rest) for pk, *rest in Message.objects.filter(
-        pk__in={thread or pk for pk, _, _, thread in targets}
-    ).values_list("id", "author_id", "reply_count", "last_reply_seq")}
-    return ({pk: None if deleted else room for pk, room, deleted, _ in targets},
-            {pk: roots[thread or pk] for pk, _, _, thread in targets})
+    targets = list(
+        Message.objects.filter(pk__in=reply_ids).values_list(
+            "id", "room_id", "deleted_at", "thread_id"
+        )
+    )
+    roots = {
+        pk: Root(pk, *rest)
+        for pk, *rest in Message.objects.filter(
+            pk__in={thread or pk for pk, _, _, thread in targets}
+        ).values_list("id", "author_id", "reply_count", "last_reply_seq")
+    }
+    return (
+        {pk: None if deleted else room for pk, room, deleted, _ in targets},
+        {pk: roots[thread or pk] for pk, _, _, thread in targets},
+    )
 
 
 def thread_of(reply_to, roots: dict) -> int | None:
@@ -124,24 +141,40 @@ def pg_statements(thread_plan: ThreadPlan) -> list[Statement]:
         return []
     m, f = Message._meta.db_table, ThreadFollow._meta.db_table
     roots = list(thread_plan.counts)
-    statements = [Statement(
-        f"UPDATE {m} SET reply_count = v.n, last_reply_seq = v.s FROM unnest(%b::bigint[], "
-        f"%b::integer[], %b::bigint[]) AS v(id, n, s) WHERE {m}.id = v.id",
-        [roots, [thread_plan.counts[r][0] for r in roots],
-         [thread_plan.counts[r][1] for r in roots]])]
+    statements = [
+        Statement(
+            f"UPDATE {m} SET reply_count = v.n, last_reply_seq = v.s FROM unnest(%b::bigint[], "
+            f"%b::integer[], %b::bigint[]) AS v(id, n, s) WHERE {m}.id = v.id",
+            [
+                roots,
+                [thread_plan.counts[r][0] for r in roots],
+                [thread_plan.counts[r][1] for r in roots],
+            ],
+        )
+    ]
     pairs = list(thread_plan.repliers)
-    statements.append(Statement(
-        f"INSERT INTO {f} (user_id, root_id, following, last_read_seq, created_at) "
-        "SELECT u, r, true, s, now() FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) "
-        "AS v(u, r, s) ON CONFLICT (user_id, root_id) DO UPDATE SET following = true, "
-        f"last_read_seq = GREATEST({f}.last_read_seq, excluded.last_read_seq)",
-        [[u for u, _ in pairs], [r for _, r in pairs], [thread_plan.repliers[p] for p in pairs]]))
-    if thread_plan.authors:
-        statements.append(Statement(
+    statements.append(
+        Statement(
             f"INSERT INTO {f} (user_id, root_id, following, last_read_seq, created_at) "
-            "SELECT u, r, true, 0, now() FROM unnest(%b::bigint[], %b::bigint[]) AS v(u, r) "
-            "ON CONFLICT (user_id, root_id) DO NOTHING",
-            [[u for u, _ in thread_plan.authors], [r for _, r in thread_plan.authors]]))
+            "SELECT u, r, true, s, now() FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) "
+            "AS v(u, r, s) ON CONFLICT (user_id, root_id) DO UPDATE SET following = true, "
+            f"last_read_seq = GREATEST({f}.last_read_seq, excluded.last_read_seq)",
+            [
+                [u for u, _ in pairs],
+                [r for _, r in pairs],
+                [thread_plan.repliers[p] for p in pairs],
+            ],
+        )
+    )
+    if thread_plan.authors:
+        statements.append(
+            Statement(
+                f"INSERT INTO {f} (user_id, root_id, following, last_read_seq, created_at) "
+                "SELECT u, r, true, 0, now() FROM unnest(%b::bigint[], %b::bigint[]) AS v(u, r) "
+                "ON CONFLICT (user_id, root_id) DO NOTHING",
+                [[u for u, _ in thread_plan.authors], [r for _, r in thread_plan.authors]],
+            )
+        )
     return statements
 
 
@@ -151,14 +184,19 @@ def write(thread_plan: ThreadPlan) -> None:
         Message.objects.filter(pk=root).update(reply_count=count, last_reply_seq=last)
     if thread_plan.repliers:
         ThreadFollow.objects.bulk_create(
-            [ThreadFollow(user_id=u, root_id=r, following=True, last_read_seq=s)
-             for (u, r), s in thread_plan.repliers.items()],
-            update_conflicts=True, unique_fields=["user", "root"],
-            update_fields=["following", "last_read_seq"])
+            [
+                ThreadFollow(user_id=u, root_id=r, following=True, last_read_seq=s)
+                for (u, r), s in thread_plan.repliers.items()
+            ],
+            update_conflicts=True,
+            unique_fields=["user", "root"],
+            update_fields=["following", "last_read_seq"],
+        )
     if thread_plan.authors:
         ThreadFollow.objects.bulk_create(
             [ThreadFollow(user_id=u, root_id=r, last_read_seq=0) for u, r in thread_plan.authors],
-            ignore_conflicts=True)
+            ignore_conflicts=True,
+        )
 
 
 # --- Deletion -------------------------------------------------------------------------------
@@ -171,7 +209,8 @@ def _recount_sql(ids_param: str) -> str:
         f"SELECT t.id, COUNT(x.id) AS n, MAX(x.seq) AS s FROM (SELECT DISTINCT thread_id AS id "
         f"FROM {m} WHERE id IN ({ids_param}) AND thread_id IS NOT NULL) t "
         f"LEFT JOIN {m} x ON x.thread_id = t.id AND x.deleted_at IS NULL GROUP BY t.id) c "
-        f"WHERE {m}.id = c.id RETURNING {m}.id, {m}.room_id, {m}.reply_count, {m}.last_reply_seq")
+        f"WHERE {m}.id = c.id RETURNING {m}.id, {m}.room_id, {m}.reply_count, {m}.last_reply_seq"
+    )
 
 
 def recount_statement(message_ids: list[int]) -> Statement:
@@ -190,5 +229,7 @@ def recount(message_ids: list[int]) -> list[tuple]:
 def recount_items(rows, actor) -> list[tuple]:
     """thread.updated fan-out items for recount rows."""
     now = timezone.now()
-    return [(updated_envelope(room, root, count, last, actor=actor, ts=now), (), None)
-            for root, room, count, last in rows]
+    return [
+        (updated_envelope(room, root, count, last, actor=actor, ts=now), (), None)
+        for root, room, count, last in rows
+    ]

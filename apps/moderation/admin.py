@@ -32,15 +32,22 @@ from .managers import QUEUE_ORDER
 from .models import Account, Report
 
 CONTEXT_BEFORE, CONTEXT_AFTER = 20, 5
-ACTIONS = [("delete", "Delete the message"), ("mute", "Mute the author"),
-           ("ban", "Ban the author from the room"), ("dismiss", "Dismiss the report")]
+ACTIONS = [
+    ("delete", "Delete the message"),
+    ("mute", "Mute the author"),
+    ("ban", "Ban the author from the room"),
+    ("dismiss", "Dismiss the report"),
+]
 
 
 class ResolveForm(forms.Form):
     action = forms.ChoiceField(choices=ACTIONS)
-    reason = forms.CharField(max_length=500, required=False,
-                             widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
-                             help_text="Recorded in the moderation log and the room's events.")
+    reason = forms.CharField(
+        max_length=500,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        help_text="Recorded in the moderation log and the room's events.",
+    )
     duration = forms.ChoiceField(
         required=False,
         choices=[("", "Permanent (ban) / choose for a mute")]
@@ -58,9 +65,12 @@ def log_context(report) -> list[dict]:
     moderator needs to see (edits and deletions marked, redacted bodies said to be so)."""
     events = list(
         Event.objects.filter(
-            room_id=report.room_id, seq__gte=report.message_seq - CONTEXT_BEFORE,
+            room_id=report.room_id,
+            seq__gte=report.message_seq - CONTEXT_BEFORE,
             seq__lte=report.message_seq + CONTEXT_AFTER,
-        ).order_by("seq").values_list("seq", "type", "envelope")
+        )
+        .order_by("seq")
+        .values_list("seq", "type", "envelope")
     )
     ids = {env["data"].get("id") for _, type, env in events if type.startswith("message.")}
     state = {m.pk: m for m in Message.objects.filter(pk__in=ids).only("edited_at", "deleted_at")}
@@ -76,21 +86,30 @@ def log_context(report) -> list[dict]:
             text = f"{data.get('emoji')} on message {data.get('message')}"
         elif type == "message.deleted":
             text = f"deleted message {data.get('id')}" + (
-                f": {data['reason']}" if data.get("reason") else "")
+                f": {data['reason']}" if data.get("reason") else ""
+            )
         else:
             user = (data.get("user") or {}).get("username")
             text = user or ""
-        rows.append({
-            "seq": seq, "type": type, "actor": (env.get("actor") or {}).get("username") or "—",
-            "ts": env.get("ts"), "text": text, "message": message_id,
-            "reported": message_id == report.message_id and type == "message.created",
-            "edited": type == "message.edited"
-                      or (type == "message.created" and message is not None
-                          and message.edited_at is not None),
-            "deleted": type == "message.deleted"
-                       or (type == "message.created" and message is not None
-                           and message.is_deleted),
-        })
+        rows.append(
+            {
+                "seq": seq,
+                "type": type,
+                "actor": (env.get("actor") or {}).get("username") or "—",
+                "ts": env.get("ts"),
+                "text": text,
+                "message": message_id,
+                "reported": message_id == report.message_id and type == "message.created",
+                "edited": type == "message.edited"
+                or (
+                    type == "message.created"
+                    and message is not None
+                    and message.edited_at is not None
+                ),
+                "deleted": type == "message.deleted"
+                or (type == "message.created" and message is not None and message.is_deleted),
+            }
+        )
     return rows
 
 
@@ -98,8 +117,18 @@ def log_context(report) -> list[dict]:
 class ReportAdmin(ModerationAdmin):
     """The report queue: open reports first; each opens its review page."""
 
-    list_display = ("id", "status", "category", "room", "author", "excerpt", "reporter",
-                    "created_at", "resolved_by", "action")
+    list_display = (
+        "id",
+        "status",
+        "category",
+        "room",
+        "author",
+        "excerpt",
+        "reporter",
+        "created_at",
+        "resolved_by",
+        "action",
+    )
     list_filter = ("status", "category")
     search_fields = ("body", "reason", "author__username", "reporter__username", "room__name")
     list_select_related = ("room", "author", "reporter", "resolved_by")
@@ -126,15 +155,18 @@ class ReportAdmin(ModerationAdmin):
             verb = dict(ACTIONS)[action]
             try:
                 services.report_resolve(
-                    report=report, actor=request.user, action=action,
+                    report=report,
+                    actor=request.user,
+                    action=action,
                     reason=form.cleaned_data["reason"] or self.default_reason(request, verb),
                     until=form.until(),
                 )
             except ServiceError as exc:
                 self.message_user(request, f"{verb} refused: {exc.message}", messages.ERROR)
             else:
-                self.message_user(request, f"Report #{report.pk}: {verb.lower()} — done.",
-                                  messages.SUCCESS)
+                self.message_user(
+                    request, f"Report #{report.pk}: {verb.lower()} — done.", messages.SUCCESS
+                )
                 return HttpResponseRedirect(reverse("admin:moderation_report_changelist"))
         context = {
             **self.admin_site.each_context(request),
@@ -144,7 +176,8 @@ class ReportAdmin(ModerationAdmin):
             "message": report.message,
             "log": log_context(report),
             "form": form,
-            "can_act": report.status == Report.Status.OPEN and self.has_moderate_permission(request),
+            "can_act": report.status == Report.Status.OPEN
+            and self.has_moderate_permission(request),
             **(extra_context or {}),
         }
         return TemplateResponse(request, self.review_template, context)
@@ -165,14 +198,19 @@ class AccountAdmin(ModerationAdmin):
     def deactivate_accounts(self, request, queryset):
         verb = "Deactivate"
         return self.run_action(
-            request, queryset, verb=verb, form_class=ReasonForm,
+            request,
+            queryset,
+            verb=verb,
+            form_class=ReasonForm,
             call=lambda user, form: services.user_deactivate(
                 user=user, actor=request.user, reason=self.reason(request, form, verb)
             ),
         )
 
-    @admin.action(description="Erase account (deletes every message; cannot be undone)",
-                  permissions=["moderate"])
+    @admin.action(
+        description="Erase account (deletes every message; cannot be undone)",
+        permissions=["moderate"],
+    )
     def erase_accounts(self, request, queryset):
         """apps.messaging.erasure: refused for staff accounts unless a superuser asks."""
         return erase_selected(self, request, queryset)

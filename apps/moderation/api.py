@@ -22,8 +22,9 @@ REPORTS_PAGE = (50, 200)
 
 class ReportRequestSerializer(serializers.Serializer):
     category = serializers.ChoiceField(choices=Report.Category.choices)
-    reason = serializers.CharField(max_length=services.REASON_MAX, required=False,
-                                   allow_blank=True, default="")
+    reason = serializers.CharField(
+        max_length=services.REASON_MAX, required=False, allow_blank=True, default=""
+    )
 
 
 class ReportCreatedSerializer(serializers.Serializer):
@@ -43,9 +44,23 @@ class ReportSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Report
-        fields = ["id", "status", "category", "reason", "message", "room", "seq", "author",
-                  "body", "reporter", "created_at", "resolved_by", "resolved_at", "action",
-                  "resolution_reason"]
+        fields = [
+            "id",
+            "status",
+            "category",
+            "reason",
+            "message",
+            "room",
+            "seq",
+            "author",
+            "body",
+            "reporter",
+            "created_at",
+            "resolved_by",
+            "resolved_at",
+            "action",
+            "resolution_reason",
+        ]
 
 
 class ReportPageSerializer(serializers.Serializer):
@@ -61,19 +76,27 @@ class MessageReportApi(MessageScopedApi):
 
     @extend_schema(
         request=ReportRequestSerializer,
-        responses={201: ReportCreatedSerializer,
-                   200: OpenApiResponse(ReportCreatedSerializer,
-                                        description="Already reported: the open report"),
-                   429: ErrorSerializer, **MESSAGE_REFUSED},
+        responses={
+            201: ReportCreatedSerializer,
+            200: OpenApiResponse(
+                ReportCreatedSerializer, description="Already reported: the open report"
+            ),
+            429: ErrorSerializer,
+            **MESSAGE_REFUSED,
+        },
     )
     def post(self, request, message_id):
         data = validated(ReportRequestSerializer, request)
         report, created = services.report_create(
-            message=self.message, reporter=request.user, category=data["category"],
+            message=self.message,
+            reporter=request.user,
+            category=data["category"],
             reason=data["reason"],
         )
-        return Response({"id": report.pk, "status": report.status},
-                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            {"id": report.pk, "status": report.status},
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
 
 class ReportsApi(GenericAPIView):
@@ -85,8 +108,12 @@ class ReportsApi(GenericAPIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("status", str, enum=Report.Status.values,
-                             description="Only reports in this state (open, resolved, dismissed)"),
+            OpenApiParameter(
+                "status",
+                str,
+                enum=Report.Status.values,
+                description="Only reports in this state (open, resolved, dismissed)",
+            ),
             OpenApiParameter("room", int, description="Only this room's reports"),
             OpenApiParameter("before", int, description="Cursor: reports with id < before"),
             LIMIT,
@@ -108,22 +135,23 @@ class ReportsApi(GenericAPIView):
         if before is not None:
             reports = reports.filter(pk__lt=before)
         page = list(
-            reports.select_related("reporter", "author", "resolved_by").order_by("-pk")[
-                : limit + 1
-            ]
+            reports.select_related("reporter", "author", "resolved_by").order_by("-pk")[: limit + 1]
         )
         more = len(page) > limit
         page = page[:limit]
-        return Response({
-            "results": ReportSerializer(page, many=True).data,
-            "next": next_url(request, before=page[-1].pk, limit=limit) if more else None,
-        })
+        return Response(
+            {
+                "results": ReportSerializer(page, many=True).data,
+                "next": next_url(request, before=page[-1].pk, limit=limit) if more else None,
+            }
+        )
 
 
 class ReportResolveSerializer(serializers.Serializer):
     action = serializers.ChoiceField(choices=["delete", "mute", "ban", "dismiss"])
-    reason = serializers.CharField(max_length=services.RESOLUTION_REASON_MAX, required=False,
-                                   allow_blank=True, default="")
+    reason = serializers.CharField(
+        max_length=services.RESOLUTION_REASON_MAX, required=False, allow_blank=True, default=""
+    )
     until = serializers.DateTimeField(required=False, allow_null=True, default=None)
 
 
@@ -134,15 +162,27 @@ class ReportResolveApi(GenericAPIView):
     serializer_class = ReportResolveSerializer
     queryset = Report.objects.none()
 
-    @extend_schema(request=ReportResolveSerializer,
-                   responses={200: ReportSerializer, **REFUSED,
-                              404: OpenApiResponse(ErrorSerializer, description="No such report")})
+    @extend_schema(
+        request=ReportResolveSerializer,
+        responses={
+            200: ReportSerializer,
+            **REFUSED,
+            404: OpenApiResponse(ErrorSerializer, description="No such report"),
+        },
+    )
     def post(self, request, report_id):
         report = Report.objects.moderated_by(request.user).filter(pk=report_id).first()
         if report is None:
             raise not_found("report not found")
         data = validated(ReportResolveSerializer, request)
-        report = services.report_resolve(report=report, actor=request.user, action=data["action"],
-                                         reason=data["reason"], until=data["until"])
-        report = Report.objects.select_related("reporter", "author", "resolved_by").get(pk=report.pk)
+        report = services.report_resolve(
+            report=report,
+            actor=request.user,
+            action=data["action"],
+            reason=data["reason"],
+            until=data["until"],
+        )
+        report = Report.objects.select_related("reporter", "author", "resolved_by").get(
+            pk=report.pk
+        )
         return Response(ReportSerializer(report).data)

@@ -29,4 +29,6 @@ class ReportQuerySet(models.QuerySet):
 
     def body_erasable(self, before):
         """Handled reports whose copy of the body is due for erasure (handled before `before`)."""
-        return self.exclude(status="open").filter(resolved_at__lt=before, body_erased_at__isnull=True)
+        return self.exclude(status="open").filter(
+            resolved_at__lt=before, body_erased_at__isnull=True
+        )

@@ -49,7 +49,10 @@ class Report(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     created_at = models.DateTimeField(default=timezone.now)
     resolved_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
         related_name="+",
     )
     resolved_at = models.DateTimeField(null=True, blank=True)
@@ -61,12 +64,15 @@ class Report(models.Model):
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=["reporter", "message"], condition=Q(status="open"),
+                fields=["reporter", "message"],
+                condition=Q(status="open"),
                 name="report_one_open_per_reporter_and_message",
             )
         ]
-        indexes = [models.Index(fields=["status", "created_at"]),
-                   models.Index(fields=["room", "status"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(fields=["room", "status"]),
+        ]
         ordering = ["-created_at"]
 
     def __str__(self):
@@ -74,8 +80,13 @@ class Report(models.Model):
 
     def as_data(self) -> dict:
         """data.report of report.created: never the reporter."""
-        return {"id": self.pk, "message": self.message_id, "room": self.room_id,
-                "category": self.category, "reason": self.reason}
+        return {
+            "id": self.pk,
+            "message": self.message_id,
+            "room": self.room_id,
+            "category": self.category,
+            "reason": self.reason,
+        }
 
 
 class Account(get_user_model()):

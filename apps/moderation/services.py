@@ -36,10 +36,13 @@ def moderator_ids(room) -> list[int]:
     room_moderators = Membership.objects.filter(
         room=room, is_active=True, role__in=[Membership.Role.OWNER, Membership.Role.MODERATOR]
     ).values_list("user_id", flat=True)
-    perm = Q(groups__permissions__codename="moderate_room",
-             groups__permissions__content_type__app_label="rooms") | Q(
+    perm = Q(
+        groups__permissions__codename="moderate_room",
+        groups__permissions__content_type__app_label="rooms",
+    ) | Q(
         user_permissions__codename="moderate_room",
-        user_permissions__content_type__app_label="rooms")
+        user_permissions__content_type__app_label="rooms",
+    )
     site = User.objects.filter(is_active=True, is_staff=True).filter(Q(is_superuser=True) | perm)
     return sorted(set(room_moderators) | set(site.values_list("pk", flat=True)))
 
@@ -65,15 +68,23 @@ def report_create(*, message, reporter, category, reason="") -> tuple[Report, bo
     try:
         with transaction.atomic():
             report = Report.objects.create(
-                reporter=reporter, message=message, message_seq=message.seq,
-                room_id=message.room_id, author_id=message.author_id, category=category,
-                reason=reason, body=message.body,
+                reporter=reporter,
+                message=message,
+                message_seq=message.seq,
+                room_id=message.room_id,
+                author_id=message.author_id,
+                category=category,
+                reason=reason,
+                body=message.body,
             )
             # No seq (reports are not part of the room's history) and no actor: the reporter's
             # identity never leaves the database; moderators read it in the admin or the API.
             record_event(
-                type="report.created", room=message.room, actor=None,
-                data=ev.report_created(report), target_user_ids=moderator_ids(message.room),
+                type="report.created",
+                room=message.room,
+                actor=None,
+                data=ev.report_created(report),
+                target_user_ids=moderator_ids(message.room),
             )
     except IntegrityError:  # the same report at the same moment from another request
         return Report.objects.open().get(reporter=reporter, message=message), False
@@ -92,9 +103,11 @@ def report_resolve(*, report, actor, action, reason="", until=None) -> Report:
         raise invalid("action must be one of: delete, mute, ban, dismiss")
     reason = _clean_resolution_reason(reason)
     with transaction.atomic():
-        report = Report.objects.select_for_update(of=("self",)).select_related(
-            "room", "author", "message"
-        ).get(pk=report.pk)
+        report = (
+            Report.objects.select_for_update(of=("self",))
+            .select_related("room", "author", "message")
+            .get(pk=report.pk)
+        )
         if report.status != Report.Status.OPEN:
             raise invalid("the report is already handled")
         room = report.room
@@ -110,16 +123,21 @@ def report_resolve(*, report, actor, action, reason="", until=None) -> Report:
             if action == "mute":
                 if until is None:
                     raise invalid("a mute needs an end (until)")
-                rooms.member_mute(room=room, actor=actor, user=report.author, until=until,
-                                  reason=reason)
+                rooms.member_mute(
+                    room=room, actor=actor, user=report.author, until=until, reason=reason
+                )
             else:
-                rooms.member_ban(room=room, actor=actor, user=report.author, until=until,
-                                 reason=reason)
+                rooms.member_ban(
+                    room=room, actor=actor, user=report.author, until=until, reason=reason
+                )
         else:
             ModerationAction.objects.create(
-                room=room, actor=actor, target_user=report.author,
+                room=room,
+                actor=actor,
+                target_user=report.author,
                 target_message_id=report.message_id,
-                action=ModerationAction.Action.DISMISS_REPORT, reason=reason,
+                action=ModerationAction.Action.DISMISS_REPORT,
+                reason=reason,
                 details={"report": report.pk},
             )
         report.status = Report.Status.DISMISSED if action == "dismiss" else Report.Status.RESOLVED
@@ -127,13 +145,17 @@ def report_resolve(*, report, actor, action, reason="", until=None) -> Report:
         report.resolved_by = actor
         report.resolved_at = timezone.now()
         report.resolution_reason = reason
-        report.save(update_fields=["status", "action", "resolved_by", "resolved_at",
-                                   "resolution_reason"])
+        report.save(
+            update_fields=["status", "action", "resolved_by", "resolved_at", "resolution_reason"]
+        )
         # Other open reports of the same message are settled by a deletion too.
         if action == "delete":
             Report.objects.open().filter(message_id=report.message_id).update(
-                status=Report.Status.RESOLVED, action=action, resolved_by=actor,
-                resolved_at=report.resolved_at, resolution_reason=reason,
+                status=Report.Status.RESOLVED,
+                action=action,
+                resolved_by=actor,
+                resolved_at=report.resolved_at,
+                resolution_reason=reason,
             )
     return report
 
@@ -165,6 +187,9 @@ def user_deactivate(*, user, actor, reason="") -> None:
         user.is_active = False
         user.save(update_fields=["is_active"])
         ModerationAction.objects.create(
-            room=None, actor=actor, target_user=user,
-            action=ModerationAction.Action.DEACTIVATE, reason=_clean_resolution_reason(reason),
+            room=None,
+            actor=actor,
+            target_user=user,
+            action=ModerationAction.Action.DEACTIVATE,
+            reason=_clean_resolution_reason(reason),
         )

@@ -5,16 +5,38 @@ from .models import MentionCursor, Notification
 
 @admin.register(Notification)
 class NotificationAdmin(admin.ModelAdmin):
-    list_display = ("created_at", "user", "kind", "room", "seq", "actor", "excerpt", "is_read",
-                    "emailed_at")
-    list_filter = ("kind", ("read_at", admin.EmptyFieldListFilter),
-                   ("emailed_at", admin.EmptyFieldListFilter))
+    list_display = (
+        "created_at",
+        "user",
+        "kind",
+        "room",
+        "seq",
+        "actor",
+        "excerpt",
+        "is_read",
+        "emailed_at",
+    )
+    list_filter = (
+        "kind",
+        ("read_at", admin.EmptyFieldListFilter),
+        ("emailed_at", admin.EmptyFieldListFilter),
+    )
     search_fields = ("user__username", "=event_id")
     list_select_related = ("user", "actor", "room")
     raw_id_fields = ("user", "actor", "room")
     ordering = ("-created_at",)
-    readonly_fields = ("user", "kind", "event_id", "room", "seq", "message_id", "actor",
-                       "excerpt", "created_at", "emailed_at")
+    readonly_fields = (
+        "user",
+        "kind",
+        "event_id",
+        "room",
+        "seq",
+        "message_id",
+        "actor",
+        "excerpt",
+        "created_at",
+        "emailed_at",
+    )
 
     @admin.display(boolean=True, description="read", ordering="read_at")
     def is_read(self, obj):

@@ -31,8 +31,19 @@ class NotificationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Notification
-        fields = ["id", "kind", "room", "seq", "message", "actor", "excerpt", "event_id",
-                  "created_at", "read", "read_at"]
+        fields = [
+            "id",
+            "kind",
+            "room",
+            "seq",
+            "message",
+            "actor",
+            "excerpt",
+            "event_id",
+            "created_at",
+            "read",
+            "read_at",
+        ]
 
 
 class NotificationPageSerializer(serializers.Serializer):
@@ -80,11 +91,13 @@ class NotificationsApi(GenericAPIView):
         page = list(rows[: limit + 1])
         more = len(page) > limit
         page = page[:limit]
-        return Response({
-            "results": NotificationSerializer(page, many=True).data,
-            "next": next_url(request, before=page[-1].pk) if more else None,
-            "unread": mine.unread().count(),
-        })
+        return Response(
+            {
+                "results": NotificationSerializer(page, many=True).data,
+                "next": next_url(request, before=page[-1].pk) if more else None,
+                "unread": mine.unread().count(),
+            }
+        )
 
 
 class NotificationReadApi(GenericAPIView):
@@ -96,8 +109,10 @@ class NotificationReadApi(GenericAPIView):
 
     @extend_schema(
         request=None,
-        responses={200: NotificationSerializer,
-                   404: OpenApiResponse(ErrorSerializer, description="Not yours, or no such id")},
+        responses={
+            200: NotificationSerializer,
+            404: OpenApiResponse(ErrorSerializer, description="Not yours, or no such id"),
+        },
     )
     def post(self, request, notification_id):
         notification = services.notification_mark_read(

@@ -32,12 +32,17 @@ def due(now=None):
     from apps.rooms.models import Membership
 
     now = now or timezone.now()
-    read_to = Membership.objects.filter(room=OuterRef("room_id"), user=OuterRef("user_id"),
-                                        is_active=True).values("last_read_seq")[:1]
+    read_to = Membership.objects.filter(
+        room=OuterRef("room_id"), user=OuterRef("user_id"), is_active=True
+    ).values("last_read_seq")[:1]
     cutoff = now - timedelta(minutes=settings.NOTIFY_EMAIL_AFTER_MINUTES)
     return (
-        Notification.objects.filter(read_at__isnull=True, emailed_at__isnull=True,
-                                    created_at__lte=cutoff, user__is_active=True)
+        Notification.objects.filter(
+            read_at__isnull=True,
+            emailed_at__isnull=True,
+            created_at__lte=cutoff,
+            user__is_active=True,
+        )
         .exclude(user__email="")
         .annotate(read_to=Subquery(read_to))
         .filter(read_to__isnull=False)
@@ -70,11 +75,15 @@ def send_unread(now=None) -> int:
                 try:
                     mail.send_messages([message_for(notifications)])
                 except Exception:  # noqa: BLE001 - this user's stay due for the next run
-                    logger.warning("notification email to user %s failed",
-                                   notifications[0].user_id, exc_info=True)
+                    logger.warning(
+                        "notification email to user %s failed",
+                        notifications[0].user_id,
+                        exc_info=True,
+                    )
                     continue
                 Notification.objects.filter(pk__in=[n.pk for n in notifications]).update(
-                    emailed_at=now)
+                    emailed_at=now
+                )
                 sent += 1
         finally:
             mail.close()
@@ -87,16 +96,26 @@ def message_for(notifications: list[Notification]) -> EmailMessage:
     user = notifications[0].user
     count = len(notifications)
     site = settings.NOTIFY_EMAIL_SITE_URL.rstrip("/")
-    lines = [f"Hello {user.username},", "",
-             f"you have {count} unread mention{'s' if count != 1 else ''}:", ""]
+    lines = [
+        f"Hello {user.username},",
+        "",
+        f"you have {count} unread mention{'s' if count != 1 else ''}:",
+        "",
+    ]
     for n in notifications[:LISTED]:
         who = n.actor.username if n.actor else "someone"
         lines.append(f"- {n.room.name}: {who}: {n.excerpt}")
     if count > LISTED:
         lines.append(f"- and {count - LISTED} more")
-    lines += ["", f"Read them at {site}/", "",
-              ("You get this because the room's notification level is 'all' or 'mentions'; "
-               "set it to 'none' in the room menu to stop them.")]
+    lines += [
+        "",
+        f"Read them at {site}/",
+        "",
+        (
+            "You get this because the room's notification level is 'all' or 'mentions'; "
+            "set it to 'none' in the room menu to stop them."
+        ),
+    ]
     return EmailMessage(
         subject=f"{count} unread mention{'s' if count != 1 else ''}",
         body="\n".join(lines),

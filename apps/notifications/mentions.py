@@ -79,8 +79,9 @@ class Mentions:
 
     def minus(self, earlier: Mentions) -> Mentions:
         """The mentions this text adds to an earlier version of it."""
-        return Mentions(self.keys - earlier.keys, self.room and not earlier.room,
-                        self.here and not earlier.here)
+        return Mentions(
+            self.keys - earlier.keys, self.room and not earlier.room, self.here and not earlier.here
+        )
 
 
 def parse(body) -> Mentions:
@@ -92,7 +93,8 @@ def parse(body) -> Mentions:
     lowered = {name.lower() for name in names}
     return Mentions(
         frozenset(username_key(name) for name in names if name.lower() not in (ROOM, HERE)),
-        room=ROOM in lowered, here=HERE in lowered,
+        room=ROOM in lowered,
+        here=HERE in lowered,
     )
 
 
@@ -114,11 +116,17 @@ def recipients(*, room_id: int, author_id, mentions: Mentions) -> dict[int, str]
 
     if not mentions:
         return {}
-    members = Membership.objects.active().filter(room_id=room_id, user__is_active=True).exclude(
-        pk__in=Membership.objects.banned().filter(room_id=room_id).values("pk"))
+    members = (
+        Membership.objects.active()
+        .filter(room_id=room_id, user__is_active=True)
+        .exclude(pk__in=Membership.objects.banned().filter(room_id=room_id).values("pk"))
+    )
     room_ok = mentions.room and _may_mention_room(room_id, author_id, members)
-    rows = members if (room_ok or mentions.here) else members.filter(
-        user__username_key__in=mentions.keys)
+    rows = (
+        members
+        if (room_ok or mentions.here)
+        else members.filter(user__username_key__in=mentions.keys)
+    )
     users = dict(rows.values_list("user_id", "user__username_key"))
     users.pop(author_id, None)
     online = presence.online_ids(list(users)) if mentions.here and users else set()
@@ -132,12 +140,17 @@ def recipients(*, room_id: int, author_id, mentions: Mentions) -> dict[int, str]
             kinds[user_id] = Notification.Kind.HERE
     if not kinds:
         return {}
-    silent = set(RoomLevel.objects.filter(room_id=room_id, user_id__in=kinds,
-                                          level=RoomLevel.Level.NONE)
-                 .values_list("user_id", flat=True))
+    silent = set(
+        RoomLevel.objects.filter(
+            room_id=room_id, user_id__in=kinds, level=RoomLevel.Level.NONE
+        ).values_list("user_id", flat=True)
+    )
     if author_id is not None:
-        silent |= set(Block.objects.filter(blocker_id__in=kinds, blocked_id=author_id)
-                      .values_list("blocker_id", flat=True))
+        silent |= set(
+            Block.objects.filter(blocker_id__in=kinds, blocked_id=author_id).values_list(
+                "blocker_id", flat=True
+            )
+        )
     return {uid: kind for uid, kind in kinds.items() if uid not in silent}
 
 
@@ -181,14 +194,29 @@ def notify_event(envelope: dict, *, earlier_body=None) -> list[Notification]:
     if not kinds:
         return []
     # Nobody twice for one message (an edit, or the same event handled again).
-    kinds = {uid: kind for uid, kind in kinds.items() if uid not in set(
-        Notification.objects.filter(message_id=message_id, room_id=envelope["room"],
-                                    user_id__in=kinds).values_list("user_id", flat=True))}
+    kinds = {
+        uid: kind
+        for uid, kind in kinds.items()
+        if uid
+        not in set(
+            Notification.objects.filter(
+                message_id=message_id, room_id=envelope["room"], user_id__in=kinds
+            ).values_list("user_id", flat=True)
+        )
+    }
     now = timezone.now()
     rows = [
-        Notification(user_id=uid, kind=kind, event_id=envelope["id"], room_id=envelope["room"],
-                     seq=envelope["seq"], message_id=message_id, actor_id=author_id,
-                     excerpt=body[:EXCERPT], created_at=now)
+        Notification(
+            user_id=uid,
+            kind=kind,
+            event_id=envelope["id"],
+            room_id=envelope["room"],
+            seq=envelope["seq"],
+            message_id=message_id,
+            actor_id=author_id,
+            excerpt=body[:EXCERPT],
+            created_at=now,
+        )
         for uid, kind in sorted(kinds.items())
     ]
     created = Notification.objects.bulk_create(rows)
@@ -199,9 +227,12 @@ def notify_event(envelope: dict, *, earlier_body=None) -> list[Notification]:
 
 def _earlier_body(room_id, message_id, seq) -> str | None:
     envelope = (
-        Event.objects.filter(message_id=message_id, room_id=room_id, type__in=CONTENT_TYPES,
-                             seq__lt=seq)
-        .order_by("-seq").values_list("envelope", flat=True).first()
+        Event.objects.filter(
+            message_id=message_id, room_id=room_id, type__in=CONTENT_TYPES, seq__lt=seq
+        )
+        .order_by("-seq")
+        .values_list("envelope", flat=True)
+        .first()
     )
     return ((envelope or {}).get("data") or {}).get("body")
 
@@ -213,8 +244,9 @@ def pending_rooms(limit=None) -> list[tuple[int, int, int]]:
     cursor = MentionCursor.objects.filter(room_id=OuterRef("pk")).values("seq")[:1]
     return list(
         Room.objects.annotate(done=Coalesce(Subquery(cursor), Value(0)))
-        .filter(last_seq__gt=F("done")).order_by("pk")
-        .values_list("pk", "done", "last_seq")[:limit or ROOMS_PER_RUN]
+        .filter(last_seq__gt=F("done"))
+        .order_by("pk")
+        .values_list("pk", "done", "last_seq")[: limit or ROOMS_PER_RUN]
     )
 
 
@@ -243,9 +275,11 @@ def process_pending() -> Run:
         for room_id, done, last in rooms:
             ranges |= Q(room_id=room_id, seq__gt=done, seq__lte=last)
         events = list(
-            Event.objects.filter(ranges, type__in=CONTENT_TYPES,
-                                 envelope__data__body__icontains="@")
-            .order_by("room_id", "seq").values_list("envelope", flat=True)[:EVENTS_PER_RUN]
+            Event.objects.filter(
+                ranges, type__in=CONTENT_TYPES, envelope__data__body__icontains="@"
+            )
+            .order_by("room_id", "seq")
+            .values_list("envelope", flat=True)[:EVENTS_PER_RUN]
         )
         if len(events) >= EVENTS_PER_RUN:  # stop after the last room read in full
             run.more = True
@@ -267,7 +301,10 @@ def _move_cursors(heads: dict[int, int]) -> None:
     """One upsert for every room read (the advisory lock keeps other workers out)."""
     MentionCursor.objects.bulk_create(
         [MentionCursor(room_id=r, seq=s) for r, s in heads.items()],
-        update_conflicts=True, unique_fields=["room"], update_fields=["seq"])
+        update_conflicts=True,
+        unique_fields=["room"],
+        update_fields=["seq"],
+    )
 
 
 def send_created(notifications) -> None:
@@ -286,7 +323,10 @@ def created_envelope(notification) -> dict:
     if actor is None and notification.actor_id is not None:
         actor = catalogue.actor_of(notification.actor)
     return catalogue.envelope(
-        "notification.created", room_id=notification.room_id, seq=None,
-        actor=actor, data=catalogue.notification_created(notification, actor=actor),
+        "notification.created",
+        room_id=notification.room_id,
+        seq=None,
+        actor=actor,
+        data=catalogue.notification_created(notification, actor=actor),
         ts=notification.created_at,
     )

@@ -26,8 +26,12 @@ class NotificationQuerySet(models.QuerySet):
         `Room.objects.with_membership_of(user)`, as an expression: the user's unread
         notifications of the room past their read position (0 when there are none)."""
         mentions = (
-            self.filter(user=user, room=OuterRef("pk"), read_at__isnull=True,
-                        seq__gt=OuterRef("my_last_read_seq"))
+            self.filter(
+                user=user,
+                room=OuterRef("pk"),
+                read_at__isnull=True,
+                seq__gt=OuterRef("my_last_read_seq"),
+            )
             .order_by()
             .values("room")
             .annotate(n=Count("pk"))
@@ -73,8 +77,11 @@ class Notification(models.Model):
             # A deleted message's notifications (their excerpt is its text) go with it.
             models.Index(fields=["message_id"], name="notification_message"),
             # The email task's scan: unread and not yet emailed, oldest first.
-            models.Index(fields=["created_at"], name="notification_email_due",
-                         condition=models.Q(read_at__isnull=True, emailed_at__isnull=True)),
+            models.Index(
+                fields=["created_at"],
+                name="notification_email_due",
+                condition=models.Q(read_at__isnull=True, emailed_at__isnull=True),
+            ),
         ]
         ordering = ["-pk"]
 
@@ -124,8 +131,9 @@ class MentionCursor(models.Model):
     """Per room, the last seq whose events the mention worker has read (a cursor over the
     event log: apps.notifications.mentions). A room without a row starts at 0."""
 
-    room = models.OneToOneField("rooms.Room", on_delete=models.CASCADE, primary_key=True,
-                                related_name="+")
+    room = models.OneToOneField(
+        "rooms.Room", on_delete=models.CASCADE, primary_key=True, related_name="+"
+    )
     seq = models.BigIntegerField(default=0)
 
     def __str__(self):

@@ -46,5 +46,8 @@ def online_ids(user_ids) -> set[int]:
     except Exception:  # noqa: BLE001 - unknown presence: @here reaches nobody this time
         logger.warning("presence unavailable; @here notifies no one")
         return set()
-    return {uid for uid, value in zip(user_ids, values, strict=True)
-            if (value.decode() if isinstance(value, bytes) else value) == ONLINE}
+    return {
+        uid
+        for uid, value in zip(user_ids, values, strict=True)
+        if (value.decode() if isinstance(value, bytes) else value) == ONLINE
+    }

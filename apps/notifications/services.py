@@ -14,8 +14,9 @@ MAX_IDS = 500
 def on_room_read(sender, room, user, seq, **kwargs) -> None:
     """Reading a room reads its notifications up to that seq (apps.rooms.signals.room_read,
     in mark_read's transaction)."""
-    Notification.objects.filter(user=user, room=room, read_at__isnull=True,
-                                seq__lte=seq).update(read_at=timezone.now())
+    Notification.objects.filter(user=user, room=room, read_at__isnull=True, seq__lte=seq).update(
+        read_at=timezone.now()
+    )
 
 
 def notification_mark_read(*, user, notification_id) -> Notification:
@@ -41,7 +42,10 @@ def notifications_mark_read(*, user, ids=None, all=False) -> int:
     if any(isinstance(i, bool) or not isinstance(i, int) or not 0 < i < 2**63 for i in ids):
         raise invalid("ids must be notification ids (positive integers)")
     return (
-        Notification.objects.for_user(user).unread().filter(pk__in=ids).update(read_at=timezone.now())
+        Notification.objects.for_user(user)
+        .unread()
+        .filter(pk__in=ids)
+        .update(read_at=timezone.now())
     )
 
 

@@ -26,12 +26,19 @@ BAN_DURATIONS = [
     ("604800", "1 week"),
     ("2592000", "30 days"),
 ]
-MUTE_DURATIONS = [("600", "10 minutes"), ("3600", "1 hour"), ("86400", "1 day"), ("604800", "1 week")]
+MUTE_DURATIONS = [
+    ("600", "10 minutes"),
+    ("3600", "1 hour"),
+    ("86400", "1 day"),
+    ("604800", "1 week"),
+]
 
 
 class ReasonForm(forms.Form):
     reason = forms.CharField(
-        max_length=500, required=False, widget=forms.Textarea(attrs={"rows": 3}),
+        max_length=500,
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
         help_text="Recorded in the moderation log (a default names you and the admin).",
     )
 
@@ -63,8 +70,17 @@ class MembershipInline(admin.TabularInline):
 
 @admin.register(Room)
 class RoomAdmin(ModerationAdmin):
-    list_display = ("id", "name", "kind", "created_by", "created_at", "archived_at", "last_seq",
-                    "slow_mode_seconds", "post_policy")
+    list_display = (
+        "id",
+        "name",
+        "kind",
+        "created_by",
+        "created_at",
+        "archived_at",
+        "last_seq",
+        "slow_mode_seconds",
+        "post_policy",
+    )
     list_filter = ("kind", ("archived_at", admin.EmptyFieldListFilter), "post_policy")
     search_fields = ("name", "topic")
     list_select_related = ("created_by",)
@@ -75,7 +91,10 @@ class RoomAdmin(ModerationAdmin):
     def archive_rooms(self, request, queryset):
         verb = "Archive"
         return self.run_action(
-            request, queryset, verb=verb, form_class=ReasonForm,
+            request,
+            queryset,
+            verb=verb,
+            form_class=ReasonForm,
             call=lambda room, form: services.room_archive(
                 room=room, actor=request.user, reason=self.reason(request, form, verb)
             ),
@@ -121,7 +140,11 @@ def member_action(name, description, service, *, durations=None, ask=True, reaso
 
         form_class = (DurationForm if durations else ReasonForm) if ask else None
         return modeladmin.run_action(
-            request, queryset, verb=verb, call=call, form_class=form_class,
+            request,
+            queryset,
+            verb=verb,
+            call=call,
+            form_class=form_class,
             form_kwargs={"durations": durations} if durations else None,
         )
 
@@ -132,7 +155,14 @@ def member_action(name, description, service, *, durations=None, ask=True, reaso
 @admin.register(Membership)
 class MembershipAdmin(ModerationAdmin):
     list_display = (
-        "user", "room", "role", "is_active", "muted_until", "banned_at", "banned_until", "ban_reason"
+        "user",
+        "room",
+        "role",
+        "is_active",
+        "muted_until",
+        "banned_at",
+        "banned_until",
+        "ban_reason",
     )
     list_filter = (StateFilter, "role")
     search_fields = ("user__username", "room__name")
@@ -141,15 +171,34 @@ class MembershipAdmin(ModerationAdmin):
         member_action("ban", "Ban from the room", services.member_ban, durations=BAN_DURATIONS),
         member_action("unban", "Unban (lift the ban)", services.member_unban),
         member_action("mute", "Mute", services.member_mute, durations=MUTE_DURATIONS),
-        member_action("unmute", "Unmute (lift the mute)", services.member_mute, ask=False,
-                      until=None),
+        member_action(
+            "unmute", "Unmute (lift the mute)", services.member_mute, ask=False, until=None
+        ),
         member_action("kick", "Kick out of the room", services.member_kick),
-        member_action("make_owner", "Make room owner", services.member_set_role,
-                      ask=False, reason=False, role=Membership.Role.OWNER),
-        member_action("make_moderator", "Make room moderator", services.member_set_role,
-                      ask=False, reason=False, role=Membership.Role.MODERATOR),
-        member_action("make_member", "Make plain member", services.member_set_role,
-                      ask=False, reason=False, role=Membership.Role.MEMBER),
+        member_action(
+            "make_owner",
+            "Make room owner",
+            services.member_set_role,
+            ask=False,
+            reason=False,
+            role=Membership.Role.OWNER,
+        ),
+        member_action(
+            "make_moderator",
+            "Make room moderator",
+            services.member_set_role,
+            ask=False,
+            reason=False,
+            role=Membership.Role.MODERATOR,
+        ),
+        member_action(
+            "make_member",
+            "Make plain member",
+            services.member_set_role,
+            ask=False,
+            reason=False,
+            role=Membership.Role.MEMBER,
+        ),
     ]
 
 
@@ -157,8 +206,15 @@ class MembershipAdmin(ModerationAdmin):
 class ModerationActionAdmin(ModerationAdmin):
     """The audit trail: who did what to whom, when and why. Read-only."""
 
-    list_display = ("created_at", "actor", "action", "room", "target_user", "target_message_id",
-                    "reason")
+    list_display = (
+        "created_at",
+        "actor",
+        "action",
+        "room",
+        "target_user",
+        "target_message_id",
+        "reason",
+    )
     list_filter = ("action",)
     search_fields = ("actor__username", "target_user__username", "room__name", "reason")
     list_select_related = ("actor", "room", "target_user")

@@ -133,9 +133,7 @@ class RoomsApi(GenericAPIView):
         search = request.query_params.get("search", "").strip()
         if search:
             rooms = rooms.filter(name__icontains=search[:100])
-        page = list(
-            seen_by(rooms, request.user).filter(pk__gt=after).order_by("pk")[: limit + 1]
-        )
+        page = list(seen_by(rooms, request.user).filter(pk__gt=after).order_by("pk")[: limit + 1])
         more = len(page) > limit
         page = page[:limit]
         return Response(
@@ -145,7 +143,9 @@ class RoomsApi(GenericAPIView):
             }
         )
 
-    @extend_schema(request=RoomCreateSerializer, responses={201: RoomSerializer, 400: ErrorSerializer})
+    @extend_schema(
+        request=RoomCreateSerializer, responses={201: RoomSerializer, 400: ErrorSerializer}
+    )
     def post(self, request):
         data = validated(RoomCreateSerializer, request)
         room = services.room_create(
@@ -168,8 +168,12 @@ class DirectRoomApi(GenericAPIView):
 
     @extend_schema(
         request=UserRefSerializer,
-        responses={200: RoomSerializer, 201: RoomSerializer, 400: ErrorSerializer,
-                   404: ErrorSerializer},
+        responses={
+            200: RoomSerializer,
+            201: RoomSerializer,
+            400: ErrorSerializer,
+            404: ErrorSerializer,
+        },
     )
     def post(self, request):
         other = get_user_or_404(validated(UserRefSerializer, request)["user"])
@@ -195,8 +199,12 @@ class RoomDetailApi(RoomScopedApi):
     def patch(self, request, room_id):
         data = validated(RoomUpdateSerializer, request, partial=True)
         room = services.room_update(
-            room=self.room, actor=request.user, name=data.get("name"), topic=data.get("topic"),
-            slow_mode_seconds=data.get("slow_mode_seconds"), post_policy=data.get("post_policy"),
+            room=self.room,
+            actor=request.user,
+            name=data.get("name"),
+            topic=data.get("topic"),
+            slow_mode_seconds=data.get("slow_mode_seconds"),
+            post_policy=data.get("post_policy"),
             retention_days=data.get("retention_days", services.UNCHANGED),
         )
         return Response(room_data(room, request.user))

@@ -15,7 +15,8 @@ class MyMembershipSerializer(serializers.Serializer):
     muted_until = serializers.DateTimeField(allow_null=True)
     notify = serializers.ChoiceField(
         choices=["all", "mentions", "none"],
-        help_text="Your notification level here (PATCH /api/rooms/{id}/membership/).")
+        help_text="Your notification level here (PATCH /api/rooms/{id}/membership/).",
+    )
 
 
 class RoomSerializer(serializers.Serializer):
@@ -33,15 +34,18 @@ class RoomSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField(read_only=True)
     last_seq = serializers.IntegerField(read_only=True)
     slow_mode_seconds = serializers.IntegerField(
-        read_only=True, help_text="Slow mode: members who are not moderators post at most once "
-        "per this many seconds (0 = off)."
+        read_only=True,
+        help_text="Slow mode: members who are not moderators post at most once "
+        "per this many seconds (0 = off).",
     )
     post_policy = serializers.ChoiceField(
-        choices=Room.PostPolicy.choices, read_only=True,
+        choices=Room.PostPolicy.choices,
+        read_only=True,
         help_text="'moderators': only the room's moderators post (announcement rooms).",
     )
     retention_days = serializers.IntegerField(
-        read_only=True, allow_null=True,
+        read_only=True,
+        allow_null=True,
         help_text="Days messages are kept in this room; null = the site default.",
     )
     history_start = serializers.IntegerField(
@@ -84,7 +88,10 @@ class RoomCreateSerializer(serializers.Serializer):
     )
     topic = serializers.CharField(max_length=500, required=False, allow_blank=True, default="")
     members = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, default=list, max_length=100,
+        child=serializers.IntegerField(min_value=1),
+        required=False,
+        default=list,
+        max_length=100,
         help_text="User ids to add as members at once.",
     )
 
@@ -93,12 +100,17 @@ class RoomUpdateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, required=False)
     topic = serializers.CharField(max_length=500, required=False, allow_blank=True)
     slow_mode_seconds = serializers.IntegerField(
-        required=False, min_value=0, max_value=SLOW_MODE_MAX_SECONDS,
+        required=False,
+        min_value=0,
+        max_value=SLOW_MODE_MAX_SECONDS,
         help_text="0 turns slow mode off.",
     )
     post_policy = serializers.ChoiceField(choices=Room.PostPolicy.choices, required=False)
     retention_days = serializers.IntegerField(
-        required=False, allow_null=True, min_value=1, max_value=36500,
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=36500,
         help_text="Days messages are kept (1-36500); null = the site default (RETENTION_DAYS).",
     )
 
@@ -116,8 +128,14 @@ class ReadResultSerializer(serializers.Serializer):
     unread = serializers.IntegerField()
 
 
-PRIVATE_MEMBER_FIELDS = ("is_active", "muted_until", "banned", "banned_until", "ban_reason",
-                         "last_read_seq")
+PRIVATE_MEMBER_FIELDS = (
+    "is_active",
+    "muted_until",
+    "banned",
+    "banned_until",
+    "ban_reason",
+    "last_read_seq",
+)
 
 
 class MemberSerializer(serializers.Serializer):
@@ -154,7 +172,9 @@ class ReasonSerializer(serializers.Serializer):
 
 class BanSerializer(ReasonSerializer):
     until = serializers.DateTimeField(
-        required=False, allow_null=True, default=None,
+        required=False,
+        allow_null=True,
+        default=None,
         help_text="When the ban ends (ISO 8601 with zone); null or absent = permanent.",
     )
 

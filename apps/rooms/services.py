@@ -77,8 +77,9 @@ def check_can_view(room, user) -> None:
 _UNREAD = object()
 
 
-def check_can_read(room, user, *, missing="room not found",
-                   membership=_UNREAD) -> Membership | None:
+def check_can_read(
+    room, user, *, missing="room not found", membership=_UNREAD
+) -> Membership | None:
     """Read the room's messages, events, members and reactions: the view rule, and no ban.
 
     A user banned from a public room gets `forbidden`; from a private room (where a ban ends
@@ -198,8 +199,10 @@ def check_can_send(room, user, membership=_READ, *, blocked=_READ, now=None) -> 
     with `retry_after`). The caller holds the room lock, so two sends cannot both pass."""
     membership = check_can_post(room, user, membership, blocked=blocked)
     check_post_policy(room, user, membership)
-    if room.slow_mode_seconds and membership.last_posted_at and not is_room_moderator(
-        user, membership
+    if (
+        room.slow_mode_seconds
+        and membership.last_posted_at
+        and not is_room_moderator(user, membership)
     ):
         now = now or timezone.now()
         wait = (membership.last_posted_at - now).total_seconds() + room.slow_mode_seconds
@@ -404,8 +407,16 @@ def _clean_retention_days(days) -> int | None:
     return days
 
 
-def room_update(*, room, actor, name=None, topic=None, slow_mode_seconds=None,
-                post_policy=None, retention_days=UNCHANGED) -> Room:
+def room_update(
+    *,
+    room,
+    actor,
+    name=None,
+    topic=None,
+    slow_mode_seconds=None,
+    post_policy=None,
+    retention_days=UNCHANGED,
+) -> Room:
     """Rename the room, change its topic, slow mode, post policy or retention (owner and
     moderators). `retention_days=None` returns the room to the site default (RETENTION_DAYS)."""
     with transaction.atomic():
@@ -586,8 +597,9 @@ def member_kick(*, room, actor, user, reason="") -> None:
         _check_keeps_an_owner(room, target, "be removed")
         target.is_active = False
         target.save(update_fields=["is_active"])
-        record_event(type="member.left", room=room, actor=actor,
-                     data=ev.member_left(user, reason=reason))
+        record_event(
+            type="member.left", room=room, actor=actor, data=ev.member_left(user, reason=reason)
+        )
         _audit(room, actor, ModerationAction.Action.KICK, target_user=user, reason=reason)
 
 
@@ -630,8 +642,14 @@ def member_ban(*, room, actor, user, reason="", until=None) -> Membership:
             actor=actor,
             data=ev.member_banned(user, reason=reason, until=until),
         )
-        _audit(room, actor, ModerationAction.Action.BAN, target_user=user, reason=reason,
-               until=until.isoformat() if until else None)
+        _audit(
+            room,
+            actor,
+            ModerationAction.Action.BAN,
+            target_user=user,
+            reason=reason,
+            until=until.isoformat() if until else None,
+        )
         return target
 
 
@@ -650,8 +668,12 @@ def member_unban(*, room, actor, user, reason="") -> Membership:
         target.banned_at = target.banned_until = None
         target.ban_reason = ""
         target.save(update_fields=["banned_at", "banned_until", "ban_reason"])
-        record_event(type="member.unbanned", room=room, actor=actor,
-                     data=ev.member_unbanned(user, reason=reason))
+        record_event(
+            type="member.unbanned",
+            room=room,
+            actor=actor,
+            data=ev.member_unbanned(user, reason=reason),
+        )
         _audit(room, actor, ModerationAction.Action.UNBAN, target_user=user, reason=reason)
         return target
 
@@ -671,7 +693,9 @@ def member_mute(*, room, actor, user, until=None, reason="") -> Membership:
         target.muted_until = until
         target.save(update_fields=["muted_until"])
         record_event(
-            type="member.muted", room=room, actor=actor,
+            type="member.muted",
+            room=room,
+            actor=actor,
             data=ev.member_muted(user, until=until, reason=reason),
         )
         _audit(
@@ -691,7 +715,9 @@ def mark_read(*, room, user, seq) -> object | None:
         raise invalid("seq must be a non-negative integer")
     with transaction.atomic():
         membership = (
-            Membership.objects.select_for_update().filter(room=room, user=user, is_active=True).first()
+            Membership.objects.select_for_update()
+            .filter(room=room, user=user, is_active=True)
+            .first()
         )
         if membership is None:
             check_can_read(room, user)
@@ -717,4 +743,3 @@ def get_room_or_404(room_id, user) -> Room:
         return Room.objects.visible_to(user).get(pk=int(room_id))
     except (Room.DoesNotExist, TypeError, ValueError, OverflowError):
         raise not_found("room not found") from None
-

@@ -87,9 +87,10 @@ class ModerationAdmin(admin.ModelAdmin):
 
 class EraseForm(forms.Form):
     confirm = forms.BooleanField(
-        required=True, label="Erase these accounts",
+        required=True,
+        label="Erase these accounts",
         help_text="They are deactivated at once, every message they wrote is deleted and their "
-                  "name is replaced by deleted-user-<id> everywhere. This cannot be undone.",
+        "name is replaced by deleted-user-<id> everywhere. This cannot be undone.",
     )
 
 
@@ -97,15 +98,25 @@ def erase_selected(model_admin, request, queryset):
     """The erase action of a ModerationAdmin-like admin: confirm, then account_erase each
     (which refuses whom the caller may not erase)."""
     return model_admin.run_action(
-        request, queryset, verb="Erase", form_class=EraseForm,
+        request,
+        queryset,
+        verb="Erase",
+        form_class=EraseForm,
         call=lambda user, form: erasure.account_erase(user=user, actor=request.user),
     )
 
 
 @admin.register(User)
 class UserAdmin(BaseUserAdmin):
-    list_display = ("username", "email", "is_active", "is_staff", "is_superuser", "date_joined",
-                    "erased_at")
+    list_display = (
+        "username",
+        "email",
+        "is_active",
+        "is_staff",
+        "is_superuser",
+        "date_joined",
+        "erased_at",
+    )
     list_filter = ("is_active", "is_staff", "is_superuser", "groups")
     readonly_fields = ("erased_at",)
     actions = ["erase_accounts"]
@@ -125,7 +136,8 @@ class UserAdmin(BaseUserAdmin):
     def has_erase_permission(self, request):
         return request.user.is_superuser
 
-    @admin.action(description="Erase account (deletes every message; cannot be undone)",
-                  permissions=["erase"])
+    @admin.action(
+        description="Erase account (deletes every message; cannot be undone)", permissions=["erase"]
+    )
     def erase_accounts(self, request, queryset):
         return erase_selected(self, request, queryset)

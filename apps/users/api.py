@@ -38,7 +38,8 @@ class MeSerializer(UserSerializer):
         help_text="Site moderator: may moderate every room."
     )
     dm_policy = serializers.ChoiceField(
-        choices=User.DmPolicy.choices, read_only=True,
+        choices=User.DmPolicy.choices,
+        read_only=True,
         help_text="Who may open a direct room with you.",
     )
 
@@ -93,11 +94,15 @@ class UsersApi(GenericAPIView):
         return super().get_authenticators()
 
     @extend_schema(
-        parameters=[OpenApiParameter(
-            "search", str, required=True,
-            description=f"Part of a username, at least {SEARCH_MIN} characters; at most "
-                        f"{SEARCH_LIMIT} people are returned",
-        )],
+        parameters=[
+            OpenApiParameter(
+                "search",
+                str,
+                required=True,
+                description=f"Part of a username, at least {SEARCH_MIN} characters; at most "
+                f"{SEARCH_LIMIT} people are returned",
+            )
+        ],
         responses=UserSerializer(many=True),
     )
     def get(self, request):
@@ -162,8 +167,9 @@ class MeApi(GenericAPIView):
         form.is_valid(raise_exception=True)
         user = request.user
         if "dm_policy" in form.validated_data:
-            user = services.user_set_dm_policy(user=user,
-                                               dm_policy=form.validated_data["dm_policy"])
+            user = services.user_set_dm_policy(
+                user=user, dm_policy=form.validated_data["dm_policy"]
+            )
         return Response(MeSerializer(user).data)
 
     @extend_schema(request=EraseRequestSerializer, responses={204: None})
@@ -186,15 +192,18 @@ class BlocksApi(GenericAPIView):
         blocks = Block.objects.filter(blocker=request.user).select_related("blocked")
         return Response(BlockSerializer(blocks[:BLOCKS_LIMIT], many=True).data)
 
-    @extend_schema(request=BlockRequestSerializer, responses={200: BlockSerializer,
-                                                              201: BlockSerializer})
+    @extend_schema(
+        request=BlockRequestSerializer, responses={200: BlockSerializer, 201: BlockSerializer}
+    )
     def post(self, request):
         form = BlockRequestSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         blocked = User.objects.filter(pk=form.validated_data["user"]).first()
         block, created = services.block_create(blocker=request.user, blocked=blocked)
-        return Response(BlockSerializer(block).data,
-                        status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+        return Response(
+            BlockSerializer(block).data,
+            status=status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        )
 
 
 class BlockDetailApi(GenericAPIView):

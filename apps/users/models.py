@@ -35,8 +35,8 @@ def validate_one_script(username: str) -> None:
 
 # Cyrillic and Greek letters (case-folded) that look like a Latin one in upper or lower case.
 _LOOKS_LATIN = str.maketrans(
-    "авекмнорстхуіјѕԁһԛԝӏѵ" "αβεζηικμνορτυχ",
-    "abekmhopctxyijsdhqwlv" "abezhikmnoptyx",
+    "авекмнорстхуіјѕԁһԛԝӏѵαβεζηικμνορτυχ",
+    "abekmhopctxyijsdhqwlvabezhikmnoptyx",
 )
 
 
@@ -58,7 +58,7 @@ class User(AbstractUser):
         max_length=150,
         unique=True,
         help_text="Required. 150 characters or fewer. Letters, digits and @/./+/-/_ only, "
-                  "in one script.",
+        "in one script.",
         validators=[UnicodeUsernameValidator(), validate_one_script],
         error_messages={"unique": "A user with that username already exists."},
     )
@@ -73,16 +73,21 @@ class User(AbstractUser):
         NOBODY = "nobody"
 
     # Who may open a direct room with this user (PROTOCOL §7).
-    dm_policy = models.CharField(max_length=12, choices=DmPolicy.choices,
-                                 default=DmPolicy.ANYONE)
+    dm_policy = models.CharField(max_length=12, choices=DmPolicy.choices, default=DmPolicy.ANYONE)
     # Set when the account was erased (apps.messaging.erasure); it is then inactive and
     # named deleted-user-<id>.
     erased_at = models.DateTimeField(null=True, blank=True, editable=False)
     # Bot accounts (PROTOCOL §10): no password, act through tokens, `actor.bot` on their
     # events. `bot_owner` is who created it (null for a room's webhook bot of a deleted owner).
     is_bot = models.BooleanField(default=False, editable=False)
-    bot_owner = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
-                                  related_name="bots", editable=False)
+    bot_owner = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="bots",
+        editable=False,
+    )
 
     class Meta(AbstractUser.Meta):
         swappable = "AUTH_USER_MODEL"
@@ -113,17 +118,20 @@ class Block(models.Model):
     """`blocker` blocked `blocked`: no direct room between them from the blocked side, no
     posting in an existing one, and the blocker's clients hide the blocked user's messages."""
 
-    blocker = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                                related_name="blocks")
-    blocked = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                                related_name="blocked_by")
+    blocker = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="blocks"
+    )
+    blocked = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="blocked_by"
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["blocker", "blocked"], name="block_pair_unique"),
-            models.CheckConstraint(condition=~models.Q(blocker=models.F("blocked")),
-                                   name="block_not_self"),
+            models.CheckConstraint(
+                condition=~models.Q(blocker=models.F("blocked")), name="block_not_self"
+            ),
         ]
         indexes = [models.Index(fields=["blocked", "blocker"])]
         ordering = ["-created_at"]
@@ -139,8 +147,9 @@ class ApiToken(models.Model):
     READ, WRITE = "read", "write"
     SCOPES = (READ, WRITE)
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="api_tokens")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"
+    )
     name = models.CharField(max_length=100)
     key_id = models.CharField(max_length=16, unique=True, editable=False)
     digest = models.CharField(max_length=64, editable=False)

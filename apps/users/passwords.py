@@ -54,8 +54,9 @@ def hashing_slot(request):
                 held = f"{base}:{index}"
                 break
         else:
-            raise ServiceError("rate_limited",
-                               "too many password checks at once from this address; try again")
+            raise ServiceError(
+                "rate_limited", "too many password checks at once from this address; try again"
+            )
     except ServiceError:
         raise
     except Exception:  # the cache is down: the throttles decide; do not turn it into a 500

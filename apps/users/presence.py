@@ -133,7 +133,7 @@ class RedisPresence:
         out = []
         for (user_ids, _, _), result in zip(calls, await pipe.execute(), strict=True):
             for i, user_id in enumerate(user_ids):
-                changed, status, count = result[3 * i:3 * i + 3]
+                changed, status, count = result[3 * i : 3 * i + 3]
                 status = status.decode() if isinstance(status, bytes) else status
                 out.append((user_id, int(changed), status, int(count)))
         return out
@@ -177,10 +177,10 @@ class RedisPresence:
         for user_id, socket_id, status in entries:
             by_user.setdefault(user_id, []).append((socket_id, status))
         users = list(by_user.items())
-        calls = [self._call("ref", users[i:i + 200], ttl) for i in range(0, len(users), 200)]
+        calls = [self._call("ref", users[i : i + 200], ttl) for i in range(0, len(users), 200)]
         changes = []
         for start in range(0, len(calls), 10):
-            results = await self._run(calls[start:start + 10])
+            results = await self._run(calls[start : start + 10])
             changes += [(u, new) for u, changed, new, _ in results if changed == 1]
         return changes
 

@@ -31,16 +31,26 @@ logger = logging.getLogger(__name__)
 # Budget name -> the (capacity setting, refill-per-second setting) of each bucket it takes from.
 BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "write": (("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),),
-    "room_create": (("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
-                    ("RATE_LIMIT_ROOM_CREATE", "RATE_LIMIT_ROOM_CREATE_PER_SECOND")),
-    "dm_open": (("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
-                ("RATE_LIMIT_DM_OPEN", "RATE_LIMIT_DM_OPEN_PER_SECOND")),
-    "invite": (("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
-               ("RATE_LIMIT_INVITE", "RATE_LIMIT_INVITE_PER_SECOND")),
-    "report": (("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
-               ("RATE_LIMIT_REPORT", "RATE_LIMIT_REPORT_PER_SECOND")),
-    "upload": (("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
-               ("RATE_LIMIT_UPLOAD", "RATE_LIMIT_UPLOAD_PER_SECOND")),
+    "room_create": (
+        ("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
+        ("RATE_LIMIT_ROOM_CREATE", "RATE_LIMIT_ROOM_CREATE_PER_SECOND"),
+    ),
+    "dm_open": (
+        ("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
+        ("RATE_LIMIT_DM_OPEN", "RATE_LIMIT_DM_OPEN_PER_SECOND"),
+    ),
+    "invite": (
+        ("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
+        ("RATE_LIMIT_INVITE", "RATE_LIMIT_INVITE_PER_SECOND"),
+    ),
+    "report": (
+        ("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
+        ("RATE_LIMIT_REPORT", "RATE_LIMIT_REPORT_PER_SECOND"),
+    ),
+    "upload": (
+        ("CHAT_RATE_LIMIT_MESSAGES", "CHAT_RATE_LIMIT_PER_SECOND"),
+        ("RATE_LIMIT_UPLOAD", "RATE_LIMIT_UPLOAD_PER_SECOND"),
+    ),
     "read": (("RATE_LIMIT_READ", "RATE_LIMIT_READ_PER_SECOND"),),
     "typing": (("CHAT_TYPING_RATE_LIMIT", "CHAT_TYPING_RATE_LIMIT_PER_SECOND"),),
     # `subscribe` frames (each may start a replay): their own bucket, not the write budget.

@@ -95,9 +95,7 @@ def _before(sender, instance, raw=False, update_fields=None, **kwargs):
         return
     if update_fields is not None and not set(update_fields) & set(WATCHED):
         return  # e.g. the login's last_login update
-    instance._rights_before = (
-        User.objects.filter(pk=instance.pk).values(*WATCHED).first()
-    )
+    instance._rights_before = User.objects.filter(pk=instance.pk).values(*WATCHED).first()
 
 
 def _after(sender, instance, created=False, raw=False, **kwargs):
@@ -109,12 +107,16 @@ def _after(sender, instance, created=False, raw=False, **kwargs):
         return
     explicit = getattr(instance, "_close_code", None)
     if "is_active" in diff and not instance.is_active:
-        changed([instance.pk], code=explicit or CLOSE_DEACTIVATED,
-                reason="the account was deactivated")
+        changed(
+            [instance.pk], code=explicit or CLOSE_DEACTIVATED, reason="the account was deactivated"
+        )
     elif "password" in diff:
         rotate_tokens(instance)
-        changed([instance.pk], code=explicit or CLOSE_PASSWORD_CHANGED,
-                reason="the password changed; log in again")
+        changed(
+            [instance.pk],
+            code=explicit or CLOSE_PASSWORD_CHANGED,
+            reason="the password changed; log in again",
+        )
     else:
         changed([instance.pk])
 
@@ -166,5 +168,8 @@ def connect() -> None:
     post_save.connect(_after, sender=User, dispatch_uid="chat-rights-after")
     for through in (User.groups.through, User.user_permissions.through):
         m2m_changed.connect(_user_m2m, sender=through, dispatch_uid=f"chat-rights-{through}")
-    m2m_changed.connect(_group_permissions, sender=Group.permissions.through,
-                        dispatch_uid="chat-rights-group-permissions")
+    m2m_changed.connect(
+        _group_permissions,
+        sender=Group.permissions.through,
+        dispatch_uid="chat-rights-group-permissions",
+    )

@@ -36,8 +36,9 @@ def clean_username(username) -> str:
     except ValidationError as exc:
         if exc.code == "mixed_script":
             raise invalid(f"username: {exc.messages[0]}", field="username") from None
-        raise invalid("username may contain only letters, digits and @/./+/-/_",
-                      field="username") from None
+        raise invalid(
+            "username may contain only letters, digits and @/./+/-/_", field="username"
+        ) from None
     if key_reserved(username):
         raise invalid("that username is reserved", field="username")
     key = username_key(username)

@@ -114,7 +114,8 @@ def notify_user(user_id: int, **fields) -> None:
     group = user_group(user_id)
     try:
         async_to_sync(layer.group_send)(
-            group, {"type": LOGOUT_MESSAGE, "via": group, "user": user_id, **fields})
+            group, {"type": LOGOUT_MESSAGE, "via": group, "user": user_id, **fields}
+        )
     except Exception:  # Redis down: the sockets' next action is refused (inactive account)
         logger.warning("could not reach the sockets of user %s", user_id, exc_info=True)
 

@@ -56,8 +56,9 @@ class ScopeThrottle(SimpleRateThrottle):
         try:
             return super().allow_request(request, view)
         except Exception:  # the shared cache is down: count in this process meanwhile
-            logger.warning("throttle cache unavailable; counting %s locally", self.scope,
-                           exc_info=True)
+            logger.warning(
+                "throttle cache unavailable; counting %s locally", self.scope, exc_info=True
+            )
             self.cache = _local
             return super().allow_request(request, view)
 

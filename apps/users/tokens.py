@@ -47,7 +47,7 @@ def split(key: str) -> tuple[str, str] | None:
     """(key id, secret) of a key in our format, else None (a DRF authtoken key, or junk)."""
     if not key.startswith(PREFIX):
         return None
-    key_id, sep, secret = key[len(PREFIX):].partition("_")
+    key_id, sep, secret = key[len(PREFIX) :].partition("_")
     if len(key_id) != KEY_ID_LENGTH or not sep or not secret:
         return None
     return key_id, secret
@@ -108,8 +108,10 @@ class TokenAuthentication(authentication.TokenAuthentication):
         result = super().authenticate(request)
         if result is not None:
             token = result[1]
-            if isinstance(token, ApiToken) and not token.can_write and (
-                request.method not in SAFE_METHODS
+            if (
+                isinstance(token, ApiToken)
+                and not token.can_write
+                and (request.method not in SAFE_METHODS)
             ):
                 raise exceptions.PermissionDenied(READ_ONLY_MESSAGE)
         return result
@@ -125,8 +127,10 @@ class TokenAuthentication(authentication.TokenAuthentication):
 
 
 def clean_scopes(scopes) -> list[str]:
-    if not isinstance(scopes, list) or not scopes or any(
-        not isinstance(s, str) or s not in ApiToken.SCOPES for s in scopes
+    if (
+        not isinstance(scopes, list)
+        or not scopes
+        or any(not isinstance(s, str) or s not in ApiToken.SCOPES for s in scopes)
     ):
         raise invalid('scopes must be a non-empty list of "read" and "write"', field="scopes")
     return sorted(set(scopes))
@@ -152,9 +156,14 @@ def token_create(*, user, name, scopes, expires_at=None) -> tuple[ApiToken, str]
         key_id, secret = secrets.token_hex(KEY_ID_LENGTH // 2), secrets.token_urlsafe(32)
         try:
             with transaction.atomic():
-                token = ApiToken.objects.create(user=user, name=name, key_id=key_id,
-                                                digest=digest(secret), scopes=scopes,
-                                                expires_at=expires_at)
+                token = ApiToken.objects.create(
+                    user=user,
+                    name=name,
+                    key_id=key_id,
+                    digest=digest(secret),
+                    scopes=scopes,
+                    expires_at=expires_at,
+                )
         except IntegrityError:  # a key id taken already (one in 2^48): draw again
             continue
         return token, f"{PREFIX}{key_id}_{secret}"

@@ -28,8 +28,9 @@ class ApiTokenCreatedSerializer(ApiTokenSerializer):
 
 class ApiTokenCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=tokens.NAME_MAX)
-    scopes = serializers.ListField(child=serializers.ChoiceField(choices=ApiToken.SCOPES),
-                                   min_length=1, max_length=2)
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=ApiToken.SCOPES), min_length=1, max_length=2
+    )
     expires_at = serializers.DateTimeField(required=False, allow_null=True)
 
 
@@ -56,8 +57,9 @@ class TokensApi(GenericAPIView):
         form = ApiTokenCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
         token, key = tokens.token_create(user=request.user, **form.validated_data)
-        return Response({**ApiTokenSerializer(token).data, "token": key},
-                        status=status.HTTP_201_CREATED)
+        return Response(
+            {**ApiTokenSerializer(token).data, "token": key}, status=status.HTTP_201_CREATED
+        )
 
 
 class TokenDetailApi(GenericAPIView):
@@ -108,7 +110,9 @@ class BotsApi(GenericAPIView):
         _no_bots(request)
         form = BotCreateSerializer(data=request.data)
         form.is_valid(raise_exception=True)
-        bot, _, key = tokens.bot_create(owner=request.user, username=form.validated_data["username"])
+        bot, _, key = tokens.bot_create(
+            owner=request.user, username=form.validated_data["username"]
+        )
         return Response({**BotSerializer(bot).data, "token": key}, status=status.HTTP_201_CREATED)
 
 

@@ -79,16 +79,21 @@ def password_form(throttle_class, template: str, refusal: str):
 
 
 def _too_many(request, template, message, wait=None):
-    context = {"refused": message, "form": SignupForm(), "signup_enabled": settings.SIGNUP_ENABLED,
-               "next": request.POST.get("next", "")}
+    context = {
+        "refused": message,
+        "form": SignupForm(),
+        "signup_enabled": settings.SIGNUP_ENABLED,
+        "next": request.POST.get("next", ""),
+    }
     response = render(request, template, context, status=429)
     if wait:
         response["Retry-After"] = str(wait)
     return response
 
 
-login_guard = password_form(TokenThrottle, "web/login.html",
-                            "Too many log-in attempts. Try again in {wait} seconds.")
+login_guard = password_form(
+    TokenThrottle, "web/login.html", "Too many log-in attempts. Try again in {wait} seconds."
+)
 
 
 @method_decorator(login_guard, name="post")
@@ -108,11 +113,13 @@ class LogoutPage(auth_views.LogoutView):
 
 
 class SignupForm(forms.Form):
-    username = forms.CharField(max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"}))
+    username = forms.CharField(
+        max_length=150, widget=forms.TextInput(attrs={"autocomplete": "username"})
+    )
     password = forms.CharField(
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
         help_text=f"At least {settings.PASSWORD_MIN_LENGTH} characters; not a common password, "
-                  "not only digits, not like your username.",
+        "not only digits, not like your username.",
     )
     password_again = forms.CharField(
         label="Password again", widget=forms.PasswordInput(attrs={"autocomplete": "new-password"})
@@ -125,8 +132,11 @@ class SignupForm(forms.Form):
         return data
 
 
-@password_form(SignupThrottle, "web/signup.html",
-               "Too many sign-ups from this address. Try again in {wait} seconds.")
+@password_form(
+    SignupThrottle,
+    "web/signup.html",
+    "Too many sign-ups from this address. Try again in {wait} seconds.",
+)
 def signup_page(request):
     """Open sign-up (settings.SIGNUP_ENABLED) through the same service as POST /api/users/."""
     if not settings.SIGNUP_ENABLED:

@@ -10,10 +10,21 @@ import sys
 from bench.chaos.scenario import ChaosConfig, ok, run_chaos
 
 FIGURES = [
-    "faults_injected", "worker_crashes", "servers_alive_after_postgres", "messages_acked",
-    "events_checked", "lost", "duplicated_after_dedupe", "kafka_redeliveries",
-    "kafka_out_of_order", "clients", "clients_resumed", "clients_incomplete", "per_socket_gaps",
-    "per_socket_duplicates", "seconds",
+    "faults_injected",
+    "worker_crashes",
+    "servers_alive_after_postgres",
+    "messages_acked",
+    "events_checked",
+    "lost",
+    "duplicated_after_dedupe",
+    "kafka_redeliveries",
+    "kafka_out_of_order",
+    "clients",
+    "clients_resumed",
+    "clients_incomplete",
+    "per_socket_gaps",
+    "per_socket_duplicates",
+    "seconds",
 ]
 
 

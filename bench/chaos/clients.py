@@ -60,9 +60,14 @@ class ChaosClient:
             for server in self._server_order():
                 try:
                     ws = await connect(
-                        server.ws_url, origin=server.http_url, proxy=None, compression=None,
+                        server.ws_url,
+                        origin=server.http_url,
+                        proxy=None,
+                        compression=None,
                         additional_headers={"Authorization": f"Token {self.token}"},
-                        open_timeout=10, ping_interval=None, max_size=None,
+                        open_timeout=10,
+                        ping_interval=None,
+                        max_size=None,
                     )
                     hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
                     if hello.get("type") != "hello":
@@ -82,8 +87,11 @@ class ChaosClient:
         self.subscribed = loop.create_future()
         reader = asyncio.create_task(self._read(server))
         try:
-            await self.ws.send(json.dumps({"type": "subscribe", "room": self.room,
-                                           "since": self.last_seq, "ref": "sub"}))
+            await self.ws.send(
+                json.dumps(
+                    {"type": "subscribe", "room": self.room, "since": self.last_seq, "ref": "sub"}
+                )
+            )
             await self._wait(self.subscribed, reader)
             while True:
                 if self.pending is None and self.sending:
@@ -97,9 +105,17 @@ class ChaosClient:
                 client_id, body = self.pending
                 future = loop.create_future()
                 self.acks[client_id] = future
-                await self.ws.send(json.dumps({"type": "message.send", "room": self.room,
-                                               "body": body, "client_id": client_id,
-                                               "ref": client_id}))
+                await self.ws.send(
+                    json.dumps(
+                        {
+                            "type": "message.send",
+                            "room": self.room,
+                            "body": body,
+                            "client_id": client_id,
+                            "ref": client_id,
+                        }
+                    )
+                )
                 reply = await self._wait(future, reader)
                 if reply["type"] == "ack":
                     self.stats.acked[client_id] = reply["event"]
@@ -119,8 +135,9 @@ class ChaosClient:
     @staticmethod
     async def _wait(future, reader):
         """The reply, or an exception when the socket dies or no reply comes in time."""
-        await asyncio.wait({future, reader}, timeout=ACK_TIMEOUT,
-                           return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {future, reader}, timeout=ACK_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
         if future.done():
             return future.result()
         raise ConnectionError("socket closed" if reader.done() else "no reply in time")

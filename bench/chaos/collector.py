@@ -72,8 +72,10 @@ class Collector:
             while not self._stop.is_set() and consumer is None:
                 try:
                     consumer = KafkaConsumer(
-                        bootstrap_servers=self.bootstrap, enable_auto_commit=False,
-                        allow_auto_create_topics=False, request_timeout_ms=10000,
+                        bootstrap_servers=self.bootstrap,
+                        enable_auto_commit=False,
+                        allow_auto_create_topics=False,
+                        request_timeout_ms=10000,
                     )
                 except Exception as exc:  # broker not up yet
                     self.errors.append(f"gen {generation}: connect: {exc}")
@@ -101,9 +103,17 @@ class Collector:
     def _add(self, generation, partition, m) -> None:
         envelope = json.loads(m.value)
         headers = {k: v.decode() for k, v in (m.headers or [])}
-        self.records.append(Record(
-            generation=generation, partition=partition, offset=m.offset,
-            key=(m.key or b"").decode(), event_id=envelope["id"], room=envelope.get("room"),
-            seq=envelope.get("seq"), type=envelope["type"], header_id=headers.get("event_id"),
-        ))
+        self.records.append(
+            Record(
+                generation=generation,
+                partition=partition,
+                offset=m.offset,
+                key=(m.key or b"").decode(),
+                event_id=envelope["id"],
+                room=envelope.get("room"),
+                seq=envelope.get("seq"),
+                type=envelope["type"],
+                header_id=headers.get("event_id"),
+            )
+        )
         self.ids.add(envelope["id"])

@@ -47,10 +47,21 @@ from tests.support.processes import CeleryWorker, ServerProcess  # noqa: E402
 from tests.support.services import PYTHON, Broker, PostgresCluster, RedisServer  # noqa: E402
 
 KAFKA_TYPES_SQL = "type NOT IN ('typing', 'presence.changed')"
-SCRUBBED = {"DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "DJANGO_SETTINGS_MODULE",
-            "CHANNELS_PREFIX", "CELERY_QUEUE", "CELERY_BROKER_URL", "KAFKA_TOPIC_PREFIX",
-            "DATABASE_TEST_NAME", "SQLITE_PATH", "PROMETHEUS_MULTIPROC_DIR", "CHAT_EMBEDDED",
-            "CHAT_TEST_RUN_ID"}
+SCRUBBED = {
+    "DATABASE_URL",
+    "REDIS_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "DJANGO_SETTINGS_MODULE",
+    "CHANNELS_PREFIX",
+    "CELERY_QUEUE",
+    "CELERY_BROKER_URL",
+    "KAFKA_TOPIC_PREFIX",
+    "DATABASE_TEST_NAME",
+    "SQLITE_PATH",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "CHAT_EMBEDDED",
+    "CHAT_TEST_RUN_ID",
+}
 
 
 @dataclass
@@ -100,15 +111,17 @@ class ChaosRun:
 
     # --- set-up and tear-down -------------------------------------------------------------------
     def child(self, *args, timeout=180) -> str:
-        result = subprocess.run([PYTHON, *args], cwd=ROOT, env=self.env, capture_output=True,
-                                text=True, timeout=timeout)
+        result = subprocess.run(
+            [PYTHON, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout
+        )
         if result.returncode != 0:
             raise RuntimeError(f"{args} failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
         return result.stdout
 
     def psql(self, sql: str, db: str | None = None, params=None, fetch=True):
-        return psql(f"postgresql://postgres@127.0.0.1:{self.pg.port}", sql, db or self.db,
-                    params, fetch)
+        return psql(
+            f"postgresql://postgres@127.0.0.1:{self.pg.port}", sql, db or self.db, params, fetch
+        )
 
     def start(self) -> None:
         self.pg.start()
@@ -136,15 +149,23 @@ class ChaosRun:
         self.env = env
         self.topic = f"{self.run_id}.events"
         log(f"database {self.db}, redis :{self.redis.port}, broker :{self.broker.port}")
-        topics = subprocess.Popen([PYTHON, "manage.py", "kafka_topics", "--wait", "20"], cwd=ROOT,
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        topics = subprocess.Popen(
+            [PYTHON, "manage.py", "kafka_topics", "--wait", "20"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         self.child("manage.py", "migrate", "--noinput")
         if topics.wait(60) != 0:
             raise RuntimeError(f"kafka_topics failed: {topics.stderr.read()[-2000:]}")
         self.collector = Collector(self.broker.bootstrap, self.topic)
         self.collector.start()
-        self.seed = json.loads(self.child("-m", "bench.chaos.seed", str(self.config.clients),
-                                          str(self.config.rooms)).strip().splitlines()[-1])
+        self.seed = json.loads(
+            self.child("-m", "bench.chaos.seed", str(self.config.clients), str(self.config.rooms))
+            .strip()
+            .splitlines()[-1]
+        )
         self.worker = CeleryWorker(self.env, beat=True).start()  # starts while the servers do
         self.servers = [ServerProcess(env).start(), ServerProcess(env).start()]
         self.worker.wait_ready(60)
@@ -174,8 +195,11 @@ class ChaosRun:
         while True:
             await asyncio.sleep(0.5)
             if not self.worker_expected_down and not self.worker.alive():
-                tail = [line for line in self.worker.output().splitlines()
-                        if "CRITICAL" in line or "Unrecoverable" in line][-1:]
+                tail = [
+                    line
+                    for line in self.worker.output().splitlines()
+                    if "CRITICAL" in line or "Unrecoverable" in line
+                ][-1:]
                 self.worker_crashes.append(tail[0][:300] if tail else "exited")
                 log(f"the Celery worker exited by itself ({self.worker_crashes[-1]}); restarting")
                 await asyncio.to_thread(self.start_worker)
@@ -211,8 +235,10 @@ class ChaosRun:
         log(f"PostgreSQL back; {self.servers_alive_after_postgres} servers alive")
 
     def published_ids(self) -> set[str]:
-        rows = self.psql(f"SELECT id::text FROM events_event WHERE published_at IS NOT NULL "
-                         f"AND {KAFKA_TYPES_SQL}")
+        rows = self.psql(
+            f"SELECT id::text FROM events_event WHERE published_at IS NOT NULL "
+            f"AND {KAFKA_TYPES_SQL}"
+        )
         return {r[0] for r in rows}
 
     async def stop_broker(self) -> None:
@@ -264,14 +290,21 @@ class ChaosRun:
     # --- the run ------------------------------------------------------------------------------------
     async def traffic(self) -> list[ChaosClient]:
         cfg = self.config
-        clients = [ChaosClient(i, token, room, self.servers, home=i % 2)
-                   for i, (token, room) in enumerate(self.seed["clients"])]
+        clients = [
+            ChaosClient(i, token, room, self.servers, home=i % 2)
+            for i, (token, room) in enumerate(self.seed["clients"])
+        ]
         tasks = [asyncio.create_task(c.run(cfg.rate)) for c in clients]
         tasks.append(asyncio.create_task(self.supervise_worker()))
         try:
             await asyncio.sleep(cfg.phase)
-            for fault in (self.kill_worker, self.restart_redis, self.stop_broker,
-                          self.restart_postgres, self.kill_server):
+            for fault in (
+                self.kill_worker,
+                self.restart_redis,
+                self.stop_broker,
+                self.restart_postgres,
+                self.kill_server,
+            ):
                 await fault()
                 await asyncio.sleep(cfg.phase)
             log("traffic stops; waiting for every pending message to be acknowledged")
@@ -296,13 +329,16 @@ class ChaosRun:
             if not self.worker.alive():
                 self.worker_crashes.append("exited while draining")
                 self.start_worker()
-            pending = self.psql(f"SELECT count(*) FROM events_event WHERE published_at IS NULL "
-                                f"AND {KAFKA_TYPES_SQL}")[0][0]
+            pending = self.psql(
+                f"SELECT count(*) FROM events_event WHERE published_at IS NULL "
+                f"AND {KAFKA_TYPES_SQL}"
+            )[0][0]
             if pending == 0:
                 break
             time.sleep(0.5)
-        durable = {r[0] for r in self.psql(
-            f"SELECT id::text FROM events_event WHERE {KAFKA_TYPES_SQL}")}
+        durable = {
+            r[0] for r in self.psql(f"SELECT id::text FROM events_event WHERE {KAFKA_TYPES_SQL}")
+        }
         self.collector.wait_for(durable, max(5.0, deadline - time.monotonic()))
         time.sleep(1.0)  # late duplicates, if any, are counted too
         return durable
@@ -310,16 +346,24 @@ class ChaosRun:
     def check(self, clients: list[ChaosClient], durable: set[str]) -> dict:
         # 1. Every acknowledged message is in PostgreSQL (message row and its event).
         acked = {cid: env for c in clients for cid, env in c.stats.acked.items()}
-        rows = self.psql("SELECT m.client_id::text, e.id::text, m.seq, m.room_id "
-                         "FROM messaging_message m "
-                         "JOIN events_event e ON e.room_id = m.room_id AND e.seq = m.seq")
+        rows = self.psql(
+            "SELECT m.client_id::text, e.id::text, m.seq, m.room_id "
+            "FROM messaging_message m "
+            "JOIN events_event e ON e.room_id = m.room_id AND e.seq = m.seq"
+        )
         in_db = {r[0]: (r[1], r[2], r[3]) for r in rows}
-        lost_acked = [cid for cid, env in acked.items()
-                      if in_db.get(cid) != (env["id"], env["seq"], env["room"])]
-        bodies = self.psql("SELECT body, count(*) FROM messaging_message GROUP BY body "
-                           "HAVING count(*) > 1")
+        lost_acked = [
+            cid
+            for cid, env in acked.items()
+            if in_db.get(cid) != (env["id"], env["seq"], env["room"])
+        ]
+        bodies = self.psql(
+            "SELECT body, count(*) FROM messaging_message GROUP BY body HAVING count(*) > 1"
+        )
         # 2. Every durable event is on Kafka, once per id after dedupe, in seq order per room.
-        records = sorted(self.collector.records, key=lambda r: (r.generation, r.partition, r.offset))
+        records = sorted(
+            self.collector.records, key=lambda r: (r.generation, r.partition, r.offset)
+        )
         counts = Counter(r.event_id for r in records)
         on_kafka = set(counts)
         lost_kafka = durable - on_kafka
@@ -344,8 +388,10 @@ class ChaosRun:
         socket_gaps = sum(c.stats.per_socket_gaps for c in clients)
         socket_dups = sum(c.stats.per_socket_dups for c in clients)
         # Every room log itself is gapless.
-        log_gaps = self.psql("SELECT r.id FROM rooms_room r WHERE r.last_seq <> (SELECT count(*) "
-                             "FROM events_event e WHERE e.room_id = r.id AND e.seq IS NOT NULL)")
+        log_gaps = self.psql(
+            "SELECT r.id FROM rooms_room r WHERE r.last_seq <> (SELECT count(*) "
+            "FROM events_event e WHERE e.room_id = r.id AND e.seq IS NOT NULL)"
+        )
         return {
             "faults_injected": len(self.faults),
             "faults": self.faults,
@@ -370,17 +416,38 @@ class ChaosRun:
             "per_socket_duplicates": socket_dups,
             "client_errors": dict(sum((Counter(c.stats.errors) for c in clients), Counter())),
             "truncated_replays_paged": sum(c.stats.truncated_pages for c in clients),
-            "incomplete_detail": {c.index: {"room": c.room, "have": len(c.stats.seqs),
-                                            "want": last[c.room], "last_error": c.stats.last_error}
-                                  for c in clients if c.index in incomplete},
+            "incomplete_detail": {
+                c.index: {
+                    "room": c.room,
+                    "have": len(c.stats.seqs),
+                    "want": last[c.room],
+                    "last_error": c.stats.last_error,
+                }
+                for c in clients
+                if c.index in incomplete
+            },
         }
 
 
 def ok(figures: dict) -> bool:
-    return all(figures[k] == 0 for k in (
-        "lost", "phantom_kafka_events", "duplicated_after_dedupe", "kafka_out_of_order",
-        "kafka_bad_key_or_header", "room_log_gaps", "clients_incomplete", "per_socket_gaps",
-        "per_socket_duplicates")) and figures["faults_injected"] == FAULTS and figures["messages_acked"] > 0
+    return (
+        all(
+            figures[k] == 0
+            for k in (
+                "lost",
+                "phantom_kafka_events",
+                "duplicated_after_dedupe",
+                "kafka_out_of_order",
+                "kafka_bad_key_or_header",
+                "room_log_gaps",
+                "clients_incomplete",
+                "per_socket_gaps",
+                "per_socket_duplicates",
+            )
+        )
+        and figures["faults_injected"] == FAULTS
+        and figures["messages_acked"] > 0
+    )
 
 
 def run_chaos(config: ChaosConfig) -> dict:
@@ -388,8 +455,10 @@ def run_chaos(config: ChaosConfig) -> dict:
     started = time.monotonic()
     try:
         run.start()
-        log(f"{config.clients} clients in {config.rooms} rooms, {config.rate:g} msg/s each, "
-            f"two servers :{run.servers[0].port} :{run.servers[1].port}")
+        log(
+            f"{config.clients} clients in {config.rooms} rooms, {config.rate:g} msg/s each, "
+            f"two servers :{run.servers[0].port} :{run.servers[1].port}"
+        )
         clients = asyncio.run(run.traffic())
         durable = run.drain_outbox()
         figures = run.check(clients, durable)
@@ -397,8 +466,9 @@ def run_chaos(config: ChaosConfig) -> dict:
         procs = {"worker": run.worker, **{f"server{i}": s for i, s in enumerate(run.servers)}}
         run.stop()
     figures["log_files"] = {name: p.log.name for name, p in procs.items() if p is not None}
-    figures["tracebacks_in_logs"] = sum(p.output().count("Traceback")
-                                        for p in procs.values() if p is not None)
+    figures["tracebacks_in_logs"] = sum(
+        p.output().count("Traceback") for p in procs.values() if p is not None
+    )
     figures["seconds"] = round(time.monotonic() - started, 1)
     figures["config"] = vars(config)
     return figures

@@ -21,18 +21,23 @@ def main(argv=None):
     from apps.rooms import services as rooms
 
     User = get_user_model()
-    users = [User.objects.create_user(username=f"chaos{i}", password="chaos-pw-1")
-             for i in range(clients)]
+    users = [
+        User.objects.create_user(username=f"chaos{i}", password="chaos-pw-1")
+        for i in range(clients)
+    ]
     room_ids = []
     for r in range(rooms_count):
         members = [u for i, u in enumerate(users) if i % rooms_count == r]
-        room = rooms.room_create(creator=members[0], name=f"chaos room {r}",
-                                 member_ids=[u.pk for u in members[1:]])
+        room = rooms.room_create(
+            creator=members[0], name=f"chaos room {r}", member_ids=[u.pk for u in members[1:]]
+        )
         room_ids.append(room.pk)
     out = {
         "rooms": room_ids,
-        "clients": [[Token.objects.create(user=u).key, room_ids[i % rooms_count]]
-                    for i, u in enumerate(users)],
+        "clients": [
+            [Token.objects.create(user=u).key, room_ids[i % rooms_count]]
+            for i, u in enumerate(users)
+        ],
     }
     print(json.dumps(out))
 

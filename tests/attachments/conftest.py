@@ -21,8 +21,9 @@ def jpeg(width=800, height=600) -> bytes:
 
 
 def post_upload(client, data: bytes, name="picture.png", content_type="image/png"):
-    return client.post("/api/uploads/", {"file": SimpleUploadedFile(name, data, content_type)},
-                       format="multipart")
+    return client.post(
+        "/api/uploads/", {"file": SimpleUploadedFile(name, data, content_type)}, format="multipart"
+    )
 
 
 def stored(name: str) -> bool:

@@ -79,8 +79,10 @@ def test_a_file_with_png_magic_that_does_not_decode_is_refused(client):
 
 
 def test_html_and_svg_are_refused_whatever_their_name(client):
-    for data, name in [(b"<html><script>alert(1)</script></html>", "notes.txt"),
-                       (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "logo.svg")]:
+    for data, name in [
+        (b"<html><script>alert(1)</script></html>", "notes.txt"),
+        (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "logo.svg"),
+    ]:
         response = post_upload(client, data, name=name, content_type="text/plain")
         assert response.status_code == 415, name
         assert response.json()["code"] == "invalid"
@@ -143,21 +145,35 @@ def test_rest_send_links_the_uploads_and_message_created_carries_them(client, us
     image = uploaded(png(30, 20), name="a.png")
     notes = uploaded(b"notes", name="b.txt", content_type="text/plain")
 
-    response = client.post(f"/api/rooms/{room.pk}/messages/", {
-        "body": "look", "client_id": str(uuid.uuid4()),
-        "attachments": [image["id"], notes["id"]],
-    }, format="json")
+    response = client.post(
+        f"/api/rooms/{room.pk}/messages/",
+        {
+            "body": "look",
+            "client_id": str(uuid.uuid4()),
+            "attachments": [image["id"], notes["id"]],
+        },
+        format="json",
+    )
 
     assert response.status_code == 201, response.content
     envelope = response.json()
     validate(envelope)
     files = envelope["data"]["attachments"]
     assert [f["id"] for f in files] == [image["id"], notes["id"]]
-    assert files[0] == {"id": image["id"], "name": "a.png", "size": image["size"],
-                        "content_type": "image/png", "width": 30, "height": 20,
-                        "url": f"/api/uploads/{image['id']}/file/", "thumbnail_url": None}
+    assert files[0] == {
+        "id": image["id"],
+        "name": "a.png",
+        "size": image["size"],
+        "content_type": "image/png",
+        "width": 30,
+        "height": 20,
+        "url": f"/api/uploads/{image['id']}/file/",
+        "thumbnail_url": None,
+    }
     message = Message.objects.get(pk=envelope["data"]["id"])
-    assert sorted(str(u.pk) for u in message.attachments.all()) == sorted([image["id"], notes["id"]])
+    assert sorted(str(u.pk) for u in message.attachments.all()) == sorted(
+        [image["id"], notes["id"]]
+    )
     # The message objects carry them with signed links for the reader.
     listed = client.get(f"/api/rooms/{room.pk}/messages/").json()["results"][0]
     assert [a["id"] for a in listed["attachments"]] == [image["id"], notes["id"]]
@@ -169,17 +185,21 @@ def test_rest_send_links_the_uploads_and_message_created_carries_them(client, us
 
 def test_a_message_may_be_files_alone(client, room, uploaded):
     image = uploaded()
-    response = client.post(f"/api/rooms/{room.pk}/messages/",
-                           {"body": "", "attachments": [image["id"]]}, format="json")
+    response = client.post(
+        f"/api/rooms/{room.pk}/messages/", {"body": "", "attachments": [image["id"]]}, format="json"
+    )
     assert response.status_code == 201
     validate(response.json())
     assert response.json()["data"]["body"] == ""
-    assert client.post(f"/api/rooms/{room.pk}/messages/", {"body": ""},
-                       format="json").status_code == 400
+    assert (
+        client.post(f"/api/rooms/{room.pk}/messages/", {"body": ""}, format="json").status_code
+        == 400
+    )
 
 
 def test_sending_someone_elses_or_a_used_or_an_unknown_upload_is_invalid_and_sends_nothing(
-        user, other_user, room, uploaded):
+    user, other_user, room, uploaded
+):
     factories.make_room(other_user)
     room.memberships.create(user=other_user, role="member")
     theirs = factories.api_client(other_user)
@@ -189,10 +209,17 @@ def test_sending_someone_elses_or_a_used_or_an_unknown_upload_is_invalid_and_sen
     before = Message.objects.count()
 
     client = factories.api_client(user)
-    for ids in ([their_upload["id"]], [mine["id"]], [str(uuid.uuid4())], ["not-a-uuid"],
-                [mine["id"], mine["id"]], "not a list"):
-        response = client.post(f"/api/rooms/{room.pk}/messages/",
-                               {"body": "again", "attachments": ids}, format="json")
+    for ids in (
+        [their_upload["id"]],
+        [mine["id"]],
+        [str(uuid.uuid4())],
+        ["not-a-uuid"],
+        [mine["id"], mine["id"]],
+        "not a list",
+    ):
+        response = client.post(
+            f"/api/rooms/{room.pk}/messages/", {"body": "again", "attachments": ids}, format="json"
+        )
         assert response.status_code == 400, ids
         assert response.json()["code"] == "invalid"
     assert Message.objects.count() == before
@@ -201,11 +228,13 @@ def test_sending_someone_elses_or_a_used_or_an_unknown_upload_is_invalid_and_sen
 
 def test_two_sends_of_one_batch_cannot_take_the_same_upload(user, room, uploaded):
     upload = uploaded()
-    results = messaging.message_send_many([
-        SendRequest(room, user, "one", uuid.uuid4(), None, [upload["id"]]),
-        SendRequest(room, user, "two", uuid.uuid4(), None, [upload["id"]]),
-        SendRequest(room, user, "three", uuid.uuid4()),
-    ])
+    results = messaging.message_send_many(
+        [
+            SendRequest(room, user, "one", uuid.uuid4(), None, [upload["id"]]),
+            SendRequest(room, user, "two", uuid.uuid4(), None, [upload["id"]]),
+            SendRequest(room, user, "three", uuid.uuid4()),
+        ]
+    )
     assert results[0].envelope["data"]["attachments"][0]["id"] == upload["id"]
     assert getattr(results[1], "code", None) == "invalid"
     assert results[2].envelope["data"]["attachments"] == []
@@ -216,7 +245,8 @@ def test_a_refused_send_leaves_the_upload_unused(user, room, uploaded):
     upload = uploaded()
     Room.objects.filter(pk=room.pk).update(archived_at=timezone.now())
     result = messaging.message_send_many(
-        [SendRequest(room, user, "x", uuid.uuid4(), None, [upload["id"]])])[0]
+        [SendRequest(room, user, "x", uuid.uuid4(), None, [upload["id"]])]
+    )[0]
     assert getattr(result, "code", None) == "forbidden"
     assert Upload.objects.get(pk=upload["id"]).message_id is None
 
@@ -268,7 +298,8 @@ def test_room_readers_download_outsiders_get_404(user, other_user, uploaded):
 
 
 def test_a_signed_link_works_without_credentials_only_while_its_reader_may_read(
-        user, other_user, uploaded):
+    user, other_user, uploaded
+):
     room = _private_room_with(user, other_user)
     image = uploaded()
     factories.send(room, user, "pic", attachments=[image["id"]])
@@ -279,7 +310,9 @@ def test_a_signed_link_works_without_credentials_only_while_its_reader_may_read(
     # A token tampered with, or one for another file, is refused.
     assert anonymous.get(link[:-3] + "xyz").status_code == 403
     other = uploaded()
-    assert anonymous.get(f"/api/uploads/{other['id']}/file/?" + link.split("?")[1]).status_code == 403
+    assert (
+        anonymous.get(f"/api/uploads/{other['id']}/file/?" + link.split("?")[1]).status_code == 403
+    )
     # Once the reader leaves the private room, their link stops working.
     room.memberships.filter(user=other_user).delete()
     assert anonymous.get(link).status_code == 404
@@ -303,11 +336,13 @@ def test_an_expired_link_is_refused(user, room, uploaded):
 def test_an_unsent_upload_is_the_uploaders_alone(user, other_user, uploaded):
     image = uploaded()
     assert factories.api_client(user).get(f"/api/uploads/{image['id']}/file/").status_code == 200
-    assert factories.api_client(other_user).get(
-        f"/api/uploads/{image['id']}/file/").status_code == 404
+    assert (
+        factories.api_client(other_user).get(f"/api/uploads/{image['id']}/file/").status_code == 404
+    )
 
 
 def test_a_thumbnail_is_404_until_made(user, room, uploaded):
     image = uploaded(jpeg(), name="big.jpg")
-    assert factories.api_client(user).get(
-        f"/api/uploads/{image['id']}/thumbnail/").status_code == 404
+    assert (
+        factories.api_client(user).get(f"/api/uploads/{image['id']}/thumbnail/").status_code == 404
+    )

@@ -23,7 +23,8 @@ def upload_over_http(server, user, data, name):
     response = requests.post(
         f"{server.http_url}/api/uploads/",
         headers={"Authorization": f"Token {factories.make_token(user)}"},
-        files={"file": (name, data, "application/octet-stream")}, timeout=30,
+        files={"file": (name, data, "application/octet-stream")},
+        timeout=30,
     )
     assert response.status_code == 201, response.text
     return response.json()
@@ -33,8 +34,9 @@ def poll_thumbnail(server, user, upload_id, timeout=45.0) -> dict:
     headers = {"Authorization": f"Token {factories.make_token(user)}"}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        body = requests.get(f"{server.http_url}/api/uploads/{upload_id}/", headers=headers,
-                            timeout=10).json()
+        body = requests.get(
+            f"{server.http_url}/api/uploads/{upload_id}/", headers=headers, timeout=10
+        ).json()
         if body["thumbnail_url"]:
             return body
         time.sleep(0.3)
@@ -42,7 +44,8 @@ def poll_thumbnail(server, user, upload_id, timeout=45.0) -> dict:
 
 
 def test_the_worker_makes_the_thumbnail_and_websocket_sends_carry_the_files(
-        server, celery_worker, user, other_user):
+    server, celery_worker, user, other_user
+):
     room = factories.make_room(user, kind=Room.Kind.PRIVATE, members=[other_user])
     reader = WS(server.ws_url, token=factories.make_token(other_user))
     sender = WS(server.ws_url, token=factories.make_token(user))

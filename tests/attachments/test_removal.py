@@ -48,7 +48,8 @@ def assert_gone(upload):
 
 
 def test_the_authors_delete_removes_file_and_thumbnail_from_storage(
-        client, user, room, uploaded, django_capture_on_commit_callbacks):
+    client, user, room, uploaded, django_capture_on_commit_callbacks
+):
     message, upload = sent_with_file(room, user, uploaded)
     reader_url = f"/api/uploads/{upload.pk}/file/"
     assert client.get(reader_url).status_code == 200
@@ -65,7 +66,8 @@ def test_the_authors_delete_removes_file_and_thumbnail_from_storage(
 
 
 def test_the_rows_go_in_the_redacting_transaction_and_the_files_only_after_its_commit(
-        client, user, room, uploaded, django_capture_on_commit_callbacks):
+    client, user, room, uploaded, django_capture_on_commit_callbacks
+):
     message, upload = sent_with_file(room, user, uploaded)
     with django_capture_on_commit_callbacks(execute=False) as hooks:
         messaging.message_delete(message=message, actor=user)
@@ -79,7 +81,8 @@ def test_the_rows_go_in_the_redacting_transaction_and_the_files_only_after_its_c
 
 
 def test_the_purge_also_sweeps_files_left_on_a_deleted_message(
-        user, room, uploaded, django_capture_on_commit_callbacks):
+    user, room, uploaded, django_capture_on_commit_callbacks
+):
     message, upload = sent_with_file(room, user, uploaded)
     Message.objects.filter(pk=message.pk).update(deleted_at=timezone.now())  # not redacted
     assert factories.api_client(user).get(f"/api/uploads/{upload.pk}/file/").status_code == 404
@@ -88,8 +91,9 @@ def test_the_purge_also_sweeps_files_left_on_a_deleted_message(
     assert_gone(upload)
 
 
-def test_a_moderators_redaction_removes_the_files(user, other_user, room, uploaded,
-                                                  django_capture_on_commit_callbacks):
+def test_a_moderators_redaction_removes_the_files(
+    user, other_user, room, uploaded, django_capture_on_commit_callbacks
+):
     rooms.room_join(room=room, user=other_user)
     their = factories.api_client(other_user)
 
@@ -108,8 +112,9 @@ def test_a_moderators_redaction_removes_the_files(user, other_user, room, upload
     assert_gone(upload)
 
 
-def test_erasure_removes_every_file_the_account_sent(user, room, uploaded,
-                                                    django_capture_on_commit_callbacks):
+def test_erasure_removes_every_file_the_account_sent(
+    user, room, uploaded, django_capture_on_commit_callbacks
+):
     first = sent_with_file(room, user, uploaded)[1]
     second = sent_with_file(room, user, uploaded)[1]
     type(user).objects.filter(pk=user.pk).update(is_active=False)
@@ -120,8 +125,9 @@ def test_erasure_removes_every_file_the_account_sent(user, room, uploaded,
     assert_gone(second)
 
 
-def test_retention_removes_the_files_of_the_messages_it_purges(user, room, uploaded,
-                                                             django_capture_on_commit_callbacks):
+def test_retention_removes_the_files_of_the_messages_it_purges(
+    user, room, uploaded, django_capture_on_commit_callbacks
+):
     old_message, old_upload = sent_with_file(room, user, uploaded)
     rooms.room_update(room=room, actor=user, retention_days=1)
     cutoff_seq = Event.objects.filter(room=room).order_by("-seq").first().seq
@@ -138,7 +144,8 @@ def test_retention_removes_the_files_of_the_messages_it_purges(user, room, uploa
 
 
 def test_unused_uploads_are_purged_after_the_setting_and_sent_ones_stay(
-        user, room, uploaded, django_capture_on_commit_callbacks):
+    user, room, uploaded, django_capture_on_commit_callbacks
+):
     stale = Upload.objects.get(pk=uploaded()["id"])
     fresh = Upload.objects.get(pk=uploaded()["id"])
     sent = Upload.objects.get(pk=uploaded()["id"])
@@ -146,13 +153,17 @@ def test_unused_uploads_are_purged_after_the_setting_and_sent_ones_stay(
     long_ago = timezone.now() - timedelta(hours=30)
     Upload.objects.filter(pk__in=[stale.pk, sent.pk]).update(created_at=long_ago)
 
-    with override_settings(UPLOAD_UNUSED_HOURS=24), \
-            django_capture_on_commit_callbacks(execute=True):
+    with (
+        override_settings(UPLOAD_UNUSED_HOURS=24),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         assert attachments.purge_unused() == 1
     assert_gone(stale)
     assert stored(fresh.file) and stored(sent.file)
-    with override_settings(UPLOAD_UNUSED_HOURS=24), \
-            django_capture_on_commit_callbacks(execute=True):
+    with (
+        override_settings(UPLOAD_UNUSED_HOURS=24),
+        django_capture_on_commit_callbacks(execute=True),
+    ):
         assert attachments.purge_unused(now=timezone.now() + timedelta(hours=25)) == 1
     assert_gone(fresh)
     assert stored(sent.file)
@@ -169,8 +180,9 @@ def test_the_purge_is_a_beat_job():
     assert entry["task"] in app.tasks
 
 
-def test_a_thumbnail_finished_after_the_deletion_is_removed(user, room, uploaded,
-                                                            django_capture_on_commit_callbacks):
+def test_a_thumbnail_finished_after_the_deletion_is_removed(
+    user, room, uploaded, django_capture_on_commit_callbacks
+):
     body = uploaded()
     event = factories.send(room, user, "x", attachments=[body["id"]])
     message = Message.objects.get(pk=event.envelope["data"]["id"])

@@ -18,15 +18,18 @@ from tests.attachments.conftest import png, stored
 from tests.support.roundtrips import RoundTrips
 from tests.support.services import postgresql_only
 
-pytestmark = [postgresql_only("the PostgreSQL executor's round trips"),
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    postgresql_only("the PostgreSQL executor's round trips"),
+    pytest.mark.django_db(transaction=True),
+]
 
 SEND_TRIPS = 4  # BEGIN, the reads, the writes, COMMIT (tests/messaging/test_send_pg.py)
 
 
 def upload(user) -> str:
     made = attachments.upload_create(
-        owner=user, uploaded_file=SimpleUploadedFile("a.png", png(8, 8), "image/png"))
+        owner=user, uploaded_file=SimpleUploadedFile("a.png", png(8, 8), "image/png")
+    )
     return str(made.pk)
 
 
@@ -41,8 +44,10 @@ def test_a_batch_with_files_takes_the_round_trips_of_one_without(user, room):
     message_send_many([SendRequest(room.pk, user, "warm", uuid.uuid4())])  # prepares
     message_send_many([SendRequest(room.pk, user, "warm", uuid.uuid4(), None, [upload(user)])])
     plain = [SendRequest(room.pk, user, f"m{i}", uuid.uuid4()) for i in range(20)]
-    with_files = [SendRequest(room.pk, user, f"f{i}", uuid.uuid4(), None,
-                              [upload(user), upload(user)]) for i in range(20)]
+    with_files = [
+        SendRequest(room.pk, user, f"f{i}", uuid.uuid4(), None, [upload(user), upload(user)])
+        for i in range(20)
+    ]
 
     plain_trips, _ = trips_of(lambda: message_send_many(plain))
     file_trips, results = trips_of(lambda: message_send_many(with_files))

@@ -30,9 +30,13 @@ def s3_endpoint():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=KEYS["access_key"],
-                          aws_secret_access_key=KEYS["secret_key"])
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id=KEYS["access_key"],
+        aws_secret_access_key=KEYS["secret_key"],
+    )
     client.create_bucket(Bucket=BUCKET)
     yield endpoint, client
     server.stop()
@@ -44,9 +48,16 @@ def s3(s3_endpoint, settings):
     storages = dict(settings.STORAGES)
     storages["uploads"] = {
         "BACKEND": "storages.backends.s3.S3Storage",
-        "OPTIONS": {"bucket_name": BUCKET, "endpoint_url": endpoint, "region_name": "us-east-1",
-                    "default_acl": None, "querystring_auth": True, "file_overwrite": False,
-                    "addressing_style": "path", **KEYS},
+        "OPTIONS": {
+            "bucket_name": BUCKET,
+            "endpoint_url": endpoint,
+            "region_name": "us-east-1",
+            "default_acl": None,
+            "querystring_auth": True,
+            "file_overwrite": False,
+            "addressing_style": "path",
+            **KEYS,
+        },
     }
     with override_settings(STORAGES=storages):
         yield client
@@ -57,7 +68,8 @@ def keys(client) -> set[str]:
 
 
 def test_uploads_go_to_the_bucket_and_readers_get_a_presigned_url_after_the_check(
-        s3, user, other_user, django_capture_on_commit_callbacks):
+    s3, user, other_user, django_capture_on_commit_callbacks
+):
     outsider = factories.make_user()
     room = factories.make_room(user, kind=Room.Kind.PRIVATE, members=[other_user])
     author = factories.api_client(user)

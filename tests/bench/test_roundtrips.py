@@ -13,23 +13,24 @@ def pg_message(kind: bytes, body: bytes) -> bytes:
 
 
 def test_the_pg_parser_maps_executions_to_their_prepared_text_across_chunks():
-    stream = (pg_message(b"P", b"s1\0SELECT 1\0\0\0")
-              + pg_message(b"B", b"\0s1\0" + b"\0" * 6)
-              + pg_message(b"E", b"\0\0\0\0\0")
-              + pg_message(b"S", b"")
-              + pg_message(b"Q", b"COMMIT\0"))
+    stream = (
+        pg_message(b"P", b"s1\0SELECT 1\0\0\0")
+        + pg_message(b"B", b"\0s1\0" + b"\0" * 6)
+        + pg_message(b"E", b"\0\0\0\0\0")
+        + pg_message(b"S", b"")
+        + pg_message(b"Q", b"COMMIT\0")
+    )
     parser = PgClientParser()
     executed = []
     for start in range(0, len(stream), 7):  # the bytes arrive in arbitrary pieces
-        executed += parser.feed(stream[start:start + 7])
+        executed += parser.feed(stream[start : start + 7])
     assert executed == ["SELECT 1", "COMMIT"]
     assert parser.waits == 2  # the Sync and the simple Query
 
 
 def test_the_redis_parser_names_each_command_of_a_pipeline():
     parser = RedisClientParser()
-    stream = (b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
-              b"*2\r\n$7\r\nevalsha\r\n$2\r\nab\r\nPING\r\n")
+    stream = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*2\r\n$7\r\nevalsha\r\n$2\r\nab\r\nPING\r\n"
     assert parser.feed(stream[:20]) == []
     assert parser.feed(stream[20:]) == ["SET", "EVALSHA", "PING"]
 

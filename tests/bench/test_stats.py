@@ -6,8 +6,14 @@ from bench import stats
 
 
 def step(rate, p99, *, lost=0, errors=0, unacked=0, closed=0, count=100):
-    return {"rate": rate, "latency": {"count": count, "p99_ms": p99}, "lost": lost,
-            "errors": errors, "unacked": unacked, "closed": closed}
+    return {
+        "rate": rate,
+        "latency": {"count": count, "p99_ms": p99},
+        "lost": lost,
+        "errors": errors,
+        "unacked": unacked,
+        "closed": closed,
+    }
 
 
 def test_percentile_is_nearest_rank():

@@ -17,12 +17,29 @@ PINNED = {"daphne": "4.2.3", "autobahn": "26.11.1", "Twisted": "26.10.0"}
 # Methods serve.py overrides or calls: (module, class or None, name) -> parameter names.
 SIGNATURES = {
     ("daphne.server", "Server", "__init__"): [
-        "self", "application", "endpoints", "signal_handlers", "action_logger", "http_timeout",
-        "request_buffer_size", "websocket_timeout", "websocket_connect_timeout",
-        "ping_interval", "ping_timeout", "root_path", "proxy_forwarded_address_header",
-        "proxy_forwarded_port_header", "proxy_forwarded_proto_header", "verbosity",
-        "websocket_handshake_timeout", "websocket_max_message_size", "websocket_max_frame_size",
-        "application_close_timeout", "ready_callable", "server_name"],
+        "self",
+        "application",
+        "endpoints",
+        "signal_handlers",
+        "action_logger",
+        "http_timeout",
+        "request_buffer_size",
+        "websocket_timeout",
+        "websocket_connect_timeout",
+        "ping_interval",
+        "ping_timeout",
+        "root_path",
+        "proxy_forwarded_address_header",
+        "proxy_forwarded_port_header",
+        "proxy_forwarded_proto_header",
+        "verbosity",
+        "websocket_handshake_timeout",
+        "websocket_max_message_size",
+        "websocket_max_frame_size",
+        "application_close_timeout",
+        "ready_callable",
+        "server_name",
+    ],
     ("daphne.server", "Server", "listen_success"): ["self", "port"],
     ("daphne.server", "Server", "create_application"): ["self", "protocol", "scope"],
     ("daphne.server", "Server", "protocol_disconnected"): ["self", "protocol"],
@@ -37,11 +54,25 @@ SIGNATURES = {
     ("daphne.ws_protocol", "WebSocketProtocol", "dataReceived"): ["self", "data"],
     ("daphne.ws_protocol", "WebSocketProtocol", "_dataReceived"): ["self", "data"],
     ("daphne.ws_protocol", "WebSocketProtocol", "sendMessage"): [
-        "self", "payload", "isBinary", "fragmentSize", "sync", "doNotCompress"],
+        "self",
+        "payload",
+        "isBinary",
+        "fragmentSize",
+        "sync",
+        "doNotCompress",
+    ],
     ("daphne.ws_protocol", "WebSocketProtocol", "sendCloseFrame"): [
-        "self", "code", "reasonUtf8", "isReply"],
+        "self",
+        "code",
+        "reasonUtf8",
+        "isReply",
+    ],
     ("daphne.endpoints", None, "build_endpoint_description_strings"): [
-        "host", "port", "unix_socket", "file_descriptor"],
+        "host",
+        "port",
+        "unix_socket",
+        "file_descriptor",
+    ],
     ("twisted.web.http", "HTTPChannel", "connectionMade"): ["self"],
     ("twisted.web.http", "HTTPChannel", "dataReceived"): ["self", "data"],
     ("twisted.web.http", "HTTPChannel", "allHeadersReceived"): ["self"],
@@ -57,7 +88,11 @@ SIGNATURES = {
     ("twisted.internet.tcp", "Connection", "write"): ["self", "bytes"],
     # A worker (chatproject.workers) listens on the supervisor's socket.
     ("twisted.internet.posixbase", "PosixReactorBase", "adoptStreamPort"): [
-        "self", "fileDescriptor", "addressFamily", "factory"],
+        "self",
+        "fileDescriptor",
+        "addressFamily",
+        "factory",
+    ],
 }
 
 # Class attributes read, with their values.
@@ -72,18 +107,38 @@ CLASS_ATTRIBUTES = {
 # Instance attributes read or set: (module, class) -> assignments its source must contain.
 INSTANCE_ATTRIBUTES = {
     ("autobahn.websocket.protocol", "WebSocketProtocol"): [
-        "self.state =", "self.data =", "self.current_frame =", "self.inside_message =",
-        "self.autoPingTimeoutCall =", "self._perMessageCompress =", "self.send_state ="],
+        "self.state =",
+        "self.data =",
+        "self.current_frame =",
+        "self.inside_message =",
+        "self.autoPingTimeoutCall =",
+        "self._perMessageCompress =",
+        "self.send_state =",
+    ],
     ("autobahn.websocket.protocol", None): ["failByDrop"],
     ("daphne.ws_protocol", "WebSocketProtocol"): [
-        "self.application_queue", "self.last_ping =", "self.socket_opened =", "self.muted"],
+        "self.application_queue",
+        "self.last_ping =",
+        "self.socket_opened =",
+        "self.muted",
+    ],
     ("daphne.server", "Server"): [
-        "self.http_factory =", "self.ws_factory =", "self.abort_start =", "self.connections",
+        "self.http_factory =",
+        "self.ws_factory =",
+        "self.abort_start =",
+        "self.connections",
         "self.endpoints =",
-        "self.application_close_timeout =", "self.ping_interval =", "self.websocket_timeout ="],
+        "self.application_close_timeout =",
+        "self.ping_interval =",
+        "self.websocket_timeout =",
+    ],
     ("twisted.internet.abstract", "FileDescriptor"): [
-        "self.dataBuffer", "self.offset", "self._tempDataLen", "self.connected",
-        "self.disconnecting"],
+        "self.dataBuffer",
+        "self.offset",
+        "self._tempDataLen",
+        "self.connected",
+        "self.disconnecting",
+    ],
     ("twisted.internet.tcp", "Connection"): ["self.socket"],
 }
 
@@ -92,12 +147,11 @@ INSTANCE_ATTRIBUTES = {
 BODIES = {
     ("daphne.server", "Server", "application_checker"): "aa9360a492e432e1",
     ("daphne.server", "Server", "timeout_checker"): "26cae18fcd00c25d",
-    ("autobahn.twisted.websocket", "WebSocketAdapterProtocol", "dataReceived"):
-        "5529c42463eaea20",
+    ("autobahn.twisted.websocket", "WebSocketAdapterProtocol", "dataReceived"): "5529c42463eaea20",
     ("daphne.ws_protocol", "WebSocketProtocol", "onMessage"): "84a6093f21c9277c",
 }
 
-SCRIPT = r'''
+SCRIPT = r"""
 import hashlib, importlib, importlib.metadata, inspect, json, re, sys
 import daphne.server  # noqa: F401  the asyncio reactor first, as serve.py does
 
@@ -139,7 +193,7 @@ for module, cls, name, digest in spec["bodies"]:
         problems.append(f"{module}.{cls}.{name} changed (source hash {got}, pinned {digest}): "
                         "serve.py re-implements it")
 print(json.dumps(problems))
-'''
+"""
 
 
 def test_what_serve_relies_on_in_daphne_autobahn_and_twisted_is_unchanged():
@@ -150,11 +204,18 @@ def test_what_serve_relies_on_in_daphne_autobahn_and_twisted_is_unchanged():
         "instance_attributes": [[*key, needles] for key, needles in INSTANCE_ATTRIBUTES.items()],
         "bodies": [[*key, digest] for key, digest in BODIES.items()],
     }
-    out = subprocess.run([PYTHON, "-c", SCRIPT], input=json.dumps(spec), cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [PYTHON, "-c", SCRIPT],
+        input=json.dumps(spec),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     problems = json.loads(out.stdout.strip().splitlines()[-1])
     assert problems == [], (
         "chatproject/serve.py relies on daphne/autobahn/Twisted internals that changed; "
         "compare and update serve.py, then the pins in tests/chatproject/test_serve_pins.py:\n"
-        + "\n".join(problems))
+        + "\n".join(problems)
+    )

@@ -15,8 +15,13 @@ from apps.core.errors import (
 
 def test_every_contract_code_has_its_http_status():
     assert {code: ServiceError(code, "x").status for code in CODES} == {
-        "invalid": 400, "unauthenticated": 401, "forbidden": 403, "not_found": 404,
-        "rate_limited": 429, "too_large": 413, "unavailable": 503,
+        "invalid": 400,
+        "unauthenticated": 401,
+        "forbidden": 403,
+        "not_found": 404,
+        "rate_limited": 429,
+        "too_large": 413,
+        "unavailable": 503,
     }
 
 
@@ -28,9 +33,16 @@ def test_a_code_outside_the_contract_is_refused():
 def test_the_helpers_make_the_codes_and_keep_the_field_at_fault():
     error = invalid("body must not be blank", field="body")
     assert (error.code, error.message, error.field, error.extra) == (
-        "invalid", "body must not be blank", "body", {})
+        "invalid",
+        "body must not be blank",
+        "body",
+        {},
+    )
     assert (forbidden("no").code, not_found().code, not_found().message) == (
-        "forbidden", "not_found", "not found")
+        "forbidden",
+        "not_found",
+        "not found",
+    )
 
 
 def test_rate_limited_carries_whole_seconds_of_at_least_one():

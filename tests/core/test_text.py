@@ -15,15 +15,46 @@ def refusal(value, **kwargs) -> str | None:
     return None
 
 
-@pytest.mark.parametrize("value", ["a", " a ", "e\u0301", "\u200bx", "👍", "١٢٣", "مرحبا",
-                                   "line one\nline two\tend", "\u2067שלום\u2069 and \u202bx\u202c"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a",
+        " a ",
+        "e\u0301",
+        "\u200bx",
+        "👍",
+        "١٢٣",
+        "مرحبا",
+        "line one\nline two\tend",
+        "\u2067שלום\u2069 and \u202bx\u202c",
+    ],
+)
 def test_visible_text_in_any_script_passes(value):
     assert refusal(value) is None
 
 
-@pytest.mark.parametrize("value", ["", " ", "\n\t", "\u200b", "\u200e\u200f", "\u2066\u2069",
-                                   "\u3164", "\u115f\u1160", "\uffa0", "\u2800", "\ufeff",
-                                   "\u00ad", "\U000e0061", "\ufe0f", "\u034f", "\u180e", "\u3000"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        " ",
+        "\n\t",
+        "\u200b",
+        "\u200e\u200f",
+        "\u2066\u2069",
+        "\u3164",
+        "\u115f\u1160",
+        "\uffa0",
+        "\u2800",
+        "\ufeff",
+        "\u00ad",
+        "\U000e0061",
+        "\ufe0f",
+        "\u034f",
+        "\u180e",
+        "\u3000",
+    ],
+)
 def test_text_with_nothing_visible_is_refused(value):
     assert "invisible" in refusal(value)
 
@@ -43,8 +74,10 @@ def test_tab_and_newline_only_where_the_text_has_lines():
     assert refusal("a\tb", multiline=False) is not None
 
 
-@pytest.mark.parametrize("value", ["x\u202e", "x\u2067", "x\u202c", "x\u2069",
-                                   "\u2067a\u202bb\u2069\u202c", "\u202ea\u2069"])
+@pytest.mark.parametrize(
+    "value",
+    ["x\u202e", "x\u2067", "x\u202c", "x\u2069", "\u2067a\u202bb\u2069\u202c", "\u202ea\u2069"],
+)
 def test_unbalanced_bidi_controls_are_refused(value):
     assert "unbalanced" in refusal(value)
 

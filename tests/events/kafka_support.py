@@ -25,7 +25,9 @@ def read_topic(bootstrap=None, *, want_ids=(), timeout: float = 30.0, settle: fl
 
     servers = bootstrap or settings.KAFKA_BOOTSTRAP_SERVERS
     consumer = KafkaConsumer(
-        bootstrap_servers=servers, enable_auto_commit=False, allow_auto_create_topics=False,
+        bootstrap_servers=servers,
+        enable_auto_commit=False,
+        allow_auto_create_topics=False,
         consumer_timeout_ms=500,
     )
     want = set(str(i) for i in want_ids)
@@ -49,9 +51,16 @@ def read_topic(bootstrap=None, *, want_ids=(), timeout: float = 30.0, settle: fl
             for tp, msgs in batch.items():
                 for m in msgs:
                     envelope = json.loads(m.value)
-                    records.append(Record(tp.partition, m.offset, m.key,
-                                          {k: v.decode() for k, v in m.headers}, envelope,
-                                          m.timestamp))
+                    records.append(
+                        Record(
+                            tp.partition,
+                            m.offset,
+                            m.key,
+                            {k: v.decode() for k, v in m.headers},
+                            envelope,
+                            m.timestamp,
+                        )
+                    )
                     seen.add(envelope["id"])
             if want <= seen:
                 if settle_until is None:
@@ -68,9 +77,12 @@ def outage_settings(broker):
     from django.test import override_settings
 
     return override_settings(
-        KAFKA_BOOTSTRAP_SERVERS=[broker.bootstrap], KAFKA_MAX_BLOCK_MS=1000,
-        KAFKA_REQUEST_TIMEOUT_MS=1000, KAFKA_DELIVERY_TIMEOUT_MS=2000,
-        OUTBOX_FLUSH_TIMEOUT_SECONDS=2.0, OUTBOX_RETRY_BASE_SECONDS=0.0,
+        KAFKA_BOOTSTRAP_SERVERS=[broker.bootstrap],
+        KAFKA_MAX_BLOCK_MS=1000,
+        KAFKA_REQUEST_TIMEOUT_MS=1000,
+        KAFKA_DELIVERY_TIMEOUT_MS=2000,
+        OUTBOX_FLUSH_TIMEOUT_SECONDS=2.0,
+        OUTBOX_RETRY_BASE_SECONDS=0.0,
     )
 
 
@@ -96,8 +108,12 @@ def assert_per_room_order(records, rows_by_id):
         room, seq = rec.envelope["room"], rec.envelope["seq"]
         if seq is None:
             continue
-        assert rec.partition == last.get(room, (rec.partition, 0))[0], f"room {room} on two partitions"
-        assert seq > last.get(room, (rec.partition, 0))[1], f"room {room}: seq {seq} after {last[room][1]}"
+        assert rec.partition == last.get(room, (rec.partition, 0))[0], (
+            f"room {room} on two partitions"
+        )
+        assert seq > last.get(room, (rec.partition, 0))[1], (
+            f"room {room}: seq {seq} after {last[room][1]}"
+        )
         last[room] = (rec.partition, seq)
 
 

@@ -90,18 +90,25 @@ def test_burst_reaches_kafka_once_per_event_keyed_by_room_in_seq_order(celery_wo
     lags = sorted(
         rec.timestamp_ms / 1000
         - datetime.strptime(rec.envelope["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
-        .replace(tzinfo=UTC).timestamp()
+        .replace(tzinfo=UTC)
+        .timestamp()
         for rec in records
     )
-    print(f"commit-to-send latency p50={lags[len(lags) // 2]:.3f}s p99={lags[int(len(lags) * .99)]:.3f}s")
+    print(
+        f"commit-to-send latency p50={lags[len(lags) // 2]:.3f}s p99={lags[int(len(lags) * 0.99)]:.3f}s"
+    )
 
 
 def test_broker_outage_sends_succeed_and_the_sweep_publishes_the_backlog_in_order(child_env):
     broker = Broker().start()
     fast = dict(
-        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, OUTBOX_SWEEP_SECONDS=1,
-        OUTBOX_RETRY_BASE_SECONDS=0.2, OUTBOX_RETRY_MAX_SECONDS=1, KAFKA_MAX_BLOCK_MS=1000,
-        KAFKA_REQUEST_TIMEOUT_MS=1000, KAFKA_DELIVERY_TIMEOUT_MS=2000,
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+        OUTBOX_SWEEP_SECONDS=1,
+        OUTBOX_RETRY_BASE_SECONDS=0.2,
+        OUTBOX_RETRY_MAX_SECONDS=1,
+        KAFKA_MAX_BLOCK_MS=1000,
+        KAFKA_REQUEST_TIMEOUT_MS=1000,
+        KAFKA_DELIVERY_TIMEOUT_MS=2000,
         OUTBOX_FLUSH_TIMEOUT_SECONDS=2,
     )
     worker = start_worker({**child_env, **{k: str(v) for k, v in fast.items()}}, beat=True)
@@ -116,17 +123,24 @@ def test_broker_outage_sends_succeed_and_the_sweep_publishes_the_backlog_in_orde
             assert sync_client().exists(kick_key())  # no kick task ran: it was the sweep
 
             kill_broker(broker)
-            outage = [factories.send(room, owner, body=f"outage {i}")
-                      for i in range(5) for room in rooms]  # each send commits and returns
+            outage = [
+                factories.send(room, owner, body=f"outage {i}") for i in range(5) for room in rooms
+            ]  # each send commits and returns
             outage_ids = {str(e.pk) for e in outage}
-            wait_for(lambda: Event.objects.unpublished().exclude(last_error="").exists(),
-                     timeout=30, message="a failed publish attempt to be recorded")
+            wait_for(
+                lambda: Event.objects.unpublished().exclude(last_error="").exists(),
+                timeout=30,
+                message="a failed publish attempt to be recorded",
+            )
             assert Event.objects.unpublished().count() == len(outage)
 
             broker = Broker(port=broker.port).start()  # empty: the topic must be re-created
             wait_for(all_published, timeout=60, message="the backlog after the broker returned")
-            records = [r for r in read_topic([broker.bootstrap], want_ids=outage_ids)
-                       if r.envelope["id"] in outage_ids]
+            records = [
+                r
+                for r in read_topic([broker.bootstrap], want_ids=outage_ids)
+                if r.envelope["id"] in outage_ids
+            ]
             assert {r.envelope["id"] for r in records} == outage_ids
             rows = {str(e.pk): e for e in outage}
             assert_per_room_order(records, rows)
@@ -150,8 +164,13 @@ def outbox_backlog(rooms, per_room: int) -> None:
         for seq in range(room.last_seq + 1, room.last_seq + per_room + 1):
             made.append(Event(type="room.updated", room=room, seq=seq, ts=now, envelope={}))
             made[-1].envelope = ev.envelope(
-                "room.updated", room_id=room.pk, seq=seq, actor=None,
-                data=ev.room_updated({"topic": f"topic {seq}"}), ts=now, id=made[-1].id,
+                "room.updated",
+                room_id=room.pk,
+                seq=seq,
+                actor=None,
+                data=ev.room_updated({"topic": f"topic {seq}"}),
+                ts=now,
+                id=made[-1].id,
             )
         Room.objects.filter(pk=room.pk).update(last_seq=room.last_seq + per_room)
     Event.objects.bulk_create(made)
@@ -166,8 +185,12 @@ def test_worker_killed_mid_publish_loses_nothing_and_duplicates_share_the_id(chi
     worker = start_worker(env)
     kick_publisher()
     try:
-        wait_for(lambda: 0 < Event.objects.filter(published_at__isnull=False).count() < total,
-                 timeout=60, interval=0.005, message="publishing to be under way")
+        wait_for(
+            lambda: 0 < Event.objects.filter(published_at__isnull=False).count() < total,
+            timeout=60,
+            interval=0.005,
+            message="publishing to be under way",
+        )
         worker.kill()
         published = Event.objects.filter(published_at__isnull=False).count()
         assert published < total, "the worker finished before it was killed"
@@ -191,16 +214,20 @@ def test_worker_killed_mid_publish_loses_nothing_and_duplicates_share_the_id(chi
     for rec in records:  # a duplicate is the same event: same id, same envelope
         assert rec.envelope == rows[rec.envelope["id"]].envelope
     assert_per_room_order(records, rows)
-    print(f"killed after {published}/{total} published; "
-          f"{len(records) - total} duplicates after the restart")
+    print(
+        f"killed after {published}/{total} published; "
+        f"{len(records) - total} duplicates after the restart"
+    )
 
 
 @pytest.mark.skipif(not settings.CELERY_BROKER_URL.startswith("redis"), reason="Redis broker only")
 def test_after_commit_kicks_are_debounced_to_one_queued_task():
     client = sync_client()
     # The queue's Redis list, under the Celery key prefix of this deployment.
-    queue = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
-             + settings.CELERY_TASK_DEFAULT_QUEUE)
+    queue = (
+        settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
+        + settings.CELERY_TASK_DEFAULT_QUEUE
+    )
     client.delete(kick_key())
     before = client.llen(queue)
     for _ in range(50):
@@ -233,10 +260,13 @@ def test_an_unban_reaches_kafka_with_its_reason(celery_worker):
     rooms.member_unban(room=room, actor=owner, user=member, reason="appeal accepted")
     unbanned = Event.objects.get(room=room, type="member.unbanned")
     wait_for(all_published, timeout=60, message="the worker to publish the unban")
-    records = [r for r in read_topic(want_ids={str(unbanned.pk)})
-               if r.envelope["id"] == str(unbanned.pk)]
+    records = [
+        r for r in read_topic(want_ids={str(unbanned.pk)}) if r.envelope["id"] == str(unbanned.pk)
+    ]
     assert len(records) == 1
     assert records[0].envelope == unbanned.envelope
     assert records[0].envelope["data"] == {
-        "user": {"id": member.pk, "username": member.username}, "reason": "appeal accepted"}
+        "user": {"id": member.pk, "username": member.username},
+        "reason": "appeal accepted",
+    }
     assert records[0].headers == {"event_type": "member.unbanned", "event_id": str(unbanned.pk)}

@@ -50,7 +50,12 @@ def test_a_mention_of_an_offline_member_is_notified_once_even_if_delivered_twice
     assert handlers.process("g", handler, envelope) == handlers.HANDLED
     assert handlers.process("g", handler, envelope) == handlers.DUPLICATE
     note = Notification.objects.get()
-    assert (note.user, note.room_id, note.seq, note.actor) == (away, room.pk, envelope["seq"], author)
+    assert (note.user, note.room_id, note.seq, note.actor) == (
+        away,
+        room.pk,
+        envelope["seq"],
+        author,
+    )
     assert note.message_id == envelope["data"]["id"] and str(note.event_id) == envelope["id"]
     assert note.excerpt == f"ping @{away.username}!" and note.read_at is None
 
@@ -72,8 +77,7 @@ def test_the_author_and_non_members_are_not_notified_online_and_away_members_are
         handlers.process("g", MentionNotifications(), envelope)
     finally:
         sync_client().delete(*(presence.status_key(uid) for uid in keys))
-    assert set(Notification.objects.values_list("user", flat=True)) == {away.pk, idle.pk,
-                                                                         online.pk}
+    assert set(Notification.objects.values_list("user", flat=True)) == {away.pk, idle.pk, online.pk}
 
 
 @pytest.mark.django_db
@@ -151,33 +155,52 @@ def publish_all():
 def test_a_group_of_two_handles_each_event_once_and_survives_a_sigterm(child_env):
     kafka.reset_producer()
     group = f"notifications-{uuid.uuid4().hex[:8]}"
-    env = {**child_env, "KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "3000",
-           "KAFKA_CONSUMER_HEARTBEAT_MS": "500", "KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS": "3000"}
+    env = {
+        **child_env,
+        "KAFKA_CONSUMER_SESSION_TIMEOUT_MS": "3000",
+        "KAFKA_CONSUMER_HEARTBEAT_MS": "500",
+        "KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS": "3000",
+    }
     author, away = factories.make_user(), factories.make_user()
     rooms = [factories.make_room(author, members=[away]) for _ in range(6)]
 
     def mention_everywhere(n):
-        sent = [factories.send(room, author, body=f"@{away.username} {i}")
-                for i in range(n) for room in rooms]
+        sent = [
+            factories.send(room, author, body=f"@{away.username} {i}")
+            for i in range(n)
+            for room in rooms
+        ]
         publish_all()
         return {e.envelope["id"] for e in sent}
 
     first = mention_everywhere(3)
     a, b = Consumer(env, group).start(), Consumer(env, group).start()
     try:
-        wait_for(lambda: Notification.objects.filter(event_id__in=first).count() == len(first),
-                 timeout=60, message="the group to handle the first events")
-        wait_for(lambda: a.assignment() and b.assignment(), timeout=30,
-                 message="both consumers to own partitions")
+        wait_for(
+            lambda: Notification.objects.filter(event_id__in=first).count() == len(first),
+            timeout=60,
+            message="the group to handle the first events",
+        )
+        wait_for(
+            lambda: a.assignment() and b.assignment(),
+            timeout=30,
+            message="both consumers to own partitions",
+        )
         a.signal(signal.SIGTERM)
         assert a.proc.wait(20) == 0
         assert "left the group" in a.output()
 
         second = mention_everywhere(3)
-        wait_for(lambda: Notification.objects.filter(event_id__in=second).count() == len(second),
-                 timeout=60, message="the remaining consumer to handle the events after the SIGTERM")
-        wait_for(lambda: b.assignment() == list(range(settings.KAFKA_PARTITIONS)), timeout=30,
-                 message="the survivor to own every partition")
+        wait_for(
+            lambda: Notification.objects.filter(event_id__in=second).count() == len(second),
+            timeout=60,
+            message="the remaining consumer to handle the events after the SIGTERM",
+        )
+        wait_for(
+            lambda: b.assignment() == list(range(settings.KAFKA_PARTITIONS)),
+            timeout=30,
+            message="the survivor to own every partition",
+        )
     finally:
         a.stop()
         b.stop()
@@ -199,8 +222,11 @@ def test_a_user_with_an_open_socket_counts_as_online_for_here(server):
     socket = WS(server.ws_url, token=factories.make_token(connected))
     try:
         socket.hello()
-        wait_for(lambda: presence.is_online(connected.pk), timeout=15,
-                 message="the server to publish the user's presence")
+        wait_for(
+            lambda: presence.is_online(connected.pk),
+            timeout=15,
+            message="the server to publish the user's presence",
+        )
         assert not presence.is_online(offline.pk)
         envelope = factories.send(room, author, body="@here standup").envelope
         handlers.process("g", MentionNotifications(), envelope)
@@ -251,8 +277,11 @@ def lag(group, partition):
     )
 
 
-SMALL_GROUP_TIMEOUTS = dict(KAFKA_CONSUMER_SESSION_TIMEOUT_MS=3000, KAFKA_CONSUMER_HEARTBEAT_MS=500,
-                            KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS=3000)
+SMALL_GROUP_TIMEOUTS = dict(
+    KAFKA_CONSUMER_SESSION_TIMEOUT_MS=3000,
+    KAFKA_CONSUMER_HEARTBEAT_MS=500,
+    KAFKA_CONSUMER_MAX_POLL_INTERVAL_MS=3000,
+)
 
 
 @pytest.mark.kafka
@@ -278,8 +307,11 @@ def test_a_failing_event_is_retried_in_place_and_its_offset_is_not_committed_pas
         thread = run_in_thread(stuck)
         wait_for(lambda: stuck.handler.failed >= 2, timeout=60, message="retries of the poison")
         # The consumer-lag gauge shows the events held up behind it (poison + the 2 after).
-        wait_for(lambda: (lag(stuck_group, record.partition) or 0) >= 3, timeout=15,
-                 message="consumer lag to be reported")
+        wait_for(
+            lambda: (lag(stuck_group, record.partition) or 0) >= 3,
+            timeout=15,
+            message="consumer lag to be reported",
+        )
         stuck.stop()
         thread.join(30)
         assert not thread.is_alive()
@@ -297,8 +329,11 @@ def test_a_failing_event_is_retried_in_place_and_its_offset_is_not_committed_pas
         flaky = GroupConsumer(f"flaky-{uuid.uuid4().hex[:8]}", Flaky(room.pk, poison, failures=2))
         thread = run_in_thread(flaky)
         wait_for(lambda: len(flaky.handler.seen) == 4, timeout=60, message="all four events")
-        wait_for(lambda: lag(flaky.group, record.partition) == 0, timeout=15,
-                 message="consumer lag back to 0")
+        wait_for(
+            lambda: lag(flaky.group, record.partition) == 0,
+            timeout=15,
+            message="consumer lag back to 0",
+        )
         flaky.stop()
         thread.join(30)
     assert flaky.handler.failed == 2

@@ -15,8 +15,14 @@ pytestmark = pytest.mark.services
 
 
 def envelope(type, room, seq, data):
-    return ev.envelope(type, room_id=room, seq=seq, actor={"id": 1, "username": "ada"},
-                       data=data, ts=datetime.now(UTC))
+    return ev.envelope(
+        type,
+        room_id=room,
+        seq=seq,
+        actor={"id": 1, "username": "ada"},
+        data=data,
+        ts=datetime.now(UTC),
+    )
 
 
 def test_many_events_go_out_as_one_ordered_message_per_process_channel():
@@ -30,20 +36,34 @@ def test_many_events_go_out_as_one_ordered_message_per_process_channel():
         # Two server processes: each has its own layer (client prefix) and process channel.
         first, second = RedisChannelLayer(**config), RedisChannelLayer(**config)
         one, two = await first.new_channel("realtime"), await second.new_channel("realtime")
-        groups = [(first, one, fanout.room_group(room)), (first, one, fanout.user_group(banned)),
-                  (second, two, fanout.room_group(room))]
+        groups = [
+            (first, one, fanout.room_group(room)),
+            (first, one, fanout.user_group(banned)),
+            (second, two, fanout.room_group(room)),
+        ]
         for redis_layer, channel, group in groups:
             await redis_layer.group_add(group, channel)
-        created = envelope("message.created", room, 5,
-                           {"id": 1, "body": "hi", "reply_to": None, "client_id": tag})
-        elsewhere = envelope("message.created", quiet_room, 1,
-                             {"id": 2, "body": "nobody here", "reply_to": None, "client_id": tag})
-        ban = envelope("member.banned", room, 6,
-                       {"user": {"id": banned, "username": "bob"}, "until": None, "reason": ""})
+        created = envelope(
+            "message.created", room, 5, {"id": 1, "body": "hi", "reply_to": None, "client_id": tag}
+        )
+        elsewhere = envelope(
+            "message.created",
+            quiet_room,
+            1,
+            {"id": 2, "body": "nobody here", "reply_to": None, "client_id": tag},
+        )
+        ban = envelope(
+            "member.banned",
+            room,
+            6,
+            {"user": {"id": banned, "username": "bob"}, "until": None, "reason": ""},
+        )
         try:
             await fanout.adispatch_many([(created, ()), (elsewhere, ()), (ban, ())])
-            received = [await asyncio.wait_for(first.receive(one), 5),
-                        await asyncio.wait_for(second.receive(two), 5)]
+            received = [
+                await asyncio.wait_for(first.receive(one), 5),
+                await asyncio.wait_for(second.receive(two), 5),
+            ]
             with pytest.raises(asyncio.TimeoutError):  # one message each, nothing else
                 await asyncio.wait_for(first.receive(one), 0.5)
         finally:
@@ -54,8 +74,13 @@ def test_many_events_go_out_as_one_ordered_message_per_process_channel():
     to_one, to_two = asyncio.run(scenario())
     assert to_one["type"] == to_two["type"] == "chat.events"
     assert [(m["seq"], m["via"]) for m in to_one["events"]] == [
-        (5, fanout.room_group(room)), (6, fanout.room_group(room)), (6, fanout.user_group(banned))]
+        (5, fanout.room_group(room)),
+        (6, fanout.room_group(room)),
+        (6, fanout.user_group(banned)),
+    ]
     assert [(m["seq"], m["via"]) for m in to_two["events"]] == [
-        (5, fanout.room_group(room)), (6, fanout.room_group(room))]
+        (5, fanout.room_group(room)),
+        (6, fanout.room_group(room)),
+    ]
     assert to_one["events"][2]["revokes"] == banned
     assert '"body":"hi"' in to_one["events"][0]["text"]

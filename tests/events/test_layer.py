@@ -21,9 +21,11 @@ from redis.commands.core import AsyncScript
 from apps.events import fanout, layer
 
 PINNED = "4.3.0"
-UPGRADE = ("channels-redis {found} is installed; apps.events.layer was checked against "
-           f"{PINNED}. Re-read channels_redis/core.py against the adapter, then update PINNED "
-           "in tests/events/test_layer.py. ")
+UPGRADE = (
+    "channels-redis {found} is installed; apps.events.layer was checked against "
+    f"{PINNED}. Re-read channels_redis/core.py against the adapter, then update PINNED "
+    "in tests/events/test_layer.py. "
+)
 
 
 # channels-redis 4.3.0 `RedisChannelLayer.group_send`'s script, which layer.QUEUE_MANY_LUA copies.
@@ -77,25 +79,32 @@ def test_the_layer_attributes_and_methods_the_adapter_uses_are_unchanged():
     assert RedisChannelLayer.brpop_timeout == 5, upgrade_hint() + "brpop_timeout changed"
     instance = RedisChannelLayer(prefix="pin", expiry=7, group_expiry=9, capacity=3)
     assert (instance.prefix, instance.expiry, instance.group_expiry) == ("pin", 7, 9), (
-        upgrade_hint() + "the layer's prefix/expiry/group_expiry attributes changed")
+        upgrade_hint() + "the layer's prefix/expiry/group_expiry attributes changed"
+    )
     assert layer.group_key(instance, "room.1") == b"pin:group:room.1", (
-        upgrade_hint() + "the group key layout (_group_key) changed")
+        upgrade_hint() + "the group key layout (_group_key) changed"
+    )
     assert layer.channel_key(instance, "realtime.abc!def") == "pinrealtime.abc!", (
-        upgrade_hint() + "the channel key layout (prefix + non-local name) changed")
+        upgrade_hint() + "the channel key layout (prefix + non-local name) changed"
+    )
 
 
 def test_group_send_still_runs_the_script_and_expiry_rules_the_adapter_copies():
     source = inspect.getsource(RedisChannelLayer.group_send)
     assert squash(LIBRARY_GROUP_SEND_LUA) in squash(source), (
-        upgrade_hint() + "group_send's Lua script changed (compare layer.QUEUE_MANY_LUA)")
+        upgrade_hint() + "group_send's Lua script changed (compare layer.QUEUE_MANY_LUA)"
+    )
     # Group members expire after group_expiry, messages after expiry (purged before queueing).
     assert "max=int(time.time()) - self.group_expiry" in source, upgrade_hint()
     assert "max=int(time.time()) - int(self.expiry)" in source, upgrade_hint()
     # The adapter's script is the library's with that purge folded in, nothing else changed.
     ours = squash(layer.QUEUE_MANY_LUA)
-    for statement in ("redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') <",
-                      "redis.call('ZADD', KEYS[i],", "redis.call('EXPIRE', KEYS[i], expiry)",
-                      "redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, stale)"):
+    for statement in (
+        "redis.call('ZCOUNT', KEYS[i], '-inf', '+inf') <",
+        "redis.call('ZADD', KEYS[i],",
+        "redis.call('EXPIRE', KEYS[i], expiry)",
+        "redis.call('ZREMRANGEBYSCORE', KEYS[i], 0, stale)",
+    ):
         assert statement in ours, statement
 
 
@@ -107,7 +116,8 @@ def test_the_receive_path_the_adapter_bypasses_reads_the_keys_it_pops():
     assert "bzpopmin(channel, timeout=timeout)" in popping, upgrade_hint()
     mapping = squash(inspect.getsource(RedisChannelLayer._map_channel_keys_to_connection))
     assert "self.consistent_hash(channel_non_local_name)" in mapping, (
-        upgrade_hint() + "group_send no longer shards channel keys by their non-local name")
+        upgrade_hint() + "group_send no longer shards channel keys by their non-local name"
+    )
     assert "__asgi_channel__" in squash(inspect.getsource(RedisChannelLayer.send))
     # redis-py: the cached script is re-registered when the client changes.
     assert "registered_client" in inspect.signature(AsyncScript.__init__).parameters
@@ -131,8 +141,9 @@ def test_round_trip_through_redis_with_the_library_on_either_side():
             await layer.group_add_many(first, groups, one)
             await second.group_add(groups[0], two)
             # Ours to ours: one message per process channel, in order.
-            await layer.group_send_many(first, [(g, {"type": "x.ours", "n": n})
-                                                for n, g in enumerate(groups)])
+            await layer.group_send_many(
+                first, [(g, {"type": "x.ours", "n": n}) for n, g in enumerate(groups)]
+            )
             mine = await asyncio.wait_for(layer.receive_many(first, one), 5)
             # The library's group_send to our receive.
             await second.group_send(groups[1], {"type": "x.library"})
@@ -166,8 +177,9 @@ def test_group_send_many_purges_expired_messages_before_the_capacity_check():
             await layer.group_add_many(redis, groups, channel)
             # A process that stopped reading: its channel is full of expired messages.
             stale = time.time() - redis.expiry - 10
-            await connection.zadd(key, {f"stale{i}".encode(): stale
-                                        for i in range(redis.get_capacity(channel))})
+            await connection.zadd(
+                key, {f"stale{i}".encode(): stale for i in range(redis.get_capacity(channel))}
+            )
             await layer.group_send_many(redis, [(g, {"type": "x.fresh"}) for g in groups])
             return await asyncio.wait_for(layer.receive_many(redis, channel), 5)
         finally:

@@ -83,7 +83,13 @@ def test_pending_rows_wait_while_the_room_head_backs_off():
 def test_backoff_is_exponential_and_capped():
     with override_settings(OUTBOX_RETRY_BASE_SECONDS=1.0, OUTBOX_RETRY_MAX_SECONDS=30.0):
         assert [publisher.backoff_seconds(n) for n in (1, 2, 3, 4, 5, 6, 9)] == [
-            1, 2, 4, 8, 16, 30, 30,
+            1,
+            2,
+            4,
+            8,
+            16,
+            30,
+            30,
         ]
 
 
@@ -112,8 +118,9 @@ def test_broker_down_keeps_rows_with_their_error_then_publishes_them_in_order():
             broker = Broker(port=broker.port).start()
             result = publisher.publish_pending()
             assert result.published == 2, result
-            outage = [str(e.pk) for e in Event.objects.filter(
-                envelope__data__body="during the outage")]
+            outage = [
+                str(e.pk) for e in Event.objects.filter(envelope__data__body="during the outage")
+            ]
             records = read_topic([broker.bootstrap], want_ids=outage)
             assert sorted(r.envelope["id"] for r in records) == sorted(outage)
             assert {r.key for r in records} == {str(r.id).encode() for r in rooms}
@@ -130,8 +137,11 @@ def test_only_one_publisher_at_a_time_the_other_waits_then_gives_up():
 
         db = connection.settings_dict
         holder = psycopg.connect(
-            host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"] or "postgres",
-            dbname=db["NAME"], autocommit=True,
+            host=db["HOST"] or "127.0.0.1",
+            port=db["PORT"] or 5432,
+            user=db["USER"] or "postgres",
+            dbname=db["NAME"],
+            autocommit=True,
         )
         holder.execute("SELECT pg_advisory_lock(%s)", [publisher.PUBLISHER_LOCK_KEY])
         release = holder.close  # the lock dies with the session, as when a worker is killed
@@ -177,8 +187,9 @@ def test_a_draining_kick_keeps_its_debounce_key_until_its_last_read():
         cleared.append(client.exists(kick_key()))
 
     with override_settings(OUTBOX_KICK_DEBOUNCE_MS=300):
-        result = publisher.publish_pending(idle_seconds=1.0, before_last_read=before_last_read,
-                                           keep_alive=keep_alive)
+        result = publisher.publish_pending(
+            idle_seconds=1.0, before_last_read=before_last_read, keep_alive=keep_alive
+        )
     assert result.published == Event.objects.count() and result.last_read
     # Renewed all along the drain (1 s of it idle, longer than the key lives), never after.
     assert len(ttls) >= 4 and all(0 < ttl <= 300 for ttl in ttls)

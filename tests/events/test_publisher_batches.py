@@ -34,8 +34,15 @@ def roomless_event(topic: str) -> Event:
     """A durable event of no room (none of today's types is one; the contract allows them)."""
     now = timezone.now()
     event = Event(type="room.updated", room=None, seq=None, ts=now, envelope={})
-    event.envelope = ev.envelope("room.updated", room_id=None, seq=None, actor=None,
-                                 data=ev.room_updated({"topic": topic}), ts=now, id=event.id)
+    event.envelope = ev.envelope(
+        "room.updated",
+        room_id=None,
+        seq=None,
+        actor=None,
+        data=ev.room_updated({"topic": topic}),
+        ts=now,
+        id=event.id,
+    )
     event.save(force_insert=True)
     return event
 
@@ -44,31 +51,42 @@ def roomless_event(topic: str) -> Event:
 def test_a_backing_off_roomless_head_holds_back_roomless_events_only(fresh_producer):
     first, second = roomless_event("one"), roomless_event("two")
     Event.objects.filter(pk=first.pk).update(
-        next_attempt_at=timezone.now() + timezone.timedelta(minutes=5), last_error="boom")
+        next_attempt_at=timezone.now() + timezone.timedelta(minutes=5), last_error="boom"
+    )
     room = factories.make_room()
 
     publisher.publish_pending()
     assert not Event.objects.filter(room=room, published_at__isnull=True).exists()
-    assert Event.objects.filter(pk__in=[first.pk, second.pk], published_at__isnull=True).count() == 2
+    assert (
+        Event.objects.filter(pk__in=[first.pk, second.pk], published_at__isnull=True).count() == 2
+    )
 
     Event.objects.filter(pk=first.pk).update(next_attempt_at=None)
     result = publisher.publish_pending()
     assert result.published == 2 and not Event.objects.unpublished().exists()
-    records = [r for r in read_topic(want_ids=[first.pk, second.pk])
-               if r.envelope["id"] in (str(first.pk), str(second.pk))]
+    records = [
+        r
+        for r in read_topic(want_ids=[first.pk, second.pk])
+        if r.envelope["id"] in (str(first.pk), str(second.pk))
+    ]
     assert [r.envelope["data"]["topic"] for r in sorted(records, key=lambda r: r.offset)] == [
-        "one", "two"]
+        "one",
+        "two",
+    ]
     assert {r.key for r in records} == {kafka.ROOMLESS_KEY}
 
 
 @pytest.mark.django_db
 def test_the_record_value_is_the_stored_envelope_json(fresh_producer):
     room = factories.make_room()
-    factories.send(room, room.created_by, body="ünïcode ✓ \"quoted\"")
+    factories.send(room, room.created_by, body='ünïcode ✓ "quoted"')
     rows = publisher.next_batch(100)
-    assert rows and all(json.loads(row.value) == Event.objects.get(pk=row.pk).envelope
-                        for row in rows)
-    assert {row.pk for row in rows} == {str(pk) for pk in Event.objects.values_list("pk", flat=True)}
+    assert rows and all(
+        json.loads(row.value) == Event.objects.get(pk=row.pk).envelope for row in rows
+    )
+    assert {row.pk for row in rows} == {
+        str(pk) for pk in Event.objects.values_list("pk", flat=True)
+    }
 
 
 def start_worker(env) -> CeleryWorker:

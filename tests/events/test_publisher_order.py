@@ -21,9 +21,11 @@ def record(room, seq, size, partition):
 
 def test_one_flush_holds_at_most_one_batch_per_partition():
     # Rooms 1 and 2 share partition 0; room 3 is alone on partition 1.
-    records = [record(1, s, 100, 0) for s in range(1, 6)] + \
-              [record(2, s, 100, 0) for s in range(1, 4)] + \
-              [record(3, s, 100, 1) for s in range(1, 4)]
+    records = (
+        [record(1, s, 100, 0) for s in range(1, 6)]
+        + [record(2, s, 100, 0) for s in range(1, 4)]
+        + [record(3, s, 100, 1) for s in range(1, 4)]
+    )
     budget = 5 * (100 + 1 + publisher.RECORD_OVERHEAD) - 1  # four of these records, not five
     chosen = publisher.flush_rows(records, budget)
     by_partition = {}
@@ -31,13 +33,19 @@ def test_one_flush_holds_at_most_one_batch_per_partition():
         by_partition[rec.partition] = by_partition.get(rec.partition, 0) + rec.size
     assert all(total <= budget for total in by_partition.values())
     assert [(r.row.room_id, int(r.row.pk.rsplit("-", 1)[1])) for r in chosen] == [
-        (1, 1), (1, 2), (1, 3), (1, 4), (3, 1), (3, 2), (3, 3)]
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (1, 4),
+        (3, 1),
+        (3, 2),
+        (3, 3),
+    ]
 
 
 def test_a_room_stops_at_its_first_record_that_does_not_fit():
     # Room 1's second record is too big for what is left; its third would fit but must wait.
-    records = [record(1, 1, 50, 0), record(1, 2, 500, 0), record(1, 3, 10, 0),
-               record(2, 1, 10, 0)]
+    records = [record(1, 1, 50, 0), record(1, 2, 500, 0), record(1, 3, 10, 0), record(2, 1, 10, 0)]
     chosen = publisher.flush_rows(records, budget=300)
     assert [(r.row.room_id, r.row.pk) for r in chosen] == [(1, "id-1-1"), (2, "id-2-1")]
 
@@ -47,8 +55,7 @@ def test_a_record_larger_than_a_batch_goes_alone_for_its_partition():
     chosen = publisher.flush_rows(records, budget=300)
     assert [r.row.pk for r in chosen] == ["id-1-1", "id-3-1"]
     # Nothing fits beside it; next flush, the small one goes.
-    assert [r.row.pk for r in publisher.flush_rows(records[1:], budget=300)] == [
-        "id-2-1", "id-3-1"]
+    assert [r.row.pk for r in publisher.flush_rows(records[1:], budget=300)] == ["id-2-1", "id-3-1"]
 
 
 def test_partition_for_is_kafkas_default_partitioner():
@@ -67,7 +74,8 @@ def test_partition_for_is_kafkas_default_partitioner():
     for room in range(1, 200):
         key = kafka.record_key(room)
         assert kafka.partition_for(key, [0, 1, 2, 3, 4, 5]) == DefaultPartitioner().partition(
-            "t", None, key, None, None, Cluster())
+            "t", None, key, None, None, Cluster()
+        )
 
 
 @pytest.mark.kafka

@@ -35,8 +35,9 @@ def shape(envelope):
     return out
 
 
-def test_rest_and_websocket_actions_make_identical_envelopes(server, celery_worker, user, other_user,
-                                                             room):
+def test_rest_and_websocket_actions_make_identical_envelopes(
+    server, celery_worker, user, other_user, room
+):
     rooms.room_join(room=room, user=other_user)
     api = factories.api_client(user)
     author = WS(server.ws_url, token=factories.make_token(user))
@@ -55,16 +56,35 @@ def test_rest_and_websocket_actions_make_identical_envelopes(server, celery_work
             return response.json(), ack["event"]
 
         rest_msg, ws_msg = both(
-            lambda: api.post(f"/api/rooms/{room.pk}/messages/",
-                             {"body": "same body", "client_id": str(uuid.uuid4())}, format="json"),
-            "message.send", room=room.pk, body="same body", client_id=str(uuid.uuid4()))
+            lambda: api.post(
+                f"/api/rooms/{room.pk}/messages/",
+                {"body": "same body", "client_id": str(uuid.uuid4())},
+                format="json",
+            ),
+            "message.send",
+            room=room.pk,
+            body="same body",
+            client_id=str(uuid.uuid4()),
+        )
         rest_id, ws_id = rest_msg["data"]["id"], ws_msg["data"]["id"]
-        both(lambda: api.patch(f"/api/messages/{rest_id}/", {"body": "edited"}, format="json"),
-             "message.edit", message=ws_id, body="edited")
-        both(lambda: api.post(f"/api/messages/{rest_id}/reactions/", {"emoji": "🎉"}, format="json"),
-             "reaction.add", message=ws_id, emoji="🎉")
-        both(lambda: api.delete(f"/api/messages/{rest_id}/reactions/?emoji=🎉"),
-             "reaction.remove", message=ws_id, emoji="🎉")
+        both(
+            lambda: api.patch(f"/api/messages/{rest_id}/", {"body": "edited"}, format="json"),
+            "message.edit",
+            message=ws_id,
+            body="edited",
+        )
+        both(
+            lambda: api.post(f"/api/messages/{rest_id}/reactions/", {"emoji": "🎉"}, format="json"),
+            "reaction.add",
+            message=ws_id,
+            emoji="🎉",
+        )
+        both(
+            lambda: api.delete(f"/api/messages/{rest_id}/reactions/?emoji=🎉"),
+            "reaction.remove",
+            message=ws_id,
+            emoji="🎉",
+        )
         both(lambda: api.delete(f"/api/messages/{rest_id}/"), "message.delete", message=ws_id)
 
         for rest, ws in pairs:
@@ -84,9 +104,13 @@ def test_rest_and_websocket_actions_make_identical_envelopes(server, celery_work
 
     # And Kafka carries the same dicts (published by the Celery worker).
     ids = {e["id"] for e in sent}
-    wait_for(lambda: not Event.objects.filter(pk__in=ids, published_at__isnull=True).exists(),
-             timeout=30, message="the worker to publish")
-    on_kafka = {r.envelope["id"]: r.envelope for r in read_topic(want_ids=ids)
-                if r.envelope["id"] in ids}
+    wait_for(
+        lambda: not Event.objects.filter(pk__in=ids, published_at__isnull=True).exists(),
+        timeout=30,
+        message="the worker to publish",
+    )
+    on_kafka = {
+        r.envelope["id"]: r.envelope for r in read_topic(want_ids=ids) if r.envelope["id"] in ids
+    }
     # A content event went out as sent, or redacted if the worker read it after the delete.
     assert all(on_kafka[e["id"]] in (e, redacted(e)) for e in sent)

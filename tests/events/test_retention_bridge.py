@@ -28,9 +28,14 @@ def purged_entirely(room) -> bool:
 def test_the_beat_purge_waits_for_kafka_and_removes_events_once_published(child_env):
     broker = Broker().start()
     fast = dict(
-        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap, OUTBOX_SWEEP_SECONDS=1,
-        RETENTION_SWEEP_SECONDS=1, OUTBOX_RETRY_BASE_SECONDS=0.2, OUTBOX_RETRY_MAX_SECONDS=1,
-        KAFKA_MAX_BLOCK_MS=1000, KAFKA_REQUEST_TIMEOUT_MS=1000, KAFKA_DELIVERY_TIMEOUT_MS=2000,
+        KAFKA_BOOTSTRAP_SERVERS=broker.bootstrap,
+        OUTBOX_SWEEP_SECONDS=1,
+        RETENTION_SWEEP_SECONDS=1,
+        OUTBOX_RETRY_BASE_SECONDS=0.2,
+        OUTBOX_RETRY_MAX_SECONDS=1,
+        KAFKA_MAX_BLOCK_MS=1000,
+        KAFKA_REQUEST_TIMEOUT_MS=1000,
+        KAFKA_DELIVERY_TIMEOUT_MS=2000,
         OUTBOX_FLUSH_TIMEOUT_SECONDS=2,
     )
     worker = start_worker({**child_env, **{k: str(v) for k, v in fast.items()}}, beat=True)
@@ -49,12 +54,19 @@ def test_the_beat_purge_waits_for_kafka_and_removes_events_once_published(child_
             outage_ids = {str(e.pk) for e in outage}
             # Every event of both rooms is now past retention; the outage ones are unpublished.
             Event.objects.filter(room__in=[stuck_room, other_room]).update(
-                ts=timezone.now() - timedelta(days=2))
+                ts=timezone.now() - timedelta(days=2)
+            )
 
-            wait_for(lambda: purged_entirely(other_room), timeout=30,
-                     message="the beat purge to empty the published room")
-            wait_for(lambda: Event.objects.unpublished().exclude(last_error="").exists(),
-                     timeout=30, message="a failed publish attempt")
+            wait_for(
+                lambda: purged_entirely(other_room),
+                timeout=30,
+                message="the beat purge to empty the published room",
+            )
+            wait_for(
+                lambda: Event.objects.unpublished().exclude(last_error="").exists(),
+                timeout=30,
+                message="a failed publish attempt",
+            )
             time.sleep(2.5)  # more purge runs (RETENTION_SWEEP_SECONDS=1): still there
             stuck = Room.objects.get(pk=stuck_room.pk)
             assert stuck.history_start == outage[0].seq
@@ -63,13 +75,22 @@ def test_the_beat_purge_waits_for_kafka_and_removes_events_once_published(child_
 
             broker = Broker(port=broker.port).start()  # empty: the topic is re-created
             wait_for(all_published, timeout=60, message="the backlog after the broker returned")
-            wait_for(lambda: purged_entirely(stuck_room), timeout=30,
-                     message="the purge once Kafka acknowledged them")
-            records = [r for r in read_topic([broker.bootstrap], want_ids=outage_ids)
-                       if r.envelope["id"] in outage_ids]
+            wait_for(
+                lambda: purged_entirely(stuck_room),
+                timeout=30,
+                message="the purge once Kafka acknowledged them",
+            )
+            records = [
+                r
+                for r in read_topic([broker.bootstrap], want_ids=outage_ids)
+                if r.envelope["id"] in outage_ids
+            ]
             assert {r.envelope["id"] for r in records} == outage_ids
             assert {r.envelope["data"]["body"] for r in records} == {
-                "outage 0", "outage 1", "outage 2"}
+                "outage 0",
+                "outage 1",
+                "outage 2",
+            }
     finally:
         worker.stop()
         kill_broker(broker)

@@ -40,8 +40,13 @@ def every_service_once():
     rooms.room_update(room=room, actor=owner, name="renamed", topic="a topic")
     rooms.member_set_role(room=room, actor=owner, user=mod, role="moderator")
     rooms.room_join(room=room, user=other)
-    rooms.member_mute(room=room, actor=mod, user=member, until=timezone.now() + timedelta(hours=1),
-                      reason="calm down")
+    rooms.member_mute(
+        room=room,
+        actor=mod,
+        user=member,
+        until=timezone.now() + timedelta(hours=1),
+        reason="calm down",
+    )
     rooms.member_mute(room=room, actor=mod, user=member, until=None)
     first = factories.send(room, owner, body="hello @" + member.username)
     mentions.process_pending()  # the mention worker: notification.created (not in the log)
@@ -53,8 +58,10 @@ def every_service_once():
         fanned.extend(items)
         real(items)
 
-    with mock.patch.object(send_orm, "send_events_on_commit", spy), \
-            mock.patch.object(send_pg, "send_events_on_commit", spy):
+    with (
+        mock.patch.object(send_orm, "send_events_on_commit", spy),
+        mock.patch.object(send_pg, "send_events_on_commit", spy),
+    ):
         reply = factories.send(room, mod, body="re", reply_to=first.envelope["data"]["id"])
     message = messaging.get_message_or_404(first.envelope["data"]["id"], owner)
     messaging.message_edit(message=message, actor=owner, body="hello again")
@@ -64,8 +71,9 @@ def every_service_once():
     reply_msg = messaging.get_message_or_404(reply.envelope["data"]["id"], mod)
     messaging.message_delete(message=reply_msg, actor=owner)  # by a moderator (the owner)
     rooms.mark_read(room=room, user=member, seq=Room.objects.get(pk=room.pk).last_seq)
-    rooms.member_ban(room=room, actor=owner, user=other, reason="spam",
-                     until=timezone.now() + timedelta(days=1))
+    rooms.member_ban(
+        room=room, actor=owner, user=other, reason="spam", until=timezone.now() + timedelta(days=1)
+    )
     rooms.member_ban(room=room, actor=owner, user=mod, reason="")
     rooms.member_unban(room=room, actor=owner, user=mod, reason="appealed")
     rooms.member_unban(room=room, actor=owner, user=other)
@@ -78,12 +86,28 @@ def every_service_once():
     rooms.room_leave(room=room, user=leaver)
     rooms.room_archive(room=room, actor=owner)
     now = timezone.now()
-    return notified + [
-        ev.envelope("typing", room_id=room.pk, seq=None, actor=owner,
-                    data=ev.typing(owner, state=True), ts=now),
-        ev.envelope("presence.changed", room_id=None, seq=None, actor=owner,
-                    data=ev.presence_changed(owner, status="away"), ts=now),
-    ] + [item[0] for item in fanned if item[0]["type"] == "thread.updated"]
+    return (
+        notified
+        + [
+            ev.envelope(
+                "typing",
+                room_id=room.pk,
+                seq=None,
+                actor=owner,
+                data=ev.typing(owner, state=True),
+                ts=now,
+            ),
+            ev.envelope(
+                "presence.changed",
+                room_id=None,
+                seq=None,
+                actor=owner,
+                data=ev.presence_changed(owner, status="away"),
+                ts=now,
+            ),
+        ]
+        + [item[0] for item in fanned if item[0]["type"] == "thread.updated"]
+    )
 
 
 def test_every_event_type_produced_by_the_services_matches_its_schema():
@@ -114,6 +138,6 @@ def test_a_malformed_envelope_fails_its_schema(break_it):
     validate(envelope)
     break_it(envelope)
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.Draft202012Validator(SCHEMAS["message.created"], format_checker=FORMATS).validate(
-            envelope
-        )
+        jsonschema.Draft202012Validator(
+            SCHEMAS["message.created"], format_checker=FORMATS
+        ).validate(envelope)

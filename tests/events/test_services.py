@@ -34,8 +34,9 @@ def test_record_event_takes_the_next_seq_of_the_room_and_the_log_stays_gapless(r
     first = factories.send(room, user, "one")
     with transaction.atomic():
         locked = Room.objects.select_for_update().get(pk=room.pk)
-        event = record_event(type="room.updated", room=locked, actor=user,
-                             data=ev.room_updated({"topic": "t"}))
+        event = record_event(
+            type="room.updated", room=locked, actor=user, data=ev.room_updated({"topic": "t"})
+        )
     assert event.seq == first.seq + 1 == locked.last_seq
     assert factories.send(room, user, "two").seq == first.seq + 2
     seqs = list(Event.objects.filter(room=room).order_by("seq").values_list("seq", flat=True))
@@ -51,10 +52,14 @@ def test_after_commit_waits_for_the_commit(django_capture_on_commit_callbacks):
 
 
 def test_after_commit_runs_nothing_for_a_transaction_that_rolls_back(
-        django_capture_on_commit_callbacks):
+    django_capture_on_commit_callbacks,
+):
     ran = []
-    with (django_capture_on_commit_callbacks(execute=True) as callbacks,
-          pytest.raises(RuntimeError), transaction.atomic()):
+    with (
+        django_capture_on_commit_callbacks(execute=True) as callbacks,
+        pytest.raises(RuntimeError),
+        transaction.atomic(),
+    ):
         after_commit(lambda: ran.append("effect"))
         raise RuntimeError("rolled back")
     assert ran == [] and callbacks == []

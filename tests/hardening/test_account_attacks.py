@@ -47,9 +47,11 @@ def _server(start_server, child_env, **overrides):
 
 def _json(server, method, path, body=None, headers=None):
     request = urllib.request.Request(
-        server.http_url + path, method=method,
+        server.http_url + path,
+        method=method,
         data=json.dumps(body).encode() if body is not None else None,
-        headers={"Content-Type": "application/json", **(headers or {})})
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     started = time.monotonic()
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -66,7 +68,8 @@ class Browser:
         self.server = server
         self.opener = urllib.request.build_opener(
             urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()),
-            urllib.request.ProxyHandler({}))
+            urllib.request.ProxyHandler({}),
+        )
         self.csrf = None
 
     def get(self, path):
@@ -77,8 +80,12 @@ class Browser:
 
     def post(self, path, fields):
         data = urllib.parse.urlencode({"csrfmiddlewaretoken": self.csrf, **fields}).encode()
-        request = urllib.request.Request(self.server.http_url + path, data=data, method="POST",
-                                         headers={"Referer": self.server.http_url + path})
+        request = urllib.request.Request(
+            self.server.http_url + path,
+            data=data,
+            method="POST",
+            headers={"Referer": self.server.http_url + path},
+        )
         try:
             with self.opener.open(request, timeout=60) as response:
                 return response.status, response.read().decode(), response.headers["Retry-After"]
@@ -92,18 +99,24 @@ def test_password_guesses_on_the_login_page_and_the_token_endpoint_hit_429(start
     browser = Browser(server)
     browser.get("/login/")
     # The page and the API share one bucket per address: alternating them buys nothing.
-    page = [browser.post("/login/", {"username": "victim", "password": f"guess-{i}"})
-            for i in range(3)]
-    api = [_json(server, "POST", "/api/auth/token/",
-                 {"username": "victim", "password": f"guess-api-{i}"}) for i in range(2)]
+    page = [
+        browser.post("/login/", {"username": "victim", "password": f"guess-{i}"}) for i in range(3)
+    ]
+    api = [
+        _json(
+            server, "POST", "/api/auth/token/", {"username": "victim", "password": f"guess-api-{i}"}
+        )
+        for i in range(2)
+    ]
     assert [status for status, _, _ in page] == [200, 200, 200]
     assert all("Please enter a correct username and password" in html for _, html, _ in page)
     assert [a[0] for a in api] == [401, 401]
 
     status, html, retry = browser.post("/login/", {"username": "victim", "password": "guess-x"})
     assert status == 429 and "Too many log-in attempts" in html and int(retry) >= 1
-    status, body, retry, _ = _json(server, "POST", "/api/auth/token/",
-                                   {"username": "victim", "password": "guess-y"})
+    status, body, retry, _ = _json(
+        server, "POST", "/api/auth/token/", {"username": "victim", "password": "guess-y"}
+    )
     assert status == 429 and body["code"] == "rate_limited" and int(retry) >= 1
     assert_clean_log(server)
 
@@ -112,25 +125,31 @@ def test_concurrent_guesses_from_one_address_are_bounded(start_server, child_env
     """12 guessers at once used to hash 12 passwords at once (0.6 s of CPU each) and slow
     everyone's REST; now one address has at most PASSWORD_HASH_CONCURRENCY hashes in flight."""
     _victim("target", "the-real-password-2")
-    server = _server(start_server, child_env, THROTTLE_TOKEN="1000/minute",
-                     PASSWORD_HASH_CONCURRENCY=1)
+    server = _server(
+        start_server, child_env, THROTTLE_TOKEN="1000/minute", PASSWORD_HASH_CONCURRENCY=1
+    )
     token = factories.make_token(user)
-    me = [_json(server, "GET", "/api/me/", headers={"Authorization": f"Token {token}"})[3]
-          for _ in range(5)]
+    me = [
+        _json(server, "GET", "/api/me/", headers={"Authorization": f"Token {token}"})[3]
+        for _ in range(5)
+    ]
     start, results, lock = threading.Barrier(12), [], threading.Lock()
 
     def guess(i):
         start.wait()
-        result = _json(server, "POST", "/api/auth/token/",
-                       {"username": "target", "password": f"wrong-{i}"})
+        result = _json(
+            server, "POST", "/api/auth/token/", {"username": "target", "password": f"wrong-{i}"}
+        )
         with lock:
             results.append(result)
 
     threads = [threading.Thread(target=guess, args=(i,)) for i in range(12)]
     for thread in threads:
         thread.start()
-    during = [_json(server, "GET", "/api/me/", headers={"Authorization": f"Token {token}"})[3]
-              for _ in range(5)]
+    during = [
+        _json(server, "GET", "/api/me/", headers={"Authorization": f"Token {token}"})[3]
+        for _ in range(5)
+    ]
     for thread in threads:
         thread.join(120)
     codes = sorted(status for status, _, _, _ in results)
@@ -139,9 +158,11 @@ def test_concurrent_guesses_from_one_address_are_bounded(start_server, child_env
     assert len(refused) >= 6, codes  # one slot: nearly all of 12 simultaneous guesses refused
     assert all(body["code"] == "rate_limited" for body in refused)
     assert codes.count(401) >= 1  # the guess that held the slot was checked (and was wrong)
-    print(f"\n/api/me/ median before {statistics.median(me) * 1000:.0f} ms, during 12 guessers "
-          f"{statistics.median(during) * 1000:.0f} ms; guesses: {codes.count(401)} hashed, "
-          f"{len(refused)} refused")
+    print(
+        f"\n/api/me/ median before {statistics.median(me) * 1000:.0f} ms, during 12 guessers "
+        f"{statistics.median(during) * 1000:.0f} ms; guesses: {codes.count(401)} hashed, "
+        f"{len(refused)} refused"
+    )
     assert_clean_log(server)
 
 
@@ -154,8 +175,11 @@ def test_password_hashing_runs_off_the_event_loop(start_server, child_env, user)
     results = []
 
     def guess(i):
-        results.append(_json(server, "POST", "/api/auth/token/",
-                             {"username": "hashed", "password": f"wrong-{i}"}))
+        results.append(
+            _json(
+                server, "POST", "/api/auth/token/", {"username": "hashed", "password": f"wrong-{i}"}
+            )
+        )
 
     async def scenario():
         sock = await Socket.open(server, token=token)
@@ -177,8 +201,10 @@ def test_password_hashing_runs_off_the_event_loop(start_server, child_env, user)
     rtts = run(scenario())
     assert sorted(status for status, _, _, _ in results) == [401, 401], results
     hash_time = min(elapsed for _, _, _, elapsed in results)
-    print(f"\nguesses took {hash_time * 1000:.0f} ms; {len(rtts)} pings meanwhile, "
-          f"median {statistics.median(rtts) * 1000:.0f} ms, max {max(rtts) * 1000:.0f} ms")
+    print(
+        f"\nguesses took {hash_time * 1000:.0f} ms; {len(rtts)} pings meanwhile, "
+        f"median {statistics.median(rtts) * 1000:.0f} ms, max {max(rtts) * 1000:.0f} ms"
+    )
     assert len(rtts) >= 3
     assert statistics.median(rtts) < hash_time / 3, (rtts, hash_time)
     assert_clean_log(server)
@@ -187,16 +213,26 @@ def test_password_hashing_runs_off_the_event_loop(start_server, child_env, user)
 def test_concurrent_lookalike_signups_create_exactly_one_account(start_server, child_env):
     """`Racer0`, `racer0`, `RACER0`, `Ｒａｃｅｒ０`, … all at once: one 201, the rest a clean
     `invalid` ("taken") from the unique index, never a 500."""
-    server = _server(start_server, child_env, THROTTLE_SIGNUP="100/hour",
-                     PASSWORD_HASH_CONCURRENCY=0)
-    names = ["Racer0", "racer0", "RACER0", "rAcEr0", "\uff32\uff41\uff43\uff45\uff52\uff10",
-             "racer\uff10", "RaceR0", "raCer0"]
+    server = _server(
+        start_server, child_env, THROTTLE_SIGNUP="100/hour", PASSWORD_HASH_CONCURRENCY=0
+    )
+    names = [
+        "Racer0",
+        "racer0",
+        "RACER0",
+        "rAcEr0",
+        "\uff32\uff41\uff43\uff45\uff52\uff10",
+        "racer\uff10",
+        "RaceR0",
+        "raCer0",
+    ]
     start, results, lock = threading.Barrier(len(names)), [], threading.Lock()
 
     def signup(name):
         start.wait()
-        result = _json(server, "POST", "/api/users/",
-                       {"username": name, "password": "a-fine-long-password"})
+        result = _json(
+            server, "POST", "/api/users/", {"username": name, "password": "a-fine-long-password"}
+        )
         with lock:
             results.append(result)
 

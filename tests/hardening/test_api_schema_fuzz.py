@@ -25,8 +25,12 @@ from schemathesis.checks import (
 from tests import factories
 
 EXAMPLES = int(os.environ.get("HARDENING_SCHEMA_EXAMPLES", "8"))
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture
@@ -62,8 +66,12 @@ def fuzz_every_operation(schema, headers) -> int:
         covered += 1
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
         def check(case):
             calls[0] += 1
             case.call_and_validate(headers=headers, checks=CHECKS)
@@ -72,8 +80,10 @@ def fuzz_every_operation(schema, headers) -> int:
             check()
         except (Exception, BaseExceptionGroup) as exc:  # collect every failure, report all
             failures.append(f"{operation.label}: {exc}"[:3000])
-    print(f"\nschemathesis: {covered} operations, {calls[0]} requests "
-          f"({'token' if headers else 'anonymous'}), {len(failures)} failing")
+    print(
+        f"\nschemathesis: {covered} operations, {calls[0]} requests "
+        f"({'token' if headers else 'anonymous'}), {len(failures)} failing"
+    )
     assert not failures, "\n\n".join(failures)
     return covered
 

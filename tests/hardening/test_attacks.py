@@ -29,14 +29,25 @@ from tests.support.wsclient import Socket, handshake_status, run, session_cookie
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
-ERROR_CODES = {"invalid", "unauthenticated", "forbidden", "not_found", "rate_limited", "too_large",
-               "unavailable"}
+ERROR_CODES = {
+    "invalid",
+    "unauthenticated",
+    "forbidden",
+    "not_found",
+    "rate_limited",
+    "too_large",
+    "unavailable",
+}
 
 
 def _http(server, method, path, *, headers=None, body=None):
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(server.http_url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json", **(headers or {})})
+    request = urllib.request.Request(
+        server.http_url + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
     try:
         with urllib.request.urlopen(request, timeout=15) as response:
             return response.status, response.read().decode()
@@ -47,7 +58,9 @@ def _http(server, method, path, *, headers=None, body=None):
 def _private_room_with_message():
     owner, stranger = factories.make_user(), factories.make_user()
     private = factories.make_room(owner, kind=Room.Kind.PRIVATE)
-    message = Message.objects.get(pk=factories.send(private, owner, "secret").envelope["data"]["id"])
+    message = Message.objects.get(
+        pk=factories.send(private, owner, "secret").envelope["data"]["id"]
+    )
     return owner, stranger, private, message
 
 
@@ -108,22 +121,28 @@ def test_tokens_and_passwords_never_reach_the_server_log(start_server):
     username = "logcheck" + secrets.token_hex(3)
     wrong_key = secrets.token_hex(20)
 
-    status, body = _http(server, "POST", "/api/users/",
-                         body={"username": username, "password": password})
+    status, body = _http(
+        server, "POST", "/api/users/", body={"username": username, "password": password}
+    )
     assert status == 201, body
-    status, body = _http(server, "POST", "/api/auth/token/",
-                         body={"username": username, "password": password})
+    status, body = _http(
+        server, "POST", "/api/auth/token/", body={"username": username, "password": password}
+    )
     assert status == 200, body
     key = json.loads(body)["token"]
     assert _http(server, "GET", "/api/me/", headers={"Authorization": f"Token {key}"})[0] == 200
-    assert _http(server, "GET", "/api/me/", headers={"Authorization": f"Token {wrong_key}"})[0] == 401
-    assert _http(server, "POST", "/api/auth/token/",
-                 body={"username": username, "password": password + "x"})[0] in (400, 401)
+    assert (
+        _http(server, "GET", "/api/me/", headers={"Authorization": f"Token {wrong_key}"})[0] == 401
+    )
+    assert _http(
+        server, "POST", "/api/auth/token/", body={"username": username, "password": password + "x"}
+    )[0] in (400, 401)
 
     async def scenario():
         sock = await Socket.open(server, token=key)
-        await sock.request({"type": "message.send", "room": 10**9, "body": key,
-                            "client_id": str(uuid.uuid4())})
+        await sock.request(
+            {"type": "message.send", "room": 10**9, "body": key, "client_id": str(uuid.uuid4())}
+        )
         await sock.send("{not json " + key)
         await sock.ping()
         await sock.close()
@@ -153,8 +172,12 @@ def test_a_non_member_cannot_read_a_private_room_over_the_websocket(start_server
         for name, frame in {
             "subscribe": {"type": "subscribe", "room": private.pk},
             "replay": {"type": "subscribe", "room": private.pk, "since": 0},
-            "send": {"type": "message.send", "room": private.pk, "body": "hi",
-                     "client_id": str(uuid.uuid4())},
+            "send": {
+                "type": "message.send",
+                "room": private.pk,
+                "body": "hi",
+                "client_id": str(uuid.uuid4()),
+            },
             "react": {"type": "reaction.add", "message": message.pk, "emoji": "👍"},
             "edit": {"type": "message.edit", "message": message.pk, "body": "mine now"},
             "delete": {"type": "message.delete", "message": message.pk},
@@ -162,8 +185,11 @@ def test_a_non_member_cannot_read_a_private_room_over_the_websocket(start_server
         }.items():
             reply, before = await sock.request(frame)
             replies[name] = (reply, before)
-            target = dict(frame, room=missing_room) if "room" in frame else dict(
-                frame, message=missing_message)
+            target = (
+                dict(frame, room=missing_room)
+                if "room" in frame
+                else dict(frame, message=missing_message)
+            )
             replies[name + "-missing"] = await sock.request(target)
         leaked = await sock.drain(1.0)
         await sock.close()
@@ -176,8 +202,10 @@ def test_a_non_member_cannot_read_a_private_room_over_the_websocket(start_server
         assert not [f for f in before if f.get("room") == private.pk], (name, before)
         _same_error(reply, replies[name + "-missing"][0])
     assert not [f for f in leaked if f.get("room") == private.pk]
-    assert Event.objects.filter(room=private).count() == private.__class__.objects.get(
-        pk=private.pk).last_seq
+    assert (
+        Event.objects.filter(room=private).count()
+        == private.__class__.objects.get(pk=private.pk).last_seq
+    )
     assert not Message.objects.filter(room=private, author=stranger).exists()
     assert not message.reactions.exists()
     assert_clean_log(server)
@@ -199,10 +227,16 @@ def test_a_non_member_gets_the_same_404_as_for_missing_rooms_and_messages_over_r
         ("post", "/api/messages/{message}/reactions/"),
     ]
     for method, template in paths:
-        real = getattr(api, method)(template.format(room=private.pk, message=message.pk),
-                                    {"emoji": "👍"} if method == "post" else None, format="json")
-        fake = getattr(api, method)(template.format(room=missing_room, message=missing_message),
-                                    {"emoji": "👍"} if method == "post" else None, format="json")
+        real = getattr(api, method)(
+            template.format(room=private.pk, message=message.pk),
+            {"emoji": "👍"} if method == "post" else None,
+            format="json",
+        )
+        fake = getattr(api, method)(
+            template.format(room=missing_room, message=missing_message),
+            {"emoji": "👍"} if method == "post" else None,
+            format="json",
+        )
         if real.status_code == 405 and fake.status_code == 405:
             continue  # the route has no such method: nothing to compare
         assert real.status_code == 404, (template, real.status_code, real.content)
@@ -229,16 +263,27 @@ def _member_socket_after(start_server, action):
             reply, _ = await s.request({"type": "subscribe", "room": private.pk, "since": 0})
             assert reply["type"] == "subscribed", reply
         await asyncio.to_thread(action, private, owner, member)
-        reply, _ = await watcher.request({"type": "message.send", "room": private.pk,
-                                          "body": "after", "client_id": str(uuid.uuid4())})
+        reply, _ = await watcher.request(
+            {
+                "type": "message.send",
+                "room": private.pk,
+                "body": "after",
+                "client_id": str(uuid.uuid4()),
+            }
+        )
         assert reply["type"] == "ack", reply
         await watcher.drain(1.0)
         seen, send_reply = [], None
         try:
             seen = await sock.drain(2.0)
             send_reply, before = await sock.request(
-                {"type": "message.send", "room": private.pk, "body": "still here?",
-                 "client_id": str(uuid.uuid4())})
+                {
+                    "type": "message.send",
+                    "room": private.pk,
+                    "body": "still here?",
+                    "client_id": str(uuid.uuid4()),
+                }
+            )
             seen += before
         except Exception:  # the server may close the socket: judged on the close code below
             pass
@@ -262,17 +307,21 @@ def test_a_banned_or_removed_members_open_socket_sees_nothing_more(start_server,
             rooms.member_kick(room=room, actor=owner, user=member)
 
     private, member, seen, send_reply, code, after_seq = _member_socket_after(start_server, act)
-    assert not [f for f in seen if f.get("room") == private.pk and (f.get("seq") or 0) >= after_seq], seen
-    assert send_reply is None or (send_reply["type"] == "error"
-                                  and send_reply["code"] in {"forbidden", "not_found"}), send_reply
+    assert not [
+        f for f in seen if f.get("room") == private.pk and (f.get("seq") or 0) >= after_seq
+    ], seen
+    assert send_reply is None or (
+        send_reply["type"] == "error" and send_reply["code"] in {"forbidden", "not_found"}
+    ), send_reply
     assert code in (None, 4403), code
     assert not Message.objects.filter(room=private, author=member).exists()
 
 
 def test_a_muted_member_cannot_send(start_server):
     def act(room, owner, member):
-        rooms.member_mute(room=room, actor=owner, user=member,
-                          until=timezone.now() + timezone.timedelta(hours=1))
+        rooms.member_mute(
+            room=room, actor=owner, user=member, until=timezone.now() + timezone.timedelta(hours=1)
+        )
 
     private, member, seen, send_reply, code, _ = _member_socket_after(start_server, act)
     assert send_reply["type"] == "error" and send_reply["code"] == "forbidden", send_reply
@@ -285,15 +334,20 @@ def test_a_muted_member_cannot_send(start_server):
 
 
 def test_flooding_is_rate_limited_then_closed_with_4429_across_two_processes(start_server, user):
-    limits = dict(CHAT_RATE_LIMIT_MESSAGES=6, CHAT_RATE_LIMIT_PER_SECOND=0.2,
-                  CHAT_RATE_LIMIT_STRIKES=3)
+    limits = dict(
+        CHAT_RATE_LIMIT_MESSAGES=6, CHAT_RATE_LIMIT_PER_SECOND=0.2, CHAT_RATE_LIMIT_STRIKES=3
+    )
     server_a, server_b = start_server(**limits), start_server(**limits)
     room = factories.make_room(user)
     token = factories.make_token(user)
 
     def send_frame():
-        return {"type": "message.send", "room": room.pk, "body": "flood",
-                "client_id": str(uuid.uuid4())}
+        return {
+            "type": "message.send",
+            "room": room.pk,
+            "body": "flood",
+            "client_id": str(uuid.uuid4()),
+        }
 
     async def scenario():
         a = await Socket.open(server_a, token=token)
@@ -321,7 +375,8 @@ def test_flooding_is_rate_limited_then_closed_with_4429_across_two_processes(sta
     assert sum(r["type"] == "ack" for r in replies) <= 2, replies
     assert code == 4429
     assert Message.objects.filter(room=room).count() == acks + sum(
-        r["type"] == "ack" for r in replies)
+        r["type"] == "ack" for r in replies
+    )
     assert_clean_log(server_a)
     assert_clean_log(server_b)
 
@@ -343,8 +398,16 @@ def test_an_oversized_frame_is_refused_and_the_socket_survives(start_server, use
 
     async def scenario():
         sock = await Socket.open(server, token=token)
-        reply = await refused(sock, {"type": "message.send", "room": room.pk, "body": "x" * 3000,
-                                     "client_id": str(uuid.uuid4()), "ref": "big-send"})
+        reply = await refused(
+            sock,
+            {
+                "type": "message.send",
+                "room": room.pk,
+                "body": "x" * 3000,
+                "client_id": str(uuid.uuid4()),
+                "ref": "big-send",
+            },
+        )
         big = await refused(sock, {"type": "ping", "pad": "y" * 100_000, "ref": "big-ping"})
         pong, _ = await sock.ping()
         await sock.close()
@@ -359,8 +422,10 @@ def test_an_oversized_frame_is_refused_and_the_socket_survives(start_server, use
 
 
 def test_too_many_sockets_per_user_are_refused_across_processes(start_server, user):
-    server_a, server_b = start_server(CHAT_MAX_SOCKETS_PER_USER=2), start_server(
-        CHAT_MAX_SOCKETS_PER_USER=2)
+    server_a, server_b = (
+        start_server(CHAT_MAX_SOCKETS_PER_USER=2),
+        start_server(CHAT_MAX_SOCKETS_PER_USER=2),
+    )
     token = factories.make_token(user)
 
     async def scenario():
@@ -386,8 +451,10 @@ def test_too_many_sockets_per_user_are_refused_across_processes(start_server, us
     code, frames, alive, hello = run(scenario())
     assert 4000 <= code < 5000, code
     assert not [f for f in frames if f["type"] == "hello"], frames
-    assert [f["code"] for f in frames if f["type"] == "error"][:1] in (["rate_limited"],
-                                                                       ["forbidden"]), frames
+    assert [f["code"] for f in frames if f["type"] == "error"][:1] in (
+        ["rate_limited"],
+        ["forbidden"],
+    ), frames
     assert alive == ["pong", "pong"]
     assert hello["type"] == "hello", hello
 
@@ -402,12 +469,19 @@ def test_logging_out_closes_that_sessions_sockets_only(start_server, user):
     csrf = secrets.token_hex(16)
 
     async def scenario():
-        doomed = [await Socket.open(server_a, cookie=cookie_1),
-                  await Socket.open(server_b, cookie=cookie_1)]
-        kept = [await Socket.open(server_a, cookie=cookie_2),
-                await Socket.open(server_b, token=token)]
+        doomed = [
+            await Socket.open(server_a, cookie=cookie_1),
+            await Socket.open(server_b, cookie=cookie_1),
+        ]
+        kept = [
+            await Socket.open(server_a, cookie=cookie_2),
+            await Socket.open(server_b, token=token),
+        ]
         status, _ = await asyncio.to_thread(
-            _http_form, server_a, "/logout/", f"{cookie_1}; csrftoken={csrf}",
+            _http_form,
+            server_a,
+            "/logout/",
+            f"{cookie_1}; csrftoken={csrf}",
             {"csrfmiddlewaretoken": csrf},
         )
         codes = [(await s.wait_closed(15))[0] for s in doomed]
@@ -426,9 +500,15 @@ def _http_form(server, path, cookie, form):
     from urllib.parse import urlencode
 
     request = urllib.request.Request(
-        server.http_url + path, data=urlencode(form).encode(), method="POST",
-        headers={"Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded",
-                 "Origin": server.http_url, "Referer": server.http_url + "/"},
+        server.http_url + path,
+        data=urlencode(form).encode(),
+        method="POST",
+        headers={
+            "Cookie": cookie,
+            "Content-Type": "application/x-www-form-urlencoded",
+            "Origin": server.http_url,
+            "Referer": server.http_url + "/",
+        },
     )
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -456,11 +536,17 @@ def test_rest_writes_with_session_auth_need_the_csrf_token(db, user):
     # What the page's script does: send back the CSRF cookie's value in X-CSRFToken.
     secret = secrets.token_hex(16)
     browser.cookies["csrftoken"] = secret
-    wrong = browser.post("/api/rooms/", {"name": "forged"}, format="json",
-                         HTTP_X_CSRFTOKEN=secrets.token_hex(16))
+    wrong = browser.post(
+        "/api/rooms/", {"name": "forged"}, format="json", HTTP_X_CSRFTOKEN=secrets.token_hex(16)
+    )
     assert wrong.status_code == 403, wrong.content
-    made = browser.post("/api/rooms/", {"name": "with csrf"}, format="json",
-                        HTTP_X_CSRFTOKEN=secret, HTTP_ORIGIN="http://testserver")
+    made = browser.post(
+        "/api/rooms/",
+        {"name": "with csrf"},
+        format="json",
+        HTTP_X_CSRFTOKEN=secret,
+        HTTP_ORIGIN="http://testserver",
+    )
     assert made.status_code == 201, made.content
 
     api = APIClient(enforce_csrf_checks=True)  # token clients are not browsers: no CSRF needed
@@ -473,8 +559,10 @@ def test_admin_moderation_actions_are_refused_to_staff_who_are_not_moderators(db
     room = factories.make_room(owner, members=[author])
     message = Message.objects.get(pk=factories.send(room, author, "keep me").envelope["data"]["id"])
     staff = factories.make_user(is_staff=True)
-    staff.user_permissions.add(Permission.objects.get(codename="view_message"),
-                               Permission.objects.get(codename="view_membership"))
+    staff.user_permissions.add(
+        Permission.objects.get(codename="view_message"),
+        Permission.objects.get(codename="view_membership"),
+    )
     events_before = Event.objects.filter(room=room).count()
     admin = Client()
     admin.force_login(staff)
@@ -484,17 +572,29 @@ def test_admin_moderation_actions_are_refused_to_staff_who_are_not_moderators(db
     assert b"delete_messages" not in listing.content  # the action is not even offered
     for data in (
         {"action": "delete_messages", "_selected_action": [message.pk]},
-        {"action": "delete_messages", "_selected_action": [message.pk], "apply": "1",
-         "reason": "staff overreach"},
+        {
+            "action": "delete_messages",
+            "_selected_action": [message.pk],
+            "apply": "1",
+            "reason": "staff overreach",
+        },
     ):
         admin.post("/admin/messaging/message/", data)
     membership = room.memberships.get(user=author)
     for action in ("ban", "mute", "kick", "make_moderator"):
-        admin.post("/admin/rooms/membership/", {
-            "action": action, "_selected_action": [membership.pk], "apply": "1", "duration": "600",
-        })
-    admin.post("/admin/rooms/room/", {"action": "archive_rooms", "_selected_action": [room.pk],
-                                      "apply": "1"})
+        admin.post(
+            "/admin/rooms/membership/",
+            {
+                "action": action,
+                "_selected_action": [membership.pk],
+                "apply": "1",
+                "duration": "600",
+            },
+        )
+    admin.post(
+        "/admin/rooms/room/",
+        {"action": "archive_rooms", "_selected_action": [room.pk], "apply": "1"},
+    )
     message.refresh_from_db()
     membership.refresh_from_db()
     assert message.deleted_at is None

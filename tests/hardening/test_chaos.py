@@ -15,8 +15,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.services, pytest.mark.kafka]
 
 
 def test_nothing_acknowledged_is_lost_or_duplicated_through_five_faults():
-    figures = run_chaos(ChaosConfig(clients=8, rooms=3, rate=2.0, phase=4.0, broker_outage=10.0,
-                                    settle_timeout=60.0))
+    figures = run_chaos(
+        ChaosConfig(
+            clients=8, rooms=3, rate=2.0, phase=4.0, broker_outage=10.0, settle_timeout=60.0
+        )
+    )
     print({k: v for k, v in figures.items() if k != "log_files"})
     assert figures["faults_injected"] == FAULTS == 5, figures["faults"]
     # Both servers outlived the PostgreSQL restart, and the worker never exited by itself.

@@ -34,7 +34,11 @@ def request(server, method, path, *, headers=None, body=None, timeout=15):
         hdrs = {"Content-Type": "application/json"} if data is not None else {}
         conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read().decode(errors="replace")
+        return (
+            response.status,
+            dict(response.getheaders()),
+            response.read().decode(errors="replace"),
+        )
     finally:
         conn.close()
 
@@ -58,8 +62,11 @@ def contract_error(status, headers, body, code):
 
 def test_a_spoofed_forwarded_for_opens_no_metrics_and_dodges_no_throttle(start_server, user):
     direct = start_server(**own_cache(THROTTLE_TOKEN="4/minute", THROTTLE_SIGNUP="3/hour"))
-    behind = start_server(**own_cache(THROTTLE_TOKEN="4/minute", NUM_PROXIES=1,
-                                      METRICS_ALLOWED_IPS="198.51.100.7,127.0.0.1"))
+    behind = start_server(
+        **own_cache(
+            THROTTLE_TOKEN="4/minute", NUM_PROXIES=1, METRICS_ALLOWED_IPS="198.51.100.7,127.0.0.1"
+        )
+    )
     wrong = {"username": user.username, "password": "not-the-password"}
 
     # /metrics: the default list is 127.0.0.1; a forwarding header, whatever it says, means a
@@ -68,29 +75,57 @@ def test_a_spoofed_forwarded_for_opens_no_metrics_and_dodges_no_throttle(start_s
     assert request(behind, "GET", "/metrics")[0] == 200  # straight from a listed address
     for server in (direct, behind):
         for spoof in ("127.0.0.1", "198.51.100.7", "127.0.0.1, 127.0.0.1"):
-            status, headers, body = request(server, "GET", "/metrics",
-                                            headers={"X-Forwarded-For": spoof})
+            status, headers, body = request(
+                server, "GET", "/metrics", headers={"X-Forwarded-For": spoof}
+            )
             assert status == 403, (spoof, status)
             contract_error(status, headers, body, "forbidden")
 
     # No proxy configured: a new X-Forwarded-For per guess is still one address, one budget.
-    statuses = [request(direct, "POST", "/api/auth/token/", body=wrong,
-                        headers={"X-Forwarded-For": f"10.0.{i}.{i}"})[0] for i in range(10)]
+    statuses = [
+        request(
+            direct,
+            "POST",
+            "/api/auth/token/",
+            body=wrong,
+            headers={"X-Forwarded-For": f"10.0.{i}.{i}"},
+        )[0]
+        for i in range(10)
+    ]
     assert statuses[:4] == [400] * 4 or statuses[:4] == [401] * 4, statuses
     assert statuses[4:] == [429] * 6, statuses
-    signups = [request(direct, "POST", "/api/users/", headers={"X-Forwarded-For": f"10.1.0.{i}"},
-                       body={"username": f"spoof{secrets.token_hex(4)}",
-                             "password": "long-enough-password-1"})[0] for i in range(6)]
+    signups = [
+        request(
+            direct,
+            "POST",
+            "/api/users/",
+            headers={"X-Forwarded-For": f"10.1.0.{i}"},
+            body={"username": f"spoof{secrets.token_hex(4)}", "password": "long-enough-password-1"},
+        )[0]
+        for i in range(6)
+    ]
     assert signups[:3] == [201] * 3 and signups[3:] == [429] * 3, signups
 
     # One proxy: only the entry it appended (the rightmost) counts; what the client put left
     # of it changes nothing, and another client (another rightmost entry) has its own budget.
-    statuses = [request(behind, "POST", "/api/auth/token/", body=wrong,
-                        headers={"X-Forwarded-For": f"10.0.{i}.{i}, 198.51.100.7"})[0]
-                for i in range(8)]
+    statuses = [
+        request(
+            behind,
+            "POST",
+            "/api/auth/token/",
+            body=wrong,
+            headers={"X-Forwarded-For": f"10.0.{i}.{i}, 198.51.100.7"},
+        )[0]
+        for i in range(8)
+    ]
     assert 429 not in statuses[:4] and statuses[4:] == [429] * 4, statuses
-    other = request(behind, "POST", "/api/auth/token/", body=wrong,
-                    headers={"X-Forwarded-For": "198.51.100.7, 198.51.100.8"})[0]
+    other = request(
+        behind,
+        "POST",
+        "/api/auth/token/",
+        body=wrong,
+        headers={"X-Forwarded-For": "198.51.100.7, 198.51.100.8"},
+    )[0]
     assert other in (400, 401), other
     for server in (direct, behind):
         assert_clean_log(server)
@@ -112,7 +147,9 @@ def test_a_spoofed_forwarded_proto_makes_plain_http_nothing_more(start_server):
     status, headers, body = request(plain, "GET", "/metrics")
     assert status == 403
     contract_error(status, headers, body, "forbidden")
-    status, _, body = request(plain, "GET", "/metrics", headers={"Authorization": f"Bearer {token}"})
+    status, _, body = request(
+        plain, "GET", "/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
     assert status == 200 and "chat_http_requests_total" in body
 
 
@@ -165,7 +202,7 @@ def _trickle_until_closed(port, first: bytes, drip: bytes, *, limit: float) -> t
                 continue
             if drip:
                 try:
-                    sock.send(drip[sent % len(drip):][:1])
+                    sock.send(drip[sent % len(drip) :][:1])
                 except OSError:
                     break
                 sent += 1
@@ -183,12 +220,20 @@ def test_half_sent_requests_are_cut_off_and_websockets_live_on(start_server, use
     async def scenario():
         sock = await Socket.open(server, token=token)  # a socket older than both deadlines
         headers = asyncio.to_thread(
-            _trickle_until_closed, server.port, b"GET /api/me/ HTTP/1.1\r\nHost: 127.0.0.1\r\n",
-            b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaa", limit=8)
+            _trickle_until_closed,
+            server.port,
+            b"GET /api/me/ HTTP/1.1\r\nHost: 127.0.0.1\r\n",
+            b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaa",
+            limit=8,
+        )
         body = asyncio.to_thread(
-            _trickle_until_closed, server.port,
+            _trickle_until_closed,
+            server.port,
             b"POST /api/rooms/ HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 5000\r\n\r\n{\"name\": \"", b"x", limit=10)
+            b'Content-Length: 5000\r\n\r\n{"name": "',
+            b"x",
+            limit=10,
+        )
         idle = asyncio.to_thread(_trickle_until_closed, server.port, b"", b"", limit=8)
         cut = await asyncio.gather(headers, body, idle)
         await asyncio.sleep(1)
@@ -237,8 +282,11 @@ def test_the_websocket_origin_must_match_scheme_host_and_port(start_server, user
 
     statuses = run(scenario())
     accepted = [origin for origin, status in statuses.items() if status is None]
-    assert accepted == [f"http://127.0.0.1:{port}", "http://app.example.test:8443",
-                        "https://chat.example.org"], statuses
+    assert accepted == [
+        f"http://127.0.0.1:{port}",
+        "http://app.example.test:8443",
+        "https://chat.example.org",
+    ], statuses
     assert {status for origin, status in statuses.items() if origin not in accepted} == {403}
     assert_clean_log(server)
 
@@ -260,17 +308,28 @@ def test_malformed_requests_get_contract_json_never_a_500(start_server, user, mo
         ("GET", "/api/rooms/?search=ab%00cd", None, {}, 400, "invalid"),
         ("POST", "/api/rooms/", nested, {}, 400, "invalid"),
         ("POST", "/api/rooms/", big, {}, 413, "too_large"),
-        ("POST", "/api/rooms/", b"name=" + b"x" * (3 * 1024 * 1024),
-         {"Content-Type": "application/x-www-form-urlencoded"}, 413, "too_large"),
+        (
+            "POST",
+            "/api/rooms/",
+            b"name=" + b"x" * (3 * 1024 * 1024),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            413,
+            "too_large",
+        ),
         ("GET", "/api/no-such-thing", None, {}, 404, "not_found"),
         ("POST", "/api/rooms", b'{"name": "no slash"}', {}, 404, "not_found"),
     ]
     for method, path, body, headers, status, code in cases:
-        got, got_headers, text = request(server, method, path, body=body,
-                                         headers={**auth, **headers})
+        got, got_headers, text = request(
+            server, method, path, body=body, headers={**auth, **headers}
+        )
         if got == 301 and method == "GET":  # APPEND_SLASH: follow it once
-            got, got_headers, text = request(server, method, got_headers["Location"].split(
-                str(server.port), 1)[-1], headers={**auth, **headers})
+            got, got_headers, text = request(
+                server,
+                method,
+                got_headers["Location"].split(str(server.port), 1)[-1],
+                headers={**auth, **headers},
+            )
         assert got == status, (method, path, got, text[:300])
         contract_error(got, got_headers, text, code)
 
@@ -278,8 +337,9 @@ def test_malformed_requests_get_contract_json_never_a_500(start_server, user, mo
     assert request(server, "GET", "/admin/messaging/message/?q=%00", headers=tls)[0] == 400
     assert_clean_log(server)
     # Last, as Django logs it at ERROR (django.security.DisallowedHost): a host not allowed.
-    contract_error(*request(server, "GET", "/api/me/", headers={**auth, "Host": "evil.example"}),
-                   "invalid")
+    contract_error(
+        *request(server, "GET", "/api/me/", headers={**auth, "Host": "evil.example"}), "invalid"
+    )
 
 
 @pytest.mark.parametrize("mode", ["development", "production"])
@@ -287,18 +347,22 @@ def test_a_server_error_under_the_api_is_contract_json_not_a_page(start_server, 
     """A real 500: the server's database does not exist (in development Django would show its
     debug page, in production its HTML 500 page)."""
     env = dict(PRODUCTION, BEHIND_TLS_PROXY=1) if mode == "production" else {}
-    missing = child_env["DATABASE_URL"].rsplit("/", 1)[0] + "/no_such_database_" + secrets.token_hex(4)
+    missing = (
+        child_env["DATABASE_URL"].rsplit("/", 1)[0] + "/no_such_database_" + secrets.token_hex(4)
+    )
     server = start_server(**env, DATABASE_URL=missing, DATABASE_POOL_TIMEOUT=1)
     tls = {"X-Forwarded-Proto": "https"} if mode == "production" else {}
-    status, headers, body = request(server, "GET", "/api/me/",
-                                    headers={**tls, "Authorization": "Token " + "0" * 40})
+    status, headers, body = request(
+        server, "GET", "/api/me/", headers={**tls, "Authorization": "Token " + "0" * 40}
+    )
     assert status == 500, (status, body[:300])
     data = contract_error(status, headers, body, "unavailable")
     assert set(data) == {"code", "detail"}
     assert "no_such_database" not in body and "<html" not in body.lower()
     # Outside /api/ Django's own page stays (HTML for people).
-    status, headers, _ = request(server, "GET", "/admin/",
-                                 headers={**tls, "Cookie": "sessionid=" + "a" * 32})
+    status, headers, _ = request(
+        server, "GET", "/admin/", headers={**tls, "Cookie": "sessionid=" + "a" * 32}
+    )
     assert status == 500 and headers["Content-Type"].startswith("text/html")
 
 
@@ -307,13 +371,16 @@ def test_admin_filters_and_unknown_websocket_paths_answer_cleanly(start_server):
     admin = factories.make_user(is_staff=True, is_superuser=True)
     cookie = session_cookie(admin)
     for value in ("²", "١٢", "99999999999999999999", "-1", "1"):
-        status, _, body = request(server, "GET", f"/admin/events/event/?room={quote(value)}",
-                                  headers={"Cookie": cookie})
+        status, _, body = request(
+            server, "GET", f"/admin/events/event/?room={quote(value)}", headers={"Cookie": cookie}
+        )
         assert status == 200, (value, status, body[:300])
 
     async def scenario():
-        return [await handshake_status(server, cookie=cookie, origin=server.http_url,
-                                       path=path) for path in ("/nope/", "/ws/extra/", "/")]
+        return [
+            await handshake_status(server, cookie=cookie, origin=server.http_url, path=path)
+            for path in ("/nope/", "/ws/extra/", "/")
+        ]
 
     assert run(scenario()) == [403, 403, 403]
     assert_clean_log(server)
@@ -322,11 +389,11 @@ def test_admin_filters_and_unknown_websocket_paths_answer_cleanly(start_server):
 # --- 15. /readyz ------------------------------------------------------------------------------------
 
 
-def test_readyz_tells_strangers_only_the_status_and_caches_the_outbox_count(
-        start_server, user):
+def test_readyz_tells_strangers_only_the_status_and_caches_the_outbox_count(start_server, user):
     token = secrets.token_hex(16)
-    server = start_server(METRICS_ALLOWED_IPS="10.9.9.9", METRICS_TOKEN=token,
-                          READYZ_OUTBOX_CACHE_SECONDS=3)
+    server = start_server(
+        METRICS_ALLOWED_IPS="10.9.9.9", METRICS_TOKEN=token, READYZ_OUTBOX_CACHE_SECONDS=3
+    )
     bearer = {"Authorization": f"Bearer {token}"}
 
     status, _, body = request(server, "GET", "/readyz")
@@ -355,12 +422,20 @@ def test_production_refuses_websockets_that_are_not_over_tls(start_server, user)
         refused = [
             await handshake_status(plain, token=token),
             # Not configured: the client's X-Forwarded-Proto says nothing.
-            await handshake_status(plain, token=token, origin=f"https://127.0.0.1:{plain.port}",
-                                   headers={"X-Forwarded-Proto": "https"}),
+            await handshake_status(
+                plain,
+                token=token,
+                origin=f"https://127.0.0.1:{plain.port}",
+                headers={"X-Forwarded-Proto": "https"},
+            ),
             await handshake_status(proxied, token=token),  # plain ws:// past the proxy
         ]
-        sock = await Socket.open(proxied, token=token, origin=f"https://127.0.0.1:{proxied.port}",
-                                 headers={"X-Forwarded-Proto": "https"})
+        sock = await Socket.open(
+            proxied,
+            token=token,
+            origin=f"https://127.0.0.1:{proxied.port}",
+            headers={"X-Forwarded-Proto": "https"},
+        )
         pong, _ = await sock.ping()
         await sock.close()
         return refused, sock.hello, pong

@@ -74,12 +74,18 @@ def test_rest_and_sockets_keep_working_while_redis_is_down(outage, user, other_u
     redis.stop()
 
     # REST: a send and a token request are answered, not 500s.
-    status, body = http("POST", f"{server.http_url}/api/rooms/{room.pk}/messages/",
-                        {"body": "rest while down", "client_id": "6f1c4a2e-1b7d-4c55-9a1e-0d5c2b7a9e01"},
-                        token=factories.make_token(other_user))
+    status, body = http(
+        "POST",
+        f"{server.http_url}/api/rooms/{room.pk}/messages/",
+        {"body": "rest while down", "client_id": "6f1c4a2e-1b7d-4c55-9a1e-0d5c2b7a9e01"},
+        token=factories.make_token(other_user),
+    )
     assert status == 201, body
-    status, body = http("POST", f"{server.http_url}/api/auth/token/",
-                        {"username": user.username, "password": "pw-for-tests-1"})
+    status, body = http(
+        "POST",
+        f"{server.http_url}/api/auth/token/",
+        {"username": user.username, "password": "pw-for-tests-1"},
+    )
     assert status == 200 and body["token"], body
 
     # A new socket is accepted, replays from the log, and its send is acknowledged.
@@ -126,10 +132,12 @@ def test_a_hung_redis_does_not_hang_new_sockets(outage, user, other_user, room):
         ack = client.send_message(room.pk, body="hung redis")
         assert ack["type"] == "ack", ack
         took = time.monotonic() - started
-        status, body = http("POST", f"{server.http_url}/api/rooms/{room.pk}/messages/",
-                            {"body": "rest, hung redis",
-                             "client_id": "0b2f6c1e-9d7a-4e3b-8c5f-1a2b3c4d5e6f"},
-                            token=factories.make_token(user))
+        status, body = http(
+            "POST",
+            f"{server.http_url}/api/rooms/{room.pk}/messages/",
+            {"body": "rest, hung redis", "client_id": "0b2f6c1e-9d7a-4e3b-8c5f-1a2b3c4d5e6f"},
+            token=factories.make_token(user),
+        )
         assert status == 201, body
         assert took < 12, f"socket set-up took {took:.1f} s with a hung Redis"
     finally:

@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 def patch(server, path, token, body):
     request = urllib.request.Request(
-        server.http_url + path, data=json.dumps(body).encode(), method="PATCH",
+        server.http_url + path,
+        data=json.dumps(body).encode(),
+        method="PATCH",
         headers={"Content-Type": "application/json", "Authorization": f"Token {token}"},
     )
     try:
@@ -30,8 +32,9 @@ def patch(server, path, token, body):
 
 
 def test_rest_edits_and_websocket_sends_share_one_bucket_across_two_processes(start_server, user):
-    limits = dict(CHAT_RATE_LIMIT_MESSAGES=20, CHAT_RATE_LIMIT_PER_SECOND=0.05,
-                  CHAT_RATE_LIMIT_STRIKES=100)
+    limits = dict(
+        CHAT_RATE_LIMIT_MESSAGES=20, CHAT_RATE_LIMIT_PER_SECOND=0.05, CHAT_RATE_LIMIT_STRIKES=100
+    )
     server_a, server_b = start_server(**limits), start_server(**limits)
     room = factories.make_room(user)
     message_id = factories.send(room, user, "first").envelope["data"]["id"]
@@ -43,8 +46,10 @@ def test_rest_edits_and_websocket_sends_share_one_bucket_across_two_processes(st
         assert acks == ["ack"] * 5  # 5 of the 20 tokens, spent on process A
 
         started = time.monotonic()
-        answers = [patch(server_b, f"/api/messages/{message_id}/", token, {"body": f"edit {i}"})
-                   for i in range(60)]  # a burst of 60 REST edits on process B
+        answers = [
+            patch(server_b, f"/api/messages/{message_id}/", token, {"body": f"edit {i}"})
+            for i in range(60)
+        ]  # a burst of 60 REST edits on process B
         elapsed = time.monotonic() - started
         statuses = [status for status, _, _ in answers]
         passed = statuses.count(200)
@@ -64,8 +69,9 @@ def test_rest_edits_and_websocket_sends_share_one_bucket_across_two_processes(st
         socket.close()
 
 
-def test_alternating_typing_frames_produce_a_bounded_number_of_events(start_server, user,
-                                                                       other_user, room):
+def test_alternating_typing_frames_produce_a_bounded_number_of_events(
+    start_server, user, other_user, room
+):
     rooms.room_join(room=room, user=other_user)
     server = start_server(CHAT_TYPING_RATE_LIMIT=5, CHAT_TYPING_RATE_LIMIT_PER_SECOND=0.5)
     typist = WS(server.ws_url, token=factories.make_token(user))
@@ -87,8 +93,11 @@ def test_alternating_typing_frames_produce_a_bounded_number_of_events(start_serv
                 watcher.recv(timeout=0.2)
             except TimeoutError:
                 pass
-        typing = [f for f in watcher.frames if f["type"] == "typing"
-                  and f["data"]["user"]["id"] == user.pk]
+        typing = [
+            f
+            for f in watcher.frames
+            if f["type"] == "typing" and f["data"]["user"]["id"] == user.pk
+        ]
         # At most the bucket (5) plus its refill over the burst: never one event per frame.
         assert 1 <= len(typing) <= 5 + int(elapsed * 0.5) + 1, (len(typing), elapsed)
         assert typing[0]["data"]["state"] is True

@@ -27,11 +27,14 @@ def rss_kib(proc) -> int:
 def big_room(owner, *, messages: int, body_chars: int = 4000):
     room = factories.make_room(owner)
     for start in range(0, messages, 200):
-        results = messaging.message_send_many([
-            messaging.SendRequest(room.pk, owner, f"{i:06d} " + "x" * (body_chars - 7),
-                                  uuid.uuid4())
-            for i in range(start, min(messages, start + 200))
-        ])
+        results = messaging.message_send_many(
+            [
+                messaging.SendRequest(
+                    room.pk, owner, f"{i:06d} " + "x" * (body_chars - 7), uuid.uuid4()
+                )
+                for i in range(start, min(messages, start + 200))
+            ]
+        )
         assert not [r for r in results if isinstance(r, Exception)]
     return room
 
@@ -109,8 +112,11 @@ def test_a_replay_the_client_does_not_read_ends_the_socket(start_server, user):
     token = factories.make_token(user)
     # Half of 1 MiB may wait unsent; a replay of ~2.2 MiB that makes no progress for 0.5 s
     # ends the socket (1013, connection cut) and frees what it held.
-    server = start_server(CHAT_REPLAY_WAIT_SECONDS=0.5, CHAT_SEND_BUFFER_BYTES=1024 * 1024,
-                          CHAT_SOCKET_SEND_BUFFER=65536)
+    server = start_server(
+        CHAT_REPLAY_WAIT_SECONDS=0.5,
+        CHAT_SEND_BUFFER_BYTES=1024 * 1024,
+        CHAT_SOCKET_SEND_BUFFER=65536,
+    )
     sockets = [RawSocket(server, token=token) for _ in range(REPLAY_SOCKETS)]
     time.sleep(1)
     base = rss_kib(server)
@@ -138,7 +144,8 @@ def test_a_replay_the_client_does_not_read_ends_the_socket(start_server, user):
 
 
 def test_lone_surrogates_in_any_string_field_are_invalid_and_the_socket_stays_open(
-        start_server, user):
+    start_server, user
+):
     from apps.messaging.models import Message
     from tests.support.processes import assert_clean_log
     from tests.support.wsclient import Socket, run
@@ -151,14 +158,19 @@ def test_lone_surrogates_in_any_string_field_are_invalid_and_the_socket_stays_op
     bad = [
         ('{"type":"ping","ref":"\\ud800"}', None),
         ('{"type":"subscribe","room":%d,"ref":"\\udfff"}' % room.pk, None),
-        ('{"type":"message.send","room":%d,"body":"a\\ud800b","client_id":"%s","ref":"b1"}'
-         % (room.pk, uuid.uuid4()), "b1"),
-        ('{"type":"message.send","room":%d,"body":"ok","client_id":"\\ud800","ref":"c1"}'
-         % room.pk, "c1"),
+        (
+            '{"type":"message.send","room":%d,"body":"a\\ud800b","client_id":"%s","ref":"b1"}'
+            % (room.pk, uuid.uuid4()),
+            "b1",
+        ),
+        (
+            '{"type":"message.send","room":%d,"body":"ok","client_id":"\\ud800","ref":"c1"}'
+            % room.pk,
+            "c1",
+        ),
         ('{"type":"message.edit","message":%d,"body":"\\udbff!","ref":"e1"}' % message_id, "e1"),
         ('{"type":"reaction.add","message":%d,"emoji":"\\ud83d","ref":"r1"}' % message_id, "r1"),
-        ('{"type":"typing","room":%d,"state":true,"x":{"k\\ud800":1},"ref":"t1"}' % room.pk,
-         "t1"),
+        ('{"type":"typing","room":%d,"state":true,"x":{"k\\ud800":1},"ref":"t1"}' % room.pk, "t1"),
         ('{"type":"ping","status":"\\ud800","ref":"p1"}', "p1"),
     ]
 
@@ -170,8 +182,14 @@ def test_lone_surrogates_in_any_string_field_are_invalid_and_the_socket_stays_op
             replies.append(await sock.recv())
         # Still open and working, and a real surrogate pair (an emoji) is fine.
         pong, _ = await sock.ping()
-        ack, _ = await sock.request({"type": "message.send", "room": room.pk,
-                                     "body": "\U0001f600", "client_id": str(uuid.uuid4())})
+        ack, _ = await sock.request(
+            {
+                "type": "message.send",
+                "room": room.pk,
+                "body": "\U0001f600",
+                "client_id": str(uuid.uuid4()),
+            }
+        )
         await sock.close()
         return replies, pong, ack
 
@@ -182,7 +200,9 @@ def test_lone_surrogates_in_any_string_field_are_invalid_and_the_socket_stays_op
     assert pong["type"] == "pong"
     assert ack["type"] == "ack" and ack["event"]["data"]["body"] == "\U0001f600"
     assert list(Message.objects.filter(room=room).values_list("body", flat=True)) == [
-        "hello", "\U0001f600"]
+        "hello",
+        "\U0001f600",
+    ]
     assert_clean_log(server)
 
 
@@ -193,8 +213,9 @@ def test_a_frame_over_the_websocket_limit_is_closed_with_1009(start_server, user
     server = start_server()
     sock = RawSocket(server, token=factories.make_token(user), rcvbuf=None)
     sock.recv_frame()  # hello
-    huge = client_frame(b'{"type":"ping","pad":"' + b"x" * (2 * 1024 * 1024) + b'"}',
-                        zero_mask=True)
+    huge = client_frame(
+        b'{"type":"ping","pad":"' + b"x" * (2 * 1024 * 1024) + b'"}', zero_mask=True
+    )
     try:
         sock.sock.sendall(huge)
     except OSError:  # the server may stop reading once it has refused the frame
@@ -209,8 +230,9 @@ def test_a_client_that_sends_faster_than_it_is_served_is_not_read_further(start_
     import threading
 
     # The read-receipt bucket out of the way: this is about frames waiting, not the limiter.
-    server = start_server(CHAT_INBOUND_QUEUE_LIMIT=16, RATE_LIMIT_READ=10**9,
-                          RATE_LIMIT_READ_PER_SECOND=10**9)
+    server = start_server(
+        CHAT_INBOUND_QUEUE_LIMIT=16, RATE_LIMIT_READ=10**9, RATE_LIMIT_READ_PER_SECOND=10**9
+    )
     sock = RawSocket(server, token=factories.make_token(user), rcvbuf=None)
     replies = []
 
@@ -227,8 +249,9 @@ def test_a_client_that_sends_faster_than_it_is_served_is_not_read_further(start_
     base = rss_kib(server)
     # 10,000 frames of 4 KB (40 MB), each a database read answered with not_found: read at
     # the pace they are handled, the server holds a few at a time, not 40 MB of queued frames.
-    frame = client_frame(b'{"type":"read","room":999999999,"seq":1,"pad":"' + b"x" * 4000
-                         + b'"}', zero_mask=True)
+    frame = client_frame(
+        b'{"type":"read","room":999999999,"seq":1,"pad":"' + b"x" * 4000 + b'"}', zero_mask=True
+    )
     burst = frame * 500
     peak = 0
     for _ in range(20):

@@ -31,8 +31,15 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.services]
 
 EXAMPLES = int(os.environ.get("HARDENING_FUZZ_EXAMPLES", "150"))
 FRAME_LIMIT = 65536  # CHAT_MAX_FRAME_BYTES, the default the fuzzed server runs with
-ERROR_CODES = {"invalid", "unauthenticated", "forbidden", "not_found", "rate_limited", "too_large",
-               "unavailable"}
+ERROR_CODES = {
+    "invalid",
+    "unauthenticated",
+    "forbidden",
+    "not_found",
+    "rate_limited",
+    "too_large",
+    "unavailable",
+}
 REPLIES = {
     "subscribe": {"subscribed"},
     "unsubscribe": {"unsubscribed"},
@@ -57,8 +64,16 @@ FIELDS = {
     "read": ["room", "seq"],
     "ping": [],
 }
-TARGETS = ["own_room", "public_room", "foreign_room", "missing_room",
-           "own_message", "others_message", "foreign_message", "missing_message"]
+TARGETS = [
+    "own_room",
+    "public_room",
+    "foreign_room",
+    "missing_room",
+    "own_message",
+    "others_message",
+    "foreign_message",
+    "missing_message",
+]
 FOREIGN = {"foreign_room", "foreign_message"}
 
 
@@ -81,10 +96,18 @@ class Deep(int):
         return f"@@deep{int(self)}@@"
 
 
-scalars = (st.none() | st.booleans() | st.integers(min_value=-(2**70), max_value=2**70)
-           | st.floats(allow_nan=False) | st.text(max_size=40))
-junk = st.recursive(scalars, lambda c: st.lists(c, max_size=4)
-                    | st.dictionaries(st.text(max_size=8), c, max_size=4), max_leaves=12)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=40)
+)
+junk = st.recursive(
+    scalars,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=8), c, max_size=4),
+    max_leaves=12,
+)
 huge = st.sampled_from(["x" * 5000, "y" * 70_000, "😀" * 3000, "\u0000\u2028\ud7ff" * 10])
 deep = st.integers(min_value=50, max_value=3000).map(Deep)
 ids = st.sampled_from(TARGETS).map(Target)
@@ -102,14 +125,19 @@ good = {
 }
 bad = st.one_of(ids, junk, huge, deep)
 # Mostly well-formed values, so that whole valid frames (acks, subscriptions) are common too.
-value_for = {name: st.integers(0, 9).flatmap(lambda n, ok=strategy: ok if n < 7 else bad)
-             for name, strategy in good.items()}
+value_for = {
+    name: st.integers(0, 9).flatmap(lambda n, ok=strategy: ok if n < 7 else bad)
+    for name, strategy in good.items()
+}
 
 
 @st.composite
 def structured(draw):
-    kind = draw(st.integers(0, 9).flatmap(
-        lambda n: st.sampled_from(list(FIELDS)) if n < 8 else st.text(max_size=20) | junk))
+    kind = draw(
+        st.integers(0, 9).flatmap(
+            lambda n: st.sampled_from(list(FIELDS)) if n < 8 else st.text(max_size=20) | junk
+        )
+    )
     frame = {"type": kind}
     for name in FIELDS.get(kind, ["room", "message", "body"]) if isinstance(kind, str) else []:
         if draw(st.integers(0, 5)):  # usually present, sometimes missing
@@ -125,17 +153,34 @@ def structured(draw):
 
 raw_text = st.one_of(
     st.text(max_size=200),  # mostly not JSON
-    st.sampled_from(["", "{", "}", "null", "[]", "[1,2]", "\"ping\"", "1e999", "{\"type\":",
-                     "{\"type\": \"ping\"} trailing", "{\"type\": NaN}", "[" * 5000 + "]" * 5000,
-                     "{\"a\":" * 3000 + "1" + "}" * 3000]),
+    st.sampled_from(
+        [
+            "",
+            "{",
+            "}",
+            "null",
+            "[]",
+            "[1,2]",
+            '"ping"',
+            "1e999",
+            '{"type":',
+            '{"type": "ping"} trailing',
+            '{"type": NaN}',
+            "[" * 5000 + "]" * 5000,
+            '{"a":' * 3000 + "1" + "}" * 3000,
+        ]
+    ),
     junk.map(json.dumps),
 )
 frames = st.one_of(
-    structured(), structured(), structured(),
+    structured(),
+    structured(),
+    structured(),
     raw_text.map(lambda text: ("text", text)),
     st.binary(max_size=200).map(lambda data: ("binary", data)),
-    st.sampled_from([b"\xff\xfe", b"{\"type\": \"ping\", \"x\": \"\xc3\x28\"}", b"\xed\xa0\x80"])
-    .map(lambda data: ("bad-utf8", data)),
+    st.sampled_from([b"\xff\xfe", b'{"type": "ping", "x": "\xc3\x28"}', b"\xed\xa0\x80"]).map(
+        lambda data: ("bad-utf8", data)
+    ),
 )
 
 
@@ -265,18 +310,28 @@ def check_exchange(frame, kind, replies, close_code, before, after, ids_by_name,
                 assert r["type"] == "error" or r["type"] in expected, (frame, r)
         else:
             assert [r for r in replies if r["type"] in expected | {"error"}] or not expected, (
-                frame, replies)
-        targets = {str(frame.get(name)) for name in ("room", "message", "reply_to")
-                   if isinstance(frame.get(name), Target)}
+                frame,
+                replies,
+            )
+        targets = {
+            str(frame.get(name))
+            for name in ("room", "message", "reply_to")
+            if isinstance(frame.get(name), Target)
+        }
         if targets & FOREIGN and ftype != "unsubscribe":  # that one answers any id alike
             for r in mine:
-                assert r["type"] == "error" and r["code"] in {"invalid", "not_found", "too_large"}, (
-                    "a foreign private target must look missing", frame, r)
+                assert r["type"] == "error" and r["code"] in {
+                    "invalid",
+                    "not_found",
+                    "too_large",
+                }, ("a foreign private target must look missing", frame, r)
     # Replayed or live events only ever come from rooms the caller may see (`unsubscribed`
     # echoes whatever id it was sent).
     for r in replies:
         assert r.get("room") != ids_by_name["foreign_room"] or r["type"] in (
-            "error", "unsubscribed"), r
+            "error",
+            "unsubscribed",
+        ), r
     # Nothing half-applied: no acknowledgement, no change.
     if not acks:
         assert before == after, (frame, replies)
@@ -294,16 +349,25 @@ def test_fuzzed_frames_get_a_contract_reply_and_change_nothing_on_error(start_se
     others_message = factories.send(own_room, other, "theirs").envelope["data"]["id"]
     foreign_message = factories.send(foreign_room, stranger, "secret").envelope["data"]["id"]
     ids_by_name = {
-        "own_room": own_room.pk, "public_room": public_room.pk, "foreign_room": foreign_room.pk,
-        "missing_room": foreign_room.pk + 10_000, "own_message": own_message,
-        "others_message": others_message, "foreign_message": foreign_message,
+        "own_room": own_room.pk,
+        "public_room": public_room.pk,
+        "foreign_room": foreign_room.pk,
+        "missing_room": foreign_room.pk + 10_000,
+        "own_message": own_message,
+        "others_message": others_message,
+        "foreign_message": foreign_message,
         "missing_message": foreign_message + 10_000,
     }
     server = start_server(CHAT_RATE_LIMIT_MESSAGES=10**6, CHAT_RATE_LIMIT_PER_SECOND=10**6)
     fuzzer = Fuzzer(server, factories.make_token(caller), ids_by_name)
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(frame=frames)
     def check(frame):
         if isinstance(frame, tuple):
@@ -322,13 +386,18 @@ def test_fuzzed_frames_get_a_contract_reply_and_change_nothing_on_error(start_se
         check()
     finally:
         fuzzer.close()
-    print(f"\nws fuzz: {fuzzer.frames_sent} frames (max_examples={EXAMPLES}), replies: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(fuzzer.tally.items())))
+    print(
+        f"\nws fuzz: {fuzzer.frames_sent} frames (max_examples={EXAMPLES}), replies: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(fuzzer.tally.items()))
+    )
     assert fuzzer.frames_sent >= min(EXAMPLES, 50)
     # The room logs stay gapless whatever was thrown at them.
     for room in Room.objects.filter(pk__in=[own_room.pk, public_room.pk, foreign_room.pk]):
-        seqs = list(Event.objects.filter(room=room, seq__isnull=False)
-                    .order_by("seq").values_list("seq", flat=True))
+        seqs = list(
+            Event.objects.filter(room=room, seq__isnull=False)
+            .order_by("seq")
+            .values_list("seq", flat=True)
+        )
         assert seqs == list(range(1, room.last_seq + 1))
     server.stop()
     assert_clean_log(server)

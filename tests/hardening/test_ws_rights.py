@@ -58,8 +58,12 @@ def test_a_demoted_site_moderator_loses_private_rooms_on_both_processes(two_serv
     moderator.groups.remove(_moderators())
     for client in clients:
         frame, took = _timed(client, lambda f: f["type"] == "unsubscribed", started)
-        assert frame == {"type": "unsubscribed", "ref": None, "room": private.pk,
-                         "reason": "forbidden"}
+        assert frame == {
+            "type": "unsubscribed",
+            "ref": None,
+            "room": private.pk,
+            "reason": "forbidden",
+        }
         assert took < WITHIN, took
         again = client.request("subscribe", room=private.pk, since=0)
         assert again["type"] == "error" and again["code"] == "not_found", again
@@ -169,8 +173,10 @@ def test_group_side_changes_reach_the_members_sockets(two_servers):
     owner = factories.make_user()
     private = factories.make_room(owner, kind=Room.Kind.PRIVATE)
     first, second = factories.make_moderator(), factories.make_moderator()
-    clients = [WS(a.ws_url, token=factories.make_token(first)),
-               WS(b.ws_url, token=factories.make_token(second))]
+    clients = [
+        WS(a.ws_url, token=factories.make_token(first)),
+        WS(b.ws_url, token=factories.make_token(second)),
+    ]
     for client in clients:
         assert client.subscribe(private.pk, since=0)["type"] == "subscribed"
     group = _moderators()

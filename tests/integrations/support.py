@@ -28,8 +28,14 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.lock:
                     n = len(receiver.requests)
-                    receiver.requests.append({"headers": dict(self.headers), "body": body,
-                                              "at": time.time(), "path": self.path})
+                    receiver.requests.append(
+                        {
+                            "headers": dict(self.headers),
+                            "body": body,
+                            "at": time.time(),
+                            "path": self.path,
+                        }
+                    )
                 status = receiver.answer(n)
                 self.send_response(status)
                 if 300 <= status < 400:
@@ -54,8 +60,12 @@ class Receiver:
     def ok_events(self) -> list[dict]:
         """Events of the requests answered 2xx, in arrival order."""
         with self.lock:
-            return [e for n, r in enumerate(self.requests) if 200 <= self.answer(n) < 300
-                    for e in json.loads(r["body"])["events"]]
+            return [
+                e
+                for n, r in enumerate(self.requests)
+                if 200 <= self.answer(n) < 300
+                for e in json.loads(r["body"])["events"]
+            ]
 
     def wait(self, predicate, timeout=15.0):
         deadline = time.monotonic() + timeout
@@ -63,8 +73,9 @@ class Receiver:
             if predicate(self):
                 return
             time.sleep(0.02)
-        raise AssertionError(f"receiver: condition not met in {timeout} s "
-                             f"({len(self.requests)} requests)")
+        raise AssertionError(
+            f"receiver: condition not met in {timeout} s ({len(self.requests)} requests)"
+        )
 
 
 def signature_ok(secret: str, request: dict) -> bool:

@@ -12,10 +12,12 @@ pytestmark = [pytest.mark.django_db]
 def test_the_admin_lists_lag_and_last_error_and_shows_every_cursor():
     owner = factories.make_user()
     rooms = [factories.make_room(owner) for _ in range(2)]
-    hook = OutgoingWebhook.objects.create(owner=owner, url="https://hooks.example.com/x",
-                                          secret="s" * 20)
-    WebhookCursor.objects.create(webhook=hook, room=rooms[0], seq=0, attempts=3,
-                                 last_error="HTTP 503")
+    hook = OutgoingWebhook.objects.create(
+        owner=owner, url="https://hooks.example.com/x", secret="s" * 20
+    )
+    WebhookCursor.objects.create(
+        webhook=hook, room=rooms[0], seq=0, attempts=3, last_error="HTTP 503"
+    )
     WebhookCursor.objects.create(webhook=hook, room=rooms[1], seq=rooms[1].last_seq)
     admin = factories.make_user(is_staff=True, is_superuser=True)
     client = Client()

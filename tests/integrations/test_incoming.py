@@ -16,8 +16,9 @@ pytestmark = [pytest.mark.django_db(transaction=True)]  # no Redis needed: embed
 
 
 def _hook(room, user):
-    answer = factories.api_client(user).post(f"/api/rooms/{room.pk}/webhooks/", {"name": "ci"},
-                                             format="json")
+    answer = factories.api_client(user).post(
+        f"/api/rooms/{room.pk}/webhooks/", {"name": "ci"}, format="json"
+    )
     assert answer.status_code == 201, answer.content
     return answer.json()
 
@@ -29,8 +30,9 @@ def _path(hook):
 def test_moderators_create_webhooks_members_cannot():
     owner, member = factories.make_user(), factories.make_user()
     room = factories.make_room(owner, members=[member])
-    refused = factories.api_client(member).post(f"/api/rooms/{room.pk}/webhooks/", {},
-                                                format="json")
+    refused = factories.api_client(member).post(
+        f"/api/rooms/{room.pk}/webhooks/", {}, format="json"
+    )
     assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
     hook = _hook(room, owner)
     assert set(hook) >= {"id", "url"} and "/api/hooks/" in hook["url"]
@@ -49,21 +51,26 @@ def test_posting_to_the_url_is_idempotent_on_the_key():
     room = factories.make_room(owner)
     hook = _hook(room, owner)
     anyone = APIClient()
-    first = anyone.post(_path(hook), {"body": "deploy done"}, format="json",
-                        HTTP_IDEMPOTENCY_KEY="deploy-41")
+    first = anyone.post(
+        _path(hook), {"body": "deploy done"}, format="json", HTTP_IDEMPOTENCY_KEY="deploy-41"
+    )
     assert first.status_code == 201, first.content
     event = first.json()
     assert event["type"] == "message.created" and event["actor"]["bot"] is True
     assert event["actor"]["id"] == hook["bot"] and event["data"]["body"] == "deploy done"
-    again = anyone.post(_path(hook), {"body": "deploy done"}, format="json",
-                        HTTP_IDEMPOTENCY_KEY="deploy-41")
+    again = anyone.post(
+        _path(hook), {"body": "deploy done"}, format="json", HTTP_IDEMPOTENCY_KEY="deploy-41"
+    )
     assert again.status_code == 200 and again.json()["id"] == event["id"]
-    other = anyone.post(_path(hook), {"body": "deploy done"}, format="json",
-                        HTTP_IDEMPOTENCY_KEY="deploy-42")
+    other = anyone.post(
+        _path(hook), {"body": "deploy done"}, format="json", HTTP_IDEMPOTENCY_KEY="deploy-42"
+    )
     assert other.status_code == 201 and other.json()["id"] != event["id"]
     client_id = str(uuid.uuid4())
-    by_id = [anyone.post(_path(hook), {"body": "x", "client_id": client_id}, format="json")
-             for _ in range(2)]
+    by_id = [
+        anyone.post(_path(hook), {"body": "x", "client_id": client_id}, format="json")
+        for _ in range(2)
+    ]
     assert [r.status_code for r in by_id] == [201, 200]
     assert by_id[0].json()["id"] == by_id[1].json()["id"]
     assert Message.objects.filter(room=room).count() == 3
@@ -83,8 +90,12 @@ def test_a_wrong_or_revoked_url_is_not_found_and_posts_nothing():
     assert gone.status_code == 404 and gone.json()["code"] == "not_found"
     # The moderators' DELETE works too.
     second = _hook(room, owner)
-    assert factories.api_client(owner).delete(
-        f"/api/rooms/{room.pk}/webhooks/{second['id']}/").status_code == 204
+    assert (
+        factories.api_client(owner)
+        .delete(f"/api/rooms/{room.pk}/webhooks/{second['id']}/")
+        .status_code
+        == 204
+    )
     assert APIClient().post(_path(second), {"body": "x"}, format="json").status_code == 404
     assert not Message.objects.filter(room=room).exists()
 

@@ -52,8 +52,9 @@ def worker(webhook_settings):
 
 
 def _create(user, url, **body):
-    answer = factories.api_client(user).post("/api/webhooks/", {"url": url, "secret": SECRET,
-                                                               **body}, format="json")
+    answer = factories.api_client(user).post(
+        "/api/webhooks/", {"url": url, "secret": SECRET, **body}, format="json"
+    )
     return answer
 
 
@@ -83,8 +84,12 @@ def test_events_arrive_signed_and_in_seq_order_per_room(webhook_settings, receiv
         factories.send(a if i % 2 else b, owner, f"m{i}")
     a.refresh_from_db()
     b.refresh_from_db()
-    receiver.wait(lambda r: len(_seqs(r.ok_events(), a)) >= a.last_seq - heads[a.pk]
-                  and len(_seqs(r.ok_events(), b)) >= b.last_seq - heads[b.pk])
+    receiver.wait(
+        lambda r: (
+            len(_seqs(r.ok_events(), a)) >= a.last_seq - heads[a.pk]
+            and len(_seqs(r.ok_events(), b)) >= b.last_seq - heads[b.pk]
+        )
+    )
     events = receiver.ok_events()
     for room in (a, b):
         # Everything after the head at creation, once, in order (no retries happened here).
@@ -119,7 +124,7 @@ def test_a_500_is_retried_with_backoff_and_later_events_wait(webhook_settings, r
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     # Exponential backoff (base 0.2 s, doubling, ±10%): each wait at least its backoff (load
     # only lengthens them), and the third clearly longer than the first.
-    assert [g >= 0.2 * 2 ** i * 0.9 for i, g in enumerate(gaps[:3])] == [True] * 3, gaps
+    assert [g >= 0.2 * 2**i * 0.9 for i, g in enumerate(gaps[:3])] == [True] * 3, gaps
     assert gaps[2] > gaps[0] * 1.5, gaps
     events = receiver.ok_events()
     assert [e["data"]["body"] for e in events] == ["first", "second"]
@@ -132,7 +137,8 @@ def test_a_500_is_retried_with_backoff_and_later_events_wait(webhook_settings, r
 
 
 def test_replay_rewinds_the_cursor_and_redacted_events_go_out_redacted(
-        webhook_settings, receivers, worker):
+    webhook_settings, receivers, worker
+):
     owner = factories.make_user()
     room = factories.make_room(owner)
     receiver = receivers()
@@ -140,10 +146,12 @@ def test_replay_rewinds_the_cursor_and_redacted_events_go_out_redacted(
     sent = [factories.send(room, owner, f"r{i}") for i in range(3)]
     receiver.wait(lambda r: len(r.ok_events()) >= 3)
     assert [e["data"]["body"] for e in receiver.ok_events()] == ["r0", "r1", "r2"]
-    messaging.message_delete(message=Message.objects.get(pk=sent[1].envelope["data"]["id"]),
-                             actor=owner)
-    replay = factories.api_client(owner).post(f"/api/webhooks/{hook['id']}/replay/",
-                                              {"room": room.pk, "since": 0}, format="json")
+    messaging.message_delete(
+        message=Message.objects.get(pk=sent[1].envelope["data"]["id"]), actor=owner
+    )
+    replay = factories.api_client(owner).post(
+        f"/api/webhooks/{hook['id']}/replay/", {"room": room.pk, "since": 0}, format="json"
+    )
     assert replay.status_code == 200 and replay.json()["cursor"] == 0, replay.content
     receiver.wait(lambda r: len(r.ok_events()) >= 6)
     again = receiver.ok_events()[3:]
@@ -169,8 +177,9 @@ def test_a_dead_endpoint_does_not_delay_a_live_one(webhook_settings, receivers, 
         for i in range(15):
             event = factories.send(rooms[i % 3], owner, f"x{i}").envelope
             sent_at = time.time()
-            live_receiver.wait(lambda r, eid=event["id"]: eid in {e["id"] for e in r.ok_events()},
-                               timeout=5)
+            live_receiver.wait(
+                lambda r, eid=event["id"]: eid in {e["id"] for e in r.ok_events()}, timeout=5
+            )
             lags.append(time.time() - sent_at)
         assert max(lags) < 1.0, lags
         dead_status = _status(owner, dead)
@@ -178,10 +187,12 @@ def test_a_dead_endpoint_does_not_delay_a_live_one(webhook_settings, receivers, 
         # The dead one's batches timed out and wait to be retried.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(
-                row["last_error"] for row in _status(owner, dead).values()):
+            row["last_error"] for row in _status(owner, dead).values()
+        ):
             time.sleep(0.2)
-        assert any("no answer within" in (row["last_error"] or "")
-                   for row in _status(owner, dead).values())
+        assert any(
+            "no answer within" in (row["last_error"] or "") for row in _status(owner, dead).values()
+        )
     finally:
         hole.close()
 
@@ -198,16 +209,19 @@ def test_a_redirect_is_not_followed(webhook_settings, receivers, worker):
     assert "HTTP 302" in status["last_error"] and status["lag"] >= 1
 
 
-@pytest.mark.parametrize("url", [
-    "http://localhost:{port}/hook",  # a name that resolves to 127.0.0.1
-    "http://127.0.0.1:{port}/hook",
-    "http://[::1]:{port}/hook",
-    "http://10.1.2.3/hook",
-    "http://192.168.0.10/hook",
-    "http://169.254.169.254/latest/meta-data/",
-    "http://0.0.0.0:{port}/",
-    "http://[::ffff:127.0.0.1]:{port}/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://localhost:{port}/hook",  # a name that resolves to 127.0.0.1
+        "http://127.0.0.1:{port}/hook",
+        "http://[::1]:{port}/hook",
+        "http://10.1.2.3/hook",
+        "http://192.168.0.10/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://0.0.0.0:{port}/",
+        "http://[::ffff:127.0.0.1]:{port}/",
+    ],
+)
 def test_private_and_loopback_targets_are_refused_unless_listed(settings, receivers, url):
     settings.WEBHOOK_ALLOWED_HOSTS = ["*"]
     owner = factories.make_user()
@@ -216,8 +230,15 @@ def test_private_and_loopback_targets_are_refused_unless_listed(settings, receiv
     assert answer.json()["code"] == "invalid" and "url" in answer.json()["errors"]
 
 
-@pytest.mark.parametrize("url", ["ftp://example.com/", "http://user:pw@example.com/",
-                                 "http://no-such-host.invalid/", "not a url"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/",
+        "http://user:pw@example.com/",
+        "http://no-such-host.invalid/",
+        "not a url",
+    ],
+)
 def test_other_bad_targets_are_refused(settings, url):
     settings.WEBHOOK_ALLOWED_HOSTS = ["*"]
     answer = _create(factories.make_user(), url)
@@ -225,7 +246,8 @@ def test_other_bad_targets_are_refused(settings, url):
 
 
 def test_listing_a_host_allows_it_and_the_check_runs_again_at_delivery(
-        webhook_settings, receivers, worker):
+    webhook_settings, receivers, worker
+):
     owner = factories.make_user()
     room = factories.make_room(owner)
     receiver = receivers()
@@ -252,15 +274,23 @@ def test_webhook_input_is_checked(webhook_settings, receivers):
 
     private = factories.make_room(other, kind=Room.Kind.PRIVATE)
     url = receivers().url
-    for body, field in [({"rooms": [private.pk]}, None), ({"types": ["typing"]}, "types"),
-                        ({"secret": "short"}, "secret"), ({"rooms": []}, "rooms")]:
+    for body, field in [
+        ({"rooms": [private.pk]}, None),
+        ({"types": ["typing"]}, "types"),
+        ({"secret": "short"}, "secret"),
+        ({"rooms": []}, "rooms"),
+    ]:
         answer = _create(owner, url, **body)
         assert answer.status_code in (400, 404), (body, answer.content)
         if field:
             assert field in answer.json()["errors"], answer.content
     hook = _webhook(owner, url)
     assert factories.api_client(other).get(f"/api/webhooks/{hook['id']}/").status_code == 404
-    assert factories.api_client(other).post(f"/api/webhooks/{hook['id']}/replay/",
-                                            {"room": 1, "since": 0}, format="json").status_code == 404
+    assert (
+        factories.api_client(other)
+        .post(f"/api/webhooks/{hook['id']}/replay/", {"room": 1, "since": 0}, format="json")
+        .status_code
+        == 404
+    )
     assert factories.api_client(owner).delete(f"/api/webhooks/{hook['id']}/").status_code == 204
     assert not WebhookCursor.objects.exists()

@@ -42,8 +42,14 @@ def test_send_returns_the_stored_envelope_and_a_resend_returns_the_original(room
 
 @pytest.mark.parametrize(
     "body,status,code",
-    [("", 400, "invalid"), ("   ", 400, "invalid"), ("bell\x07", 400, "invalid"),
-     ("x" * 4001, 413, "too_large"), (42, 400, "invalid"), (["a"], 400, "invalid")],
+    [
+        ("", 400, "invalid"),
+        ("   ", 400, "invalid"),
+        ("bell\x07", 400, "invalid"),
+        ("x" * 4001, 413, "too_large"),
+        (42, 400, "invalid"),
+        (["a"], 400, "invalid"),
+    ],
 )
 def test_bad_bodies_are_refused_with_a_stable_code(room, as_user, body, status, code):
     before = Event.objects.count()
@@ -58,12 +64,15 @@ def test_bad_client_id_and_reply_to_are_400(room, as_user):
     assert not Message.objects.exists()
 
 
-def test_history_is_newest_first_paged_by_seq_and_hides_deleted_bodies(room, user, other_user, as_user):
+def test_history_is_newest_first_paged_by_seq_and_hides_deleted_bodies(
+    room, user, other_user, as_user
+):
     rooms.room_join(room=room, user=other_user)
     ids = [post_message(as_user, room, f"m{i}").json()["data"]["id"] for i in range(5)]
     as_user.delete(f"/api/messages/{ids[3]}/")
-    factories.api_client(other_user).post(f"/api/messages/{ids[4]}/reactions/", {"emoji": "👍"},
-                                          format="json")
+    factories.api_client(other_user).post(
+        f"/api/messages/{ids[4]}/reactions/", {"emoji": "👍"}, format="json"
+    )
     as_user.post(f"/api/messages/{ids[4]}/reactions/", {"emoji": "👍"}, format="json")
     page = as_user.get(f"/api/rooms/{room.pk}/messages/?limit=2").json()
     assert [m["id"] for m in page["results"]] == [ids[4], ids[3]]
@@ -84,7 +93,9 @@ def test_edit_and_delete_answer_with_the_event(room, user, other_user, as_user):
     rooms.room_join(room=room, user=other_user)
     as_other = factories.api_client(other_user)
     mid = post_message(as_user, room, "draft").json()["data"]["id"]
-    assert as_other.patch(f"/api/messages/{mid}/", {"body": "mine"}, format="json").status_code == 403
+    assert (
+        as_other.patch(f"/api/messages/{mid}/", {"body": "mine"}, format="json").status_code == 403
+    )
     edited = as_user.patch(f"/api/messages/{mid}/", {"body": "final"}, format="json")
     assert edited.status_code == 200 and edited.json()["type"] == "message.edited"
     assert as_user.get(f"/api/messages/{mid}/").json()["body"] == "final"

@@ -24,10 +24,16 @@ def servers(django_db_setup, django_db_blocker):
     with the default settings, `tight` with small limits, to reach each in a few frames."""
     with django_db_blocker.unblock():
         env = subprocess_env()
-    tight = dict(env, CHAT_RATE_LIMIT_MESSAGES="3", CHAT_RATE_LIMIT_PER_SECOND="0.2",
-                 CHAT_RATE_LIMIT_STRIKES="3", CHAT_MAX_ROOMS_PER_SOCKET="2",
-                 CHAT_MAX_SOCKETS_PER_USER="2", CHAT_REPLAY_LIMIT="5",
-                 CHAT_MAX_FRAME_BYTES="2048")
+    tight = dict(
+        env,
+        CHAT_RATE_LIMIT_MESSAGES="3",
+        CHAT_RATE_LIMIT_PER_SECOND="0.2",
+        CHAT_RATE_LIMIT_STRIKES="3",
+        CHAT_MAX_ROOMS_PER_SOCKET="2",
+        CHAT_MAX_SOCKETS_PER_USER="2",
+        CHAT_REPLAY_LIMIT="5",
+        CHAT_MAX_FRAME_BYTES="2048",
+    )
     procs = {"plain": ServerProcess(env).start(), "tight": ServerProcess(tight).start()}
     yield procs
     for proc in procs.values():
@@ -77,9 +83,15 @@ def test_hello_then_subscribe_replays_since_and_goes_live(ws, user, room):
     head = head_of(room)
 
     subscribed = client.subscribe(room.pk, since=head - 2)
-    assert subscribed == {"type": "subscribed", "ref": subscribed["ref"], "room": room.pk,
-                          "last_seq": head, "truncated": False, "head": head,
-                          "history_start": 1}
+    assert subscribed == {
+        "type": "subscribed",
+        "ref": subscribed["ref"],
+        "room": room.pk,
+        "last_seq": head,
+        "truncated": False,
+        "head": head,
+        "history_start": 1,
+    }
     assert client.seqs(room.pk) == [head - 1, head]
 
     factories.send(room, user, body="live")
@@ -193,20 +205,62 @@ def test_bad_frames_get_errors_and_the_socket_stays_open(ws, user, other_user, r
         ("[1, 2]", "invalid"),
         (json.dumps({"type": "nope", "ref": "a"}), "invalid"),
         (json.dumps({"type": "subscribe", "room": "x", "ref": "b"}), "invalid"),
-        (json.dumps({"type": "message.send", "room": room.pk, "body": "x", "client_id": "no",
-                     "ref": "c"}), "invalid"),
-        (json.dumps({"type": "message.send", "room": room.pk, "body": "", "ref": "d",
-                     "client_id": str(uuid.uuid4())}), "invalid"),
+        (
+            json.dumps(
+                {
+                    "type": "message.send",
+                    "room": room.pk,
+                    "body": "x",
+                    "client_id": "no",
+                    "ref": "c",
+                }
+            ),
+            "invalid",
+        ),
+        (
+            json.dumps(
+                {
+                    "type": "message.send",
+                    "room": room.pk,
+                    "body": "",
+                    "ref": "d",
+                    "client_id": str(uuid.uuid4()),
+                }
+            ),
+            "invalid",
+        ),
         (json.dumps({"type": "subscribe", "room": private.pk, "ref": "e"}), "not_found"),
         (json.dumps({"type": "subscribe", "room": 987654321, "ref": "f"}), "not_found"),
-        (json.dumps({"type": "message.send", "room": private.pk, "body": "x", "ref": "g",
-                     "client_id": str(uuid.uuid4())}), "not_found"),
-        (json.dumps({"type": "message.edit", "message": 987654321, "body": "x", "ref": "h"}),
-         "not_found"),
+        (
+            json.dumps(
+                {
+                    "type": "message.send",
+                    "room": private.pk,
+                    "body": "x",
+                    "ref": "g",
+                    "client_id": str(uuid.uuid4()),
+                }
+            ),
+            "not_found",
+        ),
+        (
+            json.dumps({"type": "message.edit", "message": 987654321, "body": "x", "ref": "h"}),
+            "not_found",
+        ),
         (json.dumps({"type": "typing", "room": room.pk, "state": True, "ref": "i"}), "invalid"),
         (json.dumps({"type": "read", "room": room.pk, "seq": -1, "ref": "j"}), "invalid"),
-        (json.dumps({"type": "message.send", "room": room.pk, "body": "x" * 5000, "ref": "k",
-                     "client_id": str(uuid.uuid4())}), "too_large"),
+        (
+            json.dumps(
+                {
+                    "type": "message.send",
+                    "room": room.pk,
+                    "body": "x" * 5000,
+                    "ref": "k",
+                    "client_id": str(uuid.uuid4()),
+                }
+            ),
+            "too_large",
+        ),
         (json.dumps({"type": "ping", "pad": "x" * 70000, "ref": "l"}), "too_large"),
     ]
     for text, code in cases:
@@ -312,8 +366,10 @@ def test_an_unbanned_user_gets_member_unbanned_on_their_own_sockets(ws, user, ot
     for client in (idle, watcher):
         unbanned = client.seen(lambda f: f["type"] == "member.unbanned")
         assert unbanned["room"] == room.pk
-        assert unbanned["data"] == {"user": {"id": other_user.pk, "username": other_user.username},
-                                    "reason": "appeal accepted"}
+        assert unbanned["data"] == {
+            "user": {"id": other_user.pk, "username": other_user.username},
+            "reason": "appeal accepted",
+        }
     # Subscribing works again for them (a public room: they may join again).
     assert idle.subscribe(room.pk)["type"] == "subscribed"
 
@@ -336,8 +392,7 @@ def test_rate_limit_then_4429_for_flooding(tight, user, room):
     limited = client.send_message(room.pk, body="too many")
     assert limited["type"] == "error" and limited["code"] == "rate_limited"
     for _ in range(5):
-        client.send(type="message.send", room=room.pk, body="flood",
-                    client_id=str(uuid.uuid4()))
+        client.send(type="message.send", room=room.pk, body="flood", client_id=str(uuid.uuid4()))
     assert client.wait_closed() == 4429
     assert Message.objects.filter(author=user).count() == 3
 

@@ -30,8 +30,10 @@ CONTENT = ("message.created", "message.edited")
 def rows_containing(text: str) -> int:
     """Rows of the event table whose stored envelope holds the text (read from the column)."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {Event._meta.db_table} "
-                       "WHERE CAST(envelope AS TEXT) LIKE %s", [f"%{text}%"])
+        cursor.execute(
+            f"SELECT count(*) FROM {Event._meta.db_table} WHERE CAST(envelope AS TEXT) LIKE %s",
+            [f"%{text}%"],
+        )
         return cursor.fetchone()[0]
 
 
@@ -66,10 +68,11 @@ def test_delete_redacts_the_created_and_every_edited_event_and_keeps_the_rest(ro
         assert new["data"]["attachments"] == []
         # Everything else stays: id, type, seq, ts, actor and the other data fields.
         assert {k: v for k, v in new.items() if k != "data"} == {
-            k: v for k, v in old.items() if k != "data"}
-        assert {k: v for k, v in new["data"].items() if k not in ("body", "attachments",
-                                                                  "redacted")} == {
-            k: v for k, v in old["data"].items() if k not in ("body", "attachments", "redacted")}
+            k: v for k, v in old.items() if k != "data"
+        }
+        assert {
+            k: v for k, v in new["data"].items() if k not in ("body", "attachments", "redacted")
+        } == {k: v for k, v in old["data"].items() if k not in ("body", "attachments", "redacted")}
     message.refresh_from_db()
     assert message.body == "" and message.is_deleted
     # Other messages are untouched.
@@ -83,8 +86,7 @@ def test_a_moderators_delete_carries_the_reason_and_redacts_the_same(room, user,
     rooms.room_join(room=room, user=other_user)
     message = message_of(factories.send(room, other_user, "moderated words"))
     event = services.message_delete(message=message, actor=user, reason="  off topic ")
-    assert event.envelope["data"] == {"id": message.pk, "by_moderator": True,
-                                      "reason": "off topic"}
+    assert event.envelope["data"] == {"id": message.pk, "by_moderator": True, "reason": "off topic"}
     validate(event.envelope)
     assert rows_containing("moderated words") == 0
 
@@ -108,10 +110,12 @@ def test_reply_to_a_deleted_message_is_not_found(room, user):
         factories.send(room, user, "a reply", reply_to=target.pk)
     assert err.value.code == "not_found"
     # In a batch, only that request is refused.
-    results = services.message_send_many([
-        SendRequest(room.pk, user, "ok", uuid.uuid4()),
-        SendRequest(room.pk, user, "reply", uuid.uuid4(), target.pk),
-    ])
+    results = services.message_send_many(
+        [
+            SendRequest(room.pk, user, "ok", uuid.uuid4()),
+            SendRequest(room.pk, user, "reply", uuid.uuid4(), target.pk),
+        ]
+    )
     assert type(results[0]).__name__ == "Event" and results[1].code == "not_found"
 
 
@@ -134,11 +138,15 @@ def test_the_asyncio_send_path_answers_deleted_messages_the_same():
         async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
             return await services.amessage_send_many(conn, requests)
 
-    resend, reply, fresh = asyncio.run(scenario([
-        SendRequest(room.pk, owner, "asyncio secret", client_id),
-        SendRequest(room.pk, owner, "re", uuid.uuid4(), gone.envelope["data"]["id"]),
-        SendRequest(room.pk, owner, "asyncio fresh words", uuid.uuid4()),
-    ]))
+    resend, reply, fresh = asyncio.run(
+        scenario(
+            [
+                SendRequest(room.pk, owner, "asyncio secret", client_id),
+                SendRequest(room.pk, owner, "re", uuid.uuid4(), gone.envelope["data"]["id"]),
+                SendRequest(room.pk, owner, "asyncio fresh words", uuid.uuid4()),
+            ]
+        )
+    )
     assert resend.pk == gone.pk and resend.envelope["data"]["body"] is None
     assert isinstance(reply, ServiceError) and reply.code == "not_found"
     assert Event.objects.get(pk=fresh.pk).message_id == fresh.envelope["data"]["id"]
@@ -153,20 +161,26 @@ def test_the_redaction_is_one_update_through_the_message_index(room, user):
     message = message_of(factories.send(room, user, "indexed"))
     with connection.cursor() as cursor:
         cursor.execute("SET LOCAL enable_seqscan = off")  # the table is tiny in a test
-        cursor.execute(f"EXPLAIN UPDATE {Event._meta.db_table} SET envelope = envelope "
-                       "WHERE message_id = ANY(%s) AND type = ANY(%s)",
-                       [[message.pk], list(CONTENT)])
+        cursor.execute(
+            f"EXPLAIN UPDATE {Event._meta.db_table} SET envelope = envelope "
+            "WHERE message_id = ANY(%s) AND type = ANY(%s)",
+            [[message.pk], list(CONTENT)],
+        )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "event_message" in plan, plan
 
 
 def _admin_pages(client, room, messages, *, events=True) -> str:
     """The HTML of the admin's message (and event log) change lists and change pages."""
-    pages = [client.get("/admin/messaging/message/"),
-             client.get("/admin/messaging/message/", {"q": "gone"})]
+    pages = [
+        client.get("/admin/messaging/message/"),
+        client.get("/admin/messaging/message/", {"q": "gone"}),
+    ]
     if events:
-        pages += [client.get("/admin/events/event/"),
-                  client.get(f"/admin/events/event/?room={room.pk}")]
+        pages += [
+            client.get("/admin/events/event/"),
+            client.get(f"/admin/events/event/?room={room.pk}"),
+        ]
     for message in messages:
         pages.append(client.get(f"/admin/messaging/message/{message.pk}/change/"))
         for event in Event.objects.filter(message_id=message.pk) if events else ():
@@ -206,8 +220,7 @@ def test_after_a_delete_by_any_path_the_text_is_in_no_read_path(server):
     as_site_mod = factories.api_client(site_mod, token=True)
     assert as_site_mod.delete(f"/api/messages/{sent[2].pk}/").status_code == 200
     admin = factories.make_user(is_staff=True, is_superuser=True)
-    apply(logged_in(admin), "/admin/messaging/message/", "delete_messages", [sent[3]],
-          reason="")
+    apply(logged_in(admin), "/admin/messaging/message/", "delete_messages", [sent[3]], reason="")
 
     def absent(blob: str):
         for text in texts:
@@ -218,8 +231,11 @@ def test_after_a_delete_by_any_path_the_text_is_in_no_read_path(server):
     assert events.status_code == 200
     absent(events.content.decode())
     assert "this one stays" in events.content.decode()
-    created = [e for e in events.json()["results"] if e["type"] == "message.created"
-               and e["data"]["id"] in {m.pk for m in sent}]
+    created = [
+        e
+        for e in events.json()["results"]
+        if e["type"] == "message.created" and e["data"]["id"] in {m.pk for m in sent}
+    ]
     assert len(created) == 4 and all(e["data"]["redacted"] for e in created)
     messages = reader.get(f"/api/rooms/{room.pk}/messages/", {"limit": 100})
     absent(messages.content.decode())

@@ -23,15 +23,18 @@ PASSWORD = "pw-for-tests-1"
 def envelopes_naming(username: str) -> int:
     """Rows of the event table whose stored envelope holds the name (read from the column)."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM {Event._meta.db_table} "
-                       "WHERE CAST(envelope AS TEXT) LIKE %s", [f"%{username}%"])
+        cursor.execute(
+            f"SELECT count(*) FROM {Event._meta.db_table} WHERE CAST(envelope AS TEXT) LIKE %s",
+            [f"%{username}%"],
+        )
         return cursor.fetchone()[0]
 
 
 def assert_gapless(room: Room):
     room.refresh_from_db()
-    seqs = list(Event.objects.filter(room=room).sequenced().order_by("seq")
-                .values_list("seq", flat=True))
+    seqs = list(
+        Event.objects.filter(room=room).sequenced().order_by("seq").values_list("seq", flat=True)
+    )
     assert seqs == list(range(1, room.last_seq + 1))
 
 
@@ -69,11 +72,14 @@ def assert_erased(user_id: int, name: str, made, messages_before: int, events_be
     assert Event.objects.count() == events_before + 12
     assert envelopes_naming(name) == 0
     assert envelopes_naming(f"deleted-user-{user_id}") > 0
-    assert not Event.objects.filter(message_id__in=written.values("pk"),
-                                    envelope__data__redacted=False).exists()
+    assert not Event.objects.filter(
+        message_id__in=written.values("pk"), envelope__data__redacted=False
+    ).exists()
     # The others' messages are untouched.
-    assert Message.objects.filter(body__startswith="other wrote", deleted_at__isnull=True
-                                  ).count() == 12
+    assert (
+        Message.objects.filter(body__startswith="other wrote", deleted_at__isnull=True).count()
+        == 12
+    )
 
 
 @pytest.mark.django_db
@@ -116,8 +122,7 @@ def test_the_user_admin_offers_erase_and_no_delete():
     superuser = factories.make_user(is_staff=True, is_superuser=True)
     moderator = factories.make_moderator()
     target = factories.make_user()
-    for who, url in ((superuser, "/admin/users/user/"),
-                     (moderator, "/admin/moderation/account/")):
+    for who, url in ((superuser, "/admin/users/user/"), (moderator, "/admin/moderation/account/")):
         page = logged_in(who).get(url)
         assert page.status_code == 200
         assert b'value="erase_accounts"' in page.content
@@ -133,16 +138,22 @@ def test_the_user_admin_offers_erase_and_no_delete():
 def test_a_moderator_erases_members_but_not_staff_in_the_admin():
     moderator = factories.make_moderator()
     staff, member = factories.make_user(is_staff=True), factories.make_user()
-    apply(logged_in(moderator), "/admin/moderation/account/", "erase_accounts", [staff], confirm="on")
+    apply(
+        logged_in(moderator), "/admin/moderation/account/", "erase_accounts", [staff], confirm="on"
+    )
     staff.refresh_from_db()
     assert staff.is_active and staff.erased_at is None
-    apply(logged_in(moderator), "/admin/moderation/account/", "erase_accounts", [member], confirm="on")
+    apply(
+        logged_in(moderator), "/admin/moderation/account/", "erase_accounts", [member], confirm="on"
+    )
     member.refresh_from_db()
     assert not member.is_active and member.username == f"deleted-user-{member.pk}"
     # Without the confirmation box ticked nothing happens.
     other = factories.make_user()
-    page = logged_in(moderator).post("/admin/moderation/account/", {
-        "action": "erase_accounts", "_selected_action": [other.pk], "apply": "1"})
+    page = logged_in(moderator).post(
+        "/admin/moderation/account/",
+        {"action": "erase_accounts", "_selected_action": [other.pk], "apply": "1"},
+    )
     assert page.status_code == 200
     other.refresh_from_db()
     assert other.is_active
@@ -175,9 +186,14 @@ def test_an_erased_user_who_wrote_in_three_rooms_is_gone_from_every_room(child_e
         assert any(f.get("code") == "unauthenticated" for f in socket.frames)
         assert client.get("/api/me/").status_code == 401  # the token is gone
 
-        wait_for(lambda: not Message.objects.filter(author=user, deleted_at__isnull=True)
-                 .exists() and envelopes_naming(name) == 0, timeout=60,
-                 message="the worker's erasure")
+        wait_for(
+            lambda: (
+                not Message.objects.filter(author=user, deleted_at__isnull=True).exists()
+                and envelopes_naming(name) == 0
+            ),
+            timeout=60,
+            message="the worker's erasure",
+        )
         assert_erased(user.pk, name, made, messages_before, events_before)
         assert Reaction.objects.count() == reactions_before
         # Each batch is its own transaction: 4 messages per room in batches of 3.
@@ -188,8 +204,7 @@ def test_an_erased_user_who_wrote_in_three_rooms_is_gone_from_every_room(child_e
         factories.send(made[0], other, "after the erasure")
         assert_gapless(made[0])
         # Running it again is harmless.
-        assert erasure.erase_history(user_id=user.pk) == {"messages": 0, "batches": 0,
-                                                          "renamed": 0}
+        assert erasure.erase_history(user_id=user.pk) == {"messages": 0, "batches": 0, "renamed": 0}
         assert_erased(user.pk, name, made, messages_before + 1, events_before + 1)
     finally:
         if socket is not None:
@@ -205,17 +220,23 @@ def test_the_admins_erase_action_does_the_same_and_removes_no_row(celery_worker)
     user, _other, made = history_in_three_rooms(name)
     messages_before, events_before = Message.objects.count(), Event.objects.count()
     admin = factories.make_user(is_staff=True, is_superuser=True)
-    first = logged_in(admin).post("/admin/users/user/", {
-        "action": "erase_accounts", "_selected_action": [user.pk]})
+    first = logged_in(admin).post(
+        "/admin/users/user/", {"action": "erase_accounts", "_selected_action": [user.pk]}
+    )
     assert first.status_code == 200 and b'name="confirm"' in first.content  # asks first
     user.refresh_from_db()
     assert user.is_active
     apply(logged_in(admin), "/admin/users/user/", "erase_accounts", [user], confirm="on")
     user.refresh_from_db()
     assert not user.is_active  # at once, before the worker
-    wait_for(lambda: not Message.objects.filter(author=user, deleted_at__isnull=True)
-             .exists() and envelopes_naming(name) == 0, timeout=60,
-             message="the worker's erasure")
+    wait_for(
+        lambda: (
+            not Message.objects.filter(author=user, deleted_at__isnull=True).exists()
+            and envelopes_naming(name) == 0
+        ),
+        timeout=60,
+        message="the worker's erasure",
+    )
     assert_erased(user.pk, name, made, messages_before, events_before)
     assert User.objects.filter(pk=user.pk).exists()
 
@@ -251,7 +272,8 @@ def test_an_erasure_whose_task_never_ran_is_found_by_the_sweep():
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_an_erasure_requested_while_the_broker_was_down_is_finished_by_the_sweep(
-        celery_worker, monkeypatch, settings):
+    celery_worker, monkeypatch, settings
+):
     """The task could not be queued at the request (the broker refused it); the beat job
     resume_erasures queues it again and the worker finishes the erasure."""
     from kombu.exceptions import OperationalError
@@ -271,8 +293,13 @@ def test_an_erasure_requested_while_the_broker_was_down_is_finished_by_the_sweep
     assert Message.objects.filter(author=user, deleted_at__isnull=True).count() == 12
     settings.ERASURE_SWEEP_SECONDS = 0
     tasks.resume_erasures()
-    wait_for(lambda: not Message.objects.filter(author=user, deleted_at__isnull=True)
-             .exists() and envelopes_naming(name) == 0, timeout=60,
-             message="the erasure queued by the sweep")
+    wait_for(
+        lambda: (
+            not Message.objects.filter(author=user, deleted_at__isnull=True).exists()
+            and envelopes_naming(name) == 0
+        ),
+        timeout=60,
+        message="the erasure queued by the sweep",
+    )
     assert_erased(user.pk, name, made, messages_before, events_before)
     assert erasure.unfinished_erasures() == []

@@ -43,11 +43,18 @@ def seed_messages(room, author, count, *, body_size=100) -> None:
     start = Room.objects.get(pk=room.pk).last_seq
     now = timezone.now()
     for offset in range(0, count, 5000):
-        Message.objects.bulk_create([
-            Message(room=room, author=author, seq=start + n + 1, created_at=now,
-                    body=f"{n:08d} " + "x" * body_size)
-            for n in range(offset, min(count, offset + 5000))
-        ])
+        Message.objects.bulk_create(
+            [
+                Message(
+                    room=room,
+                    author=author,
+                    seq=start + n + 1,
+                    created_at=now,
+                    body=f"{n:08d} " + "x" * body_size,
+                )
+                for n in range(offset, min(count, offset + 5000))
+            ]
+        )
     Room.objects.filter(pk=room.pk).update(last_seq=start + count)
 
 
@@ -60,19 +67,32 @@ def test_export_is_json_lines_of_the_callers_own_data_and_nothing_of_anyone_else
     gone = factories.send(private, user, body="words I deleted")
     theirs = factories.send(room, other_user, body="SECRET other person's words")
     factories.send(private, other_user, body="SECRET private reply")
-    messaging.message_delete(message=Message.objects.get(pk=gone.envelope["data"]["id"]),
-                             actor=user)
+    messaging.message_delete(
+        message=Message.objects.get(pk=gone.envelope["data"]["id"]), actor=user
+    )
     their_message = Message.objects.get(pk=theirs.envelope["data"]["id"])
     stranger = factories.make_user()
     users.block_create(blocker=user, blocked=stranger)
     users.block_create(blocker=other_user, blocked=user)  # theirs: not in the caller's export
     messaging.reaction_add(message=their_message, user=user, emoji="👍")
     messaging.reaction_add(message=their_message, user=other_user, emoji="🎉")
-    Notification.objects.create(user=user, event_id=uuid.uuid4(), room=room, seq=theirs.seq,
-                                message_id=their_message.pk, actor=other_user,
-                                excerpt="SECRET other person's words")
-    Notification.objects.create(user=other_user, event_id=uuid.uuid4(), room=room,
-                                seq=mine.seq, message_id=mine.envelope["data"]["id"], actor=user)
+    Notification.objects.create(
+        user=user,
+        event_id=uuid.uuid4(),
+        room=room,
+        seq=theirs.seq,
+        message_id=their_message.pk,
+        actor=other_user,
+        excerpt="SECRET other person's words",
+    )
+    Notification.objects.create(
+        user=other_user,
+        event_id=uuid.uuid4(),
+        room=room,
+        seq=mine.seq,
+        message_id=mine.envelope["data"]["id"],
+        actor=user,
+    )
 
     response, body = export_of(user)
 
@@ -80,12 +100,24 @@ def test_export_is_json_lines_of_the_callers_own_data_and_nothing_of_anyone_else
     assert "attachment" in response["Content-Disposition"]
     lines = parse(body)
     assert lines[0] == {
-        "kind": "account", "id": user.pk, "username": user.username, "email": user.email,
-        "date_joined": lines[0]["date_joined"], "last_login": None,
+        "kind": "account",
+        "id": user.pk,
+        "username": user.username,
+        "email": user.email,
+        "date_joined": lines[0]["date_joined"],
+        "last_login": None,
     }
     kinds = [line["kind"] for line in lines]
-    assert kinds == ["account", "membership", "membership", "message", "message", "reaction",
-                     "notification", "block"]
+    assert kinds == [
+        "account",
+        "membership",
+        "membership",
+        "message",
+        "message",
+        "reaction",
+        "notification",
+        "block",
+    ]
     memberships = {line["room"]: line for line in lines if line["kind"] == "membership"}
     assert set(memberships) == {room.pk, private.pk}
     assert memberships[private.pk]["role"] == "owner"
@@ -96,8 +128,13 @@ def test_export_is_json_lines_of_the_callers_own_data_and_nothing_of_anyone_else
     ]
     assert all(m["ts"].endswith("Z") for m in messages)
     [reaction] = [line for line in lines if line["kind"] == "reaction"]
-    assert reaction == {"kind": "reaction", "message": their_message.pk, "room": room.pk,
-                        "emoji": "👍", "ts": reaction["ts"]}
+    assert reaction == {
+        "kind": "reaction",
+        "message": their_message.pk,
+        "room": room.pk,
+        "emoji": "👍",
+        "ts": reaction["ts"],
+    }
     [notification] = [line for line in lines if line["kind"] == "notification"]
     assert notification["message"] == their_message.pk and notification["actor"] == other_user.pk
     assert lines[-1] == {"kind": "block", "user": stranger.pk, "ts": lines[-1]["ts"]}
@@ -113,8 +150,9 @@ def test_export_needs_authentication(db):
 
 def test_export_is_rate_limited(user):
     rates = {**settings.REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"], "export": "2/hour"}
-    with override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK,
-                                           "DEFAULT_THROTTLE_RATES": rates}):
+    with override_settings(
+        REST_FRAMEWORK={**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": rates}
+    ):
         client = factories.api_client(user)
         assert client.get("/api/me/export/").status_code == 200
         assert client.get("/api/me/export/").status_code == 200
@@ -167,8 +205,9 @@ def test_the_server_streams_a_large_export_without_holding_it(server, user):
     other = factories.make_user()
     factories.make_room(other)
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)  # warm the server
-    conn.request("GET", "/api/me/export/",
-                 headers={"Authorization": f"Token {factories.make_token(other)}"})
+    conn.request(
+        "GET", "/api/me/export/", headers={"Authorization": f"Token {factories.make_token(other)}"}
+    )
     assert conn.getresponse().read().startswith(b'{"kind":"account"')
     conn.close()
     before = peak_rss_kib()
@@ -180,6 +219,8 @@ def test_the_server_streams_a_large_export_without_holding_it(server, user):
     assert len(lines) == 20_002 and len(body) > 20_000_000
     seqs = [line["seq"] for line in lines[2:]]
     assert seqs == list(range(seqs[0], seqs[0] + 20_000))
-    print(f"export of {len(body) / 1e6:.1f} MB: first 64 KiB after {first_at * 1000:.0f} ms, "
-          f"all after {total * 1000:.0f} ms; server peak RSS grew {growth_mib:.1f} MiB")
+    print(
+        f"export of {len(body) / 1e6:.1f} MB: first 64 KiB after {first_at * 1000:.0f} ms, "
+        f"all after {total * 1000:.0f} ms; server peak RSS grew {growth_mib:.1f} MiB"
+    )
     assert growth_mib < len(body) / 2**20 / 2, growth_mib

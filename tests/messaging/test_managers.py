@@ -13,8 +13,12 @@ pytestmark = pytest.mark.django_db
 
 
 def unread(room, user) -> int:
-    return (Room.objects.with_membership_of(user)
-            .annotate(unread=Message.objects.unread_count(user)).get(pk=room.pk).unread)
+    return (
+        Room.objects.with_membership_of(user)
+        .annotate(unread=Message.objects.unread_count(user))
+        .get(pk=room.pk)
+        .unread
+    )
 
 
 def message(event) -> Message:
@@ -28,10 +32,8 @@ def test_in_room_visible_before_and_newest_first(room, user):
     messaging.message_delete(message=sent[1], actor=user)
     in_room = Message.objects.in_room(room)
     assert list(in_room.newest_first().values_list("pk", flat=True)) == [m.pk for m in sent[::-1]]
-    assert [m.pk for m in in_room.visible().order_by("seq")] == [sent[0].pk, sent[2].pk,
-                                                                  sent[3].pk]
-    assert [m.pk for m in in_room.before(sent[2].seq).order_by("seq")] == [sent[0].pk,
-                                                                           sent[1].pk]
+    assert [m.pk for m in in_room.visible().order_by("seq")] == [sent[0].pk, sent[2].pk, sent[3].pk]
+    assert [m.pk for m in in_room.before(sent[2].seq).order_by("seq")] == [sent[0].pk, sent[1].pk]
     assert in_room.before(None).count() == 4
 
 

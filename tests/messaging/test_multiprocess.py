@@ -45,8 +45,9 @@ def test_two_processes_same_order_and_resume_after_sigkill(child_env, user, othe
         errors = []
         senders = [
             threading.Thread(target=send_many, args=(a.ws_url, token, room.pk, 25, "a", errors)),
-            threading.Thread(target=send_many, args=(b.ws_url, other_token, room.pk, 25, "b",
-                                                     errors)),
+            threading.Thread(
+                target=send_many, args=(b.ws_url, other_token, room.pk, 25, "b", errors)
+            ),
         ]
         for thread in senders:
             thread.start()
@@ -60,8 +61,9 @@ def test_two_processes_same_order_and_resume_after_sigkill(child_env, user, othe
         assert [e["id"] for e in on_a.events(room.pk)] == [e["id"] for e in on_b.events(room.pk)]
 
         # B keeps committing while A is killed outright; A's client moves to B and resumes.
-        later = threading.Thread(target=send_many,
-                                 args=(b.ws_url, other_token, room.pk, 30, "later", errors))
+        later = threading.Thread(
+            target=send_many, args=(b.ws_url, other_token, room.pk, 30, "later", errors)
+        )
         later.start()
         on_a.wait_seq(room.pk, head + 5)
         a.kill()

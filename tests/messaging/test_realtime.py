@@ -19,9 +19,14 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 
 def presence_of(client, user, status, timeout=15):
-    return client.seen(lambda f: f.get("type") == "presence.changed"
-                       and f["data"]["user"]["id"] == user.pk and f["data"]["status"] == status,
-                       timeout)
+    return client.seen(
+        lambda f: (
+            f.get("type") == "presence.changed"
+            and f["data"]["user"]["id"] == user.pk
+            and f["data"]["status"] == status
+        ),
+        timeout,
+    )
 
 
 def test_presence_online_away_offline_across_sockets(start_server, user, other_user, room):
@@ -42,8 +47,11 @@ def test_presence_online_away_offline_across_sockets(start_server, user, other_u
     second.request("ping")
     second.close()
     presence_of(watcher, other_user, "offline")
-    statuses = [f["data"]["status"] for f in watcher.frames
-                if f.get("type") == "presence.changed" and f["data"]["user"]["id"] == other_user.pk]
+    statuses = [
+        f["data"]["status"]
+        for f in watcher.frames
+        if f.get("type") == "presence.changed" and f["data"]["user"]["id"] == other_user.pk
+    ]
     assert statuses == ["online", "away", "offline"]  # one event per change, not per socket
 
 
@@ -72,8 +80,9 @@ def slow_socket(url, token):
 
 
 def test_slow_client_is_dropped_without_slowing_the_others(start_server, user, room):
-    server = start_server(CHAT_SEND_QUEUE_LIMIT=20, CHAT_SEND_BUFFER_BYTES=65536,
-                          CHAT_SOCKET_SEND_BUFFER=16384)
+    server = start_server(
+        CHAT_SEND_QUEUE_LIMIT=20, CHAT_SEND_BUFFER_BYTES=65536, CHAT_SOCKET_SEND_BUFFER=16384
+    )
     fast = server.open(user)
     fast.subscribe(room.pk)
     slow = slow_socket(server.ws_url, factories.make_token(user))
@@ -104,8 +113,10 @@ def test_events_lost_by_the_channel_layer_are_recovered_from_the_log(start_serve
     # (Under this run's prefix, so the run's clean-up removes its keys.)
     from django.conf import settings
 
-    server = start_server(CHANNELS_PREFIX=f"{settings.CHANNELS_PREFIX}lost{uuid.uuid4().hex[:8]}",
-                          CHAT_GAP_CHECK_SECONDS=1)
+    server = start_server(
+        CHANNELS_PREFIX=f"{settings.CHANNELS_PREFIX}lost{uuid.uuid4().hex[:8]}",
+        CHAT_GAP_CHECK_SECONDS=1,
+    )
     client = server.open(user)
     client.subscribe(room.pk, since=0)
     before = Room.objects.get(pk=room.pk).last_seq
@@ -133,7 +144,9 @@ def test_redis_restart_loses_nothing_and_live_delivery_resumes(child_env, user, 
     rooms.room_join(room=room, user=other_user)
     redis = RedisServer().start()
     # No periodic log check here: what Redis forgot must come back by the gap rule alone.
-    server = ServerProcess(dict(child_env, REDIS_URL=redis.url, CHAT_GAP_CHECK_SECONDS="600")).start()
+    server = ServerProcess(
+        dict(child_env, REDIS_URL=redis.url, CHAT_GAP_CHECK_SECONDS="600")
+    ).start()
     watcher = sender = None
     try:
         watcher = WS(server.ws_url, token=factories.make_token(user))
@@ -183,10 +196,12 @@ def test_pings_are_answered_in_order_however_they_arrive(server, user, room):
     # Two frames in one read, a ping in two fragments, a plain one alone in its read (the
     # server's short path), one without ref: the same pongs, in order.
     raw = client.ws.socket
-    raw.sendall(masked_frame(b'{"type":"ping","ref":"a"}')
-                + masked_frame(b'{"type":"ping","ref":"b"}'))
-    raw.sendall(masked_frame(b'{"type":"ping",', fin=False)
-                + masked_frame(b'"ref":"c"}', opcode=0x0))
+    raw.sendall(
+        masked_frame(b'{"type":"ping","ref":"a"}') + masked_frame(b'{"type":"ping","ref":"b"}')
+    )
+    raw.sendall(
+        masked_frame(b'{"type":"ping",', fin=False) + masked_frame(b'"ref":"c"}', opcode=0x0)
+    )
     raw.sendall(masked_frame(b'{"type":"ping","ref":"d","status":"away"}'))
     time.sleep(0.2)
     raw.sendall(masked_frame(b'{"type":"ping"}'))

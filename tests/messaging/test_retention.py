@@ -54,8 +54,9 @@ def fresh(room) -> Room:
 
 
 def held_seqs(room) -> list[int]:
-    return list(Event.objects.filter(room=room).sequenced().order_by("seq")
-                .values_list("seq", flat=True))
+    return list(
+        Event.objects.filter(room=room).sequenced().order_by("seq").values_list("seq", flat=True)
+    )
 
 
 def test_old_messages_reactions_notifications_and_events_go_and_history_start_moves(
@@ -66,12 +67,19 @@ def test_old_messages_reactions_notifications_and_events_go_and_history_start_mo
     target = Message.objects.get(pk=old_messages[0]["data"]["id"])
     messaging.reaction_add(message=target, user=other_user, emoji="👍")
     rooms.mark_read(room=room, user=other_user, seq=fresh(room).last_seq)
-    Notification.objects.create(user=other_user, event_id=uuid.uuid4(), room=room,
-                                seq=target.seq, message_id=target.pk, excerpt="old 0")
+    Notification.objects.create(
+        user=other_user,
+        event_id=uuid.uuid4(),
+        room=room,
+        seq=target.seq,
+        message_id=target.pk,
+        excerpt="old 0",
+    )
     old_head = fresh(room).last_seq
     age(room, days=10)
     Event.objects.filter(room=room, type="receipt.updated").update(
-        ts=timezone.now() - timedelta(days=10))
+        ts=timezone.now() - timedelta(days=10)
+    )
     rooms.room_update(room=room, actor=user, retention_days=7)  # a new event: room.updated
     kept = factories.send(room, user, body="new")
     publish_all()
@@ -237,7 +245,8 @@ def test_direct_rooms_have_no_retention_of_their_own(user, other_user):
     direct = rooms.direct_room_open(user=user, other=other_user)
     moderator = factories.make_moderator()
     reply = factories.api_client(moderator).patch(
-        f"/api/rooms/{direct.pk}/", {"retention_days": 3}, format="json")
+        f"/api/rooms/{direct.pk}/", {"retention_days": 3}, format="json"
+    )
     assert reply.status_code in (403, 404)
     assert fresh(direct).retention_days is None
 
@@ -250,17 +259,31 @@ def seed_old_log(room, author, count, *, days=10) -> None:
     start = fresh(room).last_seq
     for offset in range(0, count, 5000):
         seqs = range(start + offset + 1, start + min(count, offset + 5000) + 1)
-        messages = Message.objects.bulk_create([
-            Message(room=room, author=author, seq=seq, created_at=old, body=f"old {seq}")
-            for seq in seqs
-        ])
+        messages = Message.objects.bulk_create(
+            [
+                Message(room=room, author=author, seq=seq, created_at=old, body=f"old {seq}")
+                for seq in seqs
+            ]
+        )
         events = []
         for message in messages:
-            event = Event(type="message.created", room=room, seq=message.seq, actor=author,
-                          ts=old, published_at=old)
-            event.envelope = ev.envelope("message.created", room_id=room.pk, seq=message.seq,
-                                         actor=author, data=ev.message_created(message), ts=old,
-                                         id=event.id)
+            event = Event(
+                type="message.created",
+                room=room,
+                seq=message.seq,
+                actor=author,
+                ts=old,
+                published_at=old,
+            )
+            event.envelope = ev.envelope(
+                "message.created",
+                room_id=room.pk,
+                seq=message.seq,
+                actor=author,
+                data=ev.message_created(message),
+                ts=old,
+                id=event.id,
+            )
             events.append(event)
         Event.objects.bulk_create(events)
     Room.objects.filter(pk=room.pk).update(last_seq=start + count)
@@ -306,8 +329,10 @@ def test_the_room_stays_writable_while_a_large_backlog_is_purged(user):
     assert Message.objects.filter(room=room).count() == len(latencies) + 20  # every send went in
     latencies.sort()
     p99 = latencies[int(len(latencies) * 0.99) - 1] if len(latencies) >= 100 else latencies[-1]
-    print(f"purged {result.events} events in {purged['seconds']:.1f} s; {len(latencies)} sends "
-          f"meanwhile: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
-          f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms "
-          f"(without a purge: p50 {sorted(quiet)[10] * 1000:.1f} ms)")
+    print(
+        f"purged {result.events} events in {purged['seconds']:.1f} s; {len(latencies)} sends "
+        f"meanwhile: p50 {latencies[len(latencies) // 2] * 1000:.1f} ms, "
+        f"p99 {p99 * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms "
+        f"(without a purge: p50 {sorted(quiet)[10] * 1000:.1f} ms)"
+    )
     assert latencies and latencies[-1] < 2.0  # one batch's lock at most, never the whole purge

@@ -47,8 +47,10 @@ def test_gap_filling_skips_seqs_purged_before_this_process_saw_them(start_server
     # test_realtime.test_events_lost_by_the_channel_layer_are_recovered_from_the_log).
     from django.conf import settings
 
-    server = start_server(CHANNELS_PREFIX=f"{settings.CHANNELS_PREFIX}gone{uuid.uuid4().hex[:8]}",
-                          CHAT_GAP_CHECK_SECONDS=1)
+    server = start_server(
+        CHANNELS_PREFIX=f"{settings.CHANNELS_PREFIX}gone{uuid.uuid4().hex[:8]}",
+        CHAT_GAP_CHECK_SECONDS=1,
+    )
     rooms.room_update(room=room, actor=user, retention_days=1)
     client = server.open(user)
     subscribed = client.subscribe(room.pk, since=0)

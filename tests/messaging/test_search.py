@@ -90,7 +90,8 @@ def test_private_rooms_are_never_found_by_outsiders(user, other_user):
     assert bodies(find(factories.api_client(user), q="plan")) == ["public plan", "secret plan"]
     # A site moderator reads every room, so finds it too.
     assert bodies(find(factories.api_client(factories.make_moderator()), q="secret")) == [
-        "secret plan"]
+        "secret plan"
+    ]
 
 
 def test_a_banned_user_and_a_former_member_find_nothing_there(user, other_user):
@@ -113,8 +114,11 @@ def test_deleted_and_edited_text_is_gone_from_the_index(room, user, as_user, oth
     edited = factories.send(room, user, "original wording")
     message = Message.objects.get(pk=gone.envelope["data"]["id"])
     services.message_delete(message=message, actor=user)  # a moderator's (owner's) deletion
-    services.message_edit(message=Message.objects.get(pk=edited.envelope["data"]["id"]),
-                          actor=user, body="better phrasing")
+    services.message_edit(
+        message=Message.objects.get(pk=edited.envelope["data"]["id"]),
+        actor=user,
+        body="better phrasing",
+    )
     assert bodies(find(as_user, q="embarrassing")) == []
     assert bodies(find(as_user, q="original")) == []
     assert bodies(find(as_user, q="phrasing")) == ["better phrasing"]
@@ -126,11 +130,16 @@ def test_deleted_and_edited_text_is_gone_from_the_index(room, user, as_user, oth
 def index_matches(word) -> int:
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute(f"SELECT count(*) FROM {Message._meta.db_table} "
-                           "WHERE search_vector @@ to_tsquery('simple', %s)", [word])
+            cursor.execute(
+                f"SELECT count(*) FROM {Message._meta.db_table} "
+                "WHERE search_vector @@ to_tsquery('simple', %s)",
+                [word],
+            )
         else:
-            cursor.execute(f"SELECT count(*) FROM {search.FTS_TABLE} "
-                           f"WHERE {search.FTS_TABLE} MATCH %s", [f'"{word}"'])
+            cursor.execute(
+                f"SELECT count(*) FROM {search.FTS_TABLE} WHERE {search.FTS_TABLE} MATCH %s",
+                [f'"{word}"'],
+            )
         return cursor.fetchone()[0]
 
 
@@ -155,12 +164,24 @@ def test_the_retention_purge_removes_index_entries(room, user, as_user):
     assert index_matches("purged") == 0
 
 
-@pytest.mark.parametrize("params", [
-    {}, {"q": ""}, {"q": "   "}, {"q": "x" * 501}, {"q": "nul\x00byte"}, {"q": "a", "before": "x"},
-    {"q": "a", "before": "0"}, {"q": "a", "room": "abc"}, {"q": "a", "limit": "1000"},
-    {"q": "a", "author": "bad\x00"}, {"q": "a", "before": str(2**70)},
-    {"q": "a", "room": str(2**70)}, {"q": "a", "author": str(2**70)},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"q": ""},
+        {"q": "   "},
+        {"q": "x" * 501},
+        {"q": "nul\x00byte"},
+        {"q": "a", "before": "x"},
+        {"q": "a", "before": "0"},
+        {"q": "a", "room": "abc"},
+        {"q": "a", "limit": "1000"},
+        {"q": "a", "author": "bad\x00"},
+        {"q": "a", "before": str(2**70)},
+        {"q": "a", "room": str(2**70)},
+        {"q": "a", "author": str(2**70)},
+    ],
+)
 def test_bad_input_is_400_invalid(as_user, params):
     response = as_user.get("/api/search/", params)
     assert response.status_code == 400, response.content
@@ -184,8 +205,9 @@ def test_around_returns_the_window_newest_first(room, user, as_user):
     assert [m["seq"] for m in newest.json()["results"]] == seqs[-4:][::-1]
     bad = as_user.get(f"/api/rooms/{room.pk}/messages/", {"around": hit, "before": hit})
     assert bad.status_code == 400 and bad.json()["code"] == "invalid"
-    assert as_user.get(f"/api/rooms/{room.pk}/messages/",
-                       {"around": "x"}).json()["code"] == "invalid"
+    assert (
+        as_user.get(f"/api/rooms/{room.pk}/messages/", {"around": "x"}).json()["code"] == "invalid"
+    )
 
 
 def test_fts5_expression_quotes_every_word():

@@ -33,25 +33,40 @@ def test_one_batch_answers_each_request_in_order_and_commits_only_the_accepted(u
     reply_in_b = factories.send(b, user, "in b")
     repeated = uuid.uuid4()
 
-    results = message_send_many([
-        SendRequest(a, user, "a1", uuid.uuid4()),
-        SendRequest(b.pk, user, "b1", uuid.uuid4()),
-        SendRequest(a, muted, "muted", uuid.uuid4()),
-        SendRequest(a, user, "", uuid.uuid4()),
-        SendRequest(a, outsider, "not a member", uuid.uuid4()),
-        SendRequest(a, banned, "banned", uuid.uuid4()),
-        SendRequest(a, user, "a2", repeated),
-        SendRequest(a, user, "a2 again", repeated),
-        SendRequest(a, user, "old", earlier.envelope["data"]["client_id"]),
-        SendRequest(a, user, "bad reply", uuid.uuid4(), reply_in_b.envelope["data"]["id"]),
-        SendRequest(a, user, "reply", uuid.uuid4(), earlier.envelope["data"]["id"]),
-        SendRequest(999_999_999, user, "nowhere", uuid.uuid4()),
-        SendRequest(b, user, "b2", "not-a-uuid"),
-    ])
+    results = message_send_many(
+        [
+            SendRequest(a, user, "a1", uuid.uuid4()),
+            SendRequest(b.pk, user, "b1", uuid.uuid4()),
+            SendRequest(a, muted, "muted", uuid.uuid4()),
+            SendRequest(a, user, "", uuid.uuid4()),
+            SendRequest(a, outsider, "not a member", uuid.uuid4()),
+            SendRequest(a, banned, "banned", uuid.uuid4()),
+            SendRequest(a, user, "a2", repeated),
+            SendRequest(a, user, "a2 again", repeated),
+            SendRequest(a, user, "old", earlier.envelope["data"]["client_id"]),
+            SendRequest(a, user, "bad reply", uuid.uuid4(), reply_in_b.envelope["data"]["id"]),
+            SendRequest(a, user, "reply", uuid.uuid4(), earlier.envelope["data"]["id"]),
+            SendRequest(999_999_999, user, "nowhere", uuid.uuid4()),
+            SendRequest(b, user, "b2", "not-a-uuid"),
+        ]
+    )
 
     codes = [r.code if isinstance(r, ServiceError) else None for r in results]
-    assert codes == [None, None, "forbidden", "invalid", "forbidden", "forbidden", None, None,
-                     None, "invalid", None, "not_found", "invalid"]
+    assert codes == [
+        None,
+        None,
+        "forbidden",
+        "invalid",
+        "forbidden",
+        "forbidden",
+        None,
+        None,
+        None,
+        "invalid",
+        None,
+        "not_found",
+        "invalid",
+    ]
     assert "muted" in results[2].message and "banned" in results[5].message
     a_seq, b_seq = earlier.seq, reply_in_b.seq
     assert [results[i].seq for i in (0, 6, 10)] == [a_seq + 1, a_seq + 2, a_seq + 3]
@@ -61,10 +76,16 @@ def test_one_batch_answers_each_request_in_order_and_commits_only_the_accepted(u
     a.refresh_from_db()
     b.refresh_from_db()
     assert (a.last_seq, b.last_seq) == (a_seq + 3, b_seq + 1)
-    bodies = list(Message.objects.filter(room=a, seq__gt=a_seq).order_by("seq")
-                  .values_list("body", "seq", "reply_to_id"))
-    assert bodies == [("a1", a_seq + 1, None), ("a2", a_seq + 2, None),
-                      ("reply", a_seq + 3, earlier.envelope["data"]["id"])]
+    bodies = list(
+        Message.objects.filter(room=a, seq__gt=a_seq)
+        .order_by("seq")
+        .values_list("body", "seq", "reply_to_id")
+    )
+    assert bodies == [
+        ("a1", a_seq + 1, None),
+        ("a2", a_seq + 2, None),
+        ("reply", a_seq + 3, earlier.envelope["data"]["id"]),
+    ]
     for result in (results[0], results[6], results[10], results[1]):
         message = Message.objects.get(pk=result.envelope["data"]["id"])
         assert (message.room_id, message.seq) == (result.room_id, result.seq)
@@ -75,8 +96,12 @@ def test_one_batch_answers_each_request_in_order_and_commits_only_the_accepted(u
 @pytest.mark.django_db
 def test_a_batch_of_only_refusals_writes_nothing(room, user):
     before = (Event.objects.count(), Message.objects.count(), room.last_seq)
-    results = message_send_many([SendRequest(room, user, " ", uuid.uuid4()),
-                                 SendRequest(room, factories.make_user(), "x", uuid.uuid4())])
+    results = message_send_many(
+        [
+            SendRequest(room, user, " ", uuid.uuid4()),
+            SendRequest(room, factories.make_user(), "x", uuid.uuid4()),
+        ]
+    )
     assert [r.code for r in results] == ["invalid", "forbidden"]
     room.refresh_from_db()
     assert (Event.objects.count(), Message.objects.count(), room.last_seq) == before
@@ -99,13 +124,18 @@ def test_the_queue_batches_what_arrives_while_a_transaction_runs():
         return message_send_many(requests)
 
     async def scenario():
-        queue = Batcher(sync_to_async(run, thread_sensitive=False), max_batch=4,
-                          concurrency=1)
-        first = asyncio.ensure_future(queue.submit(SendRequest(room.pk, owner, "first", uuid.uuid4())))
+        queue = Batcher(sync_to_async(run, thread_sensitive=False), max_batch=4, concurrency=1)
+        first = asyncio.ensure_future(
+            queue.submit(SendRequest(room.pk, owner, "first", uuid.uuid4()))
+        )
         await asyncio.get_running_loop().run_in_executor(None, first_batch_started.wait, 10)
-        rest = [asyncio.ensure_future(queue.submit(SendRequest(room.pk, w, f"w{i}", uuid.uuid4())))
-                for i, w in enumerate(writers)]
-        rest.append(asyncio.ensure_future(queue.submit(SendRequest(room.pk, owner, "", uuid.uuid4()))))
+        rest = [
+            asyncio.ensure_future(queue.submit(SendRequest(room.pk, w, f"w{i}", uuid.uuid4())))
+            for i, w in enumerate(writers)
+        ]
+        rest.append(
+            asyncio.ensure_future(queue.submit(SendRequest(room.pk, owner, "", uuid.uuid4())))
+        )
         await asyncio.sleep(0.05)
         release.set()
         return await first, await asyncio.gather(*rest, return_exceptions=True)
@@ -114,8 +144,9 @@ def test_the_queue_batches_what_arrives_while_a_transaction_runs():
     assert batches == [["first"], ["w0", "w1", "w2", "w3"], ["w4", "w5", ""]]
     assert [e.seq for e in [first, *rest[:-1]]] == list(range(first.seq, first.seq + 7))
     assert isinstance(rest[-1], ServiceError) and rest[-1].code == "invalid"
-    assert list(Message.objects.filter(room=room).order_by("seq").values_list("body", flat=True)) \
-        == ["first", "w0", "w1", "w2", "w3", "w4", "w5"]
+    assert list(
+        Message.objects.filter(room=room).order_by("seq").values_list("body", flat=True)
+    ) == ["first", "w0", "w1", "w2", "w3", "w4", "w5"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -131,8 +162,7 @@ def test_a_failed_batch_fails_each_of_its_sends_and_the_queue_goes_on():
         return message_send_many(requests)
 
     async def scenario():
-        queue = Batcher(sync_to_async(run, thread_sensitive=False), max_batch=10,
-                          concurrency=1)
+        queue = Batcher(sync_to_async(run, thread_sensitive=False), max_batch=10, concurrency=1)
         with pytest.raises(RuntimeError):
             await queue.submit(SendRequest(room.pk, owner, "lost?", uuid.uuid4()))
         return await queue.submit(SendRequest(room.pk, owner, "after", uuid.uuid4()))
@@ -160,10 +190,19 @@ def test_the_asyncio_connection_path_answers_as_the_thread_path():
     ]
 
     results = async_send_many(requests)
-    assert [type(r).__name__ for r in results] == ["Event", "Event", "Event", "ServiceError",
-                                                   "Event", "Event"]
-    assert [results[i].seq for i in (0, 1, 5)] == [earlier.seq + 1, earlier.seq + 2,
-                                                   earlier.seq + 3]
+    assert [type(r).__name__ for r in results] == [
+        "Event",
+        "Event",
+        "Event",
+        "ServiceError",
+        "Event",
+        "Event",
+    ]
+    assert [results[i].seq for i in (0, 1, 5)] == [
+        earlier.seq + 1,
+        earlier.seq + 2,
+        earlier.seq + 3,
+    ]
     assert results[2].pk == results[1].pk and results[4].pk == earlier.pk
     assert results[4].envelope == earlier.envelope
     assert results[3].code == "forbidden"

@@ -17,8 +17,10 @@ from tests import factories
 from tests.support.roundtrips import RoundTrips
 from tests.support.services import postgresql_only
 
-pytestmark = [postgresql_only("the PostgreSQL executor's round trips"),
-              pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    postgresql_only("the PostgreSQL executor's round trips"),
+    pytest.mark.django_db(transaction=True),
+]
 
 TRIPS = 4  # BEGIN, the reads, the writes, COMMIT
 
@@ -35,13 +37,22 @@ def scene():
 
 def batch(scene, size=3, *, slow=False, resend=False):
     owner, member, plain, slow_room, earlier = scene
-    requests = [SendRequest(plain.pk, owner, f"m{i}", uuid.uuid4(),
-                            earlier.envelope["data"]["id"] if i == 0 else None)
-                for i in range(size)]
+    requests = [
+        SendRequest(
+            plain.pk,
+            owner,
+            f"m{i}",
+            uuid.uuid4(),
+            earlier.envelope["data"]["id"] if i == 0 else None,
+        )
+        for i in range(size)
+    ]
     if slow:
         requests.append(SendRequest(slow_room.pk, member, "slow", uuid.uuid4()))
     if resend:
-        requests.append(SendRequest(plain.pk, owner, "again", earlier.envelope["data"]["client_id"]))
+        requests.append(
+            SendRequest(plain.pk, owner, "again", earlier.envelope["data"]["client_id"])
+        )
     return requests
 
 
@@ -71,8 +82,12 @@ def test_a_batch_on_the_asyncio_connection_takes_four_round_trips_whatever_its_s
         counts = []
         async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
             await amessage_send_many(conn, batch(scene))
-            for requests in (batch(scene), batch(scene, size=50), batch(scene, slow=True),
-                             batch(scene, resend=True)):
+            for requests in (
+                batch(scene),
+                batch(scene, size=50),
+                batch(scene, slow=True),
+                batch(scene, resend=True),
+            ):
                 with RoundTrips(conn.pgconn) as trips:
                     results = await amessage_send_many(conn, requests)
                 assert not [r for r in results if isinstance(r, Exception)]

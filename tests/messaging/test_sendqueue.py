@@ -28,11 +28,13 @@ def test_concurrent_sends_commit_in_submission_order_and_refusals_answer_alone()
 
     async def scenario():
         try:
-            requests = [SendRequest(room.pk, w, f"w{i}", uuid.uuid4())
-                        for i, w in enumerate(writers)]
+            requests = [
+                SendRequest(room.pk, w, f"w{i}", uuid.uuid4()) for i, w in enumerate(writers)
+            ]
             requests.insert(2, SendRequest(room.pk, outsider, "not a member", uuid.uuid4()))
-            return await asyncio.gather(*(sendqueue.send(r) for r in requests),
-                                        return_exceptions=True)
+            return await asyncio.gather(
+                *(sendqueue.send(r) for r in requests), return_exceptions=True
+            )
         finally:
             await _close_lanes()
 
@@ -71,8 +73,10 @@ def test_rooms_are_spread_over_the_lanes_by_id(settings):
     async def scenario():
         lanes = sendqueue._lanes.get()
         for lane in lanes:
+
             async def submit(request, lane=lane):
                 seen.append((request.room, lanes.index(lane)))
+
             lane.batcher = SimpleNamespace(submit=submit)
         for room_id in (3, 4, 5, 9):
             await sendqueue.send(SendRequest(room_id, None, "", None))
@@ -89,6 +93,8 @@ def test_only_staff_whose_permissions_were_never_read_need_a_database_thread():
     assert not sendqueue.permissions_unread([SendRequest(1, author(), "", None)])
     assert not sendqueue.permissions_unread([SendRequest(1, loaded, "", None)])
     assert not sendqueue.permissions_unread(
-        [SendRequest(1, author(is_staff=True, is_superuser=True), "", None)])
+        [SendRequest(1, author(is_staff=True, is_superuser=True), "", None)]
+    )
     assert sendqueue.permissions_unread(
-        [SendRequest(1, loaded, "", None), SendRequest(1, author(is_staff=True), "", None)])
+        [SendRequest(1, loaded, "", None), SendRequest(1, author(is_staff=True), "", None)]
+    )

@@ -92,7 +92,9 @@ def test_only_the_author_edits_and_the_event_carries_the_new_body(room, user, ot
 
 
 @pytest.mark.django_db
-def test_members_cannot_delete_others_messages_moderators_can_and_it_is_audited(room, user, other_user):
+def test_members_cannot_delete_others_messages_moderators_can_and_it_is_audited(
+    room, user, other_user
+):
     from apps.rooms import services as rooms
     from apps.rooms.models import ModerationAction
 
@@ -103,9 +105,13 @@ def test_members_cannot_delete_others_messages_moderators_can_and_it_is_audited(
     assert err.value.code == "forbidden"
     own = _message(factories.send(room, other_user, "oops"))
     assert services.message_delete(message=own, actor=other_user).envelope["data"] == {
-        "id": own.pk, "by_moderator": False, "reason": None}
-    event = services.message_delete(message=_message(factories.send(room, other_user, "rude")),
-                                    actor=user, reason="rude")
+        "id": own.pk,
+        "by_moderator": False,
+        "reason": None,
+    }
+    event = services.message_delete(
+        message=_message(factories.send(room, other_user, "rude")), actor=user, reason="rude"
+    )
     assert event.envelope["data"]["by_moderator"] is True
     audit = ModerationAction.objects.get(action="delete_message")
     assert (audit.actor, audit.target_user, audit.reason) == (user, other_user, "rude")
@@ -175,8 +181,9 @@ def test_resend_after_being_muted_still_returns_the_original(room, user, other_u
     rooms.room_join(room=room, user=other_user)
     client_id = uuid.uuid4()
     first = factories.send(room, other_user, "sent", client_id=client_id)
-    rooms.member_mute(room=room, actor=user, user=other_user,
-                      until=timezone.now() + timedelta(hours=1))
+    rooms.member_mute(
+        room=room, actor=user, user=other_user, until=timezone.now() + timedelta(hours=1)
+    )
     assert factories.send(room, other_user, "sent", client_id=client_id).pk == first.pk
 
 

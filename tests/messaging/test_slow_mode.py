@@ -30,15 +30,22 @@ def test_room_moderators_set_slow_mode_and_post_policy(user, other_user):
     path = f"/api/rooms/{room.pk}/"
     refused = member.patch(path, {"slow_mode_seconds": 10}, format="json")
     assert refused.status_code == 403
-    for bad in ({"slow_mode_seconds": -1}, {"slow_mode_seconds": 10**6},
-                {"slow_mode_seconds": "soon"}, {"post_policy": "owners"}):
+    for bad in (
+        {"slow_mode_seconds": -1},
+        {"slow_mode_seconds": 10**6},
+        {"slow_mode_seconds": "soon"},
+        {"post_policy": "owners"},
+    ):
         response = owner.patch(path, bad, format="json")
         assert response.status_code == 400 and response.json()["code"] == "invalid", bad
-    changed = owner.patch(path, {"slow_mode_seconds": 10, "post_policy": "moderators"},
-                          format="json")
+    changed = owner.patch(
+        path, {"slow_mode_seconds": 10, "post_policy": "moderators"}, format="json"
+    )
     assert changed.status_code == 200
-    assert (changed.json()["slow_mode_seconds"], changed.json()["post_policy"]) == (10,
-                                                                                    "moderators")
+    assert (changed.json()["slow_mode_seconds"], changed.json()["post_policy"]) == (
+        10,
+        "moderators",
+    )
     from apps.events.models import Event
 
     event = Event.objects.filter(room=room).order_by("-seq").first()
@@ -61,8 +68,9 @@ def test_slow_mode_refuses_a_fast_second_post_over_rest_while_a_moderator_posts_
     assert second["Retry-After"] == str(body["retry_after"])
     for i in range(3):
         assert post(owner, room, f"owner {i}").status_code == 201
-    assert list(Message.objects.filter(room=room, author=other_user)
-                .values_list("body", flat=True)) == ["first"]
+    assert list(
+        Message.objects.filter(room=room, author=other_user).values_list("body", flat=True)
+    ) == ["first"]
     # Turning slow mode off lets the member post again at once.
     rooms.room_update(room=room, actor=user, slow_mode_seconds=0)
     assert post(member, room, "now").status_code == 201
@@ -77,7 +85,8 @@ def test_a_slow_mode_wait_ends(user, other_user):
     from django.utils import timezone
 
     Membership.objects.filter(room=room, user=other_user).update(
-        last_posted_at=timezone.now() - timedelta(seconds=61))
+        last_posted_at=timezone.now() - timedelta(seconds=61)
+    )
     assert post(factories.api_client(other_user), room).status_code == 201
 
 
@@ -96,19 +105,23 @@ def test_announcement_rooms_take_posts_from_moderators_only(user, other_user):
 def test_two_sends_of_one_member_in_one_batch_the_second_refused(user, other_user):
     """The batched service (ORM on SQLite, the pipelined thread path on PostgreSQL)."""
     room = slow_room(user, other_user, seconds=30)
-    results = message_send_many([
-        SendRequest(room.pk, other_user, "one", uuid.uuid4()),
-        SendRequest(room.pk, user, "mod one", uuid.uuid4()),
-        SendRequest(room.pk, other_user, "two", uuid.uuid4()),
-        SendRequest(room.pk, user, "mod two", uuid.uuid4()),
-    ])
+    results = message_send_many(
+        [
+            SendRequest(room.pk, other_user, "one", uuid.uuid4()),
+            SendRequest(room.pk, user, "mod one", uuid.uuid4()),
+            SendRequest(room.pk, other_user, "two", uuid.uuid4()),
+            SendRequest(room.pk, user, "mod two", uuid.uuid4()),
+        ]
+    )
     assert [getattr(r, "code", None) for r in results] == [None, None, "rate_limited", None]
     assert results[2].retry_after == 30
     stamped = Membership.objects.get(room=room, user=other_user).last_posted_at
     assert stamped is not None
     assert Membership.objects.get(room=room, user=user).last_posted_at is None  # not stamped
-    assert message_send_many([SendRequest(room.pk, other_user, "three", uuid.uuid4())])[
-        0].code == "rate_limited"
+    assert (
+        message_send_many([SendRequest(room.pk, other_user, "three", uuid.uuid4())])[0].code
+        == "rate_limited"
+    )
 
 
 @pytest.mark.django_db(transaction=True)
@@ -140,12 +153,20 @@ def test_the_asyncio_lane_applies_slow_mode_and_blocks_in_its_batch():
 
     results = asyncio.run(scenario(requests))
     assert [getattr(r, "code", None) for r in results] == [
-        None, "rate_limited", None, "forbidden", None]
+        None,
+        "rate_limited",
+        None,
+        "forbidden",
+        None,
+    ]
     assert Membership.objects.get(room=room, user=member).last_posted_at is not None
     later = asyncio.run(scenario([SendRequest(room.pk, member, "three", uuid.uuid4())]))
     assert later[0].code == "rate_limited" and 1 <= later[0].retry_after <= 30
     assert sorted(Message.objects.values_list("body", flat=True)) == [
-        "from the blocker", "mod", "one"]
+        "from the blocker",
+        "mod",
+        "one",
+    ]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -19,8 +19,11 @@ class Conn:
         return True
 
     def seqs(self):
-        return [int(frame_payload(f).split(b":")[1]) for f in self.frames if f.startswith(b"\x81")
-                and frame_payload(f).startswith(b"seq:")]
+        return [
+            int(frame_payload(f).split(b":")[1])
+            for f in self.frames
+            if f.startswith(b"\x81") and frame_payload(f).startswith(b"seq:")
+        ]
 
 
 def item(seq, type="message.created", revokes=None):

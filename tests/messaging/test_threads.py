@@ -56,7 +56,10 @@ def test_replies_join_the_roots_thread_and_count_on_it(room, user, other_user, p
     assert (stored.reply_count, stored.last_reply_seq) == (2, nested.seq)
     message = pair[0].get(f"/api/messages/{mid(root)}/").json()
     assert (message["thread"], message["reply_count"], message["last_reply_seq"]) == (
-        None, 2, nested.seq)
+        None,
+        2,
+        nested.seq,
+    )
     assert pair[0].get(f"/api/messages/{mid(first)}/").json()["thread"] == mid(root)
 
 
@@ -72,8 +75,10 @@ def test_the_thread_endpoint_pages_replies_oldest_first(room, user, pair):
     # Asked through a reply, the same thread.
     via_reply = pair[1].get(f"/api/messages/{page['results'][0]['id']}/thread/").json()
     assert via_reply["root"]["id"] == mid(root) and len(via_reply["results"]) == 5
-    assert pair[1].get(f"/api/messages/{mid(root)}/thread/",
-                       {"after": "x"}).json()["code"] == "invalid"
+    assert (
+        pair[1].get(f"/api/messages/{mid(root)}/thread/", {"after": "x"}).json()["code"]
+        == "invalid"
+    )
 
 
 def test_a_private_rooms_thread_is_not_found_by_outsiders(user):
@@ -82,8 +87,11 @@ def test_a_private_rooms_thread_is_not_found_by_outsiders(user):
     reply(private, user, mid(root))
     outsider = factories.api_client(factories.make_user())
     for path in ("thread/", "follow/"):
-        response = outsider.get(f"/api/messages/{mid(root)}/{path}") if path == "thread/" else \
-            outsider.post(f"/api/messages/{mid(root)}/{path}")
+        response = (
+            outsider.get(f"/api/messages/{mid(root)}/{path}")
+            if path == "thread/"
+            else outsider.post(f"/api/messages/{mid(root)}/{path}")
+        )
         assert response.status_code == 404 and response.json()["code"] == "not_found"
     assert outsider.get("/api/threads/").json()["results"] == []
 
@@ -94,8 +102,7 @@ def test_root_author_and_repliers_follow_with_unread_counts(room, user, other_us
     assert mine.get("/api/threads/").json()["results"] == []  # no replies: no thread yet
     first = reply(room, other_user, mid(root))
     listed = mine.get("/api/threads/").json()["results"]
-    assert [(t["root"]["id"], t["reply_count"], t["unread"]) for t in listed] == [
-        (mid(root), 1, 1)]
+    assert [(t["root"]["id"], t["reply_count"], t["unread"]) for t in listed] == [(mid(root), 1, 1)]
     # The replier read up to their own reply.
     assert theirs.get("/api/threads/").json()["results"][0]["unread"] == 0
     reply(room, other_user, mid(root))
@@ -103,8 +110,12 @@ def test_root_author_and_repliers_follow_with_unread_counts(room, user, other_us
     assert mine.get("/api/threads/").json()["results"][0]["unread"] == 0
     assert theirs.get("/api/threads/").json()["results"][0]["unread"] == 1
     read = theirs.post(f"/api/messages/{mid(root)}/thread/read/", {}, format="json").json()
-    assert read == {"root": mid(root), "following": True,
-                    "last_read_seq": row(mid(root)).last_reply_seq, "unread": 0}
+    assert read == {
+        "root": mid(root),
+        "following": True,
+        "last_read_seq": row(mid(root)).last_reply_seq,
+        "unread": 0,
+    }
     assert theirs.get("/api/threads/").json()["results"][0]["unread"] == 0
 
 
@@ -114,8 +125,10 @@ def test_read_positions_never_move_back_and_bad_seqs_are_invalid(room, user, oth
     mine = pair[0]
     url = f"/api/messages/{mid(root)}/thread/read/"
     assert mine.post(url, {"seq": replies[1].seq}, format="json").json()["unread"] == 1
-    assert mine.post(url, {"seq": replies[0].seq}, format="json").json()["last_read_seq"] == \
-        replies[1].seq
+    assert (
+        mine.post(url, {"seq": replies[0].seq}, format="json").json()["last_read_seq"]
+        == replies[1].seq
+    )
     for bad in (-1, "x", 2**64):
         response = mine.post(url, {"seq": bad}, format="json")
         assert response.status_code == 400 and response.json()["code"] == "invalid"
@@ -127,8 +140,12 @@ def test_follow_and_unfollow(room, user, other_user, pair):
     first = reply(room, user, mid(root))
     # Following through a reply follows its thread; replies so far count as read.
     followed = theirs.post(f"/api/messages/{mid(first)}/follow/").json()
-    assert followed == {"root": mid(root), "following": True, "last_read_seq": first.seq,
-                        "unread": 0}
+    assert followed == {
+        "root": mid(root),
+        "following": True,
+        "last_read_seq": first.seq,
+        "unread": 0,
+    }
     reply(room, user, mid(root))
     assert theirs.get("/api/threads/").json()["results"][0]["unread"] == 1
     gone = theirs.delete(f"/api/messages/{mid(root)}/follow/").json()
@@ -170,15 +187,17 @@ def test_deleting_a_reply_recounts_the_thread(room, user, other_user, pair):
     first = reply(room, other_user, mid(root))
     last = reply(room, other_user, mid(root))
     sent = []
-    with mock.patch("apps.events.services.send_events_on_commit", side_effect=sent.append), \
-            mock.patch("apps.messaging.services.send_events_on_commit",
-                       side_effect=sent.append):
+    with (
+        mock.patch("apps.events.services.send_events_on_commit", side_effect=sent.append),
+        mock.patch("apps.messaging.services.send_events_on_commit", side_effect=sent.append),
+    ):
         services.message_delete(message=row(mid(last)), actor=other_user)
     stored = row(mid(root))
     assert (stored.reply_count, stored.last_reply_seq) == (1, first.seq)
     updates = [item[0] for items in sent for item in items if item[0]["type"] == "thread.updated"]
     assert [u["data"] for u in updates] == [
-        {"root": mid(root), "reply_count": 1, "last_reply_seq": first.seq}]
+        {"root": mid(root), "reply_count": 1, "last_reply_seq": first.seq}
+    ]
     assert updates[0]["room"] == room.pk and updates[0]["seq"] is None
     # The other user's unread count of the root's author no longer counts it.
     assert pair[0].get("/api/threads/").json()["results"][0]["unread"] == 1
@@ -228,11 +247,18 @@ def test_a_batch_plans_thread_updates_with_its_other_writes(room, user, other_us
         results = message_send_many(requests)
     assert [type(r).__name__ for r in results] == ["Event"] * 5 + ["ServiceError"]
     assert [r.envelope["data"]["thread"] for r in results[:5]] == [
-        mid(a), mid(a), None, mid(b), mid(b)]
+        mid(a),
+        mid(a),
+        None,
+        mid(b),
+        mid(b),
+    ]
     assert (row(mid(a)).reply_count, row(mid(a)).last_reply_seq) == (3, results[1].seq)
     assert (row(mid(b)).reply_count, row(mid(b)).last_reply_seq) == (2, results[4].seq)
-    assert set(ThreadFollow.objects.filter(root_id=mid(b)).values_list("user_id", flat=True)) \
-        == {user.pk, other_user.pk}
+    assert set(ThreadFollow.objects.filter(root_id=mid(b)).values_list("user_id", flat=True)) == {
+        user.pk,
+        other_user.pk,
+    }
     # PostgreSQL, counted on the wire: the round trips of a batch without replies (the reply
     # targets' read, with their roots, shares the reads' round trip; the root updates and
     # follows ride in the one write statement), whatever the number of threads.

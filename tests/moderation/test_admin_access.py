@@ -22,9 +22,15 @@ from tests import factories
 pytestmark = pytest.mark.django_db
 
 # What a Moderators member may open (read-only: no add, change or delete anywhere).
-MODERATOR_VIEWS = {"rooms.room", "rooms.membership", "rooms.moderationaction",
-                   "messaging.message", "events.event", "moderation.report",
-                   "moderation.account"}
+MODERATOR_VIEWS = {
+    "rooms.room",
+    "rooms.membership",
+    "rooms.moderationaction",
+    "messaging.message",
+    "events.event",
+    "moderation.report",
+    "moderation.account",
+}
 MODERATOR_APPS = {"rooms", "messaging", "events", "moderation"}
 
 
@@ -86,8 +92,9 @@ def test_moderators_reach_exactly_the_moderation_pages_read_only(objects):
     for label, view, url in every_admin_page(objects):
         reached[(label, view)] = client.get(url).status_code
     expected = {
-        (label, view): 200 if label in MODERATOR_VIEWS and view in ("changelist", "change",
-                                                                    "history") else 403
+        (label, view): 200
+        if label in MODERATOR_VIEWS and view in ("changelist", "change", "history")
+        else 403
         for label, view, _ in every_admin_page(objects)
     }
     assert reached == expected
@@ -101,8 +108,9 @@ def test_staff_who_are_not_moderators_reach_no_model_page(objects):
     client = Client()
     client.force_login(staff)
     assert client.get(reverse("admin:index")).status_code == 200
-    reached = {(label, view): client.get(url).status_code
-               for label, view, url in every_admin_page(objects)}
+    reached = {
+        (label, view): client.get(url).status_code for label, view, url in every_admin_page(objects)
+    }
     assert set(reached.values()) == {403}, reached
     report = objects["moderation.report"]
     url = reverse("admin:moderation_report_change", args=[report.pk])

@@ -27,30 +27,42 @@ def setting(db):
     for i in range(25):
         factories.send(room, owner, f"before {i}")
     reported = Message.objects.get(
-        pk=factories.send(room, troll, "the offending words").envelope["data"]["id"])
+        pk=factories.send(room, troll, "the offending words").envelope["data"]["id"]
+    )
     for i in range(8):
         factories.send(room, owner, f"after {i}")
     moderator = factories.make_moderator(username=f"mod{owner.pk}")
     client = Client()
     client.force_login(moderator)
-    return dict(room=room, troll=troll, reporter=reporter, reported=reported,
-                moderator=moderator, client=client)
+    return dict(
+        room=room,
+        troll=troll,
+        reporter=reporter,
+        reported=reported,
+        moderator=moderator,
+        client=client,
+    )
 
 
 def report_of(setting, message=None):
-    return moderation.report_create(message=message or setting["reported"],
-                                    reporter=setting["reporter"], category="abuse",
-                                    reason="insulting")[0]
+    return moderation.report_create(
+        message=message or setting["reported"],
+        reporter=setting["reporter"],
+        category="abuse",
+        reason="insulting",
+    )[0]
 
 
 def test_the_queue_lists_open_reports_first(setting):
     older_open = report_of(setting)
-    other = Message.objects.get(pk=factories.send(setting["room"], setting["troll"], "again")
-                                .envelope["data"]["id"])
+    other = Message.objects.get(
+        pk=factories.send(setting["room"], setting["troll"], "again").envelope["data"]["id"]
+    )
     newer_handled = report_of(setting, other)
     moderation.report_resolve(report=newer_handled, actor=setting["moderator"], action="dismiss")
-    third = Message.objects.get(pk=factories.send(setting["room"], setting["troll"], "more")
-                                .envelope["data"]["id"])
+    third = Message.objects.get(
+        pk=factories.send(setting["room"], setting["troll"], "more").envelope["data"]["id"]
+    )
     newest_open = report_of(setting, third)
     page = setting["client"].get(QUEUE)
     assert page.status_code == 200
@@ -78,8 +90,9 @@ def test_the_review_page_shows_the_body_as_reported_and_the_log_around_it(settin
 
 def test_deleting_from_the_review_page_goes_through_the_service(setting):
     report = report_of(setting)
-    answer = setting["client"].post(f"{QUEUE}{report.pk}/change/",
-                                    {"action": "delete", "reason": "harassment"})
+    answer = setting["client"].post(
+        f"{QUEUE}{report.pk}/change/", {"action": "delete", "reason": "harassment"}
+    )
     assert answer.status_code == 302
     report.refresh_from_db()
     setting["reported"].refresh_from_db()
@@ -89,7 +102,10 @@ def test_deleting_from_the_review_page_goes_through_the_service(setting):
     assert deleted.envelope["actor"]["id"] == setting["moderator"].pk
     log = ModerationAction.objects.get(action="delete_message")
     assert (log.actor, log.reason, log.target_message_id) == (
-        setting["moderator"], "harassment", setting["reported"].pk)
+        setting["moderator"],
+        "harassment",
+        setting["reported"].pk,
+    )
     again = setting["client"].get(f"{QUEUE}{report.pk}/change/")
     assert b"Delete the message" not in again.content and b"harassment" in again.content
 
@@ -101,8 +117,7 @@ def test_mute_from_the_review_page_needs_a_duration_and_changes_nothing_without(
     assert refused.status_code == 200  # the page again, with the refusal
     report.refresh_from_db()
     assert report.status == "open"
-    done = setting["client"].post(url, {"action": "mute", "reason": "cool off",
-                                        "duration": "3600"})
+    done = setting["client"].post(url, {"action": "mute", "reason": "cool off", "duration": "3600"})
     assert done.status_code == 302
     membership = Membership.objects.get(room=setting["room"], user=setting["troll"])
     assert membership.is_muted()
@@ -121,10 +136,16 @@ def test_moderators_deactivate_an_account_site_wide_with_a_reason(setting):
     assert not troll.is_active
     log = ModerationAction.objects.get(action="deactivate")
     assert (log.room, log.actor, log.target_user, log.reason) == (
-        None, setting["moderator"], troll, "spam bot")
+        None,
+        setting["moderator"],
+        troll,
+        "spam bot",
+    )
     token = factories.make_token(troll)
-    assert factories.api_client().get(
-        "/api/me/", HTTP_AUTHORIZATION=f"Token {token}").status_code == 401
+    assert (
+        factories.api_client().get("/api/me/", HTTP_AUTHORIZATION=f"Token {token}").status_code
+        == 401
+    )
 
 
 def test_moderators_cannot_deactivate_staff_or_themselves(setting):

@@ -26,7 +26,10 @@ def test_list_is_newest_first_paged_and_filters_unread(user):
     room = mentions(3, of=user)
     api = factories.api_client(user)
     body = api.get("/api/notifications/?limit=2").json()
-    assert [n["excerpt"] for n in body["results"]] == [f"@{user.username} #2", f"@{user.username} #1"]
+    assert [n["excerpt"] for n in body["results"]] == [
+        f"@{user.username} #2",
+        f"@{user.username} #1",
+    ]
     assert body["unread"] == 3 and body["next"]
     first = body["results"][0]
     assert first["room"] == room.pk and first["kind"] == "mention" and first["read"] is False
@@ -43,8 +46,12 @@ def test_mark_several_or_all_read(user):
     mentions(3, of=user)
     api = factories.api_client(user)
     ids = [n["id"] for n in api.get("/api/notifications/").json()["results"]]
-    assert api.post("/api/notifications/read/", {"ids": ids[:2]}, format="json").json() == {"marked": 2}
-    assert api.post("/api/notifications/read/", {"all": True}, format="json").json() == {"marked": 1}
+    assert api.post("/api/notifications/read/", {"ids": ids[:2]}, format="json").json() == {
+        "marked": 2
+    }
+    assert api.post("/api/notifications/read/", {"all": True}, format="json").json() == {
+        "marked": 1
+    }
     assert not Notification.objects.unread().exists()
 
 
@@ -54,16 +61,29 @@ def test_someone_elses_notification_is_not_found_and_not_changed(user, other_use
     response = factories.api_client(other_user).post(f"/api/notifications/{note.pk}/read/")
     assert response.status_code == 404 and response.json()["code"] == "not_found"
     marked = factories.api_client(other_user).post(
-        "/api/notifications/read/", {"ids": [note.pk]}, format="json")
+        "/api/notifications/read/", {"ids": [note.pk]}, format="json"
+    )
     assert marked.json() == {"marked": 0}
     note.refresh_from_db()
     assert note.read_at is None
     assert factories.api_client(other_user).get("/api/notifications/").json()["results"] == []
 
 
-@pytest.mark.parametrize("payload", [{}, {"ids": []}, {"ids": ["x"]}, {"ids": [True]}, [1, 2],
-                                     {"ids": list(range(501))}, {"ids": [0]}, {"ids": [-5]},
-                                     {"ids": [2**63]}, {"ids": [-(10**37)]}])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {},
+        {"ids": []},
+        {"ids": ["x"]},
+        {"ids": [True]},
+        [1, 2],
+        {"ids": list(range(501))},
+        {"ids": [0]},
+        {"ids": [-5]},
+        {"ids": [2**63]},
+        {"ids": [-(10**37)]},
+    ],
+)
 def test_bad_mark_read_input_is_a_clear_error(user, payload):
     response = factories.api_client(user).post("/api/notifications/read/", payload, format="json")
     assert response.status_code == 400 and response.json()["code"] == "invalid"
@@ -88,7 +108,9 @@ def test_readyz_reports_the_outbox_backlog(room):
 
 def test_event_admin_shows_outbox_lag_and_filters_by_room_type_and_state(admin_client, room, user):
     other = factories.make_room(user)
-    Event.objects.filter(room=other).update(last_error="KafkaTimeoutError: boom", publish_attempts=3)
+    Event.objects.filter(room=other).update(
+        last_error="KafkaTimeoutError: boom", publish_attempts=3
+    )
     page = admin_client.get("/admin/events/event/")
     html = page.content.decode()
     assert page.status_code == 200 and 'id="outbox-status"' in html
@@ -96,7 +118,8 @@ def test_event_admin_shows_outbox_lag_and_filters_by_room_type_and_state(admin_c
 
     by_room = admin_client.get(f"/admin/events/event/?room={room.pk}&type=member.joined")
     assert list(by_room.context["cl"].result_list) == list(
-        Event.objects.filter(room=room, type="member.joined"))
+        Event.objects.filter(room=room, type="member.joined")
+    )
     failing = admin_client.get("/admin/events/event/?state=failing")
     rows = list(failing.context["cl"].result_list)
     assert rows and {e.room_id for e in rows} == {other.pk}
@@ -109,6 +132,8 @@ def test_event_admin_shows_outbox_lag_and_filters_by_room_type_and_state(admin_c
 
 def test_notification_admin_lists_and_filters_unread(admin_client, user):
     mentions(2, of=user)
-    Notification.objects.filter(pk=Notification.objects.first().pk).update(read_at="2026-01-01T00:00Z")
+    Notification.objects.filter(pk=Notification.objects.first().pk).update(
+        read_at="2026-01-01T00:00Z"
+    )
     page = admin_client.get("/admin/notifications/notification/?read_at__isnull=True")
     assert page.status_code == 200 and len(page.context["cl"].result_list) == 1

@@ -27,7 +27,8 @@ from tests.support.wsclient import WS
 @pytest.mark.services
 @pytest.mark.django_db(transaction=True)
 def test_notification_created_reaches_the_users_sockets_not_subscribed_to_the_room(
-        server, celery_worker):
+    server, celery_worker
+):
     import jsonschema
 
     author, ada, bob = (factories.make_user() for _ in range(3))
@@ -45,14 +46,19 @@ def test_notification_created_reaches_the_users_sockets_not_subscribed_to_the_ro
         started = time.monotonic()
         ack = sender.send_message(room.pk, body=f"look @{ada.username}")
         assert ack["type"] == "ack", ack
-        frames = [s.until(lambda f: f["type"] == "notification.created", timeout=30)
-                  for s in (idle, busy)]
+        frames = [
+            s.until(lambda f: f["type"] == "notification.created", timeout=30) for s in (idle, busy)
+        ]
         took = time.monotonic() - started
         for frame in frames:
             jsonschema.validate(frame, SCHEMAS["notification.created"])
             note = frame["data"]["notification"]
             assert (note["kind"], note["room"], note["seq"], note["message"]) == (
-                "mention", room.pk, ack["event"]["seq"], ack["event"]["data"]["id"])
+                "mention",
+                room.pk,
+                ack["event"]["seq"],
+                ack["event"]["data"]["id"],
+            )
             assert frame["actor"]["id"] == author.pk and frame["seq"] is None
         assert frames[0]["id"] == frames[1]["id"]
         # Nobody else got it (bob was not mentioned; the author neither).
@@ -67,8 +73,10 @@ def test_notification_created_reaches_the_users_sockets_not_subscribed_to_the_ro
         sender.send_message(room.pk, body=f"again @{ada.username}")
         idle.until(lambda f: f["type"] == "notification.created", timeout=30)
         warm = time.monotonic() - started
-        print(f"send -> notification.created on the socket: first {took * 1000:.0f} ms, "
-              f"then {warm * 1000:.0f} ms")
+        print(
+            f"send -> notification.created on the socket: first {took * 1000:.0f} ms, "
+            f"then {warm * 1000:.0f} ms"
+        )
     finally:
         for socket in (idle, busy, other, sender):
             socket.close()
@@ -97,9 +105,14 @@ def smtp():
     controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
-        with override_settings(EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
-                               EMAIL_HOST="127.0.0.1", EMAIL_PORT=controller.port,
-                               EMAIL_USE_TLS=False, EMAIL_HOST_USER="", NOTIFY_EMAIL_AFTER_MINUTES=10):
+        with override_settings(
+            EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+            EMAIL_HOST="127.0.0.1",
+            EMAIL_PORT=controller.port,
+            EMAIL_USE_TLS=False,
+            EMAIL_HOST_USER="",
+            NOTIFY_EMAIL_AFTER_MINUTES=10,
+        ):
             yield inbox
     finally:
         controller.stop()
@@ -107,7 +120,8 @@ def smtp():
 
 def age(minutes, **filters):
     Notification.objects.filter(**filters).update(
-        created_at=timezone.now() - timedelta(minutes=minutes))
+        created_at=timezone.now() - timedelta(minutes=minutes)
+    )
 
 
 def mention_world():
@@ -134,8 +148,7 @@ def test_unread_notifications_are_emailed_once_batched_per_user(smtp):
     assert Notification.objects.count() == 4
     age(11)
     assert email_unread_notifications() is None  # the Celery task, run in this process
-    assert sorted(rcpt for rcpt, _ in smtp.messages) == [["ada@example.org"],
-                                                         ["bob@example.org"]]
+    assert sorted(rcpt for rcpt, _ in smtp.messages) == [["ada@example.org"], ["bob@example.org"]]
     to_ada = next(m for rcpt, m in smtp.messages if rcpt == ["ada@example.org"])
     text = body_of(to_ada)
     assert to_ada["Subject"] == "2 unread mentions"

@@ -47,7 +47,11 @@ def test_a_username_mention_notifies_that_member_once_and_moves_the_cursor():
     assert notified() == {ada.pk: "mention"}
     note = Notification.objects.get()
     assert (note.room_id, note.seq, note.message_id, note.actor_id) == (
-        room.pk, sent.envelope["seq"], sent.envelope["data"]["id"], author.pk)
+        room.pk,
+        sent.envelope["seq"],
+        sent.envelope["data"]["id"],
+        author.pk,
+    )
     assert str(note.event_id) == sent.envelope["id"] and note.excerpt.startswith("hello")
     assert MentionCursor.objects.get(room=room).seq == Room.objects.get(pk=room.pk).last_seq
     run = mentions.process_pending()
@@ -120,8 +124,9 @@ def test_level_none_silences_every_mention_and_mentions_keeps_them():
     room, author, (quiet, normal, loud) = cast()
     api = factories.api_client
     for user, level in ((quiet, "none"), (normal, "mentions"), (loud, "all")):
-        answer = api(user).patch(f"/api/rooms/{room.pk}/membership/", {"notify": level},
-                                 format="json")
+        answer = api(user).patch(
+            f"/api/rooms/{room.pk}/membership/", {"notify": level}, format="json"
+        )
         assert answer.status_code == 200, answer.content
         assert answer.json()["membership"]["notify"] == level
     factories.send(room, author, body=f"@room @{quiet.username}")
@@ -140,7 +145,8 @@ def test_an_edit_notifies_only_the_newly_mentioned_and_nobody_twice():
     last = edit(message_id, author, f"hi @{ada.username} @{bob.username} @room")
     assert notified(seq=last.seq) == {cy.pk: "room"}
     assert sorted(Notification.objects.values_list("user_id", flat=True)) == sorted(
-        [ada.pk, bob.pk, cy.pk])
+        [ada.pk, bob.pk, cy.pk]
+    )
     # An edit that adds no mention makes nothing.
     edit(message_id, author, "plain text now")
     assert Notification.objects.count() == 3
@@ -156,8 +162,9 @@ def test_an_edit_processed_with_its_send_in_one_pass_still_notifies_once():
 def test_a_deleted_message_before_the_worker_runs_notifies_no_one():
     room, author, (ada, _, _) = cast()
     sent = factories.send(room, author, body=f"@{ada.username}")
-    messaging.message_delete(message=messaging.get_message_or_404(
-        sent.envelope["data"]["id"], author), actor=author)
+    messaging.message_delete(
+        message=messaging.get_message_or_404(sent.envelope["data"]["id"], author), actor=author
+    )
     assert notified() == {}
 
 
@@ -190,12 +197,22 @@ def test_only_content_events_with_an_at_sign_are_read():
 # --- The level endpoint, and the rooms list's counts -------------------------------------------
 
 
-@pytest.mark.parametrize("body", [{"notify": "loud"}, {"notify": None}, {}, {"notify": 1},
-                                  {"notify": "all", "extra": 1}, ["all"]])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"notify": "loud"},
+        {"notify": None},
+        {},
+        {"notify": 1},
+        {"notify": "all", "extra": 1},
+        ["all"],
+    ],
+)
 def test_bad_levels_are_invalid(body):
     room, _, (member, _, _) = cast()
-    answer = factories.api_client(member).patch(f"/api/rooms/{room.pk}/membership/", body,
-                                                format="json")
+    answer = factories.api_client(member).patch(
+        f"/api/rooms/{room.pk}/membership/", body, format="json"
+    )
     assert answer.status_code == 400 and answer.json()["code"] == "invalid"
 
 
@@ -203,11 +220,11 @@ def test_non_members_get_the_rooms_rules():
     room, _, _ = cast()
     private, _, _ = cast(kind=Room.Kind.PRIVATE)
     outsider = factories.api_client(factories.make_user())
-    public = outsider.patch(f"/api/rooms/{room.pk}/membership/", {"notify": "all"},
-                            format="json")
+    public = outsider.patch(f"/api/rooms/{room.pk}/membership/", {"notify": "all"}, format="json")
     assert public.status_code == 403 and public.json()["code"] == "forbidden"
-    hidden = outsider.patch(f"/api/rooms/{private.pk}/membership/", {"notify": "all"},
-                            format="json")
+    hidden = outsider.patch(
+        f"/api/rooms/{private.pk}/membership/", {"notify": "all"}, format="json"
+    )
     assert hidden.status_code == 404 and hidden.json()["code"] == "not_found"
 
 
@@ -228,11 +245,14 @@ def test_rooms_list_carries_unread_mentions_and_level_and_reading_clears_mention
     assert listed["membership"]["notify"] == "mentions"
     # Read up to the first mention: one left; read everything: none, and marked read.
     first_seq = Notification.objects.order_by("seq").first().seq
-    assert api.post(f"/api/rooms/{room.pk}/read/", {"seq": first_seq},
-                    format="json").status_code == 200
+    assert (
+        api.post(f"/api/rooms/{room.pk}/read/", {"seq": first_seq}, format="json").status_code
+        == 200
+    )
     assert mine()[room.pk]["mentions"] == 1
-    api.post(f"/api/rooms/{room.pk}/read/", {"seq": Room.objects.get(pk=room.pk).last_seq},
-             format="json")
+    api.post(
+        f"/api/rooms/{room.pk}/read/", {"seq": Room.objects.get(pk=room.pk).last_seq}, format="json"
+    )
     listed = mine()[room.pk]
     assert (listed["unread"], listed["mentions"]) == (0, 0)
     assert not Notification.objects.filter(user=ada, read_at__isnull=True).exists()
@@ -267,8 +287,10 @@ def test_mentions_add_no_statement_to_the_send_path(monkeypatch):
     names = " ".join(f"@{u.username}" for u in others)
 
     def batch(body):
-        requests = [messaging.SendRequest(room, author, f"{body} {i}", factories.uuid.uuid4())
-                    for i in range(20)]
+        requests = [
+            messaging.SendRequest(room, author, f"{body} {i}", factories.uuid.uuid4())
+            for i in range(20)
+        ]
         raw.clear()
         with CaptureQueriesContext(connection) as queries:
             results = messaging.message_send_many(requests)
@@ -291,8 +313,10 @@ def test_a_commit_with_an_at_sign_kicks_the_worker_once_and_others_never():
     from apps.notifications.tasks import kick_key
 
     client = sync_client()
-    queue = (settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
-             + settings.CELERY_TASK_DEFAULT_QUEUE)
+    queue = (
+        settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", "")
+        + settings.CELERY_TASK_DEFAULT_QUEUE
+    )
     task = b"apps.notifications.tasks.notify_mentions"
     room, author, (ada, _, _) = cast()
     client.delete(kick_key())
@@ -300,7 +324,8 @@ def test_a_commit_with_an_at_sign_kicks_the_worker_once_and_others_never():
 
     def queued_kicks():
         return sum(task in entry for entry in client.lrange(queue, 0, -1)) - sum(
-            task in entry for entry in before)
+            task in entry for entry in before
+        )
 
     try:
         # The sends commit inside the test's transaction: run their after-commit effects.

@@ -97,7 +97,9 @@ def test_join_leave_and_invite(user, other_user, as_user, as_other):
     assert as_other.post(f"/api/rooms/{private.pk}/join/").status_code == 404
     refused = as_other.post(f"/api/rooms/{public.pk}/invite/", {"user": user.pk}, format="json")
     assert refused.status_code == 403
-    invited = as_user.post(f"/api/rooms/{private.pk}/invite/", {"user": other_user.pk}, format="json")
+    invited = as_user.post(
+        f"/api/rooms/{private.pk}/invite/", {"user": other_user.pk}, format="json"
+    )
     assert invited.status_code == 200 and invited.json()["user"]["id"] == other_user.pk
     assert as_other.get(f"/api/rooms/{private.pk}/").status_code == 200
 
@@ -106,14 +108,18 @@ def test_members_list_and_moderation_actions(room, user, other_user, as_user, as
     as_other.post(f"/api/rooms/{room.pk}/join/")
     members = as_user.get(f"/api/rooms/{room.pk}/members/").json()
     assert [(m["user"]["username"], m["role"]) for m in members["results"]] == [
-        (user.username, "owner"), (other_user.username, "member")]
+        (user.username, "owner"),
+        (other_user.username, "member"),
+    ]
     base = f"/api/rooms/{room.pk}/members/{other_user.pk}"
     until = (timezone.now() + timedelta(hours=1)).isoformat()
     muted = as_user.post(f"{base}/mute/", {"until": until, "reason": "calm"}, format="json")
     assert muted.status_code == 200 and muted.json()["muted_until"] is not None
     send = as_other.post(f"/api/rooms/{room.pk}/messages/", {"body": "hey"}, format="json")
     assert send.status_code == 403 and "muted" in send.json()["detail"]
-    assert as_user.post(f"{base}/mute/", {"until": None}, format="json").json()["muted_until"] is None
+    assert (
+        as_user.post(f"{base}/mute/", {"until": None}, format="json").json()["muted_until"] is None
+    )
     role = as_user.post(f"{base}/role/", {"role": "moderator"}, format="json")
     assert role.json()["role"] == "moderator"
     assert as_user.post(f"{base}/role/", {"role": "admin"}, format="json").status_code == 400
@@ -136,10 +142,15 @@ def test_a_member_cannot_moderate(room, user, other_user, as_other):
     third = factories.make_user()
     services.room_join(room=room, user=third)
     seq = Room.objects.get(pk=room.pk).last_seq
-    for action, body in [("ban", {"reason": "x"}), ("kick", {}), ("role", {"role": "moderator"}),
-                         ("mute", {"until": (timezone.now() + timedelta(hours=1)).isoformat()})]:
-        response = as_other.post(f"/api/rooms/{room.pk}/members/{third.pk}/{action}/", body,
-                                 format="json")
+    for action, body in [
+        ("ban", {"reason": "x"}),
+        ("kick", {}),
+        ("role", {"role": "moderator"}),
+        ("mute", {"until": (timezone.now() + timedelta(hours=1)).isoformat()}),
+    ]:
+        response = as_other.post(
+            f"/api/rooms/{room.pk}/members/{third.pk}/{action}/", body, format="json"
+        )
         assert response.status_code == 403, action
         assert response.json()["code"] == "forbidden"
     assert as_other.get(f"/api/rooms/{room.pk}/members/?banned=1").status_code == 403
@@ -149,7 +160,9 @@ def test_a_member_cannot_moderate(room, user, other_user, as_other):
 @pytest.mark.parametrize("body", [{"until": "tomorrow"}, {"until": "2020-01-01T00:00:00Z"}, {}])
 def test_bad_mute_input_is_a_400(room, other_user, as_user, body):
     services.room_join(room=room, user=other_user)
-    response = as_user.post(f"/api/rooms/{room.pk}/members/{other_user.pk}/mute/", body, format="json")
+    response = as_user.post(
+        f"/api/rooms/{room.pk}/members/{other_user.pk}/mute/", body, format="json"
+    )
     assert response.status_code == 400 and response.json()["code"] == "invalid"
     assert Membership.objects.get(room=room, user=other_user).muted_until is None
 
@@ -163,7 +176,10 @@ def test_events_since_returns_stored_envelopes_oldest_first_and_pages(room, user
     assert page["last_seq"] == stored[-1]["seq"]
     rest = as_user.get(page["next"]).json()
     assert rest["results"] == stored[4:] and rest["next"] is None
-    assert as_user.get(f"/api/rooms/{room.pk}/events/?since={stored[-1]['seq']}").json()["results"] == []
+    assert (
+        as_user.get(f"/api/rooms/{room.pk}/events/?since={stored[-1]['seq']}").json()["results"]
+        == []
+    )
 
 
 def test_event_log_leaves_out_receipts(room, user, other_user, as_other):
@@ -187,8 +203,14 @@ def test_browsable_api_renders_html_pages(room, user):
 
     client = Client()
     client.force_login(user)
-    for url in ("/api/rooms/", f"/api/rooms/{room.pk}/", f"/api/rooms/{room.pk}/messages/",
-                f"/api/rooms/{room.pk}/events/", f"/api/rooms/{room.pk}/members/", "/api/me/"):
+    for url in (
+        "/api/rooms/",
+        f"/api/rooms/{room.pk}/",
+        f"/api/rooms/{room.pk}/messages/",
+        f"/api/rooms/{room.pk}/events/",
+        f"/api/rooms/{room.pk}/members/",
+        "/api/me/",
+    ):
         page = client.get(url, HTTP_ACCEPT="text/html")
         assert page.status_code == 200, url
         assert page["Content-Type"].startswith("text/html") and b"<form" in page.content, url
@@ -201,7 +223,10 @@ def test_site_moderator_moderates_a_private_room_they_are_not_in(user, other_use
     assert client.get(f"/api/rooms/{room.pk}/messages/").status_code == 200
     deleted = client.delete(f"/api/messages/{mid}/?reason=rules")
     assert deleted.status_code == 200 and deleted.json()["data"]["by_moderator"] is True
-    banned = client.post(f"/api/rooms/{room.pk}/members/{other_user.pk}/ban/",
-                         {"reason": "rules", "until": None}, format="json")
+    banned = client.post(
+        f"/api/rooms/{room.pk}/members/{other_user.pk}/ban/",
+        {"reason": "rules", "until": None},
+        format="json",
+    )
     assert banned.status_code == 200 and banned.json()["banned"] is True
     assert factories.api_client(other_user).get(f"/api/rooms/{room.pk}/").status_code == 404

@@ -61,10 +61,17 @@ def call(client, method, path, body, **ids):
 
 
 def snapshot():
-    return (Event.objects.count(), Message.objects.count(), Reaction.objects.count(),
-            list(Membership.objects.order_by("pk").values_list("is_active", "role", "banned_at",
-                                                              "muted_until", "last_read_seq")),
-            list(Room.objects.order_by("pk").values_list("name", "archived_at", "last_seq")))
+    return (
+        Event.objects.count(),
+        Message.objects.count(),
+        Reaction.objects.count(),
+        list(
+            Membership.objects.order_by("pk").values_list(
+                "is_active", "role", "banned_at", "muted_until", "last_read_seq"
+            )
+        ),
+        list(Room.objects.order_by("pk").values_list("name", "archived_at", "last_seq")),
+    )
 
 
 @pytest.fixture
@@ -97,8 +104,9 @@ def make_outsider(kind, room, owner):
 
 
 @pytest.mark.parametrize("which", ["private", "direct"])
-@pytest.mark.parametrize("method,path,body", ROOM_ENDPOINTS,
-                         ids=[f"{m} {p} {b}" for m, p, b in ROOM_ENDPOINTS])
+@pytest.mark.parametrize(
+    "method,path,body", ROOM_ENDPOINTS, ids=[f"{m} {p} {b}" for m, p, b in ROOM_ENDPOINTS]
+)
 def test_room_endpoint_is_404_to_outsiders_exactly_like_a_missing_room(
     hidden, user, other_user, which, method, path, body
 ):
@@ -114,8 +122,9 @@ def test_room_endpoint_is_404_to_outsiders_exactly_like_a_missing_room(
 
 
 @pytest.mark.parametrize("which", ["private", "direct"])
-@pytest.mark.parametrize("method,path,body", MESSAGE_ENDPOINTS,
-                         ids=[f"{m} {p} {b}" for m, p, b in MESSAGE_ENDPOINTS])
+@pytest.mark.parametrize(
+    "method,path,body", MESSAGE_ENDPOINTS, ids=[f"{m} {p} {b}" for m, p, b in MESSAGE_ENDPOINTS]
+)
 def test_message_endpoint_is_404_to_outsiders_exactly_like_a_missing_message(
     hidden, user, which, method, path, body
 ):
@@ -130,26 +139,42 @@ def test_message_endpoint_is_404_to_outsiders_exactly_like_a_missing_message(
         assert snapshot() == before
 
 
-@pytest.mark.parametrize("method,path,body", ROOM_ENDPOINTS + MESSAGE_ENDPOINTS,
-                         ids=[f"{m} {p} {b}" for m, p, b in ROOM_ENDPOINTS + MESSAGE_ENDPOINTS])
+@pytest.mark.parametrize(
+    "method,path,body",
+    ROOM_ENDPOINTS + MESSAGE_ENDPOINTS,
+    ids=[f"{m} {p} {b}" for m, p, b in ROOM_ENDPOINTS + MESSAGE_ENDPOINTS],
+)
 def test_control_the_owner_is_not_told_404(hidden, user, other_user, method, path, body):
     """The same requests by the room's owner reach the room (so the 404s above mean something)."""
     room, message = hidden["private"]
-    response = call(factories.api_client(user), method, path, body,
-                    room=room.pk, user=other_user.pk, message=message.pk)
+    response = call(
+        factories.api_client(user),
+        method,
+        path,
+        body,
+        room=room.pk,
+        user=other_user.pk,
+        message=message.pk,
+    )
     assert response.status_code != 404 or response.json()["detail"] not in (
-        "room not found", "message not found")
+        "room not found",
+        "message not found",
+    )
 
 
 # --- Banned, muted and blocked users (PROTOCOL §7: a ban holds everywhere) ----------------------
 
 # What each may do on a room-scoped endpoint: the status answered (a 403 is `forbidden`).
 # {message} is someone else's message, {own} the caller's own.
-MEMBER_ENDPOINTS = ROOM_ENDPOINTS + MESSAGE_ENDPOINTS + [
-    ("patch", "/api/messages/{own}/", {"body": "edited"}),
-    ("delete", "/api/messages/{own}/", None),
-    ("get", "/api/messages/{own}/", None),
-]
+MEMBER_ENDPOINTS = (
+    ROOM_ENDPOINTS
+    + MESSAGE_ENDPOINTS
+    + [
+        ("patch", "/api/messages/{own}/", {"body": "edited"}),
+        ("delete", "/api/messages/{own}/", None),
+        ("get", "/api/messages/{own}/", None),
+    ]
+)
 READS = {("get", p) for m, p, _ in MEMBER_ENDPOINTS if m == "get"}
 
 
@@ -193,8 +218,9 @@ def member_with_message(room, owner):
     return person, own
 
 
-@pytest.mark.parametrize("method,path,body", MEMBER_ENDPOINTS,
-                         ids=[f"{m} {p} {b}" for m, p, b in MEMBER_ENDPOINTS])
+@pytest.mark.parametrize(
+    "method,path,body", MEMBER_ENDPOINTS, ids=[f"{m} {p} {b}" for m, p, b in MEMBER_ENDPOINTS]
+)
 def test_a_user_banned_from_a_public_room_is_refused_everywhere_but_the_room_itself(
     public_room, user, other_user, method, path, body
 ):
@@ -202,8 +228,16 @@ def test_a_user_banned_from_a_public_room_is_refused_everywhere_but_the_room_its
     banned, own = member_with_message(room, user)
     services.member_ban(room=room, actor=user, user=banned, reason="spam")
     before = snapshot()
-    response = call_as(factories.api_client(banned), method, path, body, room=room.pk,
-                       user=other_user.pk, message=message.pk, own=own.pk)
+    response = call_as(
+        factories.api_client(banned),
+        method,
+        path,
+        body,
+        room=room.pk,
+        user=other_user.pk,
+        message=message.pk,
+        own=own.pk,
+    )
     if (method, path) == ("get", "/api/rooms/{room}/"):
         assert response.status_code == 200  # the room object (public rooms are listed)
     else:
@@ -212,21 +246,30 @@ def test_a_user_banned_from_a_public_room_is_refused_everywhere_but_the_room_its
     assert snapshot() == before
 
 
-@pytest.mark.parametrize("method,path,body", MEMBER_ENDPOINTS,
-                         ids=[f"{m} {p} {b}" for m, p, b in MEMBER_ENDPOINTS])
-def test_a_muted_member_reads_but_writes_nothing(public_room, user, other_user, method, path,
-                                                 body):
+@pytest.mark.parametrize(
+    "method,path,body", MEMBER_ENDPOINTS, ids=[f"{m} {p} {b}" for m, p, b in MEMBER_ENDPOINTS]
+)
+def test_a_muted_member_reads_but_writes_nothing(public_room, user, other_user, method, path, body):
     from datetime import timedelta
 
     from django.utils import timezone
 
     room, message = public_room
     muted, own = member_with_message(room, user)
-    services.member_mute(room=room, actor=user, user=muted,
-                         until=timezone.now() + timedelta(hours=1))
+    services.member_mute(
+        room=room, actor=user, user=muted, until=timezone.now() + timedelta(hours=1)
+    )
     before = Message.objects.count(), Reaction.objects.count()
-    response = call_as(factories.api_client(muted), method, path, body, room=room.pk,
-                       user=other_user.pk, message=message.pk, own=own.pk)
+    response = call_as(
+        factories.api_client(muted),
+        method,
+        path,
+        body,
+        room=room.pk,
+        user=other_user.pk,
+        message=message.pk,
+        own=own.pk,
+    )
     assert response.status_code in expected_for_muted(method, path, body), response.content
     if response.status_code == 403:
         assert response.json()["code"] == "forbidden"
@@ -248,8 +291,9 @@ def expected_for_blocked(method, path, body):
     return expected_for_muted(method, path, body)
 
 
-@pytest.mark.parametrize("method,path,body", MEMBER_ENDPOINTS,
-                         ids=[f"{m} {p} {b}" for m, p, b in MEMBER_ENDPOINTS])
+@pytest.mark.parametrize(
+    "method,path,body", MEMBER_ENDPOINTS, ids=[f"{m} {p} {b}" for m, p, b in MEMBER_ENDPOINTS]
+)
 def test_a_blocked_user_reads_the_direct_room_but_cannot_write_in_it(
     user, other_user, method, path, body
 ):
@@ -260,8 +304,16 @@ def test_a_blocked_user_reads_the_direct_room_but_cannot_write_in_it(
 
     block_create(blocker=user, blocked=other_user)
     before = Message.objects.count(), Reaction.objects.count()
-    response = call_as(factories.api_client(other_user), method, path, body, room=direct.pk,
-                       user=user.pk, message=theirs.pk, own=own.pk)
+    response = call_as(
+        factories.api_client(other_user),
+        method,
+        path,
+        body,
+        room=direct.pk,
+        user=user.pk,
+        message=theirs.pk,
+        own=own.pk,
+    )
     assert response.status_code in expected_for_blocked(method, path, body), response.content
     if (method, path, body) in DIRECT_WRITES:
         assert response.json() == {"code": "forbidden", "detail": "this person has blocked you"}
@@ -269,5 +321,9 @@ def test_a_blocked_user_reads_the_direct_room_but_cannot_write_in_it(
         assert (Message.objects.count(), Reaction.objects.count()) == before
     # The blocker is not held back.
     blocker = factories.api_client(user)
-    assert blocker.post(f"/api/rooms/{direct.pk}/messages/", {"body": "still here"},
-                        format="json").status_code == 201
+    assert (
+        blocker.post(
+            f"/api/rooms/{direct.pk}/messages/", {"body": "still here"}, format="json"
+        ).status_code
+        == 201
+    )

@@ -32,8 +32,10 @@ def test_visible_to_is_public_rooms_and_the_private_ones_you_belong_to(rooms, us
     mine = {rooms["public"].pk, rooms["private"].pk}
     assert ids(Room.objects.visible_to(user)) & {r.pk for r in rooms.values()} == mine
     assert rooms["public"].pk in ids(Room.objects.visible_to(other_user))
-    assert not ids(Room.objects.visible_to(other_user)) & {rooms["private"].pk,
-                                                           rooms["elsewhere"].pk}
+    assert not ids(Room.objects.visible_to(other_user)) & {
+        rooms["private"].pk,
+        rooms["elsewhere"].pk,
+    }
     assert not Room.objects.visible_to(AnonymousUser()).exists()
     assert not Room.objects.visible_to(None).exists()
 
@@ -84,18 +86,29 @@ def test_membership_querysets(rooms, user, other_user):
     third = factories.make_user()
     services.room_join(room=public, user=third)
     assert set(Membership.objects.in_room(public).active().values_list("user", flat=True)) == {
-        user.pk, other_user.pk, third.pk}
+        user.pk,
+        other_user.pk,
+        third.pk,
+    }
     assert set(Membership.objects.for_user(other_user).values_list("room", flat=True)) == {
-        public.pk}
+        public.pk
+    }
     services.member_ban(room=public, actor=user, user=other_user)
-    services.member_ban(room=public, actor=user, user=third,
-                        until=timezone.now() + timedelta(minutes=5))
+    services.member_ban(
+        room=public, actor=user, user=third, until=timezone.now() + timedelta(minutes=5)
+    )
     banned = Membership.objects.in_room(public).banned()
     assert set(banned.values_list("user", flat=True)) == {other_user.pk, third.pk}
     # A ban that has ended is no longer a ban.
     Membership.objects.filter(room=public, user=third).update(
-        banned_until=timezone.now() - timedelta(seconds=1))
+        banned_until=timezone.now() - timedelta(seconds=1)
+    )
     assert set(Membership.objects.in_room(public).banned().values_list("user", flat=True)) == {
-        other_user.pk}
-    assert not Membership.objects.in_room(public).active().filter(
-        user__in=[other_user, third]).exists()
+        other_user.pk
+    }
+    assert (
+        not Membership.objects.in_room(public)
+        .active()
+        .filter(user__in=[other_user, third])
+        .exists()
+    )

@@ -25,9 +25,15 @@ def people(owner, room):
             services.room_invite(room=room, actor=owner, user=user)
     services.room_leave(room=room, user=left)
     services.member_ban(room=room, actor=owner, user=banned, reason="spam")
-    return {"owner": owner, "member": member, "left": left, "banned": banned,
-            "stranger": stranger, "staff": factories.make_user(is_staff=True),
-            "site moderator": factories.make_moderator()}
+    return {
+        "owner": owner,
+        "member": member,
+        "left": left,
+        "banned": banned,
+        "stranger": stranger,
+        "staff": factories.make_user(is_staff=True),
+        "site moderator": factories.make_moderator(),
+    }
 
 
 @pytest.mark.parametrize("kind", [Room.Kind.PUBLIC, Room.Kind.PRIVATE])
@@ -35,9 +41,15 @@ def test_the_list_and_the_check_apply_one_view_rule(user, kind):
     """A site moderator can open a private room and sees it listed; everyone else sees a
     private room only while a member. The queryset and the in-memory form agree."""
     room = factories.make_room(user, kind=kind)
-    expected = {"owner": True, "member": True, "left": kind == "public",
-                "banned": kind == "public", "stranger": kind == "public",
-                "staff": kind == "public", "site moderator": True}
+    expected = {
+        "owner": True,
+        "member": True,
+        "left": kind == "public",
+        "banned": kind == "public",
+        "stranger": kind == "public",
+        "staff": kind == "public",
+        "site moderator": True,
+    }
     for name, person in people(user, room).items():
         listed = Room.objects.visible_to(person).filter(pk=room.pk).exists()
         in_memory = services.room_visible(room, person, services.get_membership(room, person))
@@ -69,12 +81,19 @@ def test_the_last_owner_hands_ownership_on_before_leaving(room, user, other_user
     moderator = factories.make_moderator()
     refused("forbidden", services.member_kick, room=room, actor=moderator, user=user)
     refused("forbidden", services.member_ban, room=room, actor=moderator, user=user)
-    refused("forbidden", services.member_set_role, room=room, actor=moderator, user=user,
-            role="member")
+    refused(
+        "forbidden", services.member_set_role, room=room, actor=moderator, user=user, role="member"
+    )
     # A moderator is not an owner: only an owner makes owners.
     services.member_set_role(room=room, actor=user, user=other_user, role="moderator")
-    refused("forbidden", services.member_set_role, room=room, actor=other_user,
-            user=other_user, role="owner")
+    refused(
+        "forbidden",
+        services.member_set_role,
+        room=room,
+        actor=other_user,
+        user=other_user,
+        role="owner",
+    )
     services.member_set_role(room=room, actor=user, user=other_user, role="owner")
     assert last_event(room).envelope["data"]["role"] == "owner"
     services.room_leave(room=room, user=user)
@@ -107,13 +126,17 @@ def test_unban_is_an_event_for_the_room_and_the_user_and_is_logged(room, user, o
     assert event.type == "member.unbanned"
     assert event.envelope["data"] == {
         "user": {"id": other_user.pk, "username": other_user.username},
-        "reason": "appeal accepted"}
+        "reason": "appeal accepted",
+    }
     from apps.events.fanout import targets
 
     assert targets(event.envelope) == ([room.pk], [other_user.pk])
     logged = ModerationAction.objects.filter(room=room).order_by("-created_at", "-pk").first()
     assert (logged.action, logged.reason, logged.target_user_id) == (
-        "unban", "appeal accepted", other_user.pk)
+        "unban",
+        "appeal accepted",
+        other_user.pk,
+    )
 
 
 def test_kick_and_mute_reasons_reach_the_events_and_the_log(room, user, other_user):
@@ -122,8 +145,13 @@ def test_kick_and_mute_reasons_reach_the_events_and_the_log(room, user, other_us
     from django.utils import timezone
 
     services.room_join(room=room, user=other_user)
-    services.member_mute(room=room, actor=user, user=other_user, reason="calm down",
-                         until=timezone.now() + timedelta(minutes=5))
+    services.member_mute(
+        room=room,
+        actor=user,
+        user=other_user,
+        reason="calm down",
+        until=timezone.now() + timedelta(minutes=5),
+    )
     assert last_event(room).envelope["data"]["reason"] == "calm down"
     services.member_kick(room=room, actor=user, user=other_user, reason="flooding")
     assert last_event(room).envelope["data"]["reason"] == "flooding"
@@ -131,15 +159,16 @@ def test_kick_and_mute_reasons_reach_the_events_and_the_log(room, user, other_us
     services.room_leave(room=room, user=other_user)
     assert last_event(room).envelope["data"]["reason"] is None  # left by themselves
     assert set(ModerationAction.objects.filter(room=room).values_list("action", "reason")) == {
-        ("mute", "calm down"), ("kick", "flooding")}
+        ("mute", "calm down"),
+        ("kick", "flooding"),
+    }
 
 
 def test_members_private_fields_only_to_themselves_and_moderators(room, user, other_user):
     third = factories.make_user()
     for person in (other_user, third):
         services.room_join(room=room, user=person)
-    private = {"is_active", "muted_until", "banned", "banned_until", "ban_reason",
-               "last_read_seq"}
+    private = {"is_active", "muted_until", "banned", "banned_until", "ban_reason", "last_read_seq"}
 
     def listed(viewer):
         rows = factories.api_client(viewer).get(f"/api/rooms/{room.pk}/members/").json()
@@ -162,4 +191,6 @@ def test_ban_and_unban_reasons_over_rest(room, user, other_user):
     assert last_event(room).envelope["data"]["reason"] == "spam"
     assert api.post(f"{base}/unban/", {"reason": "sorry"}, format="json").status_code == 200
     assert last_event(room).envelope["data"] == {
-        "user": {"id": other_user.pk, "username": other_user.username}, "reason": "sorry"}
+        "user": {"id": other_user.pk, "username": other_user.username},
+        "reason": "sorry",
+    }

@@ -30,22 +30,32 @@ def member_of(room, user):
 
 
 def test_create_makes_the_creator_owner_and_records_room_and_join_events(user, other_user):
-    room = services.room_create(creator=user, name="  Plans ", kind="private",
-                                member_ids=[other_user.pk])
+    room = services.room_create(
+        creator=user, name="  Plans ", kind="private", member_ids=[other_user.pk]
+    )
     assert room.name == "Plans"
     assert member_of(room, user).role == "owner"
     assert member_of(room, other_user).role == "member"
-    types = list(Event.objects.in_room(room).sequenced().order_by("seq").values_list("type", flat=True))
+    types = list(
+        Event.objects.in_room(room).sequenced().order_by("seq").values_list("type", flat=True)
+    )
     assert types == ["room.created", "member.joined", "member.joined"]
     assert room.last_seq == 3
 
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"name": ""}, {"name": "x" * 101}, {"name": "bad\x00"}, {"name": "ok", "kind": "direct"},
-     {"name": "ok", "member_ids": ["1"]}, {"name": "ok", "member_ids": [10**9]},
-     {"name": "ok", "member_ids": [2**64]}, {"name": "ok", "member_ids": [-1]},
-     {"name": "ok", "topic": "t" * 501}],
+    [
+        {"name": ""},
+        {"name": "x" * 101},
+        {"name": "bad\x00"},
+        {"name": "ok", "kind": "direct"},
+        {"name": "ok", "member_ids": ["1"]},
+        {"name": "ok", "member_ids": [10**9]},
+        {"name": "ok", "member_ids": [2**64]},
+        {"name": "ok", "member_ids": [-1]},
+        {"name": "ok", "topic": "t" * 501},
+    ],
 )
 def test_bad_room_input_is_refused_and_nothing_is_written(user, kwargs):
     before = Room.objects.count()
@@ -93,19 +103,27 @@ def test_muted_member_cannot_send_edit_or_react_until_the_mute_ends(room, user, 
     services.room_join(room=room, user=other_user)
     message_event = factories.send(room, other_user, "before")
     message = Message.objects.get(pk=message_event.envelope["data"]["id"])
-    services.member_mute(room=room, actor=user, user=other_user,
-                         until=timezone.now() + timedelta(minutes=5))
+    services.member_mute(
+        room=room, actor=user, user=other_user, until=timezone.now() + timedelta(minutes=5)
+    )
     refused("forbidden", factories.send, room=room, author=other_user)
     refused("forbidden", messaging.message_edit, message=message, actor=other_user, body="x")
     refused("forbidden", messaging.reaction_add, message=message, user=other_user, emoji="👍")
     services.member_mute(room=room, actor=user, user=other_user, until=None)
     assert factories.send(room, other_user, "after").type == "message.created"
-    assert list(ModerationAction.objects.order_by("created_at").values_list("action", flat=True)) \
-        == ["mute", "unmute"]
+    assert list(
+        ModerationAction.objects.order_by("created_at").values_list("action", flat=True)
+    ) == ["mute", "unmute"]
 
 
-@pytest.mark.parametrize("until", [timezone.now() - timedelta(minutes=1), "tomorrow",
-                                   timezone.now().replace(tzinfo=None) + timedelta(days=1)])
+@pytest.mark.parametrize(
+    "until",
+    [
+        timezone.now() - timedelta(minutes=1),
+        "tomorrow",
+        timezone.now().replace(tzinfo=None) + timedelta(days=1),
+    ],
+)
 def test_mute_until_must_be_an_aware_future_time(room, user, other_user, until):
     services.room_join(room=room, user=other_user)
     refused("invalid", services.member_mute, room=room, actor=user, user=other_user, until=until)
@@ -119,8 +137,9 @@ def test_moderators_cannot_touch_the_owner_or_each_other_but_the_owner_can(room,
         services.member_set_role(room=room, actor=user, user=u, role="moderator")
     refused("forbidden", services.member_kick, room=room, actor=other_user, user=user)
     refused("forbidden", services.member_ban, room=room, actor=other_user, user=mod2)
-    refused("forbidden", services.member_set_role, room=room, actor=other_user, user=mod2,
-            role="member")
+    refused(
+        "forbidden", services.member_set_role, room=room, actor=other_user, user=mod2, role="member"
+    )
     refused("forbidden", services.member_kick, room=room, actor=user, user=user)
     services.member_kick(room=room, actor=user, user=mod2)
     assert not member_of(room, mod2).is_active
@@ -128,7 +147,9 @@ def test_moderators_cannot_touch_the_owner_or_each_other_but_the_owner_can(room,
 
 def test_role_must_be_owner_moderator_or_member(room, user, other_user):
     services.room_join(room=room, user=other_user)
-    refused("invalid", services.member_set_role, room=room, actor=user, user=other_user, role="admin")
+    refused(
+        "invalid", services.member_set_role, room=room, actor=user, user=other_user, role="admin"
+    )
     assert member_of(room, other_user).role == "member"
 
 
@@ -177,7 +198,9 @@ def test_unread_ignores_own_and_deleted_messages(room, user, other_user):
     factories.send(room, other_user, "mine")
     gone = factories.send(room, user, "gone")
     factories.send(room, user, "live")
-    messaging.message_delete(message=Message.objects.get(pk=gone.envelope["data"]["id"]), actor=user)
+    messaging.message_delete(
+        message=Message.objects.get(pk=gone.envelope["data"]["id"]), actor=user
+    )
     assert seen_by(Room.objects, other_user).get(pk=room.pk).unread == 1
 
 
@@ -193,19 +216,37 @@ def _archived_room_writes(room, owner, member, message):
         "join": lambda: services.room_join(room=room, user=other),
         "leave": lambda: services.room_leave(room=room, user=member),
         "invite": lambda: services.room_invite(room=room, actor=owner, user=other),
-        "role": lambda: services.member_set_role(room=room, actor=owner, user=member, role="moderator"),
+        "role": lambda: services.member_set_role(
+            room=room, actor=owner, user=member, role="moderator"
+        ),
         "kick": lambda: services.member_kick(room=room, actor=owner, user=member),
         "ban": lambda: services.member_ban(room=room, actor=owner, user=member),
         "unban": lambda: services.member_unban(room=room, actor=owner, user=banned),
-        "mute": lambda: services.member_mute(room=room, actor=owner, user=member,
-                                             until=timezone.now() + timedelta(hours=1)),
+        "mute": lambda: services.member_mute(
+            room=room, actor=owner, user=member, until=timezone.now() + timedelta(hours=1)
+        ),
         "update": lambda: services.room_update(room=room, actor=owner, name="renamed"),
         "archive": lambda: services.room_archive(room=room, actor=owner),
     }
 
 
-ARCHIVED_WRITES = ["send", "edit", "delete", "react", "unreact", "join", "leave", "invite",
-                   "role", "kick", "ban", "unban", "mute", "update", "archive"]
+ARCHIVED_WRITES = [
+    "send",
+    "edit",
+    "delete",
+    "react",
+    "unreact",
+    "join",
+    "leave",
+    "invite",
+    "role",
+    "kick",
+    "ban",
+    "unban",
+    "mute",
+    "update",
+    "archive",
+]
 
 
 @pytest.mark.parametrize("archived", [True, False], ids=["archived", "control"])
@@ -218,8 +259,11 @@ def test_nothing_in_an_archived_room_changes(room, user, other_user, write, arch
     messaging.reaction_add(message=message, user=user, emoji="🎉")
     state = lambda: (  # noqa: E731
         Room.objects.values_list("last_seq", "name").get(pk=room.pk),
-        list(Membership.objects.in_room(room).order_by("pk").values_list(
-            "is_active", "role", "muted_until", "banned_at")),
+        list(
+            Membership.objects.in_room(room)
+            .order_by("pk")
+            .values_list("is_active", "role", "muted_until", "banned_at")
+        ),
         list(Message.objects.in_room(room).values_list("body", "deleted_at")),
         message.reactions.count(),
     )

@@ -102,8 +102,17 @@ class ServerProcess(ChildProcess):
         death need exactly one."""
         self.port = port or free_port()
         super().__init__(
-            [PYTHON, "-m", "chatproject.serve", "--bind", "127.0.0.1", "--port", str(self.port),
-             "--workers", str(workers)],
+            [
+                PYTHON,
+                "-m",
+                "chatproject.serve",
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
             env,
         )
 
@@ -145,9 +154,20 @@ class CeleryWorker(ChildProcess):
 
     def __init__(self, env, *, beat: bool = False, concurrency: int = 1):
         args = [
-            PYTHON, "-m", "celery", "-A", "chatproject", "worker",
-            "-Q", env["CELERY_QUEUE"], "-c", str(concurrency), "--loglevel", "INFO",
-            "-n", f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
+            PYTHON,
+            "-m",
+            "celery",
+            "-A",
+            "chatproject",
+            "worker",
+            "-Q",
+            env["CELERY_QUEUE"],
+            "-c",
+            str(concurrency),
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"test-{os.getpid()}-{time.monotonic_ns()}@%h",
         ]
         if beat:
             args += ["-B", "-s", tempfile.mktemp(prefix="celerybeat-")]

@@ -26,7 +26,9 @@ def client_frame(payload: bytes, opcode: int = 0x1, *, zero_mask: bool = False) 
 
 
 class RawSocket:
-    def __init__(self, server, *, token: str, rcvbuf: int | None = 256 * 1024, timeout: float = 15.0):
+    def __init__(
+        self, server, *, token: str, rcvbuf: int | None = 256 * 1024, timeout: float = 15.0
+    ):
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
         # A small receive window (but over two loopback MSS, or window updates stall): what the
         # server sends piles up on its side.

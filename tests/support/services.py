@@ -115,8 +115,21 @@ class RedisServer:
         if not binary:
             raise RuntimeError("redis-server is not installed")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
@@ -148,19 +161,40 @@ class PostgresCluster:
         command = list(args)
         if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                       timeout=120)
+        subprocess.run(
+            command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120
+        )
 
     def start(self) -> PostgresCluster:
         if self.dir is None:
             self.dir = tempfile.mkdtemp(prefix="chat-pg-")
             if os.geteuid() == 0:
                 shutil.chown(self.dir, "postgres", "postgres")
-            self._run("initdb", "-D", self.dir, "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                      "--no-sync")
-        self._run("pg_ctl", "-D", self.dir, "-w", "-t", "60", "-l", f"{self.dir}/log",
-                  "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-                        "-c fsync=off -c max_connections=200", "start")
+            self._run(
+                "initdb",
+                "-D",
+                self.dir,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+            )
+        self._run(
+            "pg_ctl",
+            "-D",
+            self.dir,
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            f"{self.dir}/log",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c max_connections=200",
+            "start",
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
@@ -189,11 +223,13 @@ def forget_redis_keys(url: str, prefix: str) -> int:
 
     try:
         client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-        keys = [*client.scan_iter(f"{prefix}*", count=1000),
-                *client.scan_iter(f"_kombu.binding.{prefix}*", count=1000),
-                *client.scan_iter(f"_kombu.binding_permanent.{prefix}*", count=1000)]
+        keys = [
+            *client.scan_iter(f"{prefix}*", count=1000),
+            *client.scan_iter(f"_kombu.binding.{prefix}*", count=1000),
+            *client.scan_iter(f"_kombu.binding_permanent.{prefix}*", count=1000),
+        ]
         for start in range(0, len(keys), 500):
-            client.delete(*keys[start:start + 500])
+            client.delete(*keys[start : start + 500])
         client.close()
         return len(keys)
     except redis.RedisError:
@@ -223,8 +259,9 @@ def configure_environment() -> None:
         return
     os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/postgres")
     os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/0")
-    atexit.register(forget_redis_keys, os.environ["REDIS_URL"],
-                    f"chattest{os.environ['CHAT_TEST_RUN_ID']}")
+    atexit.register(
+        forget_redis_keys, os.environ["REDIS_URL"], f"chattest{os.environ['CHAT_TEST_RUN_ID']}"
+    )
     if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         _session_broker = Broker().start()
         os.environ["KAFKA_BOOTSTRAP_SERVERS"] = _session_broker.bootstrap

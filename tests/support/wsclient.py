@@ -52,15 +52,32 @@ def session_cookie(user) -> str:
 class WS:
     """One client socket. Keeps every frame it received, in order, in `frames`."""
 
-    def __init__(self, url, *, token=None, session=None, origin="default", headers=None,
-                 open_timeout=15, **connect_kwargs):
-        extra = handshake_headers(token=token, cookie=session and f"sessionid={session}",
-                                  headers=headers)
+    def __init__(
+        self,
+        url,
+        *,
+        token=None,
+        session=None,
+        origin="default",
+        headers=None,
+        open_timeout=15,
+        **connect_kwargs,
+    ):
+        extra = handshake_headers(
+            token=token, cookie=session and f"sessionid={session}", headers=headers
+        )
         if origin == "default":
             origin = default_origin(url)
-        self.ws = connect(url, additional_headers=extra, origin=origin,
-                          open_timeout=open_timeout, max_size=None, ping_interval=None,
-                          legacy=True, **connect_kwargs)
+        self.ws = connect(
+            url,
+            additional_headers=extra,
+            origin=origin,
+            open_timeout=open_timeout,
+            max_size=None,
+            ping_interval=None,
+            legacy=True,
+            **connect_kwargs,
+        )
         self.frames: list[dict] = []
         self.closed_code = None
 
@@ -111,13 +128,17 @@ class WS:
         return self.request("subscribe", timeout=timeout, **fields)
 
     def send_message(self, room, body="hi", client_id=None, **kw) -> dict:
-        return self.request("message.send", room=room, body=body,
-                            client_id=str(client_id or uuid.uuid4()), **kw)
+        return self.request(
+            "message.send", room=room, body=body, client_id=str(client_id or uuid.uuid4()), **kw
+        )
 
     def events(self, room) -> list[dict]:
         """The seq'd events of a room received so far, in arrival order."""
-        return [f for f in self.frames if f.get("room") == room and f.get("seq") is not None
-                and "id" in f]
+        return [
+            f
+            for f in self.frames
+            if f.get("room") == room and f.get("seq") is not None and "id" in f
+        ]
 
     def seqs(self, room) -> list[int]:
         return [f["seq"] for f in self.events(room)]
@@ -125,8 +146,9 @@ class WS:
     def wait_seq(self, room, seq, timeout=20.0):
         if any(s >= seq for s in self.seqs(room)):
             return
-        self.until(lambda f: f.get("room") == room and (f.get("seq") or 0) >= seq
-                   and "id" in f, timeout)
+        self.until(
+            lambda f: f.get("room") == room and (f.get("seq") or 0) >= seq and "id" in f, timeout
+        )
 
     def wait_closed(self, timeout=15.0) -> int:
         """Read until the server closes; returns the close code."""
@@ -153,15 +175,31 @@ class Socket:
         self.hello: dict | None = None
 
     @classmethod
-    async def open(cls, server, *, token=None, cookie=None, origin="default", query="",
-                   expect_hello=True, headers=None, path=None) -> Socket:
+    async def open(
+        cls,
+        server,
+        *,
+        token=None,
+        cookie=None,
+        origin="default",
+        query="",
+        expect_hello=True,
+        headers=None,
+        path=None,
+    ) -> Socket:
         extra = handshake_headers(token=token, cookie=cookie, headers=headers)
         url = server.ws_url if path is None else f"ws://127.0.0.1:{server.port}{path}"
         if origin == "default":
             origin = default_origin(url)
         conn = await connect_async(
-            url + query, origin=origin, additional_headers=extra, max_size=None,
-            proxy=None, open_timeout=15, ping_interval=None, compression=None,
+            url + query,
+            origin=origin,
+            additional_headers=extra,
+            max_size=None,
+            proxy=None,
+            open_timeout=15,
+            ping_interval=None,
+            compression=None,
         )
         sock = cls(conn)
         if expect_hello:

@@ -62,16 +62,21 @@ def test_a_blocked_user_cannot_post_in_an_existing_direct_room(user, other_user)
     assert sent.status_code == 403 and sent.json()["code"] == "forbidden"
     assert open_direct(blocked, user).status_code == 403
     # The batched path, as the WebSocket sends: refused there too, the blocker's goes through.
-    results = message_send_many([SendRequest(direct.pk, other_user, "b", uuid.uuid4()),
-                                 SendRequest(direct.pk, user, "a", uuid.uuid4()),
-                                 SendRequest(direct.pk, other_user, "c", uuid.uuid4())])
+    results = message_send_many(
+        [
+            SendRequest(direct.pk, other_user, "b", uuid.uuid4()),
+            SendRequest(direct.pk, user, "a", uuid.uuid4()),
+            SendRequest(direct.pk, other_user, "c", uuid.uuid4()),
+        ]
+    )
     assert [getattr(r, "code", None) for r in results] == ["forbidden", None, "forbidden"]
     message = Message.objects.filter(room=direct, author=user).get()
-    react = blocked.post(f"/api/messages/{message.pk}/reactions/", {"emoji": "👍"},
-                         format="json")
+    react = blocked.post(f"/api/messages/{message.pk}/reactions/", {"emoji": "👍"}, format="json")
     assert react.status_code == 403
     assert list(Message.objects.filter(room=direct).values_list("body", flat=True)) == [
-        "before the block", "a"]
+        "before the block",
+        "a",
+    ]
     # Reading stays possible (the room is theirs), and an unblock restores posting.
     assert blocked.get(f"/api/rooms/{direct.pk}/messages/").status_code == 200
     factories.api_client(user).delete(f"/api/blocks/{other_user.pk}/")

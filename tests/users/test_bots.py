@@ -38,11 +38,13 @@ def test_a_bot_posts_over_rest_and_its_events_say_bot(server):
     assert User.objects.get(pk=bot["id"]).has_usable_password() is False
     # The room's owner invites it; a person's socket watches.
     assert factories.api_client(owner).post(
-        f"/api/rooms/{room.pk}/invite/", {"user": bot["id"]}, format="json").status_code in (200, 201)
+        f"/api/rooms/{room.pk}/invite/", {"user": bot["id"]}, format="json"
+    ).status_code in (200, 201)
     watcher = WS(server.ws_url, token=factories.make_token(owner))
     watcher.subscribe(room.pk)
-    sent = _as(bot["token"]).post(f"/api/rooms/{room.pk}/messages/", {"body": "build green"},
-                                  format="json")
+    sent = _as(bot["token"]).post(
+        f"/api/rooms/{room.pk}/messages/", {"body": "build green"}, format="json"
+    )
     assert sent.status_code == 201, sent.content
     envelope = sent.json()
     assert envelope["actor"] == {"id": bot["id"], "username": "deploy-bot", "bot": True}
@@ -61,8 +63,9 @@ def test_a_bot_acts_over_the_websocket_too(server):
     owner = factories.make_user()
     room = factories.make_room(owner)
     bot = _bot(owner, "ws-bot")
-    factories.api_client(owner).post(f"/api/rooms/{room.pk}/invite/", {"user": bot["id"]},
-                                     format="json")
+    factories.api_client(owner).post(
+        f"/api/rooms/{room.pk}/invite/", {"user": bot["id"]}, format="json"
+    )
     client = WS(server.ws_url, token=bot["token"])
     assert client.hello()["user"]["id"] == bot["id"]
     client.subscribe(room.pk)

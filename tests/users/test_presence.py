@@ -37,12 +37,18 @@ async def _presence_scenario(store, u, v):
         await store.disconnect(v, "x"),
     ]
     # A refresh of more users than one script call takes (200), two sockets each.
-    many = [(w, f"s{w}-{k}", "online" if w % 3 else "away")
-            for w in range(v + 1, v + 451) for k in range(2)]
+    many = [
+        (w, f"s{w}-{k}", "online" if w % 3 else "away")
+        for w in range(v + 1, v + 451)
+        for k in range(2)
+    ]
     out.append(sorted(await store.refresh(many, 60)))
     out.append(await store.refresh(many, 60))  # nothing changed
-    out.append(sorted(filter(None, await asyncio.gather(
-        *(store.disconnect(w, sock) for w, sock, _ in many)))))
+    out.append(
+        sorted(
+            filter(None, await asyncio.gather(*(store.disconnect(w, sock) for w, sock, _ in many)))
+        )
+    )
     return out
 
 
@@ -55,9 +61,19 @@ def test_presence_rule_in_redis_is_the_local_rule():
     local = asyncio.run(_presence_scenario(LocalPresence(), u, v))
     many = range(v + 1, v + 451)
     assert local == [
-        (1, "online", 1), (0, "online", 2), -1, [(u, "away"), (v, "online")], None, [],
-        [(u, "offline")], "offline", "online", "offline",
-        [(w, "online" if w % 3 else "away") for w in many], [], ["offline"] * 450,
+        (1, "online", 1),
+        (0, "online", 2),
+        -1,
+        [(u, "away"), (v, "online")],
+        None,
+        [],
+        [(u, "offline")],
+        "offline",
+        "online",
+        "offline",
+        [(w, "online" if w % 3 else "away") for w in many],
+        [],
+        ["offline"] * 450,
     ]
 
     async def in_redis():

@@ -43,8 +43,10 @@ def test_concurrent_takes_are_batched_and_each_bucket_counts_exactly():
         return results
 
     results = asyncio.run(scenario())
-    per_user = {user: [results[i] for i in range(len(results)) if i % 3 == k]
-                for k, user in enumerate(users)}
+    per_user = {
+        user: [results[i] for i in range(len(results)) if i % 3 == k]
+        for k, user in enumerate(users)
+    }
     assert all([w == 0 for w in waits].count(True) == 5 for waits in per_user.values())
     assert all(waits[:5] == [0] * 5 for waits in per_user.values())  # in arrival order
     # A refused take says how long until a token is back (1 token at 0.01/s: up to 100 s).
@@ -65,12 +67,20 @@ def test_rest_and_websocket_takes_share_one_bucket():
     assert ratelimit.take_sync(user) > 0
 
 
-@override_settings(CHAT_RATE_LIMIT_MESSAGES=10, CHAT_RATE_LIMIT_PER_SECOND=0.01,
-                   RATE_LIMIT_REPORT=2, RATE_LIMIT_REPORT_PER_SECOND=0.01)
+@override_settings(
+    CHAT_RATE_LIMIT_MESSAGES=10,
+    CHAT_RATE_LIMIT_PER_SECOND=0.01,
+    RATE_LIMIT_REPORT=2,
+    RATE_LIMIT_REPORT_PER_SECOND=0.01,
+)
 def test_a_budget_of_its_own_also_takes_from_the_write_bucket_and_all_or_nothing():
     user = fresh_user()
     assert [bool(ratelimit.take_sync(user, "report")) for _ in range(4)] == [
-        False, False, True, True]
+        False,
+        False,
+        True,
+        True,
+    ]
     # Two reports took two write tokens; the refused ones took none: 8 writes left.
     assert [bool(ratelimit.take_sync(user)) for _ in range(9)] == [False] * 8 + [True]
 
@@ -84,8 +94,9 @@ def test_typing_buckets_are_per_room_and_never_touch_the_write_bucket():
     assert ratelimit.take_sync(user) == 0
 
 
-@override_settings(REDIS_URL="redis://127.0.0.1:1/0", CHAT_RATE_LIMIT_MESSAGES=3,
-                   CHAT_RATE_LIMIT_PER_SECOND=0.01)
+@override_settings(
+    REDIS_URL="redis://127.0.0.1:1/0", CHAT_RATE_LIMIT_MESSAGES=3, CHAT_RATE_LIMIT_PER_SECOND=0.01
+)
 def test_redis_unreachable_falls_back_to_a_local_bucket_not_an_error():
     user = fresh_user()
     assert [bool(ratelimit.take_sync(user)) for _ in range(4)] == [False] * 3 + [True]
@@ -101,9 +112,14 @@ def test_local_bucket_refills_and_reports_the_wait():
     assert ratelimit.take_local(request, now=102.0) == 0
 
 
-@override_settings(CHAT_RATE_LIMIT_MESSAGES=4, CHAT_RATE_LIMIT_PER_SECOND=0.01,
-                   RATE_LIMIT_READ=2, RATE_LIMIT_READ_PER_SECOND=0.01,
-                   RATE_LIMIT_INVITE=1, RATE_LIMIT_INVITE_PER_SECOND=0.01)
+@override_settings(
+    CHAT_RATE_LIMIT_MESSAGES=4,
+    CHAT_RATE_LIMIT_PER_SECOND=0.01,
+    RATE_LIMIT_READ=2,
+    RATE_LIMIT_READ_PER_SECOND=0.01,
+    RATE_LIMIT_INVITE=1,
+    RATE_LIMIT_INVITE_PER_SECOND=0.01,
+)
 def test_one_batch_of_mixed_budgets_counts_each_take_in_order():
     user = fresh_user()
     budgets = ["write", "read", "invite", "write", "read", "read", "invite", "write", "write"]
@@ -125,4 +141,8 @@ def test_token_bucket_allows_the_burst_then_the_refill_rate():
     assert ratelimit.take_local(request, now=100.5) == 0  # one token back
     assert ratelimit.take_local(request, now=100.5) > 0
     assert [ratelimit.take_local(request, now=200.0) == 0 for _ in range(4)] == [
-        True, True, True, False]
+        True,
+        True,
+        True,
+        False,
+    ]

@@ -13,10 +13,16 @@ pytestmark = pytest.mark.django_db
 SLOW = 0.001  # refill per second: nothing comes back during a test
 
 
-@override_settings(CHAT_RATE_LIMIT_MESSAGES=100, CHAT_RATE_LIMIT_PER_SECOND=SLOW,
-                   RATE_LIMIT_ROOM_CREATE=2, RATE_LIMIT_ROOM_CREATE_PER_SECOND=SLOW,
-                   RATE_LIMIT_DM_OPEN=2, RATE_LIMIT_DM_OPEN_PER_SECOND=SLOW,
-                   RATE_LIMIT_INVITE=2, RATE_LIMIT_INVITE_PER_SECOND=SLOW)
+@override_settings(
+    CHAT_RATE_LIMIT_MESSAGES=100,
+    CHAT_RATE_LIMIT_PER_SECOND=SLOW,
+    RATE_LIMIT_ROOM_CREATE=2,
+    RATE_LIMIT_ROOM_CREATE_PER_SECOND=SLOW,
+    RATE_LIMIT_DM_OPEN=2,
+    RATE_LIMIT_DM_OPEN_PER_SECOND=SLOW,
+    RATE_LIMIT_INVITE=2,
+    RATE_LIMIT_INVITE_PER_SECOND=SLOW,
+)
 @pytest.mark.parametrize("budget", ["room_create", "dm_open", "invite"])
 def test_costly_writes_have_their_own_smaller_budget(user, room, budget):
     client = factories.api_client(user)
@@ -46,13 +52,19 @@ def test_every_kind_of_write_shares_the_bucket_and_reads_do_not_count(user, othe
     mid = message.json()["data"]["id"]
     for _ in range(5):
         assert client.get(f"/api/rooms/{room.pk}/messages/").status_code == 200
-        assert client.post(f"/api/rooms/{room.pk}/read/", {"seq": 1}, format="json").status_code == 200
+        assert (
+            client.post(f"/api/rooms/{room.pk}/read/", {"seq": 1}, format="json").status_code == 200
+        )
     assert client.patch(f"/api/messages/{mid}/", {"body": "b"}, format="json").status_code == 200
-    assert client.post(f"/api/messages/{mid}/reactions/", {"emoji": "👍"},
-                       format="json").status_code == 201
+    assert (
+        client.post(f"/api/messages/{mid}/reactions/", {"emoji": "👍"}, format="json").status_code
+        == 201
+    )
     refused = client.patch(f"/api/rooms/{room.pk}/", {"topic": "t"}, format="json")
     assert refused.status_code == 429 and refused.json()["code"] == "rate_limited"
     # Another user's bucket is their own.
     other = factories.api_client(other_user)
-    assert other.post(f"/api/rooms/{room.pk}/messages/", {"body": "c"},
-                      format="json").status_code == 201
+    assert (
+        other.post(f"/api/rooms/{room.pk}/messages/", {"body": "c"}, format="json").status_code
+        == 201
+    )

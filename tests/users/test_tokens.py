@@ -21,8 +21,9 @@ pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 def _create(user, **body):
     client = factories.api_client(user)
-    return client.post("/api/tokens/", {"name": "ci", "scopes": ["read", "write"], **body},
-                       format="json")
+    return client.post(
+        "/api/tokens/", {"name": "ci", "scopes": ["read", "write"], **body}, format="json"
+    )
 
 
 def _client(key):
@@ -77,14 +78,17 @@ def test_an_expired_token_is_refused():
     assert refused.status_code == 401 and refused.json()["code"] == "unauthenticated"
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"scopes": ["admin"]}, "scopes"),
-    ({"scopes": []}, "scopes"),
-    ({"scopes": "read"}, "scopes"),
-    ({"name": ""}, "name"),
-    ({"expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
-    ({"expires_at": "soon"}, "expires_at"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"scopes": ["admin"]}, "scopes"),
+        ({"scopes": []}, "scopes"),
+        ({"scopes": "read"}, "scopes"),
+        ({"name": ""}, "name"),
+        ({"expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
+        ({"expires_at": "soon"}, "expires_at"),
+    ],
+)
 def test_bad_token_requests_are_invalid_and_create_nothing(body, field):
     user = factories.make_user()
     answer = _create(user, **body)
@@ -114,8 +118,9 @@ def test_revoking_is_per_owner_and_the_old_login_token_keeps_working():
     assert factories.api_client(user).delete(f"/api/tokens/{created['id']}/").status_code == 204
     assert _client(created["token"]).get("/api/me/").status_code == 401
     # POST /api/auth/token/ (DRF's single token) still logs in.
-    login = APIClient().post("/api/auth/token/", {"username": user.username,
-                                                  "password": "pw-for-tests-1"}, format="json")
+    login = APIClient().post(
+        "/api/auth/token/", {"username": user.username, "password": "pw-for-tests-1"}, format="json"
+    )
     assert login.status_code == 200
     assert _client(login.json()["token"]).get("/api/me/").json()["id"] == user.pk
 

@@ -16,16 +16,20 @@ PASSWORD = "a-fine-long-password"
 
 def signup(username):
     return APIClient(REMOTE_ADDR=next(_addresses)).post(
-        "/api/users/", {"username": username, "password": PASSWORD}, format="json")
+        "/api/users/", {"username": username, "password": PASSWORD}, format="json"
+    )
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("first, second", [
-    ("ada", "\uff21\uff44\uff41"),  # fullwidth Ａｄａ: NFKC makes it Ada
-    ("ada", "ADA"),
-    ("Straße", "STRASSE"),  # case folding, not lower()
-    ("\u2167x", "viiix"),  # Ⅷ (a compatibility character) is VIII after NFKC
-])
+@pytest.mark.parametrize(
+    "first, second",
+    [
+        ("ada", "\uff21\uff44\uff41"),  # fullwidth Ａｄａ: NFKC makes it Ada
+        ("ada", "ADA"),
+        ("Straße", "STRASSE"),  # case folding, not lower()
+        ("\u2167x", "viiix"),  # Ⅷ (a compatibility character) is VIII after NFKC
+    ],
+)
 def test_a_name_equal_after_normalization_and_case_folding_is_taken(first, second):
     assert signup(first).status_code == 201
     response = signup(second)
@@ -41,8 +45,9 @@ def test_the_name_is_stored_normalized():
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("name", ["\u0430dm\u0456n", "p\u0430ypal", "\u03b1lice", "Bob\u0411",
-                                  "ivan.иван"])
+@pytest.mark.parametrize(
+    "name", ["\u0430dm\u0456n", "p\u0430ypal", "\u03b1lice", "Bob\u0411", "ivan.иван"]
+)
 def test_names_mixing_latin_cyrillic_and_greek_are_refused(name):
     response = signup(name)
     assert response.status_code == 400, response.content
@@ -74,9 +79,15 @@ def test_the_database_refuses_a_second_case_folded_name_whatever_the_path():
 def test_the_admin_refuses_a_taken_or_mixed_script_name_as_a_form_error(admin_client):
     factories.make_user("hopper")
     for name, complaint in [("HOPPER", "already exists"), ("h\u043epper", "one script")]:
-        response = admin_client.post("/admin/users/user/add/", {
-            "username": name, "password1": PASSWORD, "password2": PASSWORD,
-            "usable_password": "true"})
+        response = admin_client.post(
+            "/admin/users/user/add/",
+            {
+                "username": name,
+                "password1": PASSWORD,
+                "password2": PASSWORD,
+                "usable_password": "true",
+            },
+        )
         assert response.status_code == 200, name
         assert complaint in response.content.decode(), name
     assert get_user_model().objects.filter(username_key="hopper").count() == 1
@@ -111,13 +122,17 @@ def test_the_migration_renames_later_colliding_accounts_deterministically(capsys
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("existing, lookalike", [
-    ("pop", "\u0440\u043e\u0440"),  # Cyrillic рор
-    ("hot", "\u0397\u039f\u03a4"),  # Greek ΗΟΤ
-    ("ace_1", "\u0430\u0441\u0435_1"),  # Cyrillic асе with a suffix
-])
-def test_a_cyrillic_or_greek_name_that_reads_as_an_existing_latin_one_is_refused(existing,
-                                                                                  lookalike):
+@pytest.mark.parametrize(
+    "existing, lookalike",
+    [
+        ("pop", "\u0440\u043e\u0440"),  # Cyrillic рор
+        ("hot", "\u0397\u039f\u03a4"),  # Greek ΗΟΤ
+        ("ace_1", "\u0430\u0441\u0435_1"),  # Cyrillic асе with a suffix
+    ],
+)
+def test_a_cyrillic_or_greek_name_that_reads_as_an_existing_latin_one_is_refused(
+    existing, lookalike
+):
     assert signup(existing).status_code == 201
     response = signup(lookalike)
     assert response.status_code == 400, response.content

@@ -12,8 +12,14 @@ from tests.support.services import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ARTIFACTS = Path(ROOT) / "test-artifacts" / "web"
 PASSWORD = "pw-for-tests-1"  # tests.factories.make_user's default
@@ -56,7 +62,9 @@ def browser():
 
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     playwright = sync_playwright().start()
-    chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    chromium = playwright.chromium.launch(
+        executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+    )
     yield chromium
     chromium.close()
     playwright.stop()
@@ -93,8 +101,10 @@ def login(page, server, username, password=PASSWORD):
         wait_connected(page)
     except Exception as exc:
         screenshot(page, f"login-failed-{username}")
-        raise AssertionError(f"login failed at {page.url}: {page.inner_text('body')[:500]}\n"
-                             + server.output()[-3000:]) from exc
+        raise AssertionError(
+            f"login failed at {page.url}: {page.inner_text('body')[:500]}\n"
+            + server.output()[-3000:]
+        ) from exc
 
 
 def admin_login(page, server, username, next_path, password=PASSWORD):
@@ -144,7 +154,9 @@ def make_user(username, *, moderator=False):
 
     if moderator:
         ensure_moderators_group()
-    user = factories.make_moderator(username=username) if moderator else factories.make_user(username)
+    user = (
+        factories.make_moderator(username=username) if moderator else factories.make_user(username)
+    )
     hasher = PBKDF2PasswordHasher()
     user.password = hasher.encode(PASSWORD, hasher.salt(), iterations=20000)
     user.save(update_fields=["password"])

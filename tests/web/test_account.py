@@ -45,7 +45,8 @@ def test_download_my_data_saves_a_json_lines_file_of_my_own_data(server, open_pa
     lines = [json.loads(line) for line in text.splitlines()]
     assert lines[0]["kind"] == "account" and lines[0]["username"] == "alice"
     assert [(m["room"], m["body"]) for m in lines if m["kind"] == "message"] == [
-        (room.pk, "alice's own words")]
+        (room.pk, "alice's own words")
+    ]
     assert "bob's words" not in text
     expect(page.locator("#account-menu")).not_to_have_attribute("open", "")
     assert page.errors == []
@@ -117,8 +118,7 @@ def test_a_rooms_retention_is_shown_in_its_header_and_follows_room_updated(serve
     assert page.errors == []
 
 
-def test_a_page_that_resumes_from_before_history_start_gets_the_rest(open_page, child_env,
-                                                                     request):
+def test_a_page_that_resumes_from_before_history_start_gets_the_rest(open_page, child_env, request):
     from apps.messaging.retention import history_purge
     from tests.messaging.test_retention import age
 

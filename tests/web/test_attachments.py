@@ -39,7 +39,8 @@ def natural_width(locator) -> int:
 
 
 def test_a_pasted_image_reaches_the_other_user_as_a_thumbnail_that_opens_the_full_image(
-        server, celery_worker, open_page):
+    server, celery_worker, open_page
+):
     def setup():
         alice, bob = make_user("alice"), make_user("bob")
         factories.make_room(alice, name="Photos", members=[bob])
@@ -79,7 +80,8 @@ def test_a_pasted_image_reaches_the_other_user_as_a_thumbnail_that_opens_the_ful
 
     # A file picked with the button: a download link on the other side.
     a.locator("#attach-input").set_input_files(
-        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"the agenda\n"}])
+        files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"the agenda\n"}]
+    )
     expect(a.locator("#pending-files .pending-file.done")).to_have_count(1)
     a.get_by_role("button", name="Send").click()  # files alone, no text
     link = b.get_by_role("link", name="notes.txt")
@@ -111,9 +113,16 @@ def test_a_file_over_the_limit_is_refused_with_a_clear_message(small_limit_serve
     page = open_page(small_limit_server, carol)
     open_room(page, "Files")
     page.locator("#attach-input").set_input_files(
-        files=[{"name": "huge.bin", "mimeType": "application/octet-stream",
-                "buffer": b"\0" * (300 * 1024)}])
+        files=[
+            {
+                "name": "huge.bin",
+                "mimeType": "application/octet-stream",
+                "buffer": b"\0" * (300 * 1024),
+            }
+        ]
+    )
     expect(page.locator("#attach-error")).to_have_text(
-        "huge.bin is 300 KiB: files can be at most 200 KiB.")
+        "huge.bin is 300 KiB: files can be at most 200 KiB."
+    )
     expect(page.locator("#pending-files .pending-file")).to_have_count(0)
     assert in_thread(lambda: Upload.objects.count()) == 0

@@ -57,9 +57,11 @@ def test_two_users_chat_live(server, open_page):
     # Presence of direct-message partners: bob's page starts from /presence/, alice's page
     # hears bob arrive over the socket.
     expect(b.locator("#room-list li", has_text="alice").locator(".presence")).to_have_class(
-        re.compile("online"))
+        re.compile("online")
+    )
     expect(a.locator("#room-list li", has_text="bob").locator(".presence")).to_have_class(
-        re.compile("online"))
+        re.compile("online")
+    )
 
     # Send: shown at once, confirmed by the ack, seen live on the other side.
     composer(a).fill("hi bob")
@@ -130,7 +132,8 @@ def test_two_users_chat_live(server, open_page):
     assert a.errors == [] and b.errors == []
     b.context.close()
     expect(a.locator("#room-list li", has_text="bob").locator(".presence")).to_have_class(
-        re.compile("offline"))
+        re.compile("offline")
+    )
 
 
 def test_admin_delete_disappears_from_open_page(server, open_page, browser):
@@ -159,7 +162,9 @@ def test_admin_delete_disappears_from_open_page(server, open_page, browser):
     finally:
         admin.close()
 
-    expect(page.locator("#messages .body", has_text="Message removed by a moderator")).to_have_count(1)
+    expect(
+        page.locator("#messages .body", has_text="Message removed by a moderator")
+    ).to_have_count(1)
     expect(message(page, "remove me")).to_have_count(0)
     expect(message(page, "keep this")).to_have_count(1)
 
@@ -223,11 +228,16 @@ def test_restart_reconnects_without_holes_or_duplicates(open_page, child_env, re
         expected = [f"before {i}" for i in range(3)] + [f"meanwhile {i}" for i in range(8)]
         expected.append("sent while down")
         expect(page.locator("#messages > li .body")).to_have_text(expected)
-        seqs = [int(s) for s in page.locator("#messages > li").evaluate_all(
-            "items => items.map(li => li.dataset.seq)")]
+        seqs = [
+            int(s)
+            for s in page.locator("#messages > li").evaluate_all(
+                "items => items.map(li => li.dataset.seq)"
+            )
+        ]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-        stored = in_thread(lambda: list(
-            Message.objects.filter(client_id=client_id).values_list("body", flat=True)))
+        stored = in_thread(
+            lambda: list(Message.objects.filter(client_id=client_id).values_list("body", flat=True))
+        )
         assert stored == ["sent while down"]
         screenshot(page, "after-restart")
         assert page.errors == []
@@ -287,8 +297,13 @@ def test_sign_up_log_out_and_log_in(server, browser):
         page.get_by_label("Invite", exact=True).fill("friend")
         page.get_by_role("button", name="Invite", exact=True).click()
         expect(page.locator("#room-error")).to_have_text("friend was invited.")
-        kinds = in_thread(lambda: sorted(
-            Room.objects.filter(memberships__user__username="friend").values_list("kind", flat=True)))
+        kinds = in_thread(
+            lambda: sorted(
+                Room.objects.filter(memberships__user__username="friend").values_list(
+                    "kind", flat=True
+                )
+            )
+        )
         assert kinds == ["direct", "private"]
 
         # Join a public room from the list, then leave it.
@@ -394,7 +409,8 @@ def test_block_and_unblock_from_the_author_name_hides_their_messages(server, ope
     expect(message(a, "first noise")).to_have_count(0)
     expect(a.locator("#messages .msg.blocked .hidden-note")).to_have_count(1)
     assert in_thread(lambda: list(troll.blocked_by.values_list("blocker_id", flat=True))) == [
-        alice.pk]
+        alice.pk
+    ]
     # Live messages of a blocked user are hidden too, and stay hidden after a reload.
     in_thread(factories.send, room, troll, "more noise")
     expect(a.locator("#messages .msg.blocked")).to_have_count(2)
@@ -403,6 +419,7 @@ def test_block_and_unblock_from_the_author_name_hides_their_messages(server, ope
     open_room(a, "General")
     expect(a.locator("#messages .msg.blocked")).to_have_count(2)
     expect(message(a, "more noise")).to_have_count(0)
+
     # A reply to a blocked user's message does not quote it.
     def reply():
         noise = Message.objects.get(room=room, body="first noise")
@@ -410,7 +427,8 @@ def test_block_and_unblock_from_the_author_name_hides_their_messages(server, ope
 
     in_thread(reply)
     expect(message(a, "answering").locator(".reply-ref")).to_have_text(
-        "↪ a message from someone you blocked")
+        "↪ a message from someone you blocked"
+    )
     # Unblock from the same menu: the messages come back.
     a.locator("#messages").get_by_role("button", name="troll").first.click()
     a.get_by_role("menuitem", name="Unblock troll").click()
@@ -437,7 +455,8 @@ def test_slow_mode_counts_down_in_the_composer(server, open_page):
     composer(page).press("Enter")
     expect(message(page, "first")).not_to_have_class(re.compile("pending|failed"))
     expect(page.locator("#slow-mode")).to_have_text(
-        re.compile(r"^Slow mode: you can post again in [123] s\.$"))
+        re.compile(r"^Slow mode: you can post again in [123] s\.$")
+    )
     expect(page.get_by_role("button", name="Send")).to_be_disabled()
     composer(page).fill("second")
     composer(page).press("Enter")  # refused by the page itself while the countdown runs
@@ -459,7 +478,8 @@ def test_slow_mode_counts_down_in_the_composer(server, open_page):
     composer(other_tab).press("Enter")
     expect(message(other_tab, "too soon")).to_have_class(re.compile("failed"))
     expect(other_tab.locator("#slow-mode")).to_have_text(
-        re.compile(r"^Slow mode: you can post again in [123] s\.$"))
+        re.compile(r"^Slow mode: you can post again in [123] s\.$")
+    )
     expect(other_tab.get_by_role("button", name="Send")).to_be_disabled()
     assert in_thread(lambda: Message.objects.filter(room=room, author=member).count()) == 3
     assert not page.errors, page.errors
@@ -485,8 +505,9 @@ def test_announcement_rooms_show_a_read_only_composer_to_members(server, open_pa
 
     in_thread(announce)  # live: room.updated switches the reader's composer off
     expect(composer(reader)).to_be_disabled()
-    expect(composer(reader)).to_have_attribute("placeholder",
-                                               "Only moderators can post in this room.")
+    expect(composer(reader)).to_have_attribute(
+        "placeholder", "Only moderators can post in this room."
+    )
     expect(composer(writer)).to_be_enabled()
     composer(writer).fill("release tonight")
     composer(writer).press("Enter")

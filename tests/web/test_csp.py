@@ -32,8 +32,10 @@ def page(browser):
     page = context.new_page()
     page.errors = []
     page.on("pageerror", lambda exc: page.errors.append(str(exc)))
-    page.on("console", lambda msg: "Content Security Policy" in msg.text
-            and page.errors.append(msg.text))
+    page.on(
+        "console",
+        lambda msg: "Content Security Policy" in msg.text and page.errors.append(msg.text),
+    )
     yield page
     context.close()
 
@@ -104,8 +106,9 @@ def test_login_signup_admin_browsable_api_and_docs_work_under_the_strict_policy(
     # The API docs: Swagger UI renders the operations from the schema.
     response = visit(page, base + "/api/docs/")
     assert response.headers["content-security-policy"] == STRICT_CSP
-    expect(page.locator(".opblock-summary-path").filter(
-        has_text=re.compile(r"^/api/rooms/$"))).to_have_count(2, timeout=20000)  # GET, POST
+    expect(
+        page.locator(".opblock-summary-path").filter(has_text=re.compile(r"^/api/rooms/$"))
+    ).to_have_count(2, timeout=20000)  # GET, POST
     page.locator(".opblock-summary-path", has_text=re.compile(r"^/api/me/$")).first.click()
     expect(page.locator(".opblock-body").first).to_be_visible()
     clean(page, "api-docs")

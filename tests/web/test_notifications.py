@@ -43,7 +43,8 @@ def mention_badge(page, room):
 
 
 def test_a_mention_badge_appears_live_and_clears_when_the_room_is_read(
-        server, celery_worker, open_page):
+    server, celery_worker, open_page
+):
     def setup():
         alice, bob = make_user("alice"), make_user("bob")
         factories.make_room(alice, name="General", members=[bob])
@@ -60,8 +61,9 @@ def test_a_mention_badge_appears_live_and_clears_when_the_room_is_read(
     badge = mention_badge(b, "Random")
     expect(badge).to_have_text("@1", timeout=20000)
     expect(badge).to_have_attribute("aria-label", "1 mention")
-    expect(b.locator("#room-list li", has_text="Random").locator(".badge:not(.mentions)")
-           ).to_have_text("2")
+    expect(
+        b.locator("#room-list li", has_text="Random").locator(".badge:not(.mentions)")
+    ).to_have_text("2")
     # The notifications list has it; it opens the room.
     expect(b.locator("#notifications-badge")).to_have_text("1")
     b.get_by_label("Notifications", exact=True).click()
@@ -88,7 +90,8 @@ def test_a_mention_badge_appears_live_and_clears_when_the_room_is_read(
 
 
 def test_the_room_menu_sets_the_level_and_hidden_pages_notify_the_desktop(
-        server, celery_worker, open_page, browser):
+    server, celery_worker, open_page, browser
+):
     def setup():
         alice, bob = make_user("alice"), make_user("bob")
         factories.make_room(alice, name="General", members=[bob])

@@ -82,12 +82,17 @@ def test_report_reviewed_and_acted_on_in_the_admin(server, open_page, browser):
     finally:
         admin.close()
 
-    expect(page.locator("#messages .body", has_text="Message removed by a moderator")).to_have_count(1)
+    expect(
+        page.locator("#messages .body", has_text="Message removed by a moderator")
+    ).to_have_count(1)
     expect(message(page, "you are all idiots")).to_have_count(0)
     expect(watcher.locator("#report-list")).to_contain_text("No open reports", timeout=40000)
     report = in_thread(lambda: Report.objects.select_related("resolved_by").get())
     assert (report.status, report.action, report.resolved_by.username) == (
-        "resolved", "delete", moderator.username)
+        "resolved",
+        "delete",
+        moderator.username,
+    )
     assert page.errors == [] and watcher.errors == []
 
 
@@ -114,8 +119,13 @@ def test_a_room_owner_handles_a_report_from_the_chat_page(server, open_page):
     item.get_by_role("button", name="Remove message").click()
     expect(owners.locator("#report-list")).to_contain_text("No open reports")
     expect(message(page, "spam spam spam")).to_have_count(0)
-    expect(page.locator("#messages .body", has_text="Message removed by a moderator")).to_have_count(1)
+    expect(
+        page.locator("#messages .body", has_text="Message removed by a moderator")
+    ).to_have_count(1)
     report = in_thread(lambda: Report.objects.select_related("resolved_by").get())
     assert (report.status, report.resolved_by.username, report.category) == (
-        "resolved", owner.username, "spam")
+        "resolved",
+        owner.username,
+        "spam",
+    )
     assert page.errors == [] and owners.errors == []

@@ -85,7 +85,8 @@ def test_a_thread_conversation_with_counts_updating_live(server, open_page):
 
     # Bob's open thread gets the reply, and both roots say 2 replies.
     expect(b.locator("#thread-replies > li .body")).to_have_text(
-        ["Friday works for me", "Great, Friday it is"])
+        ["Friday works for me", "Great, Friday it is"]
+    )
     expect(b.locator("#thread-count")).to_have_text("2 replies")
     expect(root_on_b.locator(".thread-link")).to_have_text(re.compile(r"^2 replies"))
     expect(root_on_a.locator(".thread-link")).to_have_text(re.compile(r"^2 replies"))

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 
 def _me(server, key):
-    request = urllib.request.Request(server.http_url + "/api/me/",
-                                     headers={"Authorization": f"Token {key}"})
+    request = urllib.request.Request(
+        server.http_url + "/api/me/", headers={"Authorization": f"Token {key}"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, json.loads(answer.read())

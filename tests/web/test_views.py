@@ -40,13 +40,19 @@ def test_sign_up_creates_the_account_and_logs_in(client):
 @pytest.mark.django_db
 def test_sign_up_refuses_bad_input_without_creating_anyone(client, django_user_model):
     factories.make_user("taken")
-    mismatch = client.post("/signup/", {"username": "x1", "password": "long enough 123",
-                                        "password_again": "other enough 123"})
+    mismatch = client.post(
+        "/signup/",
+        {"username": "x1", "password": "long enough 123", "password_again": "other enough 123"},
+    )
     assert "The two passwords differ." in mismatch.content.decode()
-    taken = client.post("/signup/", {"username": "TAKEN", "password": "long enough 123",
-                                     "password_again": "long enough 123"})
+    taken = client.post(
+        "/signup/",
+        {"username": "TAKEN", "password": "long enough 123", "password_again": "long enough 123"},
+    )
     assert "that username is taken" in taken.content.decode()
-    short = client.post("/signup/", {"username": "x2", "password": "short", "password_again": "short"})
+    short = client.post(
+        "/signup/", {"username": "x2", "password": "short", "password_again": "short"}
+    )
     assert short.status_code == 200
     assert not django_user_model.objects.filter(username__in=["x1", "x2"]).exists()
 
@@ -55,8 +61,13 @@ def test_sign_up_refuses_bad_input_without_creating_anyone(client, django_user_m
 @override_settings(SIGNUP_ENABLED=False)
 def test_sign_up_disabled_hides_the_page_and_the_link(client):
     assert client.get("/signup/").status_code == 404
-    assert client.post("/signup/", {"username": "x", "password": "long enough 123",
-                                    "password_again": "long enough 123"}).status_code == 404
+    assert (
+        client.post(
+            "/signup/",
+            {"username": "x", "password": "long enough 123", "password_again": "long enough 123"},
+        ).status_code
+        == 404
+    )
     assert "Sign up" not in client.get("/login/").content.decode()
 
 

@@ -13,11 +13,14 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--group", required=True,
-                            help="group name (Kafka group id: KAFKA_TOPIC_PREFIX.NAME)")
-        parser.add_argument("--handler", default=None,
-                            help="dotted path of the handler class "
-                                 "(default: KAFKA_CONSUMER_HANDLERS[group])")
+        parser.add_argument(
+            "--group", required=True, help="group name (Kafka group id: KAFKA_TOPIC_PREFIX.NAME)"
+        )
+        parser.add_argument(
+            "--handler",
+            default=None,
+            help="dotted path of the handler class (default: KAFKA_CONSUMER_HANDLERS[group])",
+        )
 
     def handle(self, *args, group, handler, **options):
         if not group.replace("-", "").replace("_", "").replace(".", "").isalnum():

@@ -8,7 +8,9 @@ class Command(BaseCommand):
     help = "Create the Kafka topics the chat publishes to (KAFKA_TOPIC_PREFIX, KAFKA_PARTITIONS)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--wait", type=float, default=0.0, help="seconds to wait for the broker")
+        parser.add_argument(
+            "--wait", type=float, default=0.0, help="seconds to wait for the broker"
+        )
 
     def handle(self, *args, wait, **options):
         if not settings.KAFKA_BOOTSTRAP_SERVERS:

@@ -12,8 +12,12 @@ class Command(BaseCommand):
     help = "Deliver outgoing webhooks from the room event log until stopped (SIGTERM, Ctrl-C)."
 
     def add_arguments(self, parser):
-        parser.add_argument("--shard", type=int, default=0,
-                            help="This worker's share: webhooks whose id modulo --shards is this")
+        parser.add_argument(
+            "--shard",
+            type=int,
+            default=0,
+            help="This worker's share: webhooks whose id modulo --shards is this",
+        )
         parser.add_argument("--shards", type=int, default=1, help="Workers sharing the webhooks")
 
     def handle(self, *args, shard, shards, **options):
