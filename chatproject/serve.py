@@ -23,6 +23,10 @@ Two small hooks on top of daphne's own server:
 - Graceful shutdown: on SIGTERM (or SIGINT) the process stops accepting connections, closes every
   WebSocket with 1012 (service restart) so clients reconnect elsewhere and resume with `since`,
   lets in-flight requests finish, and exits within CHAT_SHUTDOWN_GRACE_SECONDS (plus ~1 s).
+
+Why ~540 lines in one module: it is the one place that subclasses daphne, autobahn and Twisted
+(tests/chatproject/test_serve_pins.py pins each method it relies on), and those hooks share
+the server object; the several-worker supervisor is its own module (chatproject/workers.py).
 """
 
 import argparse

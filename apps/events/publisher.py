@@ -19,6 +19,9 @@ Rules this module relies on:
   a later row of its room on the topic; it may only repeat (a row that reached Kafka but whose
   ack was lost is sent again with the same event id: at least once, consumers deduplicate on
   id).
+
+Why ~420 lines in one module: it is one job, the drain loop, and its rules above are read with
+it (the batch read, the per-partition flush plan, the publisher lock, the outcome per room).
 """
 
 from __future__ import annotations

@@ -14,6 +14,10 @@ Design (PROTOCOL §3, "fan-out that scales"):
 - Its parts: connection (one socket: writer, backpressure), streams (per-room ordering),
   reader (channel-layer messages), presence_relay, access (logouts, rights changes),
   maintenance (periodic jobs), selectors (the log reads), dbpool (the database threads).
+
+Why ~410 lines: the hub's lifecycle, subscribe, revoke and gap fill share its state; every
+part that does not (the reader, replay, presence, access, maintenance, the socket, the
+ordering rules) is its own module.
 """
 
 from __future__ import annotations
