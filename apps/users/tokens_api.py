@@ -75,6 +75,9 @@ class TokenDetailApi(GenericAPIView):
 
 
 class BotSerializer(serializers.ModelSerializer):
+    # Read-only and without the model field's regex: the schema's `\w` is ASCII to clients
+    # (ECMAScript), Python's is Unicode, so a valid name like "D3å" looked invalid to them.
+    username = serializers.CharField(read_only=True)
     owner = serializers.IntegerField(source="bot_owner_id", read_only=True)
     bot = serializers.BooleanField(source="is_bot", read_only=True)
 
