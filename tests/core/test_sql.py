@@ -110,8 +110,10 @@ def test_combine_makes_several_writes_one_statement():
         "first",
         "second",
     ]
-    with pytest.raises(AssertionError):
-        combine([one, Statement("SELECT 1", [], True)])
+    # Only the last statement may read rows back (its RETURNING is the combined one's).
+    assert combine([one, Statement("SELECT 1", [], True)]).fetch is True
+    with pytest.raises(AssertionError, match="only the last statement may return rows"):
+        combine([Statement("SELECT 1", [], True), one])
 
 
 @postgres_only

@@ -11,7 +11,10 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
+from apps.attachments.models import Upload
 from apps.events.models import ConsumedEvent, Event
+from apps.integrations import services as integrations
+from apps.integrations.models import OutgoingWebhook
 from apps.messaging.models import Message
 from apps.moderation import services as moderation
 from apps.moderation.models import Account
@@ -45,7 +48,17 @@ def objects(db):
     Notification.objects.create(user=owner, event_id=uuid.uuid4(), room=room, seq=1)
     ConsumedEvent.objects.create(group="g", event_id=uuid.uuid4())
     Token.objects.create(user=owner)
+    upload = Upload.objects.create(
+        owner=owner, name="a.txt", size=1, content_type="text/plain", file="none/a.txt"
+    )
+    incoming, _ = integrations.incoming_create(room=room, actor=owner, name="ci")
+    outgoing = OutgoingWebhook.objects.create(
+        owner=owner, url="https://example.com/hook", secret="s" * 32
+    )
     return {
+        "attachments.upload": upload,
+        "integrations.incomingwebhook": incoming,
+        "integrations.outgoingwebhook": outgoing,
         "auth.group": Group.objects.get(name="Moderators"),
         "authtoken.tokenproxy": Token.objects.get(user=owner),
         "users.user": owner,
