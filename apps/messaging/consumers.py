@@ -93,6 +93,7 @@ class ChatConsumer(AsyncConsumer):
     """`/ws/`: see PROTOCOL §3 for the frames."""
 
     channel_layer_alias = None  # events come through the process hub, not a channel per socket
+    read_only = False  # a socket opened with a `read` token (set at connect)
 
     async def __call__(self, scope, receive, send):
         self.scope = scope
