@@ -28,6 +28,8 @@ import subprocess
 import time
 import uuid
 
+from bench.stack import tree_pids
+
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -125,12 +127,11 @@ async def _raw_lane(url, room_ids, batch, deadline, counts):
                         (room, 1, "hello " + "x" * 60, uuid.uuid4(), seq + i + 1)
                         for i in range(batch)
                     ]
-                    ids = await conn.cursor().executemany(
+                    await conn.cursor().executemany(
                         "INSERT INTO message (room_id, author_id, body, client_id, seq) "
                         "VALUES (%s, %s, %s, %s, %s)",
                         rows,
                     )
-                    del ids
                     await conn.cursor().executemany(
                         "INSERT INTO event (id, room_id, seq, type, envelope, ts) "
                         "VALUES (%s, %s, %s, 'message.created', %s, now())",
@@ -221,23 +222,10 @@ def _cpu(pid: int, children: bool = False) -> float:
     return ticks / CLOCK_TICKS
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(c) for c in handle.read().split()]
-    except OSError:
-        return []
-
-
 def tree_cpu(pid: int) -> float:
     """A process tree's CPU, its exited (reaped) children included: PostgreSQL backends and
     Celery's pool processes come and go during a run."""
-    total, frontier = 0.0, [pid]
-    while frontier:
-        current = frontier.pop()
-        total += _cpu(current, children=True)
-        frontier += _children(current)
-    return total
+    return sum(_cpu(each, children=True) for each in tree_pids(pid))
 
 
 def pids_named(name: str) -> list[int]:
