@@ -64,7 +64,7 @@ def test_a_pasted_image_reaches_the_other_user_as_a_thumbnail_that_opens_the_ful
     thumb = b.locator("#messages li", has_text="look at this").locator("img.thumbnail")
     expect(thumb).to_have_count(1)
     # The worker makes the thumbnail; the page asks for it again and swaps it in.
-    expect(thumb).to_have_attribute("src", lambda_re("/thumbnail/"), timeout=30000)
+    expect(thumb).to_have_attribute("src", lambda_re("/thumbnail/"), timeout=60000)
     b.wait_for_function("(img) => img.complete && img.naturalWidth > 0", arg=thumb.element_handle())
     assert natural_width(thumb) == 320
     b.get_by_role("button", name="Open image sunset.png").click()

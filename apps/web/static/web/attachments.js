@@ -112,22 +112,35 @@ export function renderPending(pending, el) {
     el("button", { type: "button", class: "pending-remove", "aria-label": `Remove ${item.file.name}`, onclick: () => pending.remove(item.key) }, "✕")));
 }
 
-/** Thumbnails not made yet: ask the upload endpoint again, a few times, further apart. */
+/**
+ * Thumbnails not made yet: ask the upload endpoint again, further apart each time, for about
+ * two minutes (a busy worker can take a while). What it learns is kept by upload id, not on
+ * the file object it was given: the timeline may replace a message (an edit, a refetch) with
+ * a fresh copy whose thumbnail_url is still null, and that copy must get the thumbnail too.
+ */
 export class ThumbnailWatch {
   constructor(api, onReady) {
     this.api = api;
     this.onReady = onReady;
     this.watching = new Set();
+    this.ready = new Map(); // upload id -> thumbnail_url
   }
 
   watch(file) {
-    if (!isImage(file) || file.thumbnail_url || this.watching.has(file.id)) return;
+    if (!isImage(file) || file.thumbnail_url) return;
+    if (this.ready.has(file.id)) {
+      file.thumbnail_url = this.ready.get(file.id);
+      return;
+    }
+    if (this.watching.has(file.id)) return;
     this.watching.add(file.id);
-    const delays = [700, 1500, 3000, 6000, 12000];
+    const delays = [700, 1000, 1500, 2500, 4000, 6000, 10000, 15000, 20000, 30000, 30000];
     const poll = async (attempt) => {
       try {
         const fresh = await this.api.get(`uploads/${file.id}/`);
         if (fresh.thumbnail_url) {
+          this.ready.set(file.id, fresh.thumbnail_url);
+          this.watching.delete(file.id);
           file.thumbnail_url = fresh.thumbnail_url;
           this.onReady(file);
           return;
@@ -135,7 +148,8 @@ export class ThumbnailWatch {
       } catch {
         // gone (deleted) or not reachable: try again below, or give up
       }
-      if (attempt < delays.length) setTimeout(() => poll(attempt + 1), delays[attempt]);
+      if (attempt + 1 < delays.length) setTimeout(() => poll(attempt + 1), delays[attempt + 1]);
+      else this.watching.delete(file.id);
     };
     setTimeout(() => poll(0), delays[0]);
   }
