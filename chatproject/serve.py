@@ -46,12 +46,13 @@ logger = logging.getLogger("chatproject.serve")
 class SocketExtension:
     """What the application may do with its WebSocket directly (see the module docstring)."""
 
-    __slots__ = ("protocol", "frames", "written", "on_text")
+    __slots__ = ("protocol", "frames", "written", "on_text", "backlog_bytes")
 
     def __init__(self, protocol):
         self.protocol = protocol
         self.frames = 0  # frames written since the write buffer was last seen empty
         self.written = 0  # bytes ever written (minus unsent_bytes(): what the kernel took)
+        self.backlog_bytes = None  # unsent bytes right after the last write, when known free
         # Set by the app: called in the reactor with a text frame's payload (bytes) when the
         # app has nothing queued from this socket; returns True if it answered the frame
         # itself, else the frame goes the ASGI way (websocket.receive).
@@ -60,23 +61,38 @@ class SocketExtension:
     def write(self, frame: bytes) -> bool:
         """Send one complete WebSocket frame, built once for all sockets (see
         apps.core.wsframe.text_frame): autobahn's per-message path costs tens of
-        microseconds per socket. Every frame counts in backlog(), replies and replays too."""
+        microseconds per socket. Every frame counts in backlog(), replies and replays too.
+
+        The commonest case (plain TCP, nothing queued, the kernel takes the frame) is written
+        so that it reads the transport's buffer once: this runs once per socket per event."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
             return False
-        self.frames = self.frames + 1 if self.unsent_bytes() else 1
+        transport = protocol.transport
+        unsent = self.unsent_bytes()
+        self.frames = self.frames + 1 if unsent else 1
         self.written += len(frame)
         if (
-            protocol._perMessageCompress is None
-            and protocol.send_state == protocol.SEND_STATE_GROUND
+            protocol._perMessageCompress is not None
+            or protocol.send_state != protocol.SEND_STATE_GROUND
         ):
-            self.send_now(protocol.transport, frame)
-        else:  # compression negotiated: let autobahn frame it
-            protocol.sendMessage(frame_payload(frame), False)
+            protocol.sendMessage(frame_payload(frame), False)  # compression: autobahn frames it
+            self.backlog_bytes = None
+            return True
+        if (
+            unsent
+            or getattr(transport, "TLS", True)
+            or not getattr(transport, "connected", False)
+            or getattr(transport, "disconnecting", True)
+        ):
+            transport.write(frame)
+            self.backlog_bytes = None
+            return True
+        self.send_now(transport, frame)
         return True
 
     def send_now(self, transport, frame: bytes) -> None:
-        """Hand the frame to the kernel at once when nothing is queued before it.
+        """Hand the frame to the kernel at once (the caller saw nothing queued before it).
 
         Twisted's write() queues and registers the socket for writability, then unregisters it
         after the write: two selector changes per frame per socket, the biggest part of a
@@ -84,23 +100,19 @@ class SocketExtension:
         kernel does not take (or any error) goes the normal way, so order and error handling
         stay Twisted's.
         """
-        if (
-            getattr(transport, "TLS", True)
-            or not getattr(transport, "connected", False)
-            or getattr(transport, "disconnecting", True)
-            or self.unsent_bytes()
-        ):
-            transport.write(frame)
-            return
         try:
             sent = transport.socket.send(frame)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:
             transport.write(frame)  # Twisted finds the error and closes the connection
+            self.backlog_bytes = None
             return
         if sent < len(frame):
             transport.write(frame[sent:])
+            self.backlog_bytes = None
+        else:
+            self.backlog_bytes = 0  # known without asking the transport
 
     def unsent_bytes(self) -> int:
         transport = self.protocol.transport
@@ -113,6 +125,10 @@ class SocketExtension:
 
     def backlog(self) -> tuple[int, int]:
         """(frames, bytes) not yet handed to the kernel."""
+        known = self.backlog_bytes
+        if known is not None:  # the last write went to the kernel whole, just now
+            self.backlog_bytes = None
+            return self.frames, known
         return self.frames, self.unsent_bytes()
 
     def flushed(self) -> int:

@@ -95,31 +95,62 @@ async def arun(conn, statements: list[Statement]) -> list:
 def pg_insert(model, fields: list[str], rows: list[tuple], *, returning: str | None = None):
     """PostgreSQL INSERT of the rows: one binary array parameter per column (the statement
     text is the same for any number of rows, so it is parsed, and prepared, once)."""
+    sql, columns = _pg_insert_layout(model, tuple(fields), returning)
+    params = []
+    for index, (kind, prep) in enumerate(columns):
+        if kind is _JSON:
+            params.append(
+                [
+                    str(v) if isinstance(v, Json) else json.dumps(v, cls=prep)
+                    for v in _column(rows, index)
+                ]
+            )
+        elif prep is None:
+            params.append(_column(rows, index))
+        else:
+            params.append([prep(v) for v in _column(rows, index)])
+    return Statement(sql, params, bool(returning))
+
+
+def _column(rows: list[tuple], index: int) -> list:
+    return [row[index] for row in rows]
+
+
+_JSON = object()
+_insert_layouts: dict = {}
+
+
+def _pg_insert_layout(model, fields: tuple, returning):
+    """The statement text and each column's (kind, preparer) for pg_insert, built once per
+    (model, fields, returning, connection vendor): the send path runs it for every batch, and
+    asking the model fields for their database types each time was a twentieth of a send."""
+    key = (model, fields, returning, connection.vendor)
+    found = _insert_layouts.get(key)
+    if found is not None:
+        return found
     meta = model._meta
-    columns = [meta.get_field(name) for name in fields]
+    fields_ = [meta.get_field(name) for name in fields]
     quote = connection.ops.quote_name
-    arrays, selects = [], []
-    for index, field in enumerate(columns):
-        values = [row[index] for row in rows]
+    columns, casts, selects = [], [], []
+    for index, field in enumerate(fields_):
         if isinstance(field, models.JSONField):
-            values = [
-                v if isinstance(v, Json) else json.dumps(v, cls=field.encoder) for v in values
-            ]
-            arrays.append(("text", [str(v) for v in values]))
+            columns.append((_JSON, field.encoder))
+            casts.append("text")
             selects.append(f"c{index}::jsonb")
         else:
             prep = _preparer(field)
-            arrays.append((field.db_type(connection), [prep(v) for v in values]))
+            columns.append((None, None if prep is _identity else prep))
+            casts.append(field.db_type(connection))
             selects.append(f"c{index}")
-    unnest = ", ".join(f"%b::{db_type}[]" for db_type, _ in arrays)
-    aliases = ", ".join(f"c{i}" for i in range(len(columns)))
+    unnest = ", ".join(f"%b::{db_type}[]" for db_type in casts)
+    aliases = ", ".join(f"c{i}" for i in range(len(fields_)))
     tail = f" RETURNING {quote(meta.get_field(returning).column)}" if returning else ""
-    return Statement(
-        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in columns)}) "
-        f"SELECT {', '.join(selects)} FROM unnest({unnest}) AS t({aliases}){tail}",
-        [values for _, values in arrays],
-        bool(returning),
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields_)}) "
+        f"SELECT {', '.join(selects)} FROM unnest({unnest}) AS t({aliases}){tail}"
     )
+    found = _insert_layouts[key] = (sql, columns)
+    return found
 
 
 def pg_update(
@@ -214,13 +245,17 @@ def _preparer(field):
         )
         and not field.is_relation
     ):
-        return lambda value: value
+        return _identity
     if connection.vendor == "postgresql" and isinstance(
         field, (models.ForeignKey, models.UUIDField, models.DateTimeField)
     ):
         # What get_db_prep_save returns there for ints, UUIDs and aware datetimes.
         return _native
     return lambda value: field.get_db_prep_save(value, connection)
+
+
+def _identity(value):
+    return value
 
 
 def _native(value):

@@ -51,6 +51,8 @@ class Connection:
         "queued",
         "replay_end",
         "version",
+        "max_frames",
+        "max_bytes",
         "__weakref__",
     )
 
@@ -69,6 +71,9 @@ class Connection:
         self.queued = 0  # frames ever put in `queue`
         self.replay_end = 0  # position() after the last replay written
         self.version = None  # the user's rights version (apps.users.rights) when last read
+        # The backlog limits, read once: write() runs once per socket per event.
+        self.max_frames = settings.CHAT_SEND_QUEUE_LIMIT
+        self.max_bytes = settings.CHAT_SEND_BUFFER_BYTES
         # True while the consumer waits for this socket's next frame (nothing in progress):
         # only then may a ping be answered straight from the reactor (ping_now).
         self.waiting = False
@@ -142,7 +147,7 @@ class Connection:
             if not ext.write(frame):
                 return False
             frames, size = ext.backlog()
-            if frames > settings.CHAT_SEND_QUEUE_LIMIT or size > settings.CHAT_SEND_BUFFER_BYTES:
+            if frames > self.max_frames or size > self.max_bytes:
                 self.too_slow()
                 return False
             return True
@@ -150,7 +155,7 @@ class Connection:
         if self.queue is None:
             self.queue = asyncio.Queue()
             self.writer = asyncio.ensure_future(self._drain())
-        if self.queue.qsize() >= settings.CHAT_SEND_QUEUE_LIMIT:
+        if self.queue.qsize() >= self.max_frames:
             self.too_slow()
             return False
         self.queue.put_nowait(frame)
@@ -175,11 +180,8 @@ class Connection:
         """The socket owes half its allowed backlog (frames or bytes): a replay waits."""
         if self.ext is not None:
             frames, size = self.ext.backlog()
-            return (
-                frames * 2 > settings.CHAT_SEND_QUEUE_LIMIT
-                or size * 2 > settings.CHAT_SEND_BUFFER_BYTES
-            )
-        return self.queue is not None and self.queue.qsize() * 2 > settings.CHAT_SEND_QUEUE_LIMIT
+            return frames * 2 > self.max_frames or size * 2 > self.max_bytes
+        return self.queue is not None and self.queue.qsize() * 2 > self.max_frames
 
     async def drained(self, patience: float) -> bool:
         """Wait until the socket no longer owes_much(); False if its output made no progress
