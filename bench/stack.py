@@ -202,6 +202,9 @@ class ChatStack:
     def __exit__(self, kind, exc, tb) -> None:
         if exc is not None and self.server is not None:
             print("server log tail:\n" + self.server_log_tail(), file=sys.stderr)
+        if os.environ.get("BENCH_SERVER_LOG") and self.server is not None:
+            # The whole server log, for a look at what it said during the run.
+            Path(os.environ["BENCH_SERVER_LOG"]).write_text(self.server.output())
         self.stop()
 
     @property

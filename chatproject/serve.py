@@ -65,18 +65,26 @@ class SocketExtension:
 
         The commonest case (plain TCP, nothing queued, the kernel takes the frame) is written
         so that it reads the transport's buffer once: this runs once per socket per event."""
+        return self._write(frame, 1, None)
+
+    def write_frames(self, frames: list[bytes]) -> bool:
+        """Several complete frames, in order, as one write (see write)."""
+        return self._write(b"".join(frames), len(frames), frames)
+
+    def _write(self, data: bytes, count: int, frames: list[bytes] | None) -> bool:
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
             return False
         transport = protocol.transport
         unsent = self.unsent_bytes()
-        self.frames = self.frames + 1 if unsent else 1
-        self.written += len(frame)
+        self.frames = self.frames + count if unsent else count
+        self.written += len(data)
         if (
             protocol._perMessageCompress is not None
             or protocol.send_state != protocol.SEND_STATE_GROUND
         ):
-            protocol.sendMessage(frame_payload(frame), False)  # compression: autobahn frames it
+            for frame in frames or [data]:  # compression: autobahn frames each message
+                protocol.sendMessage(frame_payload(frame), False)
             self.backlog_bytes = None
             return True
         if (
@@ -85,10 +93,10 @@ class SocketExtension:
             or not getattr(transport, "connected", False)
             or getattr(transport, "disconnecting", True)
         ):
-            transport.write(frame)
+            transport.write(data)
             self.backlog_bytes = None
             return True
-        self.send_now(transport, frame)
+        self.send_now(transport, data)
         return True
 
     def send_now(self, transport, frame: bytes) -> None:

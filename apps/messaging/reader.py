@@ -12,6 +12,7 @@ from apps.events import layer as layers
 from apps.events.observability import FANOUT_LATENCY, WS_EVENTS_DELIVERED
 from apps.users import sessions
 
+from .connection import corked
 from .streams import Item
 
 logger = logging.getLogger(__name__)
@@ -50,11 +51,12 @@ async def run(hub):
             backoff = min(backoff * 2, 5.0)
             groups_stale = True
             continue
-        for message in messages:
-            try:
-                handle(hub, message)
-            except Exception:
-                logger.exception("could not handle channel message %r", message.get("type"))
+        with corked():  # one write per socket for what these messages bring it
+            for message in messages:
+                try:
+                    handle(hub, message)
+                except Exception:
+                    logger.exception("could not handle channel message %r", message.get("type"))
 
 
 def handle(hub, message: dict):

@@ -5,7 +5,7 @@ import asyncio
 import json
 
 from apps.core.wsframe import frame_payload
-from apps.messaging.connection import Connection
+from apps.messaging.connection import Connection, corked
 
 
 class RecordingSocket:
@@ -17,6 +17,11 @@ class RecordingSocket:
 
     def write(self, frame, count=True):
         self.frames.append(frame)
+        return True
+
+    def write_frames(self, frames):
+        self.joined = getattr(self, "joined", 0) + 1
+        self.frames.extend(frames)
         return True
 
     def backlog(self):
@@ -155,3 +160,39 @@ def test_without_the_daphne_hook_frames_go_through_a_bounded_queue(settings):
     first, fourth, fifth, sent, conn = asyncio.run(scenario())
     assert first == [True] * 3 and fourth and not fifth and conn.closing
     assert sent[-1] == {"type": "websocket.close", "code": 1013}
+
+
+def test_corked_writes_go_out_once_per_socket_in_order_at_the_end():
+    a, conn_a = _socket_and_connection()
+    b, conn_b = _socket_and_connection()
+    c, conn_c = _socket_and_connection()
+    with corked():
+        conn_a.write(b"1")
+        conn_b.write(b"x")
+        with corked():  # nested: joins the outer block
+            conn_a.write(b"2")
+        conn_c.write(b"gone")
+        conn_c.closing = True  # closed before the end of the block: gets nothing
+        conn_a.write(b"3")
+        assert a.frames == b.frames == c.frames == []  # nothing written inside the block
+    assert a.frames == [b"1", b"2", b"3"] and a.joined == 1
+    assert b.frames == [b"x"] and not hasattr(b, "joined")  # one frame: the plain write
+    assert c.frames == []
+    conn_a.write(b"4")  # after the block: written at once
+    assert a.frames[-1] == b"4"
+
+
+def test_a_corked_batch_over_the_backlog_limit_drops_the_socket(settings):
+    settings.CHAT_SEND_QUEUE_LIMIT = 5
+
+    async def scenario():
+        ext = BackloggedSocket()
+        conn = Connection(user_id=1, username="u", send=None, ext=ext)
+        with corked():
+            for _ in range(7):
+                conn.write(b"\x81\x01x")
+        await asyncio.sleep(0.05)
+        return ext, conn
+
+    ext, conn = asyncio.run(scenario())
+    assert len(ext.frames) == 7 and conn.closing and ext.aborted and ext.closed_with == 1013
