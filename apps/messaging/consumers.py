@@ -141,6 +141,18 @@ class ChatConsumer(AsyncConsumer):
                 logger.warning("rights version unavailable", exc_info=True)
                 conn.version = 0
             self.hub.versions[user.pk] = max(self.hub.versions.get(user.pk, 0), conn.version)
+            if conn.version:
+                # The user's rights have changed at some time: the user object of the handshake
+                # may predate the version just read (a change in between would go unnoticed
+                # until the next one). Read the user again, after the version: any change from
+                # now on bumps it past conn.version.
+                try:
+                    self.user = await db(_user)(user.pk)
+                except AccountDisabled as exc:
+                    self.error(None, exc.code, exc.message)
+                    await conn.close(CLOSE_FORBIDDEN)
+                    await self._until_disconnect(receive)
+                    return
             conn.write_json(
                 {
                     "type": "hello",

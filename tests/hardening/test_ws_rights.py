@@ -203,3 +203,36 @@ def test_group_side_changes_reach_the_members_sockets(two_servers):
     assert not [f for f in clients[0].frames[seen:] if f["type"] == "unsubscribed"]
     for client in clients:
         client.close()
+
+
+def test_rights_changed_between_the_handshake_and_the_version_read_are_not_missed():
+    """The race at connect: the user object of the handshake predates a change whose version
+    the consumer then reads. The consumer, in this process with the real database and Redis,
+    gets a stale user object (still active) for an account deactivated since: it must read the
+    user again and close with 4403, not say hello."""
+    import asyncio
+
+    from channels.testing import WebsocketCommunicator
+
+    from apps.messaging.consumers import ChatConsumer
+    from apps.messaging.hub import shutdown
+
+    user = factories.make_user()
+    stale = type(user).objects.get(pk=user.pk)  # loaded "at the handshake", still active
+    user.is_active = False
+    user.save()  # bumps the rights version (apps.users.rights)
+
+    async def scenario():
+        communicator = WebsocketCommunicator(ChatConsumer.as_asgi(), "/ws/")
+        communicator.scope["user"] = stale
+        connected, _ = await communicator.connect()
+        assert connected
+        first = await communicator.receive_json_from(timeout=5)
+        closed = await communicator.receive_output(timeout=5)
+        await communicator.disconnect()
+        await shutdown()
+        return first, closed
+
+    first, closed = asyncio.run(scenario())
+    assert first["type"] == "error" and first["code"] == "forbidden", first
+    assert closed == {"type": "websocket.close", "code": 4403}
