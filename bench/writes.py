@@ -155,6 +155,13 @@ def run(stack, args, rates, started) -> list[dict]:
         if args.ceiling:  # no accounts there: any socket may use any room number
             rooms = [[(None, r + 1, True)] * args.members for r in range(args.rooms)]
         else:
+            if args.without_search:
+                from django.db import connection
+
+                from apps.messaging import search
+
+                search.drop_index(connection)  # the bench's own database only
+                print("without the search index (column and GIN index dropped)", flush=True)
             users = make_users(args.rooms * args.members, f"{stack.tag}w")
             groups = [users[r * args.members : (r + 1) * args.members] for r in range(args.rooms)]
             room_ids = make_rooms(
@@ -248,6 +255,12 @@ def main(argv=None) -> int:
         help="pgbench clients for the limit (the server's database sessions)",
     )
     parser.add_argument("--no-limits", action="store_true", help="skip measuring the limits")
+    parser.add_argument(
+        "--without-search",
+        action="store_true",
+        help="drop the full-text index in the bench database first (issue 16: the send path "
+        "with and without it)",
+    )
     ladder_arguments(parser)
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
