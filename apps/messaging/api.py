@@ -221,7 +221,8 @@ class MessageReactionsApi(MessageScopedApi):
 
 class MeExportApi(GenericAPIView):
     """Download the caller's own data as JSON Lines (PROTOCOL §6): one object a line with a
-    `kind` (account, membership, message, reaction, notification, block). Streamed."""
+    `kind` (account, membership, message, reaction, notification, block). Streamed. A
+    message's attachments link to the download view by full address."""
 
     serializer_class = None
     queryset = Message.objects.none()
@@ -238,7 +239,8 @@ class MeExportApi(GenericAPIView):
         user = request.user
         # Under ASGI a sync iterator would be read whole before the first byte goes out.
         is_asgi = isinstance(request._request, ASGIRequest)
-        lines = export.aexport_lines(user) if is_asgi else export.export_lines(user)
+        make_lines = export.aexport_lines if is_asgi else export.export_lines
+        lines = make_lines(user, request.build_absolute_uri)
         response = StreamingHttpResponse(lines, content_type=export.CONTENT_TYPE)
         stamp = timezone.now().strftime("%Y%m%d")
         response["Content-Disposition"] = (

@@ -9,9 +9,14 @@ import uuid
 
 import pytest
 from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from apps.attachments import services as attachments
+from apps.attachments import thumbnails
 from apps.messaging import services as messaging
 from apps.messaging.export import export_lines
 from apps.messaging.models import Message
@@ -20,6 +25,7 @@ from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from apps.users import services as users
 from tests import factories
+from tests.attachments.conftest import body_of, png
 
 pytestmark = pytest.mark.django_db
 
@@ -140,6 +146,98 @@ def test_export_is_json_lines_of_the_callers_own_data_and_nothing_of_anyone_else
     assert lines[-1] == {"kind": "block", "user": stranger.pk, "ts": lines[-1]["ts"]}
     assert b"SECRET" not in body and "🎉".encode() not in body
     assert b"words I deleted" not in body
+
+
+def upload(user, data: bytes, name: str, content_type: str) -> str:
+    made = attachments.upload_create(
+        owner=user, uploaded_file=SimpleUploadedFile(name, data, content_type)
+    )
+    return str(made.pk)
+
+
+def test_a_messages_attachments_are_in_the_export_with_links_the_owner_can_open(
+    room, user, other_user
+):
+    photo = upload(user, png(640, 480), "sunset.png", "image/png")
+    thumbnails.make(photo)  # what the worker does after the upload's commit
+    notes = upload(user, b"the agenda\n", "notes.txt", "text/plain")
+    lost = upload(user, b"gone with its message\n", "lost.txt", "text/plain")
+    sent = factories.send(room, user, "two files", attachments=[photo, notes])
+    deleted = factories.send(room, user, "a file I deleted", attachments=[lost])
+    messaging.message_delete(
+        message=Message.objects.get(pk=deleted.envelope["data"]["id"]), actor=user
+    )
+    plain = factories.send(room, user, "no files")
+
+    _, body = export_of(user)
+
+    messages = {line["id"]: line for line in parse(body) if line["kind"] == "message"}
+    with_files = messages[sent.envelope["data"]["id"]]
+    assert [a["id"] for a in with_files["attachments"]] == [photo, notes]  # the sent order
+    image, text = with_files["attachments"]
+    base = "http://testserver/api/uploads/"
+    assert image == {
+        "id": photo,
+        "name": "sunset.png",
+        "size": len(png(640, 480)),
+        "content_type": "image/png",
+        "width": 640,
+        "height": 480,
+        "url": f"{base}{photo}/file/",
+        "thumbnail_url": f"{base}{photo}/thumbnail/",
+    }
+    assert text == {
+        "id": notes,
+        "name": "notes.txt",
+        "size": len(b"the agenda\n"),
+        "content_type": "text/plain",
+        "width": None,
+        "height": None,
+        "url": f"{base}{notes}/file/",
+        "thumbnail_url": None,
+    }
+    # As in the message objects of REST, but for the links (there signed, expiring, relative).
+    page = factories.api_client(user).get(f"/api/rooms/{room.pk}/messages/").json()["results"]
+    [rest] = [m["attachments"] for m in page if m["id"] == with_files["id"]]
+    links = ("url", "thumbnail_url")
+    assert [{k: v for k, v in a.items() if k not in links} for a in rest] == [
+        {k: v for k, v in a.items() if k not in links} for a in (image, text)
+    ]
+    assert messages[deleted.envelope["data"]["id"]]["attachments"] == []
+    assert messages[plain.envelope["data"]["id"]]["attachments"] == []
+    assert b"lost.txt" not in body
+
+    # The links work for the owner (their token, as a session would), for no one else.
+    owner = factories.api_client(user)
+    for link, expected in ((text["url"], b"the agenda\n"), (image["url"], png(640, 480))):
+        response = owner.get(link.removeprefix("http://testserver"))
+        assert response.status_code == 200 and body_of(response) == expected
+    thumbnail = owner.get(image["thumbnail_url"].removeprefix("http://testserver"))
+    assert thumbnail.status_code == 200 and thumbnail["Content-Type"] == "image/jpeg"
+    outsider = factories.api_client(factories.make_user())
+    private = factories.make_room(user, kind=Room.Kind.PRIVATE)
+    hidden = upload(user, b"private notes\n", "private.txt", "text/plain")
+    factories.send(private, user, "private file", attachments=[hidden])
+    assert outsider.get(f"/api/uploads/{hidden}/file/").status_code == 404
+    assert any(
+        a["id"] == hidden for line in parse(export_of(user)[1]) for a in line.get("attachments", [])
+    )
+    assert hidden.encode() not in export_of(other_user)[1]
+
+
+def test_the_exports_attachment_reads_do_not_grow_with_the_messages(room, user):
+    def queries_of_export() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            lines = list(export_lines(user))
+        assert lines
+        return len(queries.captured_queries)
+
+    factories.send(room, user, "one", attachments=[upload(user, b"a\n", "a.txt", "text/plain")])
+    few = queries_of_export()
+    for n in range(30):
+        notes = upload(user, f"{n}\n".encode(), f"{n}.txt", "text/plain")
+        factories.send(room, user, f"file {n}", attachments=[notes])
+    assert queries_of_export() == few
 
 
 def test_export_needs_authentication(db):
