@@ -1,22 +1,29 @@
 """The moderators' admin, driven through the Django test client as a moderator."""
 
 import asyncio
+import html
 import json
+import re
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Group, Permission
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import close_old_connections
 from django.test import Client
 
+from apps.attachments import services as attachments
+from apps.attachments import thumbnails
 from apps.core.errors import ServiceError
 from apps.events.models import Event
+from apps.messaging import services as messaging
 from apps.messaging.models import Message
 from apps.rooms import services as rooms
 from apps.rooms.models import Membership, ModerationAction, Room
 from tests import factories
+from tests.attachments.conftest import body_of, png
 
 MEMBERSHIPS = "/admin/rooms/membership/"
 MESSAGES = "/admin/messaging/message/"
@@ -152,6 +159,81 @@ def test_message_search_filter_and_delete_action(moderator, room, user, other_us
     assert deleted.envelope["data"] == {"id": message.pk, "by_moderator": True, "reason": "insults"}
     assert ModerationAction.objects.get(action="delete_message").reason == "insults"
     assert not Message.objects.get(pk=keep.envelope["data"]["id"]).is_deleted
+
+
+def inline_cells(page: bytes, field: str) -> list[str]:
+    """The cells of one column of the attachments inline, in row order."""
+    group = page.decode().split('id="attachments-group"', 1)[1].split("</fieldset>", 1)[0]
+    return re.findall(rf'<td class="field-{field}">\s*<p>(.*?)</p>', group, re.S)
+
+
+def attribute(cell: str, tag: str, name: str) -> str:
+    return html.unescape(re.search(rf'<{tag}\b[^>]*\b{name}="([^"]*)"', cell).group(1))
+
+
+@pytest.mark.django_db
+def test_a_messages_page_shows_its_files_which_open_for_the_moderator(moderator, user):
+    # A private room the moderator is not in: site moderators read every room.
+    room = factories.make_room(user, kind=Room.Kind.PRIVATE)
+    image = png(640, 480)
+    photo = attachments.upload_create(
+        owner=user, uploaded_file=SimpleUploadedFile("sunset.png", image, "image/png")
+    )
+    thumbnails.make(photo.pk)  # what the worker does after the upload's commit
+    notes = attachments.upload_create(
+        owner=user, uploaded_file=SimpleUploadedFile("notes <b>.txt", b"the agenda\n", "text/plain")
+    )
+    sent = factories.send(room, user, "two files", attachments=[str(photo.pk), str(notes.pk)])
+    url = f"{MESSAGES}{sent.envelope['data']['id']}/change/"
+    client = logged_in(moderator)
+
+    page = client.get(url)
+
+    assert page.status_code == 200
+    assert [html.unescape(c) for c in inline_cells(page.content, "name")] == [
+        "sunset.png",
+        "notes _b_.txt",  # the sanitized name, escaped: no markup of the uploader's reaches it
+    ]
+    assert inline_cells(page.content, "content_type") == ["image/png", "text/plain"]
+    sizes = inline_cells(page.content, "file_size")
+    assert f"({len(image)} bytes)" in sizes[0] and sizes[1].endswith("(11 bytes)")
+    assert inline_cells(page.content, "dimensions") == ["640 × 480", "–"]
+    links = [attribute(c, "a", "href") for c in inline_cells(page.content, "open_link")]
+    assert links == [f"/api/uploads/{photo.pk}/file/", f"/api/uploads/{notes.pk}/file/"]
+    preview, none = inline_cells(page.content, "preview")
+    assert none == "–"
+    thumbnail = attribute(preview, "img", "src")
+    assert thumbnail == f"/api/uploads/{photo.pk}/thumbnail/"
+    assert (attribute(preview, "img", "width"), attribute(preview, "img", "height")) == (
+        "160",
+        "120",
+    )
+    assert b'name="attachments-0-name"' not in page.content  # read-only: no form fields
+
+    # The links work with the admin session, and open the files themselves.
+    assert body_of(client.get(links[0])) == image
+    assert body_of(client.get(links[1])) == b"the agenda\n"
+    opened = client.get(thumbnail)
+    assert opened.status_code == 200 and opened["Content-Type"] == "image/jpeg"
+    # Staff outside Moderators see neither the page nor the files.
+    staff = logged_in(factories.make_user(is_staff=True))
+    assert staff.get(url).status_code == 403
+    assert staff.get(links[1]).status_code == 404
+
+
+@pytest.mark.django_db
+def test_a_deleted_messages_page_lists_no_files(moderator, room, user):
+    notes = attachments.upload_create(
+        owner=user, uploaded_file=SimpleUploadedFile("notes.txt", b"the agenda\n", "text/plain")
+    )
+    sent = factories.send(room, user, "a file", attachments=[str(notes.pk)])
+    message = Message.objects.get(pk=sent.envelope["data"]["id"])
+    page = logged_in(moderator).get(f"{MESSAGES}{message.pk}/change/")
+    assert inline_cells(page.content, "name") == ["notes.txt"]
+    messaging.message_delete(message=message, actor=user)
+    page = logged_in(moderator).get(f"{MESSAGES}{message.pk}/change/")
+    assert page.status_code == 200 and inline_cells(page.content, "name") == []
+    assert b"notes.txt" not in page.content
 
 
 @pytest.mark.django_db

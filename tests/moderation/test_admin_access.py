@@ -48,8 +48,13 @@ def objects(db):
     Notification.objects.create(user=owner, event_id=uuid.uuid4(), room=room, seq=1)
     ConsumedEvent.objects.create(group="g", event_id=uuid.uuid4())
     Token.objects.create(user=owner)
-    upload = Upload.objects.create(
-        owner=owner, name="a.txt", size=1, content_type="text/plain", file="none/a.txt"
+    upload = Upload.objects.create(  # attached: the message's page shows its files
+        owner=member,
+        message=message,
+        name="a.txt",
+        size=1,
+        content_type="text/plain",
+        file="none/a.txt",
     )
     incoming, _ = integrations.incoming_create(room=room, actor=owner, name="ci")
     outgoing = OutgoingWebhook.objects.create(
