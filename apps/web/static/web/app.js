@@ -383,7 +383,9 @@ function renderTimeline() {
     const signature = JSON.stringify([msg.body, msg.deleted, msg.status, msg.editedAt, msg.error, [...msg.reactions],
       editing === messageKey(msg), reporting === messageKey(msg), state.isModerator, continued, blocked.has(msg.author.id),
       userMenu && userMenu.key === messageKey(msg), msg.replyCount, threadUnread.get(msg.id) || 0,
-      msg.replyTo !== null && state.messages.get(msg.replyTo)?.body]);
+      msg.replyTo !== null && state.messages.get(msg.replyTo)?.body,
+      // A thumbnail the watch learnt later (ThumbnailWatch sets it on the file) redraws it.
+      (msg.attachments || []).map((file) => file.thumbnail_url || "")]);
     const old = existing.get(messageKey(msg));
     if (old && old.dataset.signature === signature) return old;
     const node = renderMessage(state, msg);
