@@ -12,6 +12,11 @@ Query syntax is PostgreSQL's `websearch_to_tsquery` on both: words (all must mat
 to an FTS5 expression (`fts5_expression`) in which every word is a quoted string, so no
 input is an FTS5 syntax error.
 
+Both see a body the same way: PostgreSQL's parser skips what looks like an HTML tag or entity
+(`<b>`, `</b>`, `&amp;`), so "zebra crossing" matches "<b>zebra</b> crossing"; the FTS5 table
+holds the body with those replaced by a space (`search_text`, an SQL function every SQLite
+connection gets, which the triggers call), as ts_headline shows the body.
+
 Highlights: an HTML fragment of the body, escaped, with the matches in <mark>…</mark>. The
 database marks matches with U+0002/U+0003, characters a body can never hold
 (apps.core.text refuses control characters), and only then is the text escaped.
@@ -35,6 +40,7 @@ from apps.rooms.models import Room
 from .models import Message
 
 FTS_TABLE = "messaging_message_fts"
+SEARCH_TEXT_FUNCTION = "chat_search_text"
 PG_INDEX = "message_search_vector"
 MARK_START, MARK_STOP = "\x02", "\x03"
 _CONFIG_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -68,9 +74,10 @@ def create_index(conn) -> None:
                 f"CREATE INDEX IF NOT EXISTS {PG_INDEX} ON {table} USING gin (search_vector)"
             )
         elif conn.vendor == "sqlite":
+            # Its own copy of the text (not external content): the indexed text is
+            # search_text(body), and snippet() must read the text that was indexed.
             cursor.execute(
                 f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5(body, "
-                f"content='{table}', content_rowid='id', "
                 "tokenize='unicode61 remove_diacritics 2')"
             )
     if conn.vendor == "sqlite":
@@ -90,15 +97,44 @@ def drop_index(conn) -> None:
 
 _SQLITE_TRIGGERS = {
     f"{FTS_TABLE}_ai": "AFTER INSERT ON {t} BEGIN "
-    f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.id, new.body); END",
-    f"{FTS_TABLE}_ad": "AFTER DELETE ON {t} BEGIN "
-    f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, body) "
-    "VALUES ('delete', old.id, old.body); END",
+    f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.id, {SEARCH_TEXT_FUNCTION}(new.body)); END",
+    f"{FTS_TABLE}_ad": f"AFTER DELETE ON {{t}} BEGIN DELETE FROM {FTS_TABLE} WHERE rowid = old.id; END",
     f"{FTS_TABLE}_au": "AFTER UPDATE OF body ON {t} BEGIN "
-    f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, body) "
-    "VALUES ('delete', old.id, old.body); "
-    f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.id, new.body); END",
+    f"DELETE FROM {FTS_TABLE} WHERE rowid = old.id; "
+    f"INSERT INTO {FTS_TABLE}(rowid, body) VALUES (new.id, {SEARCH_TEXT_FUNCTION}(new.body)); END",
 }
+
+# What PostgreSQL's default parser takes for a tag (`<b>`, `</a>`, `<br/>`, `<!-- … -->`) or an
+# entity (`&amp;`, `&#39;`) and leaves out of the vector and the headline.
+_MARKUP = re.compile(
+    r"<!--.*?-->|<[/?!]?[A-Za-z][^<>]*>|&(?:[A-Za-z][A-Za-z0-9]*|#[0-9]+|#[xX][0-9A-Fa-f]+);",
+    re.S,
+)
+
+
+def search_text(body) -> str:
+    """The text FTS5 indexes and highlights: the body with tags and entities replaced by a
+    space, as PostgreSQL's parser and ts_headline treat them."""
+    return _MARKUP.sub(" ", body or "")
+
+
+def register_sqlite_functions(sender=None, connection=None, **kwargs) -> None:
+    """connection_created: give every SQLite connection search_text, which the triggers call
+    (a write to messages on a connection without it fails: use Django's connections)."""
+    if connection is not None and connection.vendor == "sqlite":
+        connection.connection.create_function(
+            SEARCH_TEXT_FUNCTION, 1, search_text, deterministic=True
+        )
+
+
+def rebuild_sqlite_index(conn) -> None:
+    """Fill the FTS5 table again from every message."""
+    with conn.cursor() as cursor:
+        cursor.execute(f"DELETE FROM {FTS_TABLE}")
+        cursor.execute(
+            f"INSERT INTO {FTS_TABLE}(rowid, body) "
+            f"SELECT id, {SEARCH_TEXT_FUNCTION}(body) FROM {Message._meta.db_table}"
+        )
 
 
 def ensure_sqlite_index(conn) -> bool:
@@ -118,8 +154,8 @@ def ensure_sqlite_index(conn) -> bool:
         for name in missing:
             body = _SQLITE_TRIGGERS[name].format(t=Message._meta.db_table)
             cursor.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {body}")
-        if missing:
-            cursor.execute(f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')")
+    if missing:
+        rebuild_sqlite_index(conn)
     return bool(missing)
 
 
@@ -168,6 +204,22 @@ def fts5_expression(q: str) -> str | None:
         return None
     return (
         alternatives[0] if len(alternatives) == 1 else " OR ".join(f"({a})" for a in alternatives)
+    )
+
+
+_MARKED = re.compile(f"{MARK_START}(.*?){MARK_STOP}", re.S)
+_TOKEN_CHARS = re.compile(r"[^\W_]+")  # unicode61's tokens: letters and digits
+
+
+def marks_per_word(marked: str) -> str:
+    """FTS5's snippet marks a matched phrase as one span, the text between its words (spaces,
+    punctuation, what looks like markup) included; ts_headline marks each word. Mark each
+    word, as PostgreSQL does."""
+    return _MARKED.sub(
+        lambda span: _TOKEN_CHARS.sub(
+            lambda word: MARK_START + word.group() + MARK_STOP, span.group(1)
+        ),
+        marked,
     )
 
 
@@ -252,4 +304,4 @@ def _sqlite_highlights(messages, expression: str) -> None:
         )
         found = dict(cursor.fetchall())
     for message in messages:
-        message.highlight = found.get(message.pk, message.body)
+        message.highlight = marks_per_word(found.get(message.pk, message.body))

@@ -41,8 +41,8 @@ def test_words_match_newest_first_with_the_hit_shape_and_highlight(room, user, a
     assert hit["room"] == room.pk and hit["seq"] == last.seq
     assert hit["message"]["id"] == last.envelope["data"]["id"]
     assert set(hit["message"]) >= {"id", "room", "seq", "author", "body", "thread", "reply_count"}
-    # The body is escaped; only the match is marked up. (PostgreSQL's parser drops what looks
-    # like an HTML tag from the fragment; SQLite's keeps it, escaped.)
+    # The body is escaped; only the match is marked up. (Both databases leave what looks like
+    # an HTML tag out of the fragment, as PostgreSQL's parser does.)
     assert "<mark>Deploy</mark>" in hit["highlight"] and "&amp;" in hit["highlight"]
     assert "<b>" not in hit["highlight"] and "again" in hit["highlight"]
     assert page["next"] is None
@@ -216,3 +216,34 @@ def test_fts5_expression_quotes_every_word():
     assert search.fts5_expression("-only") is None
     assert search.fts5_expression("or or") is None
     assert search.highlight_html("<\x02x\x03>") == "&lt;<mark>x</mark>&gt;"
+
+
+def test_a_phrase_is_marked_word_by_word_as_postgresql_marks_it():
+    # FTS5's snippet marks a matched phrase as one span, with what is between its words; the
+    # highlight marks each word, as ts_headline does.
+    assert search.marks_per_word("the \x02zebra,  crossing\x03 is") == (
+        "the \x02zebra\x03,  \x02crossing\x03 is"
+    )
+    assert search.marks_per_word("\x02déjà-vu\x03 and \x02x\x03") == (
+        "\x02déjà\x03-\x02vu\x03 and \x02x\x03"
+    )
+    assert search.marks_per_word("no marks") == "no marks"
+
+
+def test_markup_is_left_out_of_the_text_fts5_indexes_as_postgresql_leaves_it_out():
+    assert search.search_text('the <b class="x">zebra</b> crossing') == "the  zebra  crossing"
+    assert search.search_text("a&lt;b &amp; c<br/>d <!-- e --> f") == "a b   c d   f"
+    assert search.search_text("a <3 b < c > d") == "a <3 b < c > d"  # not tags
+
+
+def test_a_phrase_matches_across_markup_with_one_mark_per_word_on_either_database(
+    room, user, as_user
+):
+    factories.send(room, user, "the <b>zebra</b> crossing is here")
+    factories.send(room, user, "a zebra, then a crossing")
+    [hit] = find(as_user, q='"zebra crossing"')["results"]
+    assert hit["message"]["body"] == "the <b>zebra</b> crossing is here"
+    assert hit["highlight"].count("<mark>") == 2
+    assert "<mark>zebra</mark>" in hit["highlight"]
+    assert "<mark>crossing</mark>" in hit["highlight"]
+    assert "&lt;b&gt;" not in hit["highlight"] and "<b>" not in hit["highlight"]
