@@ -16,7 +16,7 @@ from django.utils.text import Truncator
 from apps.attachments import services as attachments
 from apps.attachments.models import Upload
 from apps.rooms.admin import ReasonForm
-from apps.users.admin import ModerationAdmin
+from apps.users.admin import ModerationAdmin, ReadOnly
 
 from . import services
 from .models import Message
@@ -40,7 +40,7 @@ class DeletedFilter(admin.SimpleListFilter):
 PREVIEW_PIXELS = 160  # the longer side of a thumbnail shown in the admin
 
 
-class AttachmentInline(admin.TabularInline):
+class AttachmentInline(ReadOnly, admin.TabularInline):
     """Read-only: a message's files come and go with it (a redaction removes them)."""
 
     model = Upload
@@ -56,15 +56,6 @@ class AttachmentInline(admin.TabularInline):
     def has_view_permission(self, request, obj=None):
         # Whoever may view the message sees its files (moderators have no upload pages).
         return request.user.has_perm(f"{Message._meta.app_label}.view_message")
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     @admin.display(description="thumbnail")
     def preview(self, upload):

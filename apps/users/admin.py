@@ -25,8 +25,8 @@ from .services import is_site_moderator
 FORM_TEMPLATE = "admin/rooms/moderation_form.html"
 
 
-class ModerationAdmin(admin.ModelAdmin):
-    """Read-only for everyone; actions (services) are the only way to change anything."""
+class ReadOnly:
+    """No add, change or delete for anyone (a ModelAdmin's or an inline's)."""
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -36,6 +36,10 @@ class ModerationAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ModerationAdmin(ReadOnly, admin.ModelAdmin):
+    """Read-only for everyone; actions (services) are the only way to change anything."""
 
     def has_moderate_permission(self, request):
         return is_site_moderator(request.user)
