@@ -219,13 +219,18 @@ def run(args) -> None:
 
 
 def first_sql(search, user, q, prepare) -> str:
-    """The SQL of the search query (the first statement the service runs)."""
+    """The SQL of the search query (the statement with the highlights; the service runs it
+    after a SET LOCAL, and the prefetches after it)."""
     from django.db import connection
     from django.test.utils import CaptureQueriesContext
 
     with CaptureQueriesContext(connection) as queries:
         search.search_messages(user, q, prepare=prepare)
-    return queries.captured_queries[0]["sql"]
+    return search_statement(queries.captured_queries)
+
+
+def search_statement(captured) -> str:
+    return next(query["sql"] for query in captured if "ts_headline" in query["sql"])
 
 
 def by_pk_sql(low, high, rng):
@@ -235,10 +240,13 @@ def by_pk_sql(low, high, rng):
 def db_times(make_sql, runs) -> dict:
     """p95 of planning + execution time reported by EXPLAIN ANALYZE (the database's share,
     without this process's Python), over `runs` runs of the statement make_sql() returns."""
-    from django.db import connection
+    from django.db import connection, transaction
+
+    from apps.messaging.search import NO_PARALLEL_WORKERS
 
     values = []
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(NO_PARALLEL_WORKERS)  # as the search service runs its statement
         for _ in range(runs):
             cursor.execute("EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) " + make_sql())
             plan = cursor.fetchone()[0]
@@ -253,14 +261,17 @@ def db_times(make_sql, runs) -> dict:
 
 def explain(search, user, q, prepare) -> None:
     """The plan of the search query (the first statement the service runs), as executed."""
-    from django.db import connection
+    from django.db import connection, transaction
     from django.test.utils import CaptureQueriesContext
+
+    from apps.messaging.search import NO_PARALLEL_WORKERS
 
     with CaptureQueriesContext(connection) as queries:
         search.search_messages(user, q, prepare=prepare)
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(NO_PARALLEL_WORKERS)
         cursor.execute(
-            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + queries.captured_queries[0]["sql"]
+            "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) " + search_statement(queries.captured_queries)
         )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     print(f"\nplan of {q!r} for the member ({len(queries.captured_queries)} statements):\n{plan}")

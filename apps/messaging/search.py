@@ -4,7 +4,7 @@ Both index only what a message shows: a deletion (and so every redaction: the au
 a moderator's, an erasure's) blanks the body, which empties the PostgreSQL generated column
 in the same UPDATE and rewrites the FTS5 row in the same transaction (its trigger); the
 retention purge deletes rows, and their index entries with them. The query applies the one
-read rule (`Room.objects.readable_by`) and skips deleted
+read rule (`readable_condition`, the rule of `Room.objects.readable_by`) and skips deleted
 messages and those below their room's history_start (past retention, not yet purged).
 
 Query syntax is PostgreSQL's `websearch_to_tsquery` on both: words (all must match),
@@ -29,19 +29,20 @@ import re
 from typing import NamedTuple
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import BooleanField, F, TextField
 from django.db.models.expressions import RawSQL
 
 from apps.core.errors import invalid
 from apps.core.text import check_text
-from apps.rooms.models import Room
+from apps.rooms.managers import readable_condition
 
 from .models import Message
 
 FTS_TABLE = "messaging_message_fts"
 SEARCH_TEXT_FUNCTION = "chat_search_text"
 PG_INDEX = "message_search_vector"
+NO_PARALLEL_WORKERS = "SET LOCAL max_parallel_workers_per_gather = 0"
 MARK_START, MARK_STOP = "\x02", "\x03"
 _CONFIG_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -248,7 +249,7 @@ def search_messages(
     message id (the cursor). `prepare` adds what the caller needs (select/prefetch)."""
     q = clean_query(q)
     messages = Message.objects.filter(
-        room__in=Room.objects.readable_by(user),
+        readable_condition(user, "room"),
         deleted_at__isnull=True,
         seq__gte=F("room__history_start"),
     )
@@ -262,9 +263,15 @@ def search_messages(
     if connection.vendor == "postgresql":
         config = search_config()
         query = "websearch_to_tsquery(%s::regconfig, %s)"
-        messages = messages.filter(
-            RawSQL(f"{table}.search_vector @@ {query}", [config, q], output_field=BooleanField())
-        ).annotate(
+        # The page's ids first (the index, the read rule, the cursor: a rare word's every
+        # match is checked and sorted), then its rows: the author join, the prefetches and
+        # ts_headline run for the page only. Unqualified: in the subquery Django renames the
+        # table, and no other table there has a search_vector.
+        matching = messages.filter(
+            RawSQL(f"search_vector @@ {query}", [config, q], output_field=BooleanField())
+        )
+        ids = matching.order_by("-pk").values("pk")[: limit + 1]
+        rows = Message.objects.filter(pk__in=ids).annotate(
             highlight=RawSQL(
                 f"ts_headline(%s::regconfig, {table}.body, {query}, %s)",
                 [
@@ -276,7 +283,12 @@ def search_messages(
                 output_field=TextField(),
             )
         )
-        page = list(prepare(messages.order_by("-pk"))[: limit + 1])
+        with transaction.atomic():
+            # A page of 20 is not worth parallel workers: launching them costs more than the
+            # whole serial query (the planner picks them for a medium word's long walk).
+            with connection.cursor() as cursor:
+                cursor.execute(NO_PARALLEL_WORKERS)
+            page = list(prepare(rows.order_by("-pk")))
     else:
         expression = fts5_expression(q)
         if expression is None:

@@ -1,10 +1,12 @@
 """Message search (PROTOCOL §8) and `around=`, on the database the run uses: PostgreSQL full-text
 search with the services, SQLite FTS5 with CHAT_EMBEDDED=1 (run the file both ways)."""
 
+import json
 from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apps.messaging import search, services
@@ -12,6 +14,7 @@ from apps.messaging.models import Message
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from tests import factories
+from tests.support.services import postgresql_only
 
 pytestmark = pytest.mark.django_db
 
@@ -247,3 +250,36 @@ def test_a_phrase_matches_across_markup_with_one_mark_per_word_on_either_databas
     assert "<mark>zebra</mark>" in hit["highlight"]
     assert "<mark>crossing</mark>" in hit["highlight"]
     assert "&lt;b&gt;" not in hit["highlight"] and "<b>" not in hit["highlight"]
+
+
+def plan_nodes(node):
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
+
+
+@pytest.mark.django_db
+@postgresql_only("PostgreSQL's query plan (EXPLAIN ANALYZE) of the search statement")
+def test_the_read_rule_is_read_once_a_search_and_only_the_page_is_highlighted(user, other_user):
+    """Every match of a word is checked against the read rule before the newest are taken:
+    the user's memberships and bans are read once (hashed), not once a match, and
+    ts_headline runs for the page's rows only."""
+    public = factories.make_room(other_user)
+    private = factories.make_room(other_user, kind=Room.Kind.PRIVATE, members=[user])
+    hidden = factories.make_room(other_user, kind=Room.Kind.PRIVATE)
+    for index, room in enumerate([public, private, hidden] * 100):
+        Message.objects.create(room=room, author=other_user, seq=10 + index, body="a needle")
+    with CaptureQueriesContext(connection) as queries:
+        page = search.search_messages(user, "needle", limit=20)
+    assert len(page.messages) == 20 and page.more
+    assert {m.room_id for m in page.messages} == {public.pk, private.pk}
+    [statement] = [q["sql"] for q in queries.captured_queries if "ts_headline" in q["sql"]]
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) " + statement)
+        plan = cursor.fetchone()[0]
+    root = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
+    nodes = list(plan_nodes(root))
+    memberships = [n for n in nodes if n.get("Relation Name") == "rooms_membership"]
+    assert memberships and all(n["Actual Loops"] == 1 for n in memberships), memberships
+    headlines = [n for n in nodes if any("ts_headline" in o for o in n.get("Output", []))]
+    assert headlines and all(n["Actual Rows"] * n["Actual Loops"] <= 21 for n in headlines)
