@@ -22,7 +22,7 @@ def make_filesystem_queue_folders(sender=None, **kwargs):
 
     if settings.CELERY_BROKER_URL.startswith("filesystem"):
         options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-        for key in ("data_folder_in", "data_folder_out", "processed_folder"):
+        for key in ("data_folder_in", "data_folder_out", "processed_folder", "control_folder"):
             os.makedirs(options[key], exist_ok=True)
 
 

@@ -243,6 +243,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_in": str(VAR_DIR / "celery-queue"),
         "data_folder_out": str(VAR_DIR / "celery-queue"),
         "processed_folder": str(VAR_DIR / "celery-processed"),
+        # kombu's exchange tables (a relative "control" folder in the working directory
+        # by default: every run in a checkout changed files there).
+        "control_folder": str(VAR_DIR / "celery-control"),
         "store_processed": False,
     }
     if CELERY_BROKER_URL.startswith("filesystem")
