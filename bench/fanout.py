@@ -26,11 +26,11 @@ from bench.stack import (
     ROOT,
     CeilingServer,
     ChatStack,
-    cpu_seconds,
     machine,
     make_room,
     make_users,
     stop_cleanly_on_sigterm,
+    tree_cpu_seconds,
 )
 
 P99_BOUND_MS = 100.0
@@ -57,14 +57,15 @@ def run_step(
         services=others is not None, server=server_pid, **(others or {})
     )
     system0 = system.read()
-    srv0, cli0, wall0 = cpu_seconds(server_pid), pool.cpu_seconds(), time.monotonic()
+    # The server's process tree: with --workers, the supervisor and every worker.
+    srv0, cli0, wall0 = tree_cpu_seconds(server_pid), pool.cpu_seconds(), time.monotonic()
     pool.call(receivers, "run", step, 0, 0)
     pool.call(senders, "run", step, rate, duration, timeout=duration + 60)
     sent_reports = pool.call(senders, "report", step, None, drain, timeout=drain + 30)
     acked = merge_acked(sent_reports)
     recv_reports = pool.call(receivers, "report", step, acked, drain, timeout=drain + 30)
     wall = time.monotonic() - wall0
-    srv_cpu, cli_cpu = cpu_seconds(server_pid) - srv0, pool.cpu_seconds() - cli0
+    srv_cpu, cli_cpu = tree_cpu_seconds(server_pid) - srv0, pool.cpu_seconds() - cli0
     system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
     latencies = array("q")
     for report in recv_reports:
@@ -181,6 +182,12 @@ def main(argv=None) -> int:
     parser.add_argument("--senders", type=int, default=10, help="sending sockets")
     parser.add_argument("--procs", type=int, default=2, help="receiving client processes")
     parser.add_argument("--only", choices=["chat", "ceiling"], help="run one target only")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="chat server processes on the port (serve --workers; srv%% is their total)",
+    )
     ladder_arguments(parser)
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
@@ -192,7 +199,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(
         f"fan-out: {args.subscribers} subscribers, {args.senders} senders, rates {rates}, "
-        f"{args.duration:g}s steps, {args.procs} receiving processes  "
+        f"{args.duration:g}s steps, {args.procs} receiving processes, "
+        f"{args.workers} server process{'es' if args.workers > 1 else ''}  "
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})",
         flush=True,
     )
@@ -216,7 +224,9 @@ def main(argv=None) -> int:
         finally:
             ceiling.stop()
     if args.only != "ceiling":
-        with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set)) as stack:
+        with ChatStack(
+            settings=dict(kv.split("=", 1) for kv in args.set), workers=args.workers
+        ) as stack:
             users = make_users(args.subscribers + args.senders, f"{stack.tag}u")
             room = make_room(users[0][0], [uid for uid, _ in users], "fan-out bench")
             subs = [(token, room, True) for _, token in users[: args.subscribers]]

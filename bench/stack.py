@@ -108,6 +108,7 @@ class ChatStack:
         log=print,
         kafka: bool = True,
         server: bool = True,
+        workers: int = 1,
     ):
         tag = f"bench{os.getpid()}"
         self.tag = tag
@@ -115,6 +116,7 @@ class ChatStack:
         self.log = log
         self.worker_wanted = worker
         self.kafka_wanted, self.server_wanted = kafka, server  # bench/webhooks.py needs neither
+        self.workers = workers  # server processes on the port (chatproject.workers)
         self.broker: Broker | None = None
         self.worker: CeleryWorker | None = None
         self.server: ServerProcess | None = None
@@ -194,7 +196,7 @@ class ChatStack:
             self.worker = CeleryWorker(self.env, beat=True, concurrency=2).start()
             self.worker.wait_ready(60)
         if self.server_wanted:
-            self.server = ServerProcess(self.env).start()
+            self.server = ServerProcess(self.env, workers=self.workers).start()
 
     def __enter__(self) -> ChatStack:
         return self.start()
