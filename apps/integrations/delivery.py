@@ -3,21 +3,23 @@
 A worker (`python manage.py deliver_webhooks`) reads the log itself — no Kafka — every
 WEBHOOK_POLL_SECONDS:
 
-1. `plan()` (two statements): the cursors that are behind their
-   room's head, not waiting for a retry and not in flight, and the log events after them. For
-   each webhook, those rooms' events go into batches of at most WEBHOOK_BATCH_EVENTS, one per
-   free slot of the webhook's WEBHOOK_CONCURRENCY; a room is in at most one batch at a time,
-   so its events go out in seq order and a later batch of the room waits for the earlier one.
+1. `plan()` (two statements; three when a deletion shows): the cursors of every webhook that
+   are behind their room's head and not waiting for a retry, and the log events they want
+   that the log tail (apps.integrations.tail) does not hold yet: each event is read from the
+   log about once, for every webhook. For each webhook with a free slot, its rooms' events go
+   into batches of at most WEBHOOK_BATCH_EVENTS, one per free slot of the webhook's
+   WEBHOOK_CONCURRENCY; a room is in at most one batch at a time, so its events go out in seq
+   order and a later batch of the room waits for the earlier one.
 2. Each batch is POSTed as `{"events": [...]}` (the log's envelopes as they are now: redacted
    events go out redacted) to the address the SSRF guard checked (apps.integrations.ssrf),
    signed `X-Chat-Signature: sha256=<HMAC-SHA256 of the body>`, with `X-Chat-Delivery` (a new
    id per attempt) and a timeout. The worker never waits for a delivery to plan the next: a
    slow or dead endpoint holds its own slots, nobody else's.
-3. A 2xx moves each room's cursor to the batch's last seq of that room (at least once: a crash
-   between the answer and the update delivers the batch again; receivers deduplicate on the
-   event id). Anything else leaves the cursors and sets their `next_attempt_at` with
-   exponential backoff (WEBHOOK_RETRY_BASE_SECONDS doubling, capped at
-   WEBHOOK_RETRY_MAX_SECONDS, retried forever) and `last_error`.
+3. A 2xx moves each room's cursor to the batch's last seq of that room, in one UPDATE of
+   fixed text (at least once: a crash between the answer and the update delivers the batch
+   again; receivers deduplicate on the event id). Anything else leaves the cursors and sets
+   their `next_attempt_at` with exponential backoff (WEBHOOK_RETRY_BASE_SECONDS doubling,
+   capped at WEBHOOK_RETRY_MAX_SECONDS, retried forever) and `last_error`.
 
 Which rooms a webhook follows (its list, or every room its owner may read, checked again every
 few seconds) is re-read by `refresh()`, which also creates the cursors of newly followed rooms:
@@ -43,15 +45,16 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import close_old_connections, connection
-from django.db.models import BigIntegerField, Case, DateTimeField, F, Q, TextField, Value, When
-from django.db.models.functions import Cast, Mod
+from django.db.models import BigIntegerField, Case, DateTimeField, F, Q, Value, When
+from django.db.models.functions import Mod
 from django.utils import timezone
 
-from apps.events.models import Event
+from apps.core.sql import Statement, run
 
 from . import http, ssrf
 from .models import OutgoingWebhook, WebhookCursor
 from .services import target_rooms
+from .tail import LogTail
 
 logger = logging.getLogger(__name__)
 REFRESH_SECONDS = 2.0  # rooms followed, owners' rights
@@ -110,10 +113,14 @@ class Deliverer:
         # is planned from it at once, while the cursor's UPDATE is still on its way.
         self.known: dict[int, tuple[int, int]] = {}
         self.wake: asyncio.Event | None = None
+        self.tail = LogTail(  # the planner thread's alone
+            lambda raw: self.count(log_reads=1, statements=int(raw))
+        )
         self.delivered = 0  # batches answered 2xx (tests, the benchmark)
         self.failed = 0
         # What the work cost, for the benchmark (SIGUSR1 prints it, see deliver_webhooks):
-        # statements sent to the database, planning rounds, POSTs and events answered 2xx.
+        # statements sent to the database, planning rounds, reads of the log, batches and
+        # events answered 2xx, batches failed.
         self.stats: Counter = Counter()
         self._stats_lock = threading.Lock()
 
@@ -191,8 +198,11 @@ class Deliverer:
         if not free:
             return []
         now = timezone.now()
+        # Every webhook's cursors, the busy ones' too: what the log tail must keep for them.
         due = (
-            WebhookCursor.objects.filter(webhook_id__in=list(free), seq__lt=F("room__last_seq"))
+            WebhookCursor.objects.filter(
+                webhook_id__in=list(self.hooks), seq__lt=F("room__last_seq")
+            )
             .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
             # Longest undelivered first: under a backlog no room waits behind the others.
             .order_by("webhook_id", F("delivered_at").asc(nulls_first=True), "room_id")
@@ -205,13 +215,15 @@ class Deliverer:
         # Events each webhook may still take this round (its free slots' batches): what is
         # read from the log stays bounded however far behind a webhook is.
         budget = {hook_id: slots * limit for hook_id, slots in free.items()}
+        floors: dict[int, int] = {}  # room -> the lowest seq a cursor behind is at
         for pk, hook_id, room_id, seq, generation, attempts, head in due:
-            if pk in inflight or room_id not in self.followed.get(hook_id, ()):
+            if room_id not in self.followed.get(hook_id, ()):
                 continue
             if pk in known and known[pk][0] == generation:
                 seq = max(seq, known[pk][1])
-                if seq >= head:
-                    continue
+            floors[room_id] = min(seq, floors.get(room_id, seq))
+            if pk in inflight or seq >= head or hook_id not in free:
+                continue
             take = min(head - seq, limit, budget[hook_id])
             if take <= 0:
                 continue
@@ -219,38 +231,19 @@ class Deliverer:
             wanted.setdefault(hook_id, []).append(
                 (pk, room_id, seq, generation, attempts, seq + take)
             )
-        if not wanted:
-            return []
-        # The log events of every wanted range, in one statement: per room, from the lowest
-        # cursor that wants it to the highest seq any of them will take.
-        ranges: dict[int, list[int]] = {}
+        # The ranges wanted of each room's log: the tail reads what it does not hold.
+        ranges: dict[int, list[tuple[int, int]]] = {}
         for rows in wanted.values():
             for _, room_id, seq, _, _, upto in rows:
-                lo, hi = ranges.get(room_id, (seq, upto))
-                ranges[room_id] = [min(lo, seq), max(hi, upto)]
-        where = Q()
-        for room_id, (lo, hi) in ranges.items():
-            where |= Q(room_id=room_id, seq__gt=lo, seq__lte=hi)
-        log: dict[int, list[tuple[int, str, str]]] = {}
-        rows = (
-            Event.objects.filter(where)
-            .order_by("room_id", "seq")
-            .annotate(text=Cast("envelope", TextField()))
-            .values_list("room_id", "seq", "type", "text")
-        )
-        for room_id, seq, type, text in rows:
-            log.setdefault(room_id, []).append((seq, type, text))
+                ranges.setdefault(room_id, []).append((seq, upto))
+        self.tail.fill(ranges, floors)
         batches = []
         for hook_id, rows in wanted.items():
             hook = self.hooks[hook_id]
             types = set(hook.types) if hook.types is not None else None
             batch = None
             for pk, room_id, seq, generation, attempts, upto in rows:
-                events = [
-                    text
-                    for s, type, text in log.get(room_id, ())
-                    if seq < s <= upto and (types is None or type in types)
-                ]
+                events = self.tail.events(room_id, seq, upto, types)
                 if batch is None or len(batch.events) + len(events) > limit and batch.items:
                     if len(batches_of(batches, hook_id)) >= free[hook_id]:
                         break
@@ -264,6 +257,30 @@ class Deliverer:
         """Move the batch's cursors to its end, in one statement (a batch may hold a hundred
         rooms); a cursor replayed meanwhile (another generation) or already past is left."""
         items = batch.items
+        if connection.vendor == "postgresql":
+            # A fixed text, the rooms as arrays: compiling the ORM's OR of a hundred Qs and
+            # CASE of a hundred WHENs was 84% of the worker's CPU (py-spy, bench/webhooks.py:
+            # 149 us a delivery, 57 us without it).
+            table = connection.ops.quote_name(WebhookCursor._meta.db_table)
+            self.count(statements=1)
+            run(
+                [
+                    Statement(
+                        f"UPDATE {table} AS c SET seq = v.upto, attempts = 0, "
+                        f"next_attempt_at = NULL, last_error = '', delivered_at = %b "
+                        f"FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) "
+                        f"AS v(id, generation, upto) WHERE c.id = v.id "
+                        f"AND c.generation = v.generation AND c.seq < v.upto",
+                        [
+                            timezone.now(),
+                            [item.cursor_id for item in items],
+                            [item.generation for item in items],
+                            [item.upto for item in items],
+                        ],
+                    )
+                ]
+            )
+            return
         where = Q()
         for item in items:
             where |= Q(pk=item.cursor_id, generation=item.generation, seq__lt=item.upto)
