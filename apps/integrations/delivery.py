@@ -197,19 +197,7 @@ class Deliverer:
         known = known or {}
         if not free:
             return []
-        now = timezone.now()
-        # Every webhook's cursors, the busy ones' too: what the log tail must keep for them.
-        due = (
-            WebhookCursor.objects.filter(
-                webhook_id__in=list(self.hooks), seq__lt=F("room__last_seq")
-            )
-            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-            # Longest undelivered first: under a backlog no room waits behind the others.
-            .order_by("webhook_id", F("delivered_at").asc(nulls_first=True), "room_id")
-            .values_list(
-                "pk", "webhook_id", "room_id", "seq", "generation", "attempts", "room__last_seq"
-            )
-        )
+        due = self.due()
         limit = settings.WEBHOOK_BATCH_EVENTS
         wanted: dict[int, list] = {}
         # Events each webhook may still take this round (its free slots' batches): what is
@@ -253,14 +241,50 @@ class Deliverer:
                 batch.events.extend(events)
         return batches
 
+    def due(self) -> list[tuple[int, int, int, int, int, int, int]]:
+        """(cursor id, webhook id, room id, seq, generation, attempts, the room's head) of every
+        webhook's cursors, the busy ones' too (the log tail keeps what they will want), that
+        are behind their room's head and not waiting for a retry; longest undelivered first,
+        so that under a backlog no room waits behind the others."""
+        now, hook_ids = timezone.now(), list(self.hooks)
+        if connection.vendor == "postgresql":
+            # A fixed text, run every planning round over up to rooms x webhooks rows: the
+            # ORM's compiling and row handling were a quarter of the worker's samples (py-spy,
+            # bench/webhooks.py --quick).
+            quote = connection.ops.quote_name
+            cursors = quote(WebhookCursor._meta.db_table)
+            rooms = quote(WebhookCursor._meta.get_field("room").related_model._meta.db_table)
+            self.count(statements=1)
+            return run(
+                [
+                    Statement(
+                        f"SELECT c.id, c.webhook_id, c.room_id, c.seq, c.generation, c.attempts, "
+                        f"r.last_seq FROM {cursors} c JOIN {rooms} r ON r.id = c.room_id "
+                        f"WHERE c.webhook_id = ANY(%b::bigint[]) AND c.seq < r.last_seq "
+                        f"AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= %b) "
+                        f"ORDER BY c.webhook_id, c.delivered_at ASC NULLS FIRST, c.room_id",
+                        [hook_ids, now],
+                        fetch=True,
+                    )
+                ]
+            )[0]
+        return list(
+            WebhookCursor.objects.filter(webhook_id__in=hook_ids, seq__lt=F("room__last_seq"))
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .order_by("webhook_id", F("delivered_at").asc(nulls_first=True), "room_id")
+            .values_list(
+                "pk", "webhook_id", "room_id", "seq", "generation", "attempts", "room__last_seq"
+            )
+        )
+
     def delivered_ok(self, batch: Batch) -> None:
         """Move the batch's cursors to its end, in one statement (a batch may hold a hundred
         rooms); a cursor replayed meanwhile (another generation) or already past is left."""
         items = batch.items
         if connection.vendor == "postgresql":
             # A fixed text, the rooms as arrays: compiling the ORM's OR of a hundred Qs and
-            # CASE of a hundred WHENs was 84% of the worker's CPU (py-spy, bench/webhooks.py:
-            # 149 us a delivery, 57 us without it).
+            # CASE of a hundred WHENs was 84% of the worker's CPU (py-spy in bench/webhooks.py;
+            # 149 us of CPU a delivery, 57 us with this and the log tail).
             table = connection.ops.quote_name(WebhookCursor._meta.db_table)
             self.count(statements=1)
             run(
