@@ -410,7 +410,9 @@ def main(argv=None) -> int:
                 print(
                     f"         worker: {work.get('statements', 0)} statements for {batches} "
                     f"batches ({work.get('statements', 0) / max(batches, 1):.2f} a batch), "
-                    f"{work.get('plans', 0)} planning rounds; CPU {cpu:.2f} s"
+                    f"{work.get('plans', 0)} planning rounds, {work.get('log_rows', 0)} log rows "
+                    f"read ({work.get('log_rows', 0) / max(sent['sent'], 1):.2f} per event "
+                    f"committed); CPU {cpu:.2f} s"
                 )
                 print(limits_line(args.rate, sent, cpu, events, busy))
                 if dead is not None:

@@ -114,13 +114,13 @@ class Deliverer:
         self.known: dict[int, tuple[int, int]] = {}
         self.wake: asyncio.Event | None = None
         self.tail = LogTail(  # the planner thread's alone
-            lambda raw: self.count(log_reads=1, statements=int(raw))
+            lambda raw, rows: self.count(log_reads=1, log_rows=rows, statements=int(raw))
         )
         self.delivered = 0  # batches answered 2xx (tests, the benchmark)
         self.failed = 0
         # What the work cost, for the benchmark (SIGUSR1 prints it, see deliver_webhooks):
-        # statements sent to the database, planning rounds, reads of the log, batches and
-        # events answered 2xx, batches failed.
+        # statements sent to the database, planning rounds, reads of the log and the rows
+        # they returned, batches and events answered 2xx, batches failed.
         self.stats: Counter = Counter()
         self._stats_lock = threading.Lock()
 

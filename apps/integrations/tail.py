@@ -47,6 +47,12 @@ class RoomTail:
             self.seqs.append(seq)
             self.rows.append((type, text))
 
+    def prepend(self, start: int, rows: list[tuple[int, str, str]]) -> None:
+        """Hold (start, self.start] too: `rows`, read now (`read_at` stays the older read's)."""
+        self.seqs[:0] = [seq for seq, _, _ in rows]
+        self.rows[:0] = [(type, text) for _, type, text in rows]
+        self.start = start
+
     def drop_to(self, seq: int) -> None:
         """Forget the events up to `seq` (every cursor is past them)."""
         if seq > self.start:
@@ -62,9 +68,9 @@ class LogTail:
         # newest wanted): served once, not kept, so a webhook back from a long outage reads
         # its own ranges, not every event between it and the head.
         self.far: dict[int, RoomTail] = {}
-        # Told of each read of the log (raw: sent past Django's cursor, so not seen by its
-        # execute wrappers).
-        self.counted = counted or (lambda raw: None)
+        # Told of each read of the log: `raw` (sent past Django's cursor, so not seen by its
+        # execute wrappers) and the `rows` it returned.
+        self.counted = counted or (lambda raw, rows: None)
 
     def fill(self, wants: dict[int, list[tuple[int, int]]], floors: dict[int, int]) -> None:
         """Make the tail hold, per room, every range (lo, hi] its cursors want (`wants`:
@@ -73,28 +79,30 @@ class LogTail:
         the lowest seq of its cursors that are behind (rooms without one are dropped: they
         are read afresh when needed)."""
         now = time.monotonic()
-        whole, more, far = {}, {}, {}
+        whole, below, more, far = {}, {}, {}, {}
         for room, ranges in wants.items():
             hi = max(upto for _, upto in ranges)
             near = [seq for seq, upto in ranges if upto > hi - TAIL_MAX]
             far[room] = [(seq, upto) for seq, upto in ranges if upto <= hi - TAIL_MAX]
             lo = min(near)
             tail = self.rooms.get(room)
-            if (
-                tail is None
-                or not tail.start <= lo <= tail.end
-                or now - tail.read_at > TAIL_SECONDS
-            ):
-                # From the lowest cursor behind (one in flight wants what follows its batch
-                # next), but within TAIL_MAX of the head.
-                whole[room] = (min(lo, max(floors.get(room, lo), hi - TAIL_MAX)), hi)
-            elif hi > tail.end:
+            if tail is None or lo > tail.end or now - tail.read_at > TAIL_SECONDS:
+                # What is wanted now only: re-reading from the lowest cursor behind (a dead
+                # endpoint's batch in flight) every TAIL_SECONDS made its backlog be read again
+                # and again; a cursor that wants less later has that read (below).
+                whole[room] = (lo, hi)
+                continue
+            if lo < tail.start:  # a cursor back from a retry's wait: what it lacks, before
+                below[room] = (lo, tail.start)
+            if hi > tail.end:
                 more[room] = (tail.end, hi)
         far = {room: ranges for room, ranges in far.items() if ranges}
         found = self.read(
-            [(room, lo, hi) for part in (whole, more) for room, (lo, hi) in part.items()]
+            [(room, lo, hi) for part in (whole, below, more) for room, (lo, hi) in part.items()]
             + [(room, lo, hi) for room, ranges in far.items() for lo, hi in ranges]
         )
+        for room, (lo, hi) in below.items():
+            self.rooms[room].prepend(lo, [row for row in found.get(room, []) if lo < row[0] <= hi])
         self.far = {}
         for room, ranges in far.items():
             self.far[room] = RoomTail(0, 0, now)
@@ -138,7 +146,6 @@ class LogTail:
         envelope text) per room in seq order, each once: one statement for all."""
         if not ranges:
             return {}
-        self.counted(raw=connection.vendor == "postgresql")
         if connection.vendor == "postgresql":
             # A fixed text (prepared once per connection) whatever the number of ranges; the
             # envelope as text, so a body is the rows joined, never parsed.
@@ -166,8 +173,11 @@ class LogTail:
                 .values_list("room_id", "seq", "type", "text")
             )
         found: dict[int, list[tuple[int, str, str]]] = {}
+        count = 0
         for room, seq, type, text in rows:
             held = found.setdefault(room, [])
             if not held or held[-1][0] != seq:  # two ranges of a room may overlap
                 held.append((seq, type, text))
+            count += 1
+        self.counted(raw=connection.vendor == "postgresql", rows=count)
         return found

@@ -118,6 +118,37 @@ def test_events_arrive_signed_and_in_seq_order_per_room(webhook_settings, receiv
     assert status[b.pk]["last_error"] is None
 
 
+def test_webhooks_sharing_rooms_each_get_every_event_once_in_order(
+    webhook_settings, receivers, worker
+):
+    # The worker reads each event from the log once for all of them (apps.integrations.tail).
+    owner = factories.make_user()
+    a, b = factories.make_room(owner), factories.make_room(owner)
+    made = [receivers() for _ in range(3)]
+    for receiver in made:
+        _webhook(owner, receiver.url, rooms=[a.pk, b.pk])
+    heads = {a.pk: a.last_seq, b.pk: b.last_seq}
+    for burst in range(4):
+        for i in range(10):
+            factories.send(a if i % 2 else b, owner, f"b{burst}m{i}")
+        time.sleep(0.1)
+    a.refresh_from_db()
+    b.refresh_from_db()
+    for receiver in made:
+        receiver.wait(
+            lambda r: all(
+                len(_seqs(r.ok_events(), room)) >= room.last_seq - heads[room.pk] for room in (a, b)
+            )
+        )
+        events = receiver.ok_events()
+        for room in (a, b):
+            assert _seqs(events, room) == list(range(heads[room.pk] + 1, room.last_seq + 1))
+        assert all(signature_ok(SECRET, request) for request in receiver.requests)
+    # Read from the log about once, not once per webhook (3 times).
+    sent = a.last_seq - heads[a.pk] + b.last_seq - heads[b.pk]
+    assert worker.deliverer.stats["log_rows"] < 2 * sent, worker.deliverer.stats
+
+
 def test_a_500_is_retried_with_backoff_and_later_events_wait(webhook_settings, receivers, worker):
     owner = factories.make_user()
     room = factories.make_room(owner)

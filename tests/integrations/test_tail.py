@@ -35,10 +35,11 @@ def _bodies(texts):
 
 class Reads:
     def __init__(self):
-        self.count = 0
+        self.count = self.rows = 0
 
-    def __call__(self, raw):
+    def __call__(self, raw, rows):
         self.count += 1
+        self.rows += rows
 
 
 def test_overlapping_wants_are_read_once_and_then_only_what_is_new(room):
@@ -119,10 +120,29 @@ def test_a_cursor_far_behind_reads_its_own_range_not_all_up_to_the_head(room, mo
     # one statement reads the two ranges, not the events between them.
     tail.fill({room.pk: [(start, start + 2), (start + 4, start + 6)]}, {room.pk: start})
     assert reads.count == 1
-    assert tail.rooms[room.pk].seqs == [start + 4, start + 5, start + 6]
+    assert tail.rooms[room.pk].seqs == [start + 5, start + 6]
     assert tail.far[room.pk].seqs == [start + 1, start + 2]
     assert _bodies(tail.events(room.pk, start, start + 2, None)) == ["m0", "m1"]
     assert _bodies(tail.events(room.pk, start + 4, start + 6, None)) == ["m4", "m5"]
     # The far read is not kept; what every cursor has passed is dropped.
     tail.fill({}, {room.pk: start + 5})
     assert tail.far == {} and tail.rooms[room.pk].seqs == [start + 6]
+
+
+def test_a_cursor_back_from_a_retry_wait_reads_only_what_the_tail_lacks_below(room):
+    start = room.last_seq
+    _send(room, 6)
+    reads = Reads()
+    tail = tails.LogTail(reads)
+    tail.fill({room.pk: [(start + 3, room.last_seq)]}, {room.pk: start + 3})
+    assert reads.rows == 3
+    # A webhook whose cursor waited for a retry (so it held nothing back) wants (start + 1, …]:
+    # only the two events below the tail are read, and the tail holds them too.
+    tail.fill(
+        {room.pk: [(start + 1, room.last_seq), (start + 3, room.last_seq)]}, {room.pk: start + 1}
+    )
+    assert (reads.count, reads.rows) == (2, 5)
+    assert tail.rooms[room.pk].seqs == list(range(start + 2, room.last_seq + 1))
+    assert _bodies(tail.events(room.pk, start + 1, room.last_seq, None)) == [
+        f"m{i}" for i in range(1, 6)
+    ]
