@@ -63,6 +63,31 @@ def validated(serializer_class, request, *, partial=False) -> dict:
     return form.validated_data
 
 
+# --- Create answers that show a secret once ------------------------------------------------------
+
+
+def shown_once(serializer_class, name: str, help_text: str):
+    """`serializer_class` with one read-only string more, `name`: the answer to a create that
+    shows its secret this once (an API token, a bot's token, an incoming webhook's URL). Named
+    `<Base>CreatedSerializer`, as the hand-written classes were, so OpenAPI components keep
+    their names."""
+    meta = type("Meta", (serializer_class.Meta,), {"fields": [*serializer_class.Meta.fields, name]})
+    return type(
+        serializer_class.__name__.removesuffix("Serializer") + "CreatedSerializer",
+        (serializer_class,),
+        {
+            "__module__": serializer_class.__module__,
+            name: serializers.CharField(read_only=True, help_text=help_text),
+            "Meta": meta,
+        },
+    )
+
+
+def created(serializer_class, instance, **shown) -> Response:
+    """201: the instance as `serializer_class` shows it, plus what is shown this once."""
+    return Response({**serializer_class(instance).data, **shown}, status=status.HTTP_201_CREATED)
+
+
 class ErrorSerializer(serializers.Serializer):
     code = serializers.ChoiceField(choices=list(CODES))
     detail = serializers.CharField()

@@ -6,6 +6,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
+from apps.core.api import created, shown_once, validated
 from apps.core.errors import forbidden, not_found
 from apps.rooms import services as rooms
 from apps.rooms.api import RoomScopedApi
@@ -28,11 +29,9 @@ class IncomingSerializer(serializers.ModelSerializer):
         fields = ["id", "room", "name", "bot", "created_at"]
 
 
-class IncomingCreatedSerializer(IncomingSerializer):
-    url = serializers.CharField(read_only=True, help_text="POST here; holds the secret (once).")
-
-    class Meta(IncomingSerializer.Meta):
-        fields = [*IncomingSerializer.Meta.fields, "url"]
+IncomingCreatedSerializer = shown_once(
+    IncomingSerializer, "url", "POST here; holds the secret (once)."
+)
 
 
 class IncomingCreateSerializer(serializers.Serializer):
@@ -58,15 +57,9 @@ class RoomWebhooksApi(RoomScopedApi):
 
     @extend_schema(request=IncomingCreateSerializer, responses={201: IncomingCreatedSerializer})
     def post(self, request, room_id):
-        form = IncomingCreateSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        hook, key = services.incoming_create(
-            room=self.room, actor=request.user, name=form.validated_data["name"]
-        )
-        return Response(
-            {**IncomingSerializer(hook).data, "url": hook_url(request, key)},
-            status=status.HTTP_201_CREATED,
-        )
+        data = validated(IncomingCreateSerializer, request)
+        hook, key = services.incoming_create(room=self.room, actor=request.user, name=data["name"])
+        return created(IncomingSerializer, hook, url=hook_url(request, key))
 
 
 class RoomWebhookDetailApi(RoomScopedApi):
@@ -183,10 +176,10 @@ class WebhooksApi(GenericAPIView):
     def post(self, request):
         if request.user.is_bot:
             raise forbidden("bots cannot own webhooks")
-        form = OutgoingCreateSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        hook = services.webhook_create(owner=request.user, **form.validated_data)
-        return Response(OutgoingSerializer(hook).data, status=status.HTTP_201_CREATED)
+        hook = services.webhook_create(
+            owner=request.user, **validated(OutgoingCreateSerializer, request)
+        )
+        return created(OutgoingSerializer, hook)
 
 
 class WebhookDetailApi(GenericAPIView):

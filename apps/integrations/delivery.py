@@ -3,21 +3,23 @@
 A worker (`python manage.py deliver_webhooks`) reads the log itself — no Kafka — every
 WEBHOOK_POLL_SECONDS:
 
-1. `plan()` (two statements): the cursors that are behind their
-   room's head, not waiting for a retry and not in flight, and the log events after them. For
-   each webhook, those rooms' events go into batches of at most WEBHOOK_BATCH_EVENTS, one per
-   free slot of the webhook's WEBHOOK_CONCURRENCY; a room is in at most one batch at a time,
-   so its events go out in seq order and a later batch of the room waits for the earlier one.
+1. `plan()` (two statements; three when a deletion shows): the cursors of every webhook that
+   are behind their room's head and not waiting for a retry, and the log events they want
+   that the log tail (apps.integrations.tail) does not hold yet: each event is read from the
+   log about once, for every webhook. For each webhook with a free slot, its rooms' events go
+   into batches of at most WEBHOOK_BATCH_EVENTS, one per free slot of the webhook's
+   WEBHOOK_CONCURRENCY; a room is in at most one batch at a time, so its events go out in seq
+   order and a later batch of the room waits for the earlier one.
 2. Each batch is POSTed as `{"events": [...]}` (the log's envelopes as they are now: redacted
    events go out redacted) to the address the SSRF guard checked (apps.integrations.ssrf),
    signed `X-Chat-Signature: sha256=<HMAC-SHA256 of the body>`, with `X-Chat-Delivery` (a new
    id per attempt) and a timeout. The worker never waits for a delivery to plan the next: a
    slow or dead endpoint holds its own slots, nobody else's.
-3. A 2xx moves each room's cursor to the batch's last seq of that room (at least once: a crash
-   between the answer and the update delivers the batch again; receivers deduplicate on the
-   event id). Anything else leaves the cursors and sets their `next_attempt_at` with
-   exponential backoff (WEBHOOK_RETRY_BASE_SECONDS doubling, capped at
-   WEBHOOK_RETRY_MAX_SECONDS, retried forever) and `last_error`.
+3. A 2xx moves each room's cursor to the batch's last seq of that room, in one UPDATE of
+   fixed text (at least once: a crash between the answer and the update delivers the batch
+   again; receivers deduplicate on the event id). Anything else leaves the cursors and sets
+   their `next_attempt_at` with exponential backoff (WEBHOOK_RETRY_BASE_SECONDS doubling,
+   capped at WEBHOOK_RETRY_MAX_SECONDS, retried forever) and `last_error`.
 
 Which rooms a webhook follows (its list, or every room its owner may read, checked again every
 few seconds) is re-read by `refresh()`, which also creates the cursors of newly followed rooms:
@@ -33,23 +35,26 @@ import hashlib
 import hmac
 import logging
 import random
+import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import close_old_connections
-from django.db.models import BigIntegerField, Case, DateTimeField, F, Q, TextField, Value, When
-from django.db.models.functions import Cast, Mod
+from django.db import close_old_connections, connection
+from django.db.models import BigIntegerField, Case, DateTimeField, F, Q, Value, When
+from django.db.models.functions import Mod
 from django.utils import timezone
 
-from apps.events.models import Event
+from apps.core.sql import Statement, run
 
 from . import http, ssrf
 from .models import OutgoingWebhook, WebhookCursor
 from .services import target_rooms
+from .tail import LogTail
 
 logger = logging.getLogger(__name__)
 REFRESH_SECONDS = 2.0  # rooms followed, owners' rights
@@ -108,8 +113,24 @@ class Deliverer:
         # is planned from it at once, while the cursor's UPDATE is still on its way.
         self.known: dict[int, tuple[int, int]] = {}
         self.wake: asyncio.Event | None = None
+        self.tail = LogTail(  # the planner thread's alone
+            lambda raw, rows: self.count(log_reads=1, log_rows=rows, statements=int(raw))
+        )
         self.delivered = 0  # batches answered 2xx (tests, the benchmark)
         self.failed = 0
+        # What the work cost, for the benchmark (SIGUSR1 prints it, see deliver_webhooks):
+        # statements sent to the database, planning rounds, reads of the log and the rows
+        # they returned, batches and events answered 2xx, batches failed.
+        self.stats: Counter = Counter()
+        self._stats_lock = threading.Lock()
+
+    def count(self, **amounts: int) -> None:
+        with self._stats_lock:
+            self.stats.update(amounts)
+
+    def _count_statement(self, execute, sql, params, many, context):
+        self.count(statements=1)
+        return execute(sql, params, many, context)
 
     # --- database side (the pool's threads) ----------------------------------------------------
 
@@ -117,7 +138,8 @@ class Deliverer:
         def call():
             close_old_connections()
             try:
-                return func(*args)
+                with connection.execute_wrapper(self._count_statement):
+                    return func(*args)
             finally:
                 close_old_connections()
 
@@ -175,28 +197,21 @@ class Deliverer:
         known = known or {}
         if not free:
             return []
-        now = timezone.now()
-        due = (
-            WebhookCursor.objects.filter(webhook_id__in=list(free), seq__lt=F("room__last_seq"))
-            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-            # Longest undelivered first: under a backlog no room waits behind the others.
-            .order_by("webhook_id", F("delivered_at").asc(nulls_first=True), "room_id")
-            .values_list(
-                "pk", "webhook_id", "room_id", "seq", "generation", "attempts", "room__last_seq"
-            )
-        )
+        due = self.due()
         limit = settings.WEBHOOK_BATCH_EVENTS
         wanted: dict[int, list] = {}
         # Events each webhook may still take this round (its free slots' batches): what is
         # read from the log stays bounded however far behind a webhook is.
         budget = {hook_id: slots * limit for hook_id, slots in free.items()}
+        floors: dict[int, int] = {}  # room -> the lowest seq a cursor behind is at
         for pk, hook_id, room_id, seq, generation, attempts, head in due:
-            if pk in inflight or room_id not in self.followed.get(hook_id, ()):
+            if room_id not in self.followed.get(hook_id, ()):
                 continue
             if pk in known and known[pk][0] == generation:
                 seq = max(seq, known[pk][1])
-                if seq >= head:
-                    continue
+            floors[room_id] = min(seq, floors.get(room_id, seq))
+            if pk in inflight or seq >= head or hook_id not in free:
+                continue
             take = min(head - seq, limit, budget[hook_id])
             if take <= 0:
                 continue
@@ -204,38 +219,19 @@ class Deliverer:
             wanted.setdefault(hook_id, []).append(
                 (pk, room_id, seq, generation, attempts, seq + take)
             )
-        if not wanted:
-            return []
-        # The log events of every wanted range, in one statement: per room, from the lowest
-        # cursor that wants it to the highest seq any of them will take.
-        ranges: dict[int, list[int]] = {}
+        # The ranges wanted of each room's log: the tail reads what it does not hold.
+        ranges: dict[int, list[tuple[int, int]]] = {}
         for rows in wanted.values():
             for _, room_id, seq, _, _, upto in rows:
-                lo, hi = ranges.get(room_id, (seq, upto))
-                ranges[room_id] = [min(lo, seq), max(hi, upto)]
-        where = Q()
-        for room_id, (lo, hi) in ranges.items():
-            where |= Q(room_id=room_id, seq__gt=lo, seq__lte=hi)
-        log: dict[int, list[tuple[int, str, str]]] = {}
-        rows = (
-            Event.objects.filter(where)
-            .order_by("room_id", "seq")
-            .annotate(text=Cast("envelope", TextField()))
-            .values_list("room_id", "seq", "type", "text")
-        )
-        for room_id, seq, type, text in rows:
-            log.setdefault(room_id, []).append((seq, type, text))
+                ranges.setdefault(room_id, []).append((seq, upto))
+        self.tail.fill(ranges, floors)
         batches = []
         for hook_id, rows in wanted.items():
             hook = self.hooks[hook_id]
             types = set(hook.types) if hook.types is not None else None
             batch = None
             for pk, room_id, seq, generation, attempts, upto in rows:
-                events = [
-                    text
-                    for s, type, text in log.get(room_id, ())
-                    if seq < s <= upto and (types is None or type in types)
-                ]
+                events = self.tail.events(room_id, seq, upto, types)
                 if batch is None or len(batch.events) + len(events) > limit and batch.items:
                     if len(batches_of(batches, hook_id)) >= free[hook_id]:
                         break
@@ -245,10 +241,70 @@ class Deliverer:
                 batch.events.extend(events)
         return batches
 
+    def due(self) -> list[tuple[int, int, int, int, int, int, int]]:
+        """(cursor id, webhook id, room id, seq, generation, attempts, the room's head) of every
+        webhook's cursors, the busy ones' too (the log tail keeps what they will want), that
+        are behind their room's head and not waiting for a retry; longest undelivered first,
+        so that under a backlog no room waits behind the others."""
+        now, hook_ids = timezone.now(), list(self.hooks)
+        if connection.vendor == "postgresql":
+            # A fixed text, run every planning round over up to rooms x webhooks rows: the
+            # ORM's compiling and row handling were a quarter of the worker's samples (py-spy,
+            # bench/webhooks.py --quick).
+            quote = connection.ops.quote_name
+            cursors = quote(WebhookCursor._meta.db_table)
+            rooms = quote(WebhookCursor._meta.get_field("room").related_model._meta.db_table)
+            self.count(statements=1)
+            return run(
+                [
+                    Statement(
+                        f"SELECT c.id, c.webhook_id, c.room_id, c.seq, c.generation, c.attempts, "
+                        f"r.last_seq FROM {cursors} c JOIN {rooms} r ON r.id = c.room_id "
+                        f"WHERE c.webhook_id = ANY(%b::bigint[]) AND c.seq < r.last_seq "
+                        f"AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= %b) "
+                        f"ORDER BY c.webhook_id, c.delivered_at ASC NULLS FIRST, c.room_id",
+                        [hook_ids, now],
+                        fetch=True,
+                    )
+                ]
+            )[0]
+        return list(
+            WebhookCursor.objects.filter(webhook_id__in=hook_ids, seq__lt=F("room__last_seq"))
+            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            .order_by("webhook_id", F("delivered_at").asc(nulls_first=True), "room_id")
+            .values_list(
+                "pk", "webhook_id", "room_id", "seq", "generation", "attempts", "room__last_seq"
+            )
+        )
+
     def delivered_ok(self, batch: Batch) -> None:
         """Move the batch's cursors to its end, in one statement (a batch may hold a hundred
         rooms); a cursor replayed meanwhile (another generation) or already past is left."""
         items = batch.items
+        if connection.vendor == "postgresql":
+            # A fixed text, the rooms as arrays: compiling the ORM's OR of a hundred Qs and
+            # CASE of a hundred WHENs was 84% of the worker's CPU (py-spy in bench/webhooks.py;
+            # 149 us of CPU a delivery, 57 us with this and the log tail).
+            table = connection.ops.quote_name(WebhookCursor._meta.db_table)
+            self.count(statements=1)
+            run(
+                [
+                    Statement(
+                        f"UPDATE {table} AS c SET seq = v.upto, attempts = 0, "
+                        f"next_attempt_at = NULL, last_error = '', delivered_at = %b "
+                        f"FROM unnest(%b::bigint[], %b::bigint[], %b::bigint[]) "
+                        f"AS v(id, generation, upto) WHERE c.id = v.id "
+                        f"AND c.generation = v.generation AND c.seq < v.upto",
+                        [
+                            timezone.now(),
+                            [item.cursor_id for item in items],
+                            [item.generation for item in items],
+                            [item.upto for item in items],
+                        ],
+                    )
+                ]
+            )
+            return
         where = Q()
         for item in items:
             where |= Q(pk=item.cursor_id, generation=item.generation, seq__lt=item.upto)
@@ -290,17 +346,19 @@ class Deliverer:
     async def step(self) -> int:
         """One planning round: start the batches it finds; how many it started."""
         now = time.monotonic()
-        if now - self.refreshed >= REFRESH_SECONDS or (
-            now - self.checked >= CHANGED_SECONDS and await self.db(self.changed, pool=self.planner)
-        ):
+        stale = now - self.refreshed >= REFRESH_SECONDS
+        if not stale and now - self.checked >= CHANGED_SECONDS:
+            self.checked = now  # (set only when checked: steps come far more often)
+            stale = await self.db(self.changed, pool=self.planner)
+        if stale:
             await self.db(self.refresh, pool=self.planner)
-            self.refreshed = time.monotonic()
-        self.checked = now
+            self.refreshed = self.checked = time.monotonic()
         free = {pk: settings.WEBHOOK_CONCURRENCY - self.busy.get(pk, 0) for pk in self.hooks}
         free = {pk: n for pk, n in free.items() if n > 0}
         batches = await self.db(
             self.plan, free, set(self.inflight), dict(self.known), pool=self.planner
         )
+        self.count(plans=1)
         for batch in batches:
             self.busy[batch.webhook_id] = self.busy.get(batch.webhook_id, 0) + 1
             self.inflight.update(item.cursor_id for item in batch.items)
@@ -331,10 +389,12 @@ class Deliverer:
                 release()  # the next batch may go while the cursors' UPDATE is written
                 await self.db(self.delivered_ok, batch)
                 self.delivered += 1
+                self.count(batches_ok=1, events_ok=len(batch.events))
             else:
                 logger.info("webhook %s: delivery failed: %s", batch.webhook_id, error)
                 await self.db(self.delivery_failed, batch, error)  # before its next attempt
                 self.failed += 1
+                self.count(batches_failed=1)
         except Exception:
             logger.exception("webhook %s: delivery broke", batch.webhook_id)
         finally:

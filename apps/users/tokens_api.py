@@ -5,6 +5,7 @@ from rest_framework import serializers, status
 from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
+from apps.core.api import created, shown_once, validated
 from apps.core.errors import forbidden
 
 from . import tokens
@@ -19,11 +20,7 @@ class ApiTokenSerializer(serializers.ModelSerializer):
         fields = ["id", "name", "scopes", "created_at", "expires_at", "last_used_at"]
 
 
-class ApiTokenCreatedSerializer(ApiTokenSerializer):
-    token = serializers.CharField(read_only=True, help_text="The secret: shown this once.")
-
-    class Meta(ApiTokenSerializer.Meta):
-        fields = [*ApiTokenSerializer.Meta.fields, "token"]
+ApiTokenCreatedSerializer = shown_once(ApiTokenSerializer, "token", "The secret: shown this once.")
 
 
 class ApiTokenCreateSerializer(serializers.Serializer):
@@ -54,12 +51,9 @@ class TokensApi(GenericAPIView):
     @extend_schema(request=ApiTokenCreateSerializer, responses={201: ApiTokenCreatedSerializer})
     def post(self, request):
         _no_bots(request)
-        form = ApiTokenCreateSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        token, key = tokens.token_create(user=request.user, **form.validated_data)
-        return Response(
-            {**ApiTokenSerializer(token).data, "token": key}, status=status.HTTP_201_CREATED
-        )
+        data = validated(ApiTokenCreateSerializer, request)
+        token, key = tokens.token_create(user=request.user, **data)
+        return created(ApiTokenSerializer, token, token=key)
 
 
 class TokenDetailApi(GenericAPIView):
@@ -86,11 +80,7 @@ class BotSerializer(serializers.ModelSerializer):
         fields = ["id", "username", "bot", "owner", "date_joined"]
 
 
-class BotCreatedSerializer(BotSerializer):
-    token = serializers.CharField(read_only=True, help_text="The bot's token: shown this once.")
-
-    class Meta(BotSerializer.Meta):
-        fields = [*BotSerializer.Meta.fields, "token"]
+BotCreatedSerializer = shown_once(BotSerializer, "token", "The bot's token: shown this once.")
 
 
 class BotCreateSerializer(serializers.Serializer):
@@ -111,12 +101,9 @@ class BotsApi(GenericAPIView):
     @extend_schema(request=BotCreateSerializer, responses={201: BotCreatedSerializer})
     def post(self, request):
         _no_bots(request)
-        form = BotCreateSerializer(data=request.data)
-        form.is_valid(raise_exception=True)
-        bot, _, key = tokens.bot_create(
-            owner=request.user, username=form.validated_data["username"]
-        )
-        return Response({**BotSerializer(bot).data, "token": key}, status=status.HTTP_201_CREATED)
+        data = validated(BotCreateSerializer, request)
+        bot, _, key = tokens.bot_create(owner=request.user, username=data["username"])
+        return created(BotSerializer, bot, token=key)
 
 
 class BotDetailApi(GenericAPIView):

@@ -1,6 +1,7 @@
 """`python manage.py deliver_webhooks`: the outgoing webhook worker (apps.integrations.delivery)."""
 
 import asyncio
+import json
 import signal
 
 from django.core.management.base import BaseCommand, CommandError
@@ -30,5 +31,12 @@ class Command(BaseCommand):
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        deliverer = Deliverer(shard=shard, shards=shards)
+        # SIGUSR1: one JSON line of what the work cost so far (bench/webhooks.py reads it).
+        loop.add_signal_handler(signal.SIGUSR1, self.print_stats, deliverer)
         self.stdout.write(f"delivering webhooks (shard {shard} of {shards})")
-        await Deliverer(shard=shard, shards=shards).run(stop)
+        await deliverer.run(stop)
+
+    def print_stats(self, deliverer):
+        self.stdout.write(json.dumps(dict(deliverer.stats)))
+        self.stdout.flush()
