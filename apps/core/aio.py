@@ -7,11 +7,16 @@ calls were busy. Nothing waits for a timer: when a slot is free, the first item 
 so a quiet process pays nothing, and under load one round trip serves many callers.
 
 `PerLoop(factory)` holds one such object (or a hub, a client) per running event loop.
+
+`BackgroundLoop(name)` runs coroutines for sync code (outside a server) on one loop thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import os
+import threading
 import time
 
 
@@ -89,3 +94,51 @@ class PerLoop:
         loop = asyncio.get_running_loop()
         entry = self.objects.get(id(loop))
         return entry[1] if entry is not None and entry[0] is loop else None
+
+
+class BackgroundLoop:
+    """One event loop on a daemon thread for the life of the process, for sync code that
+    awaits network clients (made again in a forked child: a Celery worker's pool process).
+
+    `run(coroutine, timeout)` runs it there and waits for its result. What the coroutine
+    opens on the loop (the channel layer's Redis connections) stays open for the next call;
+    asgiref's async_to_sync, outside an event loop, makes a thread, a loop and so new
+    connections for every call."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.pid: int | None = None
+        self.lock = threading.Lock()
+
+    def get(self) -> asyncio.AbstractEventLoop:
+        if self.pid is not None and self.pid != os.getpid():
+            # A forked child: the parent's thread did not come along, its lock may be held.
+            self.lock, self.loop, self.pid = threading.Lock(), None, None
+        with self.lock:
+            if self.loop is None or self.pid != os.getpid() or not self.loop.is_running():
+                self.loop, self.pid = self._start(), os.getpid()
+            return self.loop
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def forever():
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        threading.Thread(target=forever, name=self.name, daemon=True).start()
+        ready.wait()
+        return loop
+
+    def run(self, coroutine, timeout: float):
+        """The coroutine's result (its exception raised here; TimeoutError after `timeout`
+        seconds, the coroutine then cancelled)."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.get())
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise

@@ -1,11 +1,15 @@
-"""apps/core/aio.py: the Batcher coalesces what queues while a batch runs, and PerLoop keeps one
-object per event loop. Pure asyncio: no services."""
+"""apps/core/aio.py: the Batcher coalesces what queues while a batch runs, PerLoop keeps one
+object per event loop, BackgroundLoop keeps one loop thread for sync callers. Pure asyncio: no
+services."""
 
 import asyncio
+import concurrent.futures
+import os
+import threading
 
 import pytest
 
-from apps.core.aio import Batcher, PerLoop
+from apps.core.aio import BackgroundLoop, Batcher, PerLoop
 
 
 async def settle():
@@ -152,3 +156,66 @@ def test_perloop_peek_makes_nothing():
         return registry.peek()
 
     assert asyncio.run(peek()) is None
+
+
+# --- BackgroundLoop ----------------------------------------------------------------------------
+
+
+def test_a_background_loop_runs_every_call_on_one_loop_thread_of_its_own():
+    background = BackgroundLoop("test-loop")
+
+    async def where():
+        return asyncio.get_running_loop(), threading.current_thread().name
+
+    first, second = background.run(where(), 5), background.run(where(), 5)
+    assert first == second  # the same loop, kept between calls
+    assert first[1] == "test-loop" and first[1] != threading.current_thread().name
+
+
+def test_a_background_loop_raises_the_coroutines_error_and_cancels_it_on_timeout():
+    background = BackgroundLoop("test-loop")
+
+    async def fails():
+        raise ValueError("no")
+
+    with pytest.raises(ValueError, match="no"):
+        background.run(fails(), 5)
+    cancelled = threading.Event()
+
+    async def hangs():
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    with pytest.raises(concurrent.futures.TimeoutError):
+        background.run(hangs(), 0.1)
+    assert cancelled.wait(5)
+
+    async def answer():
+        return 42
+
+    assert background.run(answer(), 5) == 42  # the loop still serves
+
+
+def test_a_forked_child_gets_a_loop_of_its_own():
+    background = BackgroundLoop("test-loop")
+
+    async def loop_id():
+        return id(asyncio.get_running_loop()), os.getpid()
+
+    parent = background.run(loop_id(), 5)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the parent's loop thread did not survive the fork
+        try:
+            os.write(write, ",".join(map(str, background.run(loop_id(), 5))).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = tuple(int(part) for part in os.read(read, 200).decode().split(","))
+    os.close(read)
+    assert child[1] == pid and child[1] != parent[1]
+    assert background.run(loop_id(), 5) == parent  # the parent's loop is unchanged

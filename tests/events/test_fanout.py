@@ -84,3 +84,35 @@ def test_many_events_go_out_as_one_ordered_message_per_process_channel():
     ]
     assert to_one["events"][2]["revokes"] == banned
     assert '"body":"hi"' in to_one["events"][0]["text"]
+
+
+def test_sync_code_outside_a_server_fans_out_on_one_kept_loop_in_order():
+    """A worker's or a command's dispatch (no server loop): it is sent before dispatch_many
+    returns, every call on the same loop (its Redis connections kept), in call order."""
+    if not layer.is_redis_layer(fanout.get_channel_layer()):
+        pytest.skip("needs the Redis channel layer")
+    assert fanout.server_loop() is None
+    config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    room = 30_000 + int(uuid.uuid4().hex[:4], 16)
+    receiver = RedisChannelLayer(**config)  # another process's layer
+
+    async def join():
+        channel = await receiver.new_channel("realtime")
+        await receiver.group_add(fanout.room_group(room), channel)
+        return channel
+
+    async def receive(channel, count):
+        try:
+            return [await asyncio.wait_for(receiver.receive(channel), 5) for _ in range(count)]
+        finally:
+            await receiver.group_discard(fanout.room_group(room), channel)
+
+    channel = asyncio.run(join())
+    loops = []
+    for seq in (1, 2, 3):
+        body = {"id": seq, "body": f"n{seq}", "reply_to": None, "client_id": str(seq)}
+        fanout.dispatch_many([(envelope("message.created", room, seq, body), ())])
+        loops.append(fanout._process_loop.loop)
+    received = asyncio.run(receive(channel, 3))
+    assert [m["seq"] for m in received] == [1, 2, 3]
+    assert loops[0] is loops[1] is loops[2] and loops[0].is_running()
