@@ -20,10 +20,12 @@ process's fan-out loop (apps.events.fanout), as in a Celery worker; in a server 
 handed to the server's loop, and a REST or WebSocket delete adds the request's own cost.
 
 Part `erase`: an account with --erase-messages messages in --erase-rooms rooms is erased
-(account_erase, as DELETE /api/me/ does); the Celery worker redacts them in batches
-(ERASURE_BATCH_SIZE) and renames the account in the log. Meanwhile two WebSocket clients each
-send --send-rate messages/s to the server, one in a room the account wrote in (its lock is taken
-by each batch) and one in another room, and the ack latency is measured. Prints the erasure's
+(account_erase, as DELETE /api/me/ does); the Celery worker redacts them in batches (at most
+ERASURE_BATCH_SIZE, each sized to take about ERASURE_BATCH_SECONDS, a rest of
+ERASURE_REST_RATIO times its time after each) and renames the account in the log. Meanwhile
+two WebSocket clients each send --send-rate messages/s to the server, one in a room the account
+wrote in (its lock is taken by each batch) and one in another room, and the ack latency is
+measured. Prints the erasure's
 time to done, its batches, and the send p50/p99 during it beside the same clients' p99 for
 --baseline seconds before it (the limit measured in the same run). The target: done in <= 2
 minutes, send p99 <= 100 ms meanwhile.
@@ -300,6 +302,8 @@ def part_erase(args, stack, log) -> dict:
         "unusable_after_s": round(unusable_s, 3),
         "queued_s": None if waited is None else round(waited, 1),
         "batch_size": int(stack.env.get("ERASURE_BATCH_SIZE", 500)),
+        "batch_seconds": float(stack.env.get("ERASURE_BATCH_SECONDS", 0.05)),
+        "rest_ratio": float(stack.env.get("ERASURE_REST_RATIO", 1.0)),
     }
     verdict = "ok" if done_at is not None and seconds <= ERASE_BOUND_S else "MISS"
     log(
@@ -308,7 +312,8 @@ def part_erase(args, stack, log) -> dict:
         f"(the task waited {waited if waited is None else round(waited, 1)}s for a worker "
         f"process, then worked {seconds - (waited or 0):.1f}s) "
         f"({deleted:,} message.deleted reason erased; account unusable after "
-        f"{unusable_s * 1000:.0f} ms)  {verdict}"
+        f"{unusable_s * 1000:.0f} ms; batches of at most {result['batch_size']}, "
+        f"{result['batch_seconds']} s each, rest ratio {result['rest_ratio']})  {verdict}"
     )
     for label, sender in (("a room it wrote in", senders[0]), ("another room", senders[1])):
         before = sender.between(t_start - args.baseline, t_start)

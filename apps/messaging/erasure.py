@@ -16,6 +16,7 @@ broker was down, or whose task gave up, completes.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import timedelta
 
 from django.conf import settings
@@ -43,6 +44,9 @@ CLOSE_UNAUTHENTICATED = 4401
 PASS_SIZE = 20_000
 # Envelopes renamed per transaction, in erasure batches (each row is small to rewrite).
 RENAME_CHUNK = 10
+# Messages in an erasure's first batch when batches are timed (Pace): the size then follows
+# the time per message.
+FIRST_BATCH = 50
 
 User = get_user_model()
 
@@ -107,9 +111,40 @@ def delete_sessions(user_id: int) -> int:
     return len(doomed)
 
 
-def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
-    """Redact every message of an erased account and rename it in the log (idempotent)."""
-    batch_size = batch_size or settings.ERASURE_BATCH_SIZE
+class Pace:
+    """The size of each batch and the rest after it. A batch's transaction holds its room's lock
+    and keeps the database and a core busy: its size follows the last batch's time per message
+    so that it takes about `seconds` (at most `most` messages; `seconds` 0: always `most`), and
+    after each batch the worker rests `rest` times as long as the batch took, so the sends of
+    every room get the database, the CPU and the WAL flush between batches."""
+
+    def __init__(self, most: int, seconds: float, rest: float):
+        self.most, self.seconds, self.rest = max(1, most), seconds, rest
+        self.size = self.most if seconds <= 0 else min(self.most, FIRST_BATCH)
+
+    def after(self, count: int, elapsed: float) -> None:
+        if self.seconds > 0 and count:
+            fits = int(self.seconds * count / elapsed) if elapsed > 0 else self.most
+            self.size = max(1, min(self.most, fits, 2 * self.size))
+        if self.rest > 0:
+            time.sleep(elapsed * self.rest)
+
+
+def erase_history(
+    *,
+    user_id: int,
+    batch_size: int | None = None,
+    batch_seconds: float | None = None,
+    rest: float | None = None,
+) -> dict:
+    """Redact every message of an erased account and rename it in the log (idempotent), in
+    batches paced by Pace (the settings ERASURE_BATCH_SIZE, ERASURE_BATCH_SECONDS and
+    ERASURE_REST_RATIO unless given)."""
+    pace = Pace(
+        batch_size or settings.ERASURE_BATCH_SIZE,
+        settings.ERASURE_BATCH_SECONDS if batch_seconds is None else batch_seconds,
+        settings.ERASURE_REST_RATIO if rest is None else rest,
+    )
     user = User.objects.get(pk=user_id)
     if user.is_active:
         raise invalid("only an erased account's history is erased")
@@ -122,15 +157,18 @@ def erase_history(*, user_id: int, batch_size: int | None = None) -> dict:
         )
         if not pending:
             break
-        for room_id, ids in _batches(pending, batch_size):
-            counts["messages"] += _redact_batch(room_id, ids, user_id)
+        for room_id, ids in _batches(pending, lambda: pace.size):
+            started = time.monotonic()
+            done = _redact_batch(room_id, ids, user_id)
+            pace.after(len(ids), time.monotonic() - started)
+            counts["messages"] += done
             counts["batches"] += 1
     name = erased_username(user_id)
     if user.username != name:
         user.username = name
         user.save(update_fields=["username"])  # save() keeps username_key with it
     ids = actor_event_ids(user_id)
-    chunk = batch_size * RENAME_CHUNK
+    chunk = pace.most * RENAME_CHUNK
     for start in range(0, len(ids), chunk):
         with transaction.atomic():
             counts["renamed"] += rename_actor(
@@ -156,12 +194,13 @@ def unfinished_erasures(*, older_than: float = 0.0, limit: int = 100) -> list[in
 
 
 def _batches(pending, size):
-    """(room id, up to `size` message ids of that room), in order."""
-    batch, room = [], None
+    """(room id, up to `size()` message ids of that room), in order; `size()` is asked again
+    for each batch, once the previous one is done."""
+    batch, room, limit = [], None, size()
     for room_id, pk in pending:
-        if batch and (room_id != room or len(batch) == size):
+        if batch and (room_id != room or len(batch) >= limit):
             yield room, batch
-            batch = []
+            batch, limit = [], size()
         room = room_id
         batch.append(pk)
     if batch:

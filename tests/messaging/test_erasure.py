@@ -3,6 +3,8 @@ worker in batches, the name gone from every stored envelope, nothing removed."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.db import connection
 from django.db.models import ProtectedError
@@ -173,7 +175,10 @@ def test_an_erased_user_who_wrote_in_three_rooms_is_gone_from_every_room(child_e
     reactions_before = Reaction.objects.count()
     token = factories.make_token(user)
     server = ServerProcess(child_env).start()
-    worker = CeleryWorker(dict(child_env, ERASURE_BATCH_SIZE="3")).start()
+    # Fixed batches of 3 (not timed: a loaded machine would make them smaller).
+    worker = CeleryWorker(
+        dict(child_env, ERASURE_BATCH_SIZE="3", ERASURE_BATCH_SECONDS="0")
+    ).start()
     socket = None
     try:
         worker.wait_ready()
@@ -242,16 +247,47 @@ def test_the_admins_erase_action_does_the_same_and_removes_no_row(celery_worker)
 
 
 @pytest.mark.django_db
-def test_the_erasure_service_in_one_process_on_every_database():
+@pytest.mark.parametrize(
+    "batch_seconds, batches",
+    [
+        (0, 3),  # fixed batches of 5: one per room (4 messages each)
+        # timed: none fits in a microsecond, so after the first (a room's 4) one message each
+        (1e-6, 1 + 8),
+    ],
+    ids=["fixed", "timed"],
+)
+def test_the_erasure_service_in_one_process_on_every_database(batch_seconds, batches):
     """account_erase, then the task's erase_history called here (SQLite and PostgreSQL)."""
     name = "erasable-linus"
     user, _other, made = history_in_three_rooms(name)
     messages_before, events_before = Message.objects.count(), Event.objects.count()
     erasure.account_erase(user=user, actor=user, password=PASSWORD)
-    counts = erasure.erase_history(user_id=user.pk, batch_size=5)
-    assert counts["messages"] == 12 and counts["batches"] == 3 and counts["renamed"] > 0
+    counts = erasure.erase_history(
+        user_id=user.pk, batch_size=5, batch_seconds=batch_seconds, rest=0
+    )
+    assert counts["messages"] == 12 and counts["batches"] == batches and counts["renamed"] > 0
     assert_erased(user.pk, name, made, messages_before, events_before)
     assert erasure.erase_history(user_id=user.pk)["renamed"] == 0
+
+
+def test_the_pace_sizes_each_batch_by_the_last_ones_time_and_rests_after_it():
+    pace = erasure.Pace(500, 0.05, 0.0)
+    assert pace.size == erasure.FIRST_BATCH  # timed: a small first batch
+    pace.after(50, 0.01)  # 0.2 ms a message: 250 fit in 50 ms, but it grows at most twofold
+    assert pace.size == 100
+    pace.after(100, 0.01)
+    assert pace.size == 200
+    pace.after(200, 0.2)  # 1 ms a message
+    assert pace.size == 50
+    pace.after(50, 10.0)  # very slow: one message at a time, never none
+    assert pace.size == 1
+    fixed = erasure.Pace(500, 0, 0.0)
+    fixed.after(500, 10.0)
+    assert fixed.size == 500  # not timed: always the most
+    resting = erasure.Pace(500, 0.05, 2.0)
+    started = time.monotonic()
+    resting.after(10, 0.05)
+    assert time.monotonic() - started >= 0.1  # twice the batch's time
 
 
 @pytest.mark.django_db
