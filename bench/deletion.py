@@ -21,8 +21,8 @@ handed to the server's loop, and a REST or WebSocket delete adds the request's o
 
 Part `erase`: an account with --erase-messages messages in --erase-rooms rooms is erased
 (account_erase, as DELETE /api/me/ does); the Celery worker redacts them in batches (at most
-ERASURE_BATCH_SIZE, each sized to take about ERASURE_BATCH_SECONDS, a rest of
-ERASURE_REST_RATIO times its time after each) and renames the account in the log. Meanwhile
+ERASURE_BATCH_SIZE, each sized to take about ERASURE_BATCH_SECONDS, a rest after each that
+keeps it at ERASURE_RATE messages/s at most) and renames the account in the log. Meanwhile
 two WebSocket clients each send --send-rate messages/s to the server, one in a room the account
 wrote in (its lock is taken by each batch) and one in another room, and the ack latency is
 measured. Prints the erasure's
@@ -303,7 +303,7 @@ def part_erase(args, stack, log) -> dict:
         "queued_s": None if waited is None else round(waited, 1),
         "batch_size": int(stack.env.get("ERASURE_BATCH_SIZE", 500)),
         "batch_seconds": float(stack.env.get("ERASURE_BATCH_SECONDS", 0.05)),
-        "rest_ratio": float(stack.env.get("ERASURE_REST_RATIO", 1.0)),
+        "rate": float(stack.env.get("ERASURE_RATE", 1250)),
     }
     verdict = "ok" if done_at is not None and seconds <= ERASE_BOUND_S else "MISS"
     log(
@@ -313,7 +313,7 @@ def part_erase(args, stack, log) -> dict:
         f"process, then worked {seconds - (waited or 0):.1f}s) "
         f"({deleted:,} message.deleted reason erased; account unusable after "
         f"{unusable_s * 1000:.0f} ms; batches of at most {result['batch_size']}, "
-        f"{result['batch_seconds']} s each, rest ratio {result['rest_ratio']})  {verdict}"
+        f"{result['batch_seconds']} s each, at most {result['rate']:.0f}/s)  {verdict}"
     )
     for label, sender in (("a room it wrote in", senders[0]), ("another room", senders[1])):
         before = sender.between(t_start - args.baseline, t_start)

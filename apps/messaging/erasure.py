@@ -113,21 +113,23 @@ def delete_sessions(user_id: int) -> int:
 
 class Pace:
     """The size of each batch and the rest after it. A batch's transaction holds its room's lock
-    and keeps the database and a core busy: its size follows the last batch's time per message
-    so that it takes about `seconds` (at most `most` messages; `seconds` 0: always `most`), and
-    after each batch the worker rests `rest` times as long as the batch took, so the sends of
-    every room get the database, the CPU and the WAL flush between batches."""
+    and keeps the database, its WAL and a core busy: its size follows the last batch's time per
+    message so that it takes about `seconds` (at most `most` messages; `seconds` 0: always
+    `most`), and after each batch the worker rests until the erasure is back to `rate` messages
+    a second (0: no rest). On a quiet machine the batches are quick and the rests long, so the
+    sends of every room keep the database between them; on a loaded one the batches are slow
+    and the rests short, so the erasure still finishes at about the rate the machine allows."""
 
-    def __init__(self, most: int, seconds: float, rest: float):
-        self.most, self.seconds, self.rest = max(1, most), seconds, rest
+    def __init__(self, most: int, seconds: float, rate: float):
+        self.most, self.seconds, self.rate = max(1, most), seconds, rate
         self.size = self.most if seconds <= 0 else min(self.most, FIRST_BATCH)
 
     def after(self, count: int, elapsed: float) -> None:
         if self.seconds > 0 and count:
             fits = int(self.seconds * count / elapsed) if elapsed > 0 else self.most
             self.size = max(1, min(self.most, fits, 2 * self.size))
-        if self.rest > 0:
-            time.sleep(elapsed * self.rest)
+        if self.rate > 0 and count / self.rate > elapsed:
+            time.sleep(count / self.rate - elapsed)
 
 
 def erase_history(
@@ -135,15 +137,15 @@ def erase_history(
     user_id: int,
     batch_size: int | None = None,
     batch_seconds: float | None = None,
-    rest: float | None = None,
+    rate: float | None = None,
 ) -> dict:
     """Redact every message of an erased account and rename it in the log (idempotent), in
     batches paced by Pace (the settings ERASURE_BATCH_SIZE, ERASURE_BATCH_SECONDS and
-    ERASURE_REST_RATIO unless given)."""
+    ERASURE_RATE unless given)."""
     pace = Pace(
         batch_size or settings.ERASURE_BATCH_SIZE,
         settings.ERASURE_BATCH_SECONDS if batch_seconds is None else batch_seconds,
-        settings.ERASURE_REST_RATIO if rest is None else rest,
+        settings.ERASURE_RATE if rate is None else rate,
     )
     user = User.objects.get(pk=user_id)
     if user.is_active:

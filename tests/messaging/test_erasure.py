@@ -263,15 +263,15 @@ def test_the_erasure_service_in_one_process_on_every_database(batch_seconds, bat
     messages_before, events_before = Message.objects.count(), Event.objects.count()
     erasure.account_erase(user=user, actor=user, password=PASSWORD)
     counts = erasure.erase_history(
-        user_id=user.pk, batch_size=5, batch_seconds=batch_seconds, rest=0
+        user_id=user.pk, batch_size=5, batch_seconds=batch_seconds, rate=0
     )
     assert counts["messages"] == 12 and counts["batches"] == batches and counts["renamed"] > 0
     assert_erased(user.pk, name, made, messages_before, events_before)
     assert erasure.erase_history(user_id=user.pk)["renamed"] == 0
 
 
-def test_the_pace_sizes_each_batch_by_the_last_ones_time_and_rests_after_it():
-    pace = erasure.Pace(500, 0.05, 0.0)
+def test_the_pace_sizes_each_batch_by_the_last_ones_time_and_rests_to_keep_the_rate():
+    pace = erasure.Pace(500, 0.05, 0)
     assert pace.size == erasure.FIRST_BATCH  # timed: a small first batch
     pace.after(50, 0.01)  # 0.2 ms a message: 250 fit in 50 ms, but it grows at most twofold
     assert pace.size == 100
@@ -281,13 +281,16 @@ def test_the_pace_sizes_each_batch_by_the_last_ones_time_and_rests_after_it():
     assert pace.size == 50
     pace.after(50, 10.0)  # very slow: one message at a time, never none
     assert pace.size == 1
-    fixed = erasure.Pace(500, 0, 0.0)
+    fixed = erasure.Pace(500, 0, 0)
     fixed.after(500, 10.0)
     assert fixed.size == 500  # not timed: always the most
-    resting = erasure.Pace(500, 0.05, 2.0)
+    paced = erasure.Pace(500, 0.05, 1000)
     started = time.monotonic()
-    resting.after(10, 0.05)
-    assert time.monotonic() - started >= 0.1  # twice the batch's time
+    paced.after(200, 0.05)  # 200 messages at 1000/s take 0.2 s: it rests the other 0.15 s
+    assert time.monotonic() - started >= 0.15
+    started = time.monotonic()
+    paced.after(200, 0.5)  # slower than the rate already: no rest
+    assert time.monotonic() - started < 0.05
 
 
 @pytest.mark.django_db
