@@ -101,3 +101,36 @@ def stop_kafka_producer(**kwargs):
 
     kafka.close_producer()
     close_database_pools()
+
+
+@worker_init.connect
+def survive_a_broken_close_after_connection_loss(sender=None, **kwargs):
+    """Keep the worker alive through a lost Redis broker connection: leave the lost connection
+    to the garbage collector instead of closing it, as celery before 5.7 did.
+
+    celery 5.7.0's consumer closes the broken connection before it reconnects
+    (Consumer.on_connection_error_after_connected, the one caller of ignore_errors in that
+    module). With kombu 5.7.0 and Redis still down, that close fails (restoring the unacked
+    messages through a transport already gone), and once closed, the acks of tasks that finish
+    afterwards go to a channel whose transport is None: both raise AttributeError ('NoneType'
+    object has no attribute 'hostname'), which ignore_errors and the ack's error handling do
+    not expect, and the worker exits with "Unrecoverable error" (the chaos run's Redis restart
+    met both). Left open, the old channel's acks reconnect or fail as connection errors (logged,
+    the message redelivered after the visibility timeout; our tasks are idempotent), and the
+    consumer reconnects as after any connection loss."""
+    import logging
+
+    from celery.worker.consumer import consumer
+    from kombu.common import ignore_errors
+
+    if getattr(consumer.ignore_errors, "leaves_the_lost_connection", False):
+        return
+
+    def leave_the_lost_connection(conn, fun=None, *args, **kwargs):
+        if fun is None:  # the context-manager form (not used there today)
+            return ignore_errors(conn)
+        logging.getLogger(__name__).info("broker connection lost: reconnecting (old one left)")
+        return None
+
+    leave_the_lost_connection.leaves_the_lost_connection = True
+    consumer.ignore_errors = leave_the_lost_connection

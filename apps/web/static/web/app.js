@@ -554,21 +554,33 @@ async function loadOlder() {
 const readSent = new Map(); // room id -> last seq reported
 const readInFlight = new Set(); // room ids with a `read` awaiting its ack
 
-/** Report the open room's read position: per room one `read` in flight, at most one a second. */
-function markRead() {
-  const state = current;
-  if (!state || readInFlight.has(state.id) || !socket.ready || document.visibilityState !== "visible") return;
-  const seq = state.cursor;
+/**
+ * Report a room's read position: per room one `read` in flight, at most one a second. What the
+ * user has seen is noted while the room is open and visible (`seenSeq`); a read held back by
+ * one in flight goes out after it for that room, even if the user has moved to another room
+ * meanwhile (else opening a room and leaving it within a second left its mentions unread).
+ */
+function markRead(state = current) {
+  if (!state) return;
+  if (state === current && document.visibilityState === "visible" && state.cursor !== null) {
+    state.seenSeq = Math.max(state.seenSeq ?? 0, state.cursor);
+  }
+  if (readInFlight.has(state.id) || !socket.ready) return;
+  const seq = state.seenSeq ?? null;
   if (seq === null || seq <= state.lastReadSeq || seq <= (readSent.get(state.id) || 0)) return;
   readSent.set(state.id, seq);
   readInFlight.add(state.id);
   socket.request({ type: "read", room: state.id, seq })
     .then(() => { if (seq > state.lastReadSeq) state.lastReadSeq = seq; renderRoomList(); renderNotifications(); })
     .catch(() => readSent.delete(state.id))
-    .finally(() => setTimeout(() => { readInFlight.delete(state.id); markRead(); }, 1000));
+    .finally(() => setTimeout(() => {
+      readInFlight.delete(state.id);
+      markRead(state);
+      if (current && current !== state) markRead();
+    }, 1000));
 }
 
-document.addEventListener("visibilitychange", markRead);
+document.addEventListener("visibilitychange", () => markRead());
 // A moderator back from the admin tab sees the reports handled there.
 document.addEventListener("visibilitychange", () => { if (document.visibilityState === "visible") refreshReports(); });
 
