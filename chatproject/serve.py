@@ -46,13 +46,12 @@ logger = logging.getLogger("chatproject.serve")
 class SocketExtension:
     """What the application may do with its WebSocket directly (see the module docstring)."""
 
-    __slots__ = ("protocol", "frames", "written", "on_text", "backlog_bytes")
+    __slots__ = ("protocol", "frames", "written", "on_text")
 
     def __init__(self, protocol):
         self.protocol = protocol
         self.frames = 0  # frames written since the write buffer was last seen empty
         self.written = 0  # bytes ever written (minus unsent_bytes(): what the kernel took)
-        self.backlog_bytes = None  # unsent bytes right after the last write, when known free
         # Set by the app: called in the reactor with a text frame's payload (bytes) when the
         # app has nothing queued from this socket; returns True if it answered the frame
         # itself, else the frame goes the ASGI way (websocket.receive).
@@ -61,10 +60,7 @@ class SocketExtension:
     def write(self, frame: bytes) -> bool:
         """Send one complete WebSocket frame, built once for all sockets (see
         apps.core.wsframe.text_frame): autobahn's per-message path costs tens of
-        microseconds per socket. Every frame counts in backlog(), replies and replays too.
-
-        The commonest case (plain TCP, nothing queued, the kernel takes the frame) is written
-        so that it reads the transport's buffer once: this runs once per socket per event."""
+        microseconds per socket. Every frame counts in backlog(), replies and replays too."""
         return self._write(frame, 1, None)
 
     def write_frames(self, frames: list[bytes]) -> bool:
@@ -85,7 +81,6 @@ class SocketExtension:
         ):
             for frame in frames or [data]:  # compression: autobahn frames each message
                 protocol.sendMessage(frame_payload(frame), False)
-            self.backlog_bytes = None
             return True
         if (
             unsent
@@ -94,7 +89,6 @@ class SocketExtension:
             or getattr(transport, "disconnecting", True)
         ):
             transport.write(data)
-            self.backlog_bytes = None
             return True
         self.send_now(transport, data)
         return True
@@ -114,13 +108,9 @@ class SocketExtension:
             sent = 0
         except OSError:
             transport.write(frame)  # Twisted finds the error and closes the connection
-            self.backlog_bytes = None
             return
         if sent < len(frame):
             transport.write(frame[sent:])
-            self.backlog_bytes = None
-        else:
-            self.backlog_bytes = 0  # known without asking the transport
 
     def unsent_bytes(self) -> int:
         transport = self.protocol.transport
@@ -133,10 +123,6 @@ class SocketExtension:
 
     def backlog(self) -> tuple[int, int]:
         """(frames, bytes) not yet handed to the kernel."""
-        known = self.backlog_bytes
-        if known is not None:  # the last write went to the kernel whole, just now
-            self.backlog_bytes = None
-            return self.frames, known
         return self.frames, self.unsent_bytes()
 
     def flushed(self) -> int:

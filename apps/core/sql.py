@@ -95,33 +95,28 @@ async def arun(conn, statements: list[Statement]) -> list:
 def pg_insert(model, fields: list[str], rows: list[tuple], *, returning: str | None = None):
     """PostgreSQL INSERT of the rows: one binary array parameter per column (the statement
     text is the same for any number of rows, so it is parsed, and prepared, once)."""
-    sql, columns = _pg_insert_layout(model, tuple(fields), returning)
+    sql, preparers = _pg_insert_layout(model, tuple(fields), returning)
     params = []
-    for index, (kind, prep) in enumerate(columns):
-        if kind is _JSON:
-            params.append(
-                [
-                    str(v) if isinstance(v, Json) else json.dumps(v, cls=prep)
-                    for v in _column(rows, index)
-                ]
-            )
-        elif prep is None:
-            params.append(_column(rows, index))
-        else:
-            params.append([prep(v) for v in _column(rows, index)])
+    for index, prep in enumerate(preparers):
+        values = [row[index] for row in rows]
+        params.append(values if prep is None else [prep(v) for v in values])
     return Statement(sql, params, bool(returning))
 
 
-def _column(rows: list[tuple], index: int) -> list:
-    return [row[index] for row in rows]
+def _json_text(encoder):
+    """A JSON column's value as text for a `text[]` parameter (cast to jsonb in the SELECT)."""
+
+    def prepare(value):
+        return str(value) if isinstance(value, Json) else json.dumps(value, cls=encoder)
+
+    return prepare
 
 
-_JSON = object()
 _insert_layouts: dict = {}
 
 
 def _pg_insert_layout(model, fields: tuple, returning):
-    """The statement text and each column's (kind, preparer) for pg_insert, built once per
+    """The statement text and each column's preparer (None: as given) for pg_insert, built once per
     (model, fields, returning, connection vendor): the send path runs it for every batch, and
     asking the model fields for their database types each time was a twentieth of a send."""
     key = (model, fields, returning, connection.vendor)
@@ -131,15 +126,15 @@ def _pg_insert_layout(model, fields: tuple, returning):
     meta = model._meta
     fields_ = [meta.get_field(name) for name in fields]
     quote = connection.ops.quote_name
-    columns, casts, selects = [], [], []
+    preparers, casts, selects = [], [], []
     for index, field in enumerate(fields_):
         if isinstance(field, models.JSONField):
-            columns.append((_JSON, field.encoder))
+            preparers.append(_json_text(field.encoder))
             casts.append("text")
             selects.append(f"c{index}::jsonb")
         else:
             prep = _preparer(field)
-            columns.append((None, None if prep is _identity else prep))
+            preparers.append(None if prep is _identity else prep)
             casts.append(field.db_type(connection))
             selects.append(f"c{index}")
     unnest = ", ".join(f"%b::{db_type}[]" for db_type in casts)
@@ -149,7 +144,7 @@ def _pg_insert_layout(model, fields: tuple, returning):
         f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields_)}) "
         f"SELECT {', '.join(selects)} FROM unnest({unnest}) AS t({aliases}){tail}"
     )
-    found = _insert_layouts[key] = (sql, columns)
+    found = _insert_layouts[key] = (sql, preparers)
     return found
 
 

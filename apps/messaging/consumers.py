@@ -147,7 +147,7 @@ class ChatConsumer(AsyncConsumer):
                 # until the next one). Read the user again, after the version: any change from
                 # now on bumps it past conn.version.
                 try:
-                    self.user = await db(_user)(user.pk)
+                    await self.reload_user()
                 except AccountDisabled as exc:
                     self.error(None, exc.code, exc.message)
                     await conn.close(CLOSE_FORBIDDEN)
