@@ -32,7 +32,6 @@ from bench.stack import (
     ROOT,
     CeilingServer,
     ChatStack,
-    cpu_seconds,
     machine,
     make_rooms,
     make_users,
@@ -58,8 +57,11 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         broker=broker.pid if broker else None,
     )
     system0 = system.read()
-    srv0, wrk0, cli0 = cpu_seconds(server_pid), worker_cpu(), pool.cpu_seconds()
-    batches0 = stack.batch_figures() if hasattr(stack, "batch_figures") else None
+    # The server's process tree: with --workers, the supervisor and every worker.
+    srv0, wrk0, cli0 = tree_cpu_seconds(server_pid), worker_cpu(), pool.cpu_seconds()
+    # /metrics answers for the one process that accepts the request: batch figures for one.
+    one_process = getattr(stack, "workers", 1) == 1
+    batches0 = stack.batch_figures() if one_process and hasattr(stack, "batch_figures") else None
     wall0 = time.monotonic()
     pool.call_each(
         {i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
@@ -67,7 +69,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     )
     reports = pool.call(list(shares), "report", step, None, args.drain, timeout=args.drain + 30)
     wall = time.monotonic() - wall0
-    srv_cpu, wrk_cpu = cpu_seconds(server_pid) - srv0, worker_cpu() - wrk0
+    srv_cpu, wrk_cpu = tree_cpu_seconds(server_pid) - srv0, worker_cpu() - wrk0
     system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
     batches = None
     if batches0 is not None:
@@ -256,6 +258,12 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--no-limits", action="store_true", help="skip measuring the limits")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="chat server processes on the port (serve --workers; srv%% is their total)",
+    )
+    parser.add_argument(
         "--without-search",
         action="store_true",
         help="drop the full-text index in the bench database first (issue 16: the send path "
@@ -268,7 +276,8 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(
         f"writes: {args.rooms} rooms x {args.members} members, every socket sending, rates "
-        f"{rates}, {args.duration:g}s steps  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
+        f"{rates}, {args.duration:g}s steps, {args.workers} server process"
+        f"{'es' if args.workers > 1 else ''}  ({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M}"
         f" UTC, {machine()})",
         flush=True,
     )
@@ -282,7 +291,9 @@ def main(argv=None) -> int:
         finally:
             ceiling.stop()
     else:
-        with ChatStack(settings=dict(kv.split("=", 1) for kv in args.set)) as stack:
+        with ChatStack(
+            settings=dict(kv.split("=", 1) for kv in args.set), workers=args.workers
+        ) as stack:
             steps = run(stack, args, rates, started)
     best = None
     for step in steps:

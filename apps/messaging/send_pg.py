@@ -1,15 +1,18 @@
 """The send plan's PostgreSQL executor: its statements, the hydration of their rows, and the
 batch run on Django's connection (a database thread) or on an asyncio psycopg connection.
 
-A batch is four round trips on either connection: BEGIN; the reads, in one round trip of
+On a database thread a batch is four round trips: BEGIN; the reads, in one round trip of
 psycopg's pipeline (the locks, memberships, earlier sends, blocks, reply targets and the new
 message ids, drawn from the sequence so the events are built before anything is written); the
 writes, one statement (last_seq, the messages, the events and the plan's extra writes); COMMIT.
-The pipeline sits inside the transaction: BEGIN and COMMIT go outside it, which spares the
-syncs psycopg adds around a transaction that starts or ends inside a pipeline (6 round trips
-on a database thread before, 5 on the asyncio connection; tests/messaging/test_send_pg.py
-counts them). A resend of an earlier batch's message adds one read of the log. The rules, seqs and answers
-are apps.messaging.send_plan's; what a batch does after commit is send_events_on_commit's.
+The pipeline sits inside Django's transaction: BEGIN and COMMIT go outside it, which spares
+the syncs psycopg adds around a transaction that starts or ends inside a pipeline. On the
+lane's asyncio connection (autocommit, the transaction its own statements) BEGIN rides with
+the reads and COMMIT with the writes: two round trips, so the batch waits for the event loop
+twice, not four times, and holds its room locks for one round trip after the reads, not two
+(tests/messaging/test_send_pg.py counts them). A resend of an earlier batch's message adds
+one read of the log. The rules, seqs and answers are apps.messaging.send_plan's; what a batch
+does after commit is send_events_on_commit's.
 """
 
 from __future__ import annotations
@@ -208,14 +211,21 @@ def send_batch(todo: list[plan.Send], results: list) -> None:
 
 
 async def asend_batch(conn, todo: list[plan.Send], results: list) -> None:
-    """send_batch on an asyncio psycopg connection, on the event loop: the same statements, so
-    a batch never waits for a database thread to get the GIL back after each round trip. Any
-    database error is left to the caller."""
-    async with conn.transaction(), conn.pipeline():
+    """send_batch on an asyncio psycopg connection in autocommit mode (the lane's), on the
+    event loop: the same statements, so a batch never waits for a database thread to get the
+    GIL back after each round trip, and two round trips instead of four: the transaction's
+    BEGIN goes out with the reads and its COMMIT with the writes, in one pipeline (psycopg
+    adds no BEGIN or sync of its own in autocommit mode). A failed statement aborts the rest
+    of the pipeline, COMMIT included, and raises here; any database error is left to the
+    caller, which drops the connection (so the open transaction rolls back) and retries."""
+    if not conn.autocommit:
+        raise ValueError("asend_batch runs its own transaction: the connection must autocommit")
+    created, fanout = {}, []
+    async with conn.pipeline():
+        await conn.execute("BEGIN")
         keys = plan.keys(todo)
         reads = reads_from_rows(await arun(conn, read_statements(keys, len(todo))), keys)
         decision = plan.decide(todo, reads, results, timezone.now())
-        created, fanout = {}, []
         if decision.accepted:
             created, fanout, statement = write_statement(decision, reads)
             await arun(conn, [statement])
@@ -223,7 +233,8 @@ async def asend_batch(conn, todo: list[plan.Send], results: list) -> None:
         logged = {}
         if wanted:
             logged = logged_from_rows((await arun(conn, [logged_statement(wanted)]))[0])
-        plan.answer(decision, created, logged, results)
-    # Committed (outside any transaction of Django's): after_commit runs the fan-out now.
+        await conn.execute("COMMIT")
+    # The pipeline's exit synced: committed, or raised. after_commit runs the fan-out now.
+    plan.answer(decision, created, logged, results)
     if created:
         send_events_on_commit(fanout)

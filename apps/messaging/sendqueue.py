@@ -70,7 +70,8 @@ class Lane:
             params = connections["default"].get_connection_params()
             params.pop("cursor_factory", None)
             params["options"] = f"{params.get('options', '')} -c TimeZone=UTC".strip()
-            self.conn = await psycopg.AsyncConnection.connect(**params, autocommit=False)
+            # Autocommit: asend_batch sends its own BEGIN and COMMIT in the batch's pipeline.
+            self.conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
         return self.conn
 
     async def reset(self):

@@ -12,7 +12,7 @@ def async_send_many(requests):
     async def scenario():
         params = connection.get_connection_params()
         params.pop("cursor_factory", None)
-        async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
             return await amessage_send_many(conn, requests)
 
     return asyncio.run(scenario())

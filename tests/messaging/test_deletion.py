@@ -135,7 +135,7 @@ def test_the_asyncio_send_path_answers_deleted_messages_the_same():
     async def scenario(requests):
         params = connection.get_connection_params()
         params.pop("cursor_factory", None)
-        async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
             return await services.amessage_send_many(conn, requests)
 
     resend, reply, fresh = asyncio.run(

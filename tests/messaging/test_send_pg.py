@@ -23,6 +23,7 @@ pytestmark = [
 ]
 
 TRIPS = 4  # BEGIN, the reads, the writes, COMMIT
+ASYNC_TRIPS = 2  # BEGIN with the reads, the writes with COMMIT
 
 
 @pytest.fixture
@@ -74,13 +75,13 @@ def test_a_batch_on_a_database_thread_takes_four_round_trips_whatever_its_size(s
     assert thread_trips(batch(scene, resend=True)) == TRIPS + 1
 
 
-def test_a_batch_on_the_asyncio_connection_takes_four_round_trips_whatever_its_size(scene):
+def test_a_batch_on_the_asyncio_connection_takes_two_round_trips_whatever_its_size(scene):
     params = connection.get_connection_params()
     params.pop("cursor_factory", None)
 
     async def scenario():
         counts = []
-        async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
             await amessage_send_many(conn, batch(scene))
             for requests in (
                 batch(scene),
@@ -94,4 +95,54 @@ def test_a_batch_on_the_asyncio_connection_takes_four_round_trips_whatever_its_s
                 counts.append(trips.count)
         return counts
 
-    assert asyncio.run(scenario()) == [TRIPS, TRIPS, TRIPS, TRIPS + 1]
+    assert asyncio.run(scenario()) == [ASYNC_TRIPS] * 3 + [ASYNC_TRIPS + 1]
+
+
+def test_a_failed_write_on_the_asyncio_connection_commits_nothing(scene, monkeypatch):
+    """COMMIT rides in the writes' round trip: a statement that fails there aborts the rest of
+    the pipeline, COMMIT included, so none of the batch's writes is kept and the error reaches
+    the lane (which drops the connection and retries on the thread path)."""
+    from apps.core.sql import Statement
+    from apps.messaging import send_pg
+    from apps.messaging.models import Message
+    from apps.rooms.models import Room
+
+    owner, member, plain, slow_room, earlier = scene
+    real_arun = send_pg.arun
+
+    async def arun_then_fail(conn, statements):
+        if not any(s.fetch for s in statements):  # the writes: then a statement that fails
+            statements = [*statements, Statement("SELECT 1 / 0", [])]
+        return await real_arun(conn, statements)
+
+    last_seq = Room.objects.get(pk=plain.pk).last_seq
+    monkeypatch.setattr(send_pg, "arun", arun_then_fail)
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+
+    async def scenario():
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                await amessage_send_many(conn, batch(scene))
+            # The connection is usable again, outside any transaction.
+            await conn.rollback()
+            return conn.info.transaction_status
+
+    status = asyncio.run(scenario())
+    assert status == psycopg.pq.TransactionStatus.IDLE
+    assert Message.objects.filter(room=plain).count() == 1  # only the scene's earlier message
+    assert Room.objects.get(pk=plain.pk).last_seq == last_seq
+
+
+def test_the_asyncio_batch_refuses_a_connection_in_a_transaction_of_psycopgs():
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+
+    async def scenario():
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
+            from apps.messaging import send_pg
+
+            with pytest.raises(ValueError, match="autocommit"):
+                await send_pg.asend_batch(conn, [], [])
+
+    asyncio.run(scenario())

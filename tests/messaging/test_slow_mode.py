@@ -148,7 +148,7 @@ def test_the_asyncio_lane_applies_slow_mode_and_blocks_in_its_batch():
     async def scenario(batch):
         params = connection.get_connection_params()
         params.pop("cursor_factory", None)
-        async with await psycopg.AsyncConnection.connect(**params, autocommit=False) as conn:
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
             return await amessage_send_many(conn, batch)
 
     results = asyncio.run(scenario(requests))
