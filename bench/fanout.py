@@ -5,9 +5,10 @@
 
 Runs the ceiling (bench/ceiling.py) first, then the chat stack (bench/stack.py), through the
 same generator, and prints one line per step and a summary with chat/ceiling ratios. A step
-holds when delivery p99 <= 100 ms and nothing was lost, refused, left unacked or closed; the
-ladder of a target stops at its first failed step. Each step also prints the CPU per delivery
-of every process involved (server, worker, broker, PostgreSQL, Redis: bench/limits.py).
+holds when delivery p99 <= 100 ms (200 ms for 5,000 subscribers; --p99) and nothing was lost,
+refused, left unacked or closed; the ladder of a target stops at its first failed step. Each
+step also prints the CPU per delivery of every process involved (server, worker, broker,
+PostgreSQL, Redis: bench/limits.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from bench.stack import (
 )
 
 P99_BOUND_MS = 100.0
+# The big room's target (issue 18) is p99 <= 200 ms at 10 msg/s (50,000 deliveries/s).
+P99_BOUNDS = {5000: 200.0}
 DEFAULT_RATES = {
     50: [10, 25, 50, 100, 200, 400, 600],
     500: [2, 5, 10, 20, 40, 80],
@@ -103,9 +106,9 @@ def run_step(
     }
 
 
-def step_line(name, step) -> str:
+def step_line(name, step, p99_ms: float = P99_BOUND_MS) -> str:
     lat = step["latency"]
-    verdict = "ok" if stats.step_passes(step, p99_ms=P99_BOUND_MS) else "MISS"
+    verdict = "ok" if stats.step_passes(step, p99_ms=p99_ms) else "MISS"
     return (
         f"{name:8} {step['rate']:>6}/s  sent {step['sent']:>6} acked {step['acked']:>6}  "
         f"deliv {step['deliveries_per_s']:>6}/s  p50 {lat['p50_ms']} p99 {lat['p99_ms']} "
@@ -165,8 +168,8 @@ def ladder(
                     step["profile"] = str(path.relative_to(ROOT))
                     print(top(path, 15))
             steps.append(step)
-            print(step_line(name, step), flush=True)
-            if not stats.step_passes(step, p99_ms=P99_BOUND_MS) and not args.full:
+            print(step_line(name, step, args.p99), flush=True)
+            if not stats.step_passes(step, p99_ms=args.p99) and not args.full:
                 break
         return steps
     finally:
@@ -189,7 +192,14 @@ def main(argv=None) -> int:
         help="chat server processes on the port (serve --workers; srv%% is their total)",
     )
     ladder_arguments(parser)
+    parser.add_argument(
+        "--p99",
+        type=float,
+        help="delivery p99 bound of a step, ms (100; 200 for 5,000 subscribers)",
+    )
     args = parser.parse_args(argv)
+    if args.p99 is None:
+        args.p99 = P99_BOUNDS.get(args.subscribers, P99_BOUND_MS)
     stop_cleanly_on_sigterm()
     rates = (
         [float(r) for r in args.rates.split(",")]
@@ -199,7 +209,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     print(
         f"fan-out: {args.subscribers} subscribers, {args.senders} senders, rates {rates}, "
-        f"{args.duration:g}s steps, {args.procs} receiving processes, "
+        f"{args.duration:g}s steps, p99 bound {args.p99:g} ms, {args.procs} receiving processes, "
         f"{args.workers} server process{'es' if args.workers > 1 else ''}  "
         f"({dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC, {machine()})",
         flush=True,
@@ -248,7 +258,7 @@ def main(argv=None) -> int:
                 others=others,
             )
     print()
-    print(summary(results, args.subscribers))
+    print(summary(results, args.subscribers, args.p99))
     print(f"(total {time.monotonic() - started:.0f}s)")
     if args.json:
         args.json.write_text(
@@ -257,11 +267,10 @@ def main(argv=None) -> int:
     return 0
 
 
-def summary(results: dict, subscribers: int) -> str:
-    held = {name: stats.highest_held(steps, p99_ms=P99_BOUND_MS) for name, steps in results.items()}
+def summary(results: dict, subscribers: int, p99_ms: float = P99_BOUND_MS) -> str:
+    held = {name: stats.highest_held(steps, p99_ms=p99_ms) for name, steps in results.items()}
     lines = [
-        f"fan-out {subscribers} subscribers: highest rate held (p99 <= {P99_BOUND_MS:g} ms, "
-        "nothing lost)"
+        f"fan-out {subscribers} subscribers: highest rate held (p99 <= {p99_ms:g} ms, nothing lost)"
     ]
     for name in ("chat", "ceiling"):
         if name in held:

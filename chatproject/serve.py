@@ -46,7 +46,7 @@ logger = logging.getLogger("chatproject.serve")
 class SocketExtension:
     """What the application may do with its WebSocket directly (see the module docstring)."""
 
-    __slots__ = ("protocol", "frames", "written", "on_text")
+    __slots__ = ("protocol", "frames", "written", "on_text", "plain")
 
     def __init__(self, protocol):
         self.protocol = protocol
@@ -56,45 +56,52 @@ class SocketExtension:
         # app has nothing queued from this socket; returns True if it answered the frame
         # itself, else the frame goes the ASGI way (websocket.receive).
         self.on_text = None
+        # Whether the transport is Twisted's plain TCP one (learned at the first write): its
+        # buffer attributes are then read directly, and a frame may go straight to send().
+        self.plain = None
 
     def write(self, frame: bytes) -> bool:
         """Send one complete WebSocket frame, built once for all sockets (see
         apps.core.wsframe.text_frame): autobahn's per-message path costs tens of
         microseconds per socket. Every frame counts in backlog(), replies and replays too."""
-        return self._write(frame, 1, None)
+        return self.send([frame]) is not None
 
     def write_frames(self, frames: list[bytes]) -> bool:
         """Several complete frames, in order, as one write (see write)."""
-        return self._write(b"".join(frames), len(frames), frames)
+        return self.send(frames) is not None
 
-    def _write(self, data: bytes, count: int, frames: list[bytes] | None) -> bool:
+    def send(self, frames: list[bytes]) -> tuple[int, int] | None:
+        """Write the frames, in order, as one write, and return the backlog after it (see
+        backlog()); None if the socket is not open (nothing written). The delivery hot path:
+        one call per socket per batch of events, the buffer read once."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
-            return False
+            return None
         transport = protocol.transport
+        plain = self.plain
+        if plain is None:
+            plain = self.plain = not getattr(transport, "TLS", True)
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
         unsent = self.unsent_bytes()
-        self.frames = self.frames + count if unsent else count
+        count = self.frames = self.frames + len(frames) if unsent else len(frames)
         self.written += len(data)
         if (
             protocol._perMessageCompress is not None
             or protocol.send_state != protocol.SEND_STATE_GROUND
         ):
-            for frame in frames or [data]:  # compression: autobahn frames each message
+            for frame in frames:  # compression: autobahn frames each message
                 protocol.sendMessage(frame_payload(frame), False)
-            return True
-        if (
-            unsent
-            or getattr(transport, "TLS", True)
-            or not getattr(transport, "connected", False)
-            or getattr(transport, "disconnecting", True)
-        ):
+            return count, self.unsent_bytes()
+        if unsent or not plain or not transport.connected or transport.disconnecting:
             transport.write(data)
-            return True
-        self.send_now(transport, data)
-        return True
+            return count, self.unsent_bytes()
+        if self.send_now(transport, data):
+            return count, self.unsent_bytes()
+        return count, 0
 
-    def send_now(self, transport, frame: bytes) -> None:
-        """Hand the frame to the kernel at once (the caller saw nothing queued before it).
+    def send_now(self, transport, frame: bytes) -> bool:
+        """Hand the frame to the kernel at once (the caller saw nothing queued before it);
+        True if part of it went to Twisted's buffer instead.
 
         Twisted's write() queues and registers the socket for writability, then unregisters it
         after the write: two selector changes per frame per socket, the biggest part of a
@@ -108,14 +115,18 @@ class SocketExtension:
             sent = 0
         except OSError:
             transport.write(frame)  # Twisted finds the error and closes the connection
-            return
+            return True
         if sent < len(frame):
             transport.write(frame[sent:])
+            return True
+        return False
 
     def unsent_bytes(self) -> int:
         transport = self.protocol.transport
         if transport is None:
             return 0
+        if self.plain:  # Twisted's TCP transport (abstract.FileDescriptor) has all three
+            return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
         buffered = getattr(transport, "dataBuffer", b"")
         return (
             len(buffered) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)

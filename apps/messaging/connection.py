@@ -167,9 +167,10 @@ class Connection:
         return True
 
     def _write_ext(self, ext, frames: list[bytes]) -> bool:
-        if not (ext.write(frames[0]) if len(frames) == 1 else ext.write_frames(frames)):
+        backlog = ext.send(frames)  # the backlog after the write, or None: not open
+        if backlog is None:
             return False
-        count, size = ext.backlog()
+        count, size = backlog
         if count > self.max_frames or size > self.max_bytes:
             self.too_slow()
             return False

@@ -27,6 +27,13 @@ class RecordingSocket:
     def backlog(self):
         return 0, 0
 
+    def send(self, frames):
+        if len(frames) == 1:
+            self.write(frames[0])
+        else:
+            self.write_frames(frames)
+        return self.backlog()
+
 
 def _socket_and_connection():
     ext = RecordingSocket()
