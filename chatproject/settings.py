@@ -354,6 +354,9 @@ OUTBOX_RETRY_BASE_SECONDS = env_float("OUTBOX_RETRY_BASE_SECONDS", 1.0)
 OUTBOX_RETRY_MAX_SECONDS = env_float("OUTBOX_RETRY_MAX_SECONDS", 30.0)
 OUTBOX_LOCK_TIMEOUT_SECONDS = env_float("OUTBOX_LOCK_TIMEOUT_SECONDS", 30.0)
 OUTBOX_KICK_DEBOUNCE_MS = env_int("OUTBOX_KICK_DEBOUNCE_MS", 1000)
+# After a batch that emptied the outbox, the publisher waits this long before reading again, so
+# a steady stream goes out in fewer, fuller batches (apps.events.publisher.publish_pending).
+OUTBOX_LINGER_SECONDS = env_float("OUTBOX_LINGER_SECONDS", 0.05)
 
 # --- Chat behaviour and limits --------------------------------------------------------------------
 SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)

@@ -194,3 +194,47 @@ def test_a_draining_kick_keeps_its_debounce_key_until_its_last_read():
     # Renewed all along the drain (1 s of it idle, longer than the key lives), never after.
     assert len(ttls) >= 4 and all(0 < ttl <= 300 for ttl in ttls)
     assert cleared == [0] and not client.exists(kick_key())
+
+
+def test_after_a_batch_that_emptied_the_outbox_the_drain_lingers_so_the_next_gathers(
+    settings, monkeypatch
+):
+    """A steady stream goes out in fewer, fuller batches: after a batch that emptied the
+    outbox the loop waits OUTBOX_LINGER_SECONDS, and what committed meanwhile is one batch."""
+    settings.OUTBOX_LINGER_SECONDS = 0.2
+    (room,) = make_traffic(rooms=1, per_room=3)
+    owner = room.created_by
+    sleeps = []
+    real_sleep = time.sleep
+
+    def sleep(seconds):
+        sleeps.append(seconds)
+        if len(sleeps) == 1:  # the linger after the first batch: five commits arrive meanwhile
+            for i in range(5):
+                factories.send(room, owner, body=f"during {i}")
+        real_sleep(min(seconds, 0.01))
+
+    monkeypatch.setattr(publisher.time, "sleep", sleep)
+    result = publisher.publish_pending()
+    assert sleeps[0] == pytest.approx(0.2, abs=0.01)
+    assert result.published == Event.objects.filter(room=room).count()
+    assert result.batches == 2  # the three before, then the five of the linger together
+    assert not Event.objects.unpublished().exists()
+
+
+def test_a_full_batch_is_followed_at_once(settings, monkeypatch):
+    settings.OUTBOX_LINGER_SECONDS = 0.2
+    settings.OUTBOX_BATCH_SIZE = 4
+    make_traffic(rooms=1, per_room=6)
+    total = Event.objects.unpublished().count()
+    if total % 4 == 0:  # one more row, so the last batch is a partial one
+        make_traffic(rooms=1, per_room=0)
+        total = Event.objects.unpublished().count()
+    assert total > 4 and total % 4
+    sleeps = []
+    monkeypatch.setattr(publisher.time, "sleep", sleeps.append)
+    result = publisher.publish_pending()
+    assert result.published == total
+    assert result.batches == -(-total // 4)
+    # Only the last batch, the one that emptied the outbox, lingers; the full ones do not.
+    assert sleeps == [pytest.approx(0.2, abs=0.01)]
