@@ -436,6 +436,10 @@ CHAT_DB_THREADS = env_int("CHAT_DB_THREADS", 8)  # database thread pool of a ser
 # measured best with CHAT_SEND_ASYNC_DB, see bench/RESULTS.md).
 CHAT_SEND_BATCH_MAX = env_int("CHAT_SEND_BATCH_MAX", 200)
 CHAT_SEND_BATCH_CONCURRENCY = env_int("CHAT_SEND_BATCH_CONCURRENCY", 1)
+# message.send frames of one socket waiting for their batch at once (the next frame is read
+# meanwhile; a socket's sends still commit in its order); the socket's other frames wait for
+# them (apps.messaging.consumers.ChatConsumer.on_send).
+CHAT_SEND_PIPELINE = env_int("CHAT_SEND_PIPELINE", 16)
 # On PostgreSQL each lane runs its batch on its own asyncio connection (off: the thread pool).
 CHAT_SEND_ASYNC_DB = env_bool("CHAT_SEND_ASYNC_DB", True)
 # Allocations between collections of the youngest GC generation in a server process (0: 700,

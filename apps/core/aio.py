@@ -31,10 +31,15 @@ class Batcher:
         self.tasks: set[asyncio.Task] = set()
 
     async def submit(self, item):
+        return await self.put(item)
+
+    def put(self, item) -> asyncio.Future:
+        """Queue the item now (items go into batches in the order they were put) and return
+        the future of its result, for a caller that goes on meanwhile."""
         future = asyncio.get_running_loop().create_future()
         self.pending.append((item, future))
         self._start()
-        return await future
+        return future
 
     def _start(self) -> None:
         while self.pending and self.in_flight < self.concurrency:

@@ -10,6 +10,7 @@ the order it sent them and its acks come back in that order.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -51,6 +52,9 @@ BUDGETS = {
 }
 # What a socket opened with a `read` API token may send (apps.users.tokens); else `forbidden`.
 READ_ONLY_FRAMES = frozenset({"ping", "subscribe", "unsubscribe"})
+# Frames that do not wait for the socket's sends in flight (see on_send). A ping does: its
+# pong comes after the answers to every frame before it (clients use it as a barrier).
+PIPELINED_FRAMES = frozenset({"message.send"})
 
 
 # --- Service calls (run in the database thread pool) -----------------------------------------
@@ -94,12 +98,16 @@ class ChatConsumer(AsyncConsumer):
 
     channel_layer_alias = None  # events come through the process hub, not a channel per socket
     read_only = False  # a socket opened with a `read` token (set at connect)
+    sends: set[asyncio.Task] | tuple = ()  # message.send frames in flight (a set once connected)
 
     async def __call__(self, scope, receive, send):
         self.scope = scope
         self.base_send = send
         self.conn = None
         self.strikes = 0
+        # message.send frames in flight (see on_send): their tasks, and the slots they hold.
+        self.sends: set[asyncio.Task] = set()
+        self.send_slots = asyncio.Semaphore(max(1, settings.CHAT_SEND_PIPELINE))
         message = await receive()
         if message["type"] != "websocket.connect":
             return
@@ -161,7 +169,9 @@ class ChatConsumer(AsyncConsumer):
                 }
             )
             while True:
-                conn.waiting = True  # pings may be answered by the server meanwhile (ping_now)
+                # Pings may be answered by the server meanwhile (ping_now), unless sends are in
+                # flight: then a ping's pong waits for their answers (frame).
+                conn.waiting = not self.sends
                 message = await receive()
                 conn.waiting = False
                 if message["type"] == "websocket.disconnect":
@@ -230,6 +240,10 @@ class ChatConsumer(AsyncConsumer):
                 raise invalid(f"unknown frame type {kind!r}")
             if self.read_only and kind not in READ_ONLY_FRAMES:
                 raise ServiceError("forbidden", "this token is read-only (scope `read`)")
+            if self.sends and kind not in PIPELINED_FRAMES:
+                # Any other frame takes effect after the socket's sends before it committed
+                # (or failed): a socket's frames act in the order it sent them.
+                await asyncio.wait(list(self.sends))
             if kind != "ping":
                 self.conn.last_active = time.monotonic()
                 if self.hub.versions.get(self.conn.user_id, 0) > self.conn.version:
@@ -240,16 +254,21 @@ class ChatConsumer(AsyncConsumer):
                 if wait:
                     raise RateLimited("too many messages; slow down", retry_after=math.ceil(wait))
             await handler(self, frame, ref)
-        except AccountDisabled as exc:
+        except Exception as exc:  # noqa: BLE001 - every failure is answered (report)
+            await self.report(ref, exc)
+
+    async def report(self, ref, exc: Exception) -> None:
+        """Answer a frame that failed: its error code, or `unavailable`."""
+        if isinstance(exc, AccountDisabled):
             self.error(ref, exc.code, exc.message)
             await self.conn.close(CLOSE_FORBIDDEN)
-        except ServiceError as exc:
+        elif isinstance(exc, ServiceError):
             self.error(ref, exc.code, exc.message, exc.extra)
-        except DatabaseError:
-            logger.warning("database unavailable for a %s frame", "ws", exc_info=True)
+        elif isinstance(exc, DatabaseError):
+            logger.warning("database unavailable for a %s frame", "ws", exc_info=exc)
             self.error(ref, "unavailable", "the database is unavailable; try again")
-        except Exception:
-            logger.exception("frame failed")
+        else:
+            logger.error("frame failed", exc_info=exc)
             self.error(ref, "unavailable", "internal error; try again")
 
     async def reload_user(self):
@@ -325,17 +344,37 @@ class ChatConsumer(AsyncConsumer):
         # The hot path: the socket's user as authenticated at connect (the batch reads the
         # membership joined with the user, refusing a deactivated account), committed with
         # whatever other sends this process has queued (apps.messaging.sendqueue).
-        event = await sendqueue.send(
-            services.SendRequest(
-                room_id,
-                self.user,
-                frame.get("body"),
-                frame.get("client_id"),
-                reply_to,
-                frame.get("attachments"),
+        # Pipelined: the send is queued now, in frame order (a lane's queue is first in, first
+        # out, so a socket's sends to a room commit in the order it sent them), and the next
+        # frame is read while it waits for its batch; its ack (or error) is written when the
+        # batch is done. At most CHAT_SEND_PIPELINE sends of a socket wait at once.
+        await self.send_slots.acquire()
+        try:
+            result = sendqueue.enqueue(
+                services.SendRequest(
+                    room_id,
+                    self.user,
+                    frame.get("body"),
+                    frame.get("client_id"),
+                    reply_to,
+                    frame.get("attachments"),
+                )
             )
-        )
-        await self.ack(ref, event.envelope, getattr(event, "envelope_text", None))
+        except BaseException:
+            self.send_slots.release()
+            raise
+        task = asyncio.ensure_future(self.answer_send(result, ref))
+        self.sends.add(task)
+        task.add_done_callback(self.sends.discard)
+
+    async def answer_send(self, result: asyncio.Future, ref) -> None:
+        try:
+            event = await result
+            await self.ack(ref, event.envelope, getattr(event, "envelope_text", None))
+        except Exception as exc:  # noqa: BLE001 - answered like any frame's failure
+            await self.report(ref, exc)
+        finally:
+            self.send_slots.release()
 
     async def on_message_edit(self, frame, ref):
         envelope = await db(_do_message)(

@@ -116,11 +116,18 @@ _lanes = PerLoop(_new_lanes)
 
 
 async def send(request: SendRequest):
-    """The request's message.created Event; raises the ServiceError that refused it.
+    """The request's message.created Event; raises the ServiceError that refused it."""
+    return await enqueue(request)
+
+
+def enqueue(request: SendRequest):
+    """Queue the request now and return the future of its result (see send): a caller may
+    queue its next request before this one's batch is done, and its requests to a room commit
+    in the order they were queued.
 
     Rooms are spread over CHAT_SEND_BATCH_CONCURRENCY lanes, each with one transaction in
     flight: two transactions of a process never wait for each other's room locks."""
     lanes = _lanes.get()
     room_id = getattr(request.room, "pk", request.room)
     lane = lanes[room_id % len(lanes)] if isinstance(room_id, int) else lanes[0]
-    return await lane.batcher.submit(request)
+    return lane.batcher.put(request)

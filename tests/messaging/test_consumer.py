@@ -423,3 +423,61 @@ def test_deactivated_account_is_refused_and_closed_4403(ws, user, room):
     assert error["code"] == "forbidden" and error["ref"] is None
     assert client.wait_closed() == 4403
     assert not Message.objects.filter(author=user).exists()
+
+
+def _send_batches(server) -> float:
+    """The server's group commits so far (its /metrics: chat_send_batch_size_count)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("chat_send_batch_size_count "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def test_sends_written_back_to_back_share_batches_and_commit_in_their_order(ws, server, user, room):
+    """A socket's message.send frames are pipelined: each is queued when it is read, so sends
+    written without waiting for acks go out in shared batches, still in the order they were
+    written (consecutive seqs, one ack each); a frame of another kind after them (here a
+    ping, then a subscribe replaying the room) is answered after all of their acks."""
+    client = ws(user)
+    client.hello()
+    before = _send_batches(server)
+    head = head_of(room)
+    refs = [f"s{i}" for i in range(12)]
+    for i, ref in enumerate(refs):
+        client.send(
+            type="message.send", ref=ref, room=room.pk, body=f"b2b {i}", client_id=str(uuid.uuid4())
+        )
+    client.send(type="ping", ref="barrier")
+    client.until(lambda f: f.get("ref") == "barrier")
+    answered = [f for f in client.frames if f.get("ref") in refs]
+    assert [f["type"] for f in answered] == ["ack"] * 12, answered
+    assert [f["ref"] for f in answered] == refs  # every ack before the pong, in send order
+    assert [f["event"]["seq"] for f in answered] == list(range(head + 1, head + 13))
+    assert [f["event"]["data"]["body"] for f in answered] == [f"b2b {i}" for i in range(12)]
+    assert list(
+        Message.objects.filter(room=room, seq__gt=head)
+        .order_by("seq")
+        .values_list("body", flat=True)
+    ) == [f"b2b {i}" for i in range(12)]
+    batches = _send_batches(server) - before
+    assert 1 <= batches < 12, batches  # one send at a time would be 12 batches
+
+    # A subscribe right behind more sends replays them all: it waited for their commits.
+    for i in range(4):
+        client.send(
+            type="message.send",
+            ref=f"t{i}",
+            room=room.pk,
+            body=f"then {i}",
+            client_id=str(uuid.uuid4()),
+        )
+    client.send(type="subscribe", ref="sub", room=room.pk, since=head + 12)
+    client.until(lambda f: f.get("ref") == "sub")
+    replayed = [f["data"]["body"] for f in client.events(room.pk) if f["seq"] > head + 12]
+    assert [f.get("type") for f in client.frames if str(f.get("ref", "")).startswith("t")] == [
+        "ack"
+    ] * 4
+    assert replayed == [f"then {i}" for i in range(4)]
