@@ -38,8 +38,8 @@ P99_BOUND_MS = 100.0
 # The big room's target (issue 18) is p99 <= 200 ms at 10 msg/s (50,000 deliveries/s).
 P99_BOUNDS = {5000: 200.0}
 DEFAULT_RATES = {
-    50: [10, 25, 50, 100, 200, 400, 600],
-    500: [2, 5, 10, 20, 40, 80],
+    50: [10, 25, 50, 100, 200, 400, 600, 800, 1000, 1500],
+    500: [2, 5, 10, 20, 40, 80, 120, 160],
     # The big room (issue 18): 10 msg/s is 50,000 deliveries/s.
     5000: [1, 2, 5, 10, 20],
 }
