@@ -60,20 +60,13 @@ class SocketExtension:
         # buffer attributes are then read directly, and a frame may go straight to send().
         self.plain = None
 
-    def write(self, frame: bytes) -> bool:
-        """Send one complete WebSocket frame, built once for all sockets (see
-        apps.core.wsframe.text_frame): autobahn's per-message path costs tens of
-        microseconds per socket. Every frame counts in backlog(), replies and replays too."""
-        return self.send([frame]) is not None
-
-    def write_frames(self, frames: list[bytes]) -> bool:
-        """Several complete frames, in order, as one write (see write)."""
-        return self.send(frames) is not None
-
     def send(self, frames: list[bytes]) -> tuple[int, int] | None:
-        """Write the frames, in order, as one write, and return the backlog after it (see
-        backlog()); None if the socket is not open (nothing written). The delivery hot path:
-        one call per socket per batch of events, the buffer read once."""
+        """Write complete WebSocket frames, built once for all sockets (see
+        apps.core.wsframe.text_frame; autobahn's per-message path costs tens of microseconds
+        per socket), in order, as one write, and return the backlog after it (see backlog());
+        None if the socket is not open (nothing written). Every frame counts in backlog(),
+        replies and replays too. The delivery hot path: one call per socket per batch of
+        events, the buffer read once."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN:
             return None
