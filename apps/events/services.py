@@ -8,6 +8,7 @@ import logging
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps.core.instances import InstanceBuilder
 from apps.core.sql import Json, Statement, insert_rows, pg_insert, run, update_by_pk
 
 from . import catalogue, fanout, seqs
@@ -38,9 +39,14 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
     return event
 
 
+# Event(**kwargs), without Model.__init__'s cost (apps.core.instances): the send path builds one
+# per message.
+_new_event = InstanceBuilder(Event)
+
+
 def build_event(type: str, *, room, seq, actor, data: dict, ts) -> Event:
     """An unsaved Event with its envelope (for record_events)."""
-    event = Event(
+    event = _new_event(
         type=type,
         room=room,
         seq=seq,

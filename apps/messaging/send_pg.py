@@ -17,6 +17,7 @@ does after commit is send_events_on_commit's.
 
 from __future__ import annotations
 
+import functools
 import json
 from contextlib import contextmanager
 
@@ -24,6 +25,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from apps.attachments import send as attachments
+from apps.core.instances import InstanceBuilder
 from apps.core.sql import Statement, arun, combine, pg_insert, pg_update, run
 from apps.events.models import Event
 from apps.events.services import events_statement, fanout_items, send_events_on_commit
@@ -93,15 +95,26 @@ def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
     )
 
 
+# Room, Membership and user instances from the reads' rows, without Model.__init__'s cost
+# (apps.core.instances): a batch reads one membership and user per author.
+_rooms = InstanceBuilder(Room)
+_memberships = InstanceBuilder(Membership)
+
+
+@functools.cache
+def _users() -> InstanceBuilder:  # the user model is known once the apps are loaded
+    return InstanceBuilder(_user_model())
+
+
 def reads_from_rows(rows, keys: plan.Keys) -> plan.Reads:
-    user = _user_model()
+    users = _users()
     db = connection.alias
-    locked = {r[0]: Room.from_db(db, None, r) for r in rows[0]}
+    locked = {r[0]: _rooms.from_db(db, r) for r in rows[0]}
     split = len(Membership._meta.concrete_fields)
     memberships = {}
     for row in rows[1]:
-        membership = Membership.from_db(db, None, row[:split])
-        membership.user = user.from_db(db, None, row[split:])
+        user = users.from_db(db, row[split:])
+        membership = _memberships.from_db(db, row[:split], user=user)
         memberships[(membership.room_id, membership.user_id)] = membership
     earlier = {(a, c): (r, s) for a, c, r, s in rows[2]}
     replies, roots = threads.reply_targets_from_rows(rows[5]) if keys.reply_ids else ({}, {})
