@@ -11,6 +11,7 @@ the order it sent them and its acks come back in that order.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -98,15 +99,16 @@ class ChatConsumer(AsyncConsumer):
 
     channel_layer_alias = None  # events come through the process hub, not a channel per socket
     read_only = False  # a socket opened with a `read` token (set at connect)
-    sends: set[asyncio.Task] | tuple = ()  # message.send frames in flight (a set once connected)
+    sends: set[asyncio.Future] | tuple = ()  # message.send frames in flight (a set once connected)
 
     async def __call__(self, scope, receive, send):
         self.scope = scope
         self.base_send = send
         self.conn = None
         self.strikes = 0
-        # message.send frames in flight (see on_send): their tasks, and the slots they hold.
-        self.sends: set[asyncio.Task] = set()
+        # message.send frames in flight (see on_send): their futures (and the tasks answering
+        # their errors), and the slots they hold.
+        self.sends: set[asyncio.Future] = set()
         self.send_slots = asyncio.Semaphore(max(1, settings.CHAT_SEND_PIPELINE))
         message = await receive()
         if message["type"] != "websocket.connect":
@@ -259,10 +261,16 @@ class ChatConsumer(AsyncConsumer):
 
     async def report(self, ref, exc: Exception) -> None:
         """Answer a frame that failed: its error code, or `unavailable`."""
+        if self.write_error(ref, exc):
+            await self.conn.close(CLOSE_FORBIDDEN)
+
+    def write_error(self, ref, exc: Exception) -> bool:
+        """report's error frame, written now; True when the socket must close after it (the
+        account was disabled)."""
         if isinstance(exc, AccountDisabled):
             self.error(ref, exc.code, exc.message)
-            await self.conn.close(CLOSE_FORBIDDEN)
-        elif isinstance(exc, ServiceError):
+            return True
+        if isinstance(exc, ServiceError):
             self.error(ref, exc.code, exc.message, exc.extra)
         elif isinstance(exc, DatabaseError):
             logger.warning("database unavailable for a %s frame", "ws", exc_info=exc)
@@ -270,6 +278,7 @@ class ChatConsumer(AsyncConsumer):
         else:
             logger.error("frame failed", exc_info=exc)
             self.error(ref, "unavailable", "internal error; try again")
+        return False
 
     async def reload_user(self):
         """The user's rights changed since this socket last read them (apps.users.rights):
@@ -311,6 +320,9 @@ class ChatConsumer(AsyncConsumer):
         return wait
 
     async def ack(self, ref, envelope, envelope_text=None):
+        self.write_ack(ref, envelope, envelope_text)
+
+    def write_ack(self, ref, envelope, envelope_text=None) -> None:
         if envelope_text is None:
             self.conn.write_json({"type": "ack", "ref": ref, "event": envelope})
             return
@@ -363,18 +375,32 @@ class ChatConsumer(AsyncConsumer):
         except BaseException:
             self.send_slots.release()
             raise
-        task = asyncio.ensure_future(self.answer_send(result, ref))
-        self.sends.add(task)
-        task.add_done_callback(self.sends.discard)
+        self.sends.add(result)
+        result.add_done_callback(functools.partial(self.answer_send, ref))
 
-    async def answer_send(self, result: asyncio.Future, ref) -> None:
-        try:
-            event = await result
-            await self.ack(ref, event.envelope, getattr(event, "envelope_text", None))
-        except Exception as exc:  # noqa: BLE001 - answered like any frame's failure
-            await self.report(ref, exc)
-        finally:
-            self.send_slots.release()
+    def answer_send(self, ref, result: asyncio.Future) -> None:
+        """The send's batch is done: write its ack, or its error. A done callback of the
+        send's future, not a task per send: the answer is written before whatever awaits
+        that future resumes (a later frame's barrier in `frame`), and the answers of a
+        socket's sends come in the order of its frames, as their batches complete. Closing
+        the socket after an AccountDisabled error is the one thing left to a task (it joins
+        the sends a later frame waits for)."""
+        self.sends.discard(result)
+        self.send_slots.release()
+        if result.cancelled():
+            return
+        exc = result.exception()
+        if exc is None:
+            event = result.result()
+            try:
+                self.write_ack(ref, event.envelope, getattr(event, "envelope_text", None))
+                return
+            except Exception as failure:  # noqa: BLE001 - answered like any frame's failure
+                exc = failure
+        if self.write_error(ref, exc):
+            task = asyncio.ensure_future(self.conn.close(CLOSE_FORBIDDEN))
+            self.sends.add(task)
+            task.add_done_callback(self.sends.discard)
 
     async def on_message_edit(self, frame, ref):
         envelope = await db(_do_message)(

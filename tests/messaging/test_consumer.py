@@ -481,3 +481,50 @@ def test_sends_written_back_to_back_share_batches_and_commit_in_their_order(ws, 
         "ack"
     ] * 4
     assert replayed == [f"then {i}" for i in range(4)]
+
+
+def test_refused_sends_among_accepted_ones_are_answered_in_order_before_a_later_frame(
+    ws, user, other_user, room
+):
+    """A pipelined send that its batch refuses gets its error where an ack would have been:
+    the answers come in the order the frames were written, and all of them before the answer
+    to a later frame of another kind."""
+    # user is not a member: sends there are refused
+    closed = factories.make_room(other_user, kind=Room.Kind.PRIVATE)
+    client = ws(user)
+    client.hello()
+    rooms = [room.pk, closed.pk, room.pk, closed.pk, room.pk]
+    refs = [f"m{i}" for i in range(len(rooms))]
+    for ref, room_id in zip(refs, rooms, strict=True):
+        client.send(
+            type="message.send", ref=ref, room=room_id, body=ref, client_id=str(uuid.uuid4())
+        )
+    client.send(type="ping", ref="barrier")
+    client.until(lambda f: f.get("ref") == "barrier")
+    answered = [f for f in client.frames if f.get("ref") in refs + ["barrier"]]
+    assert [f["ref"] for f in answered] == refs + ["barrier"], answered
+    assert [f["type"] for f in answered[:-1]] == ["ack", "error", "ack", "error", "ack"]
+    assert {f["code"] for f in answered if f["type"] == "error"} <= {"forbidden", "not_found"}
+
+
+def test_a_send_the_batch_finds_from_a_deactivated_account_is_refused_and_closes_4403(
+    ws, user, room
+):
+    """The batch reads the author under the room lock: an account deactivated without the
+    rights signal (a raw UPDATE, as another tool might do) is caught there. Its pipelined
+    send is refused with `forbidden` and the socket closes with 4403; the send before it,
+    already acked, stands."""
+    client = ws(user)
+    client.hello()
+    client.send(
+        type="message.send", ref="ok", room=room.pk, body="before", client_id=str(uuid.uuid4())
+    )
+    client.until(lambda f: f.get("ref") == "ok")
+    type(user).objects.filter(pk=user.pk).update(is_active=False)  # no signal, no version bump
+    client.send(
+        type="message.send", ref="late", room=room.pk, body="after", client_id=str(uuid.uuid4())
+    )
+    error = client.until(lambda f: f.get("ref") == "late")
+    assert error["type"] == "error" and error["code"] == "forbidden", error
+    assert client.wait_closed() == 4403
+    assert list(Message.objects.filter(author=user).values_list("body", flat=True)) == ["before"]
