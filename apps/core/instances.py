@@ -29,7 +29,7 @@ class InstanceBuilder:
     def __init__(self, model: type[models.Model]):
         self.model = model
         fields = model._meta.concrete_fields
-        self.attnames = frozenset(f.attname for f in fields)
+        self.columns = [f.attname for f in fields]
         # Forward foreign keys given as objects: name -> (attname, the target's attname, the
         # target's model).
         self.related = {
@@ -48,8 +48,7 @@ class InstanceBuilder:
                 self.defaults.append((field.attname, field.name, value, None))
             else:  # a db_default expression, a mutable default: a new one each time
                 self.defaults.append((field.attname, field.name, None, field.get_default))
-        self.keywords = self.attnames | self.related.keys()
-        self.columns = [f.attname for f in fields]
+        self.keywords = frozenset(self.columns) | self.related.keys()
         self.fast = not any(field.is_relation and field.one_to_one for field in fields)
 
     def plain(self) -> bool:
