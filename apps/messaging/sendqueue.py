@@ -16,11 +16,13 @@ client_id).
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import psycopg
 from django.conf import settings
 from django.db import connections
+from psycopg.types.datetime import TimestamptzLoader
 
 from apps.core.aio import Batcher, PerLoop
 from apps.events.observability import SEND_BATCH_SECONDS, SEND_BATCH_SIZE
@@ -72,6 +74,7 @@ class Lane:
             params["options"] = f"{params.get('options', '')} -c TimeZone=UTC".strip()
             # Autocommit: asend_batch sends its own BEGIN and COMMIT in the batch's pipeline.
             self.conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+            use_c_timestamptz_loader(self.conn, connections["default"].timezone)
         return self.conn
 
     async def reset(self):
@@ -81,6 +84,20 @@ class Lane:
                 await conn.close()
             except Exception:  # noqa: BLE001 - it is being dropped
                 pass
+
+
+def use_c_timestamptz_loader(conn, django_tz) -> None:
+    """Load timestamptz with psycopg's own loader (C, in psycopg-binary) where it gives what
+    Django's would: the lane's session is in UTC, so psycopg's values carry
+    datetime.timezone.utc, which is Django's when its database time zone is UTC. Django's
+    loader is a Python subclass of psycopg's Python one, so every timestamp a batch read (the
+    room, membership and user rows) was parsed in Python: 4.6 % of the server at 1,000
+    sends/s. Any other time zone keeps Django's loader."""
+    if django_tz is not datetime.UTC:
+        return
+    if conn.info.parameter_status("TimeZone") != "UTC":
+        return
+    conn.adapters.register_loader("timestamptz", TimestamptzLoader)
 
 
 def permissions_unread(requests) -> bool:

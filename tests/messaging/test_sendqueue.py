@@ -101,3 +101,72 @@ def test_only_staff_whose_permissions_were_never_read_need_a_database_thread():
     assert sendqueue.permissions_unread(
         [SendRequest(1, loaded, "", None), SendRequest(1, author(is_staff=True), "", None)]
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lane_connection_loads_timestamps_as_the_orm_does():
+    """The lane's connection parses timestamptz with psycopg's own loader (C in
+    psycopg-binary), and a room, membership and user read on it equal the ORM's instances,
+    tzinfo included."""
+    import datetime
+
+    from psycopg.pq import Format
+
+    from apps.messaging import send_pg
+    from apps.messaging import send_plan as plan
+    from apps.rooms.models import Membership, Room
+
+    owner = factories.make_user()
+    room = factories.make_room(owner)
+    Membership.objects.filter(room=room, user=owner).update(
+        last_posted_at=datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC)
+    )
+    keys = plan.Keys([room.pk], [owner.pk], [uuid.uuid4()], [], [])
+
+    async def scenario():
+        lane = sendqueue.Lane(10)
+        try:
+            conn = await lane.connection()
+            loader = conn.adapters.get_loader(1184, Format.TEXT)  # timestamptz
+            from apps.core.sql import arun
+
+            async with conn.pipeline():
+                rows = await arun(conn, send_pg.read_statements(keys, 1))
+            return loader, rows
+        finally:
+            await lane.reset()
+
+    loader, rows = asyncio.run(scenario())
+    assert loader.__module__ != "django.db.backends.postgresql.psycopg_any"
+    reads = send_pg.reads_from_rows(rows, keys)
+    membership = reads.memberships[(room.pk, owner.pk)]
+    expected = Membership.objects.select_related("user").get(room=room, user=owner)
+    assert membership.last_posted_at == expected.last_posted_at
+    assert membership.last_posted_at.tzinfo is datetime.UTC
+    assert membership.user.date_joined == expected.user.date_joined
+    assert membership.user.date_joined.tzinfo is datetime.UTC
+    assert reads.rooms[room.pk].created_at == Room.objects.get(pk=room.pk).created_at
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "session_tz, django_tz, replaced",
+    [("UTC", "UTC", True), ("UTC", "Europe/Paris", False), ("Europe/Paris", "UTC", False)],
+)
+def test_djangos_loader_stays_unless_both_time_zones_are_utc(session_tz, django_tz, replaced):
+    import datetime
+    import zoneinfo
+
+    import psycopg
+    from django.db import connections
+    from psycopg.pq import Format
+
+    params = connections["default"].get_connection_params()
+    params.pop("cursor_factory", None)
+    params["options"] = f"-c TimeZone={session_tz}"
+    tz = datetime.UTC if django_tz == "UTC" else zoneinfo.ZoneInfo(django_tz)
+    with psycopg.connect(**params) as conn:
+        before = conn.adapters.get_loader(1184, Format.TEXT)
+        assert before.__module__ == "django.db.backends.postgresql.psycopg_any"
+        sendqueue.use_c_timestamptz_loader(conn, tz)
+        assert (conn.adapters.get_loader(1184, Format.TEXT) is not before) is replaced
