@@ -290,11 +290,13 @@ def per_unit_ms(delta: dict[str, float], units: int) -> str:
     return f"total {total * 1000 / units:.2f} ms ({parts})"
 
 
-def header(clients: int, seconds: float = 10.0) -> dict:
-    """The limits for a run's header: every figure measured now, one after the other."""
+def header(clients: int, seconds: float = 10.0, url: str | None = None) -> dict:
+    """The limits for a run's header: every figure measured now, one after the other (`url`:
+    the cluster the run uses, if not the machine's)."""
+    url = url or PG_ADMIN
     figures = {"pgbench_clients": clients}
-    figures["pgbench_tps"] = pgbench_tps(clients, seconds)
-    figures["raw_send_rate"] = raw_send_rate(lanes=1, seconds=seconds / 2)
+    figures["pgbench_tps"] = pgbench_tps(clients, seconds, url=url)
+    figures["raw_send_rate"] = raw_send_rate(lanes=1, seconds=seconds / 2, url=url)
     figures["redis_publish_rate"] = redis_publish_rate()
     return figures
 

@@ -23,7 +23,8 @@ if str(ROOT) not in sys.path:
 from tests.support.processes import CeleryWorker, ChildProcess, ServerProcess  # noqa: E402
 from tests.support.services import PYTHON, Broker, free_port, wait_port  # noqa: E402
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+# BENCH_PG: another cluster (a private one with pg_stat_statements loaded, say: bench/README.md).
+PG_ADMIN_URL = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 # Raised for the bench (documented in bench/README.md): the production defaults (5 messages/s
@@ -124,7 +125,7 @@ class ChatStack:
         self.env = dict(os.environ)
         self.env.update(
             DJANGO_SETTINGS_MODULE="chatproject.settings",
-            DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{self.db_name}",
+            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}",
             REDIS_URL=REDIS_URL,
             CHANNELS_PREFIX=tag,
             CELERY_QUEUE=tag,

@@ -18,6 +18,7 @@ CPU per acked send of every process involved (server, worker, broker, PostgreSQL
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -25,6 +26,7 @@ import time
 from array import array
 
 from bench import limits as bench_limits
+from bench import stack as stack_module
 from bench import stats
 from bench.kafkalag import KafkaLag
 from bench.loadgen import Pool, ladder_arguments, split
@@ -63,10 +65,16 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     one_process = getattr(stack, "workers", 1) == 1
     batches0 = stack.batch_figures() if one_process and hasattr(stack, "batch_figures") else None
     wall0 = time.monotonic()
-    pool.call_each(
-        {i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
-        timeout=args.duration + 60,
-    )
+    database = None
+    if getattr(args, "pg_statements", False) and step:  # not the warm-up
+        from bench import pgstat
+
+        database = pgstat.StepStatements(stack_module.PG_ADMIN_URL, stack.db_name)
+    with database or contextlib.nullcontext():
+        pool.call_each(
+            {i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
+            timeout=args.duration + 60,
+        )
     reports = pool.call(list(shares), "report", step, None, args.drain, timeout=args.drain + 30)
     wall = time.monotonic() - wall0
     srv_cpu, wrk_cpu = tree_cpu_seconds(server_pid) - srv0, worker_cpu() - wrk0
@@ -84,6 +92,12 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         }
     cli_cpu = pool.cpu_seconds() - cli0
     acked = sum(len(ids) for r in reports for ids in r["acked"].values())
+    statements = None
+    if database is not None:
+        statements = {
+            "statements": database.report(acked, batches["batches"] if batches else None),
+            "waits": database.wait_shares(),
+        }
     kafka = watcher.report(step, acked, args.kafka_wait) if watcher else {"count": 0, "lag_ms": []}
     acks, deliveries = array("q"), array("q")
     for report in reports:
@@ -115,6 +129,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         "send_batches": batches,
         "cpu_ms_per_send": round(sum(system_cpu.values()) * 1000 / acked, 3) if acked else None,
         "cpu_per_send": bench_limits.per_unit_ms(system_cpu, acked),
+        "pg_statements": statements,
     }
 
 
@@ -222,6 +237,15 @@ def run(stack, args, rates, started) -> list[dict]:
                 print(top(profiler.path, 15))
             steps.append(step)
             print(step_line(step), flush=True)
+            if step.get("pg_statements"):
+                from bench import pgstat
+
+                print(
+                    pgstat.lines(
+                        step["pg_statements"]["statements"], step["pg_statements"]["waits"]
+                    ),
+                    flush=True,
+                )
             if not step_passes(step) and not args.full:
                 break
     finally:
@@ -269,9 +293,30 @@ def main(argv=None) -> int:
         help="drop the full-text index in the bench database first (issue 16: the send path "
         "with and without it)",
     )
+    parser.add_argument(
+        "--pg-statements",
+        action="store_true",
+        help="run against a private PostgreSQL cluster with pg_stat_statements (bench/pgstat.py) "
+        "and print each step's top statements and the sessions' wait events",
+    )
     ladder_arguments(parser)
     args = parser.parse_args(argv)
     stop_cleanly_on_sigterm()
+    cluster = None
+    if args.pg_statements:
+        from bench import pgstat
+
+        cluster = pgstat.start_cluster()
+        stack_module.PG_ADMIN_URL = cluster.url
+        print(f"database: a private cluster with pg_stat_statements, {cluster.url}", flush=True)
+    try:
+        return _main(args)
+    finally:
+        if cluster is not None:
+            cluster.destroy()
+
+
+def _main(args) -> int:
     rates = [float(r) for r in args.rates.split(",")]
     started = time.monotonic()
     print(
@@ -281,7 +326,11 @@ def main(argv=None) -> int:
         f" UTC, {machine()})",
         flush=True,
     )
-    limits = None if args.no_limits else bench_limits.header(args.pg_clients)
+    limits = (
+        None
+        if args.no_limits
+        else bench_limits.header(args.pg_clients, url=stack_module.PG_ADMIN_URL)
+    )
     if limits:
         print(bench_limits.header_line(limits), flush=True)
     if args.ceiling:

@@ -149,9 +149,12 @@ class PostgresCluster:
     database: the machine's own server is never stopped. initdb refuses to run as root, so as
     root the cluster belongs to the `postgres` system user; trust auth on 127.0.0.1 only."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, settings: dict | None = None):
         self.port = port or free_port()
         self.dir = None
+        # Server settings beyond the defaults below, which they override (bench.writes
+        # --pg-statements loads pg_stat_statements and keeps fsync on, as the machine's).
+        self.settings = settings or {}
 
     @property
     def url(self) -> str:
@@ -192,7 +195,8 @@ class PostgresCluster:
             f"{self.dir}/log",
             "-o",
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 "
-            "-c fsync=off -c max_connections=200",
+            "-c fsync=off -c max_connections=200"
+            + "".join(f" -c {name}={value}" for name, value in self.settings.items()),
             "start",
         )
         return self
