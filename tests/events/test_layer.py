@@ -192,6 +192,38 @@ def test_group_send_many_purges_expired_messages_before_the_capacity_check():
 
 
 @pytest.mark.services
+def test_group_send_many_drops_expired_group_members_as_group_send_does():
+    """A member whose group_add is older than group_expiry (a process that died without
+    leaving) is removed from the group and gets nothing; the live member gets the message."""
+    tag = uuid.uuid4().hex[:8]
+    groups = [f"room.gone{tag}{i}" for i in range(2)]
+
+    async def scenario():
+        redis = redis_layer()
+        live, dead = await redis.new_channel("realtime"), await redis.new_channel("realtime")
+        connection = redis.connection(0)
+        try:
+            await layer.group_add_many(redis, groups, live)
+            for group in groups:
+                key = layer.group_key(redis, group)
+                await connection.zadd(key, {dead: time.time() - redis.group_expiry - 10})
+            await layer.group_send_many(redis, [(g, {"type": "x.live"}) for g in groups])
+            got = await asyncio.wait_for(layer.receive_many(redis, live), 5)
+            members = [await connection.zrange(layer.group_key(redis, g), 0, -1) for g in groups]
+            dead_queue = await connection.zcard(layer.channel_key(redis, dead))
+            return got, members, dead_queue, live
+        finally:
+            for group in groups:
+                await redis.group_discard(group, live)
+                await redis.group_discard(group, dead)
+
+    got, members, dead_queue, live = asyncio.run(scenario())
+    assert got == [{"type": "chat.events", "events": [{"type": "x.live"}] * 2}]
+    assert members == [[live.encode()], [live.encode()]]
+    assert dead_queue == 0
+
+
+@pytest.mark.services
 def test_group_add_many_joins_every_group_as_group_add_does():
     config = settings.CHANNEL_LAYERS["default"]["CONFIG"]
     tag = uuid.uuid4().hex[:8]
