@@ -136,6 +136,39 @@ def test_two_users_chat_live(server, open_page):
     )
 
 
+def test_an_edit_in_progress_survives_the_message_being_redrawn(server, open_page):
+    """A message redrawn while its author edits it (here bob reacts to it, and replies in its
+    thread) keeps the text typed so far and the caret: Save sends that text. Before, the
+    redraw put the old body back in a new form, and Save sent no edit (CI, 2 December: the
+    thread's unread count arrived between the typing and the click)."""
+
+    def setup():
+        alice, bob = make_user("alice"), make_user("bob")
+        factories.make_room(alice, name="General", members=[bob])
+        return alice, bob
+
+    alice, bob = in_thread(setup)
+    a, b = open_page(server, alice), open_page(server, bob)
+    open_room(a, "General")
+    open_room(b, "General")
+    composer(a).fill("first draft")
+    composer(a).press("Enter")
+    expect(message(b, "first draft")).to_have_count(1)
+
+    message(a, "first draft").get_by_role("button", name="Edit").click()
+    box = a.get_by_label("Edit message")
+    box.fill("second dra")
+    message(b, "first draft").get_by_role("button", name="React with 👍").click()
+    expect(a.locator("#messages .reaction")).to_have_text("👍 1")  # alice's item was redrawn
+    expect(box).to_have_value("second dra")
+    expect(box).to_be_focused()
+    box.press_sequentially("ft")  # where the caret was
+    a.get_by_role("button", name="Save").click()
+    expect(message(b, "second draft")).to_have_count(1)
+    expect(message(a, "second draft")).to_have_count(1)
+    assert a.errors == [] and b.errors == []
+
+
 def test_admin_delete_disappears_from_open_page(server, open_page, browser):
     def setup():
         alice, moderator = make_user("alice"), make_user("mod", moderator=True)

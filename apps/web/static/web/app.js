@@ -21,6 +21,9 @@ const PAGE = 50;
 let current = null; // the open RoomState
 let replyTo = null; // message being replied to
 let editing = null; // key of the message being edited
+// The edit form's text as typed: a message redrawn while it is edited (a reaction, a reply,
+// a thread's unread count) gets a new form, which starts from this, not from the old body.
+let editDraft = null;
 let reporting = null; // key of the message being reported
 let typingSentAt = 0;
 let typingStop = null;
@@ -287,9 +290,10 @@ function renderMessage(state, msg) {
   const body = editing === key
     ? el("form", { class: "edit-form", onsubmit: (e) => { e.preventDefault(); saveEdit(state, msg, e.target.elements.body.value); } },
       el("label", { for: `edit-${key}`, class: "visually-hidden" }, "Edit message"),
-      el("textarea", { id: `edit-${key}`, name: "body", rows: "2" }, msg.body),
+      el("textarea", { id: `edit-${key}`, name: "body", rows: "2", oninput: (e) => { editDraft = e.target.value; } },
+        editDraft ?? msg.body),
       el("button", { type: "submit" }, "Save"),
-      el("button", { type: "button", onclick: () => { editing = null; renderTimeline(); } }, "Cancel"))
+      el("button", { type: "button", onclick: () => { editing = null; editDraft = null; renderTimeline(); } }, "Cancel"))
     : el("p", { class: "body" }, msg.deleted ? (msg.byModerator ? "Message removed by a moderator" : "Message deleted") : msg.body);
   const actions = [];
   if (!msg.deleted && msg.status === "sent") {
@@ -305,7 +309,7 @@ function renderMessage(state, msg) {
       actions.push(el("button", { type: "button", dataset: { action: "report" }, onclick: () => { reporting = key; renderTimeline(); $(`report-${key}`)?.focus(); } }, "Report"));
     }
     if (mine) {
-      actions.push(el("button", { type: "button", dataset: { action: "edit" }, onclick: () => { editing = key; renderTimeline(); $(`edit-${key}`)?.focus(); } }, "Edit"));
+      actions.push(el("button", { type: "button", dataset: { action: "edit" }, onclick: () => { editing = key; editDraft = null; renderTimeline(); $(`edit-${key}`)?.focus(); } }, "Edit"));
       actions.push(el("button", { type: "button", dataset: { action: "delete" }, onclick: () => deleteOwn(state, msg) }, "Delete"));
     } else if (moderator) {
       actions.push(el("button", { type: "button", class: "mod", dataset: { action: "mod-delete" }, onclick: () => moderate(state, "delete", msg) }, "Remove"));
@@ -371,6 +375,8 @@ function renderTimeline() {
   const focused = document.activeElement?.closest?.(".msg");
   const focusKey = focused ? focused.id : null;
   const focusAction = document.activeElement?.dataset?.action;
+  const active = document.activeElement;
+  const editFocus = active?.id?.startsWith("edit-") ? [active.id, active.selectionStart, active.selectionEnd] : null;
   const existing = new Map([...list.children].map((node) => [node.id, node]));
   // After a jump to an old message the newer ones stay out until "Show the latest messages".
   const wanted = state.windowTop === null ? state.sorted()
@@ -395,6 +401,12 @@ function renderTimeline() {
   });
   list.replaceChildren(...nodes);
   if (focusKey && focusAction) document.querySelector(`#${CSS.escape(focusKey)} [data-action="${focusAction}"]`)?.focus();
+  // A redrawn edit form keeps the caret where the person was typing.
+  const editBox = editFocus && $(editFocus[0]);
+  if (editBox && document.activeElement !== editBox) {
+    editBox.focus();
+    editBox.setSelectionRange(editFocus[1], editFocus[2]);
+  }
   $("load-older").hidden = !state.historyLoaded || state.historyComplete;
   $("show-latest").hidden = state.windowTop === null;
   $("typing").textContent = typingText(state);
@@ -418,7 +430,7 @@ function renderRoom() {
   $("leave-room").hidden = !state || state.info.kind === "direct";
   if (state) $("notify-level").value = notifyLevel(state);
   $("composer").hidden = !state;
-  editing = null;
+  editing = null; editDraft = null;
   cancelReply();
   renderRoomList();
   renderTimeline();
@@ -850,11 +862,11 @@ function handleAck(state, event) {
 
 async function saveEdit(state, msg, body) {
   if (!body.trim() || body === msg.body) {
-    editing = null;
+    editing = null; editDraft = null;
     renderTimeline();
     return;
   }
-  editing = null;
+  editing = null; editDraft = null;
   await request(state, { type: "message.edit", message: msg.id, body });
   renderTimeline();
 }
