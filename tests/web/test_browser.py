@@ -12,6 +12,7 @@ import pytest
 from playwright.sync_api import expect
 
 from apps.messaging.models import Message
+from apps.moderation.models import Report
 from apps.rooms.models import Room
 from apps.rooms.services import direct_room_open
 from tests import factories
@@ -166,6 +167,23 @@ def test_an_edit_in_progress_survives_the_message_being_redrawn(server, open_pag
     a.get_by_role("button", name="Save").click()
     expect(message(b, "second draft")).to_have_count(1)
     expect(message(a, "second draft")).to_have_count(1)
+
+    # The same for a report being filled in: bob's item is redrawn when alice reacts.
+    item = message(b, "second draft")
+    item.hover()
+    item.locator('[data-action="report"]').click()
+    item.get_by_label("Report as").select_option("abuse")
+    reason = item.get_by_label("Reason")
+    reason.fill("rude")
+    message(a, "second draft").get_by_role("button", name="React with 🎉").click()
+    expect(item.locator(".reaction", has_text="🎉")).to_have_text("🎉 1")
+    expect(item.get_by_label("Report as")).to_have_value("abuse")
+    expect(reason).to_have_value("rude")
+    expect(reason).to_be_focused()
+    item.get_by_role("button", name="Send report").click()
+    expect(b.locator("#room-error")).to_contain_text("the moderators have your report")
+    report = in_thread(lambda: Report.objects.get())
+    assert (report.category, report.reason, report.body) == ("abuse", "rude", "second draft")
     assert a.errors == [] and b.errors == []
 
 

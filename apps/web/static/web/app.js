@@ -25,6 +25,7 @@ let editing = null; // key of the message being edited
 // a thread's unread count) gets a new form, which starts from this, not from the old body.
 let editDraft = null;
 let reporting = null; // key of the message being reported
+let reportDraft = { category: "spam", reason: "" }; // the report form as filled (kept on a redraw)
 let typingSentAt = 0;
 let typingStop = null;
 
@@ -306,7 +307,7 @@ function renderMessage(state, msg) {
       }, emoji));
     }
     if (!mine) {
-      actions.push(el("button", { type: "button", dataset: { action: "report" }, onclick: () => { reporting = key; renderTimeline(); $(`report-${key}`)?.focus(); } }, "Report"));
+      actions.push(el("button", { type: "button", dataset: { action: "report" }, onclick: () => { reporting = key; reportDraft = { category: "spam", reason: "" }; renderTimeline(); $(`report-${key}`)?.focus(); } }, "Report"));
     }
     if (mine) {
       actions.push(el("button", { type: "button", dataset: { action: "edit" }, onclick: () => { editing = key; editDraft = null; renderTimeline(); $(`edit-${key}`)?.focus(); } }, "Edit"));
@@ -320,10 +321,12 @@ function renderMessage(state, msg) {
   const reportForm = reporting === key && !msg.deleted
     ? el("form", { class: "report-form", onsubmit: (e) => { e.preventDefault(); sendReport(msg, e.target.elements); } },
       el("label", { for: `report-${key}` }, "Report as"),
-      el("select", { id: `report-${key}`, name: "category" },
-        el("option", { value: "spam" }, "Spam"), el("option", { value: "abuse" }, "Abuse"), el("option", { value: "other" }, "Other")),
+      el("select", { id: `report-${key}`, name: "category", onchange: (e) => { reportDraft.category = e.target.value; } },
+        ...[["spam", "Spam"], ["abuse", "Abuse"], ["other", "Other"]].map(([value, label]) =>
+          el("option", { value, selected: reportDraft.category === value }, label))),
       el("label", { for: `report-reason-${key}`, class: "visually-hidden" }, "Reason"),
-      el("input", { id: `report-reason-${key}`, name: "reason", maxlength: "1000", placeholder: "What is wrong (optional)" }),
+      el("input", { id: `report-reason-${key}`, name: "reason", maxlength: "1000", placeholder: "What is wrong (optional)",
+        value: reportDraft.reason, oninput: (e) => { reportDraft.reason = e.target.value; } }),
       el("button", { type: "submit" }, "Send report"),
       el("button", { type: "button", onclick: () => { reporting = null; renderTimeline(); } }, "Cancel"))
     : null;
@@ -376,7 +379,9 @@ function renderTimeline() {
   const focusKey = focused ? focused.id : null;
   const focusAction = document.activeElement?.dataset?.action;
   const active = document.activeElement;
-  const editFocus = active?.id?.startsWith("edit-") ? [active.id, active.selectionStart, active.selectionEnd] : null;
+  // A form being filled in a message (an edit, a report) that is redrawn keeps the focus.
+  const editFocus = /^(edit|report)-/.test(active?.id ?? "")
+    ? [active.id, active.selectionStart ?? null, active.selectionEnd ?? null] : null;
   const existing = new Map([...list.children].map((node) => [node.id, node]));
   // After a jump to an old message the newer ones stay out until "Show the latest messages".
   const wanted = state.windowTop === null ? state.sorted()
@@ -401,11 +406,11 @@ function renderTimeline() {
   });
   list.replaceChildren(...nodes);
   if (focusKey && focusAction) document.querySelector(`#${CSS.escape(focusKey)} [data-action="${focusAction}"]`)?.focus();
-  // A redrawn edit form keeps the caret where the person was typing.
+  // ... and the caret where the person was typing.
   const editBox = editFocus && $(editFocus[0]);
   if (editBox && document.activeElement !== editBox) {
     editBox.focus();
-    editBox.setSelectionRange(editFocus[1], editFocus[2]);
+    if (editFocus[1] !== null && editBox.setSelectionRange) editBox.setSelectionRange(editFocus[1], editFocus[2]);
   }
   $("load-older").hidden = !state.historyLoaded || state.historyComplete;
   $("show-latest").hidden = state.windowTop === null;
