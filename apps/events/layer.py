@@ -116,10 +116,15 @@ async def group_send_many(layer, sends) -> None:
     """group_send for many (group, message) pairs, in order (see the module docstring). Like
     group_send, a channel over capacity drops its message (the receiving process fills the
     gap from the event log) and the expiry rules are channels-redis's own."""
-    if len(sends) < 2 or not is_redis_layer(layer):
+    if not is_redis_layer(layer):
         for group, message in sends:
             await layer.group_send(group, message)
         return
+    if not sends:
+        return
+    # One send too: two round trips, where the library's group_send takes three (its member
+    # read, a pipeline purging each channel's expired messages, its script); a send alone in
+    # its batch spent 6 % of the server at 100 sends/s there.
     now = time.time()
     members: dict[str, list[str]] = {}
     for index, groups in _by_host(layer, dict.fromkeys(group for group, _ in sends)).items():

@@ -164,6 +164,31 @@ def test_round_trip_through_redis_with_the_library_on_either_side():
 
 
 @pytest.mark.services
+def test_one_send_goes_through_the_adapter_as_group_send_would_deliver_it():
+    tag = uuid.uuid4().hex[:8]
+    group = f"room.one{tag}"
+
+    async def scenario():
+        first, second = redis_layer(), redis_layer()
+        ours, theirs = await first.new_channel("realtime"), await second.new_channel("realtime")
+        try:
+            await first.group_add(group, ours)
+            await second.group_add(group, theirs)
+            await layer.group_send_many(first, [(group, {"type": "x.one", "n": 1})])
+            return (
+                await asyncio.wait_for(layer.receive_many(first, ours), 5),
+                await asyncio.wait_for(second.receive(theirs), 5),
+            )
+        finally:
+            await first.group_discard(group, ours)
+            await second.group_discard(group, theirs)
+
+    mine, library = asyncio.run(scenario())
+    assert mine == [{"type": "x.one", "n": 1}]  # not wrapped in chat.events
+    assert library == {"type": "x.one", "n": 1}
+
+
+@pytest.mark.services
 def test_group_send_many_purges_expired_messages_before_the_capacity_check():
     tag = uuid.uuid4().hex[:8]
     groups = [f"room.exp{tag}{i}" for i in range(2)]
