@@ -23,6 +23,7 @@ let replyTo = null; // message being replied to
 let editing = null; // key of the message being edited
 // The edit form's text as typed: a message redrawn while it is edited (a reaction, a reply,
 // a thread's unread count) gets a new form, which starts from this, not from the old body.
+// Read only while `editing` is set; the Edit button, the one way to set it, clears it.
 let editDraft = null;
 let reporting = null; // key of the message being reported
 let reportDraft = { category: "spam", reason: "" }; // the report form as filled (kept on a redraw)
@@ -294,7 +295,7 @@ function renderMessage(state, msg) {
       el("textarea", { id: `edit-${key}`, name: "body", rows: "2", oninput: (e) => { editDraft = e.target.value; } },
         editDraft ?? msg.body),
       el("button", { type: "submit" }, "Save"),
-      el("button", { type: "button", onclick: () => { editing = null; editDraft = null; renderTimeline(); } }, "Cancel"))
+      el("button", { type: "button", onclick: () => { editing = null; renderTimeline(); } }, "Cancel"))
     : el("p", { class: "body" }, msg.deleted ? (msg.byModerator ? "Message removed by a moderator" : "Message deleted") : msg.body);
   const actions = [];
   if (!msg.deleted && msg.status === "sent") {
@@ -375,12 +376,12 @@ function renderTimeline() {
   }
   const state = current;
   const nearBottom = timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 80;
-  const focused = document.activeElement?.closest?.(".msg");
-  const focusKey = focused ? focused.id : null;
-  const focusAction = document.activeElement?.dataset?.action;
   const active = document.activeElement;
+  const focused = active?.closest?.(".msg");
+  const focusKey = focused ? focused.id : null;
+  const focusAction = active?.dataset?.action;
   // A form being filled in a message (an edit, a report) that is redrawn keeps the focus.
-  const editFocus = /^(edit|report)-/.test(active?.id ?? "")
+  const formFocus = /^(edit|report)-/.test(active?.id ?? "")
     ? [active.id, active.selectionStart ?? null, active.selectionEnd ?? null] : null;
   const existing = new Map([...list.children].map((node) => [node.id, node]));
   // After a jump to an old message the newer ones stay out until "Show the latest messages".
@@ -407,10 +408,10 @@ function renderTimeline() {
   list.replaceChildren(...nodes);
   if (focusKey && focusAction) document.querySelector(`#${CSS.escape(focusKey)} [data-action="${focusAction}"]`)?.focus();
   // ... and the caret where the person was typing.
-  const editBox = editFocus && $(editFocus[0]);
-  if (editBox && document.activeElement !== editBox) {
-    editBox.focus();
-    if (editFocus[1] !== null && editBox.setSelectionRange) editBox.setSelectionRange(editFocus[1], editFocus[2]);
+  const field = formFocus && $(formFocus[0]);
+  if (field && document.activeElement !== field) {
+    field.focus();
+    if (formFocus[1] !== null && field.setSelectionRange) field.setSelectionRange(formFocus[1], formFocus[2]);
   }
   $("load-older").hidden = !state.historyLoaded || state.historyComplete;
   $("show-latest").hidden = state.windowTop === null;
@@ -435,7 +436,7 @@ function renderRoom() {
   $("leave-room").hidden = !state || state.info.kind === "direct";
   if (state) $("notify-level").value = notifyLevel(state);
   $("composer").hidden = !state;
-  editing = null; editDraft = null;
+  editing = null;
   cancelReply();
   renderRoomList();
   renderTimeline();
@@ -867,11 +868,11 @@ function handleAck(state, event) {
 
 async function saveEdit(state, msg, body) {
   if (!body.trim() || body === msg.body) {
-    editing = null; editDraft = null;
+    editing = null;
     renderTimeline();
     return;
   }
-  editing = null; editDraft = null;
+  editing = null;
   await request(state, { type: "message.edit", message: msg.id, body });
   renderTimeline();
 }
