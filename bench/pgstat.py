@@ -73,7 +73,9 @@ class StepStatements:
                         self.waits["idle in transaction (the client's turn)"] += 1
                 time.sleep(self.interval)
 
-    def report(self, acked: int, batches: int | None, top: int = 10) -> list[dict]:
+    def report(self, acked: int, batches: int | None, top: int = 10) -> dict:
+        """The step's top statements, every statement's execution per acked send, and the
+        sampled waits."""
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             rows = conn.execute(
                 "SELECT s.calls, s.total_exec_time, s.rows, regexp_replace(s.query, '\\s+', ' ', "
@@ -81,23 +83,26 @@ class StepStatements:
                 "WHERE d.datname = %s ORDER BY s.total_exec_time DESC LIMIT %s",
                 [self.db_name, top],
             ).fetchall()
-            total = conn.execute(
-                "SELECT coalesce(sum(s.total_exec_time), 0), coalesce(sum(s.calls), 0) "
-                "FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
-                "WHERE d.datname = %s",
+            (total_ms,) = conn.execute(
+                "SELECT coalesce(sum(s.total_exec_time), 0) FROM pg_stat_statements s "
+                "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
                 [self.db_name],
             ).fetchone()
-        return [
-            {
-                "calls": calls,
-                "per_batch": round(calls / batches, 2) if batches else None,
-                "mean_ms": round(ms / calls, 3) if calls else 0.0,
-                "ms_per_send": round(ms / acked, 4) if acked else None,
-                "rows": n,
-                "query": query,
-            }
-            for calls, ms, n, query in rows
-        ] + [{"total_ms_per_send": round(total[0] / acked, 4) if acked else None}]
+        return {
+            "statements": [
+                {
+                    "calls": calls,
+                    "per_batch": round(calls / batches, 2) if batches else None,
+                    "mean_ms": round(ms / calls, 3) if calls else 0.0,
+                    "ms_per_send": round(ms / acked, 4) if acked else None,
+                    "rows": n,
+                    "query": query,
+                }
+                for calls, ms, n, query in rows
+            ],
+            "total_ms_per_send": round(total_ms / acked, 4) if acked else None,
+            "waits": self.wait_shares(),
+        }
 
     def wait_shares(self) -> list[tuple[str, float]]:
         """Per wait: sessions seen in it per sample (1.0: one session, all the time)."""
@@ -106,18 +111,21 @@ class StepStatements:
         return [(k, n / self.samples) for k, n in self.waits.most_common(8)]
 
 
-def lines(statements: list[dict], waits: list[tuple[str, float]]) -> str:
-    total = statements[-1]["total_ms_per_send"]
-    out = [f"        database execution per acked send: {total} ms (pg_stat_statements)"]
-    for s in statements[:-1]:
+def lines(report: dict) -> str:
+    """A step's report (StepStatements.report) as the lines under its step line."""
+    out = [
+        f"        database execution per acked send: {report['total_ms_per_send']} ms "
+        "(pg_stat_statements)"
+    ]
+    for s in report["statements"]:
         out.append(
             f"          {s['ms_per_send']:>7} ms/send  {s['mean_ms']:>8} ms x "
             f"{s['per_batch'] if s['per_batch'] is not None else s['calls']} per batch  "
             f"{s['query'][:100]}"
         )
-    if waits:
+    if report["waits"]:
         out.append(
             "        sessions by wait (mean per sample): "
-            + ", ".join(f"{name} {share:.2f}" for name, share in waits)
+            + ", ".join(f"{name} {share:.2f}" for name, share in report["waits"])
         )
     return "\n".join(out)

@@ -26,8 +26,8 @@ import time
 from array import array
 
 from bench import limits as bench_limits
+from bench import pgstat, stats
 from bench import stack as stack_module
-from bench import stats
 from bench.kafkalag import KafkaLag
 from bench.loadgen import Pool, ladder_arguments, split
 from bench.stack import (
@@ -67,8 +67,6 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     wall0 = time.monotonic()
     database = None
     if getattr(args, "pg_statements", False) and step:  # not the warm-up
-        from bench import pgstat
-
         database = pgstat.StepStatements(stack_module.PG_ADMIN_URL, stack.db_name)
     with database or contextlib.nullcontext():
         pool.call_each(
@@ -94,10 +92,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     acked = sum(len(ids) for r in reports for ids in r["acked"].values())
     statements = None
     if database is not None:
-        statements = {
-            "statements": database.report(acked, batches["batches"] if batches else None),
-            "waits": database.wait_shares(),
-        }
+        statements = database.report(acked, batches["batches"] if batches else None)
     kafka = watcher.report(step, acked, args.kafka_wait) if watcher else {"count": 0, "lag_ms": []}
     acks, deliveries = array("q"), array("q")
     for report in reports:
@@ -238,14 +233,7 @@ def run(stack, args, rates, started) -> list[dict]:
             steps.append(step)
             print(step_line(step), flush=True)
             if step.get("pg_statements"):
-                from bench import pgstat
-
-                print(
-                    pgstat.lines(
-                        step["pg_statements"]["statements"], step["pg_statements"]["waits"]
-                    ),
-                    flush=True,
-                )
+                print(pgstat.lines(step["pg_statements"]), flush=True)
             if not step_passes(step) and not args.full:
                 break
     finally:
@@ -304,8 +292,6 @@ def main(argv=None) -> int:
     stop_cleanly_on_sigterm()
     cluster = None
     if args.pg_statements:
-        from bench import pgstat
-
         cluster = pgstat.start_cluster()
         stack_module.PG_ADMIN_URL = cluster.url
         print(f"database: a private cluster with pg_stat_statements, {cluster.url}", flush=True)

@@ -35,14 +35,14 @@ def test_a_step_reports_its_statements_per_batch_and_per_send(cluster):
                     )
                     conn.execute("SELECT count(*) FROM t")
                     conn.execute("SELECT pg_sleep(0.02)")
-    statements = step.report(acked=40, batches=4)
-    total = statements[-1]["total_ms_per_send"]
-    by_text = {s["query"]: s for s in statements[:-1]}
+    report = step.report(acked=40, batches=4)
+    total = report["total_ms_per_send"]
+    by_text = {s["query"]: s for s in report["statements"]}
     insert = next(s for q, s in by_text.items() if q.startswith("INSERT INTO t"))
     assert insert["calls"] == 4 and insert["per_batch"] == 1.0 and insert["rows"] == 40
     sleep = next(s for q, s in by_text.items() if "pg_sleep" in q)
     assert sleep["mean_ms"] >= 20 and sleep["ms_per_send"] >= 2.0
     assert total >= sleep["ms_per_send"] + insert["ms_per_send"]
-    assert step.samples > 0
-    text = pgstat.lines(statements, step.wait_shares())
+    assert step.samples > 0 and report["waits"] == step.wait_shares()
+    text = pgstat.lines(report)
     assert "database execution per acked send" in text and "INSERT INTO t" in text
