@@ -141,7 +141,7 @@ class ChatStack:
             self.env["KAFKA_BOOTSTRAP_SERVERS"] = ""  # publishing off
         self.env.update(settings or {})
         self.extra = dict(settings or {})
-        if self.env.get("BENCH_SWITCH_INTERVAL"):  # experiment: see bench/tuning/sitecustomize.py
+        if any(self.env.get(k) for k in ("BENCH_SWITCH_INTERVAL", "BENCH_STALL_MS", "BENCH_GC_MS")):
             self.env["PYTHONPATH"] = f"{ROOT / 'bench' / 'tuning'}:{ROOT}"
 
     @property

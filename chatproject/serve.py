@@ -494,6 +494,24 @@ def graceful_shutdown(server, grace: float):
 OLDER_GC_THRESHOLDS = (50, 100)
 
 
+def warm_up() -> None:
+    """Do at start what Django does lazily on the first request: import the URLconf (the REST
+    API, drf-spectacular, DRF's test helpers it imports, the admin) and compile its patterns.
+    That was 120-150 ms on the event loop at the first HTTP request, a metrics scrape
+    say, after the process was already serving: a stall in every open socket's latency
+    (bench/tuning's stall watch found it). Done before tune_gc, so these objects are frozen
+    with the rest of start-up's.
+
+    Also redis-py's version, which every new Redis connection reads from the package metadata
+    (importlib.metadata): the first read, at the first connection a pool opens under load,
+    took 60 ms on the loop (the metadata machinery's imports and a scan of site-packages)."""
+    from django.urls import get_resolver
+    from redis.utils import get_lib_version
+
+    get_resolver().reverse_dict  # noqa: B018 - populating it imports and compiles everything
+    get_lib_version()
+
+
 def tune_gc(threshold: int) -> None:
     """Garbage collection for a long-running server: the objects of start-up (Django, the app)
     move to the permanent generation, so a full collection no longer walks them; with
@@ -540,6 +558,7 @@ def main(argv=None):
 
     from chatproject.asgi import application
 
+    warm_up()
     tune_gc(settings.CHAT_GC_THRESHOLD)
     server = build_server(args.bind, args.port, application=application, fd=args.fd)
 

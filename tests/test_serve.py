@@ -1,5 +1,6 @@
 """chatproject.serve's own server rules, in a child process (daphne installs its asyncio reactor
-on import): only connections with news are looked at, with daphne's reaping rules."""
+on import): only connections with news are looked at, with daphne's reaping rules; what is
+warmed up before the first request."""
 
 import json
 import os
@@ -110,3 +111,66 @@ def test_only_connections_with_news_are_checked_with_daphnes_rules():
     assert out["looked_at"] == ["closed", "ended", "failed", "slow"]  # never the 200 idle ones
     assert out["after_walk"] == {"ended": "removed", "failed": "reaped"}
     assert out["connections"] == 201  # the idle ones and the failed one, still open
+
+
+WARM_UP = r"""
+import json, sys
+import django
+
+django.setup()
+from django.urls import get_resolver
+
+from chatproject import serve
+
+before = "chatproject.api_urls" in sys.modules, get_resolver()._populated
+serve.warm_up()
+after = "chatproject.api_urls" in sys.modules, get_resolver()._populated
+print(json.dumps({"before": before, "after": after, "metadata": "email.parser" in sys.modules}))
+"""
+
+
+def test_warm_up_imports_and_compiles_the_urlconf_before_the_first_request():
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatproject.settings")
+    result = subprocess.run(
+        [PYTHON, "-c", WARM_UP], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["before"] == [False, False]  # what the first request did, on the event loop
+    assert out["after"] == [True, True]
+    assert out["metadata"] is True  # redis-py's version read once (importlib.metadata loaded)
+
+
+ORDER = r"""
+import json, sys
+import django
+
+from chatproject import serve
+
+calls = []
+serve.warm_up = lambda: calls.append("warm_up")
+serve.tune_gc = lambda threshold: calls.append("tune_gc")
+
+
+def build_server(*args, **kwargs):
+    calls.append("build_server")
+    print(json.dumps(calls))
+    sys.exit(0)
+
+
+serve.build_server = build_server
+serve.main(["--workers", "1"])
+"""
+
+
+def test_the_server_warms_up_before_it_serves():
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatproject.settings")
+    result = subprocess.run(
+        [PYTHON, "-c", ORDER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+        "warm_up",
+        "tune_gc",
+        "build_server",
+    ]
