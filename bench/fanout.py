@@ -14,6 +14,7 @@ PostgreSQL, Redis: bench/limits.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
@@ -54,7 +55,7 @@ def merge_acked(reports) -> dict[int, list[int]]:
 
 
 def run_step(
-    pool, senders, receivers, server_pid, step, rate, duration, drain, others=None
+    pool, senders, receivers, server_pid, step, rate, duration, drain, others=None, db_url=None
 ) -> dict:
     system = bench_limits.SystemCpu(
         services=others is not None, server=server_pid, **(others or {})
@@ -63,7 +64,9 @@ def run_step(
     # The server's process tree: with --workers, the supervisor and every worker.
     srv0, cli0, wall0 = tree_cpu_seconds(server_pid), pool.cpu_seconds(), time.monotonic()
     pool.call(receivers, "run", step, 0, 0)
-    pool.call(senders, "run", step, rate, duration, timeout=duration + 60)
+    probe = bench_limits.CommitProbe(db_url) if db_url else None
+    with probe or contextlib.nullcontext():
+        pool.call(senders, "run", step, rate, duration, timeout=duration + 60)
     sent_reports = pool.call(senders, "report", step, None, drain, timeout=drain + 30)
     acked = merge_acked(sent_reports)
     recv_reports = pool.call(receivers, "report", step, acked, drain, timeout=drain + 30)
@@ -103,6 +106,7 @@ def run_step(
         if deliveries
         else None,
         "cpu_per_delivery": bench_limits.per_unit_ms(system_cpu, deliveries),
+        "db_commit": probe.summary() if probe else None,
     }
 
 
@@ -114,6 +118,7 @@ def step_line(name, step, p99_ms: float = P99_BOUND_MS) -> str:
         f"deliv {step['deliveries_per_s']:>6}/s  p50 {lat['p50_ms']} p99 {lat['p99_ms']} "
         f"max {lat['max_ms']} ms (ack p99 {step['ack_latency']['p99_ms']})  lost {step['lost']}  "
         f"srv {step['server_cpu_pct']}% cli {step['client_cpu_pct']}%  {verdict}{stats.trouble(step)}"
+        f"{bench_limits.commit_note(step.get('db_commit'))}"
         f"\n         CPU per delivery: {step['cpu_per_delivery']}"
     )
 
@@ -130,6 +135,7 @@ def ladder(
     args,
     profile_at=None,
     others=None,
+    db_url=None,
 ) -> list[dict]:
     pool = Pool(args.procs + 1)
     senders, receivers = [0], list(range(1, args.procs + 1))
@@ -148,7 +154,9 @@ def ladder(
             flush=True,
         )
         # Warm-up (not reported): connection pools, caches, first-call imports.
-        run_step(pool, senders, receivers, server_pid, 0, rates[0] / 2, 2, args.drain, others)
+        run_step(
+            pool, senders, receivers, server_pid, 0, rates[0] / 2, 2, args.drain, others, db_url
+        )
         steps = []
         for index, rate in enumerate(rates, start=1):
             profiler = None
@@ -158,7 +166,16 @@ def ladder(
                 path = ROOT / "bench" / "profiles" / f"fanout-{name}-{len(sub_specs)}-{rate:g}.txt"
                 profiler = Profiler(server_pid, args.duration, path, wall=args.wall)
             step = run_step(
-                pool, senders, receivers, server_pid, index, rate, args.duration, args.drain, others
+                pool,
+                senders,
+                receivers,
+                server_pid,
+                index,
+                rate,
+                args.duration,
+                args.drain,
+                others,
+                db_url,
             )
             if profiler is not None:
                 path = profiler.wait()
@@ -256,6 +273,7 @@ def main(argv=None) -> int:
                 args=args,
                 profile_at=args.profile,
                 others=others,
+                db_url=stack.database_url,
             )
     print()
     print(summary(results, args.subscribers, args.p99))

@@ -11,6 +11,11 @@ stated as ratios to these, because machines of one kind differ several-fold from
   transaction in one pipeline: the rate the database allows the send path, with no Python chat
   code in the way.
 - `redis_publish_rate`: `redis-benchmark` PUBLISH against the same Redis.
+- `CommitProbe`: during a step, one tiny INSERT and COMMIT every 50 ms on its own connection
+  to the same PostgreSQL: how long the cluster's durable commit (its WAL flush) took while the
+  step ran. A send is acked only once its batch committed, so a commit the disk held for
+  250 ms holds every ack queued behind it; the probe's max beside a step's ack p99 tells that
+  from the server's own delays.
 - `SystemCpu`: CPU seconds of every process that takes part (server processes and their
   children, the Celery worker, PostgreSQL's backends, redis-server, the broker), from /proc,
   so a step can print CPU per acked send and per delivery.
@@ -248,6 +253,70 @@ def pids_named(name: str) -> list[int]:
         for pid, (comm, ppid) in found.items()
         if comm == name and found.get(ppid, ("",))[0] != name
     ]
+
+
+class CommitProbe:
+    """`with CommitProbe(url) as probe:` ... `probe.summary()`: the latencies of small commits
+    made every `interval` seconds on a thread of its own, while the block ran (see the module
+    docstring). Its rows go to a table of its own in the given database (the benchmark's,
+    dropped with it). A failed commit is counted, never raised."""
+
+    def __init__(self, url: str, interval: float = 0.05):
+        self.url, self.interval = url, interval
+        self.latencies: list[float] = []
+        self.failures = 0
+        self.stopping = None
+        self.thread = None
+
+    def __enter__(self) -> CommitProbe:
+        import threading
+
+        import psycopg
+
+        self.conn = psycopg.connect(self.url, autocommit=True)
+        self.conn.execute(
+            "CREATE TABLE IF NOT EXISTS bench_commit_probe (id bigserial PRIMARY KEY, "
+            "at timestamptz NOT NULL DEFAULT now())"
+        )
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="commit-probe", daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            started = time.perf_counter()
+            try:
+                self.conn.execute("INSERT INTO bench_commit_probe DEFAULT VALUES")
+            except Exception:  # noqa: BLE001 - a probe reports, it does not fail the run
+                self.failures += 1
+                continue
+            self.latencies.append(time.perf_counter() - started)
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.conn.close()
+
+    def summary(self) -> dict:
+        """{count, p50_ms, max_ms, failures} of the commits made."""
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return {"count": 0, "p50_ms": None, "max_ms": None, "failures": self.failures}
+        return {
+            "count": len(ordered),
+            "p50_ms": round(ordered[len(ordered) // 2] * 1000, 2),
+            "max_ms": round(ordered[-1] * 1000, 1),
+            "failures": self.failures,
+        }
+
+
+def commit_note(probe: dict | None) -> str:
+    """'  db commit p50 0.4 max 259.0 ms' for a step line (nothing without a probe)."""
+    if not probe or not probe["count"]:
+        return ""
+    failed = f", {probe['failures']} failed" if probe["failures"] else ""
+    return f"  db commit p50 {probe['p50_ms']} max {probe['max_ms']} ms{failed}"
 
 
 class SystemCpu:

@@ -145,6 +145,10 @@ class ChatStack:
             self.env["PYTHONPATH"] = f"{ROOT / 'bench' / 'tuning'}:{ROOT}"
 
     @property
+    def database_url(self) -> str:
+        return self.env["DATABASE_URL"]
+
+    @property
     def topic(self) -> str:
         return f"{self.tag}.events"
 

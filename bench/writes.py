@@ -68,7 +68,9 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     database = None
     if getattr(args, "pg_statements", False) and step:  # not the warm-up
         database = pgstat.StepStatements(stack_module.PG_ADMIN_URL, stack.db_name)
-    with database or contextlib.nullcontext():
+    url = getattr(stack, "database_url", None)  # the ceiling has no database
+    probe = bench_limits.CommitProbe(url) if url else None
+    with database or contextlib.nullcontext(), probe or contextlib.nullcontext():
         pool.call_each(
             {i: ("run", step, rate * share, args.duration) for i, share in shares.items()},
             timeout=args.duration + 60,
@@ -125,6 +127,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         "cpu_ms_per_send": round(sum(system_cpu.values()) * 1000 / acked, 3) if acked else None,
         "cpu_per_send": bench_limits.per_unit_ms(system_cpu, acked),
         "pg_statements": statements,
+        "db_commit": probe.summary() if probe else None,
     }
 
 
@@ -146,6 +149,7 @@ def step_line(step: dict) -> str:
         f"celery {step['worker_cpu_pct']}% cli {step['client_cpu_pct']}%  "
         f"{'ok' if step_passes(step) else 'MISS'}{stats.trouble(step)}"
         + batch_note(step.get("send_batches"))
+        + bench_limits.commit_note(step.get("db_commit"))
         + f"\n        CPU per acked send: {step['cpu_per_send']}"
     )
 
