@@ -4,7 +4,8 @@
 a spare port, `tests.support.services.PostgresCluster`) started with `pg_stat_statements`
 loaded and fsync on: the machine's own server does not load the library, and the benchmarks
 must not restart it. For each step it prints the statements that took the most execution time
-(calls per send batch, mean ms, execution ms per acked send) and what the bench database's
+(calls per send batch, mean ms, execution ms per acked send, WAL bytes per acked send: the
+volume each commit's flush writes) and what the bench database's
 sessions were waiting on, sampled every 20 ms (`pg_stat_activity.wait_event`: a lock, the WAL
 flush, the client's next statement).
 """
@@ -78,13 +79,15 @@ class StepStatements:
         sampled waits."""
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT s.calls, s.total_exec_time, s.rows, regexp_replace(s.query, '\\s+', ' ', "
+                "SELECT s.calls, s.total_exec_time, s.rows, s.wal_bytes, "
+                "regexp_replace(s.query, '\\s+', ' ', "
                 "'g') FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
                 "WHERE d.datname = %s ORDER BY s.total_exec_time DESC LIMIT %s",
                 [self.db_name, top],
             ).fetchall()
-            (total_ms,) = conn.execute(
-                "SELECT coalesce(sum(s.total_exec_time), 0) FROM pg_stat_statements s "
+            total_ms, total_wal = conn.execute(
+                "SELECT coalesce(sum(s.total_exec_time), 0), coalesce(sum(s.wal_bytes), 0) "
+                "FROM pg_stat_statements s "
                 "JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = %s",
                 [self.db_name],
             ).fetchone()
@@ -96,11 +99,13 @@ class StepStatements:
                     "mean_ms": round(ms / calls, 3) if calls else 0.0,
                     "ms_per_send": round(ms / acked, 4) if acked else None,
                     "rows": n,
+                    "wal_bytes_per_send": round(wal / acked) if acked else None,
                     "query": query,
                 }
-                for calls, ms, n, query in rows
+                for calls, ms, n, wal, query in rows
             ],
             "total_ms_per_send": round(total_ms / acked, 4) if acked else None,
+            "wal_bytes_per_send": round(total_wal / acked) if acked else None,
             "waits": self.wait_shares(),
         }
 
@@ -114,14 +119,14 @@ class StepStatements:
 def lines(report: dict) -> str:
     """A step's report (StepStatements.report) as the lines under its step line."""
     out = [
-        f"        database execution per acked send: {report['total_ms_per_send']} ms "
-        "(pg_stat_statements)"
+        f"        database execution per acked send: {report['total_ms_per_send']} ms, "
+        f"WAL {report['wal_bytes_per_send']} bytes (pg_stat_statements)"
     ]
     for s in report["statements"]:
         out.append(
             f"          {s['ms_per_send']:>7} ms/send  {s['mean_ms']:>8} ms x "
             f"{s['per_batch'] if s['per_batch'] is not None else s['calls']} per batch  "
-            f"{s['query'][:100]}"
+            f"WAL {s['wal_bytes_per_send']:>5} B/send  {s['query'][:90]}"
         )
     if report["waits"]:
         out.append(

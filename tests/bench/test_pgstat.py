@@ -43,6 +43,10 @@ def test_a_step_reports_its_statements_per_batch_and_per_send(cluster):
     sleep = next(s for q, s in by_text.items() if "pg_sleep" in q)
     assert sleep["mean_ms"] >= 20 and sleep["ms_per_send"] >= 2.0
     assert total >= sleep["ms_per_send"] + insert["ms_per_send"]
+    # 40 rows of a 4-byte key and their index entries: tens of WAL bytes a row, the sleep none
+    assert 40 <= insert["wal_bytes_per_send"] <= 1000 and sleep["wal_bytes_per_send"] == 0
+    assert report["wal_bytes_per_send"] >= insert["wal_bytes_per_send"]
     assert step.samples > 0 and report["waits"] == step.wait_shares()
     text = pgstat.lines(report)
     assert "database execution per acked send" in text and "INSERT INTO t" in text
+    assert f"WAL {report['wal_bytes_per_send']} bytes" in text
