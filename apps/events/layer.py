@@ -18,6 +18,11 @@ gets the plain API calls.
 - `receive_many`: the process channel's sorted set popped directly, up to 1000 messages per
   round trip (BZPOPMIN then ZPOPMIN), where receive() costs four round trips per message and
   caps a busy process at a few hundred events/s.
+- `receive_locally`: a process channel whose reader runs in this process, on the loop that
+  sends, gets its share of a group_send_many handed over in memory instead of through Redis:
+  the sending process's own sockets were a queue script, a pop and a serialize/deserialize
+  away from events it had in hand. Every other member still gets its share through Redis,
+  in the same call; the members are still read from Redis (the groups are the truth).
 
 Why not the library's crash-safe receive: receive() keeps each popped message in a backup
 sorted set (`<channel>$inflight`) until the next receive on the same channel, so that a receive
@@ -82,6 +87,24 @@ return out
 _members_scripts: dict = {}
 
 
+# Process channels read in this process: {channel: (the reader's loop, deliver(messages))}.
+_local_receivers: dict[str, tuple[asyncio.AbstractEventLoop, object]] = {}
+
+
+def receive_locally(channel: str, deliver) -> None:
+    """From now on, messages group_send_many sends to `channel` from the running loop (the
+    reader's) go to `deliver(messages)`, in order, instead of through Redis (see the module
+    docstring). From any other loop they still go through Redis."""
+    for name, (loop, _) in list(_local_receivers.items()):
+        if loop.is_closed():
+            del _local_receivers[name]
+    _local_receivers[channel] = (asyncio.get_running_loop(), deliver)
+
+
+def stop_receiving_locally(channel: str) -> None:
+    _local_receivers.pop(channel, None)
+
+
 def _script(cache: dict, connection, text: str):
     script = cache.get(id(connection))
     if script is None or script.registered_client is not connection:
@@ -140,7 +163,13 @@ async def group_send_many(layer, sends) -> None:
         for channel in members.get(group, ()):
             per_key.setdefault(channel_key(layer, channel), (channel, []))[1].append(message)
     queued: dict[int, tuple[list, list, list]] = {}
+    local = []
+    loop = asyncio.get_running_loop()
     for key, (channel, messages) in per_key.items():
+        receiver = _local_receivers.get(channel)
+        if receiver is not None and receiver[0] is loop:
+            local.append((receiver[1], messages))
+            continue
         message = messages[0] if len(messages) == 1 else {"type": "chat.events", "events": messages}
         if "!" in channel:
             message = {**message, "__asgi_channel__": channel}
@@ -151,15 +180,22 @@ async def group_send_many(layer, sends) -> None:
         payloads.append(layer.serialize(message))
         capacities.append(layer.get_capacity(channel))
     expiry = int(layer.expiry)
-    for index, (keys, payloads, capacities) in queued.items():
-        script = _script(_queue_scripts, layer.connection(index), QUEUE_MANY_LUA)
-        full = await script(
-            keys=keys, args=[*payloads, *capacities, now, expiry, int(now) - expiry]
-        )
-        if full:
-            logger.info(
-                "%d of %d process channels over capacity; they fill from the log", full, len(keys)
+    try:
+        # The other processes' shares first: this process's own follow without a round trip.
+        for index, (keys, payloads, capacities) in queued.items():
+            script = _script(_queue_scripts, layer.connection(index), QUEUE_MANY_LUA)
+            full = await script(
+                keys=keys, args=[*payloads, *capacities, now, expiry, int(now) - expiry]
             )
+            if full:
+                logger.info(
+                    "%d of %d process channels over capacity; they fill from the log",
+                    full,
+                    len(keys),
+                )
+    finally:
+        for deliver, messages in local:
+            deliver(messages)
 
 
 async def group_add_many(layer, groups: list[str], channel: str) -> None:

@@ -23,6 +23,7 @@ ordering rules) is its own module.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -89,6 +90,8 @@ class Hub:
             try:
                 if self.layer is not None:
                     self.channel = await self.layer.new_channel("realtime")
+                    # This process's own events reach its sockets without Redis.
+                    layers.receive_locally(self.channel, functools.partial(reader.handle_all, self))
                     # Redis down at start: the reader joins again once it is back.
                     await self._quietly(
                         self.redis_call(self.group("group_add", fanout.PRESENCE_GROUP))

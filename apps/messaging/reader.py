@@ -51,12 +51,18 @@ async def run(hub):
             backoff = min(backoff * 2, 5.0)
             groups_stale = True
             continue
-        with corked():  # one write per socket for what these messages bring it
-            for message in messages:
-                try:
-                    handle(hub, message)
-                except Exception:
-                    logger.exception("could not handle channel message %r", message.get("type"))
+        handle_all(hub, messages)
+
+
+def handle_all(hub, messages: list[dict]) -> None:
+    """Messages for this process, from Redis (run) or handed over by this process's own
+    group_send_many (apps.events.layer.receive_locally)."""
+    with corked():  # one write per socket for what these messages bring it
+        for message in messages:
+            try:
+                handle(hub, message)
+            except Exception:
+                logger.exception("could not handle channel message %r", message.get("type"))
 
 
 def handle(hub, message: dict):

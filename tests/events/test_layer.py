@@ -274,3 +274,51 @@ def test_group_add_many_joins_every_group_as_group_add_does():
     assert got == ["x.first", "x.last"]
     assert 0 < ttl <= config.get("group_expiry", 86400)
     assert [m.decode() for m in members] == [channel]
+
+
+@pytest.mark.services
+def test_a_channel_read_in_this_process_gets_its_share_in_memory_and_the_rest_via_redis():
+    """receive_locally: the sending loop's own process channel gets its messages handed over
+    (in order, none queued in Redis); another process's channel in the same groups gets its
+    share through Redis as before; a send from another loop does not use the handover."""
+    tag = uuid.uuid4().hex[:8]
+    groups = [f"room.local{tag}{i}" for i in range(2)]
+    handed = []
+
+    async def scenario():
+        redis, other_process = redis_layer(), redis_layer()
+        ours, theirs = await redis.new_channel("realtime"), await other_process.new_channel("x")
+        connection = redis.connection(0)
+        try:
+            await layer.group_add_many(redis, groups, ours)
+            await layer.group_add_many(redis, groups, theirs)
+            layer.receive_locally(ours, handed.append)
+            sends = [(g, {"type": "x.n", "n": n}) for n in range(2) for g in groups]
+            await layer.group_send_many(redis, sends)
+            queued_for_ours = await connection.zcard(layer.channel_key(redis, ours))
+            got_theirs = await asyncio.wait_for(layer.receive_many(other_process, theirs), 5)
+            return ours, queued_for_ours, got_theirs
+        finally:
+            for group in groups:
+                await redis.group_discard(group, ours)
+                await redis.group_discard(group, theirs)
+
+    ours, queued_for_ours, got_theirs = asyncio.run(scenario())
+    expected = [{"type": "x.n", "n": n} for n in range(2) for _ in groups]
+    assert handed == [expected]  # one handover, in send order
+    assert queued_for_ours == 0
+    assert got_theirs == [{"type": "chat.events", "events": expected}]
+
+    async def from_another_loop():  # the registration belongs to the first loop
+        redis = redis_layer()
+        try:
+            await layer.group_add_many(redis, groups, ours)
+            await layer.group_send_many(redis, [(groups[0], {"type": "x.other"})])
+            return await asyncio.wait_for(layer.receive_many(redis, ours), 5)
+        finally:
+            for group in groups:
+                await redis.group_discard(group, ours)
+            layer.stop_receiving_locally(ours)
+
+    assert asyncio.run(from_another_loop()) == [{"type": "x.other"}]
+    assert len(handed) == 1
