@@ -87,13 +87,19 @@ print(json.dumps(out))
 """
 
 
-def test_only_connections_with_news_are_checked_with_daphnes_rules():
+def run_script(script: str):
+    """Run the script in a child Python (daphne's reactor stays out of this process) and
+    return the JSON of its last line of output."""
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatproject.settings")
     result = subprocess.run(
-        [PYTHON, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        [PYTHON, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_only_connections_with_news_are_checked_with_daphnes_rules():
+    out = run_script(SCRIPT)
     assert out["first"] == {
         "ended": "reaped",
         "failed": "reaped",
@@ -130,12 +136,7 @@ print(json.dumps({"before": before, "after": after, "metadata": "email.parser" i
 
 
 def test_warm_up_imports_and_compiles_the_urlconf_before_the_first_request():
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatproject.settings")
-    result = subprocess.run(
-        [PYTHON, "-c", WARM_UP], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    out = json.loads(result.stdout.strip().splitlines()[-1])
+    out = run_script(WARM_UP)
     assert out["before"] == [False, False]  # what the first request did, on the event loop
     assert out["after"] == [True, True]
     assert out["metadata"] is True  # redis-py's version read once (importlib.metadata loaded)
@@ -143,7 +144,6 @@ def test_warm_up_imports_and_compiles_the_urlconf_before_the_first_request():
 
 ORDER = r"""
 import json, sys
-import django
 
 from chatproject import serve
 
@@ -164,12 +164,7 @@ serve.main(["--workers", "1"])
 
 
 def test_the_server_warms_up_before_it_serves():
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chatproject.settings")
-    result = subprocess.run(
-        [PYTHON, "-c", ORDER], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+    assert run_script(ORDER) == [
         "warm_up",
         "tune_gc",
         "build_server",
