@@ -33,7 +33,7 @@ import subprocess
 import time
 import uuid
 
-from bench.stack import tree_pids
+from bench.stack import tree_pids, url_with_database
 
 PG_ADMIN = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -158,7 +158,7 @@ def raw_send_rate(
     transaction, `lanes` connections at once, rooms spread over the lanes."""
     db = f"rawsend_{os.getpid()}_{secrets.token_hex(2)}"
     _admin(f'CREATE DATABASE "{db}"', url)
-    target = url.rsplit("/", 1)[0] + f"/{db}"
+    target = url_with_database(url, db)
     try:
         import psycopg
 

@@ -27,6 +27,12 @@ from tests.support.services import PYTHON, Broker, free_port, wait_port  # noqa:
 PG_ADMIN_URL = os.environ.get("BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 
+
+def url_with_database(url: str, name: str) -> str:
+    """The PostgreSQL URL `url` with the database `name` in place of its own."""
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
 # Raised for the bench (documented in bench/README.md): the production defaults (5 messages/s
 # per socket) would refuse the benchmark's own senders. Nothing else differs from production.
 BENCH_SETTINGS = {
@@ -125,7 +131,7 @@ class ChatStack:
         self.env = dict(os.environ)
         self.env.update(
             DJANGO_SETTINGS_MODULE="chatproject.settings",
-            DATABASE_URL=PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}",
+            DATABASE_URL=url_with_database(PG_ADMIN_URL, self.db_name),
             REDIS_URL=REDIS_URL,
             CHANNELS_PREFIX=tag,
             CELERY_QUEUE=tag,

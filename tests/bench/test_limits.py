@@ -8,6 +8,7 @@ import psycopg
 import pytest
 
 from bench.limits import PG_ADMIN, CommitProbe, commit_note
+from bench.stack import url_with_database
 
 
 @pytest.fixture
@@ -16,7 +17,7 @@ def scratch_url():
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        yield url_with_database(PG_ADMIN, name)
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

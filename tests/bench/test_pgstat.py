@@ -5,6 +5,7 @@ import psycopg
 import pytest
 
 from bench import pgstat
+from bench.stack import url_with_database
 from tests.support.services import postgresql_only
 
 pytestmark = postgresql_only("a private PostgreSQL cluster")
@@ -23,7 +24,7 @@ def test_a_step_reports_its_statements_per_batch_and_per_send(cluster):
     with psycopg.connect(cluster.url, autocommit=True) as conn:
         conn.execute("CREATE DATABASE pgstat_step")
         assert conn.execute("SHOW fsync").fetchone() == ("on",)
-    url = cluster.url.rsplit("/", 1)[0] + "/pgstat_step"
+    url = url_with_database(cluster.url, "pgstat_step")
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
         with pgstat.StepStatements(cluster.url, "pgstat_step", interval=0.005) as step:
