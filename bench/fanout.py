@@ -55,7 +55,17 @@ def merge_acked(reports) -> dict[int, list[int]]:
 
 
 def run_step(
-    pool, senders, receivers, server_pid, step, rate, duration, drain, others=None, db_url=None
+    pool,
+    senders,
+    receivers,
+    server_pid,
+    step,
+    rate,
+    duration,
+    drain,
+    others=None,
+    db_url=None,
+    batch_figures=None,
 ) -> dict:
     system = bench_limits.SystemCpu(
         services=others is not None, server=server_pid, **(others or {})
@@ -63,6 +73,7 @@ def run_step(
     system0 = system.read()
     # The server's process tree: with --workers, the supervisor and every worker.
     srv0, cli0, wall0 = tree_cpu_seconds(server_pid), pool.cpu_seconds(), time.monotonic()
+    batches0 = batch_figures() if batch_figures else None
     pool.call(receivers, "run", step, 0, 0)
     probe = bench_limits.CommitProbe(db_url) if db_url else None
     with probe or contextlib.nullcontext():
@@ -73,6 +84,7 @@ def run_step(
     wall = time.monotonic() - wall0
     srv_cpu, cli_cpu = tree_cpu_seconds(server_pid) - srv0, pool.cpu_seconds() - cli0
     system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
+    batches = stats.batch_delta(batches0, batch_figures() if batch_figures else None)
     latencies = array("q")
     for report in recv_reports:
         latencies.frombytes(report["delivery_ns"])
@@ -107,6 +119,7 @@ def run_step(
         else None,
         "cpu_per_delivery": bench_limits.per_unit_ms(system_cpu, deliveries),
         "db_commit": probe.summary() if probe else None,
+        "send_batches": batches,
     }
 
 
@@ -119,6 +132,7 @@ def step_line(name, step, p99_ms: float = P99_BOUND_MS) -> str:
         f"max {lat['max_ms']} ms (ack p99 {step['ack_latency']['p99_ms']})  lost {step['lost']}  "
         f"srv {step['server_cpu_pct']}% cli {step['client_cpu_pct']}%  {verdict}{stats.trouble(step)}"
         f"{bench_limits.commit_note(step.get('db_commit'))}"
+        f"{stats.batch_note(step.get('send_batches'))}"
         f"\n         CPU per delivery: {step['cpu_per_delivery']}"
     )
 
@@ -136,6 +150,7 @@ def ladder(
     profile_at=None,
     others=None,
     db_url=None,
+    batch_figures=None,
 ) -> list[dict]:
     pool = Pool(args.procs + 1)
     senders, receivers = [0], list(range(1, args.procs + 1))
@@ -176,6 +191,7 @@ def ladder(
                 args.drain,
                 others,
                 db_url,
+                batch_figures,
             )
             if profiler is not None:
                 path = profiler.wait()
@@ -274,6 +290,8 @@ def main(argv=None) -> int:
                 profile_at=args.profile,
                 others=others,
                 db_url=stack.database_url,
+                # /metrics answers for the process that accepts the request: one worker only.
+                batch_figures=stack.batch_figures if args.workers == 1 else None,
             )
     print()
     print(summary(results, args.subscribers, args.p99))

@@ -86,3 +86,25 @@ def trouble(step: dict) -> str:
         f" errors={step['error_codes']} closed={step['closed']} {step['close_codes']}"
         f" unacked={step['unacked']}"
     )
+
+
+def batch_delta(before: dict | None, after: dict | None) -> dict | None:
+    """The group commits between two readings of the server's counters (ChatStack.batch_figures):
+    how many batches, their mean size and mean time; None without both readings."""
+    if before is None or after is None:
+        return None
+    count = after["batches"] - before["batches"]
+    return {
+        "batches": int(count),
+        "mean_size": round((after["sends"] - before["sends"]) / count, 1) if count else 0,
+        "mean_ms": round(1000 * (after["seconds"] - before["seconds"]) / count, 1) if count else 0,
+    }
+
+
+def batch_note(batches: dict | None) -> str:
+    if not batches:
+        return ""
+    return (
+        f"  [{batches['batches']} batches, {batches['mean_size']} sends, "
+        f"{batches['mean_ms']} ms each]"
+    )

@@ -79,17 +79,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     wall = time.monotonic() - wall0
     srv_cpu, wrk_cpu = tree_cpu_seconds(server_pid) - srv0, worker_cpu() - wrk0
     system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
-    batches = None
-    if batches0 is not None:
-        after = stack.batch_figures()
-        count = after["batches"] - batches0["batches"]
-        batches = {
-            "batches": int(count),
-            "mean_size": round((after["sends"] - batches0["sends"]) / count, 1) if count else 0,
-            "mean_ms": round(1000 * (after["seconds"] - batches0["seconds"]) / count, 1)
-            if count
-            else 0,
-        }
+    batches = stats.batch_delta(batches0, stack.batch_figures() if batches0 is not None else None)
     cli_cpu = pool.cpu_seconds() - cli0
     acked = sum(len(ids) for r in reports for ids in r["acked"].values())
     statements = None
@@ -148,18 +138,9 @@ def step_line(step: dict) -> str:
         f"p50 {kafka['p50_ms']} p99 {kafka['p99_ms']} ms  srv {step['server_cpu_pct']}% "
         f"celery {step['worker_cpu_pct']}% cli {step['client_cpu_pct']}%  "
         f"{'ok' if step_passes(step) else 'MISS'}{stats.trouble(step)}"
-        + batch_note(step.get("send_batches"))
+        + stats.batch_note(step.get("send_batches"))
         + bench_limits.commit_note(step.get("db_commit"))
         + f"\n        CPU per acked send: {step['cpu_per_send']}"
-    )
-
-
-def batch_note(batches) -> str:
-    if not batches:
-        return ""
-    return (
-        f"  [{batches['batches']} batches, {batches['mean_size']} sends, "
-        f"{batches['mean_ms']} ms each]"
     )
 
 
