@@ -24,6 +24,7 @@ from django.contrib.auth import get_user_model
 from django.db import DatabaseError
 
 from apps.core.errors import AccountDisabled, RateLimited, ServiceError, invalid
+from apps.core.redis import RedisUnavailable
 from apps.core.wsframe import text_frame
 from apps.events import catalogue, fanout
 from apps.events.observability import WS_ERRORS, connection_id_var
@@ -33,7 +34,7 @@ from apps.users import ratelimit, rights, sessions
 from . import sendqueue, services
 from .connection import Connection
 from .dbpool import db
-from .hub import RedisUnavailable, get_hub
+from .hub import get_hub
 from .wire import REF_MAX, encodable, frame_id, frame_seq
 
 logger = logging.getLogger(__name__)
@@ -41,9 +42,9 @@ logger = logging.getLogger(__name__)
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_FLOODING = 4429
-# The frames that take from the user's shared buckets, and from which (apps.users.ratelimit).
+# The frames that take from the user's shared buckets before they run, and from which
+# (apps.users.ratelimit). A message.send takes from `write` too, in its batch (on_send).
 BUDGETS = {
-    "message.send": "write",
     "message.edit": "write",
     "message.delete": "write",
     "reaction.add": "write",
@@ -305,19 +306,27 @@ class ChatConsumer(AsyncConsumer):
         """Take from the user's shared buckets (apps.users.ratelimit): 0.0, or the seconds to
         wait. Repeated refusals close the socket (4429)."""
         wait = await self.shared_take(budget)
-        if not wait:
-            self.strikes = 0
-            return 0.0
-        self.strikes += 1
-        if self.strikes >= settings.CHAT_RATE_LIMIT_STRIKES:
-            self.error(
-                None,
-                "rate_limited",
-                "flooding; closing the socket",
-                {"retry_after": max(1, math.ceil(wait))},
-            )
+        if self.strike(wait):
             await self.conn.close(CLOSE_FLOODING)
         return wait
+
+    def strike(self, wait: float) -> bool:
+        """Count a take's outcome (0.0: allowed, else refused); True when the refusals in a
+        row reached CHAT_RATE_LIMIT_STRIKES: the flooding error is written, and the caller
+        closes the socket with 4429."""
+        if not wait:
+            self.strikes = 0
+            return False
+        self.strikes += 1
+        if self.strikes < settings.CHAT_RATE_LIMIT_STRIKES:
+            return False
+        self.error(
+            None,
+            "rate_limited",
+            "flooding; closing the socket",
+            {"retry_after": max(1, math.ceil(wait))},
+        )
+        return True
 
     async def ack(self, ref, envelope, envelope_text=None):
         self.write_ack(ref, envelope, envelope_text)
@@ -359,7 +368,9 @@ class ChatConsumer(AsyncConsumer):
         # Pipelined: the send is queued now, in frame order (a lane's queue is first in, first
         # out, so a socket's sends to a room commit in the order it sent them), and the next
         # frame is read while it waits for its batch; its ack (or error) is written when the
-        # batch is done. At most CHAT_SEND_PIPELINE sends of a socket wait at once.
+        # batch is done. At most CHAT_SEND_PIPELINE sends of a socket wait at once. The batch
+        # takes the send's token from the user's `write` bucket (one rate-limiter call for the
+        # whole batch); a refusal comes back as ratelimit.BucketEmpty (answer_send).
         await self.send_slots.acquire()
         try:
             result = sendqueue.enqueue(
@@ -370,7 +381,8 @@ class ChatConsumer(AsyncConsumer):
                     frame.get("client_id"),
                     reply_to,
                     frame.get("attachments"),
-                )
+                ),
+                take=True,
             )
         except BaseException:
             self.send_slots.release()
@@ -383,22 +395,33 @@ class ChatConsumer(AsyncConsumer):
         send's future, not a task per send: the answer is written before whatever awaits
         that future resumes (a later frame's barrier in `frame`), and the answers of a
         socket's sends come in the order of its frames, as their batches complete. Closing
-        the socket after an AccountDisabled error is the one thing left to a task (it joins
-        the sends a later frame waits for)."""
+        the socket (after an AccountDisabled error, or the refusals in a row that make a
+        flood) is the one thing left to a task (it joins the sends a later frame waits
+        for)."""
         self.sends.discard(result)
         self.send_slots.release()
         if result.cancelled():
             return
         exc = result.exception()
         if exc is None:
+            self.strikes = 0  # the batch took the send's token
             event = result.result()
             try:
                 self.write_ack(ref, event.envelope, getattr(event, "envelope_text", None))
                 return
             except Exception as failure:  # noqa: BLE001 - answered like any frame's failure
                 exc = failure
-        if self.write_error(ref, exc):
-            task = asyncio.ensure_future(self.conn.close(CLOSE_FORBIDDEN))
+        close = None
+        if isinstance(exc, ratelimit.BucketEmpty):  # the batch's take was refused
+            self.write_error(ref, exc)
+            if self.strike(exc.retry_after):
+                close = CLOSE_FLOODING
+        else:
+            self.strikes = 0  # the token was taken; the send failed on its own
+            if self.write_error(ref, exc):
+                close = CLOSE_FORBIDDEN
+        if close is not None:
+            task = asyncio.ensure_future(self.conn.close(close))
             self.sends.add(task)
             task.add_done_callback(self.sends.discard)
 

@@ -32,6 +32,7 @@ from django.conf import settings
 
 from apps.core.aio import PerLoop
 from apps.core.errors import ServiceError
+from apps.core.redis import guarded
 from apps.events import fanout
 from apps.events import layer as layers
 from apps.events.observability import WS_OPEN_SOCKETS, WS_SUBSCRIPTIONS
@@ -48,16 +49,6 @@ from .selectors import events_after, history_bounds, replay
 from .streams import Item, RoomStream, Step, Subscription
 
 logger = logging.getLogger(__name__)
-
-# A Redis call on a socket's own path (connect, subscribe, rate limit) waits at most this long;
-# after a failure such calls are skipped for REDIS_BACKOFF seconds, so a hung Redis costs the
-# first socket REDIS_TIMEOUT and the others nothing (the log serves them meanwhile).
-REDIS_TIMEOUT = 2.0
-REDIS_BACKOFF = 5.0
-
-
-class RedisUnavailable(Exception):
-    """Redis failed or timed out recently; the call was not attempted."""
 
 
 class Hub:
@@ -78,7 +69,6 @@ class Hub:
         self.typing: dict[tuple[int, int], tuple[float, bool]] = {}
         self.presence = PresenceRelay(self)
         self.access = AccessWatch(self)
-        self.redis_down_until = 0.0
         # user id -> the newest rights version this process heard of (apps.users.rights)
         self.versions: dict[int, int] = {}
 
@@ -117,22 +107,9 @@ class Hub:
         )
 
     async def redis_call(self, awaitable):
-        """Await a Redis call on a socket's path, bounded by REDIS_TIMEOUT; skipped (raising
-        RedisUnavailable) for REDIS_BACKOFF seconds after a failure."""
-        if time.monotonic() < self.redis_down_until:
-            awaitable.close()
-            raise RedisUnavailable()
-        try:
-            # asyncio.timeout, not wait_for: wait_for runs the call in a task of its own,
-            # which cost more CPU than the call itself (every send frame takes from the
-            # rate limiter through here).
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                return await awaitable
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            self.redis_down_until = time.monotonic() + REDIS_BACKOFF
-            raise
+        """Await a Redis call on a socket's path (apps.core.redis.Guard: bounded by a timeout,
+        skipped for a while after a failure)."""
+        return await guarded(awaitable)
 
     # -- sockets
 

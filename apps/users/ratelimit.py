@@ -10,7 +10,8 @@ and room. A take either takes from every bucket it names or from none.
 
 The script reads Redis's clock, so processes on several machines agree. The WebSocket's takes
 that arrive while one script call is in flight go together in the next call (one round trip for
-many frames); REST takes are one call each. Without REDIS_URL (embedded mode), or while Redis
+many frames); a send batch's takes are one call (take_many, from apps.messaging.sendqueue);
+REST takes are one call each. Without REDIS_URL (embedded mode), or while Redis
 is unreachable, the same buckets live in this process: the limiter fails open to a local
 bucket, never to an error.
 """
@@ -24,6 +25,7 @@ import time
 from django.conf import settings
 
 from apps.core.aio import Batcher, PerLoop
+from apps.core.errors import RateLimited
 from apps.core.redis import async_client
 
 logger = logging.getLogger(__name__)
@@ -192,7 +194,18 @@ async def take(user_id: int, budget: str = "write", scope=None, *, local_on_erro
         return take_local(request)
 
 
-async def _take_many(requests: list[list[Bucket]]) -> list[float]:
+class BucketEmpty(RateLimited):
+    """A take the user's buckets refused (a socket counts these as flooding strikes; a refusal
+    by a room's slow mode is a RateLimited that is not one)."""
+
+    def __init__(self, wait: float):
+        super().__init__("too many messages; slow down", retry_after=math.ceil(wait))
+
+
+async def take_many(requests: list[list[Bucket]]) -> list[float]:
+    """One script call for many takes (each a non-empty list of buckets), in order: per take
+    0.0, or the seconds to wait (see take). Redis errors are raised: the caller bounds the call
+    and falls back to take_local."""
     client = async_client()
     script = _scripts.get(id(client))
     if script is None or script.registered_client is not client:
@@ -201,7 +214,7 @@ async def _take_many(requests: list[list[Bucket]]) -> list[float]:
     return [int(ms) / 1000 for ms in await script(keys=keys, args=args)]
 
 
-_batchers = PerLoop(lambda: Batcher(_take_many, max_batch=500))
+_batchers = PerLoop(lambda: Batcher(take_many, max_batch=500))
 
 
 def take_sync(user_id: int, budget: str = "write", scope=None) -> float:

@@ -11,6 +11,7 @@ from apps.core.errors import ServiceError
 from apps.messaging import sendqueue
 from apps.messaging.models import Message
 from apps.messaging.services import SendRequest
+from apps.users import ratelimit
 from tests import factories
 
 
@@ -74,7 +75,8 @@ def test_rooms_are_spread_over_the_lanes_by_id(settings):
         lanes = sendqueue._lanes.get()
         for lane in lanes:
 
-            def put(request, lane=lane):
+            def put(item, lane=lane):
+                request, _take = item
                 seen.append((request.room, lanes.index(lane)))
                 done = asyncio.get_running_loop().create_future()
                 done.set_result(None)
@@ -170,3 +172,71 @@ def test_djangos_loader_stays_unless_both_time_zones_are_utc(session_tz, django_
         assert before.__module__ == "django.db.backends.postgresql.psycopg_any"
         sendqueue.use_c_timestamptz_loader(conn, tz)
         assert (conn.adapters.get_loader(1184, Format.TEXT) is not before) is replaced
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_takes_its_sends_tokens_in_one_call_and_an_empty_bucket_writes_nothing(
+    settings, monkeypatch
+):
+    """enqueue(take=True), as the consumer sends: the rate limiter is asked once per batch,
+    the sends past the bucket get BucketEmpty (retry_after) and write nothing, and a send
+    queued without a take is not counted."""
+    settings.CHAT_RATE_LIMIT_MESSAGES = 3
+    settings.CHAT_RATE_LIMIT_PER_SECOND = 0.01
+    owner = factories.make_user()
+    room = factories.make_room(owner)
+    calls = []
+    real = ratelimit.take_many
+
+    async def counting(requests):
+        calls.append(len(requests))
+        return await real(requests)
+
+    monkeypatch.setattr(ratelimit, "take_many", counting)
+
+    async def scenario():
+        try:
+            requests = [SendRequest(room.pk, owner, f"m{i}", uuid.uuid4()) for i in range(6)]
+            results = await asyncio.gather(
+                *(sendqueue.send(r, take=True) for r in requests), return_exceptions=True
+            )
+            untaken = await sendqueue.send(SendRequest(room.pk, owner, "no take", uuid.uuid4()))
+            return results, untaken
+        finally:
+            await _close_lanes()
+
+    results, untaken = asyncio.run(scenario())
+    # The first send went out alone; the five queued behind it were one batch, one call.
+    assert calls == [1, 5]
+    assert [type(r).__name__ for r in results] == ["Event"] * 3 + ["BucketEmpty"] * 3
+    assert all(r.code == "rate_limited" and r.retry_after >= 1 for r in results[3:])
+    assert untaken.seq == results[2].seq + 1
+    bodies = Message.objects.filter(room=room).order_by("seq").values_list("body", flat=True)
+    assert list(bodies) == ["m0", "m1", "m2", "no take"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_redis_unreachable_a_batch_counts_its_takes_in_this_process(settings, caplog):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"
+    settings.CHAT_RATE_LIMIT_MESSAGES = 2
+    settings.CHAT_RATE_LIMIT_PER_SECOND = 0.01
+    owner = factories.make_user()
+    room = factories.make_room(owner)
+
+    async def scenario():
+        try:
+            results = []
+            for i in range(3):  # one at a time: the second call finds the guard backing off
+                request = SendRequest(room.pk, owner, f"m{i}", uuid.uuid4())
+                try:
+                    results.append(await sendqueue.send(request, take=True))
+                except ServiceError as exc:
+                    results.append(exc)
+            return results
+        finally:
+            await _close_lanes()
+
+    results = asyncio.run(scenario())
+    assert [type(r).__name__ for r in results] == ["Event", "Event", "BucketEmpty"]
+    assert "rate limiter unavailable; counting locally" in caplog.text
+    assert Message.objects.filter(room=room).count() == 2
