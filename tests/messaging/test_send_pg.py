@@ -146,3 +146,45 @@ def test_the_asyncio_batch_refuses_a_connection_in_a_transaction_of_psycopgs():
                 await send_pg.asend_batch(conn, [], [])
 
     asyncio.run(scenario())
+
+
+def test_the_asyncio_batch_holds_its_room_locks_from_the_reads_to_the_commit(scene, monkeypatch):
+    """The reads and the writes are one transaction: between them another session cannot lock
+    the room (the reads' FOR UPDATE is held, so the seqs follow commit order), and once the
+    batch is done the room is free and the connection is outside any transaction."""
+    from apps.messaging import send_pg
+    from apps.messaging.models import Message
+
+    owner, member, plain, slow_room, earlier = scene
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    seen = {}
+    real_write = send_pg.write_statement
+
+    def probe(statement_sql):
+        with psycopg.connect(**params, autocommit=True) as other:
+            try:
+                other.execute(statement_sql, [plain.pk])
+                return "free"
+            except psycopg.errors.LockNotAvailable:
+                return "locked"
+
+    def write_then_look(decision, reads):
+        seen["between"] = probe("SELECT 1 FROM rooms_room WHERE id = %s FOR UPDATE NOWAIT")
+        return real_write(decision, reads)
+
+    monkeypatch.setattr(send_pg, "write_statement", write_then_look)
+
+    async def scenario():
+        async with await psycopg.AsyncConnection.connect(**params, autocommit=True) as conn:
+            results = await amessage_send_many(conn, batch(scene))
+            seen["after"] = probe("SELECT 1 FROM rooms_room WHERE id = %s FOR UPDATE NOWAIT")
+            seen["status"] = conn.info.transaction_status
+            return results
+
+    results = asyncio.run(scenario())
+    assert not [r for r in results if isinstance(r, Exception)]
+    assert seen["between"] == "locked"
+    assert seen["after"] == "free"
+    assert seen["status"] == psycopg.pq.TransactionStatus.IDLE
+    assert Message.objects.filter(room=plain).count() == 4  # the earlier one and the batch's 3
