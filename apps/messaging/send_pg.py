@@ -223,14 +223,19 @@ def send_batch(todo: list[plan.Send], results: list) -> None:
         plan.answer(decision, created, logged, results)
 
 
-async def asend_batch(conn, todo: list[plan.Send], results: list) -> None:
+async def asend_batch(conn, todo: list[plan.Send], results: list, admission=None) -> None:
     """send_batch on an asyncio psycopg connection in autocommit mode (the lane's), on the
     event loop: the same statements, so a batch never waits for a database thread to get the
     GIL back after each round trip, and two round trips instead of four: the transaction's
     BEGIN goes out with the reads and its COMMIT with the writes, in one pipeline (psycopg
     adds no BEGIN or sync of its own in autocommit mode). A failed statement aborts the rest
     of the pipeline, COMMIT included, and raises here; any database error is left to the
-    caller, which drops the connection (so the open transaction rolls back) and retries."""
+    caller, which drops the connection (so the open transaction rolls back) and retries.
+
+    `admission` (see services.amessage_send_many) is awaited once the reads are back: the
+    rate limiter's round trip runs alongside them, and the sends it refused are left out of
+    the writes. (The room locks are held meanwhile; Redis calls are bounded by
+    apps.core.redis.Guard.)"""
     if not conn.autocommit:
         raise ValueError("asend_batch runs its own transaction: the connection must autocommit")
     created, fanout = {}, []
@@ -238,6 +243,9 @@ async def asend_batch(conn, todo: list[plan.Send], results: list) -> None:
         await conn.execute("BEGIN")
         keys = plan.keys(todo)
         reads = reads_from_rows(await arun(conn, read_statements(keys, len(todo))), keys)
+        if admission is not None:
+            refusals = await admission
+            todo = [send for send in todo if refusals[send.index] is None]
         decision = plan.decide(todo, reads, results, timezone.now())
         if decision.accepted:
             created, fanout, statement = write_statement(decision, reads)

@@ -125,14 +125,20 @@ def message_send_many(requests) -> list[Event | ServiceError]:
     return results
 
 
-async def amessage_send_many(conn, requests) -> list[Event | ServiceError]:
+async def amessage_send_many(conn, requests, admission=None) -> list[Event | ServiceError]:
     """message_send_many on an asyncio psycopg connection (PostgreSQL; see
     apps.messaging.sendqueue): the same plan and statements, run on the event loop
     (send_pg.asend_batch). A resend race, or any database error, is left to the caller (it
-    falls back to the thread pool)."""
+    falls back to the thread pool). `admission`, when given, is the rate limiter's answer
+    (a future of one refusal or None per request, sendqueue.admit), awaited after the reads:
+    a refused request is answered with its refusal and not written."""
     results, todo = plan.clean(list(requests))
     if todo:
-        await send_pg.asend_batch(conn, todo, results)
+        await send_pg.asend_batch(conn, todo, results, admission)
+    if admission is not None:
+        for index, refusal in enumerate(await admission):
+            if refusal is not None:
+                results[index] = refusal
     return results
 
 

@@ -174,17 +174,9 @@ def test_djangos_loader_stays_unless_both_time_zones_are_utc(session_tz, django_
         assert (conn.adapters.get_loader(1184, Format.TEXT) is not before) is replaced
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_batch_takes_its_sends_tokens_in_one_call_and_an_empty_bucket_writes_nothing(
-    settings, monkeypatch
-):
-    """enqueue(take=True), as the consumer sends: the rate limiter is asked once per batch,
-    the sends past the bucket get BucketEmpty (retry_after) and write nothing, and a send
-    queued without a take is not counted."""
-    settings.CHAT_RATE_LIMIT_MESSAGES = 3
-    settings.CHAT_RATE_LIMIT_PER_SECOND = 0.01
-    owner = factories.make_user()
-    room = factories.make_room(owner)
+@pytest.fixture
+def takes(monkeypatch) -> list[int]:
+    """The size of every call to the rate limiter's take_many (the real one, on Redis)."""
     calls = []
     real = ratelimit.take_many
 
@@ -193,6 +185,20 @@ def test_a_batch_takes_its_sends_tokens_in_one_call_and_an_empty_bucket_writes_n
         return await real(requests)
 
     monkeypatch.setattr(ratelimit, "take_many", counting)
+    return calls
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_takes_its_sends_tokens_in_one_call_and_an_empty_bucket_writes_nothing(
+    settings, takes
+):
+    """enqueue(take=True), as the consumer sends: the rate limiter is asked once per batch,
+    the sends past the bucket get BucketEmpty (retry_after) and write nothing, and a send
+    queued without a take is not counted."""
+    settings.CHAT_RATE_LIMIT_MESSAGES = 3
+    settings.CHAT_RATE_LIMIT_PER_SECOND = 0.01
+    owner = factories.make_user()
+    room = factories.make_room(owner)
 
     async def scenario():
         try:
@@ -207,7 +213,7 @@ def test_a_batch_takes_its_sends_tokens_in_one_call_and_an_empty_bucket_writes_n
 
     results, untaken = asyncio.run(scenario())
     # The first send went out alone; the five queued behind it were one batch, one call.
-    assert calls == [1, 5]
+    assert takes == [1, 5]
     assert [type(r).__name__ for r in results] == ["Event"] * 3 + ["BucketEmpty"] * 3
     assert all(r.code == "rate_limited" and r.retry_after >= 1 for r in results[3:])
     assert untaken.seq == results[2].seq + 1
@@ -239,4 +245,38 @@ def test_with_redis_unreachable_a_batch_counts_its_takes_in_this_process(setting
     results = asyncio.run(scenario())
     assert [type(r).__name__ for r in results] == ["Event", "Event", "BucketEmpty"]
     assert "rate limiter unavailable; counting locally" in caplog.text
+    assert Message.objects.filter(room=room).count() == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_thread_pool_path_writes_only_the_sends_the_batch_admitted(
+    settings, monkeypatch, takes
+):
+    """The asyncio path fails (a lost connection, say): the batch goes to the thread pool
+    with the rate limiter's answer it already has, so a refused send stays refused and
+    nothing is taken twice."""
+    import psycopg
+
+    settings.CHAT_RATE_LIMIT_MESSAGES = 2
+    settings.CHAT_RATE_LIMIT_PER_SECOND = 0.01
+    owner = factories.make_user()
+    room = factories.make_room(owner)
+
+    async def broken(conn, requests, admission=None):
+        raise psycopg.OperationalError("the connection was lost")
+
+    monkeypatch.setattr(sendqueue, "amessage_send_many", broken)
+
+    async def scenario():
+        try:
+            requests = [SendRequest(room.pk, owner, f"m{i}", uuid.uuid4()) for i in range(4)]
+            return await asyncio.gather(
+                *(sendqueue.send(r, take=True) for r in requests), return_exceptions=True
+            )
+        finally:
+            await _close_lanes()
+
+    results = asyncio.run(scenario())
+    assert sum(takes) == 4  # each send's token asked for once
+    assert [type(r).__name__ for r in results] == ["Event"] * 2 + ["BucketEmpty"] * 2
     assert Message.objects.filter(room=room).count() == 2
