@@ -6,9 +6,11 @@ Two small hooks on top of daphne's own server:
   writes text frames straight to the socket (one framing per socket, no per-socket task), and
   reads how much is still unsent, so a slow client is dropped instead of growing the Twisted
   write buffer without bound (daphne buffers without limit).
-- The app may answer a text frame in the reactor (`SocketExtension.on_text`, used for `ping`):
-  no ASGI queue, no task wake-up, no JSON reply built per socket (idle sockets ping every
-  heartbeat / 2: at 10,000 sockets that path alone was several percent of a core).
+- The app may take a text frame in the reactor (`SocketExtension.on_text`, used for `ping`
+  and `message.send`): no ASGI queue, no task wake-up, no JSON reply built per socket (idle
+  sockets ping every heartbeat / 2: at 10,000 sockets that path alone was several percent of
+  a core). The whole text frames at the start of a read are unmasked here, without
+  autobahn's per-frame machinery; whatever the app does not take goes to autobahn.
 - daphne's periodic walk over every connection (application_checker) is replaced by a check of
   the connections that have news (an application that ended, a connection that closed).
 - HTTP requests have deadlines (ChatHTTPChannel): the request line and headers must arrive
@@ -146,6 +148,39 @@ class SocketExtension:
             transport.abortConnection()
 
 
+def whole_text_frames(data: bytes, take) -> int:
+    """Offer each whole client text frame at the start of `data` (FIN, no RSV bits, masked,
+    1 to 65,535 bytes in its shortest length encoding) to `take` (its unmasked payload ->
+    whether it took it), while it takes them; the offset of the first byte not taken: a
+    partial frame, any other frame (binary, control, a fragment, unmasked, empty, longer,
+    a length not in its shortest form) and all that follows are left to autobahn."""
+    offset, end = 0, len(data)
+    while end - offset >= 6 and data[offset] == 0x81:  # FIN, no RSV bits, text
+        second = data[offset + 1]
+        size = second & 0x7F
+        if not second & 0x80 or not size or size == 127:  # unmasked, empty, 64-bit length
+            break
+        head = 6
+        if size == 126:
+            if end - offset < 8:
+                break
+            size = int.from_bytes(data[offset + 2 : offset + 4], "big")
+            if size < 126:  # not the shortest encoding: autobahn's to refuse
+                break
+            head = 8
+        stop = offset + head + size
+        if stop > end:
+            break
+        mask = data[offset + head - 4 : offset + head] * ((size + 3) // 4)
+        payload = (
+            int.from_bytes(data[offset + head : stop], "big") ^ int.from_bytes(mask[:size], "big")
+        ).to_bytes(size, "big")
+        if not take(payload):
+            break
+        offset = stop
+    return offset
+
+
 REQUEST_TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 16\r\n\r\nrequest timeout\n"
@@ -239,27 +274,25 @@ def build_server(host, port, *, application, fd=None):
         chat_socket = None  # the SocketExtension, once the application exists
 
         def dataReceived(self, data):
-            # A read that is exactly one short, whole, masked text frame (an idle client's
-            # ping) with nothing else in progress goes to the app's on_text without autobahn's
-            # frame machinery (a masker object and a dozen calls per frame); if the app does
-            # not take it, or for any other data, autobahn parses it as usual. (autobahn's
-            # own dataReceived also formats a debug line with terminal colours for every read
-            # before the log drops it: skipped.)
-            size = len(data) - 6
+            # The whole, masked text frames at the start of a read (an idle client's ping, a
+            # message.send), with nothing else in progress, go to the app's on_text without
+            # autobahn's frame machinery (a masker object and a dozen calls per frame); from
+            # the first frame the app does not take, or anything else (a partial frame,
+            # control frames, fragments, a long frame), autobahn parses the rest as usual.
+            # (autobahn's own dataReceived also formats a debug line with terminal colours
+            # for every read before the log drops it: skipped.)
             if (
-                0 < size < 126
-                and data[0] == 0x81  # FIN, no RSV bits, text
-                and data[1] == 0x80 | size  # masked, 7-bit length = the rest of the read
-                and self.state == self.STATE_OPEN
+                self.state == self.STATE_OPEN
                 and not self.data
                 and self.current_frame is None
                 and not self.inside_message
                 and self.autoPingTimeoutCall is None  # autobahn cancels it on data frames
             ):
-                mask = int.from_bytes((data[2:6] * 32)[:size], "big")
-                payload = (int.from_bytes(data[6:], "big") ^ mask).to_bytes(size, "big")
-                if self.text_now(payload):
+                taken = whole_text_frames(data, self.text_now)
+                if taken == len(data):
                     return
+                if taken:
+                    data = data[taken:]
             self._dataReceived(data)
 
         def onMessage(self, payload, isBinary):

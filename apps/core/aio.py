@@ -8,12 +8,16 @@ so a quiet process pays nothing, and under load one round trip serves many calle
 
 `PerLoop(factory)` holds one such object (or a hub, a client) per running event loop.
 
+`Slots(n)` is a counting semaphore whose slot can also be taken without awaiting (take_now),
+by a caller in a plain callback.
+
 `BackgroundLoop(name)` runs coroutines for sync code (outside a server) on one loop thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import os
 import threading
@@ -73,6 +77,45 @@ class Batcher:
                 self.observe(len(batch), time.perf_counter() - started)
             self.in_flight -= 1
             self._start()
+
+
+class Slots:
+    """n slots: take() waits for a free one (first come, first served), take_now() takes one
+    only if that needs no wait, release() frees one (or hands it to the first waiter).
+    asyncio.Semaphore has no synchronous acquire."""
+
+    def __init__(self, count: int):
+        self.free = max(1, count)
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def take_now(self) -> bool:
+        if self.free > 0 and not self.waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.take_now():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter  # release() handed its slot over
+        except asyncio.CancelledError:
+            if waiter.cancelled():
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+            else:  # handed over, then cancelled before it could use the slot
+                self.release()
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
 
 
 class PerLoop:

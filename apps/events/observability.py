@@ -153,6 +153,10 @@ WS_EVENTS_DELIVERED = Bounded(
 WS_ERRORS = Bounded(
     Counter("chat_ws_errors_total", "Error frames sent, by code", ["code"]), ERROR_CODES
 )
+WS_SENDS_IN_REACTOR = Counter(
+    "chat_ws_sends_in_reactor_total",
+    "message.send frames queued straight from the reactor (no ASGI queue, no consumer task)",
+)
 FANOUT_LATENCY = Histogram(
     "chat_fanout_latency_seconds",
     "From event commit time to hand-off to a local socket",

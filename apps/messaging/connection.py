@@ -49,6 +49,8 @@ class Connection:
         "queue",
         "writer",
         "waiting",
+        "receiving",
+        "on_send",
         "queued",
         "replay_end",
         "version",
@@ -78,8 +80,22 @@ class Connection:
         # True while the consumer waits for this socket's next frame (nothing in progress):
         # only then may a ping be answered straight from the reactor (ping_now).
         self.waiting = False
+        # True while the consumer waits for the next frame, sends in flight or not: a
+        # message.send may then be queued straight from the reactor (on_send).
+        self.receiving = False
+        # Set by the consumer: takes a message.send frame's payload in the reactor, or
+        # returns False (apps.messaging.consumers.ChatConsumer.send_now).
+        self.on_send = None
         if ext is not None:
-            ext.on_text = self.ping_now
+            ext.on_text = self.text_now
+
+    def text_now(self, payload: bytes) -> bool:
+        """The server's hook for a text frame with nothing from this socket queued
+        (chatproject.serve.SocketExtension.on_text): a send goes to on_send, anything else to
+        ping_now; False sends the frame the ASGI way, to the consumer."""
+        if self.on_send is not None and b'"message.send"' in payload:
+            return self.on_send(payload)
+        return self.ping_now(payload)
 
     def ping(self, status, ref) -> None:
         """Answer a `ping` (PROTOCOL §3): `status` online/away is the client's hint for

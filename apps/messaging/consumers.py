@@ -23,11 +23,12 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError
 
+from apps.core.aio import Slots
 from apps.core.errors import AccountDisabled, RateLimited, ServiceError, invalid
 from apps.core.redis import RedisUnavailable
 from apps.core.wsframe import text_frame
 from apps.events import catalogue, fanout
-from apps.events.observability import WS_ERRORS, connection_id_var
+from apps.events.observability import WS_ERRORS, WS_SENDS_IN_REACTOR, connection_id_var
 from apps.rooms import services as rooms
 from apps.users import ratelimit, rights, sessions
 
@@ -110,7 +111,7 @@ class ChatConsumer(AsyncConsumer):
         # message.send frames in flight (see on_send): their futures (and the tasks answering
         # their errors), and the slots they hold.
         self.sends: set[asyncio.Future] = set()
-        self.send_slots = asyncio.Semaphore(max(1, settings.CHAT_SEND_PIPELINE))
+        self.send_slots = Slots(settings.CHAT_SEND_PIPELINE)
         message = await receive()
         if message["type"] != "websocket.connect":
             return
@@ -126,6 +127,7 @@ class ChatConsumer(AsyncConsumer):
         ext = (scope.get("extensions") or {}).get("chat.socket")
         self.hub = get_hub()
         self.conn = conn = Connection(user_id=user.pk, username=user.username, send=send, ext=ext)
+        conn.on_send = self.send_now
         sessions.remember(conn, scope)
         connection_id_var.set(conn.id)
         try:
@@ -175,8 +177,9 @@ class ChatConsumer(AsyncConsumer):
                 # Pings may be answered by the server meanwhile (ping_now), unless sends are in
                 # flight: then a ping's pong waits for their answers (frame).
                 conn.waiting = not self.sends
+                conn.receiving = True
                 message = await receive()
-                conn.waiting = False
+                conn.waiting = conn.receiving = False
                 if message["type"] == "websocket.disconnect":
                     break
                 if message["type"] == "websocket.receive" and not conn.closing:
@@ -371,7 +374,54 @@ class ChatConsumer(AsyncConsumer):
         # batch is done. At most CHAT_SEND_PIPELINE sends of a socket wait at once. The batch
         # takes the send's token from the user's `write` bucket (one rate-limiter call for the
         # whole batch); a refusal comes back as ratelimit.BucketEmpty (answer_send).
-        await self.send_slots.acquire()
+        await self.send_slots.take()
+        self.queue_send(frame, ref, room_id, reply_to)
+
+    def send_now(self, payload: bytes) -> bool:
+        """A message.send frame taken in the reactor (Connection.text_now; chatproject.serve:
+        a whole text frame, nothing from this socket queued for the consumer), while the
+        consumer waits for its next frame: no ASGI queue, no task wake-up, no frame coroutine
+        (2,000 sends/s are 2,000 of each). It is queued as `frame` and on_send would queue
+        it, in order. Anything that would need more than that (an error to answer, escapes
+        to check, the user's rights to read again, a read-only token, no free send slot)
+        returns False: the frame then goes through the consumer, which answers it as usual."""
+        conn = self.conn
+        if (
+            not conn.receiving
+            or conn.closing
+            or self.read_only
+            or len(payload) > settings.CHAT_MAX_FRAME_BYTES
+            or b"\\u" in payload  # escapes (a lone surrogate?): `frame` checks them
+            or self.hub.versions.get(conn.user_id, 0) > conn.version
+        ):
+            return False
+        try:
+            frame = json.loads(payload.decode())
+        except (ValueError, RecursionError):  # not UTF-8 or not JSON: `frame` answers it
+            return False
+        if not isinstance(frame, dict) or frame.get("type") != "message.send":
+            return False
+        ref = frame.get("ref")
+        if ref is not None and (not isinstance(ref, str) or len(ref) > REF_MAX):
+            return False
+        try:
+            room_id = frame_id(frame, "room")
+            reply_to = frame_id(frame, "reply_to", required=False)
+        except ServiceError:
+            return False
+        if not self.send_slots.take_now():
+            return False
+        try:
+            self.queue_send(frame, ref, room_id, reply_to)
+        except Exception:  # noqa: BLE001 - nothing was queued: the consumer tries it
+            return False
+        conn.last_seen = conn.last_active = time.monotonic()
+        conn.waiting = False  # a ping from now on waits for this send's answer (frame)
+        WS_SENDS_IN_REACTOR.inc()
+        return True
+
+    def queue_send(self, frame, ref, room_id, reply_to) -> None:
+        """Queue the send (its slot taken) and answer it when its batch is done."""
         try:
             result = sendqueue.enqueue(
                 services.SendRequest(

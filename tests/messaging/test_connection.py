@@ -58,7 +58,7 @@ def test_the_fast_ping_path_answers_exactly_as_the_consumer():
     for payload in PINGS:
         fast_ext, fast = _socket_and_connection()
         fast.waiting = True
-        assert fast_ext.on_text == fast.ping_now
+        assert fast_ext.on_text == fast.text_now
         assert fast.ping_now(payload) is True, payload
         slow_ext, slow = _socket_and_connection()
         consumer = ChatConsumer()

@@ -12,7 +12,7 @@ from apps.messaging.models import Message
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
 from tests import factories
-from tests.support.processes import ServerProcess, subprocess_env
+from tests.support.processes import ServerProcess, metric, subprocess_env
 from tests.support.wsclient import WS
 
 pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
@@ -427,13 +427,7 @@ def test_deactivated_account_is_refused_and_closed_4403(ws, user, room):
 
 def _send_batches(server) -> float:
     """The server's group commits so far (its /metrics: chat_send_batch_size_count)."""
-    import urllib.request
-
-    with urllib.request.urlopen(f"{server.http_url}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith("chat_send_batch_size_count "):
-                return float(line.split()[1])
-    return 0.0
+    return metric(server, "chat_send_batch_size_count")
 
 
 def test_sends_written_back_to_back_share_batches_and_commit_in_their_order(ws, server, user, room):

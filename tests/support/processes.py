@@ -208,6 +208,17 @@ def unhandled_errors(output: str) -> list[str]:
     return found
 
 
+def metric(proc, name: str) -> float:
+    """A sample of the server's /metrics (a series without labels), 0.0 when absent."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{proc.http_url}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(f"{name} "):
+                return float(line.split()[1])
+    return 0.0
+
+
 def assert_clean_log(proc) -> None:
     """The server logged no unhandled exception."""
     output = proc.output()
