@@ -295,15 +295,10 @@ class ChatConsumer(AsyncConsumer):
         """One take from the user's buckets in Redis, bounded by the hub's Redis timeout; while
         Redis is failing (or failed a moment ago) the same buckets count in this process."""
         user_id = self.conn.user_id
-        try:
-            return await self.hub.redis_call(
-                ratelimit.take(user_id, budget, scope, local_on_error=False)
-            )
-        except RedisUnavailable:  # Redis failed a moment ago: do not wait for it again
-            pass
-        except Exception:
-            logger.warning("rate limiter unavailable; counting locally", exc_info=True)
-        return ratelimit.take_local(ratelimit.buckets(user_id, budget, scope))
+        return await ratelimit.bounded(
+            ratelimit.take(user_id, budget, scope, local_on_error=False),
+            lambda: ratelimit.take_local(ratelimit.buckets(user_id, budget, scope)),
+        )
 
     async def take(self, budget) -> float:
         """Take from the user's shared buckets (apps.users.ratelimit): 0.0, or the seconds to

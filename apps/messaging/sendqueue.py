@@ -33,7 +33,7 @@ from django.db import connections
 from psycopg.types.datetime import TimestamptzLoader
 
 from apps.core.aio import Batcher, PerLoop
-from apps.core.redis import RedisUnavailable, async_client, guarded
+from apps.core.redis import async_client
 from apps.events.observability import SEND_BATCH_SECONDS, SEND_BATCH_SIZE
 from apps.users import ratelimit
 
@@ -145,16 +145,14 @@ async def admit(items) -> list:
     if not wanted:
         return results
     requests = [buckets for _, buckets in wanted]
+
+    def local():
+        return [ratelimit.take_local(buckets) for buckets in requests]
+
     if async_client() is None:  # embedded mode: the buckets live in this process
-        waits = [ratelimit.take_local(buckets) for buckets in requests]
+        waits = local()
     else:
-        try:
-            waits = await guarded(ratelimit.take_many(requests))
-        except RedisUnavailable:  # Redis failed a moment ago: do not wait for it again
-            waits = [ratelimit.take_local(buckets) for buckets in requests]
-        except Exception:
-            logger.warning("rate limiter unavailable; counting locally", exc_info=True)
-            waits = [ratelimit.take_local(buckets) for buckets in requests]
+        waits = await ratelimit.bounded(ratelimit.take_many(requests), local)
     for (i, _), wait in zip(wanted, waits, strict=True):
         if wait:
             results[i] = ratelimit.BucketEmpty(wait)

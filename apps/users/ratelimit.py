@@ -26,7 +26,7 @@ from django.conf import settings
 
 from apps.core.aio import Batcher, PerLoop
 from apps.core.errors import RateLimited
-from apps.core.redis import async_client
+from apps.core.redis import RedisUnavailable, async_client, guarded
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,19 @@ async def take_many(requests: list[list[Bucket]]) -> list[float]:
         script = _scripts[id(client)] = client.register_script(_TAKE)
     keys, args = _script_args(requests)
     return [int(ms) / 1000 for ms in await script(keys=keys, args=args)]
+
+
+async def bounded(awaitable, local):
+    """Await a take on a socket's path, bounded by apps.core.redis.Guard; while Redis is
+    failing (or failed a moment ago) the same takes count in this process: `local()` gives
+    the answer instead."""
+    try:
+        return await guarded(awaitable)
+    except RedisUnavailable:  # Redis failed a moment ago: do not wait for it again
+        pass
+    except Exception:
+        logger.warning("rate limiter unavailable; counting locally", exc_info=True)
+    return local()
 
 
 _batchers = PerLoop(lambda: Batcher(take_many, max_batch=500))
