@@ -436,6 +436,10 @@ CHAT_DB_THREADS = env_int("CHAT_DB_THREADS", 8)  # database thread pool of a ser
 # measured best with CHAT_SEND_ASYNC_DB, see bench/RESULTS.md).
 CHAT_SEND_BATCH_MAX = env_int("CHAT_SEND_BATCH_MAX", 200)
 CHAT_SEND_BATCH_CONCURRENCY = env_int("CHAT_SEND_BATCH_CONCURRENCY", 1)
+# The least time from one batch's start to the next's in a lane, in milliseconds (0: none): a
+# send to an idle lane goes at once, but under steady load a lane commits at most every
+# interval, so its batches are bigger and each send's share of a transaction smaller.
+CHAT_SEND_BATCH_INTERVAL_MS = env_float("CHAT_SEND_BATCH_INTERVAL_MS", 10.0)
 # message.send frames of one socket waiting for their batch at once (the next frame is read
 # meanwhile; a socket's sends still commit in its order); the socket's other frames wait for
 # them (apps.messaging.consumers.ChatConsumer.on_send).

@@ -3,8 +3,11 @@
 `Batcher(run_batch)` takes items one at a time (`await batcher.submit(item)`) and calls
 `run_batch(items)` (async, returning one result per item, in order; a result that is an
 exception is raised to that item's caller) with everything that queued while the previous
-calls were busy. Nothing waits for a timer: when a slot is free, the first item goes at once,
-so a quiet process pays nothing, and under load one round trip serves many callers.
+calls were busy. When a slot is free, the first item goes at once, so a quiet process pays
+nothing, and under load one round trip serves many callers. With an `interval`, one call
+starts at most every `interval` seconds (unless max_batch items are waiting): a burst's
+first item still goes at once, and under steady load the calls are fewer and bigger (the
+commit_delay of PostgreSQL's own group commit; see apps.messaging.sendqueue).
 
 `PerLoop(factory)` holds one such object (or a hub, a client) per running event loop.
 
@@ -25,14 +28,19 @@ import time
 
 
 class Batcher:
-    def __init__(self, run_batch, *, max_batch: int, concurrency: int = 1, observe=None):
+    def __init__(
+        self, run_batch, *, max_batch: int, concurrency: int = 1, observe=None, interval=0.0
+    ):
         self.run_batch = run_batch
         self.max_batch = max(1, max_batch)
         self.concurrency = max(1, concurrency)
         self.observe = observe  # called with (batch size, seconds) after each batch
+        self.interval = max(0.0, interval)  # least time from one call's start to the next's
         self.pending: list[tuple[object, asyncio.Future]] = []
         self.in_flight = 0
         self.tasks: set[asyncio.Task] = set()
+        self.last_start = -float("inf")
+        self.timer: asyncio.TimerHandle | None = None
 
     async def submit(self, item):
         return await self.put(item)
@@ -47,6 +55,13 @@ class Batcher:
 
     def _start(self) -> None:
         while self.pending and self.in_flight < self.concurrency:
+            if self.interval and len(self.pending) < self.max_batch:
+                wait = self.last_start + self.interval - time.monotonic()
+                if wait > 0:
+                    if self.timer is None:
+                        self.timer = asyncio.get_running_loop().call_later(wait, self._due)
+                    return
+            self.last_start = time.monotonic()
             batch = self.pending[: self.max_batch]
             del self.pending[: self.max_batch]
             self.in_flight += 1
@@ -77,6 +92,10 @@ class Batcher:
                 self.observe(len(batch), time.perf_counter() - started)
             self.in_flight -= 1
             self._start()
+
+    def _due(self) -> None:
+        self.timer = None
+        self._start()
 
 
 class Slots:

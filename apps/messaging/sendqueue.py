@@ -1,11 +1,20 @@
 """Group commit for the WebSocket `message.send` frames of one server process.
 
-A send waits for a free database thread, never for a timer: when one is free, every send that
-queued meanwhile for the same lane (a share of the rooms) goes into one transaction
-(services.message_send_many, through apps.core.aio.Batcher). At a few sends a second each send
-runs alone, as before; under load, one batch's round trips, lock and commit are shared by tens
-of sends, so a process commits many times more messages per second and a busy room's lock is
-taken once per batch instead of once per message.
+A send waits for its lane (a share of the rooms) to be free: then every send that queued
+meanwhile goes into one transaction (services.message_send_many, through
+apps.core.aio.Batcher). At a few sends a second each send runs alone, at once; under load,
+one batch's round trips, lock and commit are shared by tens of sends, so a process commits
+many times more messages per second and a busy room's lock is taken once per batch instead of
+once per message.
+
+A lane also starts a batch at most every CHAT_SEND_BATCH_INTERVAL_MS (10 ms; unless
+CHAT_SEND_BATCH_MAX sends wait): a send that finds the lane idle and its last batch older
+than that goes at once, but under steady load the lane commits at most a hundred times a
+second, like PostgreSQL's commit_delay. A batch's fixed cost (its round trips and loop turns
+in the server, its transaction in PostgreSQL) is most of a send's CPU at moderate rates: at
+1,000 sends/s the interval took batches from 5 to 10.5 sends and the CPU per acked send, all
+processes together, from 1.15 to 0.81–0.85 ms, for 2–3 ms more ack latency at the median
+(bench/RESULTS.md, 3 December). Above ~2,000/s a batch takes longer than the interval anyway.
 
 Each socket handles its frames one at a time, so a client's sends still commit in the order it
 sent them; sends from different clients to one room commit in batch order, and the room's seq
@@ -58,9 +67,9 @@ class Lane:
     path, message_send_many, which has the full rules and answers the same way (a send is
     idempotent on its client_id, so trying again is safe)."""
 
-    def __init__(self, max_batch: int):
+    def __init__(self, max_batch: int, interval: float = 0.0):
         self.conn = None
-        self.batcher = Batcher(self.run, max_batch=max_batch, observe=_observe)
+        self.batcher = Batcher(self.run, max_batch=max_batch, observe=_observe, interval=interval)
 
     async def run(self, items):
         """The batch's items are (request, take) pairs (see enqueue): the takes are one call
@@ -185,7 +194,8 @@ def use_async_connection() -> bool:
 
 def _new_lanes() -> list[Lane]:
     lanes = max(1, settings.CHAT_SEND_BATCH_CONCURRENCY)
-    return [Lane(settings.CHAT_SEND_BATCH_MAX) for _ in range(lanes)]
+    interval = settings.CHAT_SEND_BATCH_INTERVAL_MS / 1000
+    return [Lane(settings.CHAT_SEND_BATCH_MAX, interval) for _ in range(lanes)]
 
 
 _lanes = PerLoop(_new_lanes)

@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import os
 import threading
+import time
 
 import pytest
 
@@ -132,6 +133,60 @@ def test_a_caller_that_went_away_does_not_break_the_batch():
 
     results, cancelled = asyncio.run(scenario())
     assert results == ["done 1", "done 3"] and cancelled
+
+
+class Timed:
+    """A run_batch that returns at once and records each batch with the time it started."""
+
+    def __init__(self):
+        self.batches = []
+
+    async def __call__(self, items):
+        self.batches.append((time.monotonic(), list(items)))
+        return items
+
+
+def test_with_an_interval_a_lone_item_still_goes_at_once():
+    async def scenario():
+        run = Timed()
+        batcher = Batcher(run, max_batch=10, interval=5.0)
+        asked = time.monotonic()
+        assert await batcher.submit("alone") == "alone"
+        return asked, run.batches
+
+    asked, batches = asyncio.run(scenario())
+    assert [items for _, items in batches] == [["alone"]]
+    assert batches[0][0] - asked < 1.0  # far less than the interval: no wait for company
+
+
+def test_with_an_interval_what_comes_soon_after_a_batch_waits_and_goes_together():
+    async def scenario():
+        run = Timed()
+        batcher = Batcher(run, max_batch=10, interval=0.3)
+        await batcher.submit(1)  # done at once, so the lane is free again
+        results = await asyncio.gather(*(batcher.submit(n) for n in (2, 3, 4)))
+        return results, run.batches
+
+    results, batches = asyncio.run(scenario())
+    assert results == [2, 3, 4]
+    assert [items for _, items in batches] == [[1], [2, 3, 4]]
+    assert batches[1][0] - batches[0][0] >= 0.29  # the second started an interval after the first
+
+
+def test_with_an_interval_a_full_batch_does_not_wait():
+    async def scenario():
+        run = Timed()
+        batcher = Batcher(run, max_batch=3, interval=5.0)
+        await batcher.submit(0)
+        await asyncio.wait_for(asyncio.gather(*(batcher.submit(n) for n in (1, 2, 3))), 2.0)
+        waiting = [asyncio.ensure_future(batcher.submit(n)) for n in (4, 5)]
+        await settle()
+        started = [items for _, items in run.batches]
+        for future in waiting:
+            future.cancel()
+        return started
+
+    assert asyncio.run(scenario()) == [[0], [1, 2, 3]]  # 4 and 5 (not full) wait for the interval
 
 
 def test_perloop_keeps_one_object_per_running_loop():

@@ -90,6 +90,44 @@ def test_rooms_are_spread_over_the_lanes_by_id(settings):
     assert seen == [(3, 0), (4, 1), (5, 2), (9, 0)]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_sends_soon_after_a_batch_wait_for_the_lanes_interval_and_commit_together(settings):
+    settings.CHAT_SEND_BATCH_INTERVAL_MS = 300
+    owner = factories.make_user()
+    writers = [factories.make_user() for _ in range(3)]
+    room = factories.make_room(owner, members=writers)
+    batches = []
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        (lane,) = sendqueue._lanes.get()
+        run = lane.batcher.run_batch
+
+        async def recorded(items):
+            batches.append((loop.time(), [request.body for request, _ in items]))
+            return await run(items)
+
+        lane.batcher.run_batch = recorded
+        try:
+            alone = loop.time()
+            first = await sendqueue.send(SendRequest(room.pk, owner, "first", uuid.uuid4()))
+            rest = await asyncio.gather(
+                *(
+                    sendqueue.send(SendRequest(room.pk, w, f"w{i}", uuid.uuid4()))
+                    for i, w in enumerate(writers)
+                )
+            )
+            return alone, first, rest
+        finally:
+            await _close_lanes()
+
+    alone, first, rest = asyncio.run(scenario())
+    assert [bodies for _, bodies in batches] == [["first"], ["w0", "w1", "w2"]]
+    assert batches[0][0] - alone < 0.25  # the lane was idle: the first send did not wait
+    assert batches[1][0] - batches[0][0] >= 0.29  # the others waited out the interval, together
+    assert [e.seq for e in [first, *rest]] == list(range(first.seq, first.seq + 4))
+
+
 def test_only_staff_whose_permissions_were_never_read_need_a_database_thread():
     def author(**fields):
         return SimpleNamespace(**{"is_staff": False, "is_superuser": False, **fields})
