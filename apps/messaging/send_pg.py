@@ -48,9 +48,10 @@ def _columns(model, alias=None) -> str:
 
 
 def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
-    """Lock the rooms (in id order), read the memberships with their users, the earlier sends,
-    the blocks that close direct rooms to their authors and the reply targets, and draw `count`
-    message ids from the sequence (all in one round trip)."""
+    """Lock the rooms (in id order), read the memberships with their users and the earlier
+    sends (each by the batch's own pairs, see plan.Keys), the blocks that close direct rooms to
+    their authors and the reply targets, and draw `count` message ids from the sequence (all
+    in one round trip)."""
     user = _user_model()
     messages = Message._meta.db_table
     blocks = Block._meta.db_table
@@ -64,15 +65,18 @@ def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
             ),
             Statement(
                 f"SELECT {_columns(Membership, 'm')}, {_columns(user, 'u')} "
-                f"FROM {Membership._meta.db_table} m JOIN {user._meta.db_table} u "
-                "ON u.id = m.user_id WHERE m.room_id = ANY(%b) AND m.user_id = ANY(%b)",
-                [keys.room_ids, keys.author_ids],
+                "FROM unnest(%b::bigint[], %b::bigint[]) AS k(room_id, user_id) "
+                f"JOIN {Membership._meta.db_table} m "
+                "ON m.room_id = k.room_id AND m.user_id = k.user_id "
+                f"JOIN {user._meta.db_table} u ON u.id = m.user_id",
+                [[room for room, _ in keys.posts], [author for _, author in keys.posts]],
                 True,
             ),
             Statement(
-                f"SELECT author_id, client_id, room_id, seq FROM {messages} "
-                "WHERE author_id = ANY(%b) AND client_id = ANY(%b)",
-                [keys.author_ids, keys.client_ids],
+                "SELECT m.author_id, m.client_id, m.room_id, m.seq "
+                "FROM unnest(%b::bigint[], %b::uuid[]) AS k(author_id, client_id) "
+                f"JOIN {messages} m ON m.author_id = k.author_id AND m.client_id = k.client_id",
+                [[author for author, _ in keys.sends], [client for _, client in keys.sends]],
                 True,
             ),
             Statement(

@@ -152,6 +152,11 @@ class Keys(NamedTuple):
     client_ids: list
     reply_ids: list  # the reply_to values that can be message ids
     upload_ids: list  # the attachments listed (sorted: they are locked)
+    # The (room id, author id) and (author id, client id) pairs the batch has: the memberships
+    # and earlier sends it looks up. Read by these pairs, not by room_ids x author_ids, a batch
+    # of n sends from n authors in n rooms probes an index n times, not n * n times.
+    posts: tuple = ()
+    sends: tuple = ()
 
 
 def keys(todo: list[Send]) -> Keys:
@@ -161,6 +166,8 @@ def keys(todo: list[Send]) -> Keys:
         list({send.client_id for send in todo}),
         sorted({s.reply_to for s in todo if type(s.reply_to) is int and 0 < s.reply_to < 2**63}),
         sorted({upload_id for send in todo for upload_id in send.attachments}),
+        tuple(sorted({(send.room_id, send.author.pk) for send in todo})),
+        tuple({(send.author.pk, send.client_id): None for send in todo}),
     )
 
 

@@ -9,7 +9,7 @@ import uuid
 
 import psycopg
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from apps.messaging.services import SendRequest, amessage_send_many, message_send_many
 from apps.rooms import services as rooms
@@ -188,3 +188,33 @@ def test_the_asyncio_batch_holds_its_room_locks_from_the_reads_to_the_commit(sce
     assert seen["after"] == "free"
     assert seen["status"] == psycopg.pq.TransactionStatus.IDLE
     assert Message.objects.filter(room=plain).count() == 4  # the earlier one and the batch's 3
+
+
+def test_the_reads_look_up_the_batchs_own_room_author_and_author_client_pairs():
+    """Two authors, each a member of both rooms and each with an earlier send, send one message
+    each to a different room, the first a resend: the reads return the two memberships and the
+    one earlier send asked about, not every room x author (or author x client id) combination,
+    which a batch of n sends from n authors probed n * n times."""
+    from apps.core.sql import run
+    from apps.messaging import send_pg
+    from apps.messaging import send_plan as plan
+    from apps.rooms.models import Membership
+
+    a, b = factories.make_user(), factories.make_user()
+    first = factories.make_room(a, members=[b])
+    second = factories.make_room(a, members=[b])
+    resent = uuid.UUID(factories.send(first, a, "a's earlier").envelope["data"]["client_id"])
+    factories.send(second, b, "b's earlier")
+    todo = [
+        plan.Send(0, first.pk, a, "again", resent, None),
+        plan.Send(1, second.pk, b, "new", uuid.uuid4(), None),
+    ]
+    with transaction.atomic(), connection.connection.pipeline():
+        rows = run(send_pg.read_statements(plan.keys(todo), len(todo)))
+
+    columns = [f.column for f in Membership._meta.concrete_fields]
+    room, user = columns.index("room_id"), columns.index("user_id")
+    assert sorted((row[room], row[user]) for row in rows[1]) == sorted(
+        [(first.pk, a.pk), (second.pk, b.pk)]
+    )
+    assert [(author, client) for author, client, _, _ in rows[2]] == [(a.pk, resent)]

@@ -161,7 +161,10 @@ def test_the_lane_connection_loads_timestamps_as_the_orm_does():
     Membership.objects.filter(room=room, user=owner).update(
         last_posted_at=datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=datetime.UTC)
     )
-    keys = plan.Keys([room.pk], [owner.pk], [uuid.uuid4()], [], [])
+    client_id = uuid.uuid4()
+    keys = plan.Keys(
+        [room.pk], [owner.pk], [client_id], [], [], ((room.pk, owner.pk),), ((owner.pk, client_id),)
+    )
 
     async def scenario():
         lane = sendqueue.Lane(10)
