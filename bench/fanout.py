@@ -70,7 +70,7 @@ def run_step(
     system = bench_limits.SystemCpu(
         services=others is not None, server=server_pid, **(others or {})
     )
-    system0 = system.read()
+    system0, busy0 = system.read(), bench_limits.machine_busy_seconds()
     # The server's process tree: with --workers, the supervisor and every worker.
     srv0, cli0, wall0 = tree_cpu_seconds(server_pid), pool.cpu_seconds(), time.monotonic()
     batches0 = batch_figures() if batch_figures else None
@@ -84,6 +84,9 @@ def run_step(
     wall = time.monotonic() - wall0
     srv_cpu, cli_cpu = tree_cpu_seconds(server_pid) - srv0, pool.cpu_seconds() - cli0
     system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
+    machine_cpu = bench_limits.machine_summary(
+        bench_limits.machine_busy_seconds() - busy0, wall, {**system_cpu, "clients": cli_cpu}
+    )
     batches = stats.batch_delta(batches0, batch_figures() if batch_figures else None)
     latencies = array("q")
     for report in recv_reports:
@@ -118,6 +121,10 @@ def run_step(
         if deliveries
         else None,
         "cpu_per_delivery": bench_limits.per_unit_ms(system_cpu, deliveries),
+        "cpu_per_send": bench_limits.per_unit_ms(
+            system_cpu, sum(len(ids) for ids in acked.values())
+        ),
+        "machine": machine_cpu,
         "db_commit": probe.summary() if probe else None,
         "send_batches": batches,
     }
@@ -134,6 +141,12 @@ def step_line(name, step, p99_ms: float = P99_BOUND_MS) -> str:
         f"{bench_limits.commit_note(step.get('db_commit'))}"
         f"{stats.batch_note(step.get('send_batches'))}"
         f"\n         CPU per delivery: {step['cpu_per_delivery']}"
+        + (f"; per acked send: {step['cpu_per_send']}" if step.get("cpu_per_send") else "")
+        + (
+            f"\n         {bench_limits.machine_note(step['machine'])}"
+            if step.get("machine")
+            else ""
+        )
     )
 
 

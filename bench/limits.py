@@ -346,6 +346,38 @@ class SystemCpu:
         return {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores together have spent busy since boot (/proc/stat: everything but
+    idle and I/O wait; steal counts as busy, the VM could not have it). Over a step, beside
+    the cores and the wall time, it is the machine's own limit: what every process of the run
+    (the load generator's too) left free."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_summary(busy_seconds: float, wall: float, parts: dict[str, float]) -> dict:
+    """The machine's busy share over a step and each process's, in % of one core."""
+    cores = os.cpu_count() or 1
+    shares = {role: round(100 * seconds / wall) for role, seconds in parts.items()}
+    busy = round(100 * busy_seconds / wall)
+    return {"cores": cores, "busy_pct": busy, "shares_pct": shares}
+
+
+def machine_note(summary: dict | None) -> str:
+    """'machine 172% of 200% busy (server 46, clients 39, postgres 41, ...; other 20)'."""
+    if not summary:
+        return ""
+    shares = summary["shares_pct"]
+    parts = ", ".join(
+        f"{role} {pct}" for role, pct in sorted(shares.items(), key=lambda kv: -kv[1]) if pct > 0
+    )
+    other = summary["busy_pct"] - sum(shares.values())
+    return (
+        f"machine {summary['busy_pct']}% of {100 * summary['cores']}% busy ({parts}; other {other})"
+    )
+
+
 def per_unit_ms(delta: dict[str, float], units: int) -> str:
     """'total 0.84 ms (server 0.40, postgres 0.30, ...)' per unit (acked send, delivery)."""
     if units <= 0:

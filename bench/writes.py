@@ -58,7 +58,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         worker=worker.proc.pid if worker else None,
         broker=broker.pid if broker else None,
     )
-    system0 = system.read()
+    system0, busy0 = system.read(), bench_limits.machine_busy_seconds()
     # The server's process tree: with --workers, the supervisor and every worker.
     srv0, wrk0, cli0 = tree_cpu_seconds(server_pid), worker_cpu(), pool.cpu_seconds()
     # /metrics answers for the one process that accepts the request: batch figures for one.
@@ -81,6 +81,9 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
     batches = stats.batch_delta(batches0, stack.batch_figures() if batches0 is not None else None)
     cli_cpu = pool.cpu_seconds() - cli0
+    machine_cpu = bench_limits.machine_summary(
+        bench_limits.machine_busy_seconds() - busy0, wall, {**system_cpu, "clients": cli_cpu}
+    )
     acked = sum(len(ids) for r in reports for ids in r["acked"].values())
     statements = None
     if database is not None:
@@ -116,6 +119,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         "send_batches": batches,
         "cpu_ms_per_send": round(sum(system_cpu.values()) * 1000 / acked, 3) if acked else None,
         "cpu_per_send": bench_limits.per_unit_ms(system_cpu, acked),
+        "machine": machine_cpu,
         "pg_statements": statements,
         "db_commit": probe.summary() if probe else None,
     }
@@ -160,6 +164,7 @@ def step_line(step: dict) -> str:
         + stats.batch_note(step.get("send_batches"))
         + bench_limits.commit_note(step.get("db_commit"))
         + f"\n        CPU per acked send: {step['cpu_per_send']}"
+        + (f"\n        {bench_limits.machine_note(step['machine'])}" if step.get("machine") else "")
     )
 
 

@@ -7,6 +7,7 @@ import uuid
 import psycopg
 import pytest
 
+from bench import limits
 from bench.limits import PG_ADMIN, CommitProbe, commit_note
 from bench.stack import url_with_database
 
@@ -55,3 +56,25 @@ def test_a_failing_commit_is_counted_and_the_probe_goes_on(scratch_url):
 def test_no_note_without_commits():
     assert commit_note(None) == ""
     assert commit_note({"count": 0, "p50_ms": None, "max_ms": None, "failures": 2}) == ""
+
+
+def test_the_machine_line_gives_each_process_and_the_rest_in_percent_of_a_core(monkeypatch):
+    monkeypatch.setattr(limits.os, "cpu_count", lambda: 2)
+    summary = limits.machine_summary(
+        3.44, 2.0, {"server": 0.92, "clients": 0.78, "postgres": 0.8, "redis": 0.0}
+    )
+    assert summary == {
+        "cores": 2,
+        "busy_pct": 172,
+        "shares_pct": {"server": 46, "clients": 39, "postgres": 40, "redis": 0},
+    }
+    assert limits.machine_note(summary) == (
+        "machine 172% of 200% busy (server 46, postgres 40, clients 39; other 47)"
+    )
+    assert limits.machine_note(None) == ""
+
+
+def test_the_machines_busy_seconds_only_grow():
+    before = limits.machine_busy_seconds()
+    sum(i * i for i in range(200_000))  # some CPU
+    assert limits.machine_busy_seconds() >= before > 0
