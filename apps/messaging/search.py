@@ -42,6 +42,13 @@ from .models import Message
 FTS_TABLE = "messaging_message_fts"
 SEARCH_TEXT_FUNCTION = "chat_search_text"
 PG_INDEX = "message_search_vector"
+# The GIN index's pending list (fastupdate), in kB: new entries wait there until it is this
+# big and the INSERT that overflows it merges them into the index, in its own transaction. At
+# PostgreSQL's default (4 MB) that merge held a send batch for 150-230 ms once every ~30,000
+# messages, which at 2,500 sends/s put a few hundred acks past 100 ms (bench/RESULTS.md, 3
+# December); at 256 kB each merge is a sixteenth of that, and searches scan a shorter list.
+# fastupdate off did as well at 2,500/s but made the big batches of 3,000/s slower.
+PG_PENDING_LIST_KB = 256
 NO_PARALLEL_WORKERS = "SET LOCAL max_parallel_workers_per_gather = 0"
 MARK_START, MARK_STOP = "\x02", "\x03"
 _CONFIG_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -58,6 +65,16 @@ def search_config() -> str:
     return config
 
 
+def set_pending_list_limit(conn) -> None:
+    """The pending list's limit on an index made before it was set (migration 0009)."""
+    if conn.vendor == "postgresql":
+        with conn.cursor() as cursor:
+            cursor.execute(
+                f"ALTER INDEX IF EXISTS {PG_INDEX} "
+                f"SET (gin_pending_list_limit = {PG_PENDING_LIST_KB})"
+            )
+
+
 def create_index(conn) -> None:
     """The migration's DDL on `conn` (see migrations/0007_search_index)."""
     table = Message._meta.db_table
@@ -72,7 +89,8 @@ def create_index(conn) -> None:
                 f"GENERATED ALWAYS AS (to_tsvector('{config}'::regconfig, body)) STORED"
             )
             cursor.execute(
-                f"CREATE INDEX IF NOT EXISTS {PG_INDEX} ON {table} USING gin (search_vector)"
+                f"CREATE INDEX IF NOT EXISTS {PG_INDEX} ON {table} USING gin (search_vector) "
+                f"WITH (gin_pending_list_limit = {PG_PENDING_LIST_KB})"
             )
         elif conn.vendor == "sqlite":
             # Its own copy of the text (not external content): the indexed text is

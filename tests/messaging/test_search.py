@@ -283,3 +283,20 @@ def test_the_read_rule_is_read_once_a_search_and_only_the_page_is_highlighted(us
     assert memberships and all(n["Actual Loops"] == 1 for n in memberships), memberships
     headlines = [n for n in nodes if any("ts_headline" in o for o in n.get("Output", []))]
     assert headlines and all(n["Actual Rows"] * n["Actual Loops"] <= 21 for n in headlines)
+
+
+@postgresql_only("PostgreSQL's GIN index and its storage parameters")
+@pytest.mark.django_db
+def test_the_search_index_keeps_a_short_pending_list():
+    """The migrated index has gin_pending_list_limit = 256 kB (search.PG_PENDING_LIST_KB): an
+    INSERT that overflows the list merges it into the index, and at the server's 4 MB default
+    that merge held a send batch for 150-230 ms (bench/RESULTS.md, 3 December)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT c.reloptions, am.amname FROM pg_class c JOIN pg_am am ON am.oid = c.relam "
+            "WHERE c.relname = %s",
+            [search.PG_INDEX],
+        )
+        options, method = cursor.fetchone()
+    assert method == "gin"
+    assert f"gin_pending_list_limit={search.PG_PENDING_LIST_KB}" in options
