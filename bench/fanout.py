@@ -70,7 +70,7 @@ def run_step(
     system = bench_limits.SystemCpu(
         services=others is not None, server=server_pid, **(others or {})
     )
-    system0, busy0 = system.read(), bench_limits.machine_busy_seconds()
+    system0, idle0 = system.read(), bench_limits.machine_idle_seconds()
     # The server's process tree: with --workers, the supervisor and every worker.
     srv0, cli0, wall0 = tree_cpu_seconds(server_pid), pool.cpu_seconds(), time.monotonic()
     batches0 = batch_figures() if batch_figures else None
@@ -85,7 +85,7 @@ def run_step(
     srv_cpu, cli_cpu = tree_cpu_seconds(server_pid) - srv0, pool.cpu_seconds() - cli0
     system_cpu = bench_limits.SystemCpu.delta(system0, system.read())
     machine_cpu = bench_limits.machine_summary(
-        bench_limits.machine_busy_seconds() - busy0, wall, {**system_cpu, "clients": cli_cpu}
+        bench_limits.machine_idle_seconds() - idle0, wall, {**system_cpu, "clients": cli_cpu}
     )
     batches = stats.batch_delta(batches0, batch_figures() if batch_figures else None)
     latencies = array("q")

@@ -346,21 +346,24 @@ class SystemCpu:
         return {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds all cores together have spent busy since boot (/proc/stat: everything but
-    idle and I/O wait; steal counts as busy, the VM could not have it). Over a step, beside
-    the cores and the wall time, it is the machine's own limit: what every process of the run
-    (the load generator's too) left free."""
+def machine_idle_seconds() -> float:
+    """CPU seconds all cores together have spent idle (or in I/O wait) since boot, from
+    /proc/stat. On a tickless kernel idle time is measured exactly, while the busy counters
+    (user, system) are sampled at each tick and miss bursts shorter than one: with a busy
+    server they read up to a sixth of a core less than the processes' own CPU time. So the
+    machine's busy time over a step is cores x wall - idle."""
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+    return (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def machine_summary(busy_seconds: float, wall: float, parts: dict[str, float]) -> dict:
-    """The machine's busy share over a step and each process's, in % of one core."""
+def machine_summary(idle_seconds: float, wall: float, parts: dict[str, float]) -> dict:
+    """The machine's busy share over a step (its idle seconds in the step, `wall` long) and
+    each process's, in % of one core: beside the cores, what every process of the run (the
+    load generator's too) left free, the machine's own limit."""
     cores = os.cpu_count() or 1
     shares = {role: round(100 * seconds / wall) for role, seconds in parts.items()}
-    busy = round(100 * busy_seconds / wall)
+    busy = round(100 * (cores * wall - idle_seconds) / wall)
     return {"cores": cores, "busy_pct": busy, "shares_pct": shares}
 
 

@@ -58,7 +58,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
         worker=worker.proc.pid if worker else None,
         broker=broker.pid if broker else None,
     )
-    system0, busy0 = system.read(), bench_limits.machine_busy_seconds()
+    system0, idle0 = system.read(), bench_limits.machine_idle_seconds()
     # The server's process tree: with --workers, the supervisor and every worker.
     srv0, wrk0, cli0 = tree_cpu_seconds(server_pid), worker_cpu(), pool.cpu_seconds()
     # /metrics answers for the one process that accepts the request: batch figures for one.
@@ -82,7 +82,7 @@ def run_step(pool, shares, stack, watcher, step, rate, args) -> dict:
     batches = stats.batch_delta(batches0, stack.batch_figures() if batches0 is not None else None)
     cli_cpu = pool.cpu_seconds() - cli0
     machine_cpu = bench_limits.machine_summary(
-        bench_limits.machine_busy_seconds() - busy0, wall, {**system_cpu, "clients": cli_cpu}
+        bench_limits.machine_idle_seconds() - idle0, wall, {**system_cpu, "clients": cli_cpu}
     )
     acked = sum(len(ids) for r in reports for ids in r["acked"].values())
     statements = None
