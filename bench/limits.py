@@ -348,10 +348,9 @@ class SystemCpu:
 
 def machine_idle_seconds() -> float:
     """CPU seconds all cores together have spent idle (or in I/O wait) since boot, from
-    /proc/stat. On a tickless kernel idle time is measured exactly, while the busy counters
-    (user, system) are sampled at each tick and miss bursts shorter than one: with a busy
-    server they read up to a sixth of a core less than the processes' own CPU time. So the
-    machine's busy time over a step is cores x wall - idle."""
+    /proc/stat; the machine's busy time over a step is cores x wall - idle. Read from the
+    busy counters (user, system) instead, the ceiling server's steps came out up to a sixth
+    of a core below the processes' own CPU time (bench/RESULTS.md, 3 December)."""
     with open("/proc/stat") as f:
         ticks = [int(x) for x in f.readline().split()[1:9]]
     return (ticks[3] + ticks[4]) / os.sysconf("SC_CLK_TCK")
