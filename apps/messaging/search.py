@@ -65,14 +65,17 @@ def search_config() -> str:
     return config
 
 
-def set_pending_list_limit(conn) -> None:
-    """The pending list's limit on an index made before it was set (migration 0009)."""
+def set_pending_list_limit(conn, *, reset: bool = False) -> None:
+    """The pending list's limit on an index made before it was set (migration 0009), or,
+    with `reset`, the server's default again (0009 reversed)."""
     if conn.vendor == "postgresql":
+        change = (
+            "RESET (gin_pending_list_limit)"
+            if reset
+            else f"SET (gin_pending_list_limit = {PG_PENDING_LIST_KB})"
+        )
         with conn.cursor() as cursor:
-            cursor.execute(
-                f"ALTER INDEX IF EXISTS {PG_INDEX} "
-                f"SET (gin_pending_list_limit = {PG_PENDING_LIST_KB})"
-            )
+            cursor.execute(f"ALTER INDEX IF EXISTS {PG_INDEX} {change}")
 
 
 def create_index(conn) -> None:

@@ -155,8 +155,8 @@ class Keys(NamedTuple):
     # The (room id, author id) and (author id, client id) pairs the batch has: the memberships
     # and earlier sends it looks up. Read by these pairs, not by room_ids x author_ids, a batch
     # of n sends from n authors in n rooms probes an index n times, not n * n times.
-    posts: tuple = ()
-    sends: tuple = ()
+    posts: tuple
+    sends: tuple
 
 
 def keys(todo: list[Send]) -> Keys:

@@ -14,11 +14,9 @@ def limit(apps, schema_editor):
 
 
 def reset(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        from apps.messaging import search
+    from apps.messaging import search
 
-        with schema_editor.connection.cursor() as cursor:
-            cursor.execute(f"ALTER INDEX IF EXISTS {search.PG_INDEX} RESET (gin_pending_list_limit)")
+    search.set_pending_list_limit(schema_editor.connection, reset=True)
 
 
 class Migration(migrations.Migration):
