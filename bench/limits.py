@@ -111,8 +111,9 @@ CREATE TABLE message (id bigserial PRIMARY KEY, room_id int NOT NULL REFERENCES 
                       UNIQUE (author_id, client_id), UNIQUE (room_id, seq));
 CREATE TABLE event (id uuid PRIMARY KEY, room_id int REFERENCES room, seq bigint,
                     type text NOT NULL, envelope jsonb NOT NULL, ts timestamptz NOT NULL,
-                    message_id bigint, published_at timestamptz, UNIQUE (room_id, seq));
-CREATE INDEX event_outbox ON event (room_id, seq) WHERE published_at IS NULL;
+                    message_id bigint, UNIQUE (room_id, seq));
+CREATE TABLE outbox (event_id uuid PRIMARY KEY, room_id int, seq bigint, ts timestamptz NOT NULL);
+CREATE INDEX outbox_order ON outbox (room_id, seq);
 """
 
 
@@ -137,10 +138,15 @@ async def _raw_lane(url, room_ids, batch, deadline, counts):
                         "VALUES (%s, %s, %s, %s, %s)",
                         rows,
                     )
+                    events = [(uuid.uuid4(), room, s) for (_, _, _, _, s) in rows]
                     await conn.cursor().executemany(
                         "INSERT INTO event (id, room_id, seq, type, envelope, ts) "
                         "VALUES (%s, %s, %s, 'message.created', %s, now())",
-                        [(uuid.uuid4(), room, s, envelope) for (_, _, _, _, s) in rows],
+                        [(*event, envelope) for event in events],
+                    )
+                    await conn.cursor().executemany(
+                        "INSERT INTO outbox (event_id, room_id, seq, ts) VALUES (%s, %s, %s, now())",
+                        events,
                     )
                     await conn.execute(
                         "UPDATE room SET last_seq = %s, last_activity = now() WHERE id = %s",

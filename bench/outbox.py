@@ -188,8 +188,8 @@ def outbox_counts() -> tuple[int, int]:
 
     try:
         counts = Event.objects.filter(type__in=KAFKA_TYPES).aggregate(
-            pending=Count("id", filter=Q(published_at__isnull=True)),
-            published=Count("id", filter=Q(published_at__isnull=False)),
+            pending=Count("id", filter=Q(outbox__isnull=False)),
+            published=Count("id", filter=Q(outbox__isnull=True)),
         )
     finally:
         connection.close()
@@ -452,11 +452,9 @@ def main(argv=None) -> int:
             pairs = [(room, uid) for room, (uid, _) in zip(rooms, users, strict=False)]
             fillers = Fillers(pairs, args.fillers, args.batch)
             # The seeding events (room.created, member.joined) are not part of the measure.
-            from django.utils import timezone
-
             from apps.events.models import Event
 
-            Event.objects.update(published_at=timezone.now())
+            Event.objects.mark_published()
             print(f"seeded {len(rooms)} rooms in {time.monotonic() - started:.0f}s", flush=True)
             if args.backlog:
                 results = [run_backlog(stack, fillers, args)]

@@ -66,3 +66,13 @@ def api_client(user=None, *, token=False):
         else:
             client.force_authenticate(user)
     return client
+
+
+def mark_unpublished(events) -> None:
+    """Put events back in the outbox, as if Kafka had never acknowledged them."""
+    from apps.events.models import Outbox
+
+    Outbox.objects.bulk_create(
+        [Outbox(event_id=e.pk, room_id=e.room_id, seq=e.seq, ts=e.ts) for e in events],
+        ignore_conflicts=True,
+    )

@@ -12,7 +12,7 @@ from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.utils.html import format_html
 
-from .models import ConsumedEvent, Event
+from .models import ConsumedEvent, Event, Outbox
 from .outbox import outbox_status
 
 
@@ -29,11 +29,11 @@ class PublishStateFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "published":
-            return queryset.filter(published_at__isnull=False)
+            return queryset.published()
         if self.value() == "pending":
             return queryset.unpublished()
         if self.value() == "failing":
-            return queryset.unpublished().exclude(last_error="")
+            return queryset.unpublished().exclude(outbox__last_error="")
         return queryset
 
 
@@ -45,8 +45,7 @@ class RoomFilter(admin.SimpleListFilter):
 
     def lookups(self, request, model_admin):
         rooms = (
-            Event.objects.unpublished()
-            .exclude(room__isnull=True)
+            Outbox.objects.exclude(room_id__isnull=True)
             .order_by("room_id")
             .values_list("room_id", flat=True)
             .distinct()[:20]
@@ -63,6 +62,21 @@ class RoomFilter(admin.SimpleListFilter):
         return queryset.none()
 
 
+def _outbox(event) -> Outbox | None:
+    """The event's outbox row (None once published): list_select_related reads it."""
+    try:
+        return event.outbox
+    except Outbox.DoesNotExist:
+        return None
+
+
+def _pending(event, field: str, missing):
+    """A field of the event's outbox row, or `missing` (published, or the field empty)."""
+    pending = _outbox(event)
+    value = None if pending is None else getattr(pending, field)
+    return missing if value is None else value
+
+
 @admin.register(Event)
 class EventAdmin(admin.ModelAdmin):
     list_display = (
@@ -77,7 +91,7 @@ class EventAdmin(admin.ModelAdmin):
     )
     list_filter = (PublishStateFilter, "type", RoomFilter)
     search_fields = ("=id",)
-    list_select_related = ("actor",)
+    list_select_related = ("actor", "outbox")
     ordering = ("-ts",)
     show_full_result_count = False
     change_list_template = "admin/events/event/change_list.html"
@@ -88,7 +102,7 @@ class EventAdmin(admin.ModelAdmin):
         "seq",
         "actor",
         "ts",
-        "published_at",
+        "published",
         "publish_attempts",
         "next_attempt_at",
         "last_error",
@@ -111,13 +125,26 @@ class EventAdmin(admin.ModelAdmin):
             "-" if obj.room_id is None else format_html('<a href="?room={0}">#{0}</a>', obj.room_id)
         )
 
-    @admin.display(boolean=True, description="published", ordering="published_at")
+    @admin.display(boolean=True, description="published", ordering="outbox")
     def published(self, obj):
-        return obj.is_published
+        return _outbox(obj) is None
+
+    @admin.display(description="publish attempts")
+    def publish_attempts(self, obj):
+        return _pending(obj, "publish_attempts", "-")
+
+    @admin.display(description="next attempt at")
+    def next_attempt_at(self, obj):
+        return _pending(obj, "next_attempt_at", "-")
+
+    @admin.display(description="last error")
+    def last_error(self, obj):
+        return _pending(obj, "last_error", "")
 
     @admin.display(description="last error")
     def short_error(self, obj):
-        return (obj.last_error[:80] + "…") if len(obj.last_error) > 80 else obj.last_error
+        error = self.last_error(obj)
+        return (error[:80] + "…") if len(error) > 80 else error
 
     @admin.display(description="envelope")
     def pretty_envelope(self, obj):

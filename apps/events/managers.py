@@ -15,5 +15,15 @@ class EventQuerySet(models.QuerySet):
         return self.filter(seq__isnull=False)
 
     def unpublished(self):
-        """The outbox: events not yet acknowledged by Kafka."""
-        return self.filter(published_at__isnull=True)
+        """Events not yet acknowledged by Kafka: those with an Outbox row."""
+        return self.filter(outbox__isnull=False)
+
+    def published(self):
+        """Events Kafka acknowledged (or, with no Kafka configured, none)."""
+        return self.filter(outbox__isnull=True)
+
+    def mark_published(self) -> int:
+        """Take these events out of the outbox, as an acknowledgement does (retention and
+        tests; the publisher deletes by id). Returns how many rows went."""
+        outbox = self.model._meta.get_field("outbox").related_model
+        return outbox.objects.filter(event__in=self.values("pk")).delete()[0]

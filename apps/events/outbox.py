@@ -70,9 +70,9 @@ def clear_kick() -> None:
 def outbox_status() -> dict:
     """Pending count and the age of the oldest unpublished event (for /readyz and the admin)."""
     stats = pending_rows().aggregate(
-        pending=Count("id"),
+        pending=Count("pk"),
         oldest=Min("ts"),
-        failing=Count("id", filter=~Q(last_error="")),
+        failing=Count("pk", filter=~Q(last_error="")),
         max_attempts=Max("publish_attempts"),
     )
     oldest = stats["oldest"]

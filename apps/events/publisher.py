@@ -7,9 +7,9 @@ Rules this module relies on:
 - A room's rows are read in seq order. A row with seq N+1 is visible only after seq N committed
   (seq is allocated under the room row lock), so a room's pending rows are always a suffix of
   its log and are sent oldest first.
-- A row is marked published only after the broker acknowledged it, and only up to a room's
-  first failure: the rest of that room waits for the failed row's retry (exponential backoff,
-  no deadline).
+- A row leaves the outbox (Outbox, its own table) only after the broker acknowledged it, and
+  only up to a room's first failure: the rest of that room waits for the failed row's retry
+  (exponential backoff, no deadline).
 - A room's later row never reaches Kafka before an earlier one that failed. Each flush sends at
   most one producer batch per partition (flush_rows: a partition's rows stop at KAFKA_BATCH_SIZE
   bytes, the rest wait for the next flush, and the producer's linger outlasts the send loop, so
@@ -40,7 +40,7 @@ from django.utils import timezone
 
 from . import kafka
 from .catalogue import CATALOGUE, DURABLE_TYPES
-from .models import Event
+from .models import Event, Outbox
 from .observability import KAFKA_PUBLISH_ERRORS, KAFKA_PUBLISH_LATENCY, KAFKA_PUBLISHED
 
 logger = logging.getLogger(__name__)
@@ -79,8 +79,10 @@ def backoff_seconds(attempts: int) -> float:
 
 
 def pending_rows():
-    """Unpublished rows that go to Kafka."""
-    return Event.objects.unpublished().filter(type__in=KAFKA_TYPES)
+    """The outbox rows that go to Kafka."""
+    if set(KAFKA_TYPES) == set(DURABLE_TYPES):
+        return Outbox.objects.all()
+    return Outbox.objects.filter(event__type__in=KAFKA_TYPES)
 
 
 class Row(NamedTuple):
@@ -93,31 +95,33 @@ class Row(NamedTuple):
 
 # Raw SQL: this runs for every batch at the full send rate, and building it with the ORM cost
 # more CPU than running it. One statement: the rooms whose head is backing off (the small
-# partial index event_outbox_retry, materialized once), then the batch in per-room seq order
-# from the partial index event_outbox_order, stopping at the limit. It stays cheap when the
-# planner's statistics are stale (a backlog written faster than autovacuum analyzes it): the
-# anti-join probes the few blocked rooms, not the table, per row. The envelope comes back as
-# the JSON text the database holds, converted for the returned rows only, and is never parsed
-# and serialized again here.
-_TABLE = Event._meta.db_table
+# partial index outbox_retry, materialized once), then the batch in per-room seq order from the
+# outbox's index outbox_order, stopping at the limit, and only then the limited rows' events by
+# primary key. It stays cheap when the planner's statistics are stale (a backlog written faster
+# than autovacuum analyzes it): the anti-join probes the few blocked rooms, not the table, per
+# row. The envelope comes back as the JSON text the database holds, converted for the returned
+# rows only, and is never parsed and serialized again here.
+_TABLE = Outbox._meta.db_table
+_EVENTS = Event._meta.db_table
 _TYPE_FILTER = (
     ""
     if set(KAFKA_TYPES) == set(DURABLE_TYPES)  # every row goes to Kafka: no filter needed
-    else f"AND e.type IN ({', '.join(repr(t) for t in KAFKA_TYPES)})"
+    else f"AND EXISTS (SELECT 1 FROM {_EVENTS} t WHERE t.id = o.event_id "
+    f"AND t.type IN ({', '.join(repr(t) for t in KAFKA_TYPES)}))"
 )
 _NEXT_BATCH_SQL = f"""
     WITH blocked AS MATERIALIZED (
         SELECT DISTINCT room_id FROM {_TABLE}
-        WHERE published_at IS NULL AND next_attempt_at IS NOT NULL AND next_attempt_at > %s)
-    SELECT {{id}}, p.room_id, p.type, {{envelope}}, p.publish_attempts FROM (
-        SELECT e.id, e.room_id, e.type, e.envelope, e.publish_attempts, e.seq, e.ts
-        FROM {_TABLE} e
-        WHERE e.published_at IS NULL {_TYPE_FILTER}
-          AND NOT EXISTS (SELECT 1 FROM blocked b WHERE b.room_id = e.room_id
-                          OR (b.room_id IS NULL AND e.room_id IS NULL))
-        ORDER BY e.room_id, e.seq NULLS LAST, e.ts, e.id
+        WHERE next_attempt_at IS NOT NULL AND next_attempt_at > %s)
+    SELECT {{id}}, p.room_id, e.type, {{envelope}}, p.publish_attempts FROM (
+        SELECT o.event_id, o.room_id, o.publish_attempts, o.seq, o.ts
+        FROM {_TABLE} o
+        WHERE NOT EXISTS (SELECT 1 FROM blocked b WHERE b.room_id = o.room_id
+                          OR (b.room_id IS NULL AND o.room_id IS NULL)) {_TYPE_FILTER}
+        ORDER BY o.room_id, o.seq NULLS LAST, o.ts, o.event_id
         LIMIT %s) p
-    ORDER BY p.room_id, p.seq NULLS LAST, p.ts, p.id
+    JOIN {_EVENTS} e ON e.id = p.event_id
+    ORDER BY p.room_id, p.seq NULLS LAST, p.ts, p.event_id
 """
 
 
@@ -125,8 +129,8 @@ def next_batch(limit: int) -> list[Row]:
     """The next rows to send, oldest first per room, skipping rooms whose head is backing off."""
     postgres = connection.vendor == "postgresql"
     sql = _NEXT_BATCH_SQL.format(
-        id="p.id::text" if postgres else "p.id",
-        envelope="p.envelope::text" if postgres else "p.envelope",
+        id="p.event_id::text" if postgres else "p.event_id",
+        envelope="e.envelope::text" if postgres else "e.envelope",
     )
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     with connection.cursor() as cursor:
@@ -138,20 +142,16 @@ def next_batch(limit: int) -> list[Row]:
     return [Row(str(uuid.UUID(values[0])), *values[1:]) for values in rows]
 
 
-def mark_published(rows: list[Row], now) -> None:
-    """One UPDATE for a batch's acknowledged rows."""
+def mark_published(rows: list[Row]) -> None:
+    """One DELETE of a batch's acknowledged rows from the outbox."""
     if connection.vendor == "postgresql":
         # One array literal for the ids (they are UUID text: nothing to quote).
-        where, params = "id = ANY(%s::uuid[])", ["{" + ",".join(row.pk for row in rows) + "}"]
+        where, params = "event_id = ANY(%s::uuid[])", ["{" + ",".join(row.pk for row in rows) + "}"]
     else:
-        where = f"id IN ({', '.join(['%s'] * len(rows))})"
+        where = f"event_id IN ({', '.join(['%s'] * len(rows))})"
         params = [uuid.UUID(row.pk).hex for row in rows]
     with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {_TABLE} SET published_at = %s, publish_attempts = publish_attempts + 1, "
-            f"last_error = '', next_attempt_at = NULL WHERE {where}",
-            [connection.ops.adapt_datetimefield_value(now), *params],
-        )
+        cursor.execute(f"DELETE FROM {_TABLE} WHERE {where}", params)
 
 
 @contextmanager
@@ -409,7 +409,7 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
 
     now = timezone.now()
     if acked:
-        mark_published(acked, now)
+        mark_published(acked)
         KAFKA_PUBLISH_LATENCY.observe(time.perf_counter() - started)
         counts: dict[str, int] = {}
         for row in acked:
@@ -418,7 +418,7 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
             KAFKA_PUBLISHED.labels(type_).inc(n)
     for row, reason in failed_heads:
         attempts = row.publish_attempts + 1
-        Event.objects.filter(pk=row.pk).update(
+        Outbox.objects.filter(pk=row.pk).update(
             publish_attempts=attempts,
             last_error=reason[:2000],
             next_attempt_at=now + timedelta(seconds=backoff_seconds(attempts)),

@@ -91,8 +91,6 @@ EVENT_FIELDS = [
     "actor_id",
     "ts",
     "envelope",
-    "publish_attempts",
-    "last_error",
     "message_id",
     "subject_id",
 ]
@@ -113,8 +111,6 @@ def _event_rows(events: list[Event]) -> list[tuple]:
                 event.actor_id,
                 event.ts,
                 Json(event.envelope_text),
-                0,
-                "",
                 event.message_id,
                 event.subject_id,
             )

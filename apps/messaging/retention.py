@@ -32,7 +32,7 @@ from django.utils import timezone
 
 from apps.attachments.services import remove_for_seqs as remove_attachments
 from apps.core.errors import ServiceError
-from apps.events.models import Event
+from apps.events.models import Event, Outbox
 from apps.notifications.models import Notification
 from apps.rooms.models import Room
 from apps.rooms.services import lock_room
@@ -123,8 +123,7 @@ def room_purge_batch(*, room_id: int, now: datetime, batch_size: int) -> PurgeRe
             stop = seq + 1
         if _publishing():
             first_unpublished = (
-                Event.objects.unpublished()
-                .filter(room_id=room.pk, seq__gte=start)
+                Outbox.objects.filter(room_id=room.pk, seq__gte=start)
                 .order_by("seq")
                 .values_list("seq", flat=True)
                 .first()
@@ -140,7 +139,7 @@ def room_purge_batch(*, room_id: int, now: datetime, batch_size: int) -> PurgeRe
             room.save(update_fields=["history_start"])
         receipts = Event.objects.filter(type="receipt.updated", room_id=room.pk, ts__lt=cutoff)
         if _publishing():
-            receipts = receipts.filter(published_at__isnull=False)
+            receipts = receipts.published()
         receipt_ids = list(receipts.order_by("ts").values_list("pk", flat=True)[:batch_size])
         if receipt_ids:
             result.receipts = _deleted(Event.objects.filter(pk__in=receipt_ids), Event)

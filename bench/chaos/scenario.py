@@ -236,8 +236,8 @@ class ChaosRun:
 
     def published_ids(self) -> set[str]:
         rows = self.psql(
-            f"SELECT id::text FROM events_event WHERE published_at IS NOT NULL "
-            f"AND {KAFKA_TYPES_SQL}"
+            f"SELECT id::text FROM events_event WHERE {KAFKA_TYPES_SQL} "
+            "AND NOT EXISTS (SELECT 1 FROM events_outbox o WHERE o.event_id = events_event.id)"
         )
         return {r[0] for r in rows}
 
@@ -336,8 +336,8 @@ class ChaosRun:
                 self.worker_crashes.append("exited while draining")
                 self.start_worker()
             pending = self.psql(
-                f"SELECT count(*) FROM events_event WHERE published_at IS NULL "
-                f"AND {KAFKA_TYPES_SQL}"
+                f"SELECT count(*) FROM events_event WHERE {KAFKA_TYPES_SQL} "
+                "AND EXISTS (SELECT 1 FROM events_outbox o WHERE o.event_id = events_event.id)"
             )[0][0]
             if pending == 0:
                 break

@@ -132,7 +132,8 @@ def test_retention_removes_the_files_of_the_messages_it_purges(
     rooms.room_update(room=room, actor=user, retention_days=1)
     cutoff_seq = Event.objects.filter(room=room).order_by("-seq").first().seq
     old = timezone.now() - timedelta(days=3)
-    Event.objects.filter(room=room, seq__lte=cutoff_seq).update(ts=old, published_at=old)
+    Event.objects.filter(room=room, seq__lte=cutoff_seq).update(ts=old)
+    Event.objects.filter(room=room, seq__lte=cutoff_seq).mark_published()
     _, recent_upload = sent_with_file(room, user, uploaded)
 
     with django_capture_on_commit_callbacks(execute=True):

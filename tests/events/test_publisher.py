@@ -10,7 +10,7 @@ from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from apps.events import kafka, publisher
-from apps.events.models import Event
+from apps.events.models import Event, Outbox
 from apps.events.outbox import outbox_status
 from tests import factories
 from tests.events.kafka_support import kill_broker, outage_settings, read_topic
@@ -48,8 +48,8 @@ def test_publish_marks_rows_and_records_are_exactly_the_envelopes():
     result = publisher.publish_pending()
     assert published_metric("message.created") - before == 15
     assert result.published == len(rows) and result.failed == 0
-    assert not Event.objects.unpublished().exists()
-    assert Event.objects.filter(publish_attempts=1).count() == len(rows)
+    assert not Event.objects.unpublished().exists() and not Outbox.objects.exists()
+    assert Event.objects.count() == len(rows)  # the log keeps every row
 
     records = [r for r in read_topic(want_ids=rows) if r.envelope["id"] in rows]
     assert sorted(r.envelope["id"] for r in records) == sorted(rows)  # each once
@@ -62,22 +62,43 @@ def test_publish_marks_rows_and_records_are_exactly_the_envelopes():
     assert publisher.publish_pending().published == 0
 
 
+@pytest.mark.services
+def test_publishing_deletes_the_outbox_rows_and_leaves_the_log_rows_as_written():
+    """The log is append-only: an acknowledgement deletes the event's narrow Outbox row, it
+    does not rewrite the event row (its xmin, the transaction that wrote that row version,
+    stays the insert's)."""
+    from django.db import connection
+
+    make_traffic(rooms=2, per_room=3)
+
+    def versions():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT id, xmin::text FROM events_event")
+            return dict(cursor.fetchall())
+
+    before = versions()
+    assert Outbox.objects.count() == len(before)
+    assert publisher.publish_pending().published == len(before)
+    assert versions() == before
+    assert not Outbox.objects.exists()
+
+
 def test_pending_rows_wait_while_the_room_head_backs_off():
     (room,) = make_traffic(rooms=1, per_room=3)
     head = Event.objects.filter(room=room).order_by("seq").first()
-    Event.objects.filter(pk=head.pk).update(
+    Outbox.objects.filter(pk=head.pk).update(
         next_attempt_at=timezone.now() + timezone.timedelta(minutes=5), last_error="boom"
     )
     other = factories.make_room()
     result = publisher.publish_pending()
     # The other room goes out; not one row of the held room is published before its head.
-    assert Event.objects.filter(room=other, published_at__isnull=True).count() == 0
-    assert Event.objects.filter(room=room, published_at__isnull=False).count() == 0
+    assert Event.objects.filter(room=other).unpublished().count() == 0
+    assert Event.objects.filter(room=room).published().count() == 0
     assert result.published == Event.objects.filter(room=other).count()
 
-    Event.objects.filter(pk=head.pk).update(next_attempt_at=None)
+    Outbox.objects.filter(pk=head.pk).update(next_attempt_at=None)
     publisher.publish_pending()
-    assert Event.objects.filter(room=room, published_at__isnull=True).count() == 0
+    assert Event.objects.filter(room=room).unpublished().count() == 0
 
 
 def test_backoff_is_exponential_and_capped():
@@ -104,7 +125,8 @@ def test_broker_down_keeps_rows_with_their_error_then_publishes_them_in_order():
                 factories.send(room, room.created_by, body="during the outage")
             result = publisher.publish_pending(max_seconds=5)
             assert result.published == 0 and result.errors
-            failing = Event.objects.unpublished()
+            assert Event.objects.unpublished().count() == 2
+            failing = Outbox.objects.all()
             assert failing.count() == 2
             # One head per room carries the error and the attempt; nothing is dropped.
             assert failing.exclude(last_error="").count() == 2

@@ -105,7 +105,7 @@ def test_rest_and_websocket_actions_make_identical_envelopes(
     # And Kafka carries the same dicts (published by the Celery worker).
     ids = {e["id"] for e in sent}
     wait_for(
-        lambda: not Event.objects.filter(pk__in=ids, published_at__isnull=True).exists(),
+        lambda: not Event.objects.filter(pk__in=ids).unpublished().exists(),
         timeout=30,
         message="the worker to publish",
     )

@@ -8,7 +8,7 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from apps.events.models import Event
+from apps.events.models import Event, Outbox
 from apps.events.outbox import clear_kick
 from apps.rooms import services as rooms
 from apps.rooms.models import Room
@@ -63,7 +63,7 @@ def test_the_beat_purge_waits_for_kafka_and_removes_events_once_published(child_
                 message="the beat purge to empty the published room",
             )
             wait_for(
-                lambda: Event.objects.unpublished().exclude(last_error="").exists(),
+                lambda: Outbox.objects.exclude(last_error="").exists(),
                 timeout=30,
                 message="a failed publish attempt",
             )

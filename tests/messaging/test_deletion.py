@@ -15,7 +15,7 @@ from django.db import connection
 
 from apps.core.errors import ServiceError
 from apps.events import kafka, publisher
-from apps.events.models import Event
+from apps.events.models import Event, Outbox
 from apps.events.schemas import SCHEMAS
 from apps.messaging import services
 from apps.messaging.models import Message
@@ -272,7 +272,7 @@ def test_a_delete_while_the_broker_is_down_reaches_kafka_redacted(room, user):
             kill_broker(broker)
             created = factories.send(room, user, "said during the outage")
             assert publisher.publish_pending(max_seconds=5).published == 0
-            assert Event.objects.get(pk=created.pk).last_error  # tried, failed, still pending
+            assert Outbox.objects.get(pk=created.pk).last_error  # tried, failed, still pending
             deleted = services.message_delete(message=message_of(created), actor=user)
 
             broker = Broker(port=broker.port).start()

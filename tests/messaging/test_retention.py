@@ -31,7 +31,11 @@ def age(room, *, days, upto_seq=None, published=True):
     messages = Message.objects.filter(room=room)
     if upto_seq is not None:
         events, messages = events.filter(seq__lte=upto_seq), messages.filter(seq__lte=upto_seq)
-    events.update(ts=old, published_at=old if published else None)
+    events.update(ts=old)
+    if published:
+        events.mark_published()
+    else:
+        factories.mark_unpublished(events)
     messages.update(created_at=old)
 
 
@@ -46,7 +50,7 @@ def old_room(room, user, *, messages, retention_days=1, days=5, published=True) 
 
 
 def publish_all():
-    Event.objects.unpublished().update(published_at=timezone.now())
+    Event.objects.mark_published()
 
 
 def fresh(room) -> Room:
@@ -128,7 +132,7 @@ def test_a_room_with_no_new_activity_is_purged_entirely(room, user):
 def test_unpublished_events_and_everything_after_them_are_kept(room, user):
     head = old_room(room, user, messages=6)
     stuck = head - 2
-    Event.objects.filter(room=room, seq=stuck).update(published_at=None)
+    factories.mark_unpublished(Event.objects.filter(room=room, seq=stuck))
 
     with override_settings(KAFKA_BOOTSTRAP_SERVERS=["127.0.0.1:9"]):  # publishing on
         history_purge()
@@ -136,7 +140,7 @@ def test_unpublished_events_and_everything_after_them_are_kept(room, user):
         assert held_seqs(room) == list(range(stuck, head + 1))
         assert Message.objects.filter(room=room, seq__gte=stuck).count() == 2
 
-        Event.objects.filter(room=room, seq=stuck).update(published_at=timezone.now())
+        Event.objects.filter(room=room, seq=stuck).mark_published()
         history_purge()
     assert held_seqs(room) == [] and fresh(room).history_start == head + 1
 
@@ -273,7 +277,6 @@ def seed_old_log(room, author, count, *, days=10) -> None:
                 seq=message.seq,
                 actor=author,
                 ts=old,
-                published_at=old,
             )
             event.envelope = ev.envelope(
                 "message.created",
@@ -286,6 +289,7 @@ def seed_old_log(room, author, count, *, days=10) -> None:
             )
             events.append(event)
         Event.objects.bulk_create(events)
+        Event.objects.filter(pk__in=[e.pk for e in events]).mark_published()
     Room.objects.filter(pk=room.pk).update(last_seq=start + count)
 
 

@@ -159,7 +159,8 @@ def test_the_retention_purge_removes_index_entries(room, user, as_user):
 
     factories.send(room, user, "purged words")
     old = timezone.now() - timedelta(days=30)
-    Event.objects.filter(room=room).update(ts=old, published_at=old)
+    Event.objects.filter(room=room).update(ts=old)
+    Event.objects.filter(room=room).mark_published()
     Room.objects.filter(pk=room.pk).update(retention_days=1)
     assert index_matches("purged") == 1
     room_purge_history(room_id=room.pk)

@@ -4,7 +4,7 @@ import pytest
 from django.test import Client
 
 from apps.events import handlers
-from apps.events.models import Event
+from apps.events.models import Event, Outbox
 from apps.notifications.handlers import MentionNotifications
 from apps.notifications.models import Notification
 from tests import factories
@@ -108,7 +108,7 @@ def test_readyz_reports_the_outbox_backlog(room):
 
 def test_event_admin_shows_outbox_lag_and_filters_by_room_type_and_state(admin_client, room, user):
     other = factories.make_room(user)
-    Event.objects.filter(room=other).update(
+    Outbox.objects.filter(room_id=other.pk).update(
         last_error="KafkaTimeoutError: boom", publish_attempts=3
     )
     page = admin_client.get("/admin/events/event/")
@@ -126,6 +126,15 @@ def test_event_admin_shows_outbox_lag_and_filters_by_room_type_and_state(admin_c
     assert "KafkaTimeoutError: boom" in failing.content.decode()
     detail = admin_client.get(f"/admin/events/event/{rows[0].pk}/change/")
     assert detail.status_code == 200 and rows[0].envelope["id"] in detail.content.decode()
+    assert "KafkaTimeoutError: boom" in detail.content.decode()
+    # Published: out of the outbox, so the pending filter no longer shows the room's events.
+    Event.objects.filter(room=room).mark_published()
+    published = admin_client.get("/admin/events/event/?state=published")
+    assert {e.room_id for e in published.context["cl"].result_list} == {room.pk}
+    waiting = admin_client.get("/admin/events/event/?state=pending")
+    assert {e.room_id for e in waiting.context["cl"].result_list} == {other.pk}
+    shown = Event.objects.filter(room=room).first()
+    assert admin_client.get(f"/admin/events/event/{shown.pk}/change/").status_code == 200
     # Read-only: no add, no delete.
     assert admin_client.get("/admin/events/event/add/").status_code == 403
 
