@@ -74,7 +74,7 @@ class StepStatements:
                         self.waits["idle in transaction (the client's turn)"] += 1
                 time.sleep(self.interval)
 
-    def report(self, acked: int, batches: int | None, top: int = 10) -> dict:
+    def report(self, acked: int, batches: int | None, top: int = 14) -> dict:
         """The step's top statements, every statement's execution per acked send, and the
         sampled waits."""
         with psycopg.connect(self.admin_url, autocommit=True) as conn:

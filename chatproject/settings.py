@@ -357,6 +357,10 @@ OUTBOX_KICK_DEBOUNCE_MS = env_int("OUTBOX_KICK_DEBOUNCE_MS", 1000)
 # After a batch that emptied the outbox, the publisher waits this long before reading again, so
 # a steady stream goes out in fewer, fuller batches (apps.events.publisher.publish_pending).
 OUTBOX_LINGER_SECONDS = env_float("OUTBOX_LINGER_SECONDS", 0.05)
+# The publisher VACUUMs the outbox table after deleting this many rows (PostgreSQL; 0: leave it
+# to autovacuum, which looks once a minute): a queue table's dead rows otherwise grow its heap
+# until the next read of the batch scans a minute of traffic (apps.events.publisher.Vacuum).
+OUTBOX_VACUUM_EVERY_ROWS = env_int("OUTBOX_VACUUM_EVERY_ROWS", 1_000)
 
 # --- Chat behaviour and limits --------------------------------------------------------------------
 SIGNUP_ENABLED = env_bool("SIGNUP_ENABLED", True)

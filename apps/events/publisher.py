@@ -154,6 +154,34 @@ def mark_published(rows: list[Row]) -> None:
         cursor.execute(f"DELETE FROM {_TABLE} WHERE {where}", params)
 
 
+class Vacuum:
+    """VACUUM the outbox after every OUTBOX_VACUUM_EVERY_ROWS rows this process deleted.
+
+    Every published row leaves a dead tuple in the outbox's heap and index entries behind.
+    Autovacuum visits a table at most once a minute (autovacuum_naptime), so at 1,000 sends/s
+    the heap held a minute of dead rows, the planner read the batch by a sequential scan of it
+    and the next-batch query cost 4.5 ms instead of about 1 ms. A VACUUM of the small table
+    costs a few milliseconds. It cannot run inside a transaction: it is skipped there (tests).
+    """
+
+    deleted = 0
+
+    @classmethod
+    def count(cls, rows: int) -> None:
+        every = settings.OUTBOX_VACUUM_EVERY_ROWS
+        if not every or connection.vendor != "postgresql":
+            return
+        cls.deleted += rows
+        if cls.deleted < every or connection.in_atomic_block:
+            return
+        cls.deleted = 0
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"VACUUM (SKIP_LOCKED) {_TABLE}")
+        except Exception:  # noqa: BLE001 - autovacuum still comes; publishing goes on
+            logger.warning("outbox: VACUUM failed", exc_info=True)
+
+
 @contextmanager
 def publisher_lock(*, wait: bool = True):
     """Yield True while this process is the only publisher (False: another one held it too
@@ -410,6 +438,7 @@ def publish_batch(rows: list[Row]) -> tuple[int, int, str]:
     now = timezone.now()
     if acked:
         mark_published(acked)
+        Vacuum.count(len(acked))
         KAFKA_PUBLISH_LATENCY.observe(time.perf_counter() - started)
         counts: dict[str, int] = {}
         for row in acked:

@@ -83,6 +83,32 @@ def test_publishing_deletes_the_outbox_rows_and_leaves_the_log_rows_as_written()
     assert not Outbox.objects.exists()
 
 
+def vacuums_of_the_outbox() -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute("SELECT pg_stat_get_vacuum_count('events_outbox'::regclass)")
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.services
+@pytest.mark.django_db(transaction=True)
+def test_the_publisher_vacuums_the_outbox_after_so_many_deleted_rows():
+    make_traffic(rooms=2, per_room=4)  # 2 x (room.created, member.joined) + 8 messages: 12
+    before = vacuums_of_the_outbox()
+    with override_settings(OUTBOX_VACUUM_EVERY_ROWS=5, OUTBOX_BATCH_SIZE=4):
+        publisher.Vacuum.deleted = 0
+        assert publisher.publish_pending().published == 12
+    # 12 rows in batches of 4: a VACUUM after the 8th row; 4 left over count towards the next.
+    assert vacuums_of_the_outbox() == before + 1
+    assert publisher.Vacuum.deleted == 4
+    with override_settings(OUTBOX_VACUUM_EVERY_ROWS=0):
+        make_traffic(rooms=1, per_room=10)
+        publisher.publish_pending()
+    assert vacuums_of_the_outbox() == before + 1  # 0: never
+
+
 def test_pending_rows_wait_while_the_room_head_backs_off():
     (room,) = make_traffic(rooms=1, per_room=3)
     head = Event.objects.filter(room=room).order_by("seq").first()
