@@ -135,6 +135,10 @@ def test_event_admin_shows_outbox_lag_and_filters_by_room_type_and_state(admin_c
     assert {e.room_id for e in waiting.context["cl"].result_list} == {other.pk}
     shown = Event.objects.filter(room=room).first()
     assert admin_client.get(f"/admin/events/event/{shown.pk}/change/").status_code == 200
+    # Sorted by the "published" column (the sixth), pending and published rows both listed.
+    by_state = admin_client.get("/admin/events/event/?o=6")
+    assert by_state.status_code == 200
+    assert {e.room_id for e in by_state.context["cl"].result_list} >= {room.pk, other.pk}
     # Read-only: no add, no delete.
     assert admin_client.get("/admin/events/event/add/").status_code == 403
 
