@@ -159,9 +159,9 @@ class Vacuum:
 
     Every published row leaves a dead tuple in the outbox's heap and index entries behind.
     Autovacuum visits a table at most once a minute (autovacuum_naptime), so at 1,000 sends/s
-    the heap held a minute of dead rows, the planner read the batch by a sequential scan of it
-    and the next-batch query cost 4.5 ms instead of about 1 ms. A VACUUM of the small table
-    costs a few milliseconds. It cannot run inside a transaction: it is skipped there (tests).
+    the next-batch query had up to a minute of dead rows to step over and cost 4.5-4.7 ms; with
+    this VACUUM, 0.44-0.48 ms (bench/RESULTS.md, 3 December, afternoon). A VACUUM of the small
+    table costs 2-12 ms. It cannot run inside a transaction: it is skipped there (tests).
     """
 
     deleted = 0
