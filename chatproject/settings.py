@@ -358,8 +358,8 @@ OUTBOX_KICK_DEBOUNCE_MS = env_int("OUTBOX_KICK_DEBOUNCE_MS", 1000)
 # a steady stream goes out in fewer, fuller batches (apps.events.publisher.publish_pending).
 OUTBOX_LINGER_SECONDS = env_float("OUTBOX_LINGER_SECONDS", 0.05)
 # The publisher VACUUMs the outbox table after deleting this many rows (PostgreSQL; 0: leave it
-# to autovacuum, which looks once a minute): a queue table's dead rows otherwise grow its heap
-# until the next read of the batch scans a minute of traffic (apps.events.publisher.Vacuum).
+# to autovacuum, which looks once a minute): otherwise the next read of a batch has up to a
+# minute of a queue table's dead rows to step over (apps.events.publisher.Vacuum).
 OUTBOX_VACUUM_EVERY_ROWS = env_int("OUTBOX_VACUUM_EVERY_ROWS", 1_000)
 
 # --- Chat behaviour and limits --------------------------------------------------------------------

@@ -11,7 +11,7 @@ class EventsConfig(AppConfig):
         post_migrate.connect(_outbox_triggers_after_migrate, sender=self)
 
 
-def _outbox_triggers_after_migrate(using="default", plan=None, **kwargs):
+def _outbox_triggers_after_migrate(using="default", **kwargs):
     """Put back the outbox triggers a table rebuild dropped (SQLite; apps.events.triggers).
     Only once the migration that makes the outbox table has run."""
     from django.db import connections

@@ -46,6 +46,8 @@ from .observability import KAFKA_PUBLISH_ERRORS, KAFKA_PUBLISH_LATENCY, KAFKA_PU
 logger = logging.getLogger(__name__)
 
 KAFKA_TYPES = tuple(t for t, spec in CATALOGUE.items() if spec.kafka and spec.persisted)
+# Every persisted type goes to Kafka (today's catalogue): the outbox needs no type filter.
+ALL_TYPES_TO_KAFKA = set(KAFKA_TYPES) == set(DURABLE_TYPES)
 # pg_advisory_lock key of the publisher ("chat-outbox" folded into a bigint). Advisory locks
 # are per database, so test runs on their own databases never wait for each other.
 PUBLISHER_LOCK_KEY = 0x63686174_6F757462
@@ -80,7 +82,7 @@ def backoff_seconds(attempts: int) -> float:
 
 def pending_rows():
     """The outbox rows that go to Kafka."""
-    if set(KAFKA_TYPES) == set(DURABLE_TYPES):
+    if ALL_TYPES_TO_KAFKA:
         return Outbox.objects.all()
     return Outbox.objects.filter(event__type__in=KAFKA_TYPES)
 
@@ -105,7 +107,7 @@ _TABLE = Outbox._meta.db_table
 _EVENTS = Event._meta.db_table
 _TYPE_FILTER = (
     ""
-    if set(KAFKA_TYPES) == set(DURABLE_TYPES)  # every row goes to Kafka: no filter needed
+    if ALL_TYPES_TO_KAFKA
     else f"AND EXISTS (SELECT 1 FROM {_EVENTS} t WHERE t.id = o.event_id "
     f"AND t.type IN ({', '.join(repr(t) for t in KAFKA_TYPES)}))"
 )

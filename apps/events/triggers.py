@@ -14,12 +14,13 @@ from __future__ import annotations
 EVENT_TABLE = "events_event"
 OUTBOX_TABLE = "events_outbox"
 TRIGGERS = ("events_outbox_add", "events_outbox_remove")
+# What the insert trigger writes (the outbox row's retry state starts empty).
+_COLUMNS = f"{OUTBOX_TABLE} (event_id, room_id, seq, ts, publish_attempts, last_error)"
 
 _POSTGRESQL = f"""
 CREATE OR REPLACE FUNCTION events_outbox_add() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO {OUTBOX_TABLE} (event_id, room_id, seq, ts, publish_attempts, last_error)
-    SELECT id, room_id, seq, ts, 0, '' FROM new_events;
+    INSERT INTO {_COLUMNS} SELECT id, room_id, seq, ts, 0, '' FROM new_events;
     RETURN NULL;
 END $$;
 CREATE OR REPLACE FUNCTION events_outbox_remove() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -45,8 +46,7 @@ DROP FUNCTION IF EXISTS events_outbox_remove();
 
 _SQLITE = [
     f"""CREATE TRIGGER IF NOT EXISTS events_outbox_add AFTER INSERT ON {EVENT_TABLE} BEGIN
-        INSERT INTO {OUTBOX_TABLE} (event_id, room_id, seq, ts, publish_attempts, last_error)
-        VALUES (NEW.id, NEW.room_id, NEW.seq, NEW.ts, 0, '');
+        INSERT INTO {_COLUMNS} VALUES (NEW.id, NEW.room_id, NEW.seq, NEW.ts, 0, '');
     END""",
     f"""CREATE TRIGGER IF NOT EXISTS events_outbox_remove AFTER DELETE ON {EVENT_TABLE} BEGIN
         DELETE FROM {OUTBOX_TABLE} WHERE event_id = OLD.id;
