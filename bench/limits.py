@@ -126,7 +126,7 @@ async def _raw_lane(url, room_ids, batch, deadline, counts):
             for room in room_ids:
                 async with conn.transaction(), conn.pipeline():
                     cur = await conn.execute(
-                        "SELECT last_seq FROM room WHERE id = %s FOR UPDATE", [room]
+                        "SELECT last_seq FROM room WHERE id = %s FOR NO KEY UPDATE", [room]
                     )
                     (seq,) = await cur.fetchone()
                     rows = [

@@ -3,7 +3,7 @@
 A room's log is numbered 1, 2, 3, ... with no gap: the room row's `last_seq` is the newest seq
 handed out, and the next events take the seqs after it, one each, in the order they are
 recorded. The caller holds the room row's lock (apps.rooms.services.lock_room, or the send
-path's SELECT ... FOR UPDATE, or the UPDATE of allocate_seqs), so seqs follow commit order.
+path's SELECT ... FOR NO KEY UPDATE, or the UPDATE of allocate_seqs), so seqs follow commit order.
 
 Every writer of the log goes through `assign`: the send plan (apps.messaging.send_plan),
 messages_redact (deletion, erasure), and apps.events.services.allocate_seqs (record_event: the

@@ -24,7 +24,7 @@ def record_event(*, type: str, room=None, actor=None, data: dict, target_user_id
     """Persist one durable event in the current transaction and fan it out after commit.
 
     Holds the room row lock: seq allocation is serialized per room, so seq has no gaps and
-    follows commit order. Callers lock the room first (Room.objects.select_for_update()) when
+    follows commit order. Callers lock the room first (apps.rooms.services.lock_room) when
     they read state the event depends on.
     """
     spec = _durable(type)

@@ -76,7 +76,7 @@ def account_erase(*, user, actor, password=None):
     elif not can_erase(actor, user):
         raise forbidden("you may not erase this account")
     with transaction.atomic():
-        user = User.objects.select_for_update().get(pk=user.pk)
+        user = User.objects.select_for_update(no_key=True).get(pk=user.pk)
         user.is_active = False
         # Read by the is_active signal that closes the user's sockets (ws-hardening).
         user._close_code = CLOSE_UNAUTHENTICATED

@@ -27,7 +27,9 @@ from .models import Message
 def read(keys: plan.Keys) -> plan.Reads:
     locked = {
         room.pk: room
-        for room in Room.objects.select_for_update().filter(pk__in=keys.room_ids).order_by("pk")
+        for room in Room.objects.select_for_update(no_key=True)
+        .filter(pk__in=keys.room_ids)
+        .order_by("pk")
     }
     earlier = {
         (author_id, client_id): (room_id, seq)

@@ -59,7 +59,7 @@ def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
         [
             Statement(
                 f"SELECT {_columns(Room)} FROM {Room._meta.db_table} WHERE id = ANY(%b) "
-                "ORDER BY id FOR UPDATE",
+                "ORDER BY id FOR NO KEY UPDATE",  # as lock_room: key checks pass
                 [keys.room_ids],
                 True,
             ),

@@ -215,7 +215,7 @@ def _lock_for_delete(message, actor) -> tuple[Room, Message, Membership | None]:
     else:
         room_rows, message_rows, membership_rows = _pipelined(
             [
-                _select(Room, "id = %b FOR UPDATE", [message.room_id]),
+                _select(Room, "id = %b FOR NO KEY UPDATE", [message.room_id]),
                 _select(Message, "id = %b", [message.pk]),
                 _select(Membership, "room_id = %b AND user_id = %b", [message.room_id, actor.pk]),
             ]

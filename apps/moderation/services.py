@@ -181,7 +181,7 @@ def user_deactivate(*, user, actor, reason="") -> None:
     if (user.is_superuser or user.is_staff) and not actor.is_superuser:
         raise forbidden("only a superuser may deactivate a staff account")
     with transaction.atomic():
-        user = User.objects.select_for_update().get(pk=user.pk)
+        user = User.objects.select_for_update(no_key=True).get(pk=user.pk)
         if not user.is_active:
             raise invalid("the account is already deactivated")
         user.is_active = False

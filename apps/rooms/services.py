@@ -220,10 +220,16 @@ def stamps_posts(room, user, membership) -> bool:
 
 
 def lock_room(room_or_id) -> Room:
-    """Lock the room row for the rest of the transaction and return it fresh."""
+    """Lock the room row for the rest of the transaction and return it fresh.
+
+    FOR NO KEY UPDATE: it serialises the room's writers as FOR UPDATE would, but lets the
+    foreign-key checks of rows that point at the room through (FOR KEY SHARE, at COMMIT). A
+    transaction holding a membership row and inserting an event (mark_read) would otherwise
+    deadlock with a moderation holding the room and updating that membership
+    (tests/rooms/test_locks.py)."""
     room_id = getattr(room_or_id, "pk", room_or_id)
     try:
-        return Room.objects.select_for_update().get(pk=room_id)
+        return Room.objects.select_for_update(no_key=True).get(pk=room_id)
     except Room.DoesNotExist:
         raise not_found("room not found") from None
 
@@ -275,6 +281,11 @@ def _join_event(room, membership, actor):
     )
 
 
+# The membership fields a (re)join and a ban write; never the whole row (see member_ban).
+REJOIN_FIELDS = ["is_active", "role", "joined_at", "banned_at", "banned_until", "ban_reason"]
+BAN_FIELDS = ["is_active", "banned_at", "banned_until", "ban_reason"]
+
+
 def _add_member(room, user, *, role, actor) -> Membership:
     membership, created = Membership.objects.get_or_create(
         room=room, user=user, defaults={"role": role}
@@ -289,7 +300,7 @@ def _add_member(room, user, *, role, actor) -> Membership:
         membership.joined_at = timezone.now()
         membership.banned_at = membership.banned_until = None
         membership.ban_reason = ""
-        membership.save()
+        membership.save(update_fields=REJOIN_FIELDS)
     _join_event(room, membership, actor)
     return membership
 
@@ -635,7 +646,9 @@ def member_ban(*, room, actor, user, reason="", until=None) -> Membership:
         target.banned_at = timezone.now()
         target.banned_until = until
         target.ban_reason = reason
-        target.save()
+        # Only what the ban changes: mark_read moves last_read_seq without the room lock, and
+        # a whole-row save would write back the value read before it committed.
+        target.save(update_fields=None if target.pk is None else BAN_FIELDS)
         record_event(
             type="member.banned",
             room=room,
