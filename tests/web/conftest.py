@@ -1,6 +1,8 @@
 """Headless Chromium (Debian's package) driven by Playwright, and helpers for the chat page."""
 
+import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -76,19 +78,39 @@ def open_page(browser):
     """open_page(server, user, width=1100) -> a logged-in page on the chat (own context each)."""
     contexts = []
 
-    def _open(server, user, *, width=1100, height=760):
+    def _open(server, user, *, width=1100, height=760, ws_filter=None):
+        """`ws_filter(frame) -> bool`: the server's frames it returns False for never reach
+        the page (a frame lost on the way, as a test wants it)."""
         context = browser.new_context(viewport={"width": width, "height": height})
         context.set_default_timeout(15000)
         contexts.append(context)
         page = context.new_page()
         page.on("pageerror", lambda exc: page.errors.append(str(exc)))
         page.errors = []
+        if ws_filter is not None:
+            page.route_web_socket(re.compile(r"/ws/"), lambda ws: _filtered(ws, ws_filter))
         login(page, server, user.username)
         return page
 
     yield _open
     for context in contexts:
         context.close()
+
+
+def _filtered(ws, keep):
+    """Relay one page's WebSocket to the server, dropping the server frames `keep` refuses."""
+    server_ws = ws.connect_to_server()
+
+    def from_server(message):
+        try:
+            frame = json.loads(message)
+        except (TypeError, ValueError):
+            frame = None
+        if not isinstance(frame, dict) or keep(frame):
+            ws.send(message)
+
+    server_ws.on_message(from_server)
+    ws.on_message(server_ws.send)
 
 
 def login(page, server, username, password=PASSWORD):

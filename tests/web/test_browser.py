@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from apps.messaging.models import Message
 from apps.moderation.models import Report
 from apps.rooms.models import Room
-from apps.rooms.services import direct_room_open
+from apps.rooms.services import direct_room_open, member_ban
 from tests import factories
 from tests.support.processes import ChildProcess, ServerProcess
 from tests.support.services import wait_port
@@ -135,6 +135,56 @@ def test_two_users_chat_live(server, open_page):
     expect(a.locator("#room-list li", has_text="bob").locator(".presence")).to_have_class(
         re.compile("offline")
     )
+
+
+def test_a_ban_ends_the_room_on_the_page_even_when_frames_were_lost(server, open_page):
+    """The banned user's page forgets the room however the ban reaches it. CI, 3 December:
+    bob's page kept General open after the ban (no "You were banned" line) because the
+    ban came after an event the page had not applied: it was buffered behind the gap, the
+    gap fill was refused (banned users may not read), and the server's `unsubscribed` frame
+    that followed was ignored. Here the relay drops frames on purpose: in General a message
+    before the ban and the `unsubscribed` frame (the ban arrives after a gap), in Random the
+    ban event itself (only `unsubscribed`, reason banned, arrives)."""
+
+    def setup():
+        alice, bob = make_user("alice"), make_user("bob")
+        general = factories.make_room(alice, name="General", members=[bob])
+        random_room = factories.make_room(alice, name="Random", members=[bob])
+        return alice, bob, general, random_room
+
+    alice, bob, general, random_room = in_thread(setup)
+    dropped = []
+
+    def keep(frame):
+        lost = (
+            (frame.get("type") == "message.created" and frame["data"]["body"] == "never seen")
+            or (frame.get("type") == "unsubscribed" and frame.get("room") == general.id)
+            or (frame.get("type") == "member.banned" and frame.get("room") == random_room.id)
+        )
+        if lost:
+            dropped.append((frame["type"], frame.get("reason")))
+        return not lost
+
+    b = open_page(server, bob, ws_filter=keep)
+    open_room(b, "General")
+    in_thread(lambda: factories.send(general, alice, "never seen"))
+    in_thread(lambda: member_ban(room=general, actor=alice, user=bob))
+    expect(b.locator("#sidebar-error")).to_have_text("You were banned from General.")
+    expect(b.locator("#room-list li", has_text="General")).to_have_count(0)
+    expect(b.locator("#room-error")).to_have_text("")  # no refused gap fill shown
+
+    open_room(b, "Random")
+    in_thread(lambda: member_ban(room=random_room, actor=alice, user=bob))
+    expect(b.locator("#sidebar-error")).to_have_text("You were banned from Random.")
+    expect(b.locator("#room-list li", has_text="Random")).to_have_count(0)
+    # What the relay took away (besides the reply to the page's own unsubscribe, and the copy
+    # of Random's ban that reaches the user's sockets once the subscription has ended).
+    assert {
+        ("message.created", None),
+        ("unsubscribed", "banned"),
+        ("member.banned", None),
+    } <= set(dropped), dropped
+    assert b.errors == []
 
 
 def test_an_edit_in_progress_survives_the_message_being_redrawn(server, open_page):

@@ -127,7 +127,7 @@ async function subscribe(state) {
     state.markSubscribed();
   } catch (error) {
     if (error instanceof ServerError && (error.code === "not_found" || error.code === "forbidden")) {
-      forget(state, `You no longer have access to ${state.info.name}.`);
+      forget(state, lostRoomReason(state, "forbidden"));
     }
     return;
   }
@@ -148,13 +148,25 @@ function fillGap(state, target = null) {
         if (!page.results.length) break;
       }
     } catch (error) {
-      showError("room-error", error);
+      if (error instanceof ApiError && (error.code === "not_found" || error.code === "forbidden")) {
+        forget(state, lostRoomReason(state)); // banned or removed while the page was behind
+      } else {
+        showError("room-error", error);
+      }
     } finally {
       state.filling = null;
+      if (rooms.get(state.id) === state && state.info.left) forget(state, lostRoomReason(state));
       scheduleRender(state);
     }
   })();
   return state.filling;
+}
+
+/** What the room list says when a room goes away without this page asking (null: nothing). */
+function lostRoomReason(state, reason = null) {
+  if (state.info.banned || reason === "banned") return `You were banned from ${state.info.name}.`;
+  if (reason === "left" || (state.info.left && !reason)) return null; // left on another device
+  return `You no longer have access to ${state.info.name}.`;
 }
 
 function handleEvent(frame) {
@@ -181,18 +193,37 @@ function handleEvent(frame) {
   }
   const state = rooms.get(frame.room);
   if (!state) return;
+  if (frame.type === "unsubscribed") {
+    // The server ended the subscription (`reason`: banned, left, forbidden); a reply to our own
+    // `unsubscribe` carries no reason and finds the room forgotten already.
+    if (frame.reason) forget(state, lostRoomReason(state, frame.reason));
+    return;
+  }
   if (frame.type === "message.created" && frame.actor?.id !== me.id && notifyLevel(state) === "all"
     && !blocked.has(frame.actor?.id) && (state.cursor === null || frame.seq > state.cursor)) {
     desktopNotify(`${frame.actor?.username ?? "Someone"} in ${roomLabel(state)}`, frame.data.body,
       `room-${state.id}-seq-${frame.seq}`, state);
   }
-  if (state.offer(frame) === "gap") fillGap(state);
+  const outcome = state.offer(frame);
+  if (outcome === "gap" && revokesMe(frame)) {
+    // Banned or removed after events this page has not seen: nothing later can be read (the
+    // gap fill would be refused), so the room goes now.
+    forget(state, frame.type === "member.banned" ? lostRoomReason(state, "banned") : null);
+    return;
+  }
+  if (outcome === "gap") fillGap(state);
   threadEvent(state, frame);
   if (state.info.left) {
-    forget(state, state.info.banned ? `You were banned from ${state.info.name}.` : null);
+    forget(state, lostRoomReason(state));
     return;
   }
   scheduleRender(state);
+}
+
+/** A member.banned / member.left naming this user: the room is no longer theirs to follow. */
+function revokesMe(frame) {
+  return (frame.type === "member.banned" || frame.type === "member.left")
+    && frame.data?.user?.id === me.id;
 }
 
 // --- Rendering ----------------------------------------------------------------------------
