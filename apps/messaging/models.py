@@ -2,6 +2,7 @@ import uuid
 
 from django.conf import settings
 from django.db import models
+from django.db.models import Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -11,15 +12,27 @@ from .managers import MessageQuerySet, ReactionQuerySet
 
 
 class Message(models.Model):
-    room = models.ForeignKey(Room, on_delete=models.CASCADE, related_name="messages")
+    # Indexes (every send inserts into each): room and author need none of their own, the
+    # unique (room, seq) and (author, client_id) lead with them; reply_to, thread and
+    # deleted_by are NULL on most rows, so their indexes are partial. Nine index entries a
+    # message became five, and a message's WAL 1,316 -> 970 bytes (bench/RESULTS.md,
+    # 4 December).
+    room = models.ForeignKey(
+        Room, on_delete=models.CASCADE, related_name="messages", db_index=False
+    )
     # PROTECT (and Reaction.user, Membership.user, Event.actor): deleting a user never takes
     # their messages or the log with it; an account is erased instead (apps.messaging.erasure).
     author = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="messages"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="messages", db_index=False
     )
     body = models.TextField()
     reply_to = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replies"
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="replies",
+        db_index=False,
     )
     # Threads (PROTOCOL §8): a reply's `thread` is its root (replies to replies join the
     # root's thread); a root's reply_count and last_reply_seq count its live replies, kept
@@ -42,7 +55,12 @@ class Message(models.Model):
     edited_at = models.DateTimeField(null=True, blank=True)
     deleted_at = models.DateTimeField(null=True, blank=True)
     deleted_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
 
     objects = MessageQuerySet.as_manager()
@@ -54,7 +72,21 @@ class Message(models.Model):
             ),
             models.UniqueConstraint(fields=["room", "seq"], name="message_room_seq"),
         ]
-        indexes = [models.Index(fields=["thread", "seq"], name="message_thread_seq")]
+        indexes = [
+            models.Index(
+                fields=["thread", "seq"],
+                name="message_thread_seq",
+                condition=Q(thread__isnull=False),
+            ),
+            models.Index(
+                fields=["reply_to"], name="message_reply_to", condition=Q(reply_to__isnull=False)
+            ),
+            models.Index(
+                fields=["deleted_by"],
+                name="message_deleted_by",
+                condition=Q(deleted_by__isnull=False),
+            ),
+        ]
 
     def __str__(self):
         return f"#{self.pk} in {self.room_id} by {self.author_id}"

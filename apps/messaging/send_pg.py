@@ -79,8 +79,10 @@ def read_statements(keys: plan.Keys, count: int) -> list[Statement]:
                 [[author for author, _ in keys.sends], [client for _, client in keys.sends]],
                 True,
             ),
+            # The sequence looked up once (a materialized CTE), not for every id drawn.
             Statement(
-                "SELECT nextval(pg_get_serial_sequence(%b, 'id')) FROM generate_series(1, %b)",
+                "WITH s AS MATERIALIZED (SELECT pg_get_serial_sequence(%b, 'id')::regclass AS "
+                "seq) SELECT nextval(s.seq) FROM s, generate_series(1, %b)",
                 [messages, count],
                 True,
             ),
