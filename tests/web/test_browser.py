@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from apps.messaging.models import Message
 from apps.moderation.models import Report
 from apps.rooms.models import Room
-from apps.rooms.services import direct_room_open, member_ban
+from apps.rooms.services import direct_room_open, member_ban, member_kick
 from tests import factories
 from tests.support.processes import ChildProcess, ServerProcess
 from tests.support.services import wait_port
@@ -144,15 +144,17 @@ def test_a_ban_ends_the_room_on_the_page_even_when_frames_were_lost(server, open
     gap fill was refused (banned users may not read), and the server's `unsubscribed` frame
     that followed was ignored. Here the relay drops frames on purpose: in General a message
     before the ban and the `unsubscribed` frame (the ban arrives after a gap), in Random the
-    ban event itself (only `unsubscribed`, reason banned, arrives)."""
+    ban event itself (only `unsubscribed`, reason banned, arrives). In Lobby nothing is lost:
+    a moderator removes bob, and his page says so."""
 
     def setup():
         alice, bob = make_user("alice"), make_user("bob")
         general = factories.make_room(alice, name="General", members=[bob])
         random_room = factories.make_room(alice, name="Random", members=[bob])
-        return alice, bob, general, random_room
+        lobby = factories.make_room(alice, name="Lobby", members=[bob])
+        return alice, bob, general, random_room, lobby
 
-    alice, bob, general, random_room = in_thread(setup)
+    alice, bob, general, random_room, lobby = in_thread(setup)
     dropped = []
 
     def keep(frame):
@@ -177,6 +179,11 @@ def test_a_ban_ends_the_room_on_the_page_even_when_frames_were_lost(server, open
     in_thread(lambda: member_ban(room=random_room, actor=alice, user=bob))
     expect(b.locator("#sidebar-error")).to_have_text("You were banned from Random.")
     expect(b.locator("#room-list li", has_text="Random")).to_have_count(0)
+
+    open_room(b, "Lobby")
+    in_thread(lambda: member_kick(room=lobby, actor=alice, user=bob))
+    expect(b.locator("#sidebar-error")).to_have_text("You were removed from Lobby.")
+    expect(b.locator("#room-list li", has_text="Lobby")).to_have_count(0)
     # What the relay took away (besides the reply to the page's own unsubscribe, and the copy
     # of Random's ban that reaches the user's sockets once the subscription has ended).
     assert {

@@ -165,6 +165,7 @@ function fillGap(state, target = null) {
 /** What the room list says when a room goes away without this page asking (null: nothing). */
 function lostRoomReason(state, reason = null) {
   if (state.info.banned || reason === "banned") return `You were banned from ${state.info.name}.`;
+  if (state.info.removed) return `You were removed from ${state.info.name}.`;
   if (reason === "left" || (state.info.left && !reason)) return null; // left on another device
   return `You no longer have access to ${state.info.name}.`;
 }
@@ -208,7 +209,9 @@ function handleEvent(frame) {
   if (outcome === "gap" && revokesMe(frame)) {
     // Banned or removed after events this page has not seen: nothing later can be read (the
     // gap fill would be refused), so the room goes now.
-    forget(state, frame.type === "member.banned" ? lostRoomReason(state, "banned") : null);
+    const kicked = frame.type === "member.left" && frame.actor && frame.actor.id !== me.id;
+    forget(state, frame.type === "member.banned" ? lostRoomReason(state, "banned")
+      : kicked ? `You were removed from ${state.info.name}.` : null);
     return;
   }
   if (outcome === "gap") fillGap(state);

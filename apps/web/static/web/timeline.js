@@ -214,6 +214,8 @@ export class RoomState {
           this.role = null;
           this.info.left = true;
           if (event.type === "member.banned") this.info.banned = true;
+          // Left by someone else's hand: a moderator removed (kicked) this user.
+          else if (event.actor?.id !== undefined && event.actor.id !== this.me.id) this.info.removed = true;
         }
         break;
       case "member.muted":
