@@ -206,12 +206,11 @@ function handleEvent(frame) {
       `room-${state.id}-seq-${frame.seq}`, state);
   }
   const outcome = state.offer(frame);
-  if (outcome === "gap" && revokesMe(frame)) {
+  if (outcome === "gap" && state.revokesMe(frame)) {
     // Banned or removed after events this page has not seen: nothing later can be read (the
     // gap fill would be refused), so the room goes now.
-    const kicked = frame.type === "member.left" && frame.actor && frame.actor.id !== me.id;
-    forget(state, frame.type === "member.banned" ? lostRoomReason(state, "banned")
-      : kicked ? `You were removed from ${state.info.name}.` : null);
+    state.markLeft(frame);
+    forget(state, lostRoomReason(state));
     return;
   }
   if (outcome === "gap") fillGap(state);
@@ -221,12 +220,6 @@ function handleEvent(frame) {
     return;
   }
   scheduleRender(state);
-}
-
-/** A member.banned / member.left naming this user: the room is no longer theirs to follow. */
-function revokesMe(frame) {
-  return (frame.type === "member.banned" || frame.type === "member.left")
-    && frame.data?.user?.id === me.id;
 }
 
 // --- Rendering ----------------------------------------------------------------------------

@@ -175,6 +175,20 @@ export class RoomState {
     return msg;
   }
 
+  /** A member.banned / member.left naming this user: the room is no longer theirs to follow. */
+  revokesMe(event) {
+    return (event.type === "member.banned" || event.type === "member.left")
+      && event.data?.user?.id === this.me.id;
+  }
+
+  /** This user lost the room with `event`: banned, removed by a moderator, or left. */
+  markLeft(event) {
+    this.role = null;
+    this.info.left = true;
+    if (event.type === "member.banned") this.info.banned = true;
+    else if (event.actor && event.actor.id !== this.me.id) this.info.removed = true; // kicked
+  }
+
   applyDurable(event) {
     const d = event.data || {};
     switch (event.type) {
@@ -210,13 +224,7 @@ export class RoomState {
       case "member.left":
       case "member.banned":
         this.members.delete(d.user.id);
-        if (d.user.id === this.me.id) {
-          this.role = null;
-          this.info.left = true;
-          if (event.type === "member.banned") this.info.banned = true;
-          // Left by someone else's hand: a moderator removed (kicked) this user.
-          else if (event.actor?.id !== undefined && event.actor.id !== this.me.id) this.info.removed = true;
-        }
+        if (this.revokesMe(event)) this.markLeft(event);
         break;
       case "member.muted":
         if (d.user.id === this.me.id) this.info.muted_until = d.until;
