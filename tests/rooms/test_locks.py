@@ -4,8 +4,9 @@ Reading a room (`mark_read`) locks the reader's membership row, then inserts the
 event, whose foreign key to the room is checked at COMMIT with FOR KEY SHARE on the room row.
 A moderator's ban, mute, kick or role change locks the room first, then updates that same
 membership. With the room locked FOR UPDATE the two waited for each other: PostgreSQL broke
-the deadlock by failing one of them (CI, 3 December: a ban from the web client did not happen
-while the banned user's page was marking the room read). The room is now locked FOR NO KEY
+the deadlock by failing one of them (the likely cause of CI's failure on 3 December: a ban
+from the web client did not reach the banned user's page, which marks the room read as events
+arrive). The room is now locked FOR NO KEY
 UPDATE, which still serialises every writer of the room but lets key checks through, and the
 moderations save only the fields they change (the ban saved the whole row, writing back the
 read position it had read before the receipt committed).

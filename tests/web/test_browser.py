@@ -139,8 +139,9 @@ def test_two_users_chat_live(server, open_page):
 
 def test_a_ban_ends_the_room_on_the_page_even_when_frames_were_lost(server, open_page):
     """The banned user's page forgets the room however the ban reaches it. CI, 3 December:
-    bob's page kept General open after the ban (no "You were banned" line) because the
-    ban came after an event the page had not applied: it was buffered behind the gap, the
+    bob's page kept General open after the ban (no "You were banned" line). Besides the
+    deadlock of tests/rooms/test_locks.py, this page could do that on its own: a ban that
+    came after an event the page had not applied was buffered behind the gap, the
     gap fill was refused (banned users may not read), and the server's `unsubscribed` frame
     that followed was ignored. Here the relay drops frames on purpose: in General a message
     before the ban and the `unsubscribed` frame (the ban arrives after a gap), in Random the
