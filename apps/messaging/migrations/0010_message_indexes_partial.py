@@ -34,6 +34,7 @@ NEW = [
         name="message_deleted_by",
     ),
 ]
+NEW_NAMES = {index.name for index in NEW}
 # The single-column indexes Django made for these foreign keys (db_index=True).
 OLD_COLUMNS = ["room_id", "author_id", "reply_to_id", "deleted_by_id"]
 
@@ -45,7 +46,7 @@ def _single_column_indexes(connection, column) -> list[str]:
         name
         for name, c in constraints.items()
         if c["columns"] == [column]
-        and name not in {index.name for index in NEW}  # the partial ones, just made
+        and name not in NEW_NAMES  # the partial ones, just made
         and c["index"]
         and not c["unique"]
         and not c["primary_key"]
@@ -167,30 +168,7 @@ class Migration(migrations.Migration):
                         to="rooms.room",
                     ),
                 ),
-                migrations.AddIndex(
-                    model_name="message",
-                    index=models.Index(
-                        condition=models.Q(("thread__isnull", False)),
-                        fields=["thread", "seq"],
-                        name="message_thread_seq",
-                    ),
-                ),
-                migrations.AddIndex(
-                    model_name="message",
-                    index=models.Index(
-                        condition=models.Q(("reply_to__isnull", False)),
-                        fields=["reply_to"],
-                        name="message_reply_to",
-                    ),
-                ),
-                migrations.AddIndex(
-                    model_name="message",
-                    index=models.Index(
-                        condition=models.Q(("deleted_by__isnull", False)),
-                        fields=["deleted_by"],
-                        name="message_deleted_by",
-                    ),
-                ),
+                *[migrations.AddIndex(model_name="message", index=index) for index in NEW],
             ],
         )
     ]
